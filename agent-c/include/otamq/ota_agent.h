@@ -1,0 +1,194 @@
+/*
+ * ota_agent.h - the otamq device agent core.
+ *
+ * The agent is a state machine driven from ONE task:
+ *
+ *   ota_agent_init()        once, with a port and the device's identity;
+ *   ota_agent_on_boot()     once per boot, before anything else, reads the
+ *                           persisted state and the bootloader's view and
+ *                           decides: continue a trial, report a rollback,
+ *                           resume a download;
+ *   ota_agent_on_connect()  after every successful MQTT connect;
+ *   ota_agent_on_disconnect() when the connection is lost;
+ *   ota_agent_on_message()  for every PUBLISH received (complete payload);
+ *   ota_agent_tick()        periodically (every 100..1000 ms; the period is
+ *                           the resolution of every timeout).
+ *
+ * None of these may be called concurrently or from inside a port callback.
+ * The agent never allocates: ota_agent_t holds all its state (see
+ * FOOTPRINT.md for its size) and the caller owns its storage.
+ */
+#ifndef OTAMQ_OTA_AGENT_H
+#define OTAMQ_OTA_AGENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ota_config.h"
+#include "ota_msg.h"
+#include "ota_port.h"
+#include "ota_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OTA_AGENT_VERSION "0.1.0"
+
+/* Key under which the agent persists its state in the port's kv store. */
+#define OTA_KV_STATE "otamq.state"
+
+/* Run-time timing and policy. A zero field means the OTA_CFG_* default of
+ * ota_config.h (so a zeroed struct is "all defaults"). */
+typedef struct ota_settings {
+    uint32_t heartbeat_ms;
+    uint32_t request_timeout_ms;
+    uint32_t backoff_min_ms;
+    uint32_t backoff_max_ms;
+    uint32_t max_retries;
+    uint32_t trial_timeout_ms;
+    uint32_t probation_ms;
+    uint32_t max_reboots;      /* capped at OTA_CFG_BOOT_LOG - 1 */
+    uint32_t reboot_window_ms;
+    uint32_t max_wdt_resets;   /* capped at OTA_CFG_BOOT_LOG - 1 */
+    uint32_t wdt_window_ms;
+    uint32_t health_fail_ms;
+    uint32_t no_broker_ms;
+    uint32_t trial_persist_ms;
+    uint32_t block_size;       /* capped at OTA_CFG_BLOCK_SIZE */
+    uint32_t window;           /* blocks per request */
+    bool allow_downgrade;      /* accept a lower (or equal) version */
+} ota_settings_t;
+
+typedef struct ota_agent_config {
+    const ota_port_t *port;
+    /* Identity; the strings must stay valid as long as the agent. */
+    const char *device_id;       /* MQTT client ID, ^[A-Za-z0-9._-]{1,64}$ */
+    const char *hardware;        /* birth key 2, matched against targets */
+    const char *bootloader_version; /* birth key 3, semver */
+    const char *fw_version;      /* version of the RUNNING image, semver */
+    uint32_t secure_version;     /* secure version of the running image */
+    uint8_t connectivity;        /* birth key 9 */
+    int32_t utc_offset_min;      /* birth key 10 */
+    /* Trusted manifest keys: uncompressed P-256 points (0x04||X||Y). The
+     * agent copies them and computes their key IDs. */
+    const uint8_t (*keys)[65];
+    size_t nkeys;                /* 1..OTA_CFG_MAX_KEYS */
+    ota_settings_t settings;
+} ota_agent_config_t;
+
+/* Persisted state (private: encoded as CBOR under OTA_KV_STATE). */
+typedef struct ota_persist {
+    uint8_t state;           /* ota_state_t */
+    uint8_t install_mode;
+    uint8_t error;           /* last ota_error_code_t */
+    uint8_t flags;           /* OTA_PF_* */
+    uint8_t target_slot;
+    char rollout[OTA_CFG_ROLLOUT_MAX + 1];
+    char version[OTA_CFG_VERSION_MAX + 1];
+    uint8_t digest[32];
+    uint32_t size;
+    uint32_t offset;         /* bytes known written and persisted */
+    uint32_t block_size;
+    uint64_t seq;            /* last accepted manifest sequence number */
+    uint32_t secure_version; /* device secure version (committed) */
+    uint32_t target_secure_version;
+    uint32_t boots_since_commit;
+    uint32_t wdt_since_commit;
+    uint64_t trial_ms;       /* time run on the new image, summed over boots */
+    uint8_t nboots, nwdt;
+    uint32_t boot_log[OTA_CFG_BOOT_LOG]; /* trial clock (s) of trial boots */
+    uint32_t wdt_log[OTA_CFG_BOOT_LOG];  /* trial clock (s) of watchdog boots */
+} ota_persist_t;
+
+#define OTA_PF_CONFIRMED 0x01u     /* trial image confirmed to the bootloader */
+#define OTA_PF_ROLLBACK_REQ 0x02u  /* agent asked for a rollback */
+#define OTA_PF_IGNORE_OFFER 0x04u  /* rollout+digest already handled */
+
+#ifndef OTA_CFG_EVENT_BUF
+#define OTA_CFG_EVENT_BUF (OTA_CFG_EVENT_QUEUE * 96)
+#endif
+
+/* The agent. All fields are private. */
+typedef struct ota_agent {
+    const ota_port_t *port;
+    ota_agent_config_t cfg;
+    ota_settings_t set;      /* resolved settings */
+    ota_key_t keys[OTA_CFG_MAX_KEYS];
+    uint8_t nkeys;
+    bool booted;
+    ota_persist_t ps;
+    ota_boot_info_t boot;
+    uint8_t boot_reason;     /* reported in the birth */
+    /* connection */
+    bool connected;
+    bool broker_seen;        /* connected at least once this boot */
+    bool hb_sent;            /* a heartbeat went out this boot */
+    bool check_pending;
+    uint64_t last_hb_ms;
+    uint64_t offline_since_ms;
+    /* download */
+    ota_sha256_t img_hash;
+    uint32_t next_off;
+    uint32_t req_id;
+    uint32_t req_count;      /* blocks still expected from the request */
+    bool req_active;
+    bool retry_wait;
+    uint64_t req_deadline_ms;
+    uint64_t retry_at_ms;
+    uint32_t retries;
+    uint8_t pct_reported;    /* last progress decile sent */
+    /* trial */
+    uint64_t boot_ms;        /* now_ms at on_boot */
+    uint64_t trial_base_ms;  /* ps.trial_ms at on_boot */
+    uint64_t trial_saved_ms; /* now_ms of the last trial clock persist */
+    uint64_t unhealthy_since_ms; /* 0 = healthy */
+    /* events waiting to be published: [len hi][len lo][bytes]... */
+    uint16_t evq_len;
+    uint8_t evq[OTA_CFG_EVENT_BUF];
+    uint8_t tx[OTA_CFG_TX_BUF + 64];
+    char topic[sizeof(OTA_CFG_TOPIC_PREFIX) + OTA_CFG_DEVICE_ID_MAX + 16];
+} ota_agent_t;
+
+/* Checks the configuration and prepares the agent; no I/O except the port's
+ * SHA-256 (key IDs). OTA_OK or OTA_ERR_ARG. */
+int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg);
+
+/* Once per boot, before the first connect. Loads the persisted state,
+ * compares it with the bootloader's view, and: starts or continues a trial,
+ * counts reboots and watchdog resets (and rolls back when a trigger fires:
+ * this may not return), reports a completed rollback, re-verifies a
+ * downloaded image, or prepares to resume an interrupted download (the
+ * already written part is read back and hashed). OTA_OK, or a port status
+ * when the state could not be read or written. */
+int ota_agent_on_boot(ota_agent_t *a);
+
+/* The MQTT session is up: publishes the birth, subscribes to the device's
+ * ota/manifest, ota/blk and cmd topics, sends queued events and a heartbeat,
+ * and resumes a download. */
+void ota_agent_on_connect(ota_agent_t *a);
+
+/* The MQTT session is down (the port reconnects on its own). */
+void ota_agent_on_disconnect(ota_agent_t *a);
+
+/* A PUBLISH arrived. topic is NUL-terminated; payload is complete (ports
+ * reassemble fragments). Messages on other topics are ignored (OTA_OK).
+ * Returns the decode/verification status, for logging only: the agent has
+ * already reacted (events) on its own. */
+int ota_agent_on_message(ota_agent_t *a, const char *topic, const uint8_t *payload, size_t len);
+
+/* Drives timeouts: heartbeats, block re-requests and backoff, the trial
+ * deadline, rollback triggers, probation. */
+void ota_agent_tick(ota_agent_t *a);
+
+/* Current OTA state (ota_state_t). */
+ota_state_t ota_agent_state(const ota_agent_t *a);
+
+/* Bytes of the current download written so far. */
+uint32_t ota_agent_offset(const ota_agent_t *a);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OTAMQ_OTA_AGENT_H */

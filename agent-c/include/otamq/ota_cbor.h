@@ -1,0 +1,109 @@
+/*
+ * ota_cbor.h - minimal zero-copy CBOR (RFC 8949) reader and writer.
+ *
+ * Reader: pulls one data item head at a time from a byte range it does not
+ * own; byte and text strings are returned as pointers into that range (no
+ * copy). It accepts definite lengths only, refuses non-shortest ("non
+ * canonical") heads, reserved additional-info values and invalid UTF-8 in
+ * text strings, bounds nesting by OTA_CFG_CBOR_MAX_DEPTH and every length by
+ * the bytes actually left. Floats and simple values are accepted only when
+ * skipped (ota_cbor_skip), never as message fields.
+ *
+ * Writer: appends shortest-form heads into a caller buffer; an overflow is
+ * sticky (ota_cbor_writer_status reports it once at the end).
+ */
+#ifndef OTAMQ_OTA_CBOR_H
+#define OTAMQ_OTA_CBOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ota_config.h"
+#include "ota_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Major types. */
+#define OTA_CBOR_UINT 0u
+#define OTA_CBOR_NINT 1u
+#define OTA_CBOR_BSTR 2u
+#define OTA_CBOR_TSTR 3u
+#define OTA_CBOR_ARRAY 4u
+#define OTA_CBOR_MAP 5u
+#define OTA_CBOR_TAG 6u
+#define OTA_CBOR_SIMPLE 7u
+
+typedef struct ota_cbor_reader {
+    const uint8_t *p;   /* next byte */
+    const uint8_t *end; /* one past the last byte */
+} ota_cbor_reader_t;
+
+void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len);
+
+/* Reads one head. For major types 0..6 *arg is the value, length, count or
+ * tag number; for major type 7 it is the simple value or the raw float bits.
+ * Length arguments of strings are checked against the bytes left, counts of
+ * arrays/maps against the bytes left (each item needs at least one byte). */
+int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg);
+
+/* Typed helpers; each returns OTA_ERR_CBOR_TYPE when the next item has
+ * another type (the reader is then left at an unspecified position). */
+int ota_cbor_read_uint(ota_cbor_reader_t *r, uint64_t *v);
+int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v); /* uint or nint */
+int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n);
+int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n);
+int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count);
+int ota_cbor_read_map(ota_cbor_reader_t *r, uint64_t *pairs);
+int ota_cbor_read_tag(ota_cbor_reader_t *r, uint64_t *tag);
+
+/* Skips one complete data item (with everything nested in it). */
+int ota_cbor_skip(ota_cbor_reader_t *r);
+
+/* Checks that buf holds exactly one well-formed data item. */
+int ota_cbor_validate(const uint8_t *buf, size_t len);
+
+/*
+ * Map walk with duplicate detection, for the int-keyed maps of the wire
+ * contract: call ota_cbor_map_begin, then ota_cbor_map_next until it returns
+ * 0 (end of map) or a negative status. After a key is returned the caller
+ * must consume its value (read or skip) before asking for the next key.
+ * Keys must be unsigned integers; a repeated key gives OTA_ERR_CBOR_DUP.
+ */
+typedef struct ota_cbor_map {
+    ota_cbor_reader_t *r;
+    uint32_t left;
+    uint32_t seen;
+    uint64_t keys[OTA_CFG_CBOR_MAX_PAIRS];
+} ota_cbor_map_t;
+
+int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r);
+int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key); /* 1 key, 0 end */
+
+typedef struct ota_cbor_writer {
+    uint8_t *buf;
+    size_t cap;
+    size_t len;
+    bool overflow;
+} ota_cbor_writer_t;
+
+void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap);
+void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg);
+void ota_cbor_put_uint(ota_cbor_writer_t *w, uint64_t v);
+void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v);
+void ota_cbor_put_bstr(ota_cbor_writer_t *w, const uint8_t *p, size_t n);
+void ota_cbor_put_tstr(ota_cbor_writer_t *w, const char *p, size_t n);
+void ota_cbor_put_cstr(ota_cbor_writer_t *w, const char *s); /* NUL-terminated */
+void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n);
+/* OTA_OK, or OTA_ERR_NOSPACE if anything did not fit. */
+int ota_cbor_writer_status(const ota_cbor_writer_t *w);
+
+/* Encodes just a head into out (at most 9 bytes); returns its length. */
+size_t ota_cbor_encode_head(uint8_t out[9], uint8_t major, uint64_t arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* OTAMQ_OTA_CBOR_H */

@@ -1,0 +1,200 @@
+/*
+ * ota_config.h - compile-time configuration of the otamq agent core.
+ *
+ * Every option has a default here, guarded by #ifndef, so a build may
+ * override any of them with -D or by defining them before this header is
+ * included (the ESP-IDF component maps its Kconfig options onto them).
+ *
+ * Options ending in _MS are the DEFAULTS of the run-time timing settings in
+ * struct ota_settings (see ota_agent.h): a zero field there means "use the
+ * value below", so tests and the POSIX simulator can shorten them without
+ * recompiling.
+ */
+#ifndef OTAMQ_OTA_CONFIG_H
+#define OTAMQ_OTA_CONFIG_H
+
+/* ---- sizes (bytes / counts); they decide the agent's static RAM ---------- */
+
+/* Longest device ID (DESIGN §2: 1..64 characters). */
+#ifndef OTA_CFG_DEVICE_ID_MAX
+#define OTA_CFG_DEVICE_ID_MAX 64
+#endif
+
+/* Topic prefix (DESIGN §3, "dm" by default). */
+#ifndef OTA_CFG_TOPIC_PREFIX
+#define OTA_CFG_TOPIC_PREFIX "dm"
+#endif
+
+/* Longest semver string kept (firmware, bootloader, agent versions). */
+#ifndef OTA_CFG_VERSION_MAX
+#define OTA_CFG_VERSION_MAX 32
+#endif
+
+/* Longest hardware string (e.g. "esp32-v2"). */
+#ifndef OTA_CFG_HARDWARE_MAX
+#define OTA_CFG_HARDWARE_MAX 32
+#endif
+
+/* Longest rollout ID kept. Longer rollout IDs are refused (bad message). */
+#ifndef OTA_CFG_ROLLOUT_MAX
+#define OTA_CFG_ROLLOUT_MAX 48
+#endif
+
+/* Number of trusted manifest signing keys (selected by key ID). */
+#ifndef OTA_CFG_MAX_KEYS
+#define OTA_CFG_MAX_KEYS 4
+#endif
+
+/* Largest block the agent asks for. The port's MQTT receive buffer (the
+ * "block buffer") must hold one block message: OTA_CFG_BLOCK_SIZE plus
+ * OTA_CFG_BLOCK_OVERHEAD; the POSIX and ESP-IDF ports announce that sum as
+ * MQTT v5 Maximum Packet Size. The offer's suggested size is used when it is
+ * smaller. */
+#ifndef OTA_CFG_BLOCK_SIZE
+#define OTA_CFG_BLOCK_SIZE 4096
+#endif
+
+/* Bytes a block message needs beyond its data: MQTT fixed header, topic,
+ * properties and the CBOR keys around the data. */
+#ifndef OTA_CFG_BLOCK_OVERHEAD
+#define OTA_CFG_BLOCK_OVERHEAD 192
+#endif
+
+/* Blocks asked for per request (the window, block request key 4). */
+#ifndef OTA_CFG_WINDOW
+#define OTA_CFG_WINDOW 4
+#endif
+
+/* Buffer in which outgoing messages (birth, heartbeat, event, block
+ * request) and the persisted state record are encoded. Also used as the
+ * scratch buffer when the image hash is recomputed after a reset. */
+#ifndef OTA_CFG_TX_BUF
+#define OTA_CFG_TX_BUF 320
+#endif
+
+/* Longest event detail kept (DESIGN allows 128; shorter saves RAM). */
+#ifndef OTA_CFG_DETAIL_MAX
+#define OTA_CFG_DETAIL_MAX 48
+#endif
+
+/* Events queued while the broker is unreachable (oldest dropped first). */
+#ifndef OTA_CFG_EVENT_QUEUE
+#define OTA_CFG_EVENT_QUEUE 6
+#endif
+
+/* Boot times remembered for the reboot / watchdog rollback triggers.
+ * Must exceed both OTA_CFG_MAX_REBOOTS and OTA_CFG_MAX_WDT_RESETS. */
+#ifndef OTA_CFG_BOOT_LOG
+#define OTA_CFG_BOOT_LOG 8
+#endif
+
+/* CBOR nesting limit of the reader (maps/arrays/tags inside each other). */
+#ifndef OTA_CFG_CBOR_MAX_DEPTH
+#define OTA_CFG_CBOR_MAX_DEPTH 8
+#endif
+
+/* Most pairs in one CBOR map the decoders accept (duplicate detection keeps
+ * every key of the map being decoded on the stack: 8 bytes each). */
+#ifndef OTA_CFG_CBOR_MAX_PAIRS
+#define OTA_CFG_CBOR_MAX_PAIRS 24
+#endif
+
+/* Most entries in the manifest's target hardware array. */
+#ifndef OTA_CFG_MAX_TARGETS
+#define OTA_CFG_MAX_TARGETS 16
+#endif
+
+/* ---- timing defaults (ms) and rollback triggers ------------------------- */
+
+/* Heartbeat period while connected. */
+#ifndef OTA_CFG_HEARTBEAT_MS
+#define OTA_CFG_HEARTBEAT_MS 60000u
+#endif
+
+/* No block for this long after a request: re-request from the first
+ * missing offset. */
+#ifndef OTA_CFG_REQUEST_TIMEOUT_MS
+#define OTA_CFG_REQUEST_TIMEOUT_MS 5000u
+#endif
+
+/* Exponential backoff after a timeout or retryable block error: the first
+ * retry waits BACKOFF_MIN, each further consecutive failure doubles it, up to
+ * BACKOFF_MAX. */
+#ifndef OTA_CFG_BACKOFF_MIN_MS
+#define OTA_CFG_BACKOFF_MIN_MS 1000u
+#endif
+#ifndef OTA_CFG_BACKOFF_MAX_MS
+#define OTA_CFG_BACKOFF_MAX_MS 60000u
+#endif
+
+/* Consecutive failed requests (no progress) before the download is given up
+ * (event update.download.failed, error 6). */
+#ifndef OTA_CFG_MAX_RETRIES
+#define OTA_CFG_MAX_RETRIES 10u
+#endif
+
+/* The new image's first boot must pass every health check (broker reached,
+ * heartbeat sent, application check) within this time, or it rolls back. */
+#ifndef OTA_CFG_TRIAL_TIMEOUT_MS
+#define OTA_CFG_TRIAL_TIMEOUT_MS 120000u
+#endif
+
+/* After the first boot confirmed the image, the rollback triggers stay armed
+ * for this long (summed over boots) before the update counts as committed. */
+#ifndef OTA_CFG_PROBATION_MS
+#define OTA_CFG_PROBATION_MS 600000u
+#endif
+
+/* Rollback trigger: more than MAX_REBOOTS boots within REBOOT_WINDOW. */
+#ifndef OTA_CFG_MAX_REBOOTS
+#define OTA_CFG_MAX_REBOOTS 3u
+#endif
+#ifndef OTA_CFG_REBOOT_WINDOW_MS
+#define OTA_CFG_REBOOT_WINDOW_MS 300000u
+#endif
+
+/* Rollback trigger: more than MAX_WDT_RESETS watchdog resets within
+ * WDT_WINDOW. */
+#ifndef OTA_CFG_MAX_WDT_RESETS
+#define OTA_CFG_MAX_WDT_RESETS 5u
+#endif
+#ifndef OTA_CFG_WDT_WINDOW_MS
+#define OTA_CFG_WDT_WINDOW_MS 600000u
+#endif
+
+/* Rollback trigger: health checks failing continuously for this long. */
+#ifndef OTA_CFG_HEALTH_FAIL_MS
+#define OTA_CFG_HEALTH_FAIL_MS 120000u
+#endif
+
+/* Rollback trigger: no broker connection for this long. */
+#ifndef OTA_CFG_NO_BROKER_MS
+#define OTA_CFG_NO_BROKER_MS 300000u
+#endif
+
+/* How often the trial clock (time spent running the new image, summed over
+ * its boots) is persisted. A crash loses at most this much of it, which
+ * makes the reboot triggers count boots as closer together (safe side). */
+#ifndef OTA_CFG_TRIAL_PERSIST_MS
+#define OTA_CFG_TRIAL_PERSIST_MS 30000u
+#endif
+
+/* The download offset is persisted each time this many bytes more have been
+ * written (and always at the end of a window). 0 = after every block. */
+#ifndef OTA_CFG_PERSIST_EVERY
+#define OTA_CFG_PERSIST_EVERY 16384u
+#endif
+
+/* ---- derived limits, checked at compile time --------------------------- */
+
+#if OTA_CFG_BOOT_LOG <= OTA_CFG_MAX_REBOOTS || OTA_CFG_BOOT_LOG <= OTA_CFG_MAX_WDT_RESETS
+#error "OTA_CFG_BOOT_LOG must exceed OTA_CFG_MAX_REBOOTS and OTA_CFG_MAX_WDT_RESETS"
+#endif
+#if OTA_CFG_TX_BUF < 256
+#error "OTA_CFG_TX_BUF must be at least 256"
+#endif
+#if OTA_CFG_WINDOW < 1
+#error "OTA_CFG_WINDOW must be at least 1"
+#endif
+
+#endif /* OTAMQ_OTA_CONFIG_H */

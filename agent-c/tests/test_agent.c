@@ -1,0 +1,753 @@
+/* test_agent.c - the agent state machine against the fake port. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "fake_port.h"
+
+#define IMG_SIZE 20000u
+
+static fake_dev_t *dev;
+static uint8_t img[IMG_SIZE];
+
+static int setup(void **state)
+{
+    (void)state;
+    dev = calloc(1, sizeof(*dev));
+    fd_init(dev, "1.0.0");
+    tk_image(img, IMG_SIZE, OTA_SIM_HEALTHY, 0, "1.1.0", 42);
+    return dev == NULL;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    free(dev);
+    return 0;
+}
+
+static bool is_committed(fake_dev_t *d)
+{
+    return ota_agent_state(&d->agent) == OTA_STATE_COMMITTED;
+}
+static bool is_rolled_back(fake_dev_t *d)
+{
+    return ota_agent_state(&d->agent) == OTA_STATE_ROLLED_BACK;
+}
+static bool is_failed(fake_dev_t *d)
+{
+    return ota_agent_state(&d->agent) == OTA_STATE_FAILED;
+}
+static bool is_verified(fake_dev_t *d)
+{
+    return ota_agent_state(&d->agent) == OTA_STATE_VERIFIED;
+}
+static bool is_idle(fake_dev_t *d)
+{
+    return ota_agent_state(&d->agent) == OTA_STATE_IDLE;
+}
+static bool is_downloading_half(fake_dev_t *d)
+{
+    return ota_agent_state(&d->agent) == OTA_STATE_DOWNLOADING &&
+           ota_agent_offset(&d->agent) >= IMG_SIZE / 2;
+}
+static bool has_rejected(fake_dev_t *d)
+{
+    return fd_has_event(d, OTA_EV_REJECTED, 0);
+}
+static bool trial_confirmed(fake_dev_t *d)
+{
+    return fd_has_event(d, OTA_EV_HEALTH_OK, 0);
+}
+
+static void boot_and_offer(uint8_t *image, uint32_t size, const char *v, unsigned mode,
+                           uint64_t seq, uint32_t sv)
+{
+    fd_boot(dev);
+    fd_offer_image(dev, image, size, v, "r-1", mode, seq, sv);
+}
+
+/* ---- the happy path ------------------------------------------------------ */
+
+static void test_update_commits(void **state)
+{
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_committed, 200000));
+    assert_string_equal(fd_running_version(dev), "1.1.0");
+    assert_int_equal(dev->running, 1);
+    assert_int_equal(dev->od.state[1], OTA_SLOT_VALID);
+    assert_memory_equal(dev->slot[1], img, IMG_SIZE);
+    /* every step reported, in order */
+    static const unsigned want[] = {OTA_EV_DOWNLOAD_STARTED, OTA_EV_DOWNLOAD_PROGRESS,
+                                    OTA_EV_DOWNLOAD_COMPLETED, OTA_EV_INSTALL_STARTED,
+                                    OTA_EV_INSTALL_COMPLETED, OTA_EV_REBOOT_STARTED,
+                                    OTA_EV_REBOOT_COMPLETED, OTA_EV_HEALTH_OK};
+    int i, j = 0;
+    for (i = 0; i < dev->nev && j < (int)(sizeof(want) / sizeof(want[0])); i++)
+        if (dev->ev[i].code == want[j])
+            j++;
+    assert_int_equal(j, (int)(sizeof(want) / sizeof(want[0])));
+    assert_int_equal(fd_count_event(dev, OTA_EV_DOWNLOAD_PROGRESS), 9);
+    /* the birth after the update says OTA reboot, the new version, slot 1 */
+    assert_string_equal(dev->last_birth_version, "1.1.0");
+    assert_int_equal(dev->last_birth_slot, 1);
+    assert_true(dev->births >= 2);
+    assert_true(dev->heartbeats >= 2);
+    /* a re-offer of the same update does nothing */
+    int before = dev->requests;
+    fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
+    fd_run_for(dev, 5000);
+    assert_int_equal(dev->requests, before);
+}
+
+static void test_birth_reason_after_update(void **state)
+{
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    assert_int_equal(dev->last_birth_reason, OTA_BOOT_OTA);
+    assert_int_equal(dev->last_birth_state, OTA_STATE_TRIAL);
+}
+
+static void test_install_waits_for_command(void **state)
+{
+    uint8_t cmd[64];
+    size_t n;
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 1, 5, 1);
+    assert_true(fd_run_until(dev, is_verified, 100000));
+    fd_run_for(dev, 20000);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_VERIFIED);
+    assert_int_equal(dev->running, 0);
+    /* an install for another rollout is ignored */
+    n = tk_command(cmd, sizeof(cmd), OTA_CMD_INSTALL, "r-other", 0);
+    fd_push(dev, "cmd", cmd, n);
+    fd_run_for(dev, 1000);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_VERIFIED);
+    /* an expired one too */
+    n = tk_command(cmd, sizeof(cmd), OTA_CMD_INSTALL, "r-1", 1000);
+    fd_push(dev, "cmd", cmd, n);
+    fd_run_for(dev, 1000);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_VERIFIED);
+    n = tk_command(cmd, sizeof(cmd), OTA_CMD_INSTALL, "r-1", 0);
+    fd_push(dev, "cmd", cmd, n);
+    assert_true(fd_run_until(dev, is_committed, 200000));
+    assert_string_equal(fd_running_version(dev), "1.1.0");
+}
+
+static void test_verified_survives_reset(void **state)
+{
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 1, 5, 1);
+    assert_true(fd_run_until(dev, is_verified, 100000));
+    dev->connected = false;
+    fd_boot(dev);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_VERIFIED);
+    /* a slot that changed while off is refused */
+    dev->slot[1][100] ^= 1;
+    dev->connected = false;
+    fd_boot(dev);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_FAILED);
+}
+
+/* ---- cancel -------------------------------------------------------------- */
+
+static void test_cancel_by_empty_offer(void **state)
+{
+    uint8_t o[64];
+    size_t n;
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_downloading_half, 100000));
+    n = tk_offer(o, sizeof(o), "", NULL, 0, 0, 0, 0);
+    dev->offer_len = 0;
+    fd_push(dev, "ota/manifest", o, n);
+    assert_true(fd_run_until(dev, is_idle, 5000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_CANCELLED));
+    int before = dev->requests;
+    fd_run_for(dev, 10000);
+    assert_int_equal(dev->requests, before);
+}
+
+static void test_cancel_by_command(void **state)
+{
+    uint8_t c[64];
+    size_t n;
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 1, 5, 1);
+    assert_true(fd_run_until(dev, is_verified, 100000));
+    n = tk_command(c, sizeof(c), OTA_CMD_CANCEL, "r-1", 0);
+    fd_push(dev, "cmd", c, n);
+    assert_true(fd_run_until(dev, is_idle, 5000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_CANCELLED));
+}
+
+/* ---- manifest checks, in order ------------------------------------------- */
+
+static void offer_with(tk_manifest_t *m, const tk_key_t *key, bool tamper)
+{
+    uint8_t payload[512], cose[1024];
+    size_t plen = tk_manifest_payload(m, payload, sizeof(payload));
+    size_t clen = tk_sign(key, payload, plen, cose, sizeof(cose));
+    if (tamper)
+        cose[clen - 70] ^= 1; /* inside the payload */
+    dev->image = img;
+    dev->image_size = IMG_SIZE;
+    dev->offer_len = tk_offer(dev->offer, sizeof(dev->offer), "r-9", cose, clen, 0, 0, 0);
+    fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
+}
+
+static void base_manifest(tk_manifest_t *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->seq = 10;
+    m->version = "1.1.0";
+    m->targets[0] = "esp32-v2";
+    m->ntargets = 1;
+    m->min_bootloader = "2.0.0";
+    m->size = IMG_SIZE;
+    tk_sha256(img, IMG_SIZE, m->digest);
+    m->secure_version = 1;
+}
+
+static void expect_rejected(unsigned err, const char *detail)
+{
+    assert_true(fd_run_until(dev, has_rejected, 5000));
+    assert_int_equal(dev->ev[dev->nev - 1].code, OTA_EV_REJECTED);
+    assert_int_equal(dev->ev[dev->nev - 1].error, err);
+    if (detail != NULL)
+        assert_string_equal(dev->ev[dev->nev - 1].detail, detail);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_IDLE);
+    assert_int_equal(dev->requests, 0);
+}
+
+static void test_reject_bad_signature(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.targets[0] = "other-hw"; /* the signature is checked first */
+    offer_with(&m, &dev->key, true);
+    expect_rejected(OTA_E_SIGNATURE, "bad signature");
+}
+
+static void test_reject_unknown_key(void **state)
+{
+    tk_manifest_t m;
+    tk_key_t other;
+    (void)state;
+    tk_keygen(&other, 99);
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    offer_with(&m, &other, false);
+    expect_rejected(OTA_E_SIGNATURE, "unknown key");
+}
+
+static void test_reject_hardware(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.targets[0] = "esp32-v9";
+    m.min_bootloader = "9.0.0"; /* hardware is checked before bootloader */
+    offer_with(&m, &dev->key, false);
+    expect_rejected(OTA_E_HARDWARE, "hardware");
+}
+
+static void test_reject_bootloader(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.min_bootloader = "2.2.0";
+    m.version = "0.9.0"; /* bootloader is checked before version */
+    offer_with(&m, &dev->key, false);
+    expect_rejected(OTA_E_HARDWARE, "bootloader too old");
+}
+
+static void test_reject_downgrade(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.version = "0.9.0";
+    m.secure_version = 0;
+    offer_with(&m, &dev->key, false);
+    expect_rejected(OTA_E_VERSION, "downgrade");
+}
+
+static void test_downgrade_allowed_by_setting(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    dev->cfg.settings.allow_downgrade = true;
+    tk_image(img, IMG_SIZE, OTA_SIM_HEALTHY, 0, "0.9.0", 42);
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.version = "0.9.0";
+    offer_with(&m, &dev->key, false);
+    bool ok = fd_run_until(dev, is_committed, 200000);
+    if (!ok)
+        fd_dump_events(dev);
+    assert_true(ok);
+    assert_string_equal(fd_running_version(dev), "0.9.0");
+}
+
+static void test_reject_same_version(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.version = "1.0.0";
+    offer_with(&m, &dev->key, false);
+    expect_rejected(OTA_E_VERSION, "same version");
+}
+
+static void test_reject_sequence(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    dev->cfg.settings.probation_ms = 1000;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 50, 1);
+    assert_true(fd_run_until(dev, is_committed, 200000));
+    dev->nev = 0;
+    dev->requests = 0;
+    base_manifest(&m);
+    m.version = "1.2.0";
+    m.seq = 49;
+    offer_with(&m, &dev->key, false);
+    assert_true(fd_run_until(dev, has_rejected, 5000));
+    assert_int_equal(dev->ev[dev->nev - 1].error, OTA_E_VERSION);
+    assert_string_equal(dev->ev[dev->nev - 1].detail, "sequence");
+}
+
+static void test_reject_secure_version(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    dev->cfg.secure_version = 3;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.secure_version = 2;
+    offer_with(&m, &dev->key, false);
+    expect_rejected(OTA_E_SECURE_VERSION, "secure version");
+}
+
+static void test_reject_garbage_offer(void **state)
+{
+    static const uint8_t junk[] = {0xa1, 0x01, 0x5f}; /* indefinite bstr */
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    fd_push(dev, "ota/manifest", junk, sizeof(junk));
+    expect_rejected(0, "bad offer");
+}
+
+/* ---- download failures --------------------------------------------------- */
+
+static void test_digest_mismatch(void **state)
+{
+    (void)state;
+    dev->corrupt = true;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 100000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_DIGEST));
+    assert_int_equal(dev->running, 0);
+    assert_int_equal(dev->od.boot_slot, 0);
+    /* the same update is not retried when offered again */
+    int before = dev->requests;
+    fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
+    fd_run_for(dev, 5000);
+    assert_int_equal(dev->requests, before);
+}
+
+static void test_lost_blocks_are_refetched(void **state)
+{
+    (void)state;
+    dev->drop_every = 3;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_committed, 400000));
+    assert_memory_equal(dev->slot[1], img, IMG_SIZE);
+}
+
+static void test_small_served_blocks(void **state)
+{
+    (void)state;
+    dev->served_block_size = 300; /* broker caps below the request */
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_committed, 400000));
+}
+
+static void test_timeouts_back_off_and_give_up(void **state)
+{
+    int i;
+    (void)state;
+    dev->drop_all = 1;
+    dev->cfg.settings.max_retries = 5;
+    dev->cfg.settings.backoff_min_ms = 1000;
+    dev->cfg.settings.backoff_max_ms = 6000;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 200000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_RETRIES));
+    assert_int_equal(dev->requests, 6); /* first + 5 retries */
+    /* gap = timeout (2000) + backoff 1000, 2000, 4000, 6000 (capped), 6000 */
+    static const uint64_t backoff[] = {1000, 2000, 4000, 6000, 6000};
+    for (i = 1; i < 6; i++) {
+        uint64_t gap = dev->req_times[i] - dev->req_times[i - 1];
+        assert_true(gap >= 2000 + backoff[i - 1]);
+        assert_true(gap <= 2000 + backoff[i - 1] + 200);
+    }
+}
+
+static void test_rate_limited_waits(void **state)
+{
+    (void)state;
+    dev->blk_error = OTA_BLKERR_RATE_LIMITED;
+    dev->blk_retry_ms = 7000;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    fd_run_for(dev, 1000);
+    assert_int_equal(dev->requests, 1);
+    dev->blk_error = 0;
+    fd_run_for(dev, 5000);
+    assert_int_equal(dev->requests, 1); /* still honouring retry-after */
+    assert_true(fd_run_until(dev, is_committed, 200000));
+}
+
+static void test_fatal_block_error(void **state)
+{
+    (void)state;
+    dev->blk_error = OTA_BLKERR_NOT_ASSIGNED;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 10000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_RETRIES));
+}
+
+static void test_flash_write_fails(void **state)
+{
+    (void)state;
+    dev->fail_write_at = 3;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 10000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_FLASH));
+}
+
+static void test_image_too_large(void **state)
+{
+    static uint8_t big[FD_SLOT_SIZE + 1];
+    (void)state;
+    tk_image(big, sizeof(big), OTA_SIM_HEALTHY, 0, "1.1.0", 1);
+    boot_and_offer(big, sizeof(big), "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 10000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_NO_SPACE));
+}
+
+static void test_activate_fails(void **state)
+{
+    (void)state;
+    dev->fail_activate = true;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 100000));
+    assert_true(fd_has_event(dev, OTA_EV_INSTALL_COMPLETED, OTA_E_FLASH));
+    assert_int_equal(dev->running, 0);
+}
+
+static void test_resume_after_reset(void **state)
+{
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_downloading_half, 100000));
+    int before = dev->requests;
+    dev->connected = false; /* power off */
+    dev->nin = 0;
+    fd_boot(dev);
+    fd_run_for(dev, 200);
+    assert_true(dev->requests > before);
+    assert_true(dev->req_offsets[before] >= 4096); /* resumed, not restarted */
+    assert_true(fd_run_until(dev, is_committed, 200000));
+    assert_memory_equal(dev->slot[1], img, IMG_SIZE);
+}
+
+static void test_disconnect_during_download(void **state)
+{
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_downloading_half, 100000));
+    dev->link_up = false;
+    fd_run_for(dev, 10000);
+    dev->link_up = true;
+    assert_true(fd_run_until(dev, is_committed, 200000));
+}
+
+/* ---- trial and rollback -------------------------------------------------- */
+
+static bool rollback_reported(fake_dev_t *d)
+{
+    return is_rolled_back(d) && fd_has_event(d, OTA_EV_ROLLBACK_COMPLETED, 0);
+}
+
+static void expect_rollback(unsigned err)
+{
+    assert_true(fd_run_until(dev, rollback_reported, 300000));
+    assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_COMPLETED, err));
+    assert_string_equal(fd_running_version(dev), "1.0.0");
+    assert_int_equal(dev->running, 0);
+    fd_run_for(dev, 2000);
+    assert_int_equal(dev->last_birth_reason, OTA_BOOT_ROLLBACK);
+    assert_int_equal(dev->last_birth_state, OTA_STATE_ROLLED_BACK);
+    /* the bad update is not retried on the next offer */
+    int before = dev->requests;
+    fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
+    fd_run_for(dev, 5000);
+    assert_int_equal(dev->requests, before);
+}
+
+static void test_crash_on_boot_rolls_back(void **state)
+{
+    (void)state;
+    tk_image(img, IMG_SIZE, OTA_SIM_CRASH, 0, "1.1.0", 42);
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    expect_rollback(OTA_E_BOOT);
+    assert_int_equal(dev->od.state[1], OTA_SLOT_ABORTED);
+}
+
+static void test_hang_rolls_back(void **state)
+{
+    (void)state;
+    tk_image(img, IMG_SIZE, OTA_SIM_HANG, 0, "1.1.0", 42);
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    expect_rollback(OTA_E_BOOT);
+}
+
+static void test_health_fail_rolls_back(void **state)
+{
+    (void)state;
+    tk_image(img, IMG_SIZE, OTA_SIM_HEALTH_FAIL, 0, "1.1.0", 42);
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    expect_rollback(OTA_E_HEALTH);
+    assert_true(fd_has_event(dev, OTA_EV_HEALTH_FAILED, OTA_E_HEALTH));
+    assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_TRIGGERED, OTA_E_HEALTH));
+    assert_int_equal(dev->od.state[1], OTA_SLOT_INVALID);
+}
+
+static void test_no_broker_in_trial_rolls_back(void **state)
+{
+    uint8_t c[64];
+    size_t n;
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 1, 5, 1);
+    assert_true(fd_run_until(dev, is_verified, 100000));
+    dev->offline_after_reset = true; /* the new image never reaches the broker */
+    n = tk_command(c, sizeof(c), OTA_CMD_INSTALL, NULL, 0);
+    fd_push(dev, "cmd", c, n);
+    assert_true(fd_run_until(dev, is_rolled_back, 300000));
+    dev->link_up = true;
+    assert_true(fd_run_until(dev, rollback_reported, 10000));
+    assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_COMPLETED, OTA_E_HEALTH));
+    assert_string_equal(fd_running_version(dev), "1.0.0");
+}
+
+static void test_crash_loop_after_confirm_rolls_back(void **state)
+{
+    (void)state;
+    tk_image(img, IMG_SIZE, OTA_SIM_CRASH_LATER, 3, "1.1.0", 42);
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    /* the trigger fires at boot, before any connection: the persisted
+     * error travels with rollback.completed */
+    expect_rollback(OTA_E_BOOT);
+}
+
+static void test_health_failing_later_rolls_back(void **state)
+{
+    (void)state;
+    tk_image(img, IMG_SIZE, OTA_SIM_HEALTH_FAIL_LATER, 5, "1.1.0", 42);
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    expect_rollback(OTA_E_HEALTH);
+}
+
+static void test_broker_lost_in_probation_rolls_back(void **state)
+{
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    dev->link_up = false;
+    assert_true(fd_run_until(dev, is_rolled_back, 100000));
+    dev->link_up = true;
+    fd_run_for(dev, 1000);
+    assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_COMPLETED, OTA_E_HEALTH));
+    assert_string_equal(fd_running_version(dev), "1.0.0");
+}
+
+static void test_watchdog_resets_roll_back(void **state)
+{
+    int i;
+    (void)state;
+    dev->cfg.settings.max_reboots = 7; /* only the watchdog trigger counts */
+    dev->cfg.settings.max_wdt_resets = 2;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    for (i = 0; i < 3 && ota_agent_state(&dev->agent) == OTA_STATE_TRIAL; i++) {
+        fd_run_for(dev, 1000);
+        dev->connected = false;
+        dev->nin = 0;
+        dev->hw_reason = OTA_BOOT_WATCHDOG;
+        fd_boot(dev);
+    }
+    assert_true(fd_run_until(dev, rollback_reported, 10000));
+    assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_COMPLETED, OTA_E_BOOT));
+    assert_string_equal(fd_running_version(dev), "1.0.0");
+}
+
+static void test_confirm_failure_rolls_back(void **state)
+{
+    (void)state;
+    dev->fail_confirm = true;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    expect_rollback(OTA_E_BOOT);
+}
+
+static void test_offer_ignored_during_trial(void **state)
+{
+    tk_manifest_t m;
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    int before = dev->requests;
+    base_manifest(&m);
+    m.version = "1.2.0";
+    m.seq = 20;
+    offer_with(&m, &dev->key, false);
+    fd_run_for(dev, 3000);
+    assert_int_equal(dev->requests, before);
+    assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_TRIAL);
+}
+
+/* ---- commands, heartbeats ------------------------------------------------ */
+
+static void test_check_and_reboot_commands(void **state)
+{
+    uint8_t c[64];
+    size_t n;
+    int births, boots;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    int subs = dev->subs;
+    n = tk_command(c, sizeof(c), OTA_CMD_CHECK, NULL, 0);
+    fd_push(dev, "cmd", c, n);
+    fd_run_for(dev, 500);
+    assert_int_equal(dev->subs, subs + 1);
+    assert_true(fd_has_event(dev, OTA_EV_CHECK_STARTED, 0));
+    births = dev->births;
+    boots = dev->boots;
+    n = tk_command(c, sizeof(c), OTA_CMD_REBOOT, NULL, 0);
+    fd_push(dev, "cmd", c, n);
+    fd_run_for(dev, 500);
+    assert_int_equal(dev->boots, boots + 1);
+    assert_int_equal(dev->births, births + 1);
+    assert_int_equal(dev->last_birth_reason, OTA_BOOT_SOFTWARE);
+}
+
+static void test_heartbeats_periodic(void **state)
+{
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    int hb = dev->heartbeats;
+    fd_run_for(dev, 30000);
+    assert_int_equal(dev->heartbeats - hb, 3);
+    assert_int_equal(dev->births, 1);
+    fd_disconnect(dev);
+    fd_run_for(dev, 100);
+    assert_int_equal(dev->births, 2); /* birth at every connect */
+}
+
+static void test_init_rejects_bad_config(void **state)
+{
+    ota_agent_config_t c;
+    ota_agent_t *a = calloc(1, sizeof(*a));
+    (void)state;
+    fd_boot(dev);
+    c = dev->cfg;
+    c.device_id = "bad/id";
+    assert_int_equal(ota_agent_init(a, &c), OTA_ERR_ARG);
+    c = dev->cfg;
+    c.nkeys = 0;
+    assert_int_equal(ota_agent_init(a, &c), OTA_ERR_ARG);
+    c = dev->cfg;
+    c.port = NULL;
+    assert_int_equal(ota_agent_init(a, &c), OTA_ERR_ARG);
+    assert_int_equal(ota_agent_init(a, &dev->cfg), OTA_OK);
+    assert_int_equal(ota_agent_on_message(a, "dm/dev-1/cmd", NULL, 0), OTA_ERR_ARG); /* not booted */
+    free(a);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_update_commits),
+        T(test_birth_reason_after_update),
+        T(test_install_waits_for_command),
+        T(test_verified_survives_reset),
+        T(test_cancel_by_empty_offer),
+        T(test_cancel_by_command),
+        T(test_reject_bad_signature),
+        T(test_reject_unknown_key),
+        T(test_reject_hardware),
+        T(test_reject_bootloader),
+        T(test_reject_downgrade),
+        T(test_downgrade_allowed_by_setting),
+        T(test_reject_same_version),
+        T(test_reject_sequence),
+        T(test_reject_secure_version),
+        T(test_reject_garbage_offer),
+        T(test_digest_mismatch),
+        T(test_lost_blocks_are_refetched),
+        T(test_small_served_blocks),
+        T(test_timeouts_back_off_and_give_up),
+        T(test_rate_limited_waits),
+        T(test_fatal_block_error),
+        T(test_flash_write_fails),
+        T(test_image_too_large),
+        T(test_activate_fails),
+        T(test_resume_after_reset),
+        T(test_disconnect_during_download),
+        T(test_crash_on_boot_rolls_back),
+        T(test_hang_rolls_back),
+        T(test_health_fail_rolls_back),
+        T(test_no_broker_in_trial_rolls_back),
+        T(test_crash_loop_after_confirm_rolls_back),
+        T(test_health_failing_later_rolls_back),
+        T(test_broker_lost_in_probation_rolls_back),
+        T(test_watchdog_resets_roll_back),
+        T(test_confirm_failure_rolls_back),
+        T(test_offer_ignored_during_trial),
+        T(test_check_and_reboot_commands),
+        T(test_heartbeats_periodic),
+        T(test_init_rejects_bad_config),
+    };
+    return cmocka_run_group_tests_name("agent", tests, NULL, NULL);
+}
