@@ -96,22 +96,22 @@ type EventCode uint16
 
 // Event codes.
 const (
-	EvCheckStarted       EventCode = 1
-	EvCheckCompleted     EventCode = 2
-	EvDownloadStarted    EventCode = 3
-	EvDownloadProgress   EventCode = 4
-	EvDownloadCompleted  EventCode = 5
-	EvDownloadFailed     EventCode = 6
-	EvInstallStarted     EventCode = 7
-	EvInstallCompleted   EventCode = 8
-	EvRebootStarted      EventCode = 9
-	EvRebootCompleted    EventCode = 10
-	EvHealthOK           EventCode = 11
-	EvHealthFailed       EventCode = 12
-	EvRollbackTriggered  EventCode = 13
-	EvRollbackCompleted  EventCode = 14
-	EvRejected           EventCode = 15
-	maxEventCode                   = EvRejected
+	EvCheckStarted      EventCode = 1
+	EvCheckCompleted    EventCode = 2
+	EvDownloadStarted   EventCode = 3
+	EvDownloadProgress  EventCode = 4
+	EvDownloadCompleted EventCode = 5
+	EvDownloadFailed    EventCode = 6
+	EvInstallStarted    EventCode = 7
+	EvInstallCompleted  EventCode = 8
+	EvRebootStarted     EventCode = 9
+	EvRebootCompleted   EventCode = 10
+	EvHealthOK          EventCode = 11
+	EvHealthFailed      EventCode = 12
+	EvRollbackTriggered EventCode = 13
+	EvRollbackCompleted EventCode = 14
+	EvRejected          EventCode = 15
+	maxEventCode                  = EvRejected
 )
 
 var eventNames = [...]string{"", "update.check.started", "update.check.completed", "update.download.started",

@@ -1,0 +1,209 @@
+package admin
+
+import (
+	"context"
+	"slices"
+
+	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/store"
+)
+
+// The device/* verbs manage devices and gateways.
+
+type registerRequest struct {
+	ID   string           `json:"id"`
+	Role fleet.Role       `json:"role,omitempty"`
+	Auth fleet.AuthMethod `json:"auth,omitempty"`
+	fleet.Attributes
+}
+
+type deviceResult struct {
+	Device fleet.Device `json:"device"`
+	// Token is returned once, at registration or rotation, and never
+	// stored in clear.
+	Token string `json:"token,omitempty"`
+}
+
+func deviceRegister(_ context.Context, s *Service, c *call) (any, error) {
+	var req registerRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	if req.Role == "" {
+		req.Role = fleet.RoleDevice
+	}
+	if !req.Role.IsDevice() {
+		return nil, fail(CodeBadRequest, "device/register takes role device or gateway, not %q (operators: operator/add)", req.Role)
+	}
+	var token string
+	var secret fleet.Secret
+	if req.Auth == "" || req.Auth == fleet.AuthToken {
+		token = fleet.NewToken()
+		secret = fleet.TokenSecret(token)
+	}
+	var dev fleet.Device
+	err := c.commit(func(tx *store.Tx) error {
+		d, err := s.fleet.Register(tx, fleet.Registration{ID: req.ID, Role: req.Role, Auth: req.Auth, Attributes: req.Attributes}, secret, c.req.Caller.ID)
+		dev = d
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return deviceResult{Device: dev, Token: token}, nil
+}
+
+type idRequest struct {
+	ID string `json:"id"`
+}
+
+// deviceOf returns the registration of id if it is a device or gateway.
+func (s *Service) deviceView(id string) (fleet.View, error) {
+	if id == "" {
+		return fleet.View{}, fail(CodeBadRequest, "id missing")
+	}
+	v, ok := s.fleet.Get(id)
+	if !ok || !v.Role.IsDevice() {
+		return fleet.View{}, fail(CodeNotFound, "no device %q", id)
+	}
+	return v, nil
+}
+
+func deviceGet(_ context.Context, s *Service, c *call) (any, error) {
+	var req idRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	v, err := s.deviceView(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+type listRequest struct {
+	Role         fleet.Role `json:"role,omitempty"`
+	Hardware     string     `json:"hardware,omitempty"`
+	Region       string     `json:"region,omitempty"`
+	Connectivity string     `json:"connectivity,omitempty"`
+	Group        string     `json:"group,omitempty"`
+	Tag          string     `json:"tag,omitempty"`
+	Parent       string     `json:"parent,omitempty"`
+	Firmware     string     `json:"firmware,omitempty"`
+	Online       *bool      `json:"online,omitempty"`
+	Revoked      *bool      `json:"revoked,omitempty"`
+	After        string     `json:"after,omitempty"`
+	Limit        int        `json:"limit,omitempty"`
+}
+
+type listResult struct {
+	Devices []fleet.View `json:"devices"`
+	// Next is the cursor for the next page ("after"), empty on the last.
+	Next string `json:"next,omitempty"`
+}
+
+func (r *listRequest) filter(allowed ...fleet.Role) (fleet.Filter, error) {
+	roles := allowed
+	if r.Role != "" {
+		if !slices.Contains(allowed, r.Role) {
+			return fleet.Filter{}, fail(CodeBadRequest, "role %q: this list takes %v", r.Role, allowed)
+		}
+		roles = []fleet.Role{r.Role}
+	}
+	if r.Limit < 0 || r.Limit > fleet.MaxListLimit {
+		return fleet.Filter{}, fail(CodeBadRequest, "limit %d: want 1..%d", r.Limit, fleet.MaxListLimit)
+	}
+	return fleet.Filter{
+		Roles: roles, Hardware: r.Hardware, Region: r.Region, Connectivity: r.Connectivity, Group: r.Group,
+		Tag: r.Tag, Parent: r.Parent, Firmware: r.Firmware, Online: r.Online, Revoked: r.Revoked,
+		After: r.After, Limit: r.Limit,
+	}, nil
+}
+
+func deviceList(_ context.Context, s *Service, c *call) (any, error) {
+	var req listRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.args = req
+	f, err := req.filter(fleet.RoleDevice, fleet.RoleGateway)
+	if err != nil {
+		return nil, err
+	}
+	views, next := s.fleet.List(f)
+	if views == nil {
+		views = []fleet.View{}
+	}
+	return listResult{Devices: views, Next: next}, nil
+}
+
+type updateRequest struct {
+	ID string `json:"id"`
+	fleet.Change
+	// RotateToken issues a new token; the old one stops working at once.
+	RotateToken bool `json:"rotate_token,omitempty"`
+}
+
+func deviceUpdate(_ context.Context, s *Service, c *call) (any, error) {
+	var req updateRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	if _, err := s.deviceView(req.ID); err != nil {
+		return nil, err
+	}
+	var token string
+	var secret fleet.Secret
+	if req.RotateToken {
+		token = fleet.NewToken()
+		secret = fleet.TokenSecret(token)
+	}
+	var dev fleet.Device
+	err := c.commit(func(tx *store.Tx) error {
+		d, err := s.fleet.Update(tx, req.ID, req.Change, secret, c.req.Caller.ID)
+		dev = d
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if req.RotateToken {
+		// A session opened with the old token ends now.
+		c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+	}
+	return deviceResult{Device: dev, Token: token}, nil
+}
+
+type revokeRequest struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func deviceRevoke(_ context.Context, s *Service, c *call) (any, error) {
+	var req revokeRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	if _, err := s.deviceView(req.ID); err != nil {
+		return nil, err
+	}
+	return s.revoke(c, req)
+}
+
+func (s *Service) revoke(c *call, req revokeRequest) (any, error) {
+	var dev fleet.Device
+	err := c.commit(func(tx *store.Tx) error {
+		d, err := s.fleet.Revoke(tx, req.ID, req.Reason, c.req.Caller.ID)
+		dev = d
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+	return map[string]any{"device": dev}, nil
+}

@@ -1,0 +1,44 @@
+package admin
+
+import (
+	"testing"
+)
+
+// FuzzAdminRequest sends arbitrary bodies to every verb. Handle must never
+// panic, must always answer with a code, and a refused request must leave
+// the store as it was.
+func FuzzAdminRequest(f *testing.F) {
+	seeds := []string{
+		`{"id":"dev-9","hardware":"esp32-v2","groups":["a"],"tags":{"k":"v"}}`,
+		`{"id":"dev-1","region":"us","rotate_token":true}`,
+		`{"id":"dev-1","reinstate":true}`,
+		`{"id":"gw-1","role":"gateway"}`,
+		`{"id":"x","parent":"gw-1"}`,
+		`{"limit":1,"after":"a","online":true}`,
+		`{"id":"carol","password":"0123456789abc"}`,
+		`{"id":"dev-1","reason":"lost"}`,
+		`{"id": 7}`, `[`, `{"id":"x"} {}`, ``, `null`, `{"tags":{"":""}}`,
+	}
+	e := newEnv(f)
+	e.ok(op, "device/register", map[string]any{"id": "gw-1", "role": "gateway"})
+	e.ok(op, "device/register", map[string]any{"id": "dev-1", "hardware": "esp32-v2"})
+	actions := e.svc.Actions()
+	for i, s := range seeds {
+		f.Add(uint8(i), []byte(s))
+	}
+	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
+		e.t = t
+		action := actions[int(which)%len(actions)]
+		before := e.snapshot()
+		m, code := e.do(op, action, string(body))
+		if code == "" {
+			return
+		}
+		if m["error"] == nil {
+			t.Fatalf("%s refused without an error", action)
+		}
+		if e.snapshot() != before {
+			t.Fatalf("%s %q: refused but changed the store", action, body)
+		}
+	})
+}

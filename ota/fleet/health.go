@@ -1,0 +1,219 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/wire"
+)
+
+// Conn describes a new connection.
+type Conn struct {
+	Remote   string
+	Protocol uint8
+}
+
+// Disconnect reasons recorded in Status.DisconnectReason and counted by the
+// broker.
+const (
+	ReasonNormal    = "normal"            // the client sent DISCONNECT
+	ReasonKeepalive = "keepalive_timeout" // nothing heard for 1.5 × keepalive
+	ReasonLost      = "connection_lost"   // the network connection failed
+	ReasonTakeover  = "taken_over"        // a new connection with the same ID
+	ReasonProtocol  = "protocol_error"    // the client broke the protocol
+	ReasonKicked    = "kicked"            // the broker disconnected it (revoked)
+	ReasonShutdown  = "server_shutdown"
+	ReasonRestart   = "broker_restart" // was online when the broker stopped
+)
+
+// markDirty queues e for the next flush. Callers hold e.mu.
+func (r *Registry) markDirty(e *entry) {
+	if e.dirty {
+		return
+	}
+	e.dirty = true
+	r.dirtyMu.Lock()
+	r.dirty = append(r.dirty, e)
+	r.dirtyMu.Unlock()
+}
+
+// Connected records a new session of id and returns its generation, to be
+// passed to Disconnected and WillFired. It returns 0 if id is not
+// registered.
+func (r *Registry) Connected(id string, c Conn) uint64 {
+	e := r.lookup(id)
+	if e == nil {
+		return 0
+	}
+	gen := r.gen.Add(1)
+	now := r.now()
+	e.mu.Lock()
+	e.conn = gen
+	st := &e.status
+	st.Online = true
+	st.ConnectedAt, st.LastSeen = now, now
+	st.Connects++
+	if st.Connects > 1 {
+		st.Reconnects = st.Connects - 1
+	}
+	st.Remote, st.Protocol = c.Remote, c.Protocol
+	st.DisconnectReason = ""
+	r.markDirty(e)
+	e.mu.Unlock()
+	r.events.Notify(Event{Type: EventOnline, ID: id, Time: now, Role: e.rec.Load().Role})
+	return gen
+}
+
+// Disconnected records the end of session gen of id. It reports false, and
+// changes nothing, when gen is not the current session (the old connection
+// of a takeover, or an unknown ID).
+func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
+	e := r.lookup(id)
+	if e == nil {
+		return false
+	}
+	now := r.now()
+	e.mu.Lock()
+	if gen == 0 || e.conn != gen {
+		e.mu.Unlock()
+		return false
+	}
+	e.conn = 0
+	e.status.Online = false
+	e.status.DisconnectedAt, e.status.LastSeen = now, now
+	e.status.DisconnectReason = reason
+	r.markDirty(e)
+	e.mu.Unlock()
+	r.events.Notify(Event{Type: EventOffline, ID: id, Time: now, Reason: reason})
+	return true
+}
+
+// WillFired records that the broker published the Last Will of session gen
+// of id. Like Disconnected it ignores older sessions.
+func (r *Registry) WillFired(id string, gen uint64) bool {
+	e := r.lookup(id)
+	if e == nil {
+		return false
+	}
+	now := r.now()
+	e.mu.Lock()
+	if gen == 0 || e.conn != gen && e.conn != 0 {
+		// A newer session exists: this will belongs to a taken-over one.
+		e.mu.Unlock()
+		return false
+	}
+	e.status.WillAt = now
+	e.status.Wills++
+	r.markDirty(e)
+	e.mu.Unlock()
+	r.events.Notify(Event{Type: EventWill, ID: id, Time: now})
+	return true
+}
+
+// Birth records a birth message of id.
+func (r *Registry) Birth(id string, b wire.Birth) error {
+	e := r.lookup(id)
+	if e == nil {
+		return fmt.Errorf("birth of %s: %w", id, ErrNotFound)
+	}
+	now := r.now()
+	e.mu.Lock()
+	st := &e.status
+	st.BirthAt, st.LastSeen = now, now
+	st.Firmware = b.FirmwareVersion
+	st.ReportedHardware = b.Hardware
+	st.Bootloader = b.Bootloader
+	st.Slot = b.Slot
+	st.BootReason = b.BootReason.String()
+	st.BootsSinceCommit = b.BootsSinceCommit
+	st.OTAState = b.OTAState.String()
+	st.AgentVersion = b.AgentVersion
+	st.Link = b.Connectivity.String()
+	st.UTCOffsetMinutes = b.UTCOffsetMinutes
+	st.SecureVersion = b.SecureVersion
+	r.markDirty(e)
+	e.mu.Unlock()
+	r.events.Notify(Event{Type: EventBirth, ID: id, Time: now, Firmware: b.FirmwareVersion, Reason: b.BootReason.String()})
+	return nil
+}
+
+// Heartbeat records a heartbeat of id.
+func (r *Registry) Heartbeat(id string, h wire.Heartbeat) error {
+	e := r.lookup(id)
+	if e == nil {
+		return fmt.Errorf("heartbeat of %s: %w", id, ErrNotFound)
+	}
+	now := r.now()
+	e.mu.Lock()
+	st := &e.status
+	wasHealthy := st.Heartbeats == 0 || st.Healthy()
+	st.HeartbeatAt, st.LastSeen = now, now
+	st.Heartbeats++
+	st.Uptime = h.UptimeSeconds
+	st.HealthFlags = h.HealthFlags
+	st.WatchdogResets = h.WatchdogResets
+	st.FreeHeap = h.FreeHeap
+	st.RSSI = h.RSSI
+	st.OTAState = h.OTAState.String()
+	if h.DownloadOffset != nil {
+		off := *h.DownloadOffset
+		st.DownloadOffset = &off
+	} else {
+		st.DownloadOffset = nil
+	}
+	healthy := st.Healthy()
+	r.markDirty(e)
+	e.mu.Unlock()
+	if healthy != wasHealthy {
+		reason := "healthy"
+		if !healthy {
+			reason = fmt.Sprintf("health flags %03b", h.HealthFlags)
+		}
+		r.events.Notify(Event{Type: EventHealth, ID: id, Time: now, Reason: reason})
+	}
+	return nil
+}
+
+// Flush writes every status changed since the last flush in one
+// transaction. If the write fails the entries stay queued for the next try.
+func (r *Registry) Flush(ctx context.Context) error {
+	r.dirtyMu.Lock()
+	batch := r.dirty
+	r.dirty = nil
+	r.dirtyMu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	ids := make([][]byte, len(batch))
+	vals := make([][]byte, len(batch))
+	for i, e := range batch {
+		e.mu.Lock()
+		e.dirty = false
+		v, err := json.Marshal(&e.status)
+		e.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("encode status: %w", err)
+		}
+		ids[i] = []byte(e.rec.Load().ID)
+		vals[i] = v
+	}
+	err := r.db.Update(ctx, func(tx *store.Tx) error {
+		for i := range ids {
+			if err := tx.Put(bucketStatus, ids[i], vals[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		for _, e := range batch {
+			e.mu.Lock()
+			r.markDirty(e)
+			e.mu.Unlock()
+		}
+		return fmt.Errorf("flush %d statuses: %w", len(batch), err)
+	}
+	return nil
+}

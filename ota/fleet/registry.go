@@ -1,0 +1,401 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/otamq/otamq/ota/store"
+)
+
+// Store buckets owned by the fleet.
+const (
+	bucketClients = "clients"
+	bucketStatus  = "status"
+)
+
+// DefaultFlushInterval is how often changed statuses are written.
+const DefaultFlushInterval = 2 * time.Second
+
+// Options configure Open. The zero value means all defaults.
+type Options struct {
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+	// Logger. Default slog.Default().
+	Logger *slog.Logger
+	// Events receives fleet events (online, offline, registered...). Notify
+	// must not block. Default: events are dropped.
+	Events Notifier
+	// FlushInterval is the period of Run's status flush. Default
+	// DefaultFlushInterval.
+	FlushInterval time.Duration
+	// PasswordChecks bounds how many operator password hashes are verified
+	// at once (each takes about 19 MiB for a few tens of milliseconds).
+	// Default 2.
+	PasswordChecks int
+}
+
+// Notifier receives fleet events. Notify is called from many goroutines and
+// must not block.
+type Notifier interface {
+	Notify(Event)
+}
+
+// Event is a fleet event, published for dashboards and `otactl watch`.
+type Event struct {
+	Type     string    `json:"type"`
+	ID       string    `json:"id"`
+	Time     time.Time `json:"time"`
+	Role     Role      `json:"role,omitempty"`
+	Firmware string    `json:"firmware,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Actor    string    `json:"actor,omitempty"`
+}
+
+// Fleet event types.
+const (
+	EventRegistered = "device.registered"
+	EventUpdated    = "device.updated"
+	EventRevoked    = "device.revoked"
+	EventOnline     = "device.online"
+	EventOffline    = "device.offline"
+	EventBirth      = "device.birth"
+	EventWill       = "device.will"
+	EventHealth     = "device.health"
+)
+
+// Registry holds every registered client. Its methods are safe for
+// concurrent use.
+type Registry struct {
+	db     *store.DB
+	now    func() time.Time
+	log    *slog.Logger
+	events Notifier
+	flush  time.Duration
+	slow   chan struct{} // semaphore for password verification
+
+	mu   sync.RWMutex // guards byID (the map itself, not the entries)
+	byID map[string]*entry
+
+	dirtyMu sync.Mutex // guards dirty
+	dirty   []*entry
+
+	gen atomic.Uint64 // connection generations
+}
+
+// entry is one registered client in memory.
+type entry struct {
+	rec atomic.Pointer[record] // replaced whole when a transaction commits
+
+	mu     sync.Mutex // guards status, conn and dirty
+	status Status
+	conn   uint64 // generation of the current connection, 0 if none
+	dirty  bool   // status changed since the last flush
+}
+
+type nopNotifier struct{}
+
+func (nopNotifier) Notify(Event) {}
+
+// Open loads the registry from db.
+func Open(db *store.DB, opts *Options) (*Registry, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Events == nil {
+		o.Events = nopNotifier{}
+	}
+	if o.FlushInterval <= 0 {
+		o.FlushInterval = DefaultFlushInterval
+	}
+	if o.PasswordChecks <= 0 {
+		o.PasswordChecks = 2
+	}
+	r := &Registry{
+		db: db, now: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
+		slow: make(chan struct{}, o.PasswordChecks),
+		byID: make(map[string]*entry),
+	}
+	err := db.View(func(tx *store.Tx) error {
+		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
+			var rec record
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("client %q: %w", k, err)
+			}
+			e := &entry{}
+			e.rec.Store(&rec)
+			r.byID[rec.ID] = e
+			return nil
+		}); err != nil {
+			return err
+		}
+		return tx.Scan(bucketStatus, nil, false, func(k, v []byte) error {
+			e := r.byID[string(k)]
+			if e == nil {
+				return nil // status of a client whose record is gone
+			}
+			if err := json.Unmarshal(v, &e.status); err != nil {
+				return fmt.Errorf("status %q: %w", k, err)
+			}
+			if e.status.Online {
+				// Nobody is connected to a broker that just started.
+				e.status.Online = false
+				e.status.DisconnectReason = "broker_restart"
+				r.markDirty(e)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load fleet: %w", err)
+	}
+	return r, nil
+}
+
+func (r *Registry) lookup(id string) *entry {
+	r.mu.RLock()
+	e := r.byID[id]
+	r.mu.RUnlock()
+	return e
+}
+
+// Lookup returns the registration of id. The Device is shared: never modify
+// it.
+func (r *Registry) Lookup(id string) (*Device, bool) {
+	e := r.lookup(id)
+	if e == nil {
+		return nil, false
+	}
+	return &e.rec.Load().Device, true
+}
+
+// Get returns the registration and status of id.
+func (r *Registry) Get(id string) (View, bool) {
+	e := r.lookup(id)
+	if e == nil {
+		return View{}, false
+	}
+	return e.view(), true
+}
+
+func (e *entry) view() View {
+	e.mu.Lock()
+	st := e.status
+	e.mu.Unlock()
+	return View{Device: e.rec.Load().Device, Status: st}
+}
+
+// Len returns the number of registered clients.
+func (r *Registry) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.byID)
+}
+
+// Filter selects clients for List. Empty fields match everything.
+type Filter struct {
+	Roles        []Role
+	Hardware     string
+	Region       string
+	Connectivity string
+	Group        string
+	Tag          string // "key" or "key=value"
+	Parent       string
+	Firmware     string
+	Online       *bool
+	Revoked      *bool
+	// After is the paging cursor: only IDs greater than it.
+	After string
+	// Limit is the page size (1..MaxListLimit; 0 means DefaultListLimit).
+	Limit int
+}
+
+// List page sizes.
+const (
+	DefaultListLimit = 100
+	MaxListLimit     = 1000
+)
+
+func (f *Filter) match(v *View) bool {
+	d := &v.Device
+	switch {
+	case len(f.Roles) > 0 && !slices.Contains(f.Roles, d.Role),
+		f.Hardware != "" && d.Hardware != f.Hardware,
+		f.Region != "" && d.Region != f.Region,
+		f.Connectivity != "" && d.Connectivity != f.Connectivity,
+		f.Group != "" && !d.InGroup(f.Group),
+		f.Parent != "" && d.Parent != f.Parent,
+		f.Firmware != "" && v.Status.Firmware != f.Firmware,
+		f.Online != nil && v.Status.Online != *f.Online,
+		f.Revoked != nil && d.Revoked != *f.Revoked:
+		return false
+	}
+	if f.Tag != "" {
+		k, val, hasVal := strings.Cut(f.Tag, "=")
+		got, ok := d.Tags[k]
+		if !ok || hasVal && got != val {
+			return false
+		}
+	}
+	return true
+}
+
+// List returns the clients matching f in ID order, at most f.Limit of them,
+// and the cursor of the next page ("" when this is the last).
+func (r *Registry) List(f Filter) ([]View, string) {
+	limit := f.Limit
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	limit = min(limit, MaxListLimit)
+	r.mu.RLock()
+	ids := make([]string, 0, len(r.byID))
+	for id := range r.byID {
+		if id > f.After {
+			ids = append(ids, id)
+		}
+	}
+	r.mu.RUnlock()
+	slices.Sort(ids)
+	var out []View
+	for _, id := range ids {
+		e := r.lookup(id)
+		if e == nil {
+			continue
+		}
+		v := e.view()
+		if !f.match(&v) {
+			continue
+		}
+		if len(out) == limit {
+			return out, out[len(out)-1].ID
+		}
+		out = append(out, v)
+	}
+	return out, ""
+}
+
+// Credentials are what a client presented at connect.
+type Credentials struct {
+	ClientID string
+	Username string
+	Password []byte
+	// CertCN is the common name of a verified client certificate, when
+	// HasCert is set.
+	CertCN  string
+	HasCert bool
+}
+
+// Authenticate checks c against the registration of c.ClientID and returns
+// it. Errors: ErrNotFound, ErrIdentityMismatch, ErrBadCredentials,
+// ErrRevoked. Operator passwords take tens of milliseconds to verify, and at
+// most Options.PasswordChecks run at once.
+func (r *Registry) Authenticate(c Credentials) (*Device, error) {
+	e := r.lookup(c.ClientID)
+	if e == nil {
+		return nil, ErrNotFound
+	}
+	rec := e.rec.Load()
+	if c.Username != "" && c.Username != c.ClientID {
+		return nil, fmt.Errorf("%w: username %q is not the client id", ErrIdentityMismatch, c.Username)
+	}
+	if c.HasCert {
+		if c.CertCN != c.ClientID {
+			return nil, fmt.Errorf("%w: certificate common name %q is not the client id", ErrIdentityMismatch, c.CertCN)
+		}
+	} else {
+		if rec.Auth == AuthCert {
+			return nil, fmt.Errorf("%w: %s must present a client certificate", ErrBadCredentials, c.ClientID)
+		}
+		if c.Username == "" {
+			return nil, fmt.Errorf("%w: no username", ErrBadCredentials)
+		}
+		if rec.Auth == AuthPassword {
+			r.slow <- struct{}{}
+			ok := verifySecret(rec.Secret, c.Password)
+			<-r.slow
+			if !ok {
+				return nil, ErrBadCredentials
+			}
+		} else if !verifySecret(rec.Secret, c.Password) {
+			return nil, ErrBadCredentials
+		}
+	}
+	if rec.Revoked {
+		return nil, ErrRevoked
+	}
+	return &rec.Device, nil
+}
+
+// Counts are fleet aggregates for metrics.
+type Counts struct {
+	// Registered counts devices and gateways that are not revoked, by
+	// declared hardware.
+	Registered map[string]int
+	// ByVersion counts devices and gateways by reported firmware and
+	// hardware ("" if never reported).
+	ByVersion map[[2]string]int
+	// Online counts connected devices and gateways.
+	Online int
+}
+
+// Counts computes the fleet aggregates. It walks every entry: call it at
+// scrape time, not per message.
+func (r *Registry) Counts() Counts {
+	c := Counts{Registered: map[string]int{}, ByVersion: map[[2]string]int{}}
+	r.mu.RLock()
+	entries := make([]*entry, 0, len(r.byID))
+	for _, e := range r.byID {
+		entries = append(entries, e)
+	}
+	r.mu.RUnlock()
+	for _, e := range entries {
+		rec := e.rec.Load()
+		if !rec.Role.IsDevice() || rec.Revoked {
+			continue
+		}
+		c.Registered[rec.Hardware]++
+		e.mu.Lock()
+		fw, online := e.status.Firmware, e.status.Online
+		e.mu.Unlock()
+		hw := rec.Hardware
+		c.ByVersion[[2]string{fw, hw}]++
+		if online {
+			c.Online++
+		}
+	}
+	return c
+}
+
+// Run flushes changed statuses every FlushInterval until ctx ends, then
+// flushes once more and returns.
+func (r *Registry) Run(ctx context.Context) {
+	t := time.NewTicker(r.flush)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if err := r.Flush(context.Background()); err != nil {
+				r.log.Error("final status flush failed", "err", err)
+			}
+			return
+		case <-t.C:
+			if err := r.Flush(ctx); err != nil {
+				r.log.Error("status flush failed", "err", err)
+			}
+		}
+	}
+}
