@@ -58,8 +58,9 @@ var (
 	idPattern   = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 	namePattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
 	// reservedIDs clash with the broker's own topics under the prefix
-	// (dm/admin/..., dm/fleet/...).
-	reservedIDs = []string{"admin", "fleet"}
+	// (dm/admin/..., dm/fleet/...) or with mochi's inline client, whose
+	// session a client of that ID would take over.
+	reservedIDs = []string{"admin", "fleet", "inline"}
 )
 
 // connectivities a device may be declared with.

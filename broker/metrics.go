@@ -1,0 +1,199 @@
+package broker
+
+import (
+	"slices"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/fleet"
+)
+
+// Metric names are a contract with the Grafana dashboard (DESIGN.md §9):
+// rename nothing without updating config/grafana and docs/METRICS.md.
+
+// maxVersionSeries bounds otamq_devices_by_version: firmware versions come
+// from devices, so past this many distinct (version, hardware) pairs the
+// rest are counted under version "other".
+const maxVersionSeries = 500
+
+// recorder implements hooks.Recorder with Prometheus counters.
+type recorder struct {
+	connects      prometheus.Counter
+	disconnects   *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	heartbeats    prometheus.Counter
+	births        prometheus.Counter
+	wills         prometheus.Counter
+	admin         *prometheus.CounterVec
+	eventsDropped prometheus.Counter
+}
+
+var _ hooks.Recorder = (*recorder)(nil)
+
+func newRecorder(reg prometheus.Registerer) *recorder {
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	r := &recorder{
+		connects: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_connects_total",
+			Help: "Sessions established by registered clients."}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_disconnects_total",
+			Help: "Sessions ended, by reason (normal, keepalive_timeout, connection_lost, taken_over, protocol_error, kicked, server_shutdown)."}, []string{"reason"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_rejected_total",
+			Help: "Connections and messages refused, by reason."}, []string{"reason"}),
+		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_heartbeats_total",
+			Help: "Heartbeats accepted."}),
+		births: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_births_total",
+			Help: "Birth messages accepted."}),
+		wills: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_wills_total",
+			Help: "Last Wills published for the current session of a client."}),
+		admin: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_admin_requests_total",
+			Help: "Admin requests, by verb (resource/verb) and result (ok or error code)."}, []string{"verb", "result"}),
+		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_fleet_events_dropped_total",
+			Help: "Fleet events lost to a full publish queue."}),
+	}
+	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.heartbeats, r.births, r.wills, r.admin, r.eventsDropped} {
+		f(c)
+	}
+	return r
+}
+
+func (r *recorder) Connected()                         { r.connects.Inc() }
+func (r *recorder) Disconnected(reason string)         { r.disconnects.WithLabelValues(reason).Inc() }
+func (r *recorder) Rejected(reason string)             { r.rejected.WithLabelValues(reason).Inc() }
+func (r *recorder) Heartbeat()                         { r.heartbeats.Inc() }
+func (r *recorder) Birth()                             { r.births.Inc() }
+func (r *recorder) Will()                              { r.wills.Inc() }
+func (r *recorder) AdminRequest(action, result string) { r.admin.WithLabelValues(action, result).Inc() }
+func (r *recorder) FleetEventDropped()                 { r.eventsDropped.Inc() }
+
+// stateCollector reads the fleet aggregates and mochi's counters at scrape
+// time, so nothing is counted twice and the hot path pays nothing.
+type stateCollector struct {
+	fleet *fleet.Registry
+	info  *mqtt.Server
+
+	connected, registered, byVersion *prometheus.Desc
+	mqttGauges                       []gaugeDesc
+	mqttCounters                     []gaugeDesc
+}
+
+type gaugeDesc struct {
+	desc *prometheus.Desc
+	val  func(s *mqtt.Server) float64
+}
+
+func load(p *int64) float64 { return float64(atomic.LoadInt64(p)) }
+
+func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, labels, nil)
+	}
+	return &stateCollector{
+		fleet: reg, info: srv,
+		connected:  d("otamq_devices_connected", "Devices and gateways connected now."),
+		registered: d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware.", "hardware"),
+		byVersion:  d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (version \"\" = never reported).", "version", "hardware"),
+		mqttGauges: []gaugeDesc{
+			{d("otamq_mqtt_clients_connected", "MQTT clients connected (all roles)."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsConnected) }},
+			{d("otamq_mqtt_inflight", "QoS 1/2 messages in flight to clients."), func(s *mqtt.Server) float64 { return load(&s.Info.Inflight) }},
+			{d("otamq_mqtt_subscriptions", "Active subscriptions."), func(s *mqtt.Server) float64 { return load(&s.Info.Subscriptions) }},
+			{d("otamq_mqtt_retained", "Retained messages."), func(s *mqtt.Server) float64 { return load(&s.Info.Retained) }},
+		},
+		mqttCounters: []gaugeDesc{
+			{d("otamq_mqtt_clients_total", "MQTT clients that ever connected, including refused ones."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsTotal) }},
+			{d("otamq_mqtt_messages_received_total", "PUBLISH packets received."), func(s *mqtt.Server) float64 { return load(&s.Info.MessagesReceived) }},
+			{d("otamq_mqtt_messages_sent_total", "PUBLISH packets sent."), func(s *mqtt.Server) float64 { return load(&s.Info.MessagesSent) }},
+			{d("otamq_mqtt_messages_dropped_total", "Messages dropped because a client's outbound queue was full."), func(s *mqtt.Server) float64 { return load(&s.Info.MessagesDropped) }},
+			{d("otamq_mqtt_inflight_dropped_total", "QoS 1/2 messages dropped because a client's inflight store was full."), func(s *mqtt.Server) float64 { return load(&s.Info.InflightDropped) }},
+			{d("otamq_mqtt_bytes_received_total", "Bytes received from clients."), func(s *mqtt.Server) float64 { return load(&s.Info.BytesReceived) }},
+			{d("otamq_mqtt_bytes_sent_total", "Bytes sent to clients."), func(s *mqtt.Server) float64 { return load(&s.Info.BytesSent) }},
+			{d("otamq_mqtt_packets_received_total", "MQTT packets received."), func(s *mqtt.Server) float64 { return load(&s.Info.PacketsReceived) }},
+			{d("otamq_mqtt_packets_sent_total", "MQTT packets sent."), func(s *mqtt.Server) float64 { return load(&s.Info.PacketsSent) }},
+		},
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.connected
+	ch <- c.registered
+	ch <- c.byVersion
+	for _, g := range c.mqttGauges {
+		ch <- g.desc
+	}
+	for _, g := range c.mqttCounters {
+		ch <- g.desc
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := c.fleet.Counts()
+	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(counts.Online))
+	for hw, n := range counts.Registered {
+		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), hw)
+	}
+	versions := counts.ByVersion
+	if len(versions) > maxVersionSeries {
+		versions = capVersions(versions, maxVersionSeries)
+	}
+	for k, n := range versions {
+		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, float64(n), k[0], k[1])
+	}
+	for _, g := range c.mqttGauges {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, g.val(c.info))
+	}
+	for _, g := range c.mqttCounters {
+		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.CounterValue, g.val(c.info))
+	}
+}
+
+// capVersions keeps the max-1 most common (version, hardware) pairs and
+// folds the rest into version "other" per hardware.
+func capVersions(in map[[2]string]int, max int) map[[2]string]int {
+	type kv struct {
+		k [2]string
+		n int
+	}
+	all := make([]kv, 0, len(in))
+	for k, n := range in {
+		all = append(all, kv{k, n})
+	}
+	// Partial selection is not worth it at scrape frequency; sort.
+	sortKV := func(a, b kv) int {
+		if a.n != b.n {
+			return b.n - a.n
+		}
+		if a.k[0] != b.k[0] {
+			if a.k[0] < b.k[0] {
+				return -1
+			}
+			return 1
+		}
+		if a.k[1] < b.k[1] {
+			return -1
+		}
+		return 1
+	}
+	slices.SortFunc(all, sortKV)
+	out := make(map[[2]string]int, max)
+	for i, e := range all {
+		if i < max-1 {
+			out[e.k] = e.n
+			continue
+		}
+		out[[2]string{"other", e.k[1]}] += e.n
+	}
+	return out
+}
+
+// newRegistry returns the private registry with the Go and process
+// collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}

@@ -1,0 +1,260 @@
+package hooks
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/wire"
+)
+
+// Device turns connection lifecycle and device messages into fleet status:
+// connect, disconnect, Last Will, birth and heartbeat.
+type Device struct {
+	mqtt.HookBase
+	topics Topics
+	fleet  *fleet.Registry
+	rec    Recorder
+	log    *slog.Logger
+	warn   *limiter
+
+	// mu guards sessions: the fleet generation of each live connection,
+	// needed to tell a taken-over connection's disconnect from the
+	// current one's.
+	mu       sync.Mutex
+	sessions map[*mqtt.Client]uint64
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// DeviceOptions configure NewDevice.
+type DeviceOptions struct {
+	Topics   Topics
+	Fleet    *fleet.Registry
+	Recorder Recorder
+	Logger   *slog.Logger
+	// SweepInterval is how often sessions whose connection died without a
+	// disconnect event are looked for. Default 5s.
+	SweepInterval time.Duration
+}
+
+// NewDevice returns the device hook and starts its sweeper; Stop ends it.
+func NewDevice(o DeviceOptions) *Device {
+	if o.Recorder == nil {
+		o.Recorder = NopRecorder{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.SweepInterval <= 0 {
+		o.SweepInterval = 5 * time.Second
+	}
+	d := &Device{
+		topics: o.Topics, fleet: o.Fleet, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
+		sessions: make(map[*mqtt.Client]uint64),
+		stop:     make(chan struct{}), done: make(chan struct{}),
+	}
+	go d.sweep(o.SweepInterval)
+	return d
+}
+
+// ID implements mqtt.Hook.
+func (d *Device) ID() string { return "otamq-device" }
+
+// Provides implements mqtt.Hook.
+func (d *Device) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWillSent, mqtt.OnPublish:
+		return true
+	}
+	return false
+}
+
+// Stop implements mqtt.Hook: it ends the sweeper.
+func (d *Device) Stop() error {
+	select {
+	case <-d.stop:
+	default:
+		close(d.stop)
+	}
+	<-d.done
+	return nil
+}
+
+// OnSessionEstablish implements mqtt.Hook. It runs after authentication and
+// before mochi takes over an existing session with the same ID, so the new
+// connection is the current one before the old one's disconnect arrives.
+func (d *Device) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	gen := d.fleet.Connected(cl.ID, fleet.Conn{Remote: cl.Net.Remote, Protocol: cl.Properties.ProtocolVersion})
+	if gen == 0 {
+		return
+	}
+	d.mu.Lock()
+	d.sessions[cl] = gen
+	d.mu.Unlock()
+	d.rec.Connected()
+}
+
+func (d *Device) generation(cl *mqtt.Client, remove bool) uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	gen := d.sessions[cl]
+	if remove {
+		delete(d.sessions, cl)
+	}
+	return gen
+}
+
+// OnDisconnect implements mqtt.Hook.
+func (d *Device) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	gen := d.generation(cl, true)
+	if gen == 0 {
+		return // never established (refused), or swept already
+	}
+	reason := disconnectReason(cl, err)
+	if !d.fleet.Disconnected(cl.ID, gen, reason) {
+		reason = fleet.ReasonTakeover
+	}
+	d.rec.Disconnected(reason)
+}
+
+// disconnectReason classifies why a connection ended.
+func disconnectReason(cl *mqtt.Client, err error) string {
+	cause := cl.StopCause()
+	var code packets.Code
+	switch {
+	case cl.IsTakenOver() || errors.Is(cause, packets.ErrSessionTakenOver):
+		return fleet.ReasonTakeover
+	case errors.Is(cause, packets.ErrServerShuttingDown):
+		return fleet.ReasonShutdown
+	case errors.Is(cause, packets.ErrNotAuthorized), errors.Is(cause, packets.ErrAdministrativeAction):
+		return fleet.ReasonKicked
+	case err == nil:
+		return fleet.ReasonNormal
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fleet.ReasonKeepalive
+	case errors.As(err, &code):
+		return fleet.ReasonProtocol
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.As(err, new(net.Error)):
+		return fleet.ReasonLost
+	}
+	return fleet.ReasonLost
+}
+
+// OnWillSent implements mqtt.Hook.
+func (d *Device) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
+	if d.fleet.WillFired(cl.ID, d.generation(cl, false)) {
+		d.rec.Will()
+	}
+}
+
+// OnPublish implements mqtt.Hook: births and heartbeats become status.
+// Malformed payloads are refused: a v5 client gets PUBACK "payload format
+// invalid" with the reason, others are acknowledged and dropped; either
+// way the message goes nowhere and is counted.
+func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	id, kind, ok := d.topics.ParseDevice(pk.TopicName)
+	if !ok {
+		return pk, nil
+	}
+	var err error
+	switch kind {
+	case KindBirth:
+		var b wire.Birth
+		if b, err = wire.DecodeBirth(pk.Payload); err == nil {
+			if err = d.fleet.Birth(id, b); err == nil {
+				d.rec.Birth()
+			}
+		}
+	case KindHB:
+		var h wire.Heartbeat
+		if h, err = wire.DecodeHeartbeat(pk.Payload); err == nil {
+			if err = d.fleet.Heartbeat(id, h); err == nil {
+				d.rec.Heartbeat()
+			}
+		}
+	default:
+		return pk, nil
+	}
+	if err == nil {
+		return pk, nil
+	}
+	return pk, d.refuse(cl, pk, err)
+}
+
+// refuse counts and logs a malformed device message and returns the error
+// that makes mochi drop it with the right acknowledgement.
+func (d *Device) refuse(cl *mqtt.Client, pk packets.Packet, err error) error {
+	d.rec.Rejected(RejectMalformed)
+	if d.warn.allow() {
+		d.log.Warn("device message refused", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "err", err)
+	}
+	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
+		reason := err.Error()
+		if len(reason) > 200 {
+			reason = reason[:200]
+		}
+		return packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: reason}
+	}
+	return packets.CodeSuccessIgnore
+}
+
+// sweep ends sessions whose connection closed without OnDisconnect (mochi
+// skips it when the CONNACK or the resend of inflight messages fails).
+func (d *Device) sweep(every time.Duration) {
+	defer close(d.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-t.C:
+		}
+		var dead []*mqtt.Client
+		d.mu.Lock()
+		for cl := range d.sessions {
+			if cl.Closed() && cl.StopTime() > 0 && time.Since(time.Unix(cl.StopTime(), 0)) > every {
+				dead = append(dead, cl)
+			}
+		}
+		d.mu.Unlock()
+		for _, cl := range dead {
+			d.OnDisconnect(cl, net.ErrClosed, false)
+		}
+	}
+}
+
+// limiter allows n events per period, for log lines a client could flood.
+type limiter struct {
+	mu     sync.Mutex
+	n      int
+	period time.Duration
+	start  time.Time
+	used   int
+}
+
+func newLimiter(n int, period time.Duration) *limiter { return &limiter{n: n, period: period} }
+
+func (l *limiter) allow() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	if now.Sub(l.start) > l.period {
+		l.start, l.used = now, 0
+	}
+	l.used++
+	return l.used <= l.n
+}

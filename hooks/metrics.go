@@ -1,0 +1,53 @@
+package hooks
+
+// Recorder counts what the hooks see. The broker implements it with
+// Prometheus; its methods are called on clients' read goroutines and must be
+// cheap and safe for concurrent use. Label values are bounded: reasons and
+// actions come from fixed lists, never from client input.
+type Recorder interface {
+	// Connected counts an established session.
+	Connected()
+	// Disconnected counts the end of a session, by reason (fleet.Reason*).
+	Disconnected(reason string)
+	// Rejected counts a refused connection or message, by reason.
+	Rejected(reason string)
+	// Heartbeat counts an accepted heartbeat.
+	Heartbeat()
+	// Birth counts an accepted birth.
+	Birth()
+	// Will counts a Last Will published for a device.
+	Will()
+	// AdminRequest counts an admin request by action ("device/register", or
+	// "unknown") and result ("ok" or an error code).
+	AdminRequest(action, result string)
+	// FleetEventDropped counts a fleet event lost to a full queue.
+	FleetEventDropped()
+}
+
+// Rejection reasons.
+const (
+	RejectUnknownClient  = "unknown_client"
+	RejectBadCredentials = "bad_credentials"
+	RejectIDMismatch     = "identity_mismatch"
+	RejectRevoked        = "revoked"
+	RejectWillTopic      = "will_topic"
+	RejectACLPublish     = "acl_publish"
+	RejectACLSubscribe   = "acl_subscribe"
+	RejectMalformed      = "malformed_payload"
+	RejectAdminNoReply   = "admin_no_response_topic"
+	RejectAdminBusy      = "admin_busy"
+)
+
+// NopRecorder counts nothing.
+type NopRecorder struct{}
+
+func (NopRecorder) Connected()                  {}
+func (NopRecorder) Disconnected(string)         {}
+func (NopRecorder) Rejected(string)             {}
+func (NopRecorder) Heartbeat()                  {}
+func (NopRecorder) Birth()                      {}
+func (NopRecorder) Will()                       {}
+func (NopRecorder) AdminRequest(string, string) {}
+func (NopRecorder) FleetEventDropped()          {}
+
+var _ Recorder = NopRecorder{}
