@@ -785,14 +785,20 @@ static void load_state(ota_agent_t *a)
         memset(&a->ps, 0, sizeof(a->ps)); /* fresh device or unreadable */
 }
 
+/* The bootloader (or the agent, before a reset) went back to the previous
+ * image. A revert after a power loss or brownout is not the image's fault:
+ * the same update may then be tried again when offered. */
 static void rolled_back(ota_agent_t *a)
 {
     bool asked = (a->ps.flags & OTA_PF_ROLLBACK_REQ) != 0u;
+    bool power = !asked && (a->boot.reason == OTA_BOOT_POWER_ON ||
+                            a->boot.reason == OTA_BOOT_BROWNOUT);
     uint8_t err = asked ? a->ps.error : OTA_E_BOOT;
     if (!asked)
-        event(a, OTA_EV_ROLLBACK_TRIGGERED, -1, err, "new image did not confirm");
+        event(a, OTA_EV_ROLLBACK_TRIGGERED, -1, err,
+              power ? "power lost before confirm" : "new image did not confirm");
     a->ps.error = err;
-    a->ps.flags = OTA_PF_IGNORE_OFFER;
+    a->ps.flags = power ? 0u : OTA_PF_IGNORE_OFFER;
     a->ps.nboots = 0;
     a->ps.nwdt = 0;
     a->boot_reason = OTA_BOOT_ROLLBACK;

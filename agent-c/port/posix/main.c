@@ -1,0 +1,334 @@
+/* main.c - otamq-agent: the agent on Linux, simulating an ESP32-like device
+ * with A/B slots in a data directory. See README.md for flags, exit codes
+ * and the simulated image header. */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crypto_mbedtls.h"
+#include "mqtt_mosquitto.h"
+#include "otamq/ota_agent.h"
+#include "port_posix.h"
+
+#define MAX_KEYS OTA_CFG_MAX_KEYS
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+typedef struct app {
+    ota_posix_t px;
+    ota_port_t port;
+    ota_agent_t agent;
+    struct ota_mq *mq;
+    uint32_t watchdog_ms;
+} app_t;
+
+static void cb_connect(void *user)
+{
+    app_t *a = (app_t *)user;
+    if (a->px.verbose)
+        fprintf(stderr, "otamq-agent: connected\n");
+    ota_agent_on_connect(&a->agent);
+}
+
+static void cb_disconnect(void *user)
+{
+    app_t *a = (app_t *)user;
+    if (a->px.verbose)
+        fprintf(stderr, "otamq-agent: disconnected\n");
+    ota_agent_on_disconnect(&a->agent);
+}
+
+static void cb_message(void *user, const char *topic, const uint8_t *p, size_t n)
+{
+    app_t *a = (app_t *)user;
+    int rc = ota_agent_on_message(&a->agent, topic, p, n);
+    if (a->px.verbose && rc != OTA_OK)
+        fprintf(stderr, "otamq-agent: %s: %s\n", topic, ota_strerror(rc));
+}
+
+static void usage(FILE *f)
+{
+    fputs("usage: otamq-agent --broker URL --id DEVICE --key PUB.pem [options]\n"
+          "  --broker URL           mqtt://host:port or mqtts://host:port\n"
+          "  --id ID                device ID (MQTT client ID and username)\n"
+          "  --token TOKEN          device token (MQTT password)\n"
+          "  --data-dir DIR         simulated flash (default ./otamq-data)\n"
+          "  --hardware HW          hardware string (default esp32-v2)\n"
+          "  --key FILE             trusted manifest key, PEM (repeatable)\n"
+          "  --bootloader VER       bootloader version (default 2.1.0)\n"
+          "  --initial-version VER  version of the factory image (default 1.0.0)\n"
+          "  --secure-version N     secure version of the factory image (default 0)\n"
+          "  --cafile FILE          CA bundle for mqtts://\n"
+          "  --mqtt-v3              use MQTT 3.1.1 instead of 5\n"
+          "  --supervise            restart after reboots, crashes and watchdog\n"
+          "                         resets, like a bootloader\n"
+          "  --watchdog-ms MS       simulated watchdog timeout (default 5000)\n"
+          "  --allow-downgrade      accept lower versions\n"
+          "  --verbose              log to stderr\n"
+          "  timing overrides (ms unless noted, 0 = default):\n"
+          "  --heartbeat-ms --request-timeout-ms --backoff-min-ms --backoff-max-ms\n"
+          "  --max-retries N --trial-timeout-ms --probation-ms --max-reboots N\n"
+          "  --reboot-window-ms --max-wdt-resets N --wdt-window-ms --health-fail-ms\n"
+          "  --no-broker-ms --block-size BYTES --window N\n"
+          "exit codes: 0 stopped, 1 error, 20 reboot, 21 panic, 22 watchdog\n",
+          f);
+}
+
+enum {
+    O_BROKER = 256, O_ID, O_TOKEN, O_DIR, O_HW, O_KEY, O_BL, O_INIT, O_SV, O_CAFILE, O_V3,
+    O_SUPERVISE, O_WDT, O_DOWNGRADE, O_VERBOSE, O_HB, O_RTO, O_BMIN, O_BMAX, O_RETRIES,
+    O_TRIAL, O_PROB, O_MAXRB, O_RBWIN, O_MAXWDT, O_WDTWIN, O_HFAIL, O_NOBROKER, O_BS, O_WIN,
+    O_HELP
+};
+
+static const struct option opts[] = {
+    {"broker", 1, 0, O_BROKER}, {"id", 1, 0, O_ID}, {"token", 1, 0, O_TOKEN},
+    {"data-dir", 1, 0, O_DIR}, {"hardware", 1, 0, O_HW}, {"key", 1, 0, O_KEY},
+    {"bootloader", 1, 0, O_BL}, {"initial-version", 1, 0, O_INIT},
+    {"secure-version", 1, 0, O_SV}, {"cafile", 1, 0, O_CAFILE}, {"mqtt-v3", 0, 0, O_V3},
+    {"supervise", 0, 0, O_SUPERVISE}, {"watchdog-ms", 1, 0, O_WDT},
+    {"allow-downgrade", 0, 0, O_DOWNGRADE}, {"verbose", 0, 0, O_VERBOSE},
+    {"heartbeat-ms", 1, 0, O_HB}, {"request-timeout-ms", 1, 0, O_RTO},
+    {"backoff-min-ms", 1, 0, O_BMIN}, {"backoff-max-ms", 1, 0, O_BMAX},
+    {"max-retries", 1, 0, O_RETRIES}, {"trial-timeout-ms", 1, 0, O_TRIAL},
+    {"probation-ms", 1, 0, O_PROB}, {"max-reboots", 1, 0, O_MAXRB},
+    {"reboot-window-ms", 1, 0, O_RBWIN}, {"max-wdt-resets", 1, 0, O_MAXWDT},
+    {"wdt-window-ms", 1, 0, O_WDTWIN}, {"health-fail-ms", 1, 0, O_HFAIL},
+    {"no-broker-ms", 1, 0, O_NOBROKER}, {"block-size", 1, 0, O_BS}, {"window", 1, 0, O_WIN},
+    {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+
+static int num(const char *s, uint32_t *out)
+{
+    char *end;
+    unsigned long v;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '\0' || end == s || v > 0xffffffffUL)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Restarts the device process like a bootloader restarts the chip. */
+static int supervise(char **argv)
+{
+    for (;;) {
+        int status;
+        pid_t pid = fork();
+        if (pid < 0) {
+            perror("otamq-agent: fork");
+            return OTA_EXIT_ERROR;
+        }
+        if (pid == 0) {
+            execv("/proc/self/exe", argv);
+            execvp(argv[0], argv);
+            perror("otamq-agent: exec");
+            _exit(OTA_EXIT_ERROR);
+        }
+        while (waitpid(pid, &status, 0) < 0) {
+            if (errno != EINTR)
+                return OTA_EXIT_ERROR;
+            if (stop_requested)
+                kill(pid, SIGTERM);
+        }
+        if (stop_requested)
+            return OTA_EXIT_OK;
+        if (WIFEXITED(status)) {
+            int code = WEXITSTATUS(status);
+            if (code != OTA_EXIT_REBOOT && code != OTA_EXIT_PANIC && code != OTA_EXIT_WATCHDOG)
+                return code;
+        } else if (WIFSIGNALED(status) &&
+                   (WTERMSIG(status) == SIGTERM || WTERMSIG(status) == SIGINT)) {
+            return OTA_EXIT_OK;
+        }
+        /* killed by another signal: a power loss; restart too */
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static app_t app;
+    static uint8_t keys[MAX_KEYS][65];
+    ota_agent_config_t cfg;
+    ota_mq_config_t mc;
+    const char *broker = NULL, *id = NULL, *token = NULL, *dir = "./otamq-data";
+    const char *hw = "esp32-v2", *bl = "2.1.0", *initv = "1.0.0", *cafile = NULL;
+    const char *keyfiles[MAX_KEYS];
+    uint32_t nkeys = 0, isv = 0;
+    bool v3 = false, sup = false;
+    uint64_t boot_ms;
+    int c, i;
+    struct sigaction sa;
+
+    memset(&cfg, 0, sizeof(cfg));
+    app.watchdog_ms = 5000;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        uint32_t v = 0;
+        ota_settings_t *s = &cfg.settings;
+        if (c >= O_SV && c != O_CAFILE && c != O_V3 && c != O_SUPERVISE && c != O_DOWNGRADE &&
+            c != O_VERBOSE && c != O_HELP && num(optarg, &v) != 0) {
+            fprintf(stderr, "otamq-agent: bad number %s\n", optarg);
+            return OTA_EXIT_ERROR;
+        }
+        switch (c) {
+        case O_BROKER: broker = optarg; break;
+        case O_ID: id = optarg; break;
+        case O_TOKEN: token = optarg; break;
+        case O_DIR: dir = optarg; break;
+        case O_HW: hw = optarg; break;
+        case O_KEY:
+            if (nkeys == MAX_KEYS) {
+                fprintf(stderr, "otamq-agent: at most %d keys\n", MAX_KEYS);
+                return OTA_EXIT_ERROR;
+            }
+            keyfiles[nkeys++] = optarg;
+            break;
+        case O_BL: bl = optarg; break;
+        case O_INIT: initv = optarg; break;
+        case O_SV: isv = v; break;
+        case O_CAFILE: cafile = optarg; break;
+        case O_V3: v3 = true; break;
+        case O_SUPERVISE: sup = true; break;
+        case O_WDT: app.watchdog_ms = v; break;
+        case O_DOWNGRADE: s->allow_downgrade = true; break;
+        case O_VERBOSE: app.px.verbose = true; break;
+        case O_HB: s->heartbeat_ms = v; break;
+        case O_RTO: s->request_timeout_ms = v; break;
+        case O_BMIN: s->backoff_min_ms = v; break;
+        case O_BMAX: s->backoff_max_ms = v; break;
+        case O_RETRIES: s->max_retries = v; break;
+        case O_TRIAL: s->trial_timeout_ms = v; break;
+        case O_PROB: s->probation_ms = v; break;
+        case O_MAXRB: s->max_reboots = v; break;
+        case O_RBWIN: s->reboot_window_ms = v; break;
+        case O_MAXWDT: s->max_wdt_resets = v; break;
+        case O_WDTWIN: s->wdt_window_ms = v; break;
+        case O_HFAIL: s->health_fail_ms = v; break;
+        case O_NOBROKER: s->no_broker_ms = v; break;
+        case O_BS: s->block_size = v; break;
+        case O_WIN: s->window = v; break;
+        case O_HELP: usage(stdout); return OTA_EXIT_OK;
+        default: usage(stderr); return OTA_EXIT_ERROR;
+        }
+    }
+    if (broker == NULL || id == NULL || nkeys == 0u || optind != argc) {
+        usage(stderr);
+        return OTA_EXIT_ERROR;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (sup) {
+        /* the child runs the same command line without --supervise */
+        char **cargv = calloc((size_t)argc + 1u, sizeof(char *));
+        int n = 0;
+        if (cargv == NULL)
+            return OTA_EXIT_ERROR;
+        for (i = 0; i < argc; i++)
+            if (strcmp(argv[i], "--supervise") != 0)
+                cargv[n++] = argv[i];
+        return supervise(cargv);
+    }
+
+    for (i = 0; i < (int)nkeys; i++) {
+        int rc = ota_mbedtls_load_pubkey(keyfiles[i], keys[i]);
+        if (rc != OTA_OK) {
+            fprintf(stderr, "otamq-agent: key %s: %s\n", keyfiles[i], ota_strerror(rc));
+            return OTA_EXIT_ERROR;
+        }
+    }
+    if (ota_posix_boot(&app.px, dir, initv, isv) != OTA_OK)
+        return OTA_EXIT_ERROR;
+    if (app.px.verbose)
+        fprintf(stderr, "otamq-agent: booted slot %d version %s behaviour %u reason %u\n",
+                app.px.running, app.px.hdr.version, app.px.hdr.behaviour, app.px.reason);
+
+    /* the simulated firmware's behaviour before the agent gets to run */
+    if (app.px.hdr.behaviour == OTA_SIM_CRASH)
+        ota_posix_reset(&app.px, OTA_BOOT_PANIC, OTA_EXIT_PANIC);
+    if (app.px.hdr.behaviour == OTA_SIM_HANG) {
+        uint64_t end = ota_posix_mono_ms() + app.watchdog_ms;
+        while (ota_posix_mono_ms() < end && !stop_requested) {
+            struct timespec ts = {0, 50000000L};
+            nanosleep(&ts, NULL); /* hung: nothing runs until the watchdog */
+        }
+        if (stop_requested)
+            return OTA_EXIT_OK;
+        ota_posix_reset(&app.px, OTA_BOOT_WATCHDOG, OTA_EXIT_WATCHDOG);
+    }
+    app.px.health_failing = app.px.hdr.behaviour == OTA_SIM_HEALTH_FAIL;
+
+    ota_posix_port(&app.px, &app.port);
+    cfg.port = &app.port;
+    cfg.device_id = id;
+    cfg.hardware = hw;
+    cfg.bootloader_version = bl;
+    cfg.fw_version = app.px.hdr.version;
+    cfg.secure_version = app.px.hdr.secure_version;
+    cfg.connectivity = 2; /* ethernet */
+    cfg.keys = (const uint8_t(*)[65])keys;
+    cfg.nkeys = nkeys;
+    if (ota_agent_init(&app.agent, &cfg) != OTA_OK) {
+        fprintf(stderr, "otamq-agent: bad configuration (device ID?)\n");
+        return OTA_EXIT_ERROR;
+    }
+
+    memset(&mc, 0, sizeof(mc));
+    mc.url = broker;
+    mc.client_id = id;
+    mc.password = token;
+    mc.cafile = cafile;
+    mc.v311 = v3;
+    mc.max_packet = OTA_CFG_BLOCK_SIZE + OTA_CFG_BLOCK_OVERHEAD;
+    mc.keepalive_s = 30;
+    mc.verbose = app.px.verbose;
+    mc.user = &app;
+    mc.on_connect = cb_connect;
+    mc.on_disconnect = cb_disconnect;
+    mc.on_message = cb_message;
+    app.mq = ota_mq_new(&mc);
+    if (app.mq == NULL)
+        return OTA_EXIT_ERROR;
+    app.px.mq = app.mq;
+
+    {
+        int rc = ota_agent_on_boot(&app.agent);
+        if (rc != OTA_OK) {
+            fprintf(stderr, "otamq-agent: boot: %s\n", ota_strerror(rc));
+            return OTA_EXIT_ERROR;
+        }
+    }
+    boot_ms = ota_posix_mono_ms();
+    while (!stop_requested) {
+        ota_state_t before = ota_agent_state(&app.agent);
+        ota_mq_loop(app.mq, 50);
+        ota_agent_tick(&app.agent);
+        if (app.px.verbose && ota_agent_state(&app.agent) != before)
+            fprintf(stderr, "otamq-agent: state %d -> %d\n", before,
+                    ota_agent_state(&app.agent));
+        if (app.px.hdr.delay_s != 0u &&
+            ota_posix_mono_ms() - boot_ms >= (uint64_t)app.px.hdr.delay_s * 1000u) {
+            if (app.px.hdr.behaviour == OTA_SIM_CRASH_LATER)
+                ota_posix_reset(&app.px, OTA_BOOT_PANIC, OTA_EXIT_PANIC);
+            if (app.px.hdr.behaviour == OTA_SIM_HEALTH_FAIL_LATER)
+                app.px.health_failing = true;
+        }
+    }
+    ota_mq_destroy(app.mq);
+    return OTA_EXIT_OK;
+}

@@ -1,0 +1,289 @@
+/* mqtt_mosquitto.c - see mqtt_mosquitto.h. */
+#include "mqtt_mosquitto.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include "otamq/ota_status.h"
+#include "port_posix.h"
+
+#define MQ_QUEUE 64
+
+typedef struct mq_item {
+    int kind; /* 1 connect, 2 disconnect, 3 message */
+    char *topic;
+    uint8_t *payload;
+    size_t len;
+} mq_item_t;
+
+struct ota_mq {
+    struct mosquitto *m;
+    ota_mq_config_t cfg;
+    char host[256];
+    int port;
+    bool connected;
+    bool connecting;
+    uint64_t next_try_ms;
+    uint32_t backoff_ms;
+    int inflight; /* QoS 1 publishes not yet acknowledged */
+    mq_item_t q[MQ_QUEUE];
+    int qn;
+};
+
+static void enqueue(struct ota_mq *mq, int kind, const char *topic, const void *p, size_t n)
+{
+    mq_item_t *it;
+    if (mq->qn >= MQ_QUEUE) {
+        if (kind == 3)
+            return; /* like a full receive queue: the message is lost */
+        /* keep connection events: drop the oldest message instead */
+        free(mq->q[0].topic);
+        free(mq->q[0].payload);
+        memmove(mq->q, mq->q + 1, sizeof(mq->q[0]) * (MQ_QUEUE - 1));
+        mq->qn--;
+    }
+    it = &mq->q[mq->qn++];
+    memset(it, 0, sizeof(*it));
+    it->kind = kind;
+    if (kind == 3) {
+        it->topic = strdup(topic);
+        it->payload = malloc(n ? n : 1u);
+        if (it->topic == NULL || it->payload == NULL) {
+            free(it->topic);
+            free(it->payload);
+            mq->qn--;
+            return;
+        }
+        memcpy(it->payload, p, n);
+        it->len = n;
+    }
+}
+
+static void cb_connect(struct mosquitto *m, void *obj, int rc, int flags,
+                       const mosquitto_property *props)
+{
+    struct ota_mq *mq = (struct ota_mq *)obj;
+    (void)m;
+    (void)flags;
+    (void)props;
+    mq->connecting = false;
+    if (rc != 0) {
+        if (mq->cfg.verbose)
+            fprintf(stderr, "otamq-agent: connect refused: %s\n", mosquitto_reason_string(rc));
+        return;
+    }
+    mq->connected = true;
+    mq->backoff_ms = 0;
+    mq->inflight = 0;
+    enqueue(mq, 1, NULL, NULL, 0);
+}
+
+static void cb_disconnect(struct mosquitto *m, void *obj, int rc, const mosquitto_property *props)
+{
+    struct ota_mq *mq = (struct ota_mq *)obj;
+    (void)m;
+    (void)props;
+    (void)rc;
+    mq->connecting = false;
+    if (mq->connected) {
+        mq->connected = false;
+        enqueue(mq, 2, NULL, NULL, 0);
+    }
+}
+
+static void cb_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg,
+                       const mosquitto_property *props)
+{
+    (void)m;
+    (void)props;
+    enqueue((struct ota_mq *)obj, 3, msg->topic, msg->payload, (size_t)msg->payloadlen);
+}
+
+static void cb_publish(struct mosquitto *m, void *obj, int mid, int rc,
+                       const mosquitto_property *props)
+{
+    struct ota_mq *mq = (struct ota_mq *)obj;
+    (void)m;
+    (void)mid;
+    (void)rc;
+    (void)props;
+    if (mq->inflight > 0)
+        mq->inflight--;
+}
+
+static int parse_url(struct ota_mq *mq, const char *url, bool *tls)
+{
+    const char *hp = url, *colon;
+    size_t n;
+    *tls = false;
+    if (strncmp(url, "mqtt://", 7) == 0 || strncmp(url, "tcp://", 6) == 0) {
+        hp = strchr(url, '/') + 2;
+        mq->port = 1883;
+    } else if (strncmp(url, "mqtts://", 8) == 0 || strncmp(url, "ssl://", 6) == 0) {
+        hp = strchr(url, '/') + 2;
+        mq->port = 8883;
+        *tls = true;
+    } else {
+        return -1;
+    }
+    colon = strrchr(hp, ':');
+    n = colon != NULL ? (size_t)(colon - hp) : strlen(hp);
+    if (n == 0u || n >= sizeof(mq->host))
+        return -1;
+    memcpy(mq->host, hp, n);
+    mq->host[n] = '\0';
+    if (colon != NULL) {
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (*end != '\0' && *end != '/')
+            return -1;
+        if (port <= 0 || port > 65535)
+            return -1;
+        mq->port = (int)port;
+    }
+    return 0;
+}
+
+struct ota_mq *ota_mq_new(const ota_mq_config_t *cfg)
+{
+    struct ota_mq *mq = calloc(1, sizeof(*mq));
+    bool tls;
+    if (mq == NULL)
+        return NULL;
+    mq->cfg = *cfg;
+    if (parse_url(mq, cfg->url, &tls) != 0) {
+        fprintf(stderr, "otamq-agent: bad broker URL %s (want mqtt://host:port)\n", cfg->url);
+        free(mq);
+        return NULL;
+    }
+    mosquitto_lib_init();
+    mq->m = mosquitto_new(cfg->client_id, true, mq);
+    if (mq->m == NULL) {
+        free(mq);
+        return NULL;
+    }
+    mosquitto_int_option(mq->m, MOSQ_OPT_PROTOCOL_VERSION,
+                         cfg->v311 ? MQTT_PROTOCOL_V311 : MQTT_PROTOCOL_V5);
+    mosquitto_username_pw_set(mq->m, cfg->client_id, cfg->password);
+    if (tls && mosquitto_tls_set(mq->m, cfg->cafile, NULL, NULL, NULL, NULL) != MOSQ_ERR_SUCCESS) {
+        fprintf(stderr, "otamq-agent: TLS setup failed (--cafile?)\n");
+        mosquitto_destroy(mq->m);
+        free(mq);
+        return NULL;
+    }
+    mosquitto_connect_v5_callback_set(mq->m, cb_connect);
+    mosquitto_disconnect_v5_callback_set(mq->m, cb_disconnect);
+    mosquitto_message_v5_callback_set(mq->m, cb_message);
+    mosquitto_publish_v5_callback_set(mq->m, cb_publish);
+    return mq;
+}
+
+static void try_connect(struct ota_mq *mq)
+{
+    mosquitto_property *props = NULL;
+    uint64_t now = ota_posix_mono_ms();
+    int rc;
+    if (mq->connected || mq->connecting || now < mq->next_try_ms)
+        return;
+    if (!mq->cfg.v311 && mq->cfg.max_packet != 0u)
+        mosquitto_property_add_int32(&props, MQTT_PROP_MAXIMUM_PACKET_SIZE, mq->cfg.max_packet);
+    rc = mosquitto_connect_bind_v5(mq->m, mq->host, mq->port, mq->cfg.keepalive_s, NULL, props);
+    mosquitto_property_free_all(&props);
+    if (rc == MOSQ_ERR_SUCCESS) {
+        mq->connecting = true;
+    } else if (mq->cfg.verbose) {
+        fprintf(stderr, "otamq-agent: connect %s:%d: %s\n", mq->host, mq->port,
+                mosquitto_strerror(rc));
+    }
+    /* backoff between attempts: 250 ms doubling to 5 s */
+    mq->backoff_ms = mq->backoff_ms == 0u ? 250u : mq->backoff_ms * 2u;
+    if (mq->backoff_ms > 5000u)
+        mq->backoff_ms = 5000u;
+    mq->next_try_ms = now + mq->backoff_ms;
+}
+
+void ota_mq_loop(struct ota_mq *mq, int timeout_ms)
+{
+    int i, rc;
+    try_connect(mq);
+    if (mq->connected || mq->connecting) {
+        rc = mosquitto_loop(mq->m, timeout_ms, 1);
+        if (rc != MOSQ_ERR_SUCCESS) {
+            mq->connecting = false;
+            if (mq->connected) {
+                mq->connected = false;
+                enqueue(mq, 2, NULL, NULL, 0);
+            }
+        }
+    } else {
+        struct timespec ts = {0, (long)timeout_ms * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    for (i = 0; i < mq->qn; i++) {
+        mq_item_t it = mq->q[i];
+        if (it.kind == 1 && mq->cfg.on_connect)
+            mq->cfg.on_connect(mq->cfg.user);
+        else if (it.kind == 2 && mq->cfg.on_disconnect)
+            mq->cfg.on_disconnect(mq->cfg.user);
+        else if (it.kind == 3 && mq->cfg.on_message)
+            mq->cfg.on_message(mq->cfg.user, it.topic, it.payload, it.len);
+        free(it.topic);
+        free(it.payload);
+        mq->q[i].topic = NULL;
+        mq->q[i].payload = NULL;
+    }
+    mq->qn = 0;
+}
+
+int ota_mq_publish(struct ota_mq *mq, const char *topic, const uint8_t *p, size_t n, int qos)
+{
+    int rc;
+    if (!mq->connected || n > 0x7fffffffu)
+        return OTA_ERR_IO;
+    rc = mosquitto_publish_v5(mq->m, NULL, topic, (int)n, p, qos, false, NULL);
+    if (rc != MOSQ_ERR_SUCCESS)
+        return OTA_ERR_IO;
+    if (qos > 0)
+        mq->inflight++;
+    return OTA_OK;
+}
+
+int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos)
+{
+    if (!mq->connected)
+        return OTA_ERR_IO;
+    return mosquitto_subscribe_v5(mq->m, NULL, topic, qos, 0, NULL) == MOSQ_ERR_SUCCESS
+               ? OTA_OK
+               : OTA_ERR_IO;
+}
+
+void ota_mq_flush(struct ota_mq *mq, int ms)
+{
+    uint64_t end = ota_posix_mono_ms() + (uint64_t)ms;
+    while (mq->connected && (mq->inflight > 0 || mosquitto_want_write(mq->m)) &&
+           ota_posix_mono_ms() < end) {
+        if (mosquitto_loop(mq->m, 50, 1) != MOSQ_ERR_SUCCESS)
+            break;
+    }
+}
+
+void ota_mq_destroy(struct ota_mq *mq)
+{
+    int i;
+    if (mq == NULL)
+        return;
+    if (mq->connected)
+        mosquitto_disconnect_v5(mq->m, 0, NULL);
+    mosquitto_destroy(mq->m);
+    mosquitto_lib_cleanup();
+    for (i = 0; i < mq->qn; i++) {
+        free(mq->q[i].topic);
+        free(mq->q[i].payload);
+    }
+    free(mq);
+}

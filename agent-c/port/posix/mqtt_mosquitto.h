@@ -1,0 +1,43 @@
+/* mqtt_mosquitto.h - the POSIX port's MQTT client on libmosquitto.
+ *
+ * Everything runs in the caller's thread: ota_mq_loop() runs libmosquitto's
+ * network loop and hands connects, disconnects and complete messages to the
+ * callbacks AFTER libmosquitto returned, never from inside its callbacks, so
+ * the agent may publish, subscribe or reboot from them. */
+#ifndef OTAMQ_PORT_POSIX_MQTT_H
+#define OTAMQ_PORT_POSIX_MQTT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ota_mq_config {
+    const char *url;       /* mqtt://host:port or mqtts://host:port */
+    const char *client_id; /* also the username */
+    const char *password;  /* the device token (may be NULL) */
+    const char *cafile;    /* for mqtts:// */
+    bool v311;             /* MQTT 3.1.1 instead of 5 */
+    uint32_t max_packet;   /* v5 Maximum Packet Size announced on CONNECT */
+    int keepalive_s;
+    bool verbose;
+    void *user;
+    void (*on_connect)(void *user);
+    void (*on_disconnect)(void *user);
+    void (*on_message)(void *user, const char *topic, const uint8_t *payload, size_t len);
+} ota_mq_config_t;
+
+struct ota_mq;
+
+/* NULL on failure (message on stderr). Connecting happens in ota_mq_loop. */
+struct ota_mq *ota_mq_new(const ota_mq_config_t *cfg);
+/* Runs the network for up to timeout_ms, reconnects with backoff, then
+ * delivers queued events to the callbacks. */
+void ota_mq_loop(struct ota_mq *mq, int timeout_ms);
+/* OTA_OK or OTA_ERR_IO (not connected / refused). */
+int ota_mq_publish(struct ota_mq *mq, const char *topic, const uint8_t *p, size_t n, int qos);
+int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos);
+/* Runs the network until every QoS 1 publish is acknowledged, at most ms. */
+void ota_mq_flush(struct ota_mq *mq, int ms);
+void ota_mq_destroy(struct ota_mq *mq);
+
+#endif
