@@ -101,9 +101,9 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
 			{d("otamq_mqtt_inflight", "QoS 1/2 messages in flight to clients."), func(s *mqtt.Server) float64 { return load(&s.Info.Inflight) }},
 			{d("otamq_mqtt_subscriptions", "Active subscriptions."), func(s *mqtt.Server) float64 { return load(&s.Info.Subscriptions) }},
 			{d("otamq_mqtt_retained", "Retained messages."), func(s *mqtt.Server) float64 { return load(&s.Info.Retained) }},
+			{d("otamq_mqtt_sessions", "Sessions held, connected or persistent and disconnected (refreshed every 10 s)."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsTotal) }},
 		},
 		mqttCounters: []gaugeDesc{
-			{d("otamq_mqtt_clients_total", "MQTT clients that ever connected, including refused ones."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsTotal) }},
 			{d("otamq_mqtt_messages_received_total", "PUBLISH packets received."), func(s *mqtt.Server) float64 { return load(&s.Info.MessagesReceived) }},
 			{d("otamq_mqtt_messages_sent_total", "PUBLISH packets sent."), func(s *mqtt.Server) float64 { return load(&s.Info.MessagesSent) }},
 			{d("otamq_mqtt_messages_dropped_total", "Messages dropped because a client's outbound queue was full."), func(s *mqtt.Server) float64 { return load(&s.Info.MessagesDropped) }},

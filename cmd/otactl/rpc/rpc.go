@@ -1,0 +1,326 @@
+// Package rpc is otactl's admin client: MQTT v5 request/response over the
+// admin topics (DESIGN.md §5), on paho.golang.
+//
+// It has its own correlator instead of paho's rpc extension, which loses
+// replies (its response channel is unbuffered and written without
+// blocking): every call gets random Correlation Data and a buffered channel
+// registered before the request is published, and the reply subscription is
+// made once the connection is up.
+//
+// A Client is one connection and does not reconnect: a lost connection fails
+// every pending and later call with ErrConnectionLost. The client ID is the
+// operator's ID (the contract ties the two), so two clients of the same
+// operator take over each other's session.
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// ErrConnectionLost is returned by calls after the connection dropped.
+var ErrConnectionLost = errors.New("connection to the broker lost")
+
+// Config of a Client.
+type Config struct {
+	// URL is mqtt://host:port or mqtts://host:port (tls:// and ssl:// are
+	// synonyms of mqtts://).
+	URL string
+	// ClientID defaults to Username.
+	ClientID string
+	Username string
+	Password string
+	// TLS is used for mqtts URLs (nil: system roots).
+	TLS *tls.Config
+	// Prefix of the topics. Default "dm".
+	Prefix string
+	// Timeout bounds the connection and each call without a deadline of its
+	// own. Default 10s.
+	Timeout time.Duration
+}
+
+// RemoteError is a request the broker refused.
+type RemoteError struct {
+	Action  string
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *RemoteError) Error() string { return fmt.Sprintf("%s: %s: %s", e.Action, e.Code, e.Message) }
+
+// ConnectError is a connection the broker refused.
+type ConnectError struct {
+	URL    string
+	Code   byte
+	Reason string
+}
+
+func (e *ConnectError) Error() string {
+	msg := fmt.Sprintf("%s refused the connection: %s (reason code 0x%02x)", e.URL, e.Reason, e.Code)
+	if e.Code == 0x87 || e.Code == 0x86 || e.Code == 0x04 || e.Code == 0x05 {
+		msg += "; check the user and password (OTAMQ_USER, OTAMQ_PASSWORD) or the client certificate"
+	}
+	return msg
+}
+
+// Client is a connected admin client. Its methods are safe for concurrent
+// use.
+type Client struct {
+	cfg   Config
+	cli   *paho.Client
+	reply string // this session's reply topic
+
+	mu      sync.Mutex // guards pending and lost
+	pending map[string]chan []byte
+	lost    bool
+}
+
+// Dial connects, subscribes to the reply topic and returns the client.
+func Dial(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = "dm"
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.ClientID == "" {
+		cfg.ClientID = cfg.Username
+	}
+	if cfg.ClientID == "" {
+		return nil, errors.New("no client ID or user: set OTAMQ_USER or --user")
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	conn, err := dial(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{cfg: cfg, pending: map[string]chan []byte{},
+		reply: cfg.Prefix + "/admin/reply/" + cfg.ClientID + "/" + nonce(8)}
+	c.cli = paho.NewClient(paho.ClientConfig{
+		ClientID:          cfg.ClientID,
+		Conn:              conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){c.onPublish},
+		OnClientError:     func(error) { c.fail() },
+		OnServerDisconnect: func(*paho.Disconnect) {
+			c.fail()
+		},
+	})
+	cp := &paho.Connect{ClientID: cfg.ClientID, KeepAlive: 30, CleanStart: true}
+	if cfg.Username != "" {
+		cp.Username, cp.UsernameFlag = cfg.Username, true
+	}
+	if cfg.Password != "" {
+		cp.Password, cp.PasswordFlag = []byte(cfg.Password), true
+	}
+	ca, err := c.cli.Connect(ctx, cp)
+	if err != nil {
+		_ = conn.Close()
+		if ca != nil && ca.ReasonCode >= 0x80 {
+			reason := ""
+			if ca.Properties != nil {
+				reason = ca.Properties.ReasonString
+			}
+			if reason == "" {
+				reason = "not authorized"
+			}
+			return nil, &ConnectError{URL: cfg.URL, Code: ca.ReasonCode, Reason: reason}
+		}
+		return nil, fmt.Errorf("connect to %s: %w", cfg.URL, err)
+	}
+	sa, err := c.cli.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: c.reply + "/#", QoS: 1}}})
+	if err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("subscribe to replies: %w", err)
+	}
+	if len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80 {
+		_ = c.Close()
+		return nil, fmt.Errorf("subscribe to replies on %s refused (reason %v): is %s an operator or observer?", c.reply, sa.Reasons, cfg.ClientID)
+	}
+	return c, nil
+}
+
+func dial(ctx context.Context, cfg Config) (net.Conn, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("broker URL %q: want mqtt://host:port or mqtts://host:port", cfg.URL)
+	}
+	var d net.Dialer
+	switch u.Scheme {
+	case "mqtt", "tcp":
+		conn, err := d.DialContext(ctx, "tcp", hostPort(u, "1883"))
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s: %w (is otamq running? set --url or OTAMQ_URL)", cfg.URL, err)
+		}
+		return conn, nil
+	case "mqtts", "tls", "ssl":
+		tcfg := cfg.TLS
+		if tcfg == nil {
+			tcfg = &tls.Config{}
+		}
+		tcfg = tcfg.Clone()
+		if tcfg.ServerName == "" {
+			tcfg.ServerName = u.Hostname()
+		}
+		td := tls.Dialer{NetDialer: &d, Config: tcfg}
+		conn, err := td.DialContext(ctx, "tcp", hostPort(u, "8883"))
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s: %w", cfg.URL, err)
+		}
+		return conn, nil
+	}
+	return nil, fmt.Errorf("broker URL %q: scheme must be mqtt or mqtts", cfg.URL)
+}
+
+func hostPort(u *url.URL, port string) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
+
+func nonce(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
+	p := pr.Packet
+	if p.Properties == nil || len(p.Properties.CorrelationData) == 0 {
+		return false, nil
+	}
+	key := string(p.Properties.CorrelationData)
+	c.mu.Lock()
+	ch := c.pending[key]
+	delete(c.pending, key)
+	c.mu.Unlock()
+	if ch == nil {
+		return false, nil // a reply nobody waits for (timed out)
+	}
+	ch <- bytes.Clone(p.Payload) // buffered, capacity 1: never blocks
+	return true, nil
+}
+
+// fail ends every pending call: the connection is gone.
+func (c *Client) fail() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lost = true
+	for k, ch := range c.pending {
+		close(ch)
+		delete(c.pending, k)
+	}
+}
+
+// Call sends req (marshalled to JSON; nil for none) as action
+// ("resource/verb") and decodes the result into result (if not nil). A
+// refusal is a *RemoteError.
+func (c *Client) Call(ctx context.Context, action string, req, result any) error {
+	raw, err := c.CallRaw(ctx, action, req)
+	if err != nil {
+		return err
+	}
+	if result != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, result); err != nil {
+			return fmt.Errorf("%s: decode result: %w", action, err)
+		}
+	}
+	return nil
+}
+
+// CallRaw is Call returning the result as raw JSON.
+func (c *Client) CallRaw(ctx context.Context, action string, req any) (json.RawMessage, error) {
+	body := []byte("{}")
+	if req != nil {
+		var err error
+		if body, err = json.Marshal(req); err != nil {
+			return nil, fmt.Errorf("%s: encode request: %w", action, err)
+		}
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
+		defer cancel()
+	}
+	corr := nonce(16)
+	ch := make(chan []byte, 1)
+	c.mu.Lock()
+	if c.lost {
+		c.mu.Unlock()
+		return nil, ErrConnectionLost
+	}
+	c.pending[corr] = ch
+	c.mu.Unlock()
+	forget := func() {
+		c.mu.Lock()
+		delete(c.pending, corr)
+		c.mu.Unlock()
+	}
+
+	pr, err := c.cli.Publish(ctx, &paho.Publish{
+		Topic:   c.cfg.Prefix + "/admin/" + action,
+		QoS:     1,
+		Payload: body,
+		Properties: &paho.PublishProperties{
+			ResponseTopic:   c.reply + "/" + action,
+			CorrelationData: []byte(corr),
+			ContentType:     "application/json",
+		},
+	})
+	if err != nil {
+		forget()
+		if pr != nil && pr.ReasonCode >= 0x80 {
+			reason := ""
+			if pr.Properties != nil {
+				reason = pr.Properties.ReasonString
+			}
+			return nil, &RemoteError{Action: action, Code: fmt.Sprintf("mqtt_0x%02x", pr.ReasonCode), Message: reason}
+		}
+		return nil, fmt.Errorf("%s: publish: %w", action, err)
+	}
+	select {
+	case raw, ok := <-ch:
+		if !ok {
+			return nil, fmt.Errorf("%s: %w", action, ErrConnectionLost)
+		}
+		var resp struct {
+			OK     bool            `json:"ok"`
+			Result json.RawMessage `json:"result"`
+			Error  *RemoteError    `json:"error"`
+		}
+		if err := json.Unmarshal(raw, &resp); err != nil {
+			return nil, fmt.Errorf("%s: malformed reply: %w", action, err)
+		}
+		if !resp.OK {
+			if resp.Error == nil {
+				resp.Error = &RemoteError{Code: "unknown", Message: "refused without a reason"}
+			}
+			resp.Error.Action = action
+			return nil, resp.Error
+		}
+		return resp.Result, nil
+	case <-ctx.Done():
+		forget()
+		return nil, fmt.Errorf("%s: no reply: %w", action, ctx.Err())
+	}
+}
+
+// Close disconnects.
+func (c *Client) Close() error {
+	err := c.cli.Disconnect(&paho.Disconnect{ReasonCode: 0})
+	c.fail()
+	return err
+}
