@@ -1,0 +1,96 @@
+/* shim: mqtt_client.h of esp-mqtt (subset; config struct reduced to the
+ * members used, with the real nesting and names) */
+#ifndef SHIM_MQTT_CLIENT_H
+#define SHIM_MQTT_CLIENT_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "esp_err.h"
+#include "esp_event.h"
+typedef struct esp_mqtt_client *esp_mqtt_client_handle_t;
+typedef struct esp_mqtt_client *esp_mqtt5_client_handle_t;
+typedef enum esp_mqtt_event_id_t {
+    MQTT_EVENT_ANY = -1,
+    MQTT_EVENT_ERROR = 0,
+    MQTT_EVENT_CONNECTED,
+    MQTT_EVENT_DISCONNECTED,
+    MQTT_EVENT_SUBSCRIBED,
+    MQTT_EVENT_UNSUBSCRIBED,
+    MQTT_EVENT_PUBLISHED,
+    MQTT_EVENT_DATA,
+    MQTT_EVENT_BEFORE_CONNECT,
+    MQTT_EVENT_DELETED,
+} esp_mqtt_event_id_t;
+typedef enum esp_mqtt_protocol_ver_t {
+    MQTT_PROTOCOL_UNDEFINED = 0,
+    MQTT_PROTOCOL_V_3_1,
+    MQTT_PROTOCOL_V_3_1_1,
+    MQTT_PROTOCOL_V_5,
+} esp_mqtt_protocol_ver_t;
+typedef struct esp_mqtt_error_codes esp_mqtt_error_codes_t;
+typedef struct esp_mqtt_event_t {
+    esp_mqtt_event_id_t event_id;
+    esp_mqtt_client_handle_t client;
+    char *data;
+    int data_len;
+    int total_data_len;
+    int current_data_offset;
+    char *topic;
+    int topic_len;
+    int msg_id;
+    int session_present;
+    esp_mqtt_error_codes_t *error_handle;
+    bool retain;
+    int qos;
+    bool dup;
+    esp_mqtt_protocol_ver_t protocol_ver;
+} esp_mqtt_event_t;
+typedef esp_mqtt_event_t *esp_mqtt_event_handle_t;
+typedef struct esp_mqtt_client_config_t {
+    struct broker_t {
+        struct address_t {
+            const char *uri;
+        } address;
+        struct verification_t {
+            const char *certificate;
+        } verification;
+    } broker;
+    struct credentials_t {
+        const char *username;
+        const char *client_id;
+        struct authentication_t {
+            const char *password;
+        } authentication;
+    } credentials;
+    struct session_t {
+        int keepalive;
+        esp_mqtt_protocol_ver_t protocol_ver;
+    } session;
+    struct buffer_t {
+        int size;
+        int out_size;
+    } buffer;
+} esp_mqtt_client_config_t;
+typedef struct esp_mqtt5_connection_property_config_t {
+    uint32_t session_expiry_interval;
+    uint32_t maximum_packet_size;
+    uint16_t receive_maximum;
+    uint16_t topic_alias_maximum;
+    bool request_resp_info;
+    bool request_problem_info;
+} esp_mqtt5_connection_property_config_t;
+esp_mqtt_client_handle_t esp_mqtt_client_init(const esp_mqtt_client_config_t *config);
+esp_err_t esp_mqtt_client_start(esp_mqtt_client_handle_t client);
+esp_err_t esp_mqtt_client_register_event(esp_mqtt_client_handle_t client,
+                                         esp_mqtt_event_id_t event,
+                                         esp_event_handler_t event_handler,
+                                         void *event_handler_arg);
+int esp_mqtt_client_subscribe_single(esp_mqtt_client_handle_t client, const char *topic,
+                                     int qos);
+int esp_mqtt_client_enqueue(esp_mqtt_client_handle_t client, const char *topic,
+                            const char *data, int len, int qos, int retain, bool store);
+int esp_mqtt_client_get_outbox_size(esp_mqtt_client_handle_t client);
+esp_err_t esp_mqtt5_client_set_connect_property(
+    esp_mqtt5_client_handle_t client,
+    const esp_mqtt5_connection_property_config_t *connect_property);
+#endif
