@@ -367,3 +367,10 @@ func (b *Broker) Fleet() *fleet.Registry { return b.fleet }
 // Flush writes pending device status now (tests use it instead of waiting
 // for the flush interval).
 func (b *Broker) Flush(ctx context.Context) error { return b.fleet.Flush(ctx) }
+
+// Server returns the embedded MQTT server (for tests and tools in this
+// module that publish as the broker).
+func (b *Broker) Server() *mqtt.Server { return b.srv }
+
+// Metrics returns the Prometheus registry served on /metrics.
+func (b *Broker) Metrics() *prometheus.Registry { return b.metrics }
