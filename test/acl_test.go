@@ -415,4 +415,3 @@ func lastLine(out string) string {
 	}
 	return ""
 }
-

@@ -232,4 +232,3 @@ func TestAttributeValidationReportsAll(t *testing.T) {
 		}
 	}
 }
-
