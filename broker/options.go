@@ -23,7 +23,7 @@ const (
 	DefaultMaxInflight     = 1024
 	DefaultTopicAliasMax   = 16
 	DefaultSessionExpiry   = 7 * 24 * time.Hour
-	DefaultAdminWorkers    = 4
+	DefaultAdminWorkers    = 16
 	DefaultAdminQueue      = 256
 	DefaultFirstOperator   = "operator"
 	DefaultSysTopicSeconds = 10

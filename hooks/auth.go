@@ -88,7 +88,14 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	a.rec.Rejected(reason)
 	a.log.Info("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", reason, "err", err)
-	if werr := a.srv.SendConnack(cl, packets.ErrNotAuthorized, false, nil); werr != nil {
+	code := packets.ErrNotAuthorized
+	if cl.Properties.ProtocolVersion < 5 {
+		// mochi has no v3 mapping for 0x87 and would send it raw, which a
+		// v3 client cannot parse; 0x86 is mapped to v3's 5, "not
+		// authorized".
+		code = packets.ErrBadUsernameOrPassword
+	}
+	if werr := a.srv.SendConnack(cl, code, false, nil); werr != nil {
 		a.log.Debug("refusal connack not sent", "client", cl.ID, "err", werr)
 	}
 	return fmt.Errorf("%w: %s", errRefused, reason)

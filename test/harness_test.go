@@ -425,3 +425,11 @@ func httpGet(url string) (string, error) {
 	}
 	return string(b), nil
 }
+
+func atoi(s string) int {
+	var f float64
+	_, _ = fmt.Sscan(s, &f)
+	return int(f)
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

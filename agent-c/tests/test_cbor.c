@@ -102,6 +102,9 @@ static void test_reader_refuses(void **state)
     assert_int_equal(validate_hex("63eda080"), OTA_ERR_CBOR);     /* surrogate */
     assert_int_equal(validate_hex("64f4908080"), OTA_ERR_CBOR);   /* > U+10FFFF */
     assert_int_equal(validate_hex("f810"), OTA_ERR_CBOR);         /* simple < 32 in 2 bytes */
+    assert_int_equal(validate_hex("f820"), OTA_ERR_CBOR);         /* unassigned simple */
+    assert_int_equal(validate_hex("e6"), OTA_ERR_CBOR);
+    assert_int_equal(validate_hex("84f4f5f6f7"), OTA_OK);
     assert_int_equal(validate_hex("0000"), OTA_ERR_CBOR);         /* trailing */
     assert_int_equal(validate_hex("a101"), OTA_ERR_CBOR);         /* missing value */
     assert_int_equal(validate_hex("9a7fffffff"), OTA_ERR_CBOR);   /* count > bytes */

@@ -6,8 +6,9 @@
  * copy). It accepts definite lengths only, refuses non-shortest ("non
  * canonical") heads, reserved additional-info values and invalid UTF-8 in
  * text strings, bounds nesting by OTA_CFG_CBOR_MAX_DEPTH and every length by
- * the bytes actually left. Floats and simple values are accepted only when
- * skipped (ota_cbor_skip), never as message fields.
+ * the bytes actually left. Of major type 7 it knows only false, true, null,
+ * undefined and floats (unassigned simple values are refused); they are
+ * accepted only when skipped (ota_cbor_skip), never as message fields.
  *
  * Writer: appends shortest-form heads into a caller buffer; an overflow is
  * sticky (ota_cbor_writer_status reports it once at the end).

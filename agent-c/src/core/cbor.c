@@ -26,6 +26,8 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
     *major = (uint8_t)(ib >> 5);
     ai = (uint8_t)(ib & 0x1fu);
     if (ai < 24u) {
+        if (*major == OTA_CBOR_SIMPLE && ai < 20u)
+            return OTA_ERR_CBOR; /* unassigned simple values */
         v = ai;
     } else if (ai <= 27u) {
         n = (size_t)1u << (ai - 24u);
@@ -41,8 +43,8 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
             if ((ai == 24u && v < 24u) || (ai == 25u && v <= 0xffu) ||
                 (ai == 26u && v <= 0xffffu) || (ai == 27u && v <= 0xffffffffu))
                 return OTA_ERR_CBOR;
-        } else if (ai == 24u && v < 32u) {
-            return OTA_ERR_CBOR;
+        } else if (ai == 24u) {
+            return OTA_ERR_CBOR; /* unassigned one-byte simple values */
         }
     } else if (ai == 31u) {
         return OTA_ERR_CBOR_INDEF;
