@@ -57,6 +57,14 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.heartbeats, r.births, r.wills, r.admin, r.eventsDropped} {
 		f(c)
 	}
+	// Known label values start at 0, so dashboards and rate() see them
+	// before the first event.
+	for _, reason := range fleet.DisconnectReasons {
+		r.disconnects.WithLabelValues(reason)
+	}
+	for _, reason := range hooks.RejectReasons {
+		r.rejected.WithLabelValues(reason)
+	}
 	return r
 }
 
@@ -94,8 +102,8 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
 	return &stateCollector{
 		fleet: reg, info: srv,
 		connected:  d("otamq_devices_connected", "Devices and gateways connected now."),
-		registered: d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware.", "hardware"),
-		byVersion:  d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (version \"\" = never reported).", "version", "hardware"),
+		registered: d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware (\"unknown\" if none).", "hardware"),
+		byVersion:  d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (\"unknown\": never reported or declared).", "version", "hardware"),
 		mqttGauges: []gaugeDesc{
 			{d("otamq_mqtt_clients_connected", "MQTT clients connected (all roles)."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsConnected) }},
 			{d("otamq_mqtt_inflight", "QoS 1/2 messages in flight to clients."), func(s *mqtt.Server) float64 { return load(&s.Info.Inflight) }},
@@ -134,14 +142,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.fleet.Counts()
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(counts.Online))
 	for hw, n := range counts.Registered {
-		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), hw)
+		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), orUnknown(hw))
 	}
 	versions := counts.ByVersion
 	if len(versions) > maxVersionSeries {
 		versions = capVersions(versions, maxVersionSeries)
 	}
 	for k, n := range versions {
-		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, float64(n), k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, float64(n), orUnknown(k[0]), orUnknown(k[1]))
 	}
 	for _, g := range c.mqttGauges {
 		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, g.val(c.info))
@@ -149,6 +157,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, g := range c.mqttCounters {
 		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.CounterValue, g.val(c.info))
 	}
+}
+
+// orUnknown names an empty label value: Prometheus drops empty labels, and
+// a series without its label would not line up with the others.
+func orUnknown(v string) string {
+	if v == "" {
+		return "unknown"
+	}
+	return v
 }
 
 // capVersions keeps the max-1 most common (version, hardware) pairs and

@@ -38,6 +38,10 @@ const (
 	RejectAdminBusy      = "admin_busy"
 )
 
+// RejectReasons lists every rejection reason, so counters can start at 0.
+var RejectReasons = []string{RejectUnknownClient, RejectBadCredentials, RejectIDMismatch, RejectRevoked, RejectWillTopic,
+	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy}
+
 // NopRecorder counts nothing.
 type NopRecorder struct{}
 

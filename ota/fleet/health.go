@@ -28,6 +28,10 @@ const (
 	ReasonRestart   = "broker_restart" // was online when the broker stopped
 )
 
+// DisconnectReasons lists the reasons a live session can end with (every
+// Reason* but ReasonRestart, which is recorded only at start-up).
+var DisconnectReasons = []string{ReasonNormal, ReasonKeepalive, ReasonLost, ReasonTakeover, ReasonProtocol, ReasonKicked, ReasonShutdown}
+
 // markDirty queues e for the next flush. Callers hold e.mu.
 func (r *Registry) markDirty(e *entry) {
 	if e.dirty {

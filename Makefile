@@ -1,0 +1,66 @@
+# otamq: `make run` starts a broker on embedded defaults, `make test` runs
+# every test (installing what it needs first).
+
+GO        ?= go
+FUZZTIME  ?= 20s
+STATICCHECK_VERSION ?= v0.8.2
+
+GO_FUZZ_PKGS := ./ota/wire ./ota/admin
+
+.PHONY: all build run test test-go test-c deps lint fmt vet staticcheck fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o bin/otamq ./cmd/otamq
+	$(GO) build -o bin/otactl ./cmd/otactl
+
+## run: the broker on loopback, data under ./data, first operator printed.
+run: build
+	./bin/otamq
+
+## deps: Debian packages the tests use (.ci/packages), when missing.
+deps:
+	./.ci/deps
+
+## test: lint, every Go test with the race detector (fuzz seed corpora
+## included), and the C agent's tests.
+test: deps lint test-go test-c
+
+test-go:
+	$(GO) test -race -count=1 ./...
+
+test-c:
+	$(MAKE) -C agent-c test
+
+lint: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null)); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+## fuzz: every Go fuzz target for FUZZTIME, then the agent's libFuzzer
+## harnesses.
+fuzz:
+	@for pkg in $(GO_FUZZ_PKGS); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; \
+	    $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	  done; \
+	done
+	$(MAKE) -C agent-c fuzz
+
+## bench: throughput and memory against baselines measured in the same run
+## (see docs/BENCHMARKS.md).
+bench:
+	$(GO) run ./test/bench
+
+clean:
+	rm -rf bin
+	$(MAKE) -C agent-c clean
