@@ -137,8 +137,12 @@ func New(opts Options) (b *Broker, err error) {
 	return b, nil
 }
 
-func (b *Broker) capabilities() *mqtt.Capabilities {
-	o := b.opts
+func (b *Broker) capabilities() *mqtt.Capabilities { return Capabilities(b.opts) }
+
+// Capabilities returns the hardened mochi capabilities a broker with
+// options o runs with (benchmarks give plain mochi the same ones).
+func Capabilities(o Options) *mqtt.Capabilities {
+	o = o.withDefaults()
 	c := mqtt.NewDefaultServerCapabilities()
 	c.MaximumPacketSize = o.MaxPacketSize
 	c.MaximumClientWritesPending = o.WritesPending

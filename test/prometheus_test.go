@@ -125,14 +125,14 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 
 	p := startPrometheus(t, b.HTTPAddr())
 	want := map[string]map[string]float64{
-		"otamq_heartbeats_total":   {"": 3},
-		"otamq_births_total":       {"": 1},
-		"otamq_devices_connected":  {"": 1},
-		"otamq_devices_registered": {"hardware=esp32-v2": 1, "hardware=esp32-v3": 1},
-		"otamq_devices_by_version": {"hardware=esp32-v2,version=1.0.0": 1, "hardware=esp32-v3,version=unknown": 1},
-		`otamq_rejected_total{reason="malformed_payload"}`: {"reason=malformed_payload": 1},
+		"otamq_heartbeats_total":                             {"": 3},
+		"otamq_births_total":                                 {"": 1},
+		"otamq_devices_connected":                            {"": 1},
+		"otamq_devices_registered":                           {"hardware=esp32-v2": 1, "hardware=esp32-v3": 1},
+		"otamq_devices_by_version":                           {"hardware=esp32-v2,version=1.0.0": 1, "hardware=esp32-v3,version=unknown": 1},
+		`otamq_rejected_total{reason="malformed_payload"}`:   {"reason=malformed_payload": 1},
 		`otamq_admin_requests_total{verb="device/register"}`: {"result=ok,verb=device/register": 2},
-		`up{job="otamq"}`: {"": 1},
+		`up{job="otamq"}`:                                    {"": 1},
 	}
 	for expr, w := range want {
 		eventually(t, 30*time.Second, func() error {

@@ -125,6 +125,7 @@ func (r *Registry) put(tx *store.Tx, rec *record, event Event) error {
 		return err
 	}
 	tx.OnCommit(func() {
+		r.internRecord(rec)
 		r.mu.Lock()
 		e := r.byID[rec.ID]
 		if e == nil {

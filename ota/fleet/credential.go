@@ -56,10 +56,32 @@ func hashPassword(password string) string {
 		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key))
 }
 
+// rawTokenPrefix marks a token hash held in memory as its 32 raw bytes
+// rather than the 71-character stored form: compactSecret converts records
+// as they are loaded, and the stored form is never written from memory
+// (updates re-read the record in their transaction).
+const rawTokenPrefix = "\x00"
+
+// compactSecret returns the in-memory form of a stored secret.
+func compactSecret(stored string) string {
+	h, ok := strings.CutPrefix(stored, tokenPrefix)
+	if !ok {
+		return stored
+	}
+	raw, err := hex.DecodeString(h)
+	if err != nil || len(raw) != sha256.Size {
+		return stored
+	}
+	return rawTokenPrefix + string(raw)
+}
+
 // verifySecret reports whether presented matches the stored hash, in
 // constant time with respect to the secret's content.
 func verifySecret(stored string, presented []byte) bool {
 	switch {
+	case strings.HasPrefix(stored, rawTokenPrefix) && len(stored) == 1+sha256.Size:
+		sum := sha256.Sum256(presented)
+		return subtle.ConstantTimeCompare(sum[:], []byte(stored[1:])) == 1
 	case strings.HasPrefix(stored, tokenPrefix):
 		sum := sha256.Sum256(presented)
 		want, err := hex.DecodeString(stored[len(tokenPrefix):])

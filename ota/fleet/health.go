@@ -56,14 +56,11 @@ func (r *Registry) Connected(id string, c Conn) uint64 {
 	e.mu.Lock()
 	e.conn = gen
 	st := &e.status
-	st.Online = true
-	st.ConnectedAt, st.LastSeen = now, now
-	st.Connects++
-	if st.Connects > 1 {
-		st.Reconnects = st.Connects - 1
-	}
-	st.Remote, st.Protocol = c.Remote, c.Protocol
-	st.DisconnectReason = ""
+	st.online = true
+	st.connectedAt, st.lastSeen = now.UnixNano(), now.UnixNano()
+	st.connects++
+	st.remote, st.protocol = c.Remote, c.Protocol
+	st.reason = 0
 	r.markDirty(e)
 	e.mu.Unlock()
 	r.events.Notify(Event{Type: EventOnline, ID: id, Time: now, Role: e.rec.Load().Role})
@@ -85,9 +82,10 @@ func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
 		return false
 	}
 	e.conn = 0
-	e.status.Online = false
-	e.status.DisconnectedAt, e.status.LastSeen = now, now
-	e.status.DisconnectReason = reason
+	st := &e.status
+	st.online = false
+	st.disconnectedAt, st.lastSeen = now.UnixNano(), now.UnixNano()
+	st.reason = reasonCode(reason)
 	r.markDirty(e)
 	e.mu.Unlock()
 	r.events.Notify(Event{Type: EventOffline, ID: id, Time: now, Reason: reason})
@@ -108,8 +106,8 @@ func (r *Registry) WillFired(id string, gen uint64) bool {
 		e.mu.Unlock()
 		return false
 	}
-	e.status.WillAt = now
-	e.status.Wills++
+	e.status.willAt = now.UnixNano()
+	e.status.wills++
 	r.markDirty(e)
 	e.mu.Unlock()
 	r.events.Notify(Event{Type: EventWill, ID: id, Time: now})
@@ -123,25 +121,23 @@ func (r *Registry) Birth(id string, b wire.Birth) error {
 		return fmt.Errorf("birth of %s: %w", id, ErrNotFound)
 	}
 	now := r.now()
+	fw, hw := r.intern.get(b.FirmwareVersion), r.intern.get(b.Hardware)
+	bl, av := r.intern.get(b.Bootloader), r.intern.get(b.AgentVersion)
 	e.mu.Lock()
 	st := &e.status
-	st.BirthAt, st.LastSeen = now, now
-	st.Firmware = b.FirmwareVersion
-	st.ReportedHardware = b.Hardware
-	st.Bootloader = b.Bootloader
-	st.Slot = b.Slot
-	st.BootReason = b.BootReason.String()
-	st.BootsSinceCommit = b.BootsSinceCommit
-	st.OTAState = b.OTAState.String()
-	st.AgentVersion = b.AgentVersion
-	st.Link = b.Connectivity.String()
-	st.UTCOffsetMinutes = b.UTCOffsetMinutes
-	st.SecureVersion = b.SecureVersion
+	st.born = true
+	st.birthAt, st.lastSeen = now.UnixNano(), now.UnixNano()
+	st.firmware, st.reportedHardware, st.bootloader, st.agentVersion = fw, hw, bl, av
+	st.slot, st.bootReason, st.bootsSinceCommit = b.Slot, b.BootReason, b.BootsSinceCommit
+	st.otaState, st.hasOTAState = b.OTAState, true
+	st.link, st.utcOffset, st.secureVersion = b.Connectivity, b.UTCOffsetMinutes, b.SecureVersion
 	r.markDirty(e)
 	e.mu.Unlock()
 	r.events.Notify(Event{Type: EventBirth, ID: id, Time: now, Firmware: b.FirmwareVersion, Reason: b.BootReason.String()})
 	return nil
 }
+
+func healthy(flags uint8) bool { return flags&wire.HealthAllOK == wire.HealthAllOK }
 
 // Heartbeat records a heartbeat of id.
 func (r *Registry) Heartbeat(id string, h wire.Heartbeat) error {
@@ -152,27 +148,22 @@ func (r *Registry) Heartbeat(id string, h wire.Heartbeat) error {
 	now := r.now()
 	e.mu.Lock()
 	st := &e.status
-	wasHealthy := st.Heartbeats == 0 || st.Healthy()
-	st.HeartbeatAt, st.LastSeen = now, now
-	st.Heartbeats++
-	st.Uptime = h.UptimeSeconds
-	st.HealthFlags = h.HealthFlags
-	st.WatchdogResets = h.WatchdogResets
-	st.FreeHeap = h.FreeHeap
-	st.RSSI = h.RSSI
-	st.OTAState = h.OTAState.String()
-	if h.DownloadOffset != nil {
-		off := *h.DownloadOffset
-		st.DownloadOffset = &off
-	} else {
-		st.DownloadOffset = nil
+	wasHealthy := st.heartbeats == 0 || healthy(st.health)
+	st.heartbeatAt, st.lastSeen = now.UnixNano(), now.UnixNano()
+	st.heartbeats++
+	st.uptime, st.health, st.watchdogResets = h.UptimeSeconds, h.HealthFlags, h.WatchdogResets
+	st.freeHeap, st.rssi = h.FreeHeap, h.RSSI
+	st.otaState, st.hasOTAState = h.OTAState, true
+	st.hasOffset = h.DownloadOffset != nil
+	if st.hasOffset {
+		st.downloadOffset = *h.DownloadOffset
 	}
-	healthy := st.Healthy()
+	isHealthy := healthy(h.HealthFlags)
 	r.markDirty(e)
 	e.mu.Unlock()
-	if healthy != wasHealthy {
+	if isHealthy != wasHealthy {
 		reason := "healthy"
-		if !healthy {
+		if !isHealthy {
 			reason = fmt.Sprintf("health flags %03b", h.HealthFlags)
 		}
 		r.events.Notify(Event{Type: EventHealth, ID: id, Time: now, Reason: reason})
@@ -195,7 +186,8 @@ func (r *Registry) Flush(ctx context.Context) error {
 	for i, e := range batch {
 		e.mu.Lock()
 		e.dirty = false
-		v, err := json.Marshal(&e.status)
+		st := e.status.export()
+		v, err := json.Marshal(&st)
 		e.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("encode status: %w", err)

@@ -87,6 +87,8 @@ type Registry struct {
 	dirty   []*entry
 
 	gen atomic.Uint64 // connection generations
+
+	intern *interner // shared strings: versions, hardware, regions
 }
 
 // entry is one registered client in memory.
@@ -94,7 +96,7 @@ type entry struct {
 	rec atomic.Pointer[record] // replaced whole when a transaction commits
 
 	mu     sync.Mutex // guards status, conn and dirty
-	status Status
+	status status
 	conn   uint64 // generation of the current connection, 0 if none
 	dirty  bool   // status changed since the last flush
 }
@@ -127,7 +129,8 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	r := &Registry{
 		db: db, now: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
 		slow: make(chan struct{}, o.PasswordChecks),
-		byID: make(map[string]*entry),
+		byID:   make(map[string]*entry),
+		intern: &interner{},
 	}
 	err := db.View(func(tx *store.Tx) error {
 		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
@@ -135,6 +138,7 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("client %q: %w", k, err)
 			}
+			r.internRecord(&rec)
 			e := &entry{}
 			e.rec.Store(&rec)
 			r.byID[rec.ID] = e
@@ -147,13 +151,15 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 			if e == nil {
 				return nil // status of a client whose record is gone
 			}
-			if err := json.Unmarshal(v, &e.status); err != nil {
+			var st Status
+			if err := json.Unmarshal(v, &st); err != nil {
 				return fmt.Errorf("status %q: %w", k, err)
 			}
-			if e.status.Online {
+			e.status = importStatus(st, r.intern)
+			if e.status.online {
 				// Nobody is connected to a broker that just started.
-				e.status.Online = false
-				e.status.DisconnectReason = "broker_restart"
+				e.status.online = false
+				e.status.reason = reasonCode(ReasonRestart)
 				r.markDirty(e)
 			}
 			return nil
@@ -193,7 +199,7 @@ func (r *Registry) Get(id string) (View, bool) {
 
 func (e *entry) view() View {
 	e.mu.Lock()
-	st := e.status
+	st := e.status.export()
 	e.mu.Unlock()
 	return View{Device: e.rec.Load().Device, Status: st}
 }
@@ -340,6 +346,21 @@ func (r *Registry) Authenticate(c Credentials) (*Device, error) {
 	return &rec.Device, nil
 }
 
+// internRecord makes rec share the strings that many records repeat.
+func (r *Registry) internRecord(rec *record) {
+	switch rec.Role {
+	case RoleDevice, RoleGateway, RoleOperator, RoleObserver:
+		rec.Role = Role(r.intern.get(string(rec.Role)))
+	}
+	rec.Auth = AuthMethod(r.intern.get(string(rec.Auth)))
+	rec.Secret = compactSecret(rec.Secret)
+	rec.Hardware, rec.Region = r.intern.get(rec.Hardware), r.intern.get(rec.Region)
+	rec.Connectivity = r.intern.get(rec.Connectivity)
+	for i, g := range rec.Groups {
+		rec.Groups[i] = r.intern.get(g)
+	}
+}
+
 // Counts are fleet aggregates for metrics.
 type Counts struct {
 	// Registered counts devices and gateways that are not revoked, by
@@ -369,7 +390,7 @@ func (r *Registry) Counts() Counts {
 		}
 		c.Registered[rec.Hardware]++
 		e.mu.Lock()
-		fw, online := e.status.Firmware, e.status.Online
+		fw, online := e.status.firmware, e.status.online
 		e.mu.Unlock()
 		hw := rec.Hardware
 		c.ByVersion[[2]string{fw, hw}]++

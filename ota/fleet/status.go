@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"sync"
 	"time"
 
 	"github.com/otamq/otamq/ota/wire"
@@ -54,4 +55,148 @@ func (s *Status) Healthy() bool { return s.HealthFlags&wire.HealthAllOK == wire.
 type View struct {
 	Device
 	Status Status `json:"status"`
+}
+
+// status is Status as kept in memory for every registered client: times as
+// Unix nanoseconds, enums as numbers, repeated strings interned. It is about
+// half the size of Status, which matters with a registry of a whole fleet.
+type status struct {
+	lastSeen, connectedAt, disconnectedAt, willAt, birthAt, heartbeatAt int64
+
+	connects, wills, heartbeats, uptime, downloadOffset uint64
+
+	firmware, reportedHardware, bootloader, agentVersion string
+	remote                                               string
+
+	bootsSinceCommit, watchdogResets, freeHeap, secureVersion uint32
+	rssi, utcOffset                                          int16
+
+	online, hasOffset, born bool
+	protocol, slot, health  uint8
+	reason                  uint8 // index in reasons, 0 none
+	bootReason              wire.BootReason
+	otaState                wire.OTAState
+	link                    wire.Connectivity
+	hasOTAState             bool
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// export returns s in its public form.
+func (s *status) export() Status {
+	st := Status{
+		Online: s.online, LastSeen: fromNanos(s.lastSeen), ConnectedAt: fromNanos(s.connectedAt),
+		DisconnectedAt: fromNanos(s.disconnectedAt), DisconnectReason: reasons[s.reason],
+		Connects: s.connects, Remote: s.remote, Protocol: s.protocol, WillAt: fromNanos(s.willAt), Wills: s.wills,
+		HeartbeatAt: fromNanos(s.heartbeatAt), Heartbeats: s.heartbeats, Uptime: s.uptime, HealthFlags: s.health,
+		WatchdogResets: s.watchdogResets, FreeHeap: s.freeHeap, RSSI: s.rssi,
+	}
+	if s.connects > 1 {
+		st.Reconnects = s.connects - 1
+	}
+	if s.born {
+		st.BirthAt = fromNanos(s.birthAt)
+		st.Firmware, st.ReportedHardware, st.Bootloader, st.AgentVersion = s.firmware, s.reportedHardware, s.bootloader, s.agentVersion
+		st.Slot, st.BootReason, st.BootsSinceCommit = s.slot, s.bootReason.String(), s.bootsSinceCommit
+		st.Link, st.UTCOffsetMinutes, st.SecureVersion = s.link.String(), s.utcOffset, s.secureVersion
+	}
+	if s.hasOTAState {
+		st.OTAState = s.otaState.String()
+	}
+	if s.hasOffset {
+		off := s.downloadOffset
+		st.DownloadOffset = &off
+	}
+	return st
+}
+
+// importStatus is the inverse of export, for statuses loaded from the store.
+func importStatus(st Status, in *interner) status {
+	s := status{
+		online: st.Online, lastSeen: nanos(st.LastSeen), connectedAt: nanos(st.ConnectedAt),
+		disconnectedAt: nanos(st.DisconnectedAt), reason: reasonCode(st.DisconnectReason),
+		connects: st.Connects, remote: st.Remote, protocol: st.Protocol, willAt: nanos(st.WillAt), wills: st.Wills,
+		heartbeatAt: nanos(st.HeartbeatAt), heartbeats: st.Heartbeats, uptime: st.Uptime, health: st.HealthFlags,
+		watchdogResets: st.WatchdogResets, freeHeap: st.FreeHeap, rssi: st.RSSI,
+	}
+	if !st.BirthAt.IsZero() {
+		s.born, s.birthAt = true, nanos(st.BirthAt)
+		s.firmware, s.reportedHardware = in.get(st.Firmware), in.get(st.ReportedHardware)
+		s.bootloader, s.agentVersion = in.get(st.Bootloader), in.get(st.AgentVersion)
+		s.slot, s.bootsSinceCommit, s.utcOffset, s.secureVersion = st.Slot, st.BootsSinceCommit, st.UTCOffsetMinutes, st.SecureVersion
+		s.bootReason = parseEnum(st.BootReason, func(i uint8) string { return wire.BootReason(i).String() }, wire.BootReason(0))
+		s.link = parseEnum(st.Link, func(i uint8) string { return wire.Connectivity(i).String() }, wire.Connectivity(0))
+	}
+	if st.OTAState != "" {
+		s.hasOTAState = true
+		s.otaState = parseEnum(st.OTAState, func(i uint8) string { return wire.OTAState(i).String() }, wire.OTAState(0))
+	}
+	if st.DownloadOffset != nil {
+		s.hasOffset, s.downloadOffset = true, *st.DownloadOffset
+	}
+	return s
+}
+
+// reasons are the disconnect reasons as stored in status.reason.
+var reasons = append([]string{""}, append(DisconnectReasons, ReasonRestart)...)
+
+// reasonCode returns the index of reason in reasons; unknown reasons (from
+// a newer version) read as "connection_lost".
+func reasonCode(reason string) uint8 {
+	for i, r := range reasons {
+		if r == reason {
+			return uint8(i)
+		}
+	}
+	return reasonCode(ReasonLost)
+}
+
+// parseEnum finds the value whose String is name.
+func parseEnum[T ~uint8](name string, str func(uint8) string, def T) T {
+	for i := 0; i < 32; i++ {
+		if str(uint8(i)) == name {
+			return T(i)
+		}
+	}
+	return def
+}
+
+// interner shares the strings many devices repeat (firmware and bootloader
+// versions, hardware names). It stops growing at a bound, so a device
+// reporting random strings cannot make it grow without limit.
+type interner struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxInterned = 4096
+
+func (in *interner) get(s string) string {
+	if s == "" || in == nil {
+		return s
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if v, ok := in.m[s]; ok {
+		return v
+	}
+	if in.m == nil {
+		in.m = make(map[string]string)
+	}
+	if len(in.m) < maxInterned {
+		in.m[s] = s
+	}
+	return s
 }

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/otamq/otamq/ota/wire"
+)
+
+// benchHeartbeat: how many heartbeats per second the broker ingests with
+// every otamq hook (authentication, ACL, CBOR decoding, registry update)
+// against plain mochi relaying the same bytes, and raw loopback TCP. All
+// three run in this process, one after the other, with the same load: hbConns
+// connections each writing hbPer pre-encoded QoS 0 PUBLISH packets.
+func benchHeartbeat() error {
+	n, per := *hbConns, *hbPer
+	payload := wire.Heartbeat{UptimeSeconds: 3600, HealthFlags: wire.HealthAllOK, WatchdogResets: 0, FreeHeap: 120000, RSSI: -61}.Encode()
+	fmt.Printf("== heartbeat ingest: %d connections x %d QoS 0 heartbeats (%d-byte CBOR payload), median of %d rounds\n",
+		n, per, len(payload), *rounds)
+
+	ids := make([]string, n)
+	bufs := make([][]byte, n)
+	for i := range ids {
+		ids[i] = deviceID(i)
+		pk := publishPacket("dm/"+ids[i]+"/hb", payload)
+		bufs[i] = make([]byte, 0, len(pk)*per)
+		for range per {
+			bufs[i] = append(bufs[i], pk...)
+		}
+	}
+	pktLen := int64(len(bufs[0]) / per)
+	total := int64(n * per)
+
+	// Raw TCP: a sink that reads and discards.
+	sink, sinkBytes, err := tcpSink()
+	if err != nil {
+		return err
+	}
+	defer sink.Close()
+	raw := median(*rounds, func() (float64, error) {
+		start := sinkBytes.Load()
+		return blast(bufs, func(int) (net.Conn, error) { return net.Dial("tcp", sink.Addr().String()) },
+			func() bool { return (sinkBytes.Load()-start)/pktLen >= total }, total)
+	})
+
+	srv, maddr, err := plainMochi(true)
+	if err != nil {
+		return err
+	}
+	mochiRate := median(*rounds, func() (float64, error) {
+		start := received(srv)
+		return blast(bufs, func(i int) (net.Conn, error) { return dial(maddr, ids[i], "", "", "") },
+			func() bool { return received(srv)-start >= total }, total)
+	})
+	_ = srv.Close()
+
+	dir, err := os.MkdirTemp("", "otamq-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := seedDevices(dir, n); err != nil {
+		return err
+	}
+	b, err := otamqBroker(dir, false)
+	if err != nil {
+		return err
+	}
+	osrv := b.Server()
+	otamqRate := median(*rounds, func() (float64, error) {
+		start := received(osrv)
+		return blast(bufs, func(i int) (net.Conn, error) { return dial(b.Addr(), ids[i], ids[i], token(ids[i]), "") },
+			func() bool { return received(osrv)-start >= total }, total)
+	})
+	// Every heartbeat reached the registry.
+	var hb uint64
+	for _, id := range ids {
+		v, _ := b.Fleet().Get(id)
+		hb += v.Status.Heartbeats
+	}
+	_ = b.Shutdown(contextBackground())
+	if want := uint64(total) * uint64(*rounds); hb != want {
+		return fmt.Errorf("registry counted %d heartbeats, want %d", hb, want)
+	}
+
+	fmt.Printf("raw loopback TCP      %12.0f msg/s\n", raw)
+	fmt.Printf("plain mochi (no hooks)%12.0f msg/s   %.2f of raw TCP\n", mochiRate, mochiRate/raw)
+	fmt.Printf("otamq (all hooks)     %12.0f msg/s   %.2f of raw TCP\n", otamqRate, otamqRate/raw)
+	fmt.Printf("ratio otamq / plain mochi: %.2f (target >= 0.80)\n", otamqRate/mochiRate)
+	return nil
+}
+
+func received(s *mqtt.Server) int64 { return atomic.LoadInt64(&s.Info.MessagesReceived) }
+
+// median runs f rounds times and returns the median rate; it exits on error.
+func median(rounds int, f func() (float64, error)) float64 {
+	var rates []float64
+	for range rounds {
+		r, err := f()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		rates = append(rates, r)
+	}
+	slices.Sort(rates)
+	return rates[len(rates)/2]
+}
+
+// blast connects len(bufs) clients, then writes every buffer at once and
+// returns messages per second until done reports that all were processed.
+func blast(bufs [][]byte, connect func(i int) (net.Conn, error), done func() bool, total int64) (float64, error) {
+	conns := make([]net.Conn, len(bufs))
+	for i := range bufs {
+		c, err := connect(i)
+		if err != nil {
+			return 0, err
+		}
+		conns[i] = c
+	}
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	var wg sync.WaitGroup
+	start := time.Now()
+	errs := make(chan error, len(conns))
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Write(bufs[i]); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Minute)
+	for !done() {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("not all %d messages processed within 5 minutes", total)
+		}
+		select {
+		case err := <-errs:
+			return 0, err
+		default:
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	elapsed := time.Since(start)
+	wg.Wait()
+	return float64(total) / elapsed.Seconds(), nil
+}
+
+// tcpSink accepts connections and discards what they send, counting bytes.
+func tcpSink() (net.Listener, *atomic.Int64, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64*1024)
+				for {
+					k, err := c.Read(buf)
+					n.Add(int64(k))
+					if err != nil {
+						if err != io.EOF {
+							return
+						}
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l, &n, nil
+}

@@ -1,0 +1,60 @@
+// Command bench measures otamq against baselines measured in the same run:
+// plain mochi-mqtt with no otamq hooks, raw loopback TCP, and a single-fsync
+// bbolt write. It prints every measurement and the ratios; docs/BENCHMARKS.md
+// records results and how to read them.
+//
+//	go run ./test/bench                 # everything (make bench)
+//	go run ./test/bench -only heartbeat # one of heartbeat, idle, admin
+//
+// The idle-connection benchmark runs each server as a child process (this
+// binary with -serve) so that its RSS is its own.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+)
+
+var (
+	only      = flag.String("only", "", "run one benchmark: heartbeat, idle or admin")
+	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq) for the idle benchmark")
+	serveData = flag.String("data", "", "internal: data directory of -serve otamq")
+	conns     = flag.Int("conns", 10000, "idle benchmark: connected, subscribed devices")
+	hbConns   = flag.Int("hb-conns", 50, "heartbeat benchmark: publishing connections")
+	hbPer     = flag.Int("hb-per-conn", 20000, "heartbeat benchmark: heartbeats per connection")
+	rounds    = flag.Int("rounds", 3, "heartbeat benchmark: rounds (the median is reported)")
+	adminN    = flag.Int("admin-writes", 2000, "admin benchmark: writes per variant")
+)
+
+func main() {
+	flag.Parse()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
+	if *serve != "" {
+		if err := runServer(*serve, *serveData); err != nil {
+			fmt.Fprintln(os.Stderr, "bench server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	fmt.Printf("otamq benchmarks, %s, %s/%s, %d CPUs, %s\n", time.Now().UTC().Format(time.RFC3339), runtime.GOOS, runtime.GOARCH,
+		runtime.NumCPU(), runtime.Version())
+	fmt.Printf("command: go run ./test/bench %s\n\n", strings.Join(os.Args[1:], " "))
+	run := func(name string, f func() error) {
+		if *only != "" && *only != name {
+			return
+		}
+		if err := f(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			os.Exit(1)
+		}
+		fmt.Println()
+	}
+	run("heartbeat", benchHeartbeat)
+	run("admin", benchAdmin)
+	run("idle", benchIdle)
+}

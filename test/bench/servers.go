@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/otamq/otamq/broker"
+	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/store"
+)
+
+const benchOperatorPassword = "bench operator password"
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// plainMochi is the baseline: mochi-mqtt with no otamq hook, only the one
+// it cannot run without (allow-all authentication). With hardened set, it
+// runs with the same capabilities as otamq (queue sizes, limits), so that
+// the comparison shows what otamq's hooks and registry cost; without, with
+// mochi's defaults.
+func plainMochi(hardened bool) (*mqtt.Server, string, error) {
+	opts := &mqtt.Options{Logger: quiet}
+	if hardened {
+		opts.Capabilities = broker.Capabilities(broker.Options{})
+	}
+	srv := mqtt.New(opts)
+	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
+		return nil, "", err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", err
+	}
+	if err := srv.AddListener(listeners.NewNet("tcp", l)); err != nil {
+		return nil, "", err
+	}
+	if err := srv.Serve(); err != nil {
+		return nil, "", err
+	}
+	return srv, l.Addr().String(), nil
+}
+
+func deviceID(i int) string { return fmt.Sprintf("d%05d", i) }
+
+// token is the benchmark's (insecure, predictable) token of a device.
+func token(id string) string { return "bench-token-" + id }
+
+// seedDevices registers n devices straight into the store of dataDir, in
+// large transactions (the admin API would take longer and is measured
+// separately).
+func seedDevices(dataDir string, n int) error {
+	db, err := store.Open(filepath.Join(dataDir, "otamq.db"), &store.Options{NoSync: true, Logger: quiet})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	reg, err := fleet.Open(db, &fleet.Options{Logger: quiet})
+	if err != nil {
+		return err
+	}
+	const batch = 1000
+	for start := 0; start < n; start += batch {
+		err := db.Update(context.Background(), func(tx *store.Tx) error {
+			for i := start; i < min(start+batch, n); i++ {
+				id := deviceID(i)
+				if _, err := reg.Register(tx, fleet.Registration{ID: id, Attributes: fleet.Attributes{Hardware: "esp32-v2", Region: "eu"}},
+					fleet.TokenSecret(token(id)), "bench"); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// otamqBroker starts otamq on dataDir (seeded beforehand).
+func otamqBroker(dataDir string, pprof bool) (*broker.Broker, error) {
+	b, err := broker.New(broker.Options{
+		DataDir: dataDir, TCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Pprof: pprof,
+		FirstOperator: "bench", FirstOperatorPassword: benchOperatorPassword, Logger: quiet,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return b, b.Start()
+}
+
+// rssBytes is this process's resident set after a full GC that returns
+// free memory to the OS, so two processes are compared on what they hold.
+func rssBytes() int64 { return procStatus("VmRSS") }
+
+// rssFileBytes is the part of the resident set that maps files (for otamq,
+// the pages of its bbolt file it has read: page cache, reclaimable).
+func rssFileBytes() int64 { return procStatus("RssFile") }
+
+func procStatus(field string) int64 {
+	runtime.GC()
+	debug.FreeOSMemory()
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return -1
+}
+
+// runServer is the child side of the idle benchmark: it starts one server,
+// prints "ready <mqtt addr> <control addr> <http addr> <rss before>", and
+// serves /rss on the control address until stdin closes.
+func runServer(kind, dataDir string) error {
+	base := rssBytes()
+	var mqttAddr, httpAddr string
+	switch kind {
+	case "mochi", "mochi-defaults":
+		srv, addr, err := plainMochi(kind == "mochi")
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		mqttAddr = addr
+	case "otamq":
+		b, err := otamqBroker(dataDir, true)
+		if err != nil {
+			return err
+		}
+		defer b.Shutdown(context.Background())
+		mqttAddr, httpAddr = b.Addr(), b.HTTPAddr()
+	default:
+		return fmt.Errorf("unknown server %q", kind)
+	}
+	ctl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/rss", func(w http.ResponseWriter, _ *http.Request) {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		fmt.Fprint(w, rssBytes(), " ", rssFileBytes(), " ", ms.HeapInuse, " ", ms.StackInuse)
+	})
+	go func() { _ = http.Serve(ctl, mux) }()
+	if httpAddr == "" {
+		httpAddr = "-"
+	}
+	fmt.Printf("ready %s %s %s %d\n", mqttAddr, ctl.Addr(), httpAddr, base)
+	_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+	return nil
+}
+
+func get(url string) (string, error) {
+	c := http.Client{Timeout: 120 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
