@@ -128,7 +128,7 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	}
 	r := &Registry{
 		db: db, now: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
-		slow: make(chan struct{}, o.PasswordChecks),
+		slow:   make(chan struct{}, o.PasswordChecks),
 		byID:   make(map[string]*entry),
 		intern: &interner{},
 	}

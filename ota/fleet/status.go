@@ -69,7 +69,7 @@ type status struct {
 	remote                                               string
 
 	bootsSinceCommit, watchdogResets, freeHeap, secureVersion uint32
-	rssi, utcOffset                                          int16
+	rssi, utcOffset                                           int16
 
 	online, hasOffset, born bool
 	protocol, slot, health  uint8
