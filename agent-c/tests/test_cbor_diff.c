@@ -188,9 +188,18 @@ static bool gaps(const uint8_t *b, size_t n)
 static int check(const uint8_t *b, size_t n, bool must_accept)
 {
     struct cbor_load_result res;
-    cbor_item_t *it = cbor_load(b, n, &res);
+    cbor_item_t *it;
     int ours = ota_cbor_validate(b, n);
-    bool lib_ok = it != NULL && res.error.code == CBOR_ERR_NONE && res.read == n;
+    bool lib_ok;
+    if (ours != OTA_OK && !must_accept) {
+        /* libcbor 0.8 allocates what a head declares before reading the
+         * items: a mutated count would have it allocate gigabytes. Inputs
+         * we refuse are not compared (the property is about what we accept). */
+        refused_by_us++;
+        return 0;
+    }
+    it = cbor_load(b, n, &res);
+    lib_ok = it != NULL && res.error.code == CBOR_ERR_NONE && res.read == n;
     if (ours == OTA_OK && !lib_ok && gaps(b, n)) {
         gap_skipped++;
         if (it != NULL)

@@ -4,10 +4,13 @@
  *                                        simulated firmware image
  *   offer OUT PRIV.pem IMAGE ROLLOUT SEQ [MODE [SECURE_VERSION [HARDWARE [BLOCK]]]]
  *                                        signed offer for IMAGE (CBOR)
+ *   go-style-vectors DIR                 broker->device vectors in the Go
+ *                                        side's format (checks the C checker)
  * BEHAVIOUR: healthy, crash, health-fail, hang, crash-later, health-fail-later. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "sim.h"
 #include "testkit.h"
@@ -51,8 +54,96 @@ static int behaviour(const char *s)
     return -1;
 }
 
+static int pair(const char *dir, const char *name, const uint8_t *b, size_t n, const char *json)
+{
+    char path[1024];
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/%s.cbor", dir, name);
+    if (write_all(path, b, n) != 0)
+        return 1;
+    snprintf(path, sizeof(path), "%s/%s.json", dir, name);
+    f = fopen(path, "w");
+    if (f == NULL)
+        return 1;
+    fputs(json, f);
+    return fclose(f) != 0;
+}
+
+static void hexs(char *out, const uint8_t *b, size_t n)
+{
+    size_t i;
+    out += sprintf(out, "h'");
+    for (i = 0; i < n; i++)
+        out += sprintf(out, "%02x", b[i]);
+    sprintf(out, "'");
+}
+
+/* The same kinds of vectors the Go side writes, from the C test kit. */
+static int go_style(const char *dir)
+{
+    tk_key_t k;
+    tk_manifest_t m;
+    uint8_t payload[512], cose[1024], buf[4096], data[4] = {0xde, 0xad, 0xbe, 0xef};
+    char json[8192], kid[32], pub[160], dg[80], cs[2200];
+    size_t plen, clen, n;
+    int rc = 0, i;
+    mkdir(dir, 0755);
+    tk_keygen(&k, 77);
+    memset(&m, 0, sizeof(m));
+    m.seq = 17;
+    m.version = "1.2.4";
+    m.build = "20251124-143022";
+    m.targets[0] = "esp32-v2";
+    m.targets[1] = "esp32-v3";
+    m.ntargets = 2;
+    m.min_bootloader = "2.1.0";
+    m.size = 1048576;
+    for (i = 0; i < 32; i++)
+        m.digest[i] = (uint8_t)i;
+    m.secure_version = 2;
+    plen = tk_manifest_payload(&m, payload, sizeof(payload));
+    clen = tk_sign(&k, payload, plen, cose, sizeof(cose));
+    hexs(kid, k.kid, 8);
+    hexs(pub, k.pub, 65);
+    hexs(dg, m.digest, 32);
+    snprintf(json, sizeof(json),
+             "{\"kid\": \"%s\", \"pub\": \"%s\", \"payload\": {\"1\": 1, \"2\": 17, "
+             "\"3\": \"1.2.4\", \"4\": \"20251124-143022\", \"5\": [\"esp32-v2\", "
+             "\"esp32-v3\"], \"6\": \"2.1.0\", \"7\": 1048576, \"8\": \"%s\", \"9\": 2, "
+             "\"10\": 0}}\n",
+             kid, pub, dg);
+    rc |= pair(dir, "manifest-basic", cose, clen, json);
+    hexs(cs, cose, clen);
+    n = tk_offer(buf, sizeof(buf), "r-2025-11-24", cose, clen, 0, 4096, 0);
+    snprintf(json, sizeof(json),
+             "{\"1\": \"r-2025-11-24\", \"2\": \"%s\", \"3\": 0, \"4\": 4096, \"5\": 0}\n", cs);
+    rc |= pair(dir, "offer-basic", buf, n, json);
+    n = tk_offer(buf, sizeof(buf), "", NULL, 0, 0, 0, 0);
+    rc |= pair(dir, "offer-cancel", buf, n, "{\"1\": \"\"}\n");
+    n = tk_block(buf, sizeof(buf), 42, 8192, 1048576, data, 4);
+    rc |= pair(dir, "block-design-example", buf, n,
+               "{\"1\": 42, \"2\": 8192, \"3\": 1048576, \"4\": \"h'deadbeef'\"}\n");
+    n = tk_block_error(buf, sizeof(buf), 42, 8192, 5, 250, "rate limited");
+    rc |= pair(dir, "block-error-rate-limited", buf, n,
+               "{\"1\": 42, \"2\": 8192, \"5\": 5, \"6\": 250, \"7\": \"rate limited\"}\n");
+    n = tk_command(buf, sizeof(buf), 1, "r-2025-11-24", 0);
+    rc |= pair(dir, "command-install", buf, n,
+               "{\"1\": 1, \"2\": \"r-2025-11-24\", \"3\": 0}\n");
+    cose[clen - 3] ^= 0x40;
+    rc |= pair(dir, "bad-manifest-signature", cose, clen, "{\"error\": \"bad signature\"}\n");
+    rc |= pair(dir, "bad-offer-indefinite", (const uint8_t *)"\xbf\x01\x60\xff", 4,
+               "{\"error\": \"indefinite length\"}\n");
+    rc |= pair(dir, "bad-block-duplicate-key", (const uint8_t *)"\xa2\x01\x01\x01\x02", 5,
+               "{\"error\": \"duplicate key\"}\n");
+    rc |= pair(dir, "bad-command-wrong-type", (const uint8_t *)"\xa1\x01\x61\x31", 4,
+               "{\"error\": \"verb is text\"}\n");
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && strcmp(argv[1], "go-style-vectors") == 0)
+        return go_style(argv[2]);
     if (argc >= 4 && strcmp(argv[1], "keygen") == 0) {
         tk_key_t k;
         unsigned seed = argc > 4 ? (unsigned)strtoul(argv[4], NULL, 10) : 0u;

@@ -112,10 +112,11 @@ static bool all_digits(const char *s, size_t n)
 
 static int cmp_pre(const sv_t *a, const sv_t *b)
 {
-    const char *pa = a->pre, *pb = b->pre;
-    const char *ea = a->pre + a->pre_len, *eb = b->pre + b->pre_len;
+    const char *pa = a->pre, *pb = b->pre, *ea, *eb;
     if (a->pre == NULL || b->pre == NULL)
         return (a->pre == NULL) - (b->pre == NULL); /* release > prerelease */
+    ea = a->pre + a->pre_len;
+    eb = b->pre + b->pre_len;
     for (;;) {
         const char *ia, *ib;
         size_t na, nb, i;

@@ -1,0 +1,114 @@
+/* mkcorpus DIR - writes the fuzzers' seed corpus (committed under
+ * fuzz/corpus/; rerun only when the message formats change). */
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "sim.h"
+#include "testkit.h"
+
+static const char *root;
+
+static void put(const char *fuzzer, const char *name, const uint8_t *p, size_t n)
+{
+    char path[512];
+    FILE *f;
+    snprintf(path, sizeof(path), "%s/%s", root, fuzzer);
+    mkdir(path, 0755);
+    snprintf(path, sizeof(path), "%s/%s/%s", root, fuzzer, name);
+    f = fopen(path, "wb");
+    if (f == NULL || fwrite(p, 1, n, f) != n) {
+        perror(path);
+        return;
+    }
+    fclose(f);
+}
+
+static size_t hex(const char *s, uint8_t *out)
+{
+    size_t n = 0;
+    unsigned v;
+    while (s[0] && s[1] && sscanf(s, "%2x", &v) == 1) {
+        out[n++] = (uint8_t)v;
+        s += 2;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    static const char *design[] = {
+        "ab0165312e322e33026865737033322d76320365322e312e3004000505060107050865302e332e3009000a183c0b02",
+        "a601190e1002070300041a0001d4c005383c0600",
+        "a401182a02192000031a001000000444deadbeef",
+        "a50105026c722d323032352d31312d32340365312e322e34041864071a69248100",
+        "d28443a10126a10448000102030405060740582000",
+        "9f01ff", "bf01f6ff", "818181818181818181818100", "fb3ff0000000000000", "c11a5f5e1000",
+    };
+    tk_key_t key;
+    tk_manifest_t m;
+    uint8_t img[4096], payload[512], cose[1024], buf[8192], b2[8192];
+    size_t plen, clen, n, i;
+    char name[64];
+
+    if (argc != 2)
+        return 2;
+    root = argv[1];
+    mkdir(root, 0755);
+    tk_keygen(&key, 1); /* the fake device's and fuzz_cose's key */
+    tk_image(img, sizeof(img), OTA_SIM_HEALTHY, 0, "1.1.0", 9);
+
+    for (i = 0; i < sizeof(design) / sizeof(design[0]); i++) {
+        n = hex(design[i], buf);
+        snprintf(name, sizeof(name), "design-%zu", i);
+        put("fuzz_cbor", name, buf, n);
+    }
+
+    memset(&m, 0, sizeof(m));
+    m.seq = 1;
+    m.version = "1.1.0";
+    m.build = "b";
+    m.targets[0] = "esp32-v2";
+    m.targets[1] = "esp32-v3";
+    m.ntargets = 2;
+    m.min_bootloader = "2.0.0";
+    m.size = sizeof(img);
+    tk_sha256(img, sizeof(img), m.digest);
+    plen = tk_manifest_payload(&m, payload, sizeof(payload));
+    clen = tk_sign(&key, payload, plen, cose, sizeof(cose));
+    put("fuzz_manifest", "payload", payload, plen);
+    put("fuzz_cbor", "payload", payload, plen);
+    put("fuzz_cose", "signed", cose, clen);
+    put("fuzz_cbor", "cose", cose, clen);
+    cose[clen - 1] ^= 1;
+    put("fuzz_cose", "badsig", cose, clen);
+    cose[clen - 1] ^= 1;
+
+    buf[0] = 0; /* topic selector: offer */
+    n = tk_offer(buf + 1, sizeof(buf) - 1, "r-f", cose, clen, 0, 1024, 0);
+    put("fuzz_offer", "offer", buf, n + 1);
+    put("fuzz_cbor", "offer", buf + 1, n);
+    n = tk_offer(buf + 1, sizeof(buf) - 1, "r-f", cose, clen, 1, 0, 0);
+    put("fuzz_offer", "offer-wait", buf, n + 1);
+    n = tk_offer(buf + 1, sizeof(buf) - 1, "", NULL, 0, 0, 0, 0);
+    put("fuzz_offer", "cancel", buf, n + 1);
+    buf[0] = 1; /* command */
+    for (i = 1; i <= 4; i++) {
+        n = tk_command(buf + 1, sizeof(buf) - 1, (unsigned)i, "r-f", 0);
+        snprintf(name, sizeof(name), "cmd-%zu", i);
+        put("fuzz_offer", name, buf, n + 1);
+    }
+
+    n = tk_block(buf, sizeof(buf), 1, 0, sizeof(img), img, 1024);
+    put("fuzz_block", "block-0", buf, n);
+    n = tk_block(b2, sizeof(b2), 1, 0, sizeof(img), img, sizeof(img));
+    put("fuzz_block", "block-all", b2, n);
+    n = tk_block(buf, sizeof(buf), 1, 1024, sizeof(img), img + 1024, 1024);
+    put("fuzz_block", "block-1", buf, n);
+    n = tk_block_error(buf, sizeof(buf), 1, 0, 5, 250, "rate limited");
+    put("fuzz_block", "error-rate", buf, n);
+    put("fuzz_cbor", "block-error", buf, n);
+    n = tk_block_error(buf, sizeof(buf), 1, 0, 2, 0, NULL);
+    put("fuzz_block", "error-unknown", buf, n);
+    return 0;
+}
