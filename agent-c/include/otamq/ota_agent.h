@@ -96,7 +96,7 @@ typedef struct ota_persist {
     uint32_t target_secure_version;
     uint32_t boots_since_commit;
     uint32_t wdt_since_commit;
-    uint64_t trial_ms;       /* time run on the new image, summed over boots */
+    uint32_t trial_ms;       /* time run on the new image, summed over boots */
     uint8_t nboots, nwdt;
     uint32_t boot_log[OTA_CFG_BOOT_LOG]; /* trial clock (s) of trial boots */
     uint32_t wdt_log[OTA_CFG_BOOT_LOG];  /* trial clock (s) of watchdog boots */
@@ -126,8 +126,8 @@ typedef struct ota_agent {
     bool broker_seen;        /* connected at least once this boot */
     bool hb_sent;            /* a heartbeat went out this boot */
     bool check_pending;
-    uint64_t last_hb_ms;
-    uint64_t offline_since_ms;
+    uint32_t last_hb_ms;     /* times: low 32 bits of now_ms, compared */
+    uint32_t offline_since_ms; /* by difference so they may wrap */
     /* download */
     ota_sha256_t img_hash;
     uint32_t next_off;
@@ -135,15 +135,16 @@ typedef struct ota_agent {
     uint32_t req_count;      /* blocks still expected from the request */
     bool req_active;
     bool retry_wait;
-    uint64_t req_deadline_ms;
-    uint64_t retry_at_ms;
+    uint32_t req_deadline_ms;
+    uint32_t retry_at_ms;
     uint32_t retries;
     uint8_t pct_reported;    /* last progress decile sent */
     /* trial */
-    uint64_t boot_ms;        /* now_ms at on_boot */
-    uint64_t trial_base_ms;  /* ps.trial_ms at on_boot */
-    uint64_t trial_saved_ms; /* now_ms of the last trial clock persist */
-    uint64_t unhealthy_since_ms; /* 0 = healthy */
+    uint32_t boot_ms;        /* now_ms at on_boot */
+    uint32_t trial_base_ms;  /* ps.trial_ms at on_boot */
+    uint32_t trial_saved_ms; /* now_ms of the last trial clock persist */
+    uint32_t unhealthy_since_ms;
+    bool unhealthy;          /* health checks failing since unhealthy_since_ms */
     /* events waiting to be published: [len hi][len lo][bytes]... */
     uint16_t evq_len;
     uint8_t evq[OTA_CFG_EVENT_BUF];

@@ -1,19 +1,15 @@
 /* agent.c - the OTA state machine (see ota_agent.h and README.md). */
 #include "otamq/ota_agent.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "persist.h"
 
 #define P(a) ((a)->port)
-#define NOW(a) (P(a)->now_ms(P(a)->ctx))
+#define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 
 /* ---- small helpers ----------------------------------------------------- */
-
-static uint32_t pick(uint32_t v, uint32_t def)
-{
-    return v != 0u ? v : def;
-}
 
 static bool copy_str(char *dst, size_t cap, const char *s, size_t n)
 {
@@ -52,7 +48,13 @@ static int persist(ota_agent_t *a)
     return rc;
 }
 
-static uint64_t trial_clock(const ota_agent_t *a)
+/* t has come (wrap-safe for times less than 24 days apart) */
+static bool due(uint32_t now, uint32_t t)
+{
+    return (uint32_t)(now - t) < 0x80000000u;
+}
+
+static uint32_t trial_clock(const ota_agent_t *a)
 {
     return a->trial_base_ms + (NOW(a) - a->boot_ms);
 }
@@ -156,9 +158,9 @@ static void send_heartbeat(ota_agent_t *a)
 {
     ota_heartbeat_t hb;
     size_t len;
-    uint64_t now = NOW(a);
+    uint32_t now = NOW(a);
     memset(&hb, 0, sizeof(hb));
-    hb.uptime_s = (uint32_t)(now / 1000u);
+    hb.uptime_s = (uint32_t)(P(a)->now_ms(P(a)->ctx) / 1000u);
     hb.health = health_bits(a);
     hb.wdt_resets = a->ps.wdt_since_commit;
     if (P(a)->free_heap != NULL) {
@@ -233,6 +235,13 @@ static void cancel(ota_agent_t *a, const char *detail)
     a->ps.error = OTA_E_CANCELLED;
     set_state(a, OTA_STATE_IDLE);
     event(a, OTA_EV_DOWNLOAD_FAILED, -1, OTA_E_CANCELLED, detail);
+}
+
+/* Completed tenths of the image, 0..9 (progress events every 10 %). */
+static uint8_t decile(uint32_t off, uint32_t size)
+{
+    uint32_t d = size < 10u ? 0u : off / (size / 10u);
+    return (uint8_t)(d > 9u ? 9u : d);
 }
 
 /* Hashes slot bytes [0, n) into a->img_hash, through a->tx. */
@@ -358,7 +367,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
         return OTA_OK;
     }
     {
-        uint8_t dec = (uint8_t)(((uint64_t)a->next_off * 10u) / a->ps.size);
+        uint8_t dec = decile(a->next_off, a->ps.size);
         if (dec > a->pct_reported) {
             a->pct_reported = dec;
             event(a, OTA_EV_DOWNLOAD_PROGRESS, dec * 10, 0, NULL);
@@ -399,7 +408,7 @@ static int start_download(ota_agent_t *a)
             return rc;
     }
     a->next_off = a->ps.offset;
-    a->pct_reported = (uint8_t)(((uint64_t)a->next_off * 10u) / a->ps.size);
+    a->pct_reported = decile(a->next_off, a->ps.size);
     return OTA_OK;
 }
 
@@ -670,12 +679,12 @@ static void roll_back(ota_agent_t *a, uint8_t err, const char *detail)
     event(a, OTA_EV_HEALTH_FAILED, -1, err, "no rollback target");
 }
 
-static unsigned count_since(const uint32_t *log, uint8_t n, uint64_t now_ms, uint32_t window_ms)
+static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
 {
     unsigned c = 0;
     uint8_t i;
     for (i = 0; i < n; i++)
-        if ((uint64_t)log[i] * 1000u + window_ms > now_ms)
+        if (now_ms - log[i] * 1000u < window_ms)
             c++;
     return c;
 }
@@ -703,7 +712,7 @@ static void commit(ota_agent_t *a)
     check_now(a); /* the next update may be waiting */
 }
 
-static void trial_tick(ota_agent_t *a, uint64_t now)
+static void trial_tick(ota_agent_t *a, uint32_t now)
 {
     uint8_t h = health_bits(a);
     bool healthy = (h & (OTA_HEALTH_APP | OTA_HEALTH_RESOURCES)) ==
@@ -731,8 +740,9 @@ static void trial_tick(ota_agent_t *a, uint64_t now)
     }
     /* probation: triggers armed */
     if (healthy) {
-        a->unhealthy_since_ms = 0;
-    } else if (a->unhealthy_since_ms == 0u) {
+        a->unhealthy = false;
+    } else if (!a->unhealthy) {
+        a->unhealthy = true;
         a->unhealthy_since_ms = now;
     } else if (now - a->unhealthy_since_ms >= a->set.health_fail_ms) {
         event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, "health failing");
@@ -758,16 +768,16 @@ static void trial_tick(ota_agent_t *a, uint64_t now)
 
 void ota_agent_tick(ota_agent_t *a)
 {
-    uint64_t now;
+    uint32_t now;
     if (a == NULL || !a->booted)
         return;
     now = NOW(a);
     if (a->connected && now - a->last_hb_ms >= a->set.heartbeat_ms)
         send_heartbeat(a);
     if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected) {
-        if (a->req_active && now >= a->req_deadline_ms)
+        if (a->req_active && due(now, a->req_deadline_ms))
             retry_later(a, 0);
-        if (a->ps.state == OTA_STATE_DOWNLOADING && a->retry_wait && now >= a->retry_at_ms)
+        if (a->ps.state == OTA_STATE_DOWNLOADING && a->retry_wait && due(now, a->retry_at_ms))
             send_request(a);
     }
     if (a->ps.state == OTA_STATE_TRIAL)
@@ -870,7 +880,7 @@ int ota_agent_on_boot(ota_agent_t *a)
             return OTA_OK;
         }
         {
-            uint32_t t = (uint32_t)(a->ps.trial_ms / 1000u);
+            uint32_t t = a->ps.trial_ms / 1000u;
             log_push(a->ps.boot_log, &a->ps.nboots, t);
             if (a->boot.reason == OTA_BOOT_WATCHDOG)
                 log_push(a->ps.wdt_log, &a->ps.nwdt, t);
@@ -945,6 +955,22 @@ void ota_agent_on_disconnect(ota_agent_t *a)
 
 /* ---- init -------------------------------------------------------------- */
 
+#define SET(f) (uint8_t)offsetof(ota_settings_t, f)
+static const uint8_t setting_offsets[] = {
+    SET(heartbeat_ms),   SET(request_timeout_ms), SET(backoff_min_ms),   SET(backoff_max_ms),
+    SET(max_retries),    SET(trial_timeout_ms),   SET(probation_ms),     SET(max_reboots),
+    SET(reboot_window_ms), SET(max_wdt_resets),   SET(wdt_window_ms),    SET(health_fail_ms),
+    SET(no_broker_ms),   SET(trial_persist_ms),   SET(block_size),       SET(window),
+};
+static const uint32_t setting_defaults[] = {
+    OTA_CFG_HEARTBEAT_MS,     OTA_CFG_REQUEST_TIMEOUT_MS, OTA_CFG_BACKOFF_MIN_MS,
+    OTA_CFG_BACKOFF_MAX_MS,   OTA_CFG_MAX_RETRIES,        OTA_CFG_TRIAL_TIMEOUT_MS,
+    OTA_CFG_PROBATION_MS,     OTA_CFG_MAX_REBOOTS,        OTA_CFG_REBOOT_WINDOW_MS,
+    OTA_CFG_MAX_WDT_RESETS,   OTA_CFG_WDT_WINDOW_MS,      OTA_CFG_HEALTH_FAIL_MS,
+    OTA_CFG_NO_BROKER_MS,     OTA_CFG_TRIAL_PERSIST_MS,   OTA_CFG_BLOCK_SIZE,
+    OTA_CFG_WINDOW,
+};
+
 static bool valid_id(const char *id)
 {
     size_t n = 0;
@@ -960,7 +986,6 @@ static bool valid_id(const char *id)
 int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
 {
     const ota_port_t *p;
-    const ota_settings_t *s;
     size_t i;
     if (a == NULL || cfg == NULL || cfg->port == NULL || cfg->device_id == NULL ||
         cfg->hardware == NULL || cfg->bootloader_version == NULL || cfg->fw_version == NULL ||
@@ -979,24 +1004,14 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
     memset(a, 0, sizeof(*a));
     a->port = p;
     a->cfg = *cfg;
-    s = &cfg->settings;
-    a->set.heartbeat_ms = pick(s->heartbeat_ms, OTA_CFG_HEARTBEAT_MS);
-    a->set.request_timeout_ms = pick(s->request_timeout_ms, OTA_CFG_REQUEST_TIMEOUT_MS);
-    a->set.backoff_min_ms = pick(s->backoff_min_ms, OTA_CFG_BACKOFF_MIN_MS);
-    a->set.backoff_max_ms = pick(s->backoff_max_ms, OTA_CFG_BACKOFF_MAX_MS);
-    a->set.max_retries = pick(s->max_retries, OTA_CFG_MAX_RETRIES);
-    a->set.trial_timeout_ms = pick(s->trial_timeout_ms, OTA_CFG_TRIAL_TIMEOUT_MS);
-    a->set.probation_ms = pick(s->probation_ms, OTA_CFG_PROBATION_MS);
-    a->set.max_reboots = pick(s->max_reboots, OTA_CFG_MAX_REBOOTS);
-    a->set.reboot_window_ms = pick(s->reboot_window_ms, OTA_CFG_REBOOT_WINDOW_MS);
-    a->set.max_wdt_resets = pick(s->max_wdt_resets, OTA_CFG_MAX_WDT_RESETS);
-    a->set.wdt_window_ms = pick(s->wdt_window_ms, OTA_CFG_WDT_WINDOW_MS);
-    a->set.health_fail_ms = pick(s->health_fail_ms, OTA_CFG_HEALTH_FAIL_MS);
-    a->set.no_broker_ms = pick(s->no_broker_ms, OTA_CFG_NO_BROKER_MS);
-    a->set.trial_persist_ms = pick(s->trial_persist_ms, OTA_CFG_TRIAL_PERSIST_MS);
-    a->set.block_size = pick(s->block_size, OTA_CFG_BLOCK_SIZE);
-    a->set.window = pick(s->window, OTA_CFG_WINDOW);
-    a->set.allow_downgrade = s->allow_downgrade;
+    for (i = 0; i < sizeof(setting_defaults) / sizeof(setting_defaults[0]); i++) {
+        uint32_t v;
+        memcpy(&v, (const uint8_t *)&cfg->settings + setting_offsets[i], sizeof(v));
+        if (v == 0u)
+            v = setting_defaults[i];
+        memcpy((uint8_t *)&a->set + setting_offsets[i], &v, sizeof(v));
+    }
+    a->set.allow_downgrade = cfg->settings.allow_downgrade;
     if (a->set.block_size > OTA_CFG_BLOCK_SIZE)
         a->set.block_size = OTA_CFG_BLOCK_SIZE;
     if (a->set.max_reboots > OTA_CFG_BOOT_LOG - 1u)

@@ -242,76 +242,45 @@ static int read_components(ota_cbor_reader_t *r, ota_manifest_t *m)
     return OTA_OK;
 }
 
+static int manifest_custom(ota_cbor_reader_t *r, uint8_t key, void *out)
+{
+    ota_manifest_t *m = (ota_manifest_t *)out;
+    size_t n;
+    int rc;
+    if (key == 5)
+        return read_targets(r, m);
+    if (key == 11)
+        return read_components(r, m);
+    rc = ota_cbor_read_bstr(r, &m->digest, &n); /* key 8 */
+    return rc == OTA_OK && n != 32u ? OTA_ERR_MSG : rc;
+}
+
+#define F(k, t, m) {k, t, (uint16_t)offsetof(ota_manifest_t, m), 0}
+#define S(k, m, l) {k, OTA_F_TSTR, (uint16_t)offsetof(ota_manifest_t, m), \
+                    (uint16_t)offsetof(ota_manifest_t, l)}
+
+static const ota_field_t manifest_rows[] = {
+    F(1, OTA_F_U32, format),        F(2, OTA_F_U64, seq),
+    S(3, version, version_len),     S(4, build, build_len),
+    F(5, OTA_F_CUSTOM, targets),    S(6, min_bootloader, min_bootloader_len),
+    F(7, OTA_F_U32, image_size),    F(8, OTA_F_CUSTOM, digest),
+    F(9, OTA_F_U32, secure_version), F(10, OTA_F_U8, kind),
+    F(11, OTA_F_CUSTOM, ncomponents),
+};
+
 int ota_manifest_decode(const uint8_t *buf, size_t len, ota_manifest_t *m)
 {
-    ota_cbor_reader_t r;
-    ota_cbor_map_t map;
-    uint64_t key;
-    uint32_t have = 0;
-    size_t dlen = 0;
+    uint32_t have;
     int rc;
-
-    if (buf == NULL || m == NULL)
+    if (m == NULL)
         return OTA_ERR_ARG;
     memset(m, 0, sizeof(*m));
-    ota_cbor_reader_init(&r, buf, len);
-    rc = ota_cbor_map_begin(&map, &r);
-    while (rc == OTA_OK && (rc = ota_cbor_map_next(&map, &key)) == 1) {
-        switch (key) {
-        case 1:
-            rc = ota_rd_u32(&r, &m->format);
-            break;
-        case 2:
-            rc = ota_cbor_read_uint(&r, &m->seq);
-            break;
-        case 3:
-            rc = ota_cbor_read_tstr(&r, &m->version, &m->version_len);
-            break;
-        case 4:
-            rc = ota_cbor_read_tstr(&r, &m->build, &m->build_len);
-            break;
-        case 5:
-            rc = read_targets(&r, m);
-            break;
-        case 6:
-            rc = ota_cbor_read_tstr(&r, &m->min_bootloader, &m->min_bootloader_len);
-            break;
-        case 7:
-            rc = ota_rd_u32(&r, &m->image_size);
-            break;
-        case 8:
-            rc = ota_cbor_read_bstr(&r, &m->digest, &dlen);
-            if (rc == OTA_OK && dlen != 32u)
-                rc = OTA_ERR_MSG;
-            break;
-        case 9:
-            rc = ota_rd_u32(&r, &m->secure_version);
-            break;
-        case 10: {
-            uint32_t kind;
-            rc = ota_rd_u32(&r, &kind);
-            if (rc == OTA_OK && kind > 0xffu)
-                rc = OTA_ERR_MSG;
-            m->kind = (uint8_t)kind;
-            break;
-        }
-        case 11:
-            rc = read_components(&r, m);
-            break;
-        default:
-            rc = ota_rd_unknown(&r, key, 11);
-            break;
-        }
-        if (key < 32u)
-            have |= 1u << key;
-    }
-    rc = ota_rd_end(&r, rc);
+    rc = ota_decode_map(buf, len, manifest_rows, sizeof(manifest_rows) / sizeof(manifest_rows[0]),
+                        11, m, manifest_custom, &have);
     if (rc != OTA_OK)
         return rc;
     /* required: format, seq, version, targets, size, digest */
-    if ((have & 0x1aeu) != 0x1aeu)
-        return OTA_ERR_MSG;
-    if (m->format != 1u || m->image_size == 0u)
+    if ((have & 0x1aeu) != 0x1aeu || m->format != 1u || m->image_size == 0u)
         return OTA_ERR_MSG;
     return OTA_OK;
 }
