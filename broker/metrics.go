@@ -25,7 +25,6 @@ type recorder struct {
 	connects      prometheus.Counter
 	disconnects   *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
-	heartbeats    prometheus.Counter
 	births        prometheus.Counter
 	wills         prometheus.Counter
 	admin         *prometheus.CounterVec
@@ -43,8 +42,6 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Sessions ended, by reason (normal, keepalive_timeout, connection_lost, taken_over, protocol_error, kicked, server_shutdown)."}, []string{"reason"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_rejected_total",
 			Help: "Connections and messages refused, by reason."}, []string{"reason"}),
-		heartbeats: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_heartbeats_total",
-			Help: "Heartbeats accepted."}),
 		births: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_births_total",
 			Help: "Birth messages accepted."}),
 		wills: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_wills_total",
@@ -54,7 +51,7 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_fleet_events_dropped_total",
 			Help: "Fleet events lost to a full publish queue."}),
 	}
-	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.heartbeats, r.births, r.wills, r.admin, r.eventsDropped} {
+	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -71,7 +68,6 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 func (r *recorder) Connected()                         { r.connects.Inc() }
 func (r *recorder) Disconnected(reason string)         { r.disconnects.WithLabelValues(reason).Inc() }
 func (r *recorder) Rejected(reason string)             { r.rejected.WithLabelValues(reason).Inc() }
-func (r *recorder) Heartbeat()                         { r.heartbeats.Inc() }
 func (r *recorder) Birth()                             { r.births.Inc() }
 func (r *recorder) Will()                              { r.wills.Inc() }
 func (r *recorder) AdminRequest(action, result string) { r.admin.WithLabelValues(action, result).Inc() }
@@ -83,9 +79,9 @@ type stateCollector struct {
 	fleet *fleet.Registry
 	info  *mqtt.Server
 
-	connected, registered, byVersion *prometheus.Desc
-	mqttGauges                       []gaugeDesc
-	mqttCounters                     []gaugeDesc
+	connected, registered, byVersion, heartbeats *prometheus.Desc
+	mqttGauges                                   []gaugeDesc
+	mqttCounters                                 []gaugeDesc
 }
 
 type gaugeDesc struct {
@@ -102,6 +98,7 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
 	return &stateCollector{
 		fleet: reg, info: srv,
 		connected:  d("otamq_devices_connected", "Devices and gateways connected now."),
+		heartbeats: d("otamq_heartbeats_total", "Heartbeats accepted since the broker started."),
 		registered: d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware (\"unknown\" if none).", "hardware"),
 		byVersion:  d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (\"unknown\": never reported or declared).", "version", "hardware"),
 		mqttGauges: []gaugeDesc{
@@ -127,6 +124,7 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.connected
+	ch <- c.heartbeats
 	ch <- c.registered
 	ch <- c.byVersion
 	for _, g := range c.mqttGauges {
@@ -141,6 +139,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.fleet.Counts()
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(counts.Online))
+	ch <- prometheus.MustNewConstMetric(c.heartbeats, prometheus.CounterValue, float64(counts.Heartbeats))
 	for hw, n := range counts.Registered {
 		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), orUnknown(hw))
 	}

@@ -161,6 +161,12 @@ func (d *Device) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
 // Malformed payloads are refused: a v5 client gets PUBACK "payload format
 // invalid" with the reason, others are acknowledged and dropped; either
 // way the message goes nowhere and is counted.
+//
+// Messages a device sends to the broker (birth, heartbeat, event, block
+// request) are consumed here and not routed: the ACL lets nobody subscribe
+// to them, and skipping mochi's subscriber lookup (a walk of the shared
+// topic tree under its locks) is most of what a heartbeat would otherwise
+// cost beyond decoding.
 func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil
@@ -181,15 +187,15 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	case KindHB:
 		var h wire.Heartbeat
 		if h, err = wire.DecodeHeartbeat(pk.Payload); err == nil {
-			if err = d.fleet.Heartbeat(id, h); err == nil {
-				d.rec.Heartbeat()
-			}
+			err = d.fleet.Heartbeat(id, h) // counted by the registry
 		}
+	case KindEvent, KindGet:
+		return pk, packets.CodeSuccessIgnore
 	default:
 		return pk, nil
 	}
 	if err == nil {
-		return pk, nil
+		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, d.refuse(cl, pk, err)
 }

@@ -11,8 +11,6 @@ type Recorder interface {
 	Disconnected(reason string)
 	// Rejected counts a refused connection or message, by reason.
 	Rejected(reason string)
-	// Heartbeat counts an accepted heartbeat.
-	Heartbeat()
 	// Birth counts an accepted birth.
 	Birth()
 	// Will counts a Last Will published for a device.
@@ -48,7 +46,6 @@ type NopRecorder struct{}
 func (NopRecorder) Connected()                  {}
 func (NopRecorder) Disconnected(string)         {}
 func (NopRecorder) Rejected(string)             {}
-func (NopRecorder) Heartbeat()                  {}
 func (NopRecorder) Birth()                      {}
 func (NopRecorder) Will()                       {}
 func (NopRecorder) AdminRequest(string, string) {}

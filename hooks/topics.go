@@ -48,7 +48,7 @@ func (t Topics) ReplyPrefix(id string) string { return t.Prefix + "/admin/reply/
 // false for anything that is not "{prefix}/{id}/{kind}" with a known kind
 // (including the admin and fleet topics).
 func (t Topics) ParseDevice(topic string) (id, kind string, ok bool) {
-	rest, ok := strings.CutPrefix(topic, t.Prefix+"/")
+	rest, ok := cutLevel(topic, t.Prefix)
 	if !ok {
 		return "", "", false
 	}
@@ -66,8 +66,11 @@ func (t Topics) ParseDevice(topic string) (id, kind string, ok bool) {
 // ParseAdmin splits an admin request topic "{prefix}/admin/{resource}/{verb}".
 // Reply topics are not requests.
 func (t Topics) ParseAdmin(topic string) (resource, verb string, ok bool) {
-	rest, ok := strings.CutPrefix(topic, t.Prefix+"/admin/")
+	rest, ok := cutLevel(topic, t.Prefix)
 	if !ok {
+		return "", "", false
+	}
+	if rest, ok = cutLevel(rest, "admin"); !ok {
 		return "", "", false
 	}
 	resource, verb, ok = strings.Cut(rest, "/")
@@ -80,7 +83,17 @@ func (t Topics) ParseAdmin(topic string) (resource, verb string, ok bool) {
 // InPrefix reports whether a topic or filter lies under the prefix, i.e.
 // its first level is the prefix itself.
 func (t Topics) InPrefix(filter string) bool {
-	return filter == t.Prefix || strings.HasPrefix(filter, t.Prefix+"/")
+	_, ok := cutLevel(filter, t.Prefix)
+	return ok || filter == t.Prefix
+}
+
+// cutLevel returns topic without its first level if that level is first
+// (without allocating, as it runs for every message).
+func cutLevel(topic, first string) (string, bool) {
+	if len(topic) > len(first) && topic[len(first)] == '/' && topic[:len(first)] == first {
+		return topic[len(first)+1:], true
+	}
+	return "", false
 }
 
 // hasWildcard reports whether filter contains + or #.

@@ -126,14 +126,7 @@ func (r *Registry) put(tx *store.Tx, rec *record, event Event) error {
 	}
 	tx.OnCommit(func() {
 		r.internRecord(rec)
-		r.mu.Lock()
-		e := r.byID[rec.ID]
-		if e == nil {
-			e = &entry{}
-			r.byID[rec.ID] = e
-		}
-		e.rec.Store(rec)
-		r.mu.Unlock()
+		r.byID.upsert(rec.ID, func(e *entry) { e.rec.Store(rec) })
 		if event.Type != "" {
 			r.events.Notify(event)
 		}

@@ -151,6 +151,7 @@ func (r *Registry) Heartbeat(id string, h wire.Heartbeat) error {
 	wasHealthy := st.heartbeats == 0 || healthy(st.health)
 	st.heartbeatAt, st.lastSeen = now.UnixNano(), now.UnixNano()
 	st.heartbeats++
+	st.heartbeatsRun++
 	st.uptime, st.health, st.watchdogResets = h.UptimeSeconds, h.HealthFlags, h.WatchdogResets
 	st.freeHeap, st.rssi = h.FreeHeap, h.RSSI
 	st.otaState, st.hasOTAState = h.OTAState, true

@@ -80,8 +80,10 @@ type Registry struct {
 	flush  time.Duration
 	slow   chan struct{} // semaphore for password verification
 
-	mu   sync.RWMutex // guards byID (the map itself, not the entries)
-	byID map[string]*entry
+	// byID indexes the entries. It is sharded because every message of
+	// every device looks its sender up (twice: ACL and status), and one
+	// RWMutex's reader count is a cache line all cores fight over.
+	byID index
 
 	dirtyMu sync.Mutex // guards dirty
 	dirty   []*entry
@@ -129,7 +131,6 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	r := &Registry{
 		db: db, now: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
 		slow:   make(chan struct{}, o.PasswordChecks),
-		byID:   make(map[string]*entry),
 		intern: &interner{},
 	}
 	err := db.View(func(tx *store.Tx) error {
@@ -141,13 +142,13 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 			r.internRecord(&rec)
 			e := &entry{}
 			e.rec.Store(&rec)
-			r.byID[rec.ID] = e
+			r.byID.store(rec.ID, e)
 			return nil
 		}); err != nil {
 			return err
 		}
 		return tx.Scan(bucketStatus, nil, false, func(k, v []byte) error {
-			e := r.byID[string(k)]
+			e := r.byID.load(string(k))
 			if e == nil {
 				return nil // status of a client whose record is gone
 			}
@@ -172,10 +173,7 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 }
 
 func (r *Registry) lookup(id string) *entry {
-	r.mu.RLock()
-	e := r.byID[id]
-	r.mu.RUnlock()
-	return e
+	return r.byID.load(id)
 }
 
 // Lookup returns the registration of id. The Device is shared: never modify
@@ -206,9 +204,7 @@ func (e *entry) view() View {
 
 // Len returns the number of registered clients.
 func (r *Registry) Len() int {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return len(r.byID)
+	return r.byID.len()
 }
 
 // Filter selects clients for List. Empty fields match everything.
@@ -267,14 +263,12 @@ func (r *Registry) List(f Filter) ([]View, string) {
 		limit = DefaultListLimit
 	}
 	limit = min(limit, MaxListLimit)
-	r.mu.RLock()
-	ids := make([]string, 0, len(r.byID))
-	for id := range r.byID {
+	ids := make([]string, 0, r.byID.len())
+	r.byID.each(func(id string, _ *entry) {
 		if id > f.After {
 			ids = append(ids, id)
 		}
-	}
-	r.mu.RUnlock()
+	})
 	slices.Sort(ids)
 	var out []View
 	for _, id := range ids {
@@ -371,27 +365,28 @@ type Counts struct {
 	ByVersion map[[2]string]int
 	// Online counts connected devices and gateways.
 	Online int
+	// Heartbeats counts the heartbeats accepted since the registry was
+	// opened (a counter kept per entry, so that no cache line is shared by
+	// every heartbeat).
+	Heartbeats uint64
 }
 
 // Counts computes the fleet aggregates. It walks every entry: call it at
 // scrape time, not per message.
 func (r *Registry) Counts() Counts {
 	c := Counts{Registered: map[string]int{}, ByVersion: map[[2]string]int{}}
-	r.mu.RLock()
-	entries := make([]*entry, 0, len(r.byID))
-	for _, e := range r.byID {
-		entries = append(entries, e)
-	}
-	r.mu.RUnlock()
+	entries := make([]*entry, 0, r.byID.len())
+	r.byID.each(func(_ string, e *entry) { entries = append(entries, e) })
 	for _, e := range entries {
 		rec := e.rec.Load()
+		e.mu.Lock()
+		fw, online, hb := e.status.firmware, e.status.online, e.status.heartbeatsRun
+		e.mu.Unlock()
+		c.Heartbeats += hb
 		if !rec.Role.IsDevice() || rec.Revoked {
 			continue
 		}
 		c.Registered[rec.Hardware]++
-		e.mu.Lock()
-		fw, online := e.status.firmware, e.status.online
-		e.mu.Unlock()
 		hw := rec.Hardware
 		c.ByVersion[[2]string{fw, hw}]++
 		if online {

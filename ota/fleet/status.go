@@ -64,6 +64,7 @@ type status struct {
 	lastSeen, connectedAt, disconnectedAt, willAt, birthAt, heartbeatAt int64
 
 	connects, wills, heartbeats, uptime, downloadOffset uint64
+	heartbeatsRun                                       uint64 // since this process started
 
 	firmware, reportedHardware, bootloader, agentVersion string
 	remote                                               string

@@ -114,3 +114,24 @@ func FuzzDecodeOfferAndCommand(f *testing.F) {
 		}
 	})
 }
+
+// FuzzFastHeartbeatAgreesWithLibrary: whenever the fast path accepts a
+// heartbeat, the library decodes exactly the same value from the same bytes.
+func FuzzFastHeartbeatAgreesWithLibrary(f *testing.F) {
+	off := uint64(1 << 40)
+	seed(f, designHeartbeat, "a0", "a1 0505", "a2 0539ffff 0618ff", "a2 0201 0101", "a3 011bffffffffffffffff 0220 0701")
+	f.Add(Heartbeat{UptimeSeconds: 1, HealthFlags: 7, WatchdogResets: 1 << 31, FreeHeap: 5, RSSI: -32768, OTAState: 8, DownloadOffset: &off}.Encode())
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fast, ok := fastHeartbeat(in)
+		if !ok {
+			return
+		}
+		var lib Heartbeat
+		if err := decMode.Unmarshal(in, &lib); err != nil {
+			t.Fatalf("fast path accepted %x, library refuses: %v", in, err)
+		}
+		if !reflect.DeepEqual(fast, lib) {
+			t.Fatalf("%x: fast path %+v, library %+v", in, fast, lib)
+		}
+	})
+}

@@ -171,9 +171,16 @@ type Heartbeat struct {
 // DecodeHeartbeat decodes and validates a heartbeat.
 func DecodeHeartbeat(b []byte) (Heartbeat, error) {
 	const kind = "heartbeat"
-	var m Heartbeat
-	if err := decode(kind, b, MaxHeartbeatSize, &m); err != nil {
-		return Heartbeat{}, err
+	m, ok := Heartbeat{}, false
+	if len(b) <= MaxHeartbeatSize {
+		m, ok = fastHeartbeat(b)
+	}
+	if !ok {
+		lib := new(Heartbeat) // separate, so that m itself stays on the stack
+		if err := decode(kind, b, MaxHeartbeatSize, lib); err != nil {
+			return Heartbeat{}, err
+		}
+		m = *lib
 	}
 	if !m.OTAState.Valid() {
 		return Heartbeat{}, bad(kind, "ota state (6) %d is not defined", m.OTAState)

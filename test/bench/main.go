@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -27,8 +28,10 @@ var (
 	conns     = flag.Int("conns", 10000, "idle benchmark: connected, subscribed devices")
 	hbConns   = flag.Int("hb-conns", 50, "heartbeat benchmark: publishing connections")
 	hbPer     = flag.Int("hb-per-conn", 20000, "heartbeat benchmark: heartbeats per connection")
-	rounds    = flag.Int("rounds", 3, "heartbeat benchmark: rounds (the median is reported)")
+	hbOnly    = flag.String("hb-only", "", "heartbeat benchmark: measure only raw, mochi or otamq (for profiling)")
+	rounds    = flag.Int("rounds", 5, "heartbeat benchmark: rounds (the median is reported)")
 	adminN    = flag.Int("admin-writes", 2000, "admin benchmark: writes per variant")
+	cpuProf   = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 )
 
 func main() {
@@ -41,6 +44,15 @@ func main() {
 		}
 		return
 	}
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	fmt.Printf("otamq benchmarks, %s, %s/%s, %d CPUs, %s\n", time.Now().UTC().Format(time.RFC3339), runtime.GOOS, runtime.GOARCH,
 		runtime.NumCPU(), runtime.Version())
 	fmt.Printf("command: go run ./test/bench %s\n\n", strings.Join(os.Args[1:], " "))
@@ -49,6 +61,7 @@ func main() {
 			return
 		}
 		if err := f(); err != nil {
+			pprof.StopCPUProfile()
 			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 			os.Exit(1)
 		}
