@@ -28,6 +28,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -306,7 +307,14 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 
 func (b *Broker) shutdown() error {
 	var errs []error
-	// Clients and listeners, then the hooks (admin workers drain).
+	// Listeners and clients first, ourselves: mochi's Close lists each
+	// listener's clients with Clients.GetByListener, which read-locks the
+	// client map twice and deadlocks when a client connects or disconnects
+	// in between (mochi-mqtt/server#488, unfixed in v2.7.9). With the
+	// listeners closed and every client gone, nothing writes the map any
+	// more when Close runs.
+	b.disconnectAll()
+	// Then the hooks (admin workers drain).
 	if err := b.srv.Close(); err != nil {
 		errs = append(errs, err)
 	}
@@ -329,6 +337,35 @@ func (b *Broker) shutdown() error {
 	}
 	b.log.Info("otamq stopped")
 	return errors.Join(errs...)
+}
+
+// disconnectAll closes the MQTT listeners, sends every client a DISCONNECT
+// "server shutting down" and waits until all their goroutines have ended.
+func (b *Broker) disconnectAll() {
+	for _, l := range []net.Listener{b.tcp, b.tls} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Inline || cl.Closed() {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			// A client that does not read must not hold up shutdown.
+			if cl.Net.Conn != nil {
+				_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			}
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}()
+	}
+	wg.Wait()
+	b.srv.Listeners.ClientsWg.Wait()
 }
 
 // closePartial releases what New opened before it failed.

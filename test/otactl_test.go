@@ -160,3 +160,31 @@ func TestOtactl(t *testing.T) {
 		t.Fatal("observer with a wrong password listed devices")
 	}
 }
+
+// TestAdminWithMosquittoRR: the admin API works from any MQTT v5 client, here
+// mosquitto_rr, as docs/OPERATORS.md shows.
+func TestAdminWithMosquittoRR(t *testing.T) {
+	b := startBroker(t)
+	b.register("dev-7", "device", "", map[string]any{"hardware": "esp32-v2"})
+	host, port := b.hostPort()
+	rr := func(topic, body string) (map[string]any, string) {
+		out, err := mosq(t, "mosquitto_rr", "-h", host, "-p", port, "-V", "mqttv5", "-i", opID, "-u", opID, "-P", opPassword,
+			"-t", topic, "-e", "dm/admin/reply/"+opID+"/1", "-m", body, "-W", "10")
+		if err != nil {
+			t.Fatalf("mosquitto_rr %s: %v\n%s", topic, err, out)
+		}
+		var reply map[string]any
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &reply); err != nil {
+			t.Fatalf("reply is not JSON: %v\n%s", err, out)
+		}
+		return reply, out
+	}
+	reply, out := rr("dm/admin/device/get", `{"id":"dev-7"}`)
+	if reply["ok"] != true || !strings.Contains(out, `"hardware":"esp32-v2"`) {
+		t.Fatalf("device/get: %s", out)
+	}
+	reply, out = rr("dm/admin/device/get", `{"id":"dev-7","extra":1}`)
+	if reply["ok"] != false || !strings.Contains(out, "bad_request") || !strings.Contains(out, "extra") {
+		t.Fatalf("unknown field: %s", out)
+	}
+}
