@@ -15,6 +15,7 @@
 #include "freertos/task.h"
 #include "mqtt_client.h"
 #include "nvs.h"
+#include "otamq_rx.h"
 #include "psa/crypto.h"
 #if CONFIG_OTAMQ_REPORT_RSSI
 #include "esp_wifi.h"
@@ -34,7 +35,6 @@
 #endif
 
 #define RX_SIZE (OTA_CFG_BLOCK_SIZE + OTA_CFG_BLOCK_OVERHEAD)
-#define TOPIC_MAX 128
 
 typedef char psa_hash_fits[sizeof(psa_hash_operation_t) <= sizeof(ota_sha256_t) ? 1 : -1];
 
@@ -42,9 +42,8 @@ static const char *TAG = "otamq";
 
 /* One reassembled message (or a connection change) handed to the task. */
 typedef struct rx_buf {
-    char topic[TOPIC_MAX];
+    otamq_rx_buf_t rx;
     uint8_t data[RX_SIZE];
-    size_t len;
 } rx_buf_t;
 
 typedef struct rx_item {
@@ -60,7 +59,6 @@ typedef struct esp_port {
     QueueHandle_t ready; /* rx_item_t: to the agent task */
     QueueHandle_t free;  /* rx_buf_t *: back to the MQTT handler */
     rx_buf_t *filling;   /* message being reassembled (MQTT task only) */
-    bool dropping;       /* rest of the current message is dropped */
     const esp_partition_t *update;
     esp_ota_handle_t handle;
     bool writing;
@@ -86,40 +84,33 @@ static void post(esp_port_t *p, int kind, rx_buf_t *buf)
 
 /* esp-mqtt delivers a payload larger than its buffer as several
  * MQTT_EVENT_DATA events; only the first has the topic. They are copied into
- * one rx buffer in order and posted when current_data_offset + data_len
- * reaches total_data_len. */
+ * one rx buffer in order (otamq_rx.c) and posted when complete. */
 static void on_data(esp_port_t *p, const esp_mqtt_event_t *ev)
 {
-    size_t off, n, total;
-    if (ev->current_data_offset < 0 || ev->data_len < 0 || ev->total_data_len < 0)
-        return;
-    off = (size_t)ev->current_data_offset;
-    n = (size_t)ev->data_len;
-    total = (size_t)ev->total_data_len;
-    if (off == 0u) {
-        if (p->filling != NULL) /* previous message never completed */
+    otamq_rx_result_t r;
+    if (ev->current_data_offset == 0) {
+        if (p->filling != NULL) /* the previous message never completed */
             (void)xQueueSend(p->free, &p->filling, 0);
         p->filling = NULL;
-        p->dropping = true;
-        if (ev->topic_len <= 0 || (size_t)ev->topic_len >= TOPIC_MAX || total > RX_SIZE) {
-            ESP_LOGW(TAG, "message dropped (%d bytes)", ev->total_data_len);
-            return;
-        }
         /* backpressure: wait for the agent to hand a buffer back */
         if (xQueueReceive(p->free, &p->filling, pdMS_TO_TICKS(2000)) != pdTRUE) {
             p->filling = NULL;
             ESP_LOGW(TAG, "no rx buffer, message dropped");
             return;
         }
-        memcpy(p->filling->topic, ev->topic, (size_t)ev->topic_len);
-        p->filling->topic[ev->topic_len] = '\0';
-        p->filling->len = total;
-        p->dropping = false;
+        r = otamq_rx_first(&p->filling->rx, ev->topic, ev->topic_len, ev->data, ev->data_len,
+                           ev->total_data_len);
+    } else if (p->filling != NULL) {
+        r = otamq_rx_next(&p->filling->rx, ev->data, ev->data_len, ev->current_data_offset,
+                          ev->total_data_len);
+    } else {
+        return; /* rest of a dropped message */
     }
-    if (p->dropping || p->filling == NULL || off + n > p->filling->len)
-        return;
-    memcpy(p->filling->data + off, ev->data, n);
-    if (off + n == p->filling->len) {
+    if (r == OTAMQ_RX_DROP) {
+        ESP_LOGW(TAG, "message dropped (%d bytes)", ev->total_data_len);
+        (void)xQueueSend(p->free, &p->filling, 0);
+        p->filling = NULL;
+    } else if (r == OTAMQ_RX_COMPLETE) {
         post(p, 3, p->filling);
         p->filling = NULL;
     }
@@ -458,9 +449,10 @@ static void agent_task(void *arg)
             } else if (it.kind == 2) {
                 ota_agent_on_disconnect(&p->agent);
             } else if (it.buf != NULL) {
-                rc = ota_agent_on_message(&p->agent, it.buf->topic, it.buf->data, it.buf->len);
+                rc = ota_agent_on_message(&p->agent, it.buf->rx.topic, it.buf->data,
+                                          it.buf->rx.len);
                 if (rc != OTA_OK)
-                    ESP_LOGD(TAG, "%s: %s", it.buf->topic, ota_strerror(rc));
+                    ESP_LOGD(TAG, "%s: %s", it.buf->rx.topic, ota_strerror(rc));
                 (void)xQueueSend(p->free, &it.buf, portMAX_DELAY);
             }
         }
@@ -533,6 +525,8 @@ esp_err_t otamq_esp_start(const otamq_esp_config_t *cfg)
         return ESP_ERR_NO_MEM;
     for (i = 0; i < CONFIG_OTAMQ_RX_BUFFERS; i++) {
         rx_buf_t *b = &s_rx[i];
+        b->rx.data = b->data;
+        b->rx.cap = sizeof(b->data);
         (void)xQueueSend(p->free, &b, 0);
     }
 
