@@ -63,7 +63,11 @@ func (r *Registry) Connected(id string, c Conn) uint64 {
 	st.reason = 0
 	r.markDirty(e)
 	e.mu.Unlock()
-	r.events.Notify(Event{Type: EventOnline, ID: id, Time: now, Role: e.rec.Load().Role})
+	if role := e.rec.Load().Role; role.IsDevice() {
+		// Operators' comings and goings (every otactl command) are not
+		// fleet events.
+		r.events.Notify(Event{Type: EventOnline, ID: id, Time: now, Role: role})
+	}
 	return gen
 }
 
@@ -88,7 +92,9 @@ func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
 	st.reason = reasonCode(reason)
 	r.markDirty(e)
 	e.mu.Unlock()
-	r.events.Notify(Event{Type: EventOffline, ID: id, Time: now, Reason: reason})
+	if e.rec.Load().Role.IsDevice() {
+		r.events.Notify(Event{Type: EventOffline, ID: id, Time: now, Reason: reason})
+	}
 	return true
 }
 
