@@ -427,6 +427,11 @@ static void serve(fake_dev_t *d, const fd_out_t *o)
     uint32_t off, bs, i;
     static uint8_t buf[OTA_CFG_BLOCK_SIZE + 512];
     decode_map(o->payload, o->len, &m);
+    if (d->req_boot != d->boots) {
+        d->req_boot = d->boots;
+        if (m.u[2] != 0u && d->requests > 0)
+            d->resumed_from = (uint32_t)m.u[2];
+    }
     if (d->requests < 512) {
         d->req_offsets[d->requests] = (uint32_t)m.u[2];
         d->req_times[d->requests] = d->now;

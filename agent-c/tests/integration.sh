@@ -2,8 +2,9 @@
 # integration.sh BUILD_DIR - the POSIX agent against a real mosquitto broker,
 # with otamq-testpeer playing the broker's OTA role (offer, block serving).
 # Scenarios: healthy update (v5, supervised, lossy blocks), crashing,
-# health-failing and hanging firmware (each must roll back), power loss in
-# the middle of a download (must resume), and MQTT 3.1.1.
+# health-failing and hanging firmware (each must roll back), firmware that
+# crash-loops after confirming (reboot trigger), power loss in the middle of
+# a download (must resume), and MQTT 3.1.1.
 set -u
 B=${1:-build}
 T=$(mktemp -d "${TMPDIR:-/tmp}/otamq-it.XXXXXX")
@@ -53,10 +54,10 @@ URL="mqtt://127.0.0.1:$PORT"
 FAST="--heartbeat-ms 500 --request-timeout-ms 700 --backoff-min-ms 200 --backoff-max-ms 1000 \
  --trial-timeout-ms 6000 --probation-ms 2500 --block-size 1024 --watchdog-ms 1000"
 
-# scenario NAME BEHAVIOUR [agent flags...]: starts peer and supervised agent
+# scenario NAME BEHAVIOUR [agent flags...]: starts peer and agent
 start() {
     name=$1; beh=$2; shift 2
-    "$B/otamq-testtool" image "$T/$name.img" 24000 "$beh" 1.1.0 3 || exit 1
+    "$B/otamq-testtool" image "$T/$name.img" 24000 "$beh" 1.1.0 ${IMG_DELAY:-3} || exit 1
     "$B/otamq-testtool" offer "$T/$name.offer" "$T/priv.pem" "$T/$name.img" "r-$name" 7 || exit 1
     "$B/otamq-testpeer" "$URL" "dev-$name" "$T/$name.offer" "$T/$name.img" ${DROP:-0} ${DELAY:-0} \
         >"$T/$name.peer" 2>&1 &
@@ -94,6 +95,16 @@ if wait_for "$T/hang.peer" "event code=14 error=8" 30 &&
     wait_for "$T/hang.peer" "birth version=1.0.0 slot=0 reason=6" 10; then
     ok "hanging image: watchdog reset, rolled back"
 else bad "hanging image"; fi
+
+# crashes after confirming (event 11 first, so the bootloader no longer
+# reverts on its own): the reboot trigger (more than 3 boots within the
+# window) makes the agent go back to the previous slot
+IMG_DELAY=2 start loop crash-later --supervise --probation-ms 120000
+if wait_for "$T/loop.peer" "event code=11 " 30 &&
+    wait_for "$T/loop.peer" "event code=14 error=8" 60 &&
+    wait_for "$T/loop.peer" "birth version=1.0.0 slot=0 reason=6" 10; then
+    ok "image crash-looping after confirm: rolled back by the reboot trigger"
+else bad "crash loop after confirm"; fi
 
 # power loss mid-download: SIGKILL, then start again (no --supervise)
 DELAY=20 start cut healthy
