@@ -461,6 +461,77 @@ static void test_image_too_large(void **state)
     assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_NO_SPACE));
 }
 
+static void test_slot_begin_fails(void **state)
+{
+    (void)state;
+    dev->fail_begin = true;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 10000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_FLASH));
+    assert_int_equal(dev->requests, 0);
+}
+
+static void test_slot_finish_fails(void **state)
+{
+    (void)state;
+    dev->fail_finish = true; /* esp_ota_end refuses the image */
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_failed, 100000));
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_FLASH));
+    assert_false(fd_has_event(dev, OTA_EV_INSTALL_STARTED, 0));
+    assert_int_equal(dev->od.boot_slot, 0);
+}
+
+static void test_offer_past_deadline(void **state)
+{
+    tk_manifest_t m;
+    uint8_t payload[512], cose[1024];
+    size_t plen, clen;
+    (void)state;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    memset(&m, 0, sizeof(m));
+    m.seq = 3;
+    m.version = "1.1.0";
+    m.targets[0] = "esp32-v2";
+    m.ntargets = 1;
+    m.size = IMG_SIZE;
+    tk_sha256(img, IMG_SIZE, m.digest);
+    plen = tk_manifest_payload(&m, payload, sizeof(payload));
+    clen = tk_sign(&dev->key, payload, plen, cose, sizeof(cose));
+    dev->offer_len = tk_offer(dev->offer, sizeof(dev->offer), "r-late", cose, clen, 0, 0,
+                              1000); /* long past */
+    fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
+    assert_true(fd_run_until(dev, has_rejected, 5000));
+    assert_string_equal(dev->ev[dev->nev - 1].detail, "deadline passed");
+    assert_int_equal(dev->requests, 0);
+}
+
+static void test_install_command_while_downloading(void **state)
+{
+    uint8_t c[64];
+    size_t n;
+    (void)state;
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 1, 5, 1);
+    assert_true(fd_run_until(dev, is_downloading_half, 100000));
+    n = tk_command(c, sizeof(c), OTA_CMD_INSTALL, "r-1", 0);
+    fd_push(dev, "cmd", c, n);
+    /* installs by itself once verified */
+    assert_true(fd_run_until(dev, is_committed, 200000));
+}
+
+static void test_no_rollback_target_after_confirm(void **state)
+{
+    (void)state;
+    tk_image(img, IMG_SIZE, OTA_SIM_HEALTH_FAIL_LATER, 5, "1.1.0", 42);
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, trial_confirmed, 100000));
+    memset(dev->slot[0], 0xff, 256); /* the old image is gone */
+    assert_true(fd_run_until(dev, is_failed, 100000));
+    assert_true(fd_has_event(dev, OTA_EV_HEALTH_FAILED, OTA_E_HEALTH));
+    assert_string_equal(fd_running_version(dev), "1.1.0"); /* stays: nothing to go to */
+}
+
 static void test_activate_fails(void **state)
 {
     (void)state;
@@ -732,6 +803,11 @@ int main(void)
         T(test_fatal_block_error),
         T(test_flash_write_fails),
         T(test_image_too_large),
+        T(test_slot_begin_fails),
+        T(test_slot_finish_fails),
+        T(test_offer_past_deadline),
+        T(test_install_command_while_downloading),
+        T(test_no_rollback_target_after_confirm),
         T(test_activate_fails),
         T(test_resume_after_reset),
         T(test_disconnect_during_download),
