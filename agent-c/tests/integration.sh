@@ -35,19 +35,21 @@ ok() { PASS=$((PASS + 1)); echo "  ok   $1"; }
 bad() { FAIL=$((FAIL + 1)); echo "  FAIL $1"; }
 
 # a free loopback port, and mosquitto on it
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+PORT=$("$B/otamq-testtool" free-port) || exit 1
 cat >"$T/mosquitto.conf" <<CONF
 listener $PORT 127.0.0.1
 allow_anonymous true
 persistence false
 CONF
-mosquitto -c "$T/mosquitto.conf" >"$T/mosquitto.log" 2>&1 &
+"$MOSQUITTO" -c "$T/mosquitto.conf" >"$T/mosquitto.log" 2>&1 &
 PIDS="$PIDS $!"
-i=0
-until python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null; do
-    i=$((i + 1)); [ $i -gt 100 ] && { echo "mosquitto did not start"; cat "$T/mosquitto.log"; exit 1; }
-    sleep 0.1
-done
+if ! "$B/otamq-testtool" wait-port "$PORT" 10; then
+    echo "mosquitto did not start"
+    cat "$T/mosquitto.log"
+    FAIL=1
+    exit 1
+fi
 URL="mqtt://127.0.0.1:$PORT"
 
 "$B/otamq-testtool" keygen "$T/pub.pem" "$T/priv.pem" || exit 1

@@ -4,13 +4,20 @@
  *                                        simulated firmware image
  *   offer OUT PRIV.pem IMAGE ROLLOUT SEQ [MODE [SECURE_VERSION [HARDWARE [BLOCK]]]]
  *                                        signed offer for IMAGE (CBOR)
+ *   free-port                            prints a free loopback TCP port
+ *   wait-port PORT SECONDS               waits until 127.0.0.1:PORT accepts
  *   go-style-vectors DIR                 broker->device vectors in the Go
  *                                        side's format (checks the C checker)
  * BEHAVIOUR: healthy, crash, health-fail, hang, crash-later, health-fail-later. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "sim.h"
 #include "testkit.h"
@@ -140,8 +147,50 @@ static int go_style(const char *dir)
     return rc;
 }
 
+static int free_port(void)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+        return 1;
+    printf("%u\n", ntohs(a.sin_port));
+    close(fd);
+    return 0;
+}
+
+/* Polls (no fixed sleep) until the port accepts, up to a deadline. */
+static int wait_port(int port, int seconds)
+{
+    int i;
+    for (i = 0; i < seconds * 20; i++) {
+        struct sockaddr_in a;
+        struct timespec ts = {0, 50000000L};
+        int fd = socket(AF_INET, SOCK_STREAM, 0), ok;
+        memset(&a, 0, sizeof(a));
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((uint16_t)port);
+        ok = fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+        if (fd >= 0)
+            close(fd);
+        if (ok)
+            return 0;
+        nanosleep(&ts, NULL);
+    }
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "free-port") == 0)
+        return free_port();
+    if (argc == 4 && strcmp(argv[1], "wait-port") == 0)
+        return wait_port(atoi(argv[2]), atoi(argv[3]));
     if (argc == 3 && strcmp(argv[1], "go-style-vectors") == 0)
         return go_style(argv[2]);
     if (argc >= 4 && strcmp(argv[1], "keygen") == 0) {
