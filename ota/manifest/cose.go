@@ -90,21 +90,17 @@ func parseEnvelope(b []byte) (*Signed, error) {
 	if len(e.Signature) != SignatureLen {
 		return nil, malformed("signature is %d bytes, want %d (ES256 r‖s)", len(e.Signature), SignatureLen)
 	}
-	// The decoder copied the byte strings. Keep slices of b instead, so the
-	// signature is checked over the received bytes and Payload is a view of
-	// Raw: in preferred serialization the protected header sits at b[3:6]
-	// (after d2 84 43), the signature is the last 64 bytes (after 58 40), and
-	// the payload ends just before the signature's head.
-	s.signature = b[len(b)-SignatureLen:]
-	payloadEnd := len(b) - SignatureLen - 2
-	s.Payload = b[payloadEnd-len(e.Payload) : payloadEnd]
-	s.protected = b[3 : 3+len(protectedES256)]
-	if !bytes.Equal(s.Payload, e.Payload) || !bytes.Equal(b[payloadEnd:payloadEnd+2], []byte{0x58, SignatureLen}) ||
-		!bytes.Equal(b[1:3], []byte{0x84, 0x43}) {
-		// Only non-minimal CBOR heads get here; no deterministic encoder
-		// writes them.
-		return nil, malformed("COSE_Sign1 is not in preferred (shortest) serialization")
+	// The envelope's bytes must be exactly the deterministic encoding of
+	// its parts (no non-minimal heads, which only hand-made encoders write).
+	// Then the positions of the parts in b are known, and Payload and the
+	// signature are kept as slices of the received bytes.
+	if !bytes.Equal(b, assemble(e.Protected, s.KeyID, e.Payload, e.Signature)) {
+		return nil, malformed("COSE_Sign1 is not in deterministic encoding (a CBOR head is longer than needed)")
 	}
+	s.signature = b[len(b)-SignatureLen:]
+	payloadEnd := len(b) - SignatureLen - 2 // 58 40
+	s.Payload = b[payloadEnd-len(e.Payload) : payloadEnd]
+	s.protected = b[3 : 3+len(protectedES256)] // after d2 84 43
 	return s, nil
 }
 
@@ -201,9 +197,9 @@ func Sign(m *Manifest, signer crypto.Signer) ([]byte, error) {
 	return out, nil
 }
 
-// sigStructure returns the ToBeSigned bytes of RFC 9052 §4.4,
-// ["Signature1", protected, external_aad = h'', payload], around the
-// protected and payload byte strings as given.
+// sigStructure returns the ToBeSigned bytes of RFC 9052 §4.4: the array
+// ["Signature1", protected, external_aad, payload] with an empty
+// external_aad, around the protected and payload byte strings as given.
 func sigStructure(protected, payload []byte) []byte {
 	const context = "Signature1"
 	b := make([]byte, 0, 1+1+len(context)+9+len(protected)+1+9+len(payload))

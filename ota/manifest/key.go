@@ -185,7 +185,7 @@ func ParsePrivateKey(data []byte) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("%w: PEM block %q, want %q", ErrKeyFormat, block.Type, pemPrivate)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrKeyFormat, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrKeyFormat, block.Type, err)
 	}
 	priv, ok := k.(*ecdsa.PrivateKey)
 	if !ok {
@@ -213,7 +213,7 @@ func ParsePublicKey(data []byte) (*ecdsa.PublicKey, error) {
 	}
 	k, err := x509.ParsePKIXPublicKey(block.Bytes)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrKeyFormat, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrKeyFormat, block.Type, err)
 	}
 	return checkPublic(k)
 }
