@@ -54,7 +54,7 @@ URL="mqtt://127.0.0.1:$PORT"
 
 "$B/otamq-testtool" keygen "$T/pub.pem" "$T/priv.pem" || exit 1
 FAST="--heartbeat-ms 500 --request-timeout-ms 700 --backoff-min-ms 200 --backoff-max-ms 1000 \
- --trial-timeout-ms 6000 --probation-ms 2500 --block-size 1024 --watchdog-ms 1000"
+ --trial-timeout-ms 20000 --probation-ms 2500 --block-size 1024 --watchdog-ms 1000"
 
 # scenario NAME BEHAVIOUR [agent flags...]: starts peer and agent
 start() {
@@ -85,7 +85,7 @@ if wait_for "$T/crash.peer" "event code=14 error=8" 30 &&
     ok "image crashing at boot: rolled back by the bootloader"
 else bad "crashing image"; fi
 
-start sick health-fail --supervise
+start sick health-fail --supervise --trial-timeout-ms 3000
 if wait_for "$T/sick.peer" "event code=12 error=9" 30 &&
     wait_for "$T/sick.peer" "event code=14 error=9" 20 &&
     wait_for "$T/sick.peer" "birth version=1.0.0" 10; then

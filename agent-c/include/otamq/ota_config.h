@@ -104,6 +104,14 @@
 #define OTA_CFG_MAX_TARGETS 16
 #endif
 
+/* Human-readable texts: event details (event key 6, e.g. "downgrade",
+ * "too many reboots") and ota_strerror()'s descriptions. 0 leaves them out
+ * of the image (about 1.4 KB on rv32): events then carry only their codes
+ * and ota_strerror() returns "". */
+#ifndef OTA_CFG_TEXT
+#define OTA_CFG_TEXT 1
+#endif
+
 /* ---- timing defaults (ms) and rollback triggers ------------------------- */
 
 /* Heartbeat period while connected. */

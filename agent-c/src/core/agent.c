@@ -7,6 +7,13 @@
 #include "persist.h"
 
 #define P(a) ((a)->port)
+
+/* Event detail texts (event key 6); OTA_CFG_TEXT 0 leaves them out. */
+#if OTA_CFG_TEXT
+#define TXT(s) (s)
+#else
+#define TXT(s) NULL
+#endif
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -267,7 +274,7 @@ static void install(ota_agent_t *a)
         a->ps.error = OTA_E_FLASH;
         a->ps.flags |= OTA_PF_IGNORE_OFFER;
         set_state(a, OTA_STATE_FAILED);
-        event(a, OTA_EV_INSTALL_COMPLETED, -1, OTA_E_FLASH, "activate failed");
+        event(a, OTA_EV_INSTALL_COMPLETED, -1, OTA_E_FLASH, TXT("activate failed"));
         return;
     }
     event(a, OTA_EV_INSTALL_COMPLETED, -1, 0, NULL);
@@ -286,11 +293,11 @@ static void download_complete(ota_agent_t *a)
     a->req_active = false;
     if (P(a)->sha256_finish(P(a)->ctx, &a->img_hash, d) != OTA_OK ||
         memcmp(d, a->ps.digest, sizeof(d)) != 0) {
-        fail_download(a, OTA_E_DIGEST, "digest mismatch");
+        fail_download(a, OTA_E_DIGEST, TXT("digest mismatch"));
         return;
     }
     if (P(a)->slot_finish(P(a)->ctx) != OTA_OK) {
-        fail_download(a, OTA_E_FLASH, "image refused");
+        fail_download(a, OTA_E_FLASH, TXT("image refused"));
         return;
     }
     a->ps.offset = a->ps.size;
@@ -308,7 +315,7 @@ static void retry_later(ota_agent_t *a, uint32_t at_least_ms)
     uint32_t i;
     a->req_active = false;
     if (++a->retries > a->set.max_retries) {
-        fail_download(a, OTA_E_RETRIES, "retries exhausted");
+        fail_download(a, OTA_E_RETRIES, TXT("retries exhausted"));
         return;
     }
     for (i = 1; i < a->retries && backoff < a->set.backoff_max_ms; i++)
@@ -334,27 +341,27 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             retry_later(a, b.retry_ms);
         } else {
             fail_download(a, OTA_E_RETRIES,
-                          b.error == OTA_BLKERR_NOT_ASSIGNED ? "not assigned"
-                          : b.error == OTA_BLKERR_UNKNOWN_IMAGE ? "unknown image"
-                          : b.error == OTA_BLKERR_OFFSET      ? "offset out of range"
-                                                               : "refused by broker");
+                          b.error == OTA_BLKERR_NOT_ASSIGNED ? TXT("not assigned")
+                          : b.error == OTA_BLKERR_UNKNOWN_IMAGE ? TXT("unknown image")
+                          : b.error == OTA_BLKERR_OFFSET      ? TXT("offset out of range")
+                                                               : TXT("refused by broker"));
         }
         return OTA_OK;
     }
     if (b.offset != a->next_off)
         return OTA_ERR_STATE; /* duplicate or out of order: wait / re-request */
     if (b.image_size != a->ps.size) {
-        fail_download(a, OTA_E_DIGEST, "image size mismatch");
+        fail_download(a, OTA_E_DIGEST, TXT("image size mismatch"));
         return OTA_ERR_MSG;
     }
     if (b.data_len == 0u || b.data_len > a->ps.block_size || b.data_len > a->ps.size - b.offset)
         return OTA_ERR_MSG;
     if (P(a)->slot_write(P(a)->ctx, b.offset, b.data, b.data_len) != OTA_OK) {
-        fail_download(a, OTA_E_FLASH, "slot write failed");
+        fail_download(a, OTA_E_FLASH, TXT("slot write failed"));
         return OTA_ERR_FLASH;
     }
     if (P(a)->sha256_update(P(a)->ctx, &a->img_hash, b.data, b.data_len) != OTA_OK) {
-        fail_download(a, OTA_E_FLASH, "hash failed");
+        fail_download(a, OTA_E_FLASH, TXT("hash failed"));
         return OTA_ERR_CRYPTO;
     }
     a->next_off += (uint32_t)b.data_len;
@@ -447,45 +454,45 @@ static uint8_t check_manifest(ota_agent_t *a, const ota_offer_t *o, ota_cose_sig
     }
     rc = ota_cose_verify(s, P(a), a->keys, a->nkeys);
     if (rc != OTA_OK) {
-        *detail = rc == OTA_ERR_UNKNOWN_KEY ? "unknown key" : "bad signature";
+        *detail = rc == OTA_ERR_UNKNOWN_KEY ? TXT("unknown key") : TXT("bad signature");
         return OTA_E_SIGNATURE;
     }
     if (ota_manifest_decode(s->payload, s->payload_len, m) != OTA_OK) {
         m->version = NULL;
-        *detail = "bad manifest";
+        *detail = TXT("bad manifest");
         return OTA_E_VERSION;
     }
     if (!ota_manifest_has_target(m, a->cfg.hardware)) {
-        *detail = "hardware";
+        *detail = TXT("hardware");
         return OTA_E_HARDWARE;
     }
     if (m->min_bootloader != NULL &&
         (ota_semver_cmp(a->cfg.bootloader_version, strlen(a->cfg.bootloader_version),
                         m->min_bootloader, m->min_bootloader_len, &cmp) != OTA_OK ||
          cmp < 0)) {
-        *detail = "bootloader too old";
+        *detail = TXT("bootloader too old");
         return OTA_E_HARDWARE;
     }
     if (m->kind != 0u) {
-        *detail = "unsupported kind";
+        *detail = TXT("unsupported kind");
         return OTA_E_VERSION;
     }
     if (ota_semver_cmp(m->version, m->version_len, a->cfg.fw_version, strlen(a->cfg.fw_version),
                        &cmp) != OTA_OK ||
         m->version_len > OTA_CFG_VERSION_MAX) {
-        *detail = "bad version";
+        *detail = TXT("bad version");
         return OTA_E_VERSION;
     }
     if (cmp <= 0 && !a->set.allow_downgrade) {
-        *detail = cmp == 0 ? "same version" : "downgrade";
+        *detail = cmp == 0 ? TXT("same version") : TXT("downgrade");
         return OTA_E_VERSION;
     }
     if (m->seq < a->ps.seq) {
-        *detail = "sequence";
+        *detail = TXT("sequence");
         return OTA_E_VERSION;
     }
     if (m->secure_version < device_secure_version(a)) {
-        *detail = "secure version";
+        *detail = TXT("secure version");
         return OTA_E_SECURE_VERSION;
     }
     return 0;
@@ -502,7 +509,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
 
     rc = ota_msg_decode_offer(payload, len, &o);
     if (rc != OTA_OK) {
-        event_for(a, OTA_EV_REJECTED, -1, 0, "bad offer", NULL, NULL);
+        event_for(a, OTA_EV_REJECTED, -1, 0, TXT("bad offer"), NULL, NULL);
         return rc;
     }
     if (a->check_pending) {
@@ -514,11 +521,11 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
         return OTA_ERR_STATE;
     if (o.rollout_len == 0u) {
         if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED)
-            cancel(a, "offer withdrawn");
+            cancel(a, TXT("offer withdrawn"));
         return OTA_OK;
     }
     if (o.rollout_len > OTA_CFG_ROLLOUT_MAX) {
-        reject(a, &o, 0, "rollout ID too long", NULL);
+        reject(a, &o, 0, TXT("rollout ID too long"), NULL);
         return OTA_ERR_MSG;
     }
     /* cheap re-offer check before any crypto: same rollout and digest */
@@ -541,7 +548,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
             return OTA_OK; /* done, or already failed: don't loop */
     }
     if (o.deadline != 0u && unix_now(a) != 0u && unix_now(a) > o.deadline) {
-        reject(a, &o, 0, "deadline passed", NULL);
+        reject(a, &o, 0, TXT("deadline passed"), NULL);
         return OTA_ERR_TIMEOUT;
     }
     err = check_manifest(a, &o, &s, &m, &detail);
@@ -550,7 +557,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
         return OTA_ERR_MSG;
     }
     if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED)
-        cancel(a, "superseded");
+        cancel(a, TXT("superseded"));
 
     memset(a->ps.rollout, 0, sizeof(a->ps.rollout));
     memcpy(a->ps.rollout, o.rollout, o.rollout_len);
@@ -572,7 +579,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     if (rc != OTA_OK) {
         uint8_t e = rc == OTA_ERR_NOSPACE ? OTA_E_NO_SPACE : OTA_E_FLASH;
         a->ps.state = OTA_STATE_DOWNLOADING; /* so the failure is reported */
-        fail_download(a, e, rc == OTA_ERR_NOSPACE ? "image too large" : "slot begin failed");
+        fail_download(a, e, rc == OTA_ERR_NOSPACE ? TXT("image too large") : TXT("slot begin failed"));
         return rc;
     }
     set_state(a, OTA_STATE_DOWNLOADING);
@@ -621,7 +628,7 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
     case OTA_CMD_CANCEL:
         if (a->ps.state != OTA_STATE_DOWNLOADING && a->ps.state != OTA_STATE_VERIFIED)
             return OTA_ERR_STATE;
-        cancel(a, "cancel command");
+        cancel(a, TXT("cancel command"));
         return OTA_OK;
     case OTA_CMD_CHECK:
         check_now(a);
@@ -676,7 +683,7 @@ static void roll_back(ota_agent_t *a, uint8_t err, const char *detail)
     /* confirmed and no way back: stay on this image, report it */
     a->ps.flags = (uint8_t)(a->ps.flags & ~OTA_PF_ROLLBACK_REQ) | OTA_PF_IGNORE_OFFER;
     set_state(a, OTA_STATE_FAILED);
-    event(a, OTA_EV_HEALTH_FAILED, -1, err, "no rollback target");
+    event(a, OTA_EV_HEALTH_FAILED, -1, err, TXT("no rollback target"));
 }
 
 static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
@@ -721,7 +728,7 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
     if (!(a->ps.flags & OTA_PF_CONFIRMED)) {
         if (a->broker_seen && a->hb_sent && healthy) {
             if (P(a)->confirm(P(a)->ctx) != OTA_OK) {
-                roll_back(a, OTA_E_BOOT, "confirm failed");
+                roll_back(a, OTA_E_BOOT, TXT("confirm failed"));
                 return;
             }
             a->ps.flags |= OTA_PF_CONFIRMED;
@@ -730,9 +737,9 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
             (void)persist(a);
             event(a, OTA_EV_HEALTH_OK, -1, 0, NULL);
         } else if (now - a->boot_ms >= a->set.trial_timeout_ms) {
-            const char *why = !a->broker_seen ? "broker not reached"
-                              : !a->hb_sent   ? "heartbeat not sent"
-                                              : "application check failed";
+            const char *why = !a->broker_seen ? TXT("broker not reached")
+                              : !a->hb_sent   ? TXT("heartbeat not sent")
+                                              : TXT("application check failed");
             event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, why);
             roll_back(a, OTA_E_HEALTH, why);
         }
@@ -745,13 +752,13 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         a->unhealthy = true;
         a->unhealthy_since_ms = now;
     } else if (now - a->unhealthy_since_ms >= a->set.health_fail_ms) {
-        event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, "health failing");
-        roll_back(a, OTA_E_HEALTH, "health failing");
+        event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, TXT("health failing"));
+        roll_back(a, OTA_E_HEALTH, TXT("health failing"));
         return;
     }
     if (!a->connected && now - a->offline_since_ms >= a->set.no_broker_ms) {
-        event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, "no broker");
-        roll_back(a, OTA_E_HEALTH, "no broker");
+        event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, TXT("no broker"));
+        roll_back(a, OTA_E_HEALTH, TXT("no broker"));
         return;
     }
     if (trial_clock(a) >= a->set.probation_ms) {
@@ -806,7 +813,7 @@ static void rolled_back(ota_agent_t *a)
     uint8_t err = asked ? a->ps.error : OTA_E_BOOT;
     if (!asked)
         event(a, OTA_EV_ROLLBACK_TRIGGERED, -1, err,
-              power ? "power lost before confirm" : "new image did not confirm");
+              power ? TXT("power lost before confirm") : TXT("new image did not confirm"));
     a->ps.error = err;
     a->ps.flags = power ? 0u : OTA_PF_IGNORE_OFFER;
     a->ps.nboots = 0;
@@ -876,7 +883,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         if (a->ps.flags & OTA_PF_ROLLBACK_REQ) {
             /* the rollback did not happen (reset before it took effect) */
             (void)persist(a);
-            roll_back(a, a->ps.error, "rollback retried");
+            roll_back(a, a->ps.error, TXT("rollback retried"));
             return OTA_OK;
         }
         {
@@ -887,14 +894,14 @@ int ota_agent_on_boot(ota_agent_t *a)
             (void)persist(a);
             if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms,
                             a->set.reboot_window_ms) > a->set.max_reboots) {
-                event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_BOOT, "too many reboots");
-                roll_back(a, OTA_E_BOOT, "too many reboots");
+                event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_BOOT, TXT("too many reboots"));
+                roll_back(a, OTA_E_BOOT, TXT("too many reboots"));
                 return OTA_OK;
             }
             if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms, a->set.wdt_window_ms) >
                 a->set.max_wdt_resets) {
-                event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_BOOT, "too many watchdog resets");
-                roll_back(a, OTA_E_BOOT, "too many watchdog resets");
+                event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_BOOT, TXT("too many watchdog resets"));
+                roll_back(a, OTA_E_BOOT, TXT("too many watchdog resets"));
                 return OTA_OK;
             }
         }
@@ -905,7 +912,7 @@ int ota_agent_on_boot(ota_agent_t *a)
 
     if (a->ps.state == OTA_STATE_DOWNLOADING) {
         if (start_download(a) != OTA_OK) {
-            fail_download(a, OTA_E_FLASH, "cannot resume");
+            fail_download(a, OTA_E_FLASH, TXT("cannot resume"));
             return OTA_OK;
         }
     } else if (a->ps.state == OTA_STATE_VERIFIED) {
@@ -914,7 +921,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         if (rehash(a, a->ps.size) != OTA_OK ||
             P(a)->sha256_finish(P(a)->ctx, &a->img_hash, d) != OTA_OK ||
             memcmp(d, a->ps.digest, sizeof(d)) != 0) {
-            fail_download(a, OTA_E_DIGEST, "slot changed");
+            fail_download(a, OTA_E_DIGEST, TXT("slot changed"));
             return OTA_OK;
         }
     }

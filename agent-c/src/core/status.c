@@ -1,6 +1,8 @@
 /* status.c - ota_strerror. */
+#include "otamq/ota_config.h"
 #include "otamq/ota_status.h"
 
+#if OTA_CFG_TEXT
 const char *ota_strerror(int status)
 {
     switch (status) {
@@ -31,3 +33,11 @@ const char *ota_strerror(int status)
     default: return "unknown status";
     }
 }
+#else
+/* OTA_CFG_TEXT 0: no texts on the device; the status number says it all. */
+const char *ota_strerror(int status)
+{
+    (void)status;
+    return "";
+}
+#endif
