@@ -5,7 +5,7 @@ GO        ?= go
 FUZZTIME  ?= 20s
 STATICCHECK_VERSION ?= v0.8.2
 
-GO_FUZZ_PKGS := ./ota/wire ./ota/admin
+GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest
 
 .PHONY: all build run test test-go test-c deps lint fmt vet staticcheck fuzz bench clean
 
