@@ -1,6 +1,6 @@
 // Command otactl is the operator's tool for otamq: it manages devices,
 // operators and the audit log over the broker's admin topics (MQTT v5
-// request/response), and will sign releases offline.
+// request/response), and signs releases offline.
 package main
 
 import (
@@ -45,6 +45,14 @@ Operators and observers:
 
 Audit log:
   audit              [--actor ID] [--action resource/verb] [--target ID] [--limit N]
+
+Release signing (offline, no broker; the private key never leaves this machine):
+  keygen             [--out DIR] [--name NAME]    writes NAME.key (mode 0600) and NAME.pub
+  sign IMAGE         --key NAME.key --build BUILD.yaml [--out FILE] [--force]
+                     (BUILD.yaml: see config/build.example.yaml; default out IMAGE.manifest)
+  verify MANIFEST    --pub NAME.pub [--image IMAGE]
+                     (exit status 1 says what is wrong: malformed, another key,
+                     bad signature, size or digest mismatch)
 
 Global flags (also from the environment):
   --url URL        broker, mqtt://host:port or mqtts://host:port   (OTAMQ_URL, default mqtt://127.0.0.1:1883)
@@ -180,6 +188,9 @@ func commands() map[string]command {
 		"operator update": operatorUpdate,
 		"operator revoke": operatorRevoke,
 		"audit":           auditCmd,
+		"keygen":          keygenCmd,
+		"sign":            signCmd,
+		"verify":          verifyCmd,
 	}
 }
 
