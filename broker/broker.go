@@ -34,20 +34,24 @@ import (
 
 	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/ota/admin"
+	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
 )
 
 // Broker is a running otamq.
 type Broker struct {
-	opts   Options
-	log    *slog.Logger
-	db     *store.DB
-	fleet  *fleet.Registry
-	admin  *admin.Service
-	srv    *mqtt.Server
-	events *hooks.Events
-	device *hooks.Device
+	opts     Options
+	log      *slog.Logger
+	db       *store.DB
+	fleet    *fleet.Registry
+	catalog  *release.Catalog
+	delivery *delivery.Service
+	admin    *admin.Service
+	srv      *mqtt.Server
+	events   *hooks.Events
+	device   *hooks.Device
 
 	tcp, tls, httpLn net.Listener
 	httpSrv          *http.Server
@@ -114,16 +118,30 @@ func New(opts Options) (b *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b.admin = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now, Disconnector: b.events})
+	b.catalog, err = release.Open(b.db, &release.Options{Now: o.Now, MaxImageSize: o.MaxImageSize})
+	if err != nil {
+		return nil, err
+	}
+	sender := hooks.NewSender(b.srv, topics, rec, o.Logger)
+	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
+		Now: o.Now, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
+		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.admin = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now, Disconnector: b.events,
+		Catalog: b.catalog, Delivery: b.delivery})
 	if err := b.bootstrap(); err != nil {
 		return nil, err
 	}
-	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv))
+	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog))
 
 	// Hook order is fixed: authentication, authorization, device status,
 	// admin requests.
 	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: b.admin.ReadOnly, Rules: o.Rules, Recorder: rec, Logger: o.Logger})
-	b.device = hooks.NewDevice(hooks.DeviceOptions{Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger})
+	b.device = hooks.NewDevice(hooks.DeviceOptions{Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
+		Delivery: b.delivery, Sender: sender})
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,
 		Recorder: rec, Logger: o.Logger, Workers: o.AdminWorkers, Queue: o.AdminQueue})
 	for _, h := range []mqtt.Hook{hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger), acl, b.device, adm} {
@@ -404,6 +422,10 @@ func (b *Broker) HTTPAddr() string { return addr(b.httpLn) }
 
 // Fleet returns the registry (for tests and tools in this module).
 func (b *Broker) Fleet() *fleet.Registry { return b.fleet }
+
+// Delivery returns the delivery service (for tests and tools in this
+// module).
+func (b *Broker) Delivery() *delivery.Service { return b.delivery }
 
 // Flush writes pending device status now (tests use it instead of waiting
 // for the flush interval).

@@ -9,7 +9,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/release"
 )
 
 // Metric names are a contract with the Grafana dashboard (DESIGN.md §9):
@@ -29,9 +31,19 @@ type recorder struct {
 	wills         prometheus.Counter
 	admin         *prometheus.CounterVec
 	eventsDropped prometheus.Counter
+
+	blockRequests   *prometheus.CounterVec
+	blockBytes      prometheus.Counter
+	downloadSeconds prometheus.Histogram
+	deviceEvents    *prometheus.CounterVec
+	eventsRefused   *prometheus.CounterVec
+	uploadsRejected *prometheus.CounterVec
 }
 
-var _ hooks.Recorder = (*recorder)(nil)
+var (
+	_ hooks.Recorder    = (*recorder)(nil)
+	_ delivery.Recorder = (*recorder)(nil)
+)
 
 func newRecorder(reg prometheus.Registerer) *recorder {
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
@@ -50,6 +62,19 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Admin requests, by verb (resource/verb) and result (ok or error code)."}, []string{"verb", "result"}),
 		eventsDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_fleet_events_dropped_total",
 			Help: "Fleet events lost to a full publish queue."}),
+		blockRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_block_requests_total",
+			Help: "Block requests by result (served, not_assigned, unknown_image, out_of_range, bad_request, rate_limited, internal)."}, []string{"result"}),
+		blockBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_block_bytes_total",
+			Help: "Image bytes sent in blocks."}),
+		downloadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "otamq_download_seconds",
+			Help:    "Download duration, from the first block served to the device's update.download.completed event.",
+			Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200}}),
+		deviceEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_device_events_total",
+			Help: "Update events recorded, by code (update.download.completed, ...)."}, []string{"code"}),
+		eventsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_device_events_dropped_total",
+			Help: "Device events dropped, by reason (unknown_rollout)."}, []string{"reason"}),
+		uploadsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_uploads_rejected_total",
+			Help: "Release uploads refused, by reason (bad_manifest, unknown_key, bad_signature, key_revoked, digest_mismatch, conflict, ...)."}, []string{"reason"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped} {
 		f(c)
@@ -62,6 +87,10 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 	for _, reason := range hooks.RejectReasons {
 		r.rejected.WithLabelValues(reason)
 	}
+	for _, result := range delivery.BlockResults {
+		r.blockRequests.WithLabelValues(result)
+	}
+	r.eventsRefused.WithLabelValues("unknown_rollout")
 	return r
 }
 
@@ -72,16 +101,25 @@ func (r *recorder) Birth()                             { r.births.Inc() }
 func (r *recorder) Will()                              { r.wills.Inc() }
 func (r *recorder) AdminRequest(action, result string) { r.admin.WithLabelValues(action, result).Inc() }
 func (r *recorder) FleetEventDropped()                 { r.eventsDropped.Inc() }
+func (r *recorder) UploadRejected(reason string)       { r.uploadsRejected.WithLabelValues(reason).Inc() }
+
+// The delivery.Recorder side.
+func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }
+func (r *recorder) BlockBytes(n int)           { r.blockBytes.Add(float64(n)) }
+func (r *recorder) DownloadSeconds(s float64)  { r.downloadSeconds.Observe(s) }
+func (r *recorder) Event(code string)          { r.deviceEvents.WithLabelValues(code).Inc() }
+func (r *recorder) EventDropped(reason string) { r.eventsRefused.WithLabelValues(reason).Inc() }
 
 // stateCollector reads the fleet aggregates and mochi's counters at scrape
 // time, so nothing is counted twice and the hot path pays nothing.
 type stateCollector struct {
-	fleet *fleet.Registry
-	info  *mqtt.Server
+	fleet   *fleet.Registry
+	info    *mqtt.Server
+	catalog *release.Catalog
 
-	connected, registered, byVersion, heartbeats *prometheus.Desc
-	mqttGauges                                   []gaugeDesc
-	mqttCounters                                 []gaugeDesc
+	connected, registered, byVersion, heartbeats, releases *prometheus.Desc
+	mqttGauges                                             []gaugeDesc
+	mqttCounters                                           []gaugeDesc
 }
 
 type gaugeDesc struct {
@@ -91,12 +129,13 @@ type gaugeDesc struct {
 
 func load(p *int64) float64 { return float64(atomic.LoadInt64(p)) }
 
-func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
+func newStateCollector(reg *fleet.Registry, srv *mqtt.Server, cat *release.Catalog) *stateCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &stateCollector{
-		fleet: reg, info: srv,
+		fleet: reg, info: srv, catalog: cat,
+		releases:   d("otamq_releases", "Releases uploaded and verified."),
 		connected:  d("otamq_devices_connected", "Devices and gateways connected now."),
 		heartbeats: d("otamq_heartbeats_total", "Heartbeats accepted since the broker started."),
 		registered: d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware (\"unknown\" if none).", "hardware"),
@@ -125,6 +164,7 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server) *stateCollector {
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.connected
 	ch <- c.heartbeats
+	ch <- c.releases
 	ch <- c.registered
 	ch <- c.byVersion
 	for _, g := range c.mqttGauges {
@@ -140,6 +180,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counts := c.fleet.Counts()
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(counts.Online))
 	ch <- prometheus.MustNewConstMetric(c.heartbeats, prometheus.CounterValue, float64(counts.Heartbeats))
+	ch <- prometheus.MustNewConstMetric(c.releases, prometheus.GaugeValue, float64(c.catalog.Count()))
 	for hw, n := range counts.Registered {
 		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), orUnknown(hw))
 	}

@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/release"
 )
 
 // Defaults of Options. A zero field of Options means the default here.
@@ -101,6 +103,22 @@ type Options struct {
 	FirstOperator         string
 	FirstOperatorPassword string
 
+	// MaxImageSize bounds a firmware image. Default 64 MiB.
+	MaxImageSize uint64
+	// MaxBlockSize caps the block size devices may ask for. Default
+	// delivery.DefaultMaxBlockSize (32 KiB). The client's Maximum Packet
+	// Size caps it further.
+	MaxBlockSize int
+	// MaxWindow caps the blocks of one request. Default
+	// delivery.DefaultMaxWindow.
+	MaxWindow int
+	// DeviceRate is the bytes per second one device may download. Default
+	// delivery.DefaultDeviceRate (512 KiB/s); negative means no limit.
+	DeviceRate float64
+	// GlobalRate is the bytes per second all downloads together may take.
+	// Default 0: no limit.
+	GlobalRate float64
+
 	// Rules grant access to topics outside the prefix. Default none: devices
 	// may use only their contract topics.
 	Rules []hooks.Rule
@@ -156,6 +174,18 @@ func (o Options) withDefaults() Options {
 	if o.AdminQueue <= 0 {
 		o.AdminQueue = DefaultAdminQueue
 	}
+	if o.MaxImageSize == 0 {
+		o.MaxImageSize = release.DefaultMaxImageSize
+	}
+	if o.MaxBlockSize == 0 {
+		o.MaxBlockSize = delivery.DefaultMaxBlockSize
+	}
+	if o.MaxWindow == 0 {
+		o.MaxWindow = delivery.DefaultMaxWindow
+	}
+	if o.DeviceRate == 0 {
+		o.DeviceRate = delivery.DefaultDeviceRate
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -189,6 +219,15 @@ func (o Options) Validate() error {
 	}
 	if o.FirstOperatorPassword != "" && len(o.FirstOperatorPassword) < fleet.MinPasswordLen {
 		errs = append(errs, fmt.Errorf("first operator password is shorter than %d characters", fleet.MinPasswordLen))
+	}
+	if o.MaxBlockSize < 0 || o.MaxBlockSize > int(o.MaxPacketSize) {
+		errs = append(errs, fmt.Errorf("max_block_size %d must be between 0 (default) and max_packet_size %d", o.MaxBlockSize, o.MaxPacketSize))
+	}
+	if o.MaxWindow < 0 || o.MaxWindow > 256 {
+		errs = append(errs, fmt.Errorf("max_window %d must be between 0 (default) and 256", o.MaxWindow))
+	}
+	if o.GlobalRate < 0 {
+		errs = append(errs, fmt.Errorf("global_rate %v must not be negative", o.GlobalRate))
 	}
 	for i, r := range o.Rules {
 		if err := r.Validate(o.Prefix); err != nil {

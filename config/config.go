@@ -28,6 +28,7 @@ type File struct {
 	HTTP    HTTP         `yaml:"http"`
 	Fleet   Fleet        `yaml:"fleet"`
 	Admin   Admin        `yaml:"admin"`
+	OTA     OTA          `yaml:"ota"`
 	Rules   []hooks.Rule `yaml:"rules"`
 	Log     Log          `yaml:"log"`
 }
@@ -68,6 +69,15 @@ type Admin struct {
 	Queue                 int    `yaml:"queue"`
 	FirstOperator         string `yaml:"first_operator"`
 	FirstOperatorPassword string `yaml:"first_operator_password"`
+}
+
+// OTA configures releases and block serving.
+type OTA struct {
+	MaxImageSize uint64  `yaml:"max_image_size"`
+	MaxBlockSize int     `yaml:"max_block_size"`
+	MaxWindow    int     `yaml:"max_window"`
+	DeviceRate   float64 `yaml:"device_rate"`
+	GlobalRate   float64 `yaml:"global_rate"`
 }
 
 // Log configures logging.
@@ -120,6 +130,8 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		FlushInterval: f.Fleet.FlushInterval,
 		AdminWorkers:  f.Admin.Workers, AdminQueue: f.Admin.Queue,
 		FirstOperator: f.Admin.FirstOperator, FirstOperatorPassword: f.Admin.FirstOperatorPassword,
+		MaxImageSize: f.OTA.MaxImageSize, MaxBlockSize: f.OTA.MaxBlockSize, MaxWindow: f.OTA.MaxWindow,
+		DeviceRate: f.OTA.DeviceRate, GlobalRate: f.OTA.GlobalRate,
 		Rules:  f.Rules,
 		Logger: logger,
 	}

@@ -166,6 +166,9 @@ func (a *Admin) work() {
 			result = code
 		}
 		a.rec.AdminRequest(a.label(j.req.Action()), result)
+		if code != "" && j.req.Action() == "release/upload" {
+			a.rec.UploadRejected(code)
+		}
 		a.publish(j, resp)
 	}
 }

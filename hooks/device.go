@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -22,6 +23,8 @@ type Device struct {
 	mqtt.HookBase
 	topics Topics
 	fleet  *fleet.Registry
+	dlv    *delivery.Service // nil: no OTA (events and block requests are only checked)
+	sender *Sender
 	rec    Recorder
 	log    *slog.Logger
 	warn   *limiter
@@ -42,6 +45,10 @@ type DeviceOptions struct {
 	Fleet    *fleet.Registry
 	Recorder Recorder
 	Logger   *slog.Logger
+	// Delivery serves block requests, records events and provides the
+	// offers sent on subscribe; Sender publishes them. Both or neither.
+	Delivery *delivery.Service
+	Sender   *Sender
 	// SweepInterval is how often sessions whose connection died without a
 	// disconnect event are looked for. Default 5s.
 	SweepInterval time.Duration
@@ -59,7 +66,7 @@ func NewDevice(o DeviceOptions) *Device {
 		o.SweepInterval = 5 * time.Second
 	}
 	d := &Device{
-		topics: o.Topics, fleet: o.Fleet, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
+		topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
 		sessions: make(map[*mqtt.Client]uint64),
 		stop:     make(chan struct{}), done: make(chan struct{}),
 	}
@@ -73,7 +80,7 @@ func (d *Device) ID() string { return "otamq-device" }
 // Provides implements mqtt.Hook.
 func (d *Device) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWillSent, mqtt.OnPublish:
+	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWillSent, mqtt.OnPublish, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -189,7 +196,25 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		if h, err = wire.DecodeHeartbeat(pk.Payload); err == nil {
 			err = d.fleet.Heartbeat(id, h) // counted by the registry
 		}
-	case KindEvent, KindGet:
+	case KindEvent:
+		var ev wire.Event
+		if ev, err = wire.DecodeEvent(pk.Payload); err == nil && d.dlv != nil {
+			if err = d.dlv.Event(id, ev); errors.Is(err, delivery.ErrUnknownRun) {
+				// Acknowledged (the device must not resend it) and dropped.
+				if d.warn.allow() {
+					d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
+				}
+				return pk, packets.CodeSuccessIgnore
+			} else if err != nil {
+				d.log.Error("event not recorded", "device", id, "err", err)
+				if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
+					return pk, packets.ErrUnspecifiedError // not acknowledged: the device sends it again
+				}
+				return pk, packets.CodeSuccessIgnore
+			}
+		}
+	case KindGet:
+		d.serveBlocks(cl, id, pk.Payload)
 		return pk, packets.CodeSuccessIgnore
 	default:
 		return pk, nil
@@ -198,6 +223,58 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		return pk, packets.CodeSuccessIgnore
 	}
 	return pk, d.refuse(cl, pk, err)
+}
+
+// serveBlocks answers a block request on the block topic of device id. It
+// runs on the requester's read goroutine: the work is reading the range
+// from the store's memory map and queueing the messages, and a device that
+// asks too much is answered "rate limited" rather than waited for.
+func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
+	if d.dlv == nil {
+		return
+	}
+	topic := d.topics.Device(id, KindBlock)
+	var msgs [][]byte
+	req, err := wire.DecodeBlockRequest(payload)
+	if err != nil {
+		d.rec.Rejected(RejectMalformed)
+		if d.warn.allow() {
+			d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
+		}
+		msgs = d.dlv.BadRequest(err.Error())
+	} else {
+		maxData := 0
+		if max := int(cl.Properties.Props.MaximumPacketSize); max > 0 {
+			maxData = max - packetSize(topic, wire.MaxBlockMessageOverhead)
+		}
+		msgs = d.dlv.Blocks(id, req, maxData)
+	}
+	for _, m := range msgs {
+		if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
+			d.log.Warn("block not published", "device", id, "err", err)
+			return
+		}
+	}
+}
+
+// OnSubscribed implements mqtt.Hook: a device (or its gateway) that
+// subscribes to a manifest topic gets that device's current offer at once.
+func (d *Device) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if d.dlv == nil || cl.Net.Inline {
+		return
+	}
+	for i, sub := range pk.Filters {
+		if i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		id, kind, ok := d.topics.ParseDevice(sub.Filter)
+		if !ok || kind != KindManifest {
+			continue
+		}
+		if _, has := d.dlv.Current(id); has {
+			d.sender.SendOffer(id, d.dlv.OfferMessage(id))
+		}
+	}
 }
 
 // refuse counts and logs a malformed device message and returns the error

@@ -20,6 +20,9 @@ type Recorder interface {
 	AdminRequest(action, result string)
 	// FleetEventDropped counts a fleet event lost to a full queue.
 	FleetEventDropped()
+	// UploadRejected counts a refused release upload request, by error
+	// code.
+	UploadRejected(reason string)
 }
 
 // Rejection reasons.
@@ -34,11 +37,12 @@ const (
 	RejectMalformed      = "malformed_payload"
 	RejectAdminNoReply   = "admin_no_response_topic"
 	RejectAdminBusy      = "admin_busy"
+	RejectTooLarge       = "too_large_for_client"
 )
 
 // RejectReasons lists every rejection reason, so counters can start at 0.
 var RejectReasons = []string{RejectUnknownClient, RejectBadCredentials, RejectIDMismatch, RejectRevoked, RejectWillTopic,
-	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy}
+	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge}
 
 // NopRecorder counts nothing.
 type NopRecorder struct{}
@@ -50,5 +54,6 @@ func (NopRecorder) Birth()                      {}
 func (NopRecorder) Will()                       {}
 func (NopRecorder) AdminRequest(string, string) {}
 func (NopRecorder) FleetEventDropped()          {}
+func (NopRecorder) UploadRejected(string)       {}
 
 var _ Recorder = NopRecorder{}

@@ -25,7 +25,9 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/ota/audit"
+	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -93,6 +95,10 @@ type Options struct {
 	Now    func() time.Time
 	// Disconnector is told about revoked clients. Default: nobody.
 	Disconnector Disconnector
+	// Catalog and Delivery enable the key, release, offer and command
+	// verbs. Default: those verbs do not exist.
+	Catalog  *release.Catalog
+	Delivery *delivery.Service
 }
 
 // Service handles admin requests. Its methods are safe for concurrent use.
@@ -102,6 +108,8 @@ type Service struct {
 	log      *slog.Logger
 	now      func() time.Time
 	kick     Disconnector
+	cat      *release.Catalog
+	dlv      *delivery.Service
 	handlers map[string]handler
 }
 
@@ -111,7 +119,10 @@ type handler struct {
 	// readOnly handlers are open to observers and run outside a write
 	// transaction.
 	readOnly bool
-	run      func(ctx context.Context, s *Service, c *call) (any, error)
+	// binary handlers take a CBOR body (release/upload) of up to
+	// maxUploadBody bytes instead of JSON.
+	binary bool
+	run    func(ctx context.Context, s *Service, c *call) (any, error)
 }
 
 // call is one request in flight.
@@ -120,8 +131,9 @@ type call struct {
 	target string
 	args   any // the decoded request, for the audit record (secrets removed)
 	// commit runs fn and the audit record in one durable transaction.
-	commit func(fn func(tx *store.Tx) error) error
-	after  []func() // run after a successful reply is decided
+	commit    func(fn func(tx *store.Tx) error) error
+	committed bool     // commit wrote the change and the audit record
+	after     []func() // run after a successful reply is decided
 }
 
 type nopDisconnector struct{}
@@ -143,7 +155,7 @@ func New(db *store.DB, reg *fleet.Registry, opts *Options) *Service {
 	if o.Disconnector == nil {
 		o.Disconnector = nopDisconnector{}
 	}
-	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Now, kick: o.Disconnector}
+	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery}
 	s.handlers = map[string]handler{
 		"device/register": {run: deviceRegister},
 		"device/get":      {readOnly: true, run: deviceGet},
@@ -182,9 +194,10 @@ func (s *Service) ReadOnly(action string) bool {
 func (s *Service) Handle(ctx context.Context, req Request) (Response, string) {
 	c := &call{req: &req}
 	result, err := s.handle(ctx, c)
-	if err == nil && c.commit == nil {
-		// A read: its audit record alone. If even that cannot be written
-		// the request fails, because every request must be on the record.
+	if err == nil && !c.committed {
+		// A read (or a request that changed no state): its audit record
+		// alone. If even that cannot be written the request fails, because
+		// every request must be on the record.
 		if err = s.db.Update(ctx, func(tx *store.Tx) error { return s.appendAudit(tx, c, nil) }); err != nil {
 			s.log.Error("audit write failed", "action", req.Action(), "actor", req.Caller.ID, "err", err)
 			err = fail(CodeUnavailable, "audit log unavailable: %v", err)
@@ -244,17 +257,23 @@ func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 	default:
 		return nil, fail(CodeForbidden, "%s is a %s, not an operator", req.Caller.ID, req.Caller.Role)
 	}
-	if len(req.Body) > MaxBodySize {
-		return nil, fail(CodeTooLarge, "request body is %d bytes, limit %d", len(req.Body), MaxBodySize)
+	limit := MaxBodySize
+	if h.binary {
+		limit = maxUploadBody
+	}
+	if len(req.Body) > limit {
+		return nil, fail(CodeTooLarge, "request body is %d bytes, limit %d", len(req.Body), limit)
 	}
 	if !h.readOnly {
 		c.commit = func(fn func(tx *store.Tx) error) error {
-			return s.db.Update(ctx, func(tx *store.Tx) error {
+			err := s.db.Update(ctx, func(tx *store.Tx) error {
 				if err := fn(tx); err != nil {
 					return err
 				}
 				return s.appendAudit(tx, c, nil)
 			})
+			c.committed = err == nil
+			return err
 		}
 	}
 	return h.run(ctx, s, c)
@@ -279,6 +298,9 @@ func decode(body []byte, v any) error {
 
 // classify maps a domain error to a reply error.
 func classify(err error) *Error {
+	if e := classifyRelease(err); e != nil {
+		return e
+	}
 	switch {
 	case errors.Is(err, fleet.ErrInvalid):
 		return &Error{Code: CodeBadRequest, Message: err.Error()}

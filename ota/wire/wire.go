@@ -368,6 +368,12 @@ func DecodeBlock(b []byte, maxData int) (*Block, *BlockError, error) {
 // intermediate copy of data. The bytes equal the deterministic encoding of
 // the Block struct.
 func AppendBlock(dst []byte, requestID uint32, offset, imageSize uint64, data []byte) []byte {
+	return append(AppendBlockHeader(dst, requestID, offset, imageSize, len(data)), data...)
+}
+
+// AppendBlockHeader appends everything of a Block message but its n data
+// bytes, which the caller appends (reading them straight into the message).
+func AppendBlockHeader(dst []byte, requestID uint32, offset, imageSize uint64, n int) []byte {
 	dst = append(dst, 0xa4)
 	dst = append(dst, 0x01)
 	dst = appendUint(dst, 0, uint64(requestID))
@@ -376,8 +382,7 @@ func AppendBlock(dst []byte, requestID uint32, offset, imageSize uint64, data []
 	dst = append(dst, 0x03)
 	dst = appendUint(dst, 0, imageSize)
 	dst = append(dst, 0x04)
-	dst = appendUint(dst, 2, uint64(len(data)))
-	return append(dst, data...)
+	return appendUint(dst, 2, uint64(n))
 }
 
 // appendUint appends a CBOR head of major type major with argument v in its

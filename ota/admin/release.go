@@ -1,0 +1,553 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/fxamacker/cbor/v2"
+
+	"github.com/otamq/otamq/ota/delivery"
+	"github.com/otamq/otamq/ota/manifest"
+	"github.com/otamq/otamq/ota/release"
+	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/wire"
+)
+
+// The key/*, release/*, offer/* and command/* verbs, and device/timeline.
+
+// Error codes of the release verbs.
+const (
+	CodeBadManifest    = "bad_manifest"
+	CodeUnknownKey     = "unknown_key"
+	CodeBadSignature   = "bad_signature"
+	CodeKeyRevoked     = "key_revoked"
+	CodeDigestMismatch = "digest_mismatch"
+	CodeSizeMismatch   = "size_mismatch"
+	CodeConflict       = "conflict"
+	CodeWrongOffset    = "wrong_offset"
+)
+
+// classifyRelease maps release and manifest errors to reply codes.
+func classifyRelease(err error) *Error {
+	code := ""
+	switch {
+	case errors.Is(err, manifest.ErrMalformed):
+		code = CodeBadManifest
+	case errors.Is(err, manifest.ErrUnknownKey):
+		code = CodeUnknownKey
+	case errors.Is(err, manifest.ErrBadSignature):
+		code = CodeBadSignature
+	case errors.Is(err, manifest.ErrDigestMismatch):
+		code = CodeDigestMismatch
+	case errors.Is(err, manifest.ErrSizeMismatch):
+		code = CodeSizeMismatch
+	case errors.Is(err, release.ErrKeyRevoked):
+		code = CodeKeyRevoked
+	case errors.Is(err, release.ErrConflict), errors.Is(err, release.ErrKeyExists):
+		code = CodeConflict
+	case errors.Is(err, release.ErrOffset):
+		code = CodeWrongOffset
+	case errors.Is(err, release.ErrTooLarge):
+		code = CodeTooLarge
+	case errors.Is(err, release.ErrNotFound), errors.Is(err, delivery.ErrNotFound):
+		code = CodeNotFound
+	case errors.Is(err, release.ErrInvalid), errors.Is(err, delivery.ErrInvalid), errors.Is(err, delivery.ErrRefused):
+		code = CodeBadRequest
+	default:
+		return nil
+	}
+	return &Error{Code: code, Message: err.Error()}
+}
+
+func (s *Service) releaseHandlers() map[string]handler {
+	if s.cat == nil || s.dlv == nil {
+		return nil
+	}
+	return map[string]handler{
+		"key/add":         {run: keyAdd},
+		"key/list":        {readOnly: true, run: keyList},
+		"key/revoke":      {run: keyRevoke},
+		"release/upload":  {run: releaseUpload, binary: true},
+		"release/abort":   {run: releaseAbort},
+		"release/uploads": {readOnly: true, run: releaseUploads},
+		"release/get":     {readOnly: true, run: releaseGet},
+		"release/list":    {readOnly: true, run: releaseList},
+		"offer/create":    {run: offerCreate},
+		"offer/cancel":    {run: offerCancel},
+		"offer/list":      {readOnly: true, run: offerList},
+		"command/send":    {run: commandSend},
+		"device/timeline": {readOnly: true, run: deviceTimeline},
+	}
+}
+
+type keyAddRequest struct {
+	Name string `json:"name,omitempty"`
+	PEM  string `json:"pem"`
+}
+
+func keyAdd(_ context.Context, s *Service, c *call) (any, error) {
+	var req keyAddRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.args = map[string]any{"name": req.Name}
+	var k release.Key
+	err := c.commit(func(tx *store.Tx) error {
+		var err error
+		k, err = s.cat.AddKey(tx, req.Name, []byte(req.PEM), c.req.Caller.ID)
+		c.target = k.ID.String()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.target = k.ID.String()
+	return map[string]any{"key": k}, nil
+}
+
+func keyList(_ context.Context, s *Service, c *call) (any, error) {
+	var req struct{}
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	return map[string]any{"keys": s.cat.Keys()}, nil
+}
+
+type kidRequest struct {
+	KID string `json:"kid"`
+}
+
+func keyRevoke(_ context.Context, s *Service, c *call) (any, error) {
+	var req kidRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.KID, req
+	kid, err := manifest.ParseKeyID(req.KID)
+	if err != nil {
+		return nil, fail(CodeBadRequest, "kid: %v", err)
+	}
+	var k release.Key
+	var affected []release.Release
+	if err := c.commit(func(tx *store.Tx) error {
+		var err error
+		k, affected, err = s.cat.RevokeKey(tx, kid, c.req.Caller.ID)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(affected))
+	for _, r := range affected {
+		ids = append(ids, r.ID)
+	}
+	note := "no release was signed with this key"
+	if len(ids) > 0 {
+		note = fmt.Sprintf("%d release(s) signed with this key can no longer be offered, and devices offered them get no more blocks: %s",
+			len(ids), strings.Join(ids, ", "))
+	}
+	return map[string]any{"key": k, "affected_releases": ids, "note": note}, nil
+}
+
+// uploadRequest is a release/upload request, CBOR: either the signed
+// manifest (key 1) to begin or resume an upload, or a part of the image
+// (upload ID, offset, data), or only the upload ID to ask where it stands.
+type uploadRequest struct {
+	Manifest []byte  `cbor:"1,keyasint,omitempty"`
+	Upload   string  `cbor:"2,keyasint,omitempty"`
+	Offset   *uint64 `cbor:"3,keyasint,omitempty"`
+	Data     []byte  `cbor:"4,keyasint,omitempty"`
+}
+
+// maxUploadBody bounds a release/upload request.
+const maxUploadBody = release.MaxPartSize + wire.MaxManifestSize + 1024
+
+var uploadDecMode = func() cbor.DecMode {
+	dm, err := cbor.DecOptions{
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		IndefLength:       cbor.IndefLengthForbidden,
+		TagsMd:            cbor.TagsForbidden,
+		MaxNestedLevels:   4,
+		MaxArrayElements:  16,
+		MaxMapPairs:       16,
+		UTF8:              cbor.UTF8RejectInvalid,
+		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+	return dm
+}()
+
+// DecodeUpload decodes a release/upload body (exported for fuzzing and
+// otactl's tests).
+func DecodeUpload(body []byte) (UploadPart, error) {
+	var r uploadRequest
+	if len(body) > maxUploadBody {
+		return UploadPart{}, fail(CodeTooLarge, "upload request is %d bytes, limit %d", len(body), maxUploadBody)
+	}
+	if err := uploadDecMode.Unmarshal(body, &r); err != nil {
+		return UploadPart{}, fail(CodeBadRequest, "upload request (CBOR map: 1 manifest | 2 upload id, 3 offset, 4 data): %v", err)
+	}
+	p := UploadPart{Manifest: r.Manifest, Upload: r.Upload, Data: r.Data}
+	if r.Offset != nil {
+		p.Offset, p.HasOffset = *r.Offset, true
+	}
+	switch {
+	case len(p.Manifest) > 0 && (p.Upload != "" || p.HasOffset || len(p.Data) > 0):
+		return UploadPart{}, fail(CodeBadRequest, "a request carries either a manifest (1) or a part (2, 3, 4), not both")
+	case len(p.Manifest) == 0 && p.Upload == "":
+		return UploadPart{}, fail(CodeBadRequest, "upload request has neither a manifest (1) nor an upload ID (2)")
+	case len(p.Data) > 0 && !p.HasOffset:
+		return UploadPart{}, fail(CodeBadRequest, "a part needs its offset (3)")
+	case len(p.Data) > release.MaxPartSize:
+		return UploadPart{}, fail(CodeTooLarge, "part of %d bytes, limit %d", len(p.Data), release.MaxPartSize)
+	}
+	return p, nil
+}
+
+// UploadPart is a decoded release/upload request.
+type UploadPart struct {
+	Manifest  []byte
+	Upload    string
+	Offset    uint64
+	HasOffset bool
+	Data      []byte
+}
+
+// EncodeUpload encodes a release/upload request (used by otactl).
+func EncodeUpload(p UploadPart) ([]byte, error) {
+	r := uploadRequest{Manifest: p.Manifest, Upload: p.Upload, Data: p.Data}
+	if p.HasOffset {
+		off := p.Offset
+		r.Offset = &off
+	}
+	return cbor.Marshal(r)
+}
+
+type uploadResult struct {
+	Upload  *release.Upload  `json:"upload,omitempty"`
+	Release *release.Release `json:"release,omitempty"`
+	// Done is set when the release exists.
+	Done bool `json:"done"`
+}
+
+func uploadView(u release.Upload) *release.Upload {
+	u.Manifest, u.Hash = nil, nil
+	return &u
+}
+
+func releaseView(r *release.Release) *release.Release {
+	if r == nil {
+		return nil
+	}
+	v := *r
+	v.Manifest = nil
+	return &v
+}
+
+func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
+	p, err := DecodeUpload(c.req.Body)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(p.Manifest) > 0:
+		c.args = map[string]any{"begin": true, "manifest_bytes": len(p.Manifest)}
+		var u release.Upload
+		var existing *release.Release
+		err := c.commit(func(tx *store.Tx) error {
+			var err error
+			u, existing, err = s.cat.BeginUpload(tx, p.Manifest, c.req.Caller.ID)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if existing != nil {
+			c.target = existing.ID
+			return uploadResult{Release: releaseView(existing), Done: true}, nil
+		}
+		c.target = u.ID
+		return uploadResult{Upload: uploadView(u)}, nil
+	case len(p.Data) == 0:
+		c.target, c.args = p.Upload, map[string]any{"status": true}
+		u, found, err := s.cat.Upload(p.Upload)
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			var d manifest.Digest
+			if dd, err := manifest.ParseDigest(p.Upload); err == nil {
+				d = dd
+			}
+			if r, ok := s.cat.ByDigest(d); ok {
+				return uploadResult{Release: releaseView(&r), Done: true}, nil
+			}
+			return nil, fail(CodeNotFound, "no upload %s in progress (send the manifest to begin)", p.Upload)
+		}
+		return uploadResult{Upload: uploadView(u)}, nil
+	}
+	c.target = p.Upload
+	c.args = map[string]any{"offset": p.Offset, "bytes": len(p.Data)}
+	var u release.Upload
+	var r *release.Release
+	err = c.commit(func(tx *store.Tx) error {
+		var err error
+		u, r, err = s.cat.AppendUpload(tx, p.Upload, p.Offset, p.Data, c.req.Caller.ID)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, manifest.ErrDigestMismatch) || errors.Is(err, release.ErrConflict) || errors.Is(err, release.ErrKeyRevoked) ||
+			errors.Is(err, manifest.ErrUnknownKey) {
+			// The complete image cannot become a release: remove every
+			// trace of the upload.
+			if aerr := s.db.Update(ctx, func(tx *store.Tx) error { return s.cat.AbortUpload(tx, p.Upload) }); aerr != nil {
+				s.log.Error("abort refused upload", "upload", p.Upload, "err", aerr)
+			}
+			return nil, fmt.Errorf("%w (the upload was removed)", err)
+		}
+		return nil, err
+	}
+	if r != nil {
+		return uploadResult{Release: releaseView(r), Done: true}, nil
+	}
+	return uploadResult{Upload: uploadView(u)}, nil
+}
+
+type uploadIDRequest struct {
+	ID string `json:"id"`
+}
+
+func releaseAbort(_ context.Context, s *Service, c *call) (any, error) {
+	var req uploadIDRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	if _, found, err := s.cat.Upload(req.ID); err != nil || !found {
+		if err == nil {
+			err = fail(CodeNotFound, "no upload %s in progress", req.ID)
+		}
+		return nil, err
+	}
+	if err := c.commit(func(tx *store.Tx) error { return s.cat.AbortUpload(tx, req.ID) }); err != nil {
+		return nil, err
+	}
+	return map[string]any{"aborted": req.ID}, nil
+}
+
+func releaseUploads(_ context.Context, s *Service, c *call) (any, error) {
+	var req struct{}
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	us, err := s.cat.Uploads()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*release.Upload, 0, len(us))
+	for _, u := range us {
+		out = append(out, uploadView(u))
+	}
+	return map[string]any{"uploads": out}, nil
+}
+
+type releaseIDRequest struct {
+	ID string `json:"id"`
+}
+
+func releaseGet(_ context.Context, s *Service, c *call) (any, error) {
+	var req releaseIDRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	r, ok := s.cat.Release(req.ID)
+	if !ok {
+		return nil, fail(CodeNotFound, "no release %q", req.ID)
+	}
+	known, revoked := s.cat.KeyStatus(r.KeyID)
+	return map[string]any{"release": r, "key_trusted": known && !revoked}, nil
+}
+
+type releaseListRequest struct {
+	Version  string `json:"version,omitempty"`
+	Hardware string `json:"hardware,omitempty"`
+}
+
+func releaseList(_ context.Context, s *Service, c *call) (any, error) {
+	var req releaseListRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.args = req
+	rs := s.cat.Releases(release.Filter{Version: req.Version, Hardware: req.Hardware})
+	out := make([]*release.Release, 0, len(rs))
+	for i := range rs {
+		out = append(out, releaseView(&rs[i]))
+	}
+	return map[string]any{"releases": out}, nil
+}
+
+// maxDevicesPerRequest bounds the device list of one offer or command.
+const maxDevicesPerRequest = 1000
+
+type offerRequest struct {
+	Release     string   `json:"release"`
+	Devices     []string `json:"devices"`
+	RolloutID   string   `json:"rollout_id,omitempty"`
+	InstallMode string   `json:"install_mode,omitempty"` // "immediate" (default) or "on_command"
+	BlockSize   uint32   `json:"block_size,omitempty"`
+	Deadline    uint64   `json:"deadline,omitempty"`
+}
+
+func checkDevices(ids []string) error {
+	if len(ids) == 0 {
+		return fail(CodeBadRequest, "devices missing")
+	}
+	if len(ids) > maxDevicesPerRequest {
+		return fail(CodeBadRequest, "%d devices, limit %d per request", len(ids), maxDevicesPerRequest)
+	}
+	return nil
+}
+
+func offerCreate(_ context.Context, s *Service, c *call) (any, error) {
+	var req offerRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.Release, req
+	if err := checkDevices(req.Devices); err != nil {
+		return nil, err
+	}
+	spec := delivery.OfferSpec{Release: req.Release, RolloutID: req.RolloutID, BlockSize: req.BlockSize, Deadline: req.Deadline}
+	switch req.InstallMode {
+	case "", "immediate":
+	case "on_command":
+		spec.InstallMode = wire.InstallOnCommand
+	default:
+		return nil, fail(CodeBadRequest, "install_mode %q: want immediate or on_command", req.InstallMode)
+	}
+	if spec.RolloutID == "" {
+		spec.RolloutID = delivery.NewRolloutID(s.now())
+	}
+	var results []delivery.OfferResult
+	if err := c.commit(func(tx *store.Tx) error {
+		var err error
+		results, err = s.dlv.Offer(tx, req.Devices, spec, c.req.Caller.ID)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	var sent []string
+	for _, r := range results {
+		if r.OK {
+			sent = append(sent, r.Device)
+		}
+	}
+	c.after = append(c.after, func() { s.dlv.Push(sent) })
+	return map[string]any{"rollout_id": spec.RolloutID, "results": results}, nil
+}
+
+type devicesRequest struct {
+	Devices []string `json:"devices"`
+}
+
+func offerCancel(_ context.Context, s *Service, c *call) (any, error) {
+	var req devicesRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.args = req
+	if err := checkDevices(req.Devices); err != nil {
+		return nil, err
+	}
+	var results []delivery.OfferResult
+	if err := c.commit(func(tx *store.Tx) error {
+		var err error
+		results, err = s.dlv.Cancel(tx, req.Devices, c.req.Caller.ID)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	var cancelled []string
+	for _, r := range results {
+		if r.OK {
+			cancelled = append(cancelled, r.Device)
+		}
+	}
+	c.after = append(c.after, func() { s.dlv.Push(cancelled) })
+	return map[string]any{"results": results}, nil
+}
+
+type offerListRequest struct {
+	Device string `json:"device,omitempty"`
+}
+
+func offerList(_ context.Context, s *Service, c *call) (any, error) {
+	var req offerListRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.args = req
+	if req.Device != "" {
+		of, ok := s.dlv.Current(req.Device)
+		if !ok {
+			return map[string]any{"offers": []delivery.Offer{}}, nil
+		}
+		return map[string]any{"offers": []delivery.Offer{of}}, nil
+	}
+	return map[string]any{"offers": s.dlv.Offers()}, nil
+}
+
+type commandRequest struct {
+	Devices   []string `json:"devices"`
+	Verb      string   `json:"verb"`
+	RolloutID string   `json:"rollout_id,omitempty"`
+	NotAfter  uint64   `json:"not_after,omitempty"`
+}
+
+var verbs = map[string]wire.Verb{"install": wire.VerbInstall, "cancel": wire.VerbCancel, "check": wire.VerbCheck, "reboot": wire.VerbReboot}
+
+func commandSend(_ context.Context, s *Service, c *call) (any, error) {
+	var req commandRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.Verb, req
+	if err := checkDevices(req.Devices); err != nil {
+		return nil, err
+	}
+	v, ok := verbs[req.Verb]
+	if !ok {
+		return nil, fail(CodeBadRequest, "verb %q: want install, cancel, check or reboot", req.Verb)
+	}
+	if len(req.RolloutID) > wire.MaxRolloutIDLen {
+		return nil, fail(CodeBadRequest, "rollout_id longer than %d bytes", wire.MaxRolloutIDLen)
+	}
+	// Commands change no state; the audit record is written with the reply.
+	return map[string]any{"results": s.dlv.Command(req.Devices, wire.Command{Verb: v, RolloutID: req.RolloutID, NotAfter: req.NotAfter})}, nil
+}
+
+type timelineRequest struct {
+	ID    string `json:"id"`
+	Limit int    `json:"limit,omitempty"`
+}
+
+func deviceTimeline(_ context.Context, s *Service, c *call) (any, error) {
+	var req timelineRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return nil, err
+	}
+	c.target, c.args = req.ID, req
+	if _, err := s.deviceView(req.ID); err != nil {
+		return nil, err
+	}
+	entries, err := s.dlv.Timeline(req.ID, req.Limit)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"entries": entries}, nil
+}

@@ -1,0 +1,686 @@
+package delivery
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/manifest"
+	"github.com/otamq/otamq/ota/release"
+	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/wire"
+)
+
+// Store buckets owned by delivery.
+const (
+	bucketOffers   = "offers"
+	bucketTimeline = "timeline"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxBlockSize   = 32 * 1024
+	DefaultMaxWindow      = 16
+	DefaultDeviceRate     = 512 * 1024 // bytes per second
+	DefaultTimelineLength = 100
+	// recentRollouts is how many past rollout IDs of a device are kept, so
+	// that late events (a rollback after a cancel) are still accepted.
+	recentRollouts = 8
+)
+
+// Errors.
+var (
+	ErrNotFound   = errors.New("not found")
+	ErrInvalid    = errors.New("invalid")
+	ErrRefused    = errors.New("refused")
+	ErrUnknownRun = errors.New("event for a rollout the device was never offered")
+)
+
+// Sender delivers messages to devices. The hooks implement it. Its methods
+// must not block and must not call back into the Service.
+type Sender interface {
+	// SendOffer publishes an offer on device id's manifest topic.
+	SendOffer(id string, payload []byte)
+	// SendCommand publishes a command on device id's command topic and
+	// reports whether anyone (the device or its gateway) was subscribed.
+	SendCommand(id string, payload []byte) bool
+}
+
+// Recorder counts what delivery does. Labels come from fixed sets.
+type Recorder interface {
+	BlockRequest(result string)
+	BlockBytes(n int)
+	DownloadSeconds(s float64)
+	Event(code string)
+	EventDropped(reason string)
+}
+
+type nopRecorder struct{}
+
+func (nopRecorder) BlockRequest(string)     {}
+func (nopRecorder) BlockBytes(int)          {}
+func (nopRecorder) DownloadSeconds(float64) {}
+func (nopRecorder) Event(string)            {}
+func (nopRecorder) EventDropped(string)     {}
+
+// Options configure New. The zero value means all defaults.
+type Options struct {
+	Now    func() time.Time
+	Logger *slog.Logger
+	// Sender reaches devices. Default: messages go nowhere.
+	Sender Sender
+	// Recorder counts. Default: nothing is counted.
+	Recorder Recorder
+	// Events receives fleet events about updates. Default: none.
+	Events fleet.Notifier
+	// MaxBlockSize caps the block size a device may ask for. Default
+	// DefaultMaxBlockSize.
+	MaxBlockSize int
+	// MaxWindow caps the blocks of one request. Default DefaultMaxWindow.
+	MaxWindow int
+	// DeviceRate is the bytes per second one device may download, with a
+	// burst of one full window. Default DefaultDeviceRate; negative: no
+	// limit.
+	DeviceRate float64
+	// GlobalRate is the bytes per second all downloads together may take,
+	// with a burst of one second's worth. Default 0: no limit.
+	GlobalRate float64
+	// TimelineLength is how many events each device's timeline keeps.
+	// Default DefaultTimelineLength.
+	TimelineLength int
+}
+
+// Offer is a release assigned to a device.
+type Offer struct {
+	Device      string           `json:"device"`
+	RolloutID   string           `json:"rollout_id"`
+	Release     string           `json:"release"`
+	Version     string           `json:"version"`
+	Digest      manifest.Digest  `json:"digest"`
+	InstallMode wire.InstallMode `json:"install_mode"`
+	BlockSize   uint32           `json:"block_size"`
+	Deadline    uint64           `json:"deadline,omitempty"`
+	Created     time.Time        `json:"created"`
+	By          string           `json:"by,omitempty"`
+	// Recent are the rollout IDs this device was offered before, newest
+	// first.
+	Recent []string `json:"recent,omitempty"`
+	// Cancelled marks a record kept only for Recent.
+	Cancelled bool `json:"cancelled,omitempty"`
+}
+
+// Service is the delivery of releases to devices. Its methods are safe for
+// concurrent use.
+type Service struct {
+	db    *store.DB
+	cat   *release.Catalog
+	fleet *fleet.Registry
+	o     Options
+
+	mu     sync.RWMutex // guards offers
+	offers map[string]*Offer
+
+	dmu     sync.Mutex // guards devs and global
+	devs    map[string]*devState
+	global  bucket
+	timeSeq uint64 // guarded by dmu: tie-breaker for timeline keys
+}
+
+// devState is what block serving remembers of a downloading device.
+type devState struct {
+	bucket  bucket
+	digest  manifest.Digest
+	started time.Time // first block of digest served
+}
+
+// New loads the offers from db.
+func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options) (*Service, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Sender == nil {
+		o.Sender = nopSender{}
+	}
+	if o.Recorder == nil {
+		o.Recorder = nopRecorder{}
+	}
+	if o.MaxBlockSize <= 0 {
+		o.MaxBlockSize = DefaultMaxBlockSize
+	}
+	if o.MaxWindow <= 0 {
+		o.MaxWindow = DefaultMaxWindow
+	}
+	if o.DeviceRate == 0 {
+		o.DeviceRate = DefaultDeviceRate
+	}
+	if o.TimelineLength <= 0 {
+		o.TimelineLength = DefaultTimelineLength
+	}
+	s := &Service{db: db, cat: cat, fleet: reg, o: o, offers: map[string]*Offer{}, devs: map[string]*devState{}}
+	if o.GlobalRate > 0 {
+		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Now()}
+	}
+	err := db.View(func(tx *store.Tx) error {
+		return tx.Scan(bucketOffers, nil, false, func(_, v []byte) error {
+			var of Offer
+			if err := json.Unmarshal(v, &of); err != nil {
+				return fmt.Errorf("offer: %w", err)
+			}
+			s.offers[of.Device] = &of
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load offers: %w", err)
+	}
+	return s, nil
+}
+
+type nopSender struct{}
+
+func (nopSender) SendOffer(string, []byte)        {}
+func (nopSender) SendCommand(string, []byte) bool { return false }
+
+// Current returns device id's offer, if it has one.
+func (s *Service) Current(id string) (Offer, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	of := s.offers[id]
+	if of == nil || of.Cancelled {
+		return Offer{}, false
+	}
+	return *of, true
+}
+
+// Offers returns the current offers, by device.
+func (s *Service) Offers() []Offer {
+	s.mu.RLock()
+	out := make([]Offer, 0, len(s.offers))
+	for _, of := range s.offers {
+		if !of.Cancelled {
+			out = append(out, *of)
+		}
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
+	return out
+}
+
+// OfferMessage returns the encoded offer device id should have: its current
+// offer, or the empty offer (nothing to do).
+func (s *Service) OfferMessage(id string) []byte {
+	of, ok := s.Current(id)
+	if !ok {
+		return wire.Offer{}.Encode()
+	}
+	r, ok := s.cat.Release(of.Release)
+	if !ok {
+		return wire.Offer{}.Encode()
+	}
+	return wire.Offer{RolloutID: of.RolloutID, Manifest: r.Manifest, InstallMode: of.InstallMode,
+		BlockSize: of.BlockSize, Deadline: of.Deadline}.Encode()
+}
+
+// OfferSpec is what to offer.
+type OfferSpec struct {
+	Release     string
+	RolloutID   string // default: a generated "manual-…" ID
+	InstallMode wire.InstallMode
+	BlockSize   uint32 // suggested; default the service's maximum
+	Deadline    uint64
+}
+
+// OfferResult is the outcome for one device.
+type OfferResult struct {
+	Device string `json:"device"`
+	OK     bool   `json:"ok"`
+	Error  string `json:"error,omitempty"`
+}
+
+// NewRolloutID returns a fresh ID for an offer made by hand.
+func NewRolloutID(now time.Time) string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return "manual-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+}
+
+// Offer assigns spec's release to each device in ids, in tx. A device that
+// cannot take the release (unknown, not a device, revoked, other hardware)
+// is skipped with its reason; the others are offered. Push the offers after
+// the transaction commits.
+func (s *Service) Offer(tx *store.Tx, ids []string, spec OfferSpec, actor string) ([]OfferResult, error) {
+	r, ok := s.cat.Release(spec.Release)
+	if !ok {
+		return nil, fmt.Errorf("release %q: %w", spec.Release, ErrNotFound)
+	}
+	if err := s.cat.Offerable(r); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
+	}
+	if spec.InstallMode > wire.InstallOnCommand {
+		return nil, fmt.Errorf("%w: install mode %d", ErrInvalid, spec.InstallMode)
+	}
+	if len(spec.RolloutID) > wire.MaxRolloutIDLen || spec.RolloutID == "" {
+		return nil, fmt.Errorf("%w: rollout ID must be 1 to %d bytes", ErrInvalid, wire.MaxRolloutIDLen)
+	}
+	if spec.BlockSize == 0 || int(spec.BlockSize) > s.o.MaxBlockSize {
+		spec.BlockSize = uint32(s.o.MaxBlockSize)
+	}
+	now := s.o.Now().UTC()
+	results := make([]OfferResult, 0, len(ids))
+	for _, id := range ids {
+		res := OfferResult{Device: id}
+		if err := s.eligible(id, r); err != nil {
+			res.Error = err.Error()
+			results = append(results, res)
+			continue
+		}
+		of := &Offer{Device: id, RolloutID: spec.RolloutID, Release: r.ID, Version: r.Version, Digest: r.Digest,
+			InstallMode: spec.InstallMode, BlockSize: spec.BlockSize, Deadline: spec.Deadline, Created: now, By: actor}
+		of.Recent = s.recent(tx, id, spec.RolloutID)
+		if err := s.putOffer(tx, of); err != nil {
+			return nil, err
+		}
+		if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "offer", RolloutID: spec.RolloutID,
+			Version: r.Version, Detail: "release " + r.ID}); err != nil {
+			return nil, err
+		}
+		res.OK = true
+		results = append(results, res)
+	}
+	return results, nil
+}
+
+// eligible checks that device id may be offered r.
+func (s *Service) eligible(id string, r release.Release) error {
+	v, ok := s.fleet.Get(id)
+	switch {
+	case !ok:
+		return fmt.Errorf("%s is not registered", id)
+	case !v.Role.IsDevice():
+		return fmt.Errorf("%s is an %s, not a device", id, v.Role)
+	case v.Revoked:
+		return fmt.Errorf("%s is revoked", id)
+	}
+	hw := v.Hardware
+	if hw == "" {
+		hw = v.Status.ReportedHardware
+	}
+	if hw == "" {
+		return fmt.Errorf("%s has no known hardware (register it with --hardware, or let it send a birth)", id)
+	}
+	if !slices.Contains(r.Hardware, hw) {
+		return fmt.Errorf("release %s targets %v, not %s's hardware %s", r.ID, r.Hardware, id, hw)
+	}
+	return nil
+}
+
+// recent returns the rollout IDs device id was offered, newest first,
+// starting with rolloutID.
+func (s *Service) recent(tx *store.Tx, id, rolloutID string) []string {
+	out := []string{rolloutID}
+	if v := tx.Get(bucketOffers, []byte(id)); v != nil {
+		var old Offer
+		if json.Unmarshal(v, &old) == nil {
+			for _, r := range append([]string{old.RolloutID}, old.Recent...) {
+				if r != "" && !slices.Contains(out, r) && len(out) < recentRollouts {
+					out = append(out, r)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func (s *Service) putOffer(tx *store.Tx, of *Offer) error {
+	v, err := json.Marshal(of)
+	if err != nil {
+		return err
+	}
+	if err := tx.Put(bucketOffers, []byte(of.Device), v); err != nil {
+		return err
+	}
+	tx.OnCommit(func() {
+		s.mu.Lock()
+		s.offers[of.Device] = of
+		s.mu.Unlock()
+	})
+	return nil
+}
+
+// Cancel withdraws the offers of ids (a device without one is fine). Push
+// the empty offers after the transaction commits.
+func (s *Service) Cancel(tx *store.Tx, ids []string, actor string) ([]OfferResult, error) {
+	now := s.o.Now().UTC()
+	var out []OfferResult
+	for _, id := range ids {
+		v := tx.Get(bucketOffers, []byte(id))
+		if v == nil {
+			out = append(out, OfferResult{Device: id, Error: "no offer"})
+			continue
+		}
+		var of Offer
+		if err := json.Unmarshal(v, &of); err != nil {
+			return nil, err
+		}
+		if of.Cancelled {
+			out = append(out, OfferResult{Device: id, Error: "no offer"})
+			continue
+		}
+		of.Cancelled, of.By, of.Created = true, actor, now
+		if err := s.putOffer(tx, &of); err != nil {
+			return nil, err
+		}
+		if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "cancel", RolloutID: of.RolloutID, Version: of.Version}); err != nil {
+			return nil, err
+		}
+		out = append(out, OfferResult{Device: id, OK: true})
+	}
+	return out, nil
+}
+
+// Push sends each device in ids its current offer (or the empty one).
+func (s *Service) Push(ids []string) {
+	for _, id := range ids {
+		s.o.Sender.SendOffer(id, s.OfferMessage(id))
+	}
+}
+
+// Command sends a command to each device in ids and reports which had a
+// subscriber to take it. Commands are not stored: a device that is not
+// connected does not get it.
+func (s *Service) Command(ids []string, c wire.Command) []OfferResult {
+	payload := c.Encode()
+	out := make([]OfferResult, 0, len(ids))
+	for _, id := range ids {
+		if _, ok := s.fleet.Lookup(id); !ok {
+			out = append(out, OfferResult{Device: id, Error: "not registered"})
+			continue
+		}
+		if s.o.Sender.SendCommand(id, payload) {
+			out = append(out, OfferResult{Device: id, OK: true})
+		} else {
+			out = append(out, OfferResult{Device: id, Error: "not connected (commands are not queued)"})
+		}
+	}
+	return out
+}
+
+// bucket is a token bucket of bytes.
+type bucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+// take removes n tokens if there are enough and returns 0; otherwise it
+// returns how long until there would be.
+func (b *bucket) take(n float64, now time.Time) time.Duration {
+	if b.rate <= 0 {
+		return 0
+	}
+	b.tokens = math.Min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	b.last = now
+	if n > b.burst {
+		n = b.burst // a request larger than the burst waits for a full bucket
+	}
+	if b.tokens >= n {
+		b.tokens -= n
+		return 0
+	}
+	return time.Duration((n - b.tokens) / b.rate * float64(time.Second))
+}
+
+// Block results, the label of otamq_block_requests_total.
+const (
+	ResultServed      = "served"
+	ResultNotAssigned = "not_assigned"
+	ResultUnknown     = "unknown_image"
+	ResultOutOfRange  = "out_of_range"
+	ResultBadRequest  = "bad_request"
+	ResultRateLimited = "rate_limited"
+	ResultInternal    = "internal"
+)
+
+// BlockResults lists every block result, so counters can start at 0.
+var BlockResults = []string{ResultServed, ResultNotAssigned, ResultUnknown, ResultOutOfRange, ResultBadRequest, ResultRateLimited, ResultInternal}
+
+// Blocks answers a block request of device id: the encoded messages to
+// publish on its block topic, in order. maxData caps each block's data
+// (what the requesting client can receive; 0: no cap beyond the service's).
+func (s *Service) Blocks(id string, req wire.BlockRequest, maxData int) [][]byte {
+	msgs, result := s.blocks(id, req, maxData)
+	s.o.Recorder.BlockRequest(result)
+	return msgs
+}
+
+func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, msg string) [][]byte {
+	e := wire.BlockError{RequestID: req.RequestID, Offset: req.Offset, Code: code, Message: msg}
+	if retry > 0 {
+		e.RetryAfterMS = uint32(min(retry.Milliseconds()+1, math.MaxUint32))
+	}
+	return [][]byte{e.Encode()}
+}
+
+// BadRequest is the answer to a block request that could not be decoded.
+func (s *Service) BadRequest(msg string) [][]byte {
+	s.o.Recorder.BlockRequest(ResultBadRequest)
+	if len(msg) > wire.MaxMessageLen {
+		msg = msg[:wire.MaxMessageLen]
+	}
+	return blockError(wire.BlockRequest{}, wire.BlockBadRequest, 0, msg)
+}
+
+func (s *Service) blocks(id string, req wire.BlockRequest, maxData int) ([][]byte, string) {
+	var d manifest.Digest
+	copy(d[:], req.Digest)
+	of, offered := s.Current(id)
+	if !offered || of.Digest != d {
+		if _, known := s.cat.ByDigest(d); !known {
+			return blockError(req, wire.BlockUnknownImage, 0, "unknown image"), ResultUnknown
+		}
+		return blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id), ResultNotAssigned
+	}
+	r, ok := s.cat.ByDigest(d)
+	if !ok {
+		return blockError(req, wire.BlockUnknownImage, 0, "unknown image"), ResultUnknown
+	}
+	if err := s.cat.Offerable(r); err != nil {
+		return blockError(req, wire.BlockNotAssigned, 0, "release signing key revoked"), ResultNotAssigned
+	}
+	if req.Offset >= r.Size {
+		return blockError(req, wire.BlockOutOfRange, 0, fmt.Sprintf("image is %d bytes", r.Size)), ResultOutOfRange
+	}
+	size := min(int(min(req.Size, math.MaxInt32)), s.o.MaxBlockSize)
+	if maxData > 0 {
+		size = min(size, maxData)
+	}
+	if size <= 0 {
+		return blockError(req, wire.BlockBadRequest, 0, "no block size fits the client's maximum packet size"), ResultBadRequest
+	}
+	count := min(int(min(req.Count, math.MaxInt32)), s.o.MaxWindow)
+	left := r.Size - req.Offset
+	count = min(count, int((left+uint64(size)-1)/uint64(size)))
+	total := min(uint64(count)*uint64(size), left)
+
+	now := s.o.Now()
+	s.dmu.Lock()
+	st := s.devs[id]
+	if st == nil {
+		burst := float64(s.o.MaxBlockSize * s.o.MaxWindow)
+		st = &devState{bucket: bucket{rate: s.o.DeviceRate, burst: burst, tokens: burst, last: now}}
+		s.devs[id] = st
+	}
+	wait := st.bucket.take(float64(total), now)
+	if wait == 0 {
+		if gw := s.global.take(float64(total), now); gw > 0 {
+			st.bucket.tokens += float64(total) // give the device's tokens back
+			wait = gw
+		}
+	}
+	if wait == 0 && (st.digest != d || st.started.IsZero()) {
+		// The first block served of this image starts the download clock.
+		st.digest, st.started = d, now
+	}
+	s.dmu.Unlock()
+	if wait > 0 {
+		return blockError(req, wire.BlockRateLimited, wait, "rate limited"), ResultRateLimited
+	}
+
+	msgs := make([][]byte, 0, count)
+	off := req.Offset
+	for range count {
+		n := int(min(uint64(size), r.Size-off))
+		msg := wire.AppendBlockHeader(make([]byte, 0, wire.MaxBlockMessageOverhead+n), req.RequestID, off, r.Size, n)
+		hdr := len(msg)
+		msg = msg[:hdr+n]
+		got, err := s.cat.ReadImage(d, off, msg[hdr:])
+		if err != nil || got != n {
+			s.o.Logger.Error("image read failed", "digest", d.String(), "offset", off, "err", err)
+			return append(msgs, blockError(wire.BlockRequest{RequestID: req.RequestID, Offset: off}, wire.BlockInternal, 0, "internal error")...), ResultInternal
+		}
+		msgs = append(msgs, msg)
+		s.o.Recorder.BlockBytes(n)
+		off += uint64(n)
+	}
+	return msgs, ResultServed
+}
+
+// Entry is one line of a device's update timeline.
+type Entry struct {
+	Time time.Time `json:"time"`
+	// Source is "device" (an event it sent) or "broker" (an offer, a
+	// cancel).
+	Source    string `json:"source"`
+	Type      string `json:"type"`
+	RolloutID string `json:"rollout_id,omitempty"`
+	Version   string `json:"version,omitempty"`
+	Progress  uint8  `json:"progress,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Detail    string `json:"detail,omitempty"`
+	// DeviceTime is the device's clock (Unix seconds), 0 if unknown.
+	DeviceTime uint64 `json:"device_time,omitempty"`
+}
+
+func timelineKey(id string, t time.Time, seq uint64) []byte {
+	k := append([]byte(id), 0)
+	k = binary.BigEndian.AppendUint64(k, uint64(t.UnixNano()))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+// appendTimeline adds e to id's timeline and trims it.
+func (s *Service) appendTimeline(tx *store.Tx, id string, e Entry) error {
+	s.dmu.Lock()
+	s.timeSeq++
+	seq := s.timeSeq
+	s.dmu.Unlock()
+	v, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	if err := tx.Put(bucketTimeline, timelineKey(id, e.Time, seq), v); err != nil {
+		return err
+	}
+	prefix := append([]byte(id), 0)
+	var keys [][]byte
+	if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
+		if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) {
+			return store.ErrStop
+		}
+		keys = append(keys, append([]byte(nil), k...))
+		return nil
+	}); err != nil {
+		return err
+	}
+	for len(keys) > s.o.TimelineLength {
+		if err := tx.Delete(bucketTimeline, keys[0]); err != nil {
+			return err
+		}
+		keys = keys[1:]
+	}
+	return nil
+}
+
+// Timeline returns up to limit of id's newest timeline entries, newest
+// first.
+func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
+	if limit <= 0 || limit > s.o.TimelineLength {
+		limit = s.o.TimelineLength
+	}
+	prefix := append([]byte(id), 0)
+	from := append(append([]byte(id), 0), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+	out := []Entry{}
+	err := s.db.View(func(tx *store.Tx) error {
+		return tx.Scan(bucketTimeline, from, true, func(k, v []byte) error {
+			if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) || len(out) == limit {
+				return store.ErrStop
+			}
+			var e Entry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// Event records an event device id sent. It is durable when Event
+// returns. An event naming a rollout the device was never offered is
+// refused (ErrUnknownRun) and counted.
+func (s *Service) Event(id string, ev wire.Event) error {
+	if ev.RolloutID != "" && !s.knownRollout(id, ev.RolloutID) {
+		s.o.Recorder.EventDropped("unknown_rollout")
+		return fmt.Errorf("%w: %s sent %s for rollout %q", ErrUnknownRun, id, ev.Code, ev.RolloutID)
+	}
+	now := s.o.Now().UTC()
+	e := Entry{Time: now, Source: "device", Type: ev.Code.String(), RolloutID: ev.RolloutID, Version: ev.TargetVersion,
+		Progress: ev.Progress, Detail: ev.Detail, DeviceTime: ev.DeviceTime}
+	if ev.Error != 0 {
+		e.Error = ev.Error.String()
+	}
+	if err := s.db.Update(context.Background(), func(tx *store.Tx) error { return s.appendTimeline(tx, id, e) }); err != nil {
+		return fmt.Errorf("timeline of %s: %w", id, err)
+	}
+	s.o.Recorder.Event(ev.Code.String())
+	if ev.Code == wire.EvDownloadCompleted {
+		s.dmu.Lock()
+		st := s.devs[id]
+		var started time.Time
+		if st != nil {
+			started, st.started = st.started, time.Time{}
+		}
+		s.dmu.Unlock()
+		if !started.IsZero() {
+			s.o.Recorder.DownloadSeconds(s.o.Now().Sub(started).Seconds())
+		}
+	}
+	if s.o.Events != nil {
+		s.o.Events.Notify(fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error})
+	}
+	return nil
+}
+
+func (s *Service) knownRollout(id, rollout string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	of := s.offers[id]
+	return of != nil && (of.RolloutID == rollout || slices.Contains(of.Recent, rollout))
+}
