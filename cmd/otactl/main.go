@@ -46,6 +46,20 @@ Operators and observers:
 Audit log:
   audit              [--actor ID] [--action resource/verb] [--target ID] [--limit N]
 
+Keys, releases and offers:
+  key add PUB.pem    [--name NAME]          trust a release signing key
+  key list
+  key revoke KID                            its releases can no longer be offered
+  release upload IMAGE MANIFEST [--part-size N]   verified by the broker; resumes
+  release list       [--version V] [--hardware H]
+  release get ID
+  release abort UPLOAD-ID                   drop an unfinished upload
+  offer create RELEASE DEVICE... [--rollout ID] [--on-command] [--block-size N] [--deadline UNIX]
+  offer cancel DEVICE...                    devices get the empty offer
+  offer list         [--device D]
+  command send VERB DEVICE... [--rollout ID]   VERB: install, cancel, check, reboot
+  device timeline ID [--limit N]            offers, cancels and the device's update events
+
 Release signing (offline, no broker; the private key never leaves this machine):
   keygen             [--out DIR] [--name NAME]    writes NAME.key (mode 0600) and NAME.pub
   sign IMAGE         --key NAME.key --build BUILD.yaml [--out FILE] [--force]
@@ -188,6 +202,18 @@ func commands() map[string]command {
 		"operator update": operatorUpdate,
 		"operator revoke": operatorRevoke,
 		"audit":           auditCmd,
+		"key add":         keyAdd,
+		"key list":        keyList,
+		"key revoke":      keyRevoke,
+		"release upload":  releaseUpload,
+		"release list":    releaseList,
+		"release get":     releaseGet,
+		"release abort":   releaseAbort,
+		"offer create":    offerCreate,
+		"offer cancel":    offerCancel,
+		"offer list":      offerList,
+		"command send":    commandSend,
+		"device timeline": deviceTimeline,
 		"keygen":          keygenCmd,
 		"sign":            signCmd,
 		"verify":          verifyCmd,

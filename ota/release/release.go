@@ -382,7 +382,7 @@ func (c *Catalog) Offerable(r Release) error {
 // manifest.ErrMalformed, manifest.ErrUnknownKey, manifest.ErrBadSignature,
 // ErrConflict or ErrTooLarge.
 func (c *Catalog) BeginUpload(tx *store.Tx, signed []byte, actor string) (Upload, *Release, error) {
-	s, err := manifest.Verify(signed, txKeys{tx})
+	s, err := c.verify(tx, signed)
 	if err != nil {
 		return Upload{}, nil, err
 	}
@@ -440,6 +440,23 @@ func (c *Catalog) conflicts(tx *store.Tx, s *manifest.Signed) (*Release, error) 
 		return nil
 	})
 	return found, err
+}
+
+// verify checks a signed manifest against the keys trusted in tx, telling
+// a revoked key (ErrKeyRevoked) from one never trusted
+// (manifest.ErrUnknownKey).
+func (c *Catalog) verify(tx *store.Tx, signed []byte) (*manifest.Signed, error) {
+	s, err := manifest.Verify(signed, txKeys{tx})
+	if errors.Is(err, manifest.ErrUnknownKey) {
+		if p, perr := manifest.Parse(signed); perr == nil {
+			if v := tx.Get(bucketKeys, p.KeyID[:]); v != nil {
+				if k, kerr := decodeKey(v); kerr == nil && k.Revoked {
+					return nil, fmt.Errorf("%w: manifest signed by %s, revoked %s", ErrKeyRevoked, k.ID, k.RevokedAt.Format(time.RFC3339))
+				}
+			}
+		}
+	}
+	return s, err
 }
 
 func overlaps(a, b []string) bool { return len(intersect(a, b)) > 0 }
@@ -518,7 +535,7 @@ func (c *Catalog) AppendUpload(tx *store.Tx, id string, offset uint64, data []by
 	}
 	// The key may have been revoked, or a conflicting release completed,
 	// while this upload was under way.
-	s, err := manifest.Verify(u.Manifest, txKeys{tx})
+	s, err := c.verify(tx, u.Manifest)
 	if err != nil {
 		return u, nil, err
 	}

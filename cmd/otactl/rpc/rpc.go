@@ -250,6 +250,12 @@ func (c *Client) CallRaw(ctx context.Context, action string, req any) (json.RawM
 			return nil, fmt.Errorf("%s: encode request: %w", action, err)
 		}
 	}
+	return c.CallBody(ctx, action, body, "application/json")
+}
+
+// CallBody sends body, of the given content type, as action and returns the
+// result as raw JSON (replies are always JSON).
+func (c *Client) CallBody(ctx context.Context, action string, body []byte, contentType string) (json.RawMessage, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
@@ -277,7 +283,7 @@ func (c *Client) CallRaw(ctx context.Context, action string, req any) (json.RawM
 		Properties: &paho.PublishProperties{
 			ResponseTopic:   c.reply + "/" + action,
 			CorrelationData: []byte(corr),
-			ContentType:     "application/json",
+			ContentType:     contentType,
 		},
 	})
 	if err != nil {
