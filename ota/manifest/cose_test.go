@@ -167,6 +167,7 @@ func refusedManifests(t testing.TB) []struct {
 		{"protected empty", withProtected([]byte{}), ErrMalformed, "protected header"},
 		{"protected {}", withProtected([]byte{0xa0}), ErrMalformed, "protected header"},
 		{"protected with kid", cose1{key: key, protected: append(unhex(t, "a2 0126 0448"), mainKid[:]...), unprotected: []byte{0xa0}, payload: payload}.bytes(t), ErrMalformed, "protected header"},
+		{"protected with an extra label", withProtected(unhex(t, "a2 0126 0300")), ErrMalformed, "protected header"},
 		{"protected with crit", withProtected(unhex(t, "a2 0126 028104")), ErrMalformed, "protected header"},
 		{"protected non-minimal -7", withProtected(unhex(t, "a1 01 3806")), ErrMalformed, "protected header"},
 		{"protected as map, not bstr", cose1{key: key, rawProt: unhex(t, "a10126"), payload: payload}.bytes(t), ErrMalformed, "cannot unmarshal"},
