@@ -147,9 +147,15 @@ func TestParseKeysRefuseOtherKinds(t *testing.T) {
 		t.Fatal(err)
 	}
 	edPub, edPriv, _ := ed25519.GenerateKey(rand.Reader)
-	pkcs8 := func(k any) []byte { der, err := x509.MarshalPKCS8PrivateKey(k); return pemOf(t, "PRIVATE KEY", der, err) }
+	pkcs8 := func(k any) []byte {
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		return pemOf(t, "PRIVATE KEY", der, err)
+	}
 	spki := func(k any) []byte { der, err := x509.MarshalPKIXPublicKey(k); return pemOf(t, "PUBLIC KEY", der, err) }
-	sec1 := func(k *ecdsa.PrivateKey) []byte { der, err := x509.MarshalECPrivateKey(k); return pemOf(t, "EC PRIVATE KEY", der, err) }
+	sec1 := func(k *ecdsa.PrivateKey) []byte {
+		der, err := x509.MarshalECPrivateKey(k)
+		return pemOf(t, "EC PRIVATE KEY", der, err)
+	}
 
 	for _, c := range []struct {
 		name string
