@@ -76,7 +76,8 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		uploadsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_uploads_rejected_total",
 			Help: "Release uploads refused, by reason (bad_manifest, unknown_key, bad_signature, key_revoked, digest_mismatch, conflict, ...)."}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped} {
+	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
+		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them

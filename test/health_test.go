@@ -48,6 +48,21 @@ func (b *tb) waitMetric(series string, want int) {
 	})
 }
 
+// waitMetricAtLeast polls /metrics until series is at least min.
+func (b *tb) waitMetricAtLeast(series string, min int) {
+	b.t.Helper()
+	eventually(b.t, 10*time.Second, func() error {
+		v, err := b.metric(series)
+		if err != nil {
+			return err
+		}
+		if atoi(v) < min {
+			return fmt.Errorf("%s = %s, want at least %d", series, v, min)
+		}
+		return nil
+	})
+}
+
 // fleetEvents collects what an observer receives on the fleet events topic.
 func fleetEventsOf(c *client) []fleet.Event {
 	c.mu.Lock()

@@ -169,6 +169,9 @@ func New(db *store.DB, reg *fleet.Registry, opts *Options) *Service {
 		"audit/list":      {readOnly: true, run: auditList},
 		"verbs/list":      {readOnly: true, run: verbsList},
 	}
+	for a, h := range s.releaseHandlers() {
+		s.handlers[a] = h
+	}
 	return s
 }
 
