@@ -216,15 +216,16 @@ func (c *client) download(id string, digest []byte, size uint64, blockSize, wind
 				time.Sleep(time.Duration(e.RetryAfterMS) * time.Millisecond)
 				break
 			}
-			// Take the blocks in order from off.
-			next := off
+			// Take the blocks in order from off; the broker may send smaller
+			// blocks than asked for (capped to what the client accepts).
+			next, n := off, uint32(0)
 			for _, bl := range blocks {
 				if bl.Offset == next {
 					next += uint64(len(bl.Data))
+					n++
 				}
 			}
-			expected := min(uint64(window)*uint64(blockSize), size-off)
-			if next-off >= expected || time.Now().After(deadline) {
+			if n == window || next == size || time.Now().After(deadline) {
 				for _, bl := range blocks {
 					if bl.Offset == uint64(len(img)) {
 						img = append(img, bl.Data...)
