@@ -246,6 +246,9 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 		maxData := 0
 		if max := int(cl.Properties.Props.MaximumPacketSize); max > 0 {
 			maxData = max - packetSize(topic, wire.MaxBlockMessageOverhead)
+			if maxData <= 0 {
+				maxData = -1 // not even one byte fits: "bad request"
+			}
 		}
 		msgs = d.dlv.Blocks(id, req, maxData)
 	}

@@ -463,7 +463,8 @@ var BlockResults = []string{ResultServed, ResultNotAssigned, ResultUnknown, Resu
 
 // Blocks answers a block request of device id: the encoded messages to
 // publish on its block topic, in order. maxData caps each block's data
-// (what the requesting client can receive; 0: no cap beyond the service's).
+// (what the requesting client can receive): 0 means no cap beyond the
+// service's, a negative value that no data fits.
 func (s *Service) Blocks(id string, req wire.BlockRequest, maxData int) [][]byte {
 	msgs, result := s.blocks(id, req, maxData)
 	s.o.Recorder.BlockRequest(result)
@@ -508,7 +509,7 @@ func (s *Service) blocks(id string, req wire.BlockRequest, maxData int) ([][]byt
 		return blockError(req, wire.BlockOutOfRange, 0, fmt.Sprintf("image is %d bytes", r.Size)), ResultOutOfRange
 	}
 	size := min(int(min(req.Size, math.MaxInt32)), s.o.MaxBlockSize)
-	if maxData > 0 {
+	if maxData != 0 {
 		size = min(size, maxData)
 	}
 	if size <= 0 {
