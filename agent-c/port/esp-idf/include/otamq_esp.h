@@ -9,7 +9,7 @@
  * lives in NVS namespace "otamq", crypto is PSA (mbedTLS).
  *
  * Call it after nvs_flash_init(), esp_netif_init(), the default event loop
- * and the network are up. Call psa_crypto_init() is done by the port.
+ * and the network are up; psa_crypto_init() is called by the port.
  */
 #ifndef OTAMQ_ESP_H
 #define OTAMQ_ESP_H
