@@ -9,9 +9,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // Metric names are a contract with the Grafana dashboard (DESIGN.md §9):
@@ -92,6 +94,13 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		r.blockRequests.WithLabelValues(result)
 	}
 	r.eventsRefused.WithLabelValues("unknown_rollout")
+	for c := wire.EventCode(1); c.Valid(); c++ {
+		r.deviceEvents.WithLabelValues(c.String())
+	}
+	for _, code := range []string{admin.CodeBadManifest, admin.CodeUnknownKey, admin.CodeBadSignature, admin.CodeKeyRevoked,
+		admin.CodeDigestMismatch, admin.CodeSizeMismatch, admin.CodeConflict, admin.CodeWrongOffset, admin.CodeTooLarge} {
+		r.uploadsRejected.WithLabelValues(code)
+	}
 	return r
 }
 
