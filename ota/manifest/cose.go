@@ -231,21 +231,5 @@ func assemble(protected []byte, kid KeyID, payload, sig []byte) []byte {
 	return append(b, sig...)
 }
 
-// appendHead appends a CBOR head of major type major with argument v in its
-// shortest form.
-func appendHead(dst []byte, major byte, v uint64) []byte {
-	m := major << 5
-	switch {
-	case v < 24:
-		return append(dst, m|byte(v))
-	case v <= 0xff:
-		return append(dst, m|24, byte(v))
-	case v <= 0xffff:
-		return append(dst, m|25, byte(v>>8), byte(v))
-	case v <= 0xffffffff:
-		return append(dst, m|26, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-	default:
-		return append(dst, m|27, byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32),
-			byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-	}
-}
+// appendHead appends a CBOR head in its shortest form.
+func appendHead(dst []byte, major byte, v uint64) []byte { return wire.AppendHead(dst, major, v) }

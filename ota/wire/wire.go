@@ -385,6 +385,10 @@ func AppendBlockHeader(dst []byte, requestID uint32, offset, imageSize uint64, n
 	return appendUint(dst, 2, uint64(n))
 }
 
+// AppendHead appends a CBOR head of major type major (0 unsigned integer, 2
+// byte string, 4 array, ...) with argument v in its shortest form.
+func AppendHead(dst []byte, major byte, v uint64) []byte { return appendUint(dst, major, v) }
+
 // appendUint appends a CBOR head of major type major with argument v in its
 // shortest form.
 func appendUint(dst []byte, major byte, v uint64) []byte {
