@@ -204,6 +204,17 @@ static void offer_with(tk_manifest_t *m, const tk_key_t *key, bool tamper)
     fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
 }
 
+static void offer_rollout(tk_manifest_t *m, const char *rollout)
+{
+    uint8_t payload[512], cose[1024];
+    size_t plen = tk_manifest_payload(m, payload, sizeof(payload));
+    size_t clen = tk_sign(&dev->key, payload, plen, cose, sizeof(cose));
+    dev->image = img;
+    dev->image_size = IMG_SIZE;
+    dev->offer_len = tk_offer(dev->offer, sizeof(dev->offer), rollout, cose, clen, 0, 0, 0);
+    fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
+}
+
 static void base_manifest(tk_manifest_t *m)
 {
     memset(m, 0, sizeof(*m));
@@ -351,6 +362,57 @@ static void test_reject_secure_version(void **state)
     m.secure_version = 2;
     offer_with(&m, &dev->key, false);
     expect_rejected(OTA_E_SECURE_VERSION, "secure version");
+}
+
+static bool download_started(fake_dev_t *d)
+{
+    return fd_has_event(d, OTA_EV_DOWNLOAD_STARTED, 0);
+}
+
+/* The broker takes hardware names and rollout IDs up to 64 bytes (ota/wire);
+ * so does the agent. Versions stop at OTA_CFG_VERSION_MAX (32): the refusal
+ * says so. */
+static void test_length_limits(void **state)
+{
+    static const char hw64[] = "hw-4567890123456789012345678901234567890123456789012345678901234";
+    static const char r64[] = "r-34567890123456789012345678901234567890123456789012345678901234";
+    char r65[sizeof(r64) + 1];
+    tk_manifest_t m;
+    (void)state;
+    assert_int_equal(strlen(hw64), 64);
+    assert_int_equal(strlen(r64), 64);
+    snprintf(r65, sizeof(r65), "%sx", r64);
+
+    dev->cfg.hardware = hw64;
+    fd_boot(dev);
+    fd_run_for(dev, 500);
+    base_manifest(&m);
+    m.version = "1.1.0-rc.1+build.2025112414302299"; /* 33 bytes */
+    assert_int_equal(strlen(m.version), 33);
+    m.targets[0] = hw64;
+    offer_rollout(&m, r64);
+    expect_rejected(OTA_E_VERSION, "version longer than 32 bytes");
+
+    dev->nev = 0;
+    m.version = "1.1.0";
+    offer_rollout(&m, r65);
+    expect_rejected(0, "rollout ID longer than 64 bytes");
+
+    dev->nev = 0;
+    offer_rollout(&m, r64);
+    assert_true(fd_run_until(dev, download_started, 5000));
+    assert_false(has_rejected(dev));
+
+    /* one byte more than the broker allows: refused at init */
+    {
+        ota_agent_t *a = calloc(1, sizeof(*a));
+        ota_agent_config_t c = dev->cfg;
+        char hw65[sizeof(hw64) + 1];
+        snprintf(hw65, sizeof(hw65), "%sx", hw64);
+        c.hardware = hw65;
+        assert_int_equal(ota_agent_init(a, &c), OTA_ERR_ARG);
+        free(a);
+    }
 }
 
 static void test_reject_garbage_offer(void **state)
@@ -795,6 +857,7 @@ int main(void)
         T(test_reject_sequence),
         T(test_reject_secure_version),
         T(test_reject_garbage_offer),
+        T(test_length_limits),
         T(test_digest_mismatch),
         T(test_lost_blocks_are_refetched),
         T(test_small_served_blocks),

@@ -344,6 +344,79 @@ static void test_cose_structure(void **state)
     }
 }
 
+/* Builds 18([bstr(prot), unprot, bstr(payload), bstr(sig)]) into out. */
+static size_t cose_of(uint8_t *out, size_t cap, const char *prot_hex, const char *unprot_hex,
+                      const uint8_t *payload, size_t plen, size_t siglen)
+{
+    uint8_t prot[64], unprot[64], sig[65] = {0};
+    size_t np = hex(prot_hex, prot), nu = hex(unprot_hex, unprot);
+    ota_cbor_writer_t w;
+    ota_cbor_writer_init(&w, out, cap);
+    ota_cbor_put_head(&w, OTA_CBOR_TAG, 18);
+    ota_cbor_put_head(&w, OTA_CBOR_ARRAY, 4);
+    ota_cbor_put_bstr(&w, prot, np);
+    ota_cbor_put_raw(&w, unprot, nu);
+    ota_cbor_put_bstr(&w, payload, plen);
+    ota_cbor_put_bstr(&w, sig, siglen);
+    assert_int_equal(ota_cbor_writer_status(&w), OTA_OK);
+    return w.len;
+}
+
+/* The contract allows exactly one header shape: protected {1: -7},
+ * unprotected {4: kid}. The broker's parser (ota/manifest) refuses every
+ * other shape, and so must the agent. */
+static void test_cose_header_shape(void **state)
+{
+    static const struct {
+        const char *prot, *unprot, *why;
+    } bad[] = {
+        {"a201260300", "a104480102030405060708", "extra protected label {1: -7, 3: 0}"},
+        {"a20126 0448 0102030405060708", "a0", "key ID in the protected bucket"},
+        {"a20126 0448 0102030405060708", "a104480102030405060708", "key ID in both buckets"},
+        {"a10126", "a0", "no key ID"},
+        {"a10126", "a2044801020304050607080300", "extra unprotected label"},
+        {"a10126", "a20300 0448 0102030405060708", "extra unprotected label first"},
+        {"a10126", "a1636b6964480102030405060708", "key ID under a text label"},
+        {"a10126", "a10447 01020304050607", "key ID of 7 bytes"},
+        {"a10126", "a10449010203040506070809", "key ID of 9 bytes"},
+        {"a10126", "a104680102030405060708", "key ID as a text string"},
+        {"a10126", "a10448 0102030405060708", NULL}, /* the one good shape */
+        {"a1013806", "a104480102030405060708", "alg -7 in a non-minimal head"},
+        {"a1260301", "a104480102030405060708", "not alg"},
+        {"", "a104480102030405060708", "protected header empty"},
+        {"a0", "a104480102030405060708", "protected header {}"},
+    };
+    uint8_t cose[1024], payload[512];
+    size_t plen, i, n;
+    ota_cose_sign1_t s;
+    (void)state;
+    (void)good_manifest(cose, sizeof(cose), payload, &plen);
+    for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        n = cose_of(cose, sizeof(cose), bad[i].prot, bad[i].unprot, payload, plen, 64);
+        if (bad[i].why == NULL) {
+            assert_int_equal(ota_cose_parse(cose, n, &s), OTA_OK);
+            assert_int_equal(s.kid_len, 8);
+            assert_memory_equal(s.kid, "\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+            assert_int_equal(s.payload_len, plen);
+            assert_memory_equal(s.payload, payload, plen);
+            assert_ptr_equal(s.sig, cose + n - 64);
+        } else if (ota_cose_parse(cose, n, &s) == OTA_OK) {
+            fail_msg("accepted: %s", bad[i].why);
+        }
+    }
+    /* empty payload, signature of 65 bytes, a byte after the signature */
+    n = cose_of(cose, sizeof(cose), "a10126", "a104480102030405060708", payload, 0, 64);
+    assert_int_equal(ota_cose_parse(cose, n, &s), OTA_ERR_COSE);
+    n = cose_of(cose, sizeof(cose), "a10126", "a104480102030405060708", payload, plen, 65);
+    assert_int_equal(ota_cose_parse(cose, n, &s), OTA_ERR_COSE);
+    n = cose_of(cose, sizeof(cose), "a10126", "a104480102030405060708", payload, plen, 64);
+    cose[n] = 0;
+    assert_int_not_equal(ota_cose_parse(cose, n + 1, &s), OTA_OK);
+    /* truncated anywhere */
+    for (i = 0; i < n; i++)
+        assert_int_not_equal(ota_cose_parse(cose, i, &s), OTA_OK);
+}
+
 static void test_manifest_rules(void **state)
 {
     uint8_t b[256];
@@ -437,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_block_rules),
         cmocka_unit_test(test_cose_verify),
         cmocka_unit_test(test_cose_structure),
+        cmocka_unit_test(test_cose_header_shape),
         cmocka_unit_test(test_manifest_rules),
         cmocka_unit_test(test_semver),
     };

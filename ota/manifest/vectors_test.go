@@ -281,15 +281,17 @@ func (g *vectorGen) generate() {
 		{"empty", "protected header empty", ""},
 		{"empty-map", "protected header {}", "a0"},
 		{"crit", "protected header {1: -7, 2: [4]} (critical headers)", "a20126028104"},
-		// Not here yet: {1: -7, 4: kid} (key ID in the protected bucket)
-		// and {1: -7, 3: 0} (an extra label). The Go parser refuses both
-		// (cose_test.go); the agent currently accepts both, which was
-		// reported rather than committed as a failing vector.
+		{"extra-label", "protected header {1: -7, 3: 0} (a label besides alg)", "a201260300"},
 		{"non-minimal", "protected header {1: -7} not in deterministic encoding (a1013806)", "a1013806"},
 	} {
 		c := cose1{protected: unhex(t, p.hex), payload: design}
 		g.bad("manifest-protected-"+p.name, p.reason, fresh("manifest-protected-"+p.name, c), ErrMalformed)
 	}
+	// The key ID in the protected bucket, {1: -7, 4: kid}, and the
+	// unprotected header empty: signed, but not the contract's shape.
+	g.bad("manifest-protected-kid", "key ID in the protected header {1: -7, 4: kid}, unprotected header {}",
+		fresh("manifest-protected-kid", cose1{protected: append(unhex(t, "a2012604 48"), mainKid[:]...),
+			unprotected: []byte{0xa0}, payload: design}), ErrMalformed)
 	base := []any{1, 1, 2, 17, 3, "1.2.4", 5, []string{"esp32-v2"}, 7, 1024, 8, d[:]}
 	set := func(kv ...any) []byte { // base with the given keys replaced or added
 		out := slices.Clone(base)

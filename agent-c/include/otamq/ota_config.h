@@ -25,19 +25,28 @@
 #define OTA_CFG_TOPIC_PREFIX "dm"
 #endif
 
-/* Longest semver string kept (firmware, bootloader, agent versions). */
+/* Longest firmware version (semver) the agent takes: the running image's
+ * and the manifest's (key 3), which the agent keeps in its persisted state
+ * (RAM: one byte each). A manifest with a longer version is refused (event
+ * 15, error 4, detail "version longer than 32 bytes"). The broker accepts
+ * up to 64 (ota/wire MaxVersionLen), but an ESP-IDF image cannot report a
+ * longer version than 31 characters (esp_app_desc_t.version is char[32])
+ * nor can a simulated image (32), so 32 costs nothing that works. */
 #ifndef OTA_CFG_VERSION_MAX
 #define OTA_CFG_VERSION_MAX 32
 #endif
 
-/* Longest hardware string (e.g. "esp32-v2"). */
+/* Longest hardware string (e.g. "esp32-v2"); as the broker (ota/wire
+ * MaxHardwareLen). Only compared where it lies, never copied: no RAM. */
 #ifndef OTA_CFG_HARDWARE_MAX
-#define OTA_CFG_HARDWARE_MAX 32
+#define OTA_CFG_HARDWARE_MAX 64
 #endif
 
-/* Longest rollout ID kept. Longer rollout IDs are refused (bad message). */
+/* Longest rollout ID kept (persisted state: one byte each); as the broker
+ * (ota/wire MaxRolloutIDLen). Longer ones are refused (event 15, detail
+ * "rollout ID longer than 64 bytes"). */
 #ifndef OTA_CFG_ROLLOUT_MAX
-#define OTA_CFG_ROLLOUT_MAX 48
+#define OTA_CFG_ROLLOUT_MAX 64
 #endif
 
 /* Number of trusted manifest signing keys (selected by key ID). */

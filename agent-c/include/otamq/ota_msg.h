@@ -227,8 +227,12 @@ typedef struct ota_cose_sign1 {
     const uint8_t *sig;           /* 64 bytes r||s */
 } ota_cose_sign1_t;
 
-/* Parses a tagged (18) COSE_Sign1 with protected header {1: -7} and a key
- * ID. Structure only: OTA_OK, OTA_ERR_COSE, or a CBOR status. */
+/* Parses a tagged (18) COSE_Sign1 in the one shape the contract allows
+ * (DESIGN §4, as the broker's parser): protected header exactly {1: -7}
+ * (bytes a10126), unprotected header exactly {4: 8-byte key ID}, a
+ * non-empty payload byte string and a 64-byte signature, all in shortest
+ * form, nothing after it. Structure only: OTA_OK, OTA_ERR_COSE, or a CBOR
+ * status from the payload's head. */
 int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *out);
 
 /* Verifies s with the key among keys[0..nkeys) whose kid matches, through

@@ -14,6 +14,8 @@
 #else
 #define TXT(s) NULL
 #endif
+#define OTA_STR_(x) #x
+#define OTA_STR(x) OTA_STR_(x)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -477,9 +479,12 @@ static uint8_t check_manifest(ota_agent_t *a, const ota_offer_t *o, ota_cose_sig
         *detail = TXT("unsupported kind");
         return OTA_E_VERSION;
     }
+    if (m->version_len > OTA_CFG_VERSION_MAX) {
+        *detail = TXT("version longer than " OTA_STR(OTA_CFG_VERSION_MAX) " bytes");
+        return OTA_E_VERSION;
+    }
     if (ota_semver_cmp(m->version, m->version_len, a->cfg.fw_version, strlen(a->cfg.fw_version),
-                       &cmp) != OTA_OK ||
-        m->version_len > OTA_CFG_VERSION_MAX) {
+                       &cmp) != OTA_OK) {
         *detail = TXT("bad version");
         return OTA_E_VERSION;
     }
@@ -525,7 +530,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
         return OTA_OK;
     }
     if (o.rollout_len > OTA_CFG_ROLLOUT_MAX) {
-        reject(a, &o, 0, TXT("rollout ID too long"), NULL);
+        reject(a, &o, 0, TXT("rollout ID longer than " OTA_STR(OTA_CFG_ROLLOUT_MAX) " bytes"), NULL);
         return OTA_ERR_MSG;
     }
     /* cheap re-offer check before any crypto: same rollout and digest */

@@ -4,126 +4,38 @@
 #include "internal.h"
 #include "otamq/ota_msg.h"
 
-#define COSE_SIGN1_TAG 18u
-#define COSE_ALG_ES256 (-7)
-#define COSE_HDR_ALG 1
-#define COSE_HDR_CRIT 2
-#define COSE_HDR_KID 4
-
-/* Walks a COSE header map (labels are ints or text strings). Sets *alg when
- * label 1 is present, *kid and *kid_len for label 4. A critical-headers label
- * is refused: we understand no extension. */
-static int parse_header(ota_cbor_reader_t *r, int64_t *alg, const uint8_t **kid, size_t *kid_len)
-{
-    uint64_t pairs, i, j;
-    int64_t labels[OTA_CFG_CBOR_MAX_PAIRS];
-    size_t nl = 0;
-    int rc = ota_cbor_read_map(r, &pairs);
-    if (rc != OTA_OK)
-        return rc;
-    if (pairs > OTA_CFG_CBOR_MAX_PAIRS)
-        return OTA_ERR_COSE;
-    for (i = 0; i < pairs; i++) {
-        ota_cbor_reader_t peek = *r;
-        uint8_t major;
-        uint64_t arg;
-        int64_t label;
-        rc = ota_cbor_read_head(&peek, &major, &arg);
-        if (rc != OTA_OK)
-            return rc;
-        if (major == OTA_CBOR_TSTR) {
-            const char *s;
-            size_t n;
-            rc = ota_cbor_read_tstr(r, &s, &n);
-            if (rc == OTA_OK)
-                rc = ota_cbor_skip(r);
-            if (rc != OTA_OK)
-                return rc;
-            continue;
-        }
-        rc = ota_cbor_read_int(r, &label);
-        if (rc != OTA_OK)
-            return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-        for (j = 0; j < nl; j++)
-            if (labels[j] == label)
-                return OTA_ERR_CBOR_DUP;
-        labels[nl++] = label;
-        if (label == COSE_HDR_ALG) {
-            if (alg == NULL)
-                return OTA_ERR_COSE; /* alg must be protected */
-            rc = ota_cbor_read_int(r, alg);
-        } else if (label == COSE_HDR_KID) {
-            rc = ota_cbor_read_bstr(r, kid, kid_len);
-        } else if (label == COSE_HDR_CRIT) {
-            return OTA_ERR_COSE;
-        } else {
-            rc = ota_cbor_skip(r);
-        }
-        if (rc != OTA_OK)
-            return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    }
-    return OTA_OK;
-}
+/* Everything before the payload is fixed by the contract (DESIGN §4: tag
+ * 18, protected header exactly {1: -7}, unprotected header exactly {4: kid})
+ * and by the shortest-form heads the reader insists on anyway, so it is
+ * compared as bytes: tag 18, array(4), bstr(3) {1: -7}, map(1) {4: bstr(8)}.
+ * Another protected label, a key ID in the protected bucket, any other
+ * unprotected label or a key ID of another length all differ here. */
+static const uint8_t cose_head[] = {0xd2, 0x84, 0x43, 0xa1, 0x01, 0x26, 0xa1, 0x04, 0x48};
+#define COSE_KID_LEN 8u
 
 int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *s)
 {
-    ota_cbor_reader_t r, ph;
-    uint64_t tag, n;
-    int64_t alg = 0;
-    const uint8_t *kid = NULL, *sig;
-    size_t kid_len = 0, sig_len;
+    ota_cbor_reader_t r;
     int rc;
 
     if (buf == NULL || s == NULL)
         return OTA_ERR_ARG;
     memset(s, 0, sizeof(*s));
-    ota_cbor_reader_init(&r, buf, len);
-    if ((rc = ota_cbor_read_tag(&r, &tag)) != OTA_OK)
-        return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    if (tag != COSE_SIGN1_TAG)
+    if (len < sizeof(cose_head) + COSE_KID_LEN || memcmp(buf, cose_head, sizeof(cose_head)) != 0)
         return OTA_ERR_COSE;
-    if ((rc = ota_cbor_read_array(&r, &n)) != OTA_OK)
-        return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    if (n != 4u)
-        return OTA_ERR_COSE;
-    /* protected: bstr holding a map, alg ES256 required */
-    if ((rc = ota_cbor_read_bstr(&r, &s->protected_hdr, &s->protected_len)) != OTA_OK)
-        return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    ota_cbor_reader_init(&ph, s->protected_hdr, s->protected_len);
-    rc = parse_header(&ph, &alg, &kid, &kid_len);
+    ota_cbor_reader_init(&r, buf + sizeof(cose_head) + COSE_KID_LEN,
+                         len - sizeof(cose_head) - COSE_KID_LEN);
+    rc = ota_cbor_read_bstr(&r, &s->payload, &s->payload_len);
     if (rc != OTA_OK)
         return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    if (ph.p != ph.end)
-        return OTA_ERR_CBOR;
-    if (alg != COSE_ALG_ES256)
+    /* then exactly the signature: bstr(64) r||s, nothing after it */
+    if (s->payload_len == 0u || r.end - r.p != 66 || r.p[0] != 0x58u || r.p[1] != 64u)
         return OTA_ERR_COSE;
-    /* unprotected */
-    {
-        const uint8_t *ukid = NULL;
-        size_t ukid_len = 0;
-        rc = parse_header(&r, NULL, &ukid, &ukid_len);
-        if (rc != OTA_OK)
-            return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-        if (ukid != NULL) {
-            if (kid != NULL)
-                return OTA_ERR_COSE; /* kid in both buckets */
-            kid = ukid;
-            kid_len = ukid_len;
-        }
-    }
-    if (kid == NULL)
-        return OTA_ERR_COSE;
-    if ((rc = ota_cbor_read_bstr(&r, &s->payload, &s->payload_len)) != OTA_OK)
-        return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    if ((rc = ota_cbor_read_bstr(&r, &sig, &sig_len)) != OTA_OK)
-        return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    if (sig_len != 64u)
-        return OTA_ERR_COSE;
-    if (r.p != r.end)
-        return OTA_ERR_CBOR;
-    s->kid = kid;
-    s->kid_len = kid_len;
-    s->sig = sig;
+    s->protected_hdr = buf + 3;
+    s->protected_len = 3;
+    s->kid = buf + sizeof(cose_head);
+    s->kid_len = COSE_KID_LEN;
+    s->sig = r.p + 2;
     return OTA_OK;
 }
 
