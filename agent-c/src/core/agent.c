@@ -7,45 +7,123 @@
 #include "persist.h"
 
 #define P(a) ((a)->port)
-
-/* Event detail texts (event key 6); OTA_CFG_TEXT 0 leaves them out. */
-#if OTA_CFG_TEXT
-#define TXT(s) (s)
-#else
-#define TXT(s) NULL
-#endif
-#define OTA_STR_(x) #x
-#define OTA_STR(x) OTA_STR_(x)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* ---- what the agent reports ------------------------------------------- */
+
+/* Every reason the agent gives in an event: the error code (event key 5;
+ * ERR_PS: the error recorded in the persisted state) and the detail text
+ * (key 6, none when empty). An event is a code plus one of these, so each
+ * place that reports something names a row instead of spelling out its
+ * arguments. */
+#define ERR_PS 0xffu
+#define REASONS(X)                                                               \
+    X(R_NONE, 0, "")                                                             \
+    X(R_PS, ERR_PS, "")                                                          \
+    /* download failed (event 6); block errors 1..3 in order, then others */     \
+    X(R_NOT_ASSIGNED, OTA_E_RETRIES, "not assigned")                             \
+    X(R_UNKNOWN_IMAGE, OTA_E_RETRIES, "unknown image")                           \
+    X(R_OFFSET, OTA_E_RETRIES, "offset out of range")                            \
+    X(R_BROKER_REFUSED, OTA_E_RETRIES, "refused by broker")                      \
+    X(R_RETRIES, OTA_E_RETRIES, "retries exhausted")                             \
+    X(R_DIGEST, OTA_E_DIGEST, "digest mismatch")                                 \
+    X(R_SIZE, OTA_E_DIGEST, "image size mismatch")                               \
+    X(R_SLOT_CHANGED, OTA_E_DIGEST, "slot changed")                              \
+    X(R_IMAGE_REFUSED, OTA_E_FLASH, "image refused")                             \
+    X(R_WRITE, OTA_E_FLASH, "slot write failed")                                 \
+    X(R_HASH, OTA_E_FLASH, "hash failed")                                        \
+    X(R_BEGIN, OTA_E_FLASH, "slot begin failed")                                 \
+    X(R_RESUME, OTA_E_FLASH, "cannot resume")                                    \
+    X(R_TOO_LARGE, OTA_E_NO_SPACE, "image too large")                            \
+    X(R_WITHDRAWN, OTA_E_CANCELLED, "offer withdrawn")                           \
+    X(R_SUPERSEDED, OTA_E_CANCELLED, "superseded")                               \
+    X(R_CANCEL_CMD, OTA_E_CANCELLED, "cancel command")                           \
+    /* install completed with an error (event 8) */                              \
+    X(R_ACTIVATE, OTA_E_FLASH, "activate failed")                                \
+    /* offer refused (event 15), in the order of the checks */                   \
+    X(R_BAD_OFFER, 0, "bad offer")                                               \
+    X(R_ROLLOUT_LONG, 0, "rollout ID longer than " STR(OTA_CFG_ROLLOUT_MAX) " bytes") \
+    X(R_DEADLINE, 0, "deadline passed")                                          \
+    X(R_BAD_COSE, OTA_E_SIGNATURE, "bad COSE_Sign1")                             \
+    X(R_UNKNOWN_KEY, OTA_E_SIGNATURE, "unknown key")                             \
+    X(R_BAD_SIGNATURE, OTA_E_SIGNATURE, "bad signature")                         \
+    X(R_BAD_MANIFEST, OTA_E_VERSION, "bad manifest")                             \
+    X(R_HARDWARE, OTA_E_HARDWARE, "hardware")                                    \
+    X(R_BOOTLOADER, OTA_E_HARDWARE, "bootloader too old")                        \
+    X(R_KIND, OTA_E_VERSION, "unsupported kind")                                 \
+    X(R_VERSION_LONG, OTA_E_VERSION, "version longer than " STR(OTA_CFG_VERSION_MAX) " bytes") \
+    X(R_BAD_VERSION, OTA_E_VERSION, "bad version")                               \
+    X(R_SAME_VERSION, OTA_E_VERSION, "same version")                             \
+    X(R_DOWNGRADE, OTA_E_VERSION, "downgrade")                                   \
+    X(R_SEQUENCE, OTA_E_VERSION, "sequence")                                     \
+    X(R_SECURE_VERSION, OTA_E_SECURE_VERSION, "secure version")                  \
+    /* trial failed (event 12) and rollback (13); the trial timeout's three */   \
+    /* reasons in this order */                                                  \
+    X(R_NOT_REACHED, OTA_E_HEALTH, "broker not reached")                         \
+    X(R_NO_HEARTBEAT, OTA_E_HEALTH, "heartbeat not sent")                        \
+    X(R_APP_CHECK, OTA_E_HEALTH, "application check failed")                     \
+    X(R_HEALTH_FAILING, OTA_E_HEALTH, "health failing")                          \
+    X(R_NO_BROKER, OTA_E_HEALTH, "no broker")                                    \
+    X(R_CONFIRM, OTA_E_BOOT, "confirm failed")                                   \
+    X(R_REBOOTS, OTA_E_BOOT, "too many reboots")                                 \
+    X(R_WDT, OTA_E_BOOT, "too many watchdog resets")                             \
+    X(R_POWER_LOST, OTA_E_BOOT, "power lost before confirm")                     \
+    X(R_NOT_CONFIRMED, OTA_E_BOOT, "new image did not confirm")                  \
+    X(R_RETRIED, ERR_PS, "rollback retried")                                     \
+    X(R_NO_TARGET, ERR_PS, "no rollback target")
+
+#define AS_ENUM(name, err, text) name,
+#define AS_ERR(name, err, text) err,
+enum reason { REASONS(AS_ENUM) R_COUNT };
+static const uint8_t reason_err[R_COUNT] = {REASONS(AS_ERR)};
+
+#if OTA_CFG_TEXT
+#define AS_TEXT(name, err, text) text "\0"
+static const char reason_texts[] = REASONS(AS_TEXT);
+
+/* The detail text of why, NULL when it has none. */
+static const char *reason_text(uint8_t why)
+{
+    const char *t = reason_texts;
+    for (; why > 0u; why--)
+        t += strlen(t) + 1u;
+    return *t != '\0' ? t : NULL;
+}
+#else
+#define reason_text(why) ((void)(why), (const char *)NULL)
+#endif
 
 /* ---- small helpers ----------------------------------------------------- */
-
-static bool copy_str(char *dst, size_t cap, const char *s, size_t n)
-{
-    if (n >= cap || memchr(s, 0, n) != NULL)
-        return false;
-    memcpy(dst, s, n);
-    dst[n] = '\0';
-    return true;
-}
 
 static uint64_t unix_now(const ota_agent_t *a)
 {
     return P(a)->unix_time != NULL ? P(a)->unix_time(P(a)->ctx) : 0u;
 }
 
+/* t has come (wrap-safe for times less than 24 days apart) */
+static bool due(uint32_t now, uint32_t t)
+{
+    return (uint32_t)(now - t) < 0x80000000u;
+}
+
 /* Builds "<prefix>/<id>/<suffix>" in a->topic. */
 static const char *topic(ota_agent_t *a, const char *suffix)
 {
-    size_t n = sizeof(OTA_CFG_TOPIC_PREFIX) - 1u, id = strlen(a->cfg.device_id);
-    size_t s = strlen(suffix);
-    memcpy(a->topic, OTA_CFG_TOPIC_PREFIX, n);
-    a->topic[n++] = '/';
-    memcpy(a->topic + n, a->cfg.device_id, id);
-    n += id;
-    a->topic[n++] = '/';
-    memcpy(a->topic + n, suffix, s + 1u);
+    char *t = a->topic;
+    size_t n = strlen(a->cfg.device_id);
+    memcpy(t, OTA_CFG_TOPIC_PREFIX "/", sizeof(OTA_CFG_TOPIC_PREFIX));
+    t += sizeof(OTA_CFG_TOPIC_PREFIX);
+    memcpy(t, a->cfg.device_id, n);
+    t[n] = '/';
+    strcpy(t + n + 1u, suffix);
     return a->topic;
+}
+
+static int publish(ota_agent_t *a, const char *suffix, const uint8_t *p, size_t n, int qos)
+{
+    return P(a)->mqtt_publish(P(a)->ctx, topic(a, suffix), p, n, qos);
 }
 
 static int persist(ota_agent_t *a)
@@ -57,10 +135,10 @@ static int persist(ota_agent_t *a)
     return rc;
 }
 
-/* t has come (wrap-safe for times less than 24 days apart) */
-static bool due(uint32_t now, uint32_t t)
+static void set_state(ota_agent_t *a, uint8_t st)
 {
-    return (uint32_t)(now - t) < 0x80000000u;
+    a->ps.state = st;
+    (void)persist(a);
 }
 
 static uint32_t trial_clock(const ota_agent_t *a)
@@ -76,60 +154,59 @@ static uint32_t device_secure_version(const ota_agent_t *a)
 
 /* ---- events ------------------------------------------------------------ */
 
-static void flush_events(ota_agent_t *a)
+/* The queue holds encoded events, each after a length byte. */
+static void evq_drop(ota_agent_t *a, size_t n)
 {
-    uint16_t off = 0;
-    if (!a->connected)
-        return;
-    while (off < a->evq_len) {
-        uint16_t n = (uint16_t)((a->evq[off] << 8) | a->evq[off + 1u]);
-        if (P(a)->mqtt_publish(P(a)->ctx, topic(a, "ev"), &a->evq[off + 2u], n, 1) != OTA_OK)
-            break;
-        off = (uint16_t)(off + 2u + n);
-    }
-    memmove(a->evq, a->evq + off, (size_t)(a->evq_len - off));
-    a->evq_len = (uint16_t)(a->evq_len - off);
+    a->evq_len = (uint16_t)(a->evq_len - n);
+    memmove(a->evq, a->evq + n, a->evq_len);
 }
 
-/* Queues an event about the current update (rollout and target version
- * from the persisted state) and publishes it when connected. When the queue
- * is full the oldest events are dropped. */
-static void event_for(ota_agent_t *a, uint8_t code, int pct, uint8_t err, const char *detail,
-                      const char *rollout, const char *version)
+static void flush_events(ota_agent_t *a)
+{
+    while (a->connected && a->evq_len != 0u &&
+           publish(a, "ev", a->evq + 1, a->evq[0], 1) == OTA_OK)
+        evq_drop(a, 1u + a->evq[0]);
+}
+
+/* Queues an event (oldest events dropped when the queue is full) and
+ * publishes what is queued when connected. */
+static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rollout,
+                      const char *version)
 {
     ota_event_t ev;
-    size_t len;
-    uint8_t buf[OTA_CFG_EVENT_BUF < 160 ? OTA_CFG_EVENT_BUF : 160];
+    size_t len, room;
 
     ev.code = code;
     ev.rollout = rollout;
     ev.target_version = version;
-    ev.progress = (int16_t)pct;
-    ev.error = err;
-    ev.detail = detail;
+    ev.progress = code == OTA_EV_DOWNLOAD_STARTED    ? 0
+                  : code == OTA_EV_DOWNLOAD_PROGRESS ? (int16_t)(a->pct_reported * 10)
+                  : code == OTA_EV_DOWNLOAD_COMPLETED ? 100
+                                                      : -1;
+    ev.error = reason_err[why] == ERR_PS ? a->ps.error : reason_err[why];
+    ev.detail = reason_text(why);
     ev.device_time = unix_now(a);
-    if (ota_msg_encode_event(&ev, buf, sizeof(buf), &len) != OTA_OK) {
-        ev.detail = NULL; /* too long: drop the detail, keep the event */
-        if (ota_msg_encode_event(&ev, buf, sizeof(buf), &len) != OTA_OK)
+    for (;;) {
+        room = sizeof(a->evq) - a->evq_len; /* a length byte and the event */
+        if (room > 1u && ota_msg_encode_event(&ev, a->evq + a->evq_len + 1,
+                                              room > 256u ? 255u : room - 1u, &len) == OTA_OK)
+            break;
+        if (a->evq_len != 0u)
+            evq_drop(a, 1u + a->evq[0]);
+        else if (ev.detail != NULL)
+            ev.detail = NULL; /* too long even alone: keep the event, not its text */
+        else
             return;
     }
-    while (a->evq_len != 0u && (size_t)a->evq_len + len + 2u > sizeof(a->evq)) {
-        uint16_t n = (uint16_t)(2u + ((unsigned)a->evq[0] << 8 | a->evq[1]));
-        memmove(a->evq, a->evq + n, (size_t)(a->evq_len - n));
-        a->evq_len = (uint16_t)(a->evq_len - n);
-    }
-    if (len + 2u > sizeof(a->evq))
-        return;
-    a->evq[a->evq_len] = (uint8_t)(len >> 8);
-    a->evq[a->evq_len + 1u] = (uint8_t)len;
-    memcpy(a->evq + a->evq_len + 2u, buf, len);
-    a->evq_len = (uint16_t)(a->evq_len + 2u + len);
+    a->evq[a->evq_len] = (uint8_t)len;
+    a->evq_len = (uint16_t)(a->evq_len + 1u + len);
     flush_events(a);
 }
 
-static void event(ota_agent_t *a, uint8_t code, int pct, uint8_t err, const char *detail)
+/* An event about the current update: its rollout and target version. */
+static void event(ota_agent_t *a, uint8_t code, uint8_t why)
 {
-    event_for(a, code, pct, err, detail, a->ps.rollout[0] ? a->ps.rollout : NULL,
+    event_for(a, code, why, a->ps.rollout[0] ? a->ps.rollout : NULL,
               a->ps.version[0] ? a->ps.version : NULL);
 }
 
@@ -139,9 +216,7 @@ static uint8_t health_bits(ota_agent_t *a)
 {
     uint8_t h = P(a)->app_health != NULL ? (uint8_t)(P(a)->app_health(P(a)->ctx) & 3u)
                                          : (uint8_t)(OTA_HEALTH_APP | OTA_HEALTH_RESOURCES);
-    if (a->connected)
-        h |= OTA_HEALTH_MESSAGING;
-    return h;
+    return (uint8_t)(h | (a->connected ? OTA_HEALTH_MESSAGING : 0u));
 }
 
 static void send_birth(ota_agent_t *a)
@@ -160,16 +235,16 @@ static void send_birth(ota_agent_t *a)
     b.utc_offset_min = a->cfg.utc_offset_min;
     b.secure_version = device_secure_version(a);
     if (ota_msg_encode_birth(&b, a->tx, sizeof(a->tx), &len) == OTA_OK)
-        (void)P(a)->mqtt_publish(P(a)->ctx, topic(a, "birth"), a->tx, len, 1);
+        (void)publish(a, "birth", a->tx, len, 1);
 }
 
 static void send_heartbeat(ota_agent_t *a)
 {
     ota_heartbeat_t hb;
     size_t len;
-    uint32_t now = NOW(a);
+    uint64_t now = P(a)->now_ms(P(a)->ctx);
     memset(&hb, 0, sizeof(hb));
-    hb.uptime_s = (uint32_t)(P(a)->now_ms(P(a)->ctx) / 1000u);
+    hb.uptime_s = (uint32_t)(now / 1000u);
     hb.health = health_bits(a);
     hb.wdt_resets = a->ps.wdt_since_commit;
     if (P(a)->free_heap != NULL) {
@@ -179,71 +254,56 @@ static void send_heartbeat(ota_agent_t *a)
     if (P(a)->rssi != NULL)
         hb.has_rssi = P(a)->rssi(P(a)->ctx, &hb.rssi);
     hb.ota_state = a->ps.state;
-    if (a->ps.state == OTA_STATE_DOWNLOADING) {
-        hb.has_offset = true;
-        hb.offset = a->next_off;
-    }
-    a->last_hb_ms = now;
+    hb.has_offset = a->ps.state == OTA_STATE_DOWNLOADING;
+    hb.offset = a->next_off;
+    a->last_hb_ms = (uint32_t)now;
     if (ota_msg_encode_heartbeat(&hb, a->tx, sizeof(a->tx), &len) == OTA_OK &&
-        P(a)->mqtt_publish(P(a)->ctx, topic(a, "hb"), a->tx, len, 0) == OTA_OK)
+        publish(a, "hb", a->tx, len, 0) == OTA_OK)
         a->hb_sent = true;
 }
 
+/* Asks for the next window from the first missing offset. A lost request
+ * is handled like a lost answer: the timeout retries. */
 static void send_request(ota_agent_t *a)
 {
     ota_block_request_t rq;
     size_t len;
-    uint32_t left = a->ps.size - a->next_off;
-    uint32_t blocks = (left + a->ps.block_size - 1u) / a->ps.block_size;
+    uint32_t blocks = (a->ps.size - a->next_off + a->ps.block_size - 1u) / a->ps.block_size;
 
     a->retry_wait = false;
-    a->req_id++;
     rq.digest = a->ps.digest;
     rq.offset = a->next_off;
     rq.size = a->ps.block_size;
-    rq.count = blocks < a->set.window ? blocks : a->set.window;
-    rq.req_id = a->req_id;
-    a->req_count = rq.count;
+    rq.count = a->req_count = blocks < a->set.window ? blocks : a->set.window;
+    rq.req_id = ++a->req_id;
     a->req_active = true;
     a->req_deadline_ms = NOW(a) + a->set.request_timeout_ms;
     if (ota_msg_encode_block_request(&rq, a->tx, sizeof(a->tx), &len) == OTA_OK)
-        (void)P(a)->mqtt_publish(P(a)->ctx, topic(a, "ota/get"), a->tx, len, 0);
-    /* a failed publish is handled like a lost answer: the timeout retries */
+        (void)publish(a, "ota/get", a->tx, len, 0);
 }
 
 /* ---- download ---------------------------------------------------------- */
 
-static void set_state(ota_agent_t *a, uint8_t st)
-{
-    a->ps.state = st;
-    (void)persist(a);
-}
-
-static void abandon(ota_agent_t *a)
+static void stop_requests(ota_agent_t *a)
 {
     a->req_active = false;
     a->retry_wait = false;
+}
+
+/* The current download or verified image is given up and reported (event
+ * 6, or 8 when activation failed). Cancelled: back to idle. Failed: state
+ * FAILED, and the same rollout+digest is not retried when offered again. */
+static void give_up(ota_agent_t *a, uint8_t why)
+{
+    uint8_t err = reason_err[why];
+    stop_requests(a);
     if (P(a)->slot_abort != NULL)
         P(a)->slot_abort(P(a)->ctx);
-}
-
-/* The current download or verified image is given up: state FAILED, and the
- * same rollout+digest will not be retried when offered again. */
-static void fail_download(ota_agent_t *a, uint8_t err, const char *detail)
-{
-    abandon(a);
     a->ps.error = err;
-    a->ps.flags |= OTA_PF_IGNORE_OFFER;
-    set_state(a, OTA_STATE_FAILED);
-    event(a, OTA_EV_DOWNLOAD_FAILED, -1, err, detail);
-}
-
-static void cancel(ota_agent_t *a, const char *detail)
-{
-    abandon(a);
-    a->ps.error = OTA_E_CANCELLED;
-    set_state(a, OTA_STATE_IDLE);
-    event(a, OTA_EV_DOWNLOAD_FAILED, -1, OTA_E_CANCELLED, detail);
+    if (err != OTA_E_CANCELLED)
+        a->ps.flags |= OTA_PF_IGNORE_OFFER;
+    set_state(a, err == OTA_E_CANCELLED ? OTA_STATE_IDLE : OTA_STATE_FAILED);
+    event(a, why == R_ACTIVATE ? OTA_EV_INSTALL_COMPLETED : OTA_EV_DOWNLOAD_FAILED, why);
 }
 
 /* Completed tenths of the image, 0..9 (progress events every 10 %). */
@@ -256,68 +316,51 @@ static uint8_t decile(uint32_t off, uint32_t size)
 /* Hashes slot bytes [0, n) into a->img_hash, through a->tx. */
 static int rehash(ota_agent_t *a, uint32_t n)
 {
-    uint32_t off = 0;
+    uint32_t off = 0, chunk;
     int rc = P(a)->sha256_start(P(a)->ctx, &a->img_hash);
-    while (rc == OTA_OK && off < n) {
-        uint32_t chunk = n - off < (uint32_t)sizeof(a->tx) ? n - off : (uint32_t)sizeof(a->tx);
+    for (; rc == OTA_OK && off < n; off += chunk) {
+        chunk = n - off < (uint32_t)sizeof(a->tx) ? n - off : (uint32_t)sizeof(a->tx);
         rc = P(a)->slot_read(P(a)->ctx, off, a->tx, chunk);
         if (rc == OTA_OK)
             rc = P(a)->sha256_update(P(a)->ctx, &a->img_hash, a->tx, chunk);
-        off += chunk;
     }
     return rc;
 }
 
+/* The hash of the image so far is the manifest's digest. */
+static bool digest_ok(ota_agent_t *a)
+{
+    uint8_t d[32];
+    return P(a)->sha256_finish(P(a)->ctx, &a->img_hash, d) == OTA_OK &&
+           memcmp(d, a->ps.digest, sizeof(d)) == 0;
+}
+
 static void install(ota_agent_t *a)
 {
-    event(a, OTA_EV_INSTALL_STARTED, -1, 0, NULL);
+    event(a, OTA_EV_INSTALL_STARTED, R_NONE);
     set_state(a, OTA_STATE_INSTALLING);
     if (P(a)->slot_activate(P(a)->ctx) != OTA_OK) {
-        a->ps.error = OTA_E_FLASH;
-        a->ps.flags |= OTA_PF_IGNORE_OFFER;
-        set_state(a, OTA_STATE_FAILED);
-        event(a, OTA_EV_INSTALL_COMPLETED, -1, OTA_E_FLASH, TXT("activate failed"));
+        give_up(a, R_ACTIVATE);
         return;
     }
-    event(a, OTA_EV_INSTALL_COMPLETED, -1, 0, NULL);
+    event(a, OTA_EV_INSTALL_COMPLETED, R_NONE);
     a->ps.flags &= (uint8_t)~(OTA_PF_CONFIRMED | OTA_PF_ROLLBACK_REQ);
     a->ps.trial_ms = 0;
     a->ps.nboots = 0;
     a->ps.nwdt = 0;
     set_state(a, OTA_STATE_REBOOTING);
-    event(a, OTA_EV_REBOOT_STARTED, -1, 0, NULL);
+    event(a, OTA_EV_REBOOT_STARTED, R_NONE);
     P(a)->reboot(P(a)->ctx);
-}
-
-static void download_complete(ota_agent_t *a)
-{
-    uint8_t d[32];
-    a->req_active = false;
-    if (P(a)->sha256_finish(P(a)->ctx, &a->img_hash, d) != OTA_OK ||
-        memcmp(d, a->ps.digest, sizeof(d)) != 0) {
-        fail_download(a, OTA_E_DIGEST, TXT("digest mismatch"));
-        return;
-    }
-    if (P(a)->slot_finish(P(a)->ctx) != OTA_OK) {
-        fail_download(a, OTA_E_FLASH, TXT("image refused"));
-        return;
-    }
-    a->ps.offset = a->ps.size;
-    set_state(a, OTA_STATE_VERIFIED);
-    event(a, OTA_EV_DOWNLOAD_COMPLETED, 100, 0, NULL);
-    if (a->ps.install_mode == 0u)
-        install(a);
 }
 
 /* A failed attempt (timeout or retryable block error): back off, or give
  * up after max_retries consecutive failures. */
 static void retry_later(ota_agent_t *a, uint32_t at_least_ms)
 {
-    uint32_t backoff = a->set.backoff_min_ms;
-    uint32_t i;
+    uint32_t backoff = a->set.backoff_min_ms, i;
     a->req_active = false;
     if (++a->retries > a->set.max_retries) {
-        fail_download(a, OTA_E_RETRIES, TXT("retries exhausted"));
+        give_up(a, R_RETRIES);
         return;
     }
     for (i = 1; i < a->retries && backoff < a->set.backoff_max_ms; i++)
@@ -333,37 +376,34 @@ static void retry_later(ota_agent_t *a, uint32_t at_least_ms)
 static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_block_t b;
+    uint8_t dec;
     int rc = ota_msg_decode_block(payload, len, &b);
     if (rc != OTA_OK)
         return rc;
     if (a->ps.state != OTA_STATE_DOWNLOADING || !a->req_active || b.req_id != a->req_id)
         return OTA_ERR_STATE; /* stale or unrequested: ignore */
     if (b.is_error) {
-        if (b.error == OTA_BLKERR_RATE_LIMITED || b.error == OTA_BLKERR_INTERNAL) {
+        if (b.error == OTA_BLKERR_RATE_LIMITED || b.error == OTA_BLKERR_INTERNAL)
             retry_later(a, b.retry_ms);
-        } else {
-            fail_download(a, OTA_E_RETRIES,
-                          b.error == OTA_BLKERR_NOT_ASSIGNED ? TXT("not assigned")
-                          : b.error == OTA_BLKERR_UNKNOWN_IMAGE ? TXT("unknown image")
-                          : b.error == OTA_BLKERR_OFFSET      ? TXT("offset out of range")
-                                                               : TXT("refused by broker"));
-        }
+        else
+            give_up(a, b.error <= OTA_BLKERR_OFFSET ? (uint8_t)(R_NOT_ASSIGNED - 1u + b.error)
+                                                    : R_BROKER_REFUSED);
         return OTA_OK;
     }
     if (b.offset != a->next_off)
         return OTA_ERR_STATE; /* duplicate or out of order: wait / re-request */
     if (b.image_size != a->ps.size) {
-        fail_download(a, OTA_E_DIGEST, TXT("image size mismatch"));
+        give_up(a, R_SIZE);
         return OTA_ERR_MSG;
     }
     if (b.data_len == 0u || b.data_len > a->ps.block_size || b.data_len > a->ps.size - b.offset)
         return OTA_ERR_MSG;
     if (P(a)->slot_write(P(a)->ctx, b.offset, b.data, b.data_len) != OTA_OK) {
-        fail_download(a, OTA_E_FLASH, TXT("slot write failed"));
+        give_up(a, R_WRITE);
         return OTA_ERR_FLASH;
     }
     if (P(a)->sha256_update(P(a)->ctx, &a->img_hash, b.data, b.data_len) != OTA_OK) {
-        fail_download(a, OTA_E_FLASH, TXT("hash failed"));
+        give_up(a, R_HASH);
         return OTA_ERR_CRYPTO;
     }
     a->next_off += (uint32_t)b.data_len;
@@ -372,15 +412,25 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
     if (a->req_count > 0u)
         a->req_count--;
     if (a->next_off == a->ps.size) {
-        download_complete(a);
+        /* complete: the digest decides before anything is installed */
+        a->req_active = false;
+        if (!digest_ok(a))
+            give_up(a, R_DIGEST);
+        else if (P(a)->slot_finish(P(a)->ctx) != OTA_OK)
+            give_up(a, R_IMAGE_REFUSED);
+        else {
+            a->ps.offset = a->ps.size;
+            set_state(a, OTA_STATE_VERIFIED);
+            event(a, OTA_EV_DOWNLOAD_COMPLETED, R_NONE);
+            if (a->ps.install_mode == 0u)
+                install(a);
+        }
         return OTA_OK;
     }
-    {
-        uint8_t dec = decile(a->next_off, a->ps.size);
-        if (dec > a->pct_reported) {
-            a->pct_reported = dec;
-            event(a, OTA_EV_DOWNLOAD_PROGRESS, dec * 10, 0, NULL);
-        }
+    dec = decile(a->next_off, a->ps.size);
+    if (dec > a->pct_reported) {
+        a->pct_reported = dec;
+        event(a, OTA_EV_DOWNLOAD_PROGRESS, R_NONE);
     }
     if (a->req_count == 0u || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
         a->ps.offset = a->next_off;
@@ -396,8 +446,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 static int start_download(ota_agent_t *a)
 {
     int rc;
-    a->req_active = false;
-    a->retry_wait = false;
+    stop_requests(a);
     a->retries = 0;
     if (a->ps.offset != 0u) {
         rc = P(a)->slot_begin(P(a)->ctx, a->ps.size, a->ps.offset);
@@ -423,84 +472,56 @@ static int start_download(ota_agent_t *a)
 
 /* ---- offers ------------------------------------------------------------ */
 
-static void reject(ota_agent_t *a, const ota_offer_t *o, uint8_t err, const char *detail,
-                   const ota_manifest_t *m)
+/* dst <- s[0..n) NUL-terminated, or NULL when it does not fit or holds a
+ * NUL. */
+static const char *copy_str(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (n >= cap || memchr(s, 0, n) != NULL)
+        return NULL;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return dst;
+}
+
+/* Reports a refused offer (event 15) with its own rollout ID and, when it
+ * was readable, its manifest's version. */
+static void reject(ota_agent_t *a, const ota_offer_t *o, uint8_t why, const ota_manifest_t *m)
 {
     char rollout[OTA_CFG_ROLLOUT_MAX + 1];
     char version[OTA_CFG_VERSION_MAX + 1];
-    bool have_r = copy_str(rollout, sizeof(rollout), o->rollout, o->rollout_len);
-    bool have_v = m != NULL && m->version != NULL &&
-                  copy_str(version, sizeof(version), m->version, m->version_len);
-    event_for(a, OTA_EV_REJECTED, -1, err, detail, have_r ? rollout : NULL,
-              have_v ? version : NULL);
+    event_for(a, OTA_EV_REJECTED, why, copy_str(rollout, sizeof(rollout), o->rollout, o->rollout_len),
+              m != NULL && m->version != NULL
+                  ? copy_str(version, sizeof(version), m->version, m->version_len)
+                  : NULL);
 }
 
-static bool same_update(const ota_agent_t *a, const ota_offer_t *o, const uint8_t *digest)
+/* The checks of DESIGN §4 after the signature, in order, on a manifest
+ * whose signature is verified. Returns the reason of the first that fails,
+ * R_NONE when all pass. */
+static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
 {
-    return strlen(a->ps.rollout) == o->rollout_len &&
-           memcmp(a->ps.rollout, o->rollout, o->rollout_len) == 0 &&
-           memcmp(a->ps.digest, digest, 32) == 0;
-}
-
-/* The checks of DESIGN §4, in order. Returns an event error code (0 = ok)
- * and sets *detail. */
-static uint8_t check_manifest(ota_agent_t *a, const ota_offer_t *o, ota_cose_sign1_t *s,
-                              ota_manifest_t *m, const char **detail)
-{
-    int rc, cmp;
-    *detail = NULL;
-    rc = ota_cose_parse(o->manifest, o->manifest_len, s);
-    if (rc != OTA_OK) {
-        *detail = "bad COSE_Sign1";
-        return OTA_E_SIGNATURE;
-    }
-    rc = ota_cose_verify(s, P(a), a->keys, a->nkeys);
-    if (rc != OTA_OK) {
-        *detail = rc == OTA_ERR_UNKNOWN_KEY ? TXT("unknown key") : TXT("bad signature");
-        return OTA_E_SIGNATURE;
-    }
-    if (ota_manifest_decode(s->payload, s->payload_len, m) != OTA_OK) {
-        m->version = NULL;
-        *detail = TXT("bad manifest");
-        return OTA_E_VERSION;
-    }
-    if (!ota_manifest_has_target(m, a->cfg.hardware)) {
-        *detail = TXT("hardware");
-        return OTA_E_HARDWARE;
-    }
+    int cmp;
+    if (!ota_manifest_has_target(m, a->cfg.hardware))
+        return R_HARDWARE;
     if (m->min_bootloader != NULL &&
         (ota_semver_cmp(a->cfg.bootloader_version, strlen(a->cfg.bootloader_version),
                         m->min_bootloader, m->min_bootloader_len, &cmp) != OTA_OK ||
-         cmp < 0)) {
-        *detail = TXT("bootloader too old");
-        return OTA_E_HARDWARE;
-    }
-    if (m->kind != 0u) {
-        *detail = TXT("unsupported kind");
-        return OTA_E_VERSION;
-    }
-    if (m->version_len > OTA_CFG_VERSION_MAX) {
-        *detail = TXT("version longer than " OTA_STR(OTA_CFG_VERSION_MAX) " bytes");
-        return OTA_E_VERSION;
-    }
+         cmp < 0))
+        return R_BOOTLOADER;
+    if (m->kind != 0u)
+        return R_KIND;
+    if (m->version_len > OTA_CFG_VERSION_MAX)
+        return R_VERSION_LONG;
     if (ota_semver_cmp(m->version, m->version_len, a->cfg.fw_version, strlen(a->cfg.fw_version),
-                       &cmp) != OTA_OK) {
-        *detail = TXT("bad version");
-        return OTA_E_VERSION;
-    }
-    if (cmp <= 0 && !a->set.allow_downgrade) {
-        *detail = cmp == 0 ? TXT("same version") : TXT("downgrade");
-        return OTA_E_VERSION;
-    }
-    if (m->seq < a->ps.seq) {
-        *detail = TXT("sequence");
-        return OTA_E_VERSION;
-    }
-    if (m->secure_version < device_secure_version(a)) {
-        *detail = TXT("secure version");
-        return OTA_E_SECURE_VERSION;
-    }
-    return 0;
+                       &cmp) != OTA_OK)
+        return R_BAD_VERSION;
+    if (cmp <= 0 && !a->set.allow_downgrade)
+        return cmp == 0 ? R_SAME_VERSION : R_DOWNGRADE;
+    if (m->seq < a->ps.seq)
+        return R_SEQUENCE;
+    if (m->secure_version < device_secure_version(a))
+        return R_SECURE_VERSION;
+    return R_NONE;
 }
 
 static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
@@ -508,61 +529,73 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     ota_offer_t o;
     ota_cose_sign1_t s;
     ota_manifest_t m;
-    const char *detail;
-    uint8_t err, st = a->ps.state;
-    int rc;
+    uint8_t why, st = a->ps.state;
+    int cose, decoded = OTA_ERR_MSG, rc = ota_msg_decode_offer(payload, len, &o);
 
-    rc = ota_msg_decode_offer(payload, len, &o);
     if (rc != OTA_OK) {
-        event_for(a, OTA_EV_REJECTED, -1, 0, TXT("bad offer"), NULL, NULL);
+        event_for(a, OTA_EV_REJECTED, R_BAD_OFFER, NULL, NULL);
         return rc;
     }
     if (a->check_pending) {
         a->check_pending = false;
-        event_for(a, OTA_EV_CHECK_COMPLETED, -1, 0, NULL, NULL, NULL);
+        event_for(a, OTA_EV_CHECK_COMPLETED, R_NONE, NULL, NULL);
     }
     /* no new update while one is being installed or tried */
     if (st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL)
         return OTA_ERR_STATE;
     if (o.rollout_len == 0u) {
         if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED)
-            cancel(a, TXT("offer withdrawn"));
+            give_up(a, R_WITHDRAWN);
         return OTA_OK;
     }
     if (o.rollout_len > OTA_CFG_ROLLOUT_MAX) {
-        reject(a, &o, 0, TXT("rollout ID longer than " OTA_STR(OTA_CFG_ROLLOUT_MAX) " bytes"), NULL);
+        reject(a, &o, R_ROLLOUT_LONG, NULL);
         return OTA_ERR_MSG;
     }
-    /* cheap re-offer check before any crypto: same rollout and digest */
-    if (ota_cose_parse(o.manifest, o.manifest_len, &s) == OTA_OK &&
-        ota_manifest_decode(s.payload, s.payload_len, &m) == OTA_OK &&
-        same_update(a, &o, m.digest)) {
-        if (st == OTA_STATE_DOWNLOADING) {
+    /* Parsed and decoded once, not yet trusted, for the cheap re-offer
+     * check before any crypto: the same rollout and digest again continues
+     * or ignores what is under way. */
+    cose = ota_cose_parse(o.manifest, o.manifest_len, &s);
+    if (cose == OTA_OK)
+        decoded = ota_manifest_decode(s.payload, s.payload_len, &m);
+    if (decoded != OTA_OK) {
+        m.version = NULL;
+    } else if (strlen(a->ps.rollout) == o.rollout_len &&
+               memcmp(a->ps.rollout, o.rollout, o.rollout_len) == 0 &&
+               memcmp(a->ps.digest, m.digest, 32) == 0) {
+        if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED) {
             a->ps.install_mode = o.install_mode;
-            if (!a->req_active && !a->retry_wait && a->connected)
+            if (st == OTA_STATE_VERIFIED) {
+                if (o.install_mode == 0u)
+                    install(a);
+            } else if (!a->req_active && !a->retry_wait && a->connected) {
                 send_request(a);
-            return OTA_OK;
-        }
-        if (st == OTA_STATE_VERIFIED) {
-            a->ps.install_mode = o.install_mode;
-            if (o.install_mode == 0u)
-                install(a);
+            }
             return OTA_OK;
         }
         if (st == OTA_STATE_COMMITTED || (a->ps.flags & OTA_PF_IGNORE_OFFER))
             return OTA_OK; /* done, or already failed: don't loop */
     }
-    if (o.deadline != 0u && unix_now(a) != 0u && unix_now(a) > o.deadline) {
-        reject(a, &o, 0, TXT("deadline passed"), NULL);
+    if (o.deadline != 0u && unix_now(a) > o.deadline) {
+        reject(a, &o, R_DEADLINE, NULL);
         return OTA_ERR_TIMEOUT;
     }
-    err = check_manifest(a, &o, &s, &m, &detail);
-    if (err != 0u) {
-        reject(a, &o, err, detail, &m);
+    /* DESIGN §4 in order: signature, then the manifest's checks */
+    if (cose != OTA_OK) {
+        why = R_BAD_COSE;
+    } else {
+        rc = ota_cose_verify(&s, P(a), a->keys, a->nkeys);
+        why = rc == OTA_ERR_UNKNOWN_KEY ? R_UNKNOWN_KEY
+              : rc != OTA_OK            ? R_BAD_SIGNATURE
+              : decoded != OTA_OK       ? R_BAD_MANIFEST
+                                        : check_manifest(a, &m);
+    }
+    if (why != R_NONE) {
+        reject(a, &o, why, &m);
         return OTA_ERR_MSG;
     }
     if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED)
-        cancel(a, TXT("superseded"));
+        give_up(a, R_SUPERSEDED);
 
     memset(a->ps.rollout, 0, sizeof(a->ps.rollout));
     memcpy(a->ps.rollout, o.rollout, o.rollout_len);
@@ -571,24 +604,22 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     memcpy(a->ps.digest, m.digest, 32);
     a->ps.size = m.image_size;
     a->ps.offset = 0;
-    a->ps.block_size = a->set.block_size;
-    if (o.block_size != 0u && o.block_size < a->ps.block_size)
-        a->ps.block_size = o.block_size;
+    a->ps.block_size = o.block_size != 0u && o.block_size < a->set.block_size ? o.block_size
+                                                                             : a->set.block_size;
     a->ps.install_mode = o.install_mode;
     a->ps.seq = m.seq;
     a->ps.target_secure_version = m.secure_version;
     a->ps.target_slot = (uint8_t)(a->boot.running_slot ^ 1u);
     a->ps.error = 0;
     a->ps.flags = 0;
+    a->ps.state = OTA_STATE_DOWNLOADING; /* also for reporting a failure */
     rc = start_download(a);
     if (rc != OTA_OK) {
-        uint8_t e = rc == OTA_ERR_NOSPACE ? OTA_E_NO_SPACE : OTA_E_FLASH;
-        a->ps.state = OTA_STATE_DOWNLOADING; /* so the failure is reported */
-        fail_download(a, e, rc == OTA_ERR_NOSPACE ? TXT("image too large") : TXT("slot begin failed"));
+        give_up(a, rc == OTA_ERR_NOSPACE ? R_TOO_LARGE : R_BEGIN);
         return rc;
     }
-    set_state(a, OTA_STATE_DOWNLOADING);
-    event(a, OTA_EV_DOWNLOAD_STARTED, 0, 0, NULL);
+    (void)persist(a);
+    event(a, OTA_EV_DOWNLOAD_STARTED, R_NONE);
     if (a->connected)
         send_request(a);
     return OTA_OK;
@@ -599,7 +630,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
 static void check_now(ota_agent_t *a)
 {
     a->check_pending = true;
-    event_for(a, OTA_EV_CHECK_STARTED, -1, 0, NULL, NULL, NULL);
+    event_for(a, OTA_EV_CHECK_STARTED, R_NONE, NULL, NULL);
     if (a->connected)
         (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/manifest"), 1);
 }
@@ -608,62 +639,55 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_command_t c;
     uint64_t now;
+    uint8_t st = a->ps.state;
     int rc = ota_msg_decode_command(payload, len, &c);
     if (rc != OTA_OK)
         return rc;
     now = unix_now(a);
-    if (c.not_after != 0u && now != 0u && now > c.not_after)
+    if (c.not_after != 0u && now > c.not_after)
         return OTA_ERR_TIMEOUT;
-    if (c.rollout != NULL && c.rollout_len != 0u &&
-        (strlen(a->ps.rollout) != c.rollout_len ||
-         memcmp(a->ps.rollout, c.rollout, c.rollout_len) != 0) &&
-        (c.verb == OTA_CMD_INSTALL || c.verb == OTA_CMD_CANCEL))
-        return OTA_ERR_STATE; /* about another rollout */
-    switch (c.verb) {
-    case OTA_CMD_INSTALL:
-        if (a->ps.state == OTA_STATE_VERIFIED) {
+    if (c.verb == OTA_CMD_INSTALL || c.verb == OTA_CMD_CANCEL) {
+        if (c.rollout != NULL && c.rollout_len != 0u &&
+            (strlen(a->ps.rollout) != c.rollout_len ||
+             memcmp(a->ps.rollout, c.rollout, c.rollout_len) != 0))
+            return OTA_ERR_STATE; /* about another rollout */
+        if (st != OTA_STATE_DOWNLOADING && st != OTA_STATE_VERIFIED)
+            return OTA_ERR_STATE;
+        if (c.verb == OTA_CMD_CANCEL)
+            give_up(a, R_CANCEL_CMD);
+        else if (st == OTA_STATE_VERIFIED)
             install(a);
-        } else if (a->ps.state == OTA_STATE_DOWNLOADING) {
+        else {
             a->ps.install_mode = 0; /* install as soon as verified */
             (void)persist(a);
-        } else {
-            return OTA_ERR_STATE;
         }
         return OTA_OK;
-    case OTA_CMD_CANCEL:
-        if (a->ps.state != OTA_STATE_DOWNLOADING && a->ps.state != OTA_STATE_VERIFIED)
-            return OTA_ERR_STATE;
-        cancel(a, TXT("cancel command"));
-        return OTA_OK;
-    case OTA_CMD_CHECK:
-        check_now(a);
-        return OTA_OK;
-    case OTA_CMD_REBOOT:
-        P(a)->reboot(P(a)->ctx);
-        return OTA_OK;
-    default:
-        return OTA_ERR_MSG;
     }
+    if (c.verb == OTA_CMD_CHECK)
+        check_now(a);
+    else if (c.verb == OTA_CMD_REBOOT)
+        P(a)->reboot(P(a)->ctx);
+    else
+        return OTA_ERR_MSG;
+    return OTA_OK;
 }
 
 int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, size_t len)
 {
-    size_t plen = sizeof(OTA_CFG_TOPIC_PREFIX) - 1u, idlen;
-    const char *suffix;
+    size_t n;
     if (a == NULL || t == NULL || (payload == NULL && len != 0u) || !a->booted)
         return OTA_ERR_ARG;
     if (payload == NULL)
         payload = (const uint8_t *)"";
-    idlen = strlen(a->cfg.device_id);
-    if (strncmp(t, OTA_CFG_TOPIC_PREFIX, plen) != 0 || t[plen] != '/' ||
-        strncmp(t + plen + 1u, a->cfg.device_id, idlen) != 0 || t[plen + 1u + idlen] != '/')
+    n = strlen(topic(a, ""));
+    if (strncmp(t, a->topic, n) != 0)
         return OTA_OK;
-    suffix = t + plen + idlen + 2u;
-    if (strcmp(suffix, "ota/blk") == 0)
+    t += n;
+    if (strcmp(t, "ota/blk") == 0)
         return on_block(a, payload, len);
-    if (strcmp(suffix, "ota/manifest") == 0)
+    if (strcmp(t, "ota/manifest") == 0)
         return on_offer(a, payload, len);
-    if (strcmp(suffix, "cmd") == 0)
+    if (strcmp(t, "cmd") == 0)
         return on_command(a, payload, len);
     return OTA_OK;
 }
@@ -672,13 +696,14 @@ int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, 
 
 /* Asks the bootloader to go back to the other slot. Does not return when
  * the port can do it. */
-static void roll_back(ota_agent_t *a, uint8_t err, const char *detail)
+static void roll_back(ota_agent_t *a, uint8_t why)
 {
-    a->ps.error = err;
+    if (reason_err[why] != ERR_PS)
+        a->ps.error = reason_err[why];
     a->ps.flags |= OTA_PF_ROLLBACK_REQ;
     a->ps.trial_ms = trial_clock(a);
     (void)persist(a);
-    event(a, OTA_EV_ROLLBACK_TRIGGERED, -1, err, detail);
+    event(a, OTA_EV_ROLLBACK_TRIGGERED, why);
     if (P(a)->rollback(P(a)->ctx) == OTA_OK)
         return; /* a port whose rollback returns restarts later by itself */
     if (!(a->ps.flags & OTA_PF_CONFIRMED)) {
@@ -688,16 +713,21 @@ static void roll_back(ota_agent_t *a, uint8_t err, const char *detail)
     /* confirmed and no way back: stay on this image, report it */
     a->ps.flags = (uint8_t)(a->ps.flags & ~OTA_PF_ROLLBACK_REQ) | OTA_PF_IGNORE_OFFER;
     set_state(a, OTA_STATE_FAILED);
-    event(a, OTA_EV_HEALTH_FAILED, -1, err, TXT("no rollback target"));
+    event(a, OTA_EV_HEALTH_FAILED, R_NO_TARGET);
+}
+
+/* A health check or rollback trigger failed: report it and roll back. */
+static void fail_trial(ota_agent_t *a, uint8_t why)
+{
+    event(a, OTA_EV_HEALTH_FAILED, why);
+    roll_back(a, why);
 }
 
 static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
 {
     unsigned c = 0;
-    uint8_t i;
-    for (i = 0; i < n; i++)
-        if (now_ms - log[i] * 1000u < window_ms)
-            c++;
+    while (n-- > 0u)
+        c += now_ms - log[n] * 1000u < window_ms;
     return c;
 }
 
@@ -710,43 +740,26 @@ static void log_push(uint32_t *log, uint8_t *n, uint32_t t)
     log[(*n)++] = t;
 }
 
-static void commit(ota_agent_t *a)
-{
-    a->ps.secure_version = a->ps.target_secure_version > a->ps.secure_version
-                               ? a->ps.target_secure_version
-                               : a->ps.secure_version;
-    a->ps.boots_since_commit = 0;
-    a->ps.wdt_since_commit = 0;
-    a->ps.nboots = 0;
-    a->ps.nwdt = 0;
-    a->ps.flags |= OTA_PF_IGNORE_OFFER;
-    set_state(a, OTA_STATE_COMMITTED);
-    check_now(a); /* the next update may be waiting */
-}
-
 static void trial_tick(ota_agent_t *a, uint32_t now)
 {
-    uint8_t h = health_bits(a);
-    bool healthy = (h & (OTA_HEALTH_APP | OTA_HEALTH_RESOURCES)) ==
-                   (OTA_HEALTH_APP | OTA_HEALTH_RESOURCES);
+    bool healthy = (health_bits(a) & 3u) == 3u; /* app and resources ok */
+    uint32_t clock = trial_clock(a);
 
     if (!(a->ps.flags & OTA_PF_CONFIRMED)) {
         if (a->broker_seen && a->hb_sent && healthy) {
             if (P(a)->confirm(P(a)->ctx) != OTA_OK) {
-                roll_back(a, OTA_E_BOOT, TXT("confirm failed"));
+                roll_back(a, R_CONFIRM);
                 return;
             }
             a->ps.flags |= OTA_PF_CONFIRMED;
-            a->ps.trial_ms = trial_clock(a);
+            a->ps.trial_ms = clock;
             a->trial_saved_ms = now;
             (void)persist(a);
-            event(a, OTA_EV_HEALTH_OK, -1, 0, NULL);
+            event(a, OTA_EV_HEALTH_OK, R_NONE);
         } else if (now - a->boot_ms >= a->set.trial_timeout_ms) {
-            const char *why = !a->broker_seen ? TXT("broker not reached")
-                              : !a->hb_sent   ? TXT("heartbeat not sent")
-                                              : TXT("application check failed");
-            event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, why);
-            roll_back(a, OTA_E_HEALTH, why);
+            fail_trial(a, !a->broker_seen ? R_NOT_REACHED
+                          : !a->hb_sent   ? R_NO_HEARTBEAT
+                                          : R_APP_CHECK);
         }
         return;
     }
@@ -757,24 +770,30 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         a->unhealthy = true;
         a->unhealthy_since_ms = now;
     } else if (now - a->unhealthy_since_ms >= a->set.health_fail_ms) {
-        event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, TXT("health failing"));
-        roll_back(a, OTA_E_HEALTH, TXT("health failing"));
+        fail_trial(a, R_HEALTH_FAILING);
         return;
     }
     if (!a->connected && now - a->offline_since_ms >= a->set.no_broker_ms) {
-        event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_HEALTH, TXT("no broker"));
-        roll_back(a, OTA_E_HEALTH, TXT("no broker"));
+        fail_trial(a, R_NO_BROKER);
         return;
     }
-    if (trial_clock(a) >= a->set.probation_ms) {
-        a->ps.trial_ms = trial_clock(a);
-        commit(a);
-        return;
-    }
-    if (now - a->trial_saved_ms >= a->set.trial_persist_ms) {
+    if (clock >= a->set.probation_ms || now - a->trial_saved_ms >= a->set.trial_persist_ms) {
         a->trial_saved_ms = now;
-        a->ps.trial_ms = trial_clock(a);
-        (void)persist(a);
+        a->ps.trial_ms = clock;
+        if (clock < a->set.probation_ms) {
+            (void)persist(a);
+            return;
+        }
+        /* committed: the secure version moves up, the counters restart */
+        if (a->ps.target_secure_version > a->ps.secure_version)
+            a->ps.secure_version = a->ps.target_secure_version;
+        a->ps.boots_since_commit = 0;
+        a->ps.wdt_since_commit = 0;
+        a->ps.nboots = 0;
+        a->ps.nwdt = 0;
+        a->ps.flags |= OTA_PF_IGNORE_OFFER;
+        set_state(a, OTA_STATE_COMMITTED);
+        check_now(a); /* the next update may be waiting */
     }
 }
 
@@ -799,14 +818,6 @@ void ota_agent_tick(ota_agent_t *a)
 
 /* ---- boot -------------------------------------------------------------- */
 
-static void load_state(ota_agent_t *a)
-{
-    size_t len = sizeof(a->tx);
-    int rc = P(a)->kv_get(P(a)->ctx, OTA_KV_STATE, a->tx, &len);
-    if (rc != OTA_OK || ota_persist_decode(&a->ps, a->tx, len) != OTA_OK)
-        memset(&a->ps, 0, sizeof(a->ps)); /* fresh device or unreadable */
-}
-
 /* The bootloader (or the agent, before a reset) went back to the previous
  * image. A revert after a power loss or brownout is not the image's fault:
  * the same update may then be tried again when offered. */
@@ -815,21 +826,44 @@ static void rolled_back(ota_agent_t *a)
     bool asked = (a->ps.flags & OTA_PF_ROLLBACK_REQ) != 0u;
     bool power = !asked && (a->boot.reason == OTA_BOOT_POWER_ON ||
                             a->boot.reason == OTA_BOOT_BROWNOUT);
-    uint8_t err = asked ? a->ps.error : OTA_E_BOOT;
-    if (!asked)
-        event(a, OTA_EV_ROLLBACK_TRIGGERED, -1, err,
-              power ? TXT("power lost before confirm") : TXT("new image did not confirm"));
-    a->ps.error = err;
+    if (!asked) {
+        a->ps.error = OTA_E_BOOT;
+        event(a, OTA_EV_ROLLBACK_TRIGGERED, power ? R_POWER_LOST : R_NOT_CONFIRMED);
+    }
     a->ps.flags = power ? 0u : OTA_PF_IGNORE_OFFER;
     a->ps.nboots = 0;
     a->ps.nwdt = 0;
     a->boot_reason = OTA_BOOT_ROLLBACK;
     set_state(a, OTA_STATE_ROLLED_BACK);
-    event(a, OTA_EV_ROLLBACK_COMPLETED, -1, err, NULL);
+    event(a, OTA_EV_ROLLBACK_COMPLETED, R_PS);
+}
+
+/* Another boot of the image on trial: the reboot and watchdog triggers. */
+static void trial_boot(ota_agent_t *a)
+{
+    uint32_t t = a->ps.trial_ms / 1000u;
+    a->trial_base_ms = a->ps.trial_ms;
+    if (a->ps.flags & OTA_PF_ROLLBACK_REQ) {
+        /* the rollback did not happen (reset before it took effect) */
+        (void)persist(a);
+        roll_back(a, R_RETRIED);
+        return;
+    }
+    log_push(a->ps.boot_log, &a->ps.nboots, t);
+    if (a->boot.reason == OTA_BOOT_WATCHDOG)
+        log_push(a->ps.wdt_log, &a->ps.nwdt, t);
+    (void)persist(a);
+    if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms, a->set.reboot_window_ms) >
+        a->set.max_reboots)
+        fail_trial(a, R_REBOOTS);
+    else if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms, a->set.wdt_window_ms) >
+             a->set.max_wdt_resets)
+        fail_trial(a, R_WDT);
 }
 
 int ota_agent_on_boot(ota_agent_t *a)
 {
+    size_t len = sizeof(a->tx);
     int rc;
     uint8_t st;
     if (a == NULL || a->port == NULL || a->booted)
@@ -837,12 +871,12 @@ int ota_agent_on_boot(ota_agent_t *a)
     rc = P(a)->boot_state(P(a)->ctx, &a->boot);
     if (rc != OTA_OK)
         return rc;
-    a->boot_ms = NOW(a);
-    a->offline_since_ms = a->boot_ms;
-    a->trial_saved_ms = a->boot_ms;
+    a->boot_ms = a->offline_since_ms = a->trial_saved_ms = NOW(a);
     a->boot_reason = a->boot.reason;
     a->booted = true;
-    load_state(a);
+    if (P(a)->kv_get(P(a)->ctx, OTA_KV_STATE, a->tx, &len) != OTA_OK ||
+        ota_persist_decode(&a->ps, a->tx, len) != OTA_OK)
+        memset(&a->ps, 0, sizeof(a->ps)); /* fresh device or unreadable */
     a->ps.boots_since_commit++;
     if (a->boot.reason == OTA_BOOT_WATCHDOG)
         a->ps.wdt_since_commit++;
@@ -860,73 +894,38 @@ int ota_agent_on_boot(ota_agent_t *a)
         a->ps.state = st = OTA_STATE_REBOOTING;
     }
 
-    switch (st) {
-    case OTA_STATE_INSTALLING:
-    case OTA_STATE_REBOOTING:
-        if (a->boot.running_slot == a->ps.target_slot) {
+    if (st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL) {
+        if (a->boot.running_slot != a->ps.target_slot) {
+            if (st != OTA_STATE_INSTALLING) {
+                rolled_back(a);
+                return OTA_OK;
+            }
+            /* reset during activation: the image is verified, redo it */
+            a->ps.state = OTA_STATE_VERIFIED;
+        } else if (st == OTA_STATE_TRIAL) {
+            trial_boot(a);
+            return OTA_OK;
+        } else {
+            /* the new image's first boot */
             a->boot_reason = OTA_BOOT_OTA;
             a->ps.state = OTA_STATE_TRIAL;
             log_push(a->ps.boot_log, &a->ps.nboots, 0);
             a->trial_base_ms = 0;
             (void)persist(a);
-            event(a, OTA_EV_REBOOT_COMPLETED, -1, 0, NULL);
+            event(a, OTA_EV_REBOOT_COMPLETED, R_NONE);
             return OTA_OK;
         }
-        if (st == OTA_STATE_INSTALLING) {
-            /* reset during activation: the image is verified, redo it */
-            a->ps.state = OTA_STATE_VERIFIED;
-            break;
-        }
-        rolled_back(a);
-        return OTA_OK;
-    case OTA_STATE_TRIAL:
-        if (a->boot.running_slot != a->ps.target_slot) {
-            rolled_back(a);
-            return OTA_OK;
-        }
-        a->trial_base_ms = a->ps.trial_ms;
-        if (a->ps.flags & OTA_PF_ROLLBACK_REQ) {
-            /* the rollback did not happen (reset before it took effect) */
-            (void)persist(a);
-            roll_back(a, a->ps.error, TXT("rollback retried"));
-            return OTA_OK;
-        }
-        {
-            uint32_t t = a->ps.trial_ms / 1000u;
-            log_push(a->ps.boot_log, &a->ps.nboots, t);
-            if (a->boot.reason == OTA_BOOT_WATCHDOG)
-                log_push(a->ps.wdt_log, &a->ps.nwdt, t);
-            (void)persist(a);
-            if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms,
-                            a->set.reboot_window_ms) > a->set.max_reboots) {
-                event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_BOOT, TXT("too many reboots"));
-                roll_back(a, OTA_E_BOOT, TXT("too many reboots"));
-                return OTA_OK;
-            }
-            if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms, a->set.wdt_window_ms) >
-                a->set.max_wdt_resets) {
-                event(a, OTA_EV_HEALTH_FAILED, -1, OTA_E_BOOT, TXT("too many watchdog resets"));
-                roll_back(a, OTA_E_BOOT, TXT("too many watchdog resets"));
-                return OTA_OK;
-            }
-        }
-        return OTA_OK;
-    default:
-        break;
     }
 
     if (a->ps.state == OTA_STATE_DOWNLOADING) {
         if (start_download(a) != OTA_OK) {
-            fail_download(a, OTA_E_FLASH, TXT("cannot resume"));
+            give_up(a, R_RESUME);
             return OTA_OK;
         }
     } else if (a->ps.state == OTA_STATE_VERIFIED) {
-        uint8_t d[32];
         /* the slot may have been touched while we were off: check again */
-        if (rehash(a, a->ps.size) != OTA_OK ||
-            P(a)->sha256_finish(P(a)->ctx, &a->img_hash, d) != OTA_OK ||
-            memcmp(d, a->ps.digest, sizeof(d)) != 0) {
-            fail_download(a, OTA_E_DIGEST, TXT("slot changed"));
+        if (rehash(a, a->ps.size) != OTA_OK || !digest_ok(a)) {
+            give_up(a, R_SLOT_CHANGED);
             return OTA_OK;
         }
     }
@@ -960,20 +959,14 @@ void ota_agent_on_disconnect(ota_agent_t *a)
     if (a == NULL || !a->connected)
         return;
     a->connected = false;
-    a->req_active = false;
-    a->retry_wait = false;
+    stop_requests(a);
     a->offline_since_ms = NOW(a);
 }
 
 /* ---- init -------------------------------------------------------------- */
 
-#define SET(f) (uint8_t)offsetof(ota_settings_t, f)
-static const uint8_t setting_offsets[] = {
-    SET(heartbeat_ms),   SET(request_timeout_ms), SET(backoff_min_ms),   SET(backoff_max_ms),
-    SET(max_retries),    SET(trial_timeout_ms),   SET(probation_ms),     SET(max_reboots),
-    SET(reboot_window_ms), SET(max_wdt_resets),   SET(wdt_window_ms),    SET(health_fail_ms),
-    SET(no_broker_ms),   SET(trial_persist_ms),   SET(block_size),       SET(window),
-};
+/* ota_settings_t is all uint32_t up to allow_downgrade: the defaults of its
+ * zero fields, in member order. */
 static const uint32_t setting_defaults[] = {
     OTA_CFG_HEARTBEAT_MS,     OTA_CFG_REQUEST_TIMEOUT_MS, OTA_CFG_BACKOFF_MIN_MS,
     OTA_CFG_BACKOFF_MAX_MS,   OTA_CFG_MAX_RETRIES,        OTA_CFG_TRIAL_TIMEOUT_MS,
@@ -982,6 +975,10 @@ static const uint32_t setting_defaults[] = {
     OTA_CFG_NO_BROKER_MS,     OTA_CFG_TRIAL_PERSIST_MS,   OTA_CFG_BLOCK_SIZE,
     OTA_CFG_WINDOW,
 };
+typedef char settings_are_words[offsetof(ota_settings_t, allow_downgrade) ==
+                                        sizeof(setting_defaults)
+                                    ? 1
+                                    : -1];
 
 static bool valid_id(const char *id)
 {
@@ -1016,14 +1013,12 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
     memset(a, 0, sizeof(*a));
     a->port = p;
     a->cfg = *cfg;
+    a->set = cfg->settings;
     for (i = 0; i < sizeof(setting_defaults) / sizeof(setting_defaults[0]); i++) {
-        uint32_t v;
-        memcpy(&v, (const uint8_t *)&cfg->settings + setting_offsets[i], sizeof(v));
-        if (v == 0u)
-            v = setting_defaults[i];
-        memcpy((uint8_t *)&a->set + setting_offsets[i], &v, sizeof(v));
+        uint32_t *f = (uint32_t *)(void *)((uint8_t *)&a->set + i * sizeof(uint32_t));
+        if (*f == 0u)
+            *f = setting_defaults[i];
     }
-    a->set.allow_downgrade = cfg->settings.allow_downgrade;
     if (a->set.block_size > OTA_CFG_BLOCK_SIZE)
         a->set.block_size = OTA_CFG_BLOCK_SIZE;
     if (a->set.max_reboots > OTA_CFG_BOOT_LOG - 1u)

@@ -1,4 +1,8 @@
-/* cbor.c - zero-copy CBOR reader and shortest-form writer (see ota_cbor.h). */
+/* cbor.c - zero-copy CBOR reader and shortest-form writer (see ota_cbor.h).
+ *
+ * Heads are assembled in two 32-bit halves: the device is 32-bit and every
+ * contract value but the manifest sequence number fits 32 bits, so 64-bit
+ * arithmetic appears only where the value is handed out (FOOTPRINT.md). */
 #include "otamq/ota_cbor.h"
 
 #include <string.h>
@@ -9,66 +13,50 @@ void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len)
     r->end = buf + len;
 }
 
-static size_t left(const ota_cbor_reader_t *r)
-{
-    return (size_t)(r->end - r->p);
-}
-
 int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
 {
-    uint8_t ib, ai;
-    uint64_t v = 0;
-    size_t n, i;
+    const uint8_t *p = r->p;
+    size_t left = (size_t)(r->end - p);
+    uint32_t hi = 0, lo;
+    unsigned ai, n, i;
 
-    if (left(r) < 1u)
+    if (left == 0u)
         return OTA_ERR_CBOR;
-    ib = *r->p++;
-    *major = (uint8_t)(ib >> 5);
-    ai = (uint8_t)(ib & 0x1fu);
-    if (ai < 24u) {
-        if (*major == OTA_CBOR_SIMPLE && ai < 20u)
-            return OTA_ERR_CBOR; /* unassigned simple values */
-        v = ai;
-    } else if (ai <= 27u) {
-        n = (size_t)1u << (ai - 24u);
-        if (left(r) < n)
+    *major = (uint8_t)(*p >> 5);
+    ai = *p++ & 0x1fu;
+    left--;
+    lo = ai;
+    if (ai >= 24u) {
+        if (ai > 27u)
+            return ai == 31u ? OTA_ERR_CBOR_INDEF : OTA_ERR_CBOR; /* 28..30 reserved */
+        n = 1u << (ai - 24u);
+        if (left < n)
             return OTA_ERR_CBOR;
-        for (i = 0; i < n; i++)
-            v = (v << 8) | r->p[i];
-        r->p += n;
-        /* Shortest form only; floats (major 7, ai 25..27) carry bits, not
-         * a length, and are left alone. Simple values 0..31 in one extra
-         * byte are not well-formed (RFC 8949 §3.3). */
-        if (*major != OTA_CBOR_SIMPLE) {
-            if ((ai == 24u && v < 24u) || (ai == 25u && v <= 0xffu) ||
-                (ai == 26u && v <= 0xffffu) || (ai == 27u && v <= 0xffffffffu))
-                return OTA_ERR_CBOR;
-        } else if (ai == 24u) {
-            return OTA_ERR_CBOR; /* unassigned one-byte simple values */
+        for (lo = 0, i = 0; i < n; i++) {
+            hi = hi << 8 | lo >> 24;
+            lo = lo << 8 | p[i];
         }
-    } else if (ai == 31u) {
-        return OTA_ERR_CBOR_INDEF;
-    } else {
-        return OTA_ERR_CBOR; /* 28..30 reserved */
+        p += n;
+        left -= n;
+        /* Shortest form only: the value must need its n bytes. Floats
+         * (major 7, ai 25..27) carry bits, not a value, and are left alone;
+         * a one-byte simple value is unassigned or not well-formed. */
+        if (*major != OTA_CBOR_SIMPLE) {
+            if (n == 8u ? hi == 0u : n == 1u ? lo < 24u : (lo >> (4u * n)) == 0u)
+                return OTA_ERR_CBOR;
+        } else if (n == 1u) {
+            return OTA_ERR_CBOR;
+        }
+    } else if (*major == OTA_CBOR_SIMPLE && ai < 20u) {
+        return OTA_ERR_CBOR; /* unassigned simple values */
     }
-    switch (*major) {
-    case OTA_CBOR_BSTR:
-    case OTA_CBOR_TSTR:
-        if (v > left(r))
-            return OTA_ERR_CBOR;
-        break;
-    case OTA_CBOR_ARRAY:
-        if (v > left(r))
-            return OTA_ERR_CBOR;
-        break;
-    case OTA_CBOR_MAP:
-        if (v > left(r) / 2u)
-            return OTA_ERR_CBOR;
-        break;
-    default:
-        break;
-    }
-    *arg = v;
+    /* Lengths against the bytes left; each array item needs at least one
+     * byte, each map pair two. hi != 0 is more than any buffer here. */
+    if (*major >= OTA_CBOR_BSTR && *major <= OTA_CBOR_MAP &&
+        (hi != 0u || lo > (*major == OTA_CBOR_MAP ? left / 2u : left)))
+        return OTA_ERR_CBOR;
+    r->p = p;
+    *arg = (uint64_t)hi << 32 | lo;
     return OTA_OK;
 }
 
@@ -76,9 +64,9 @@ static int expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
 {
     uint8_t major;
     int rc = ota_cbor_read_head(r, &major, arg);
-    if (rc != OTA_OK)
-        return rc;
-    return major == want ? OTA_OK : OTA_ERR_CBOR_TYPE;
+    if (rc == OTA_OK && major != want)
+        rc = OTA_ERR_CBOR_TYPE;
+    return rc;
 }
 
 int ota_cbor_read_uint(ota_cbor_reader_t *r, uint64_t *v)
@@ -93,76 +81,62 @@ int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v)
     int rc = ota_cbor_read_head(r, &major, &arg);
     if (rc != OTA_OK)
         return rc;
-    if ((major != OTA_CBOR_UINT && major != OTA_CBOR_NINT) || arg > (uint64_t)INT64_MAX)
+    if (major > OTA_CBOR_NINT || arg > (uint64_t)INT64_MAX)
         return OTA_ERR_CBOR_TYPE;
     *v = major == OTA_CBOR_UINT ? (int64_t)arg : -1 - (int64_t)arg;
-    return OTA_OK;
-}
-
-int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n)
-{
-    uint64_t len;
-    int rc = expect(r, OTA_CBOR_BSTR, &len);
-    if (rc != OTA_OK)
-        return rc;
-    *p = r->p;
-    *n = (size_t)len;
-    r->p += len;
     return OTA_OK;
 }
 
 /* Well-formed UTF-8 (RFC 3629): no overlongs, surrogates or > U+10FFFF. */
 static bool utf8_ok(const uint8_t *s, size_t n)
 {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t k;
-        uint8_t lo = 0x80u, hi = 0xbfu;
-        if (c < 0x80u) {
-            i++;
+    const uint8_t *end = s + n;
+    while (s < end) {
+        uint32_t c = *s++;
+        unsigned k, i;
+        if (c < 0x80u)
             continue;
-        }
-        if (c >= 0xc2u && c <= 0xdfu)
-            k = 1;
-        else if (c >= 0xe0u && c <= 0xefu) {
-            k = 2;
-            if (c == 0xe0u)
-                lo = 0xa0u;
-            else if (c == 0xedu)
-                hi = 0x9fu;
-        } else if (c >= 0xf0u && c <= 0xf4u) {
-            k = 3;
-            if (c == 0xf0u)
-                lo = 0x90u;
-            else if (c == 0xf4u)
-                hi = 0x8fu;
-        } else
+        if (c < 0xc2u || c > 0xf4u)
+            return false; /* continuation byte, overlong lead, beyond U+10FFFF */
+        k = c >= 0xf0u ? 3u : c >= 0xe0u ? 2u : 1u; /* continuation bytes */
+        if ((size_t)(end - s) < k)
             return false;
-        if (n - i <= k)
-            return false;
-        if (s[i + 1] < lo || s[i + 1] > hi)
-            return false;
-        for (size_t j = 2; j <= k; j++)
-            if ((s[i + j] & 0xc0u) != 0x80u)
+        c &= 0x3fu >> k;
+        for (i = 0; i < k; i++, s++) {
+            if ((*s & 0xc0u) != 0x80u)
                 return false;
-        i += k + 1;
+            c = c << 6 | (*s & 0x3fu);
+        }
+        /* shortest form (0x800, 0x10000), no surrogates, at most U+10FFFF */
+        if (c < 1u << (5u * k + 1u) || c >> 11 == 0x1bu || c > 0x10ffffu)
+            return false;
     }
     return true;
 }
 
-int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
+/* A byte (major 2) or text (major 3) string, returned in place. */
+static int read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
 {
     uint64_t len;
-    int rc = expect(r, OTA_CBOR_TSTR, &len);
+    int rc = expect(r, major, &len);
     if (rc != OTA_OK)
         return rc;
-    if (!utf8_ok(r->p, (size_t)len))
+    if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)len))
         return OTA_ERR_CBOR;
-    *p = (const char *)r->p;
+    *p = r->p;
     *n = (size_t)len;
     r->p += len;
     return OTA_OK;
+}
+
+int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n)
+{
+    return read_str(r, OTA_CBOR_BSTR, p, n);
+}
+
+int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
+{
+    return read_str(r, OTA_CBOR_TSTR, (const uint8_t **)p, n);
 }
 
 int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count)
@@ -183,7 +157,8 @@ int ota_cbor_read_tag(ota_cbor_reader_t *r, uint64_t *tag)
 static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
 {
     uint8_t major;
-    uint64_t arg, i;
+    uint64_t arg;
+    uint32_t items;
     int rc;
 
     if (depth > OTA_CFG_CBOR_MAX_DEPTH)
@@ -191,30 +166,22 @@ static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
     rc = ota_cbor_read_head(r, &major, &arg);
     if (rc != OTA_OK)
         return rc;
-    switch (major) {
-    case OTA_CBOR_BSTR:
-        r->p += arg;
-        return OTA_OK;
-    case OTA_CBOR_TSTR:
-        if (!utf8_ok(r->p, (size_t)arg))
+    if (major == OTA_CBOR_BSTR || major == OTA_CBOR_TSTR) {
+        if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)arg))
             return OTA_ERR_CBOR;
         r->p += arg;
         return OTA_OK;
-    case OTA_CBOR_MAP:
-        arg *= 2u;
-        /* fall through */
-    case OTA_CBOR_ARRAY:
-        for (i = 0; i < arg; i++) {
-            rc = skip_depth(r, depth + 1u);
-            if (rc != OTA_OK)
-                return rc;
-        }
-        return OTA_OK;
-    case OTA_CBOR_TAG:
-        return skip_depth(r, depth + 1u);
-    default:
-        return OTA_OK; /* ints, simple values, floats */
     }
+    /* arrays and maps are bounded by the bytes left (read_head), so their
+     * item counts fit 32 bits; a tag has one item; numbers and simple
+     * values none */
+    items = major == OTA_CBOR_MAP ? 2u * (uint32_t)arg
+            : major == OTA_CBOR_ARRAY ? (uint32_t)arg
+            : major == OTA_CBOR_TAG   ? 1u
+                                      : 0u;
+    for (; items > 0u && rc == OTA_OK; items--)
+        rc = skip_depth(r, depth + 1u);
+    return rc;
 }
 
 int ota_cbor_skip(ota_cbor_reader_t *r)
@@ -230,23 +197,21 @@ int ota_cbor_validate(const uint8_t *buf, size_t len)
         return OTA_ERR_ARG;
     ota_cbor_reader_init(&r, buf, len);
     rc = ota_cbor_skip(&r);
-    if (rc != OTA_OK)
-        return rc;
-    return r.p == r.end ? OTA_OK : OTA_ERR_CBOR;
+    if (rc == OTA_OK && r.p != r.end)
+        rc = OTA_ERR_CBOR;
+    return rc;
 }
 
 int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
 {
     uint64_t pairs;
     int rc = ota_cbor_read_map(r, &pairs);
-    if (rc != OTA_OK)
-        return rc;
-    if (pairs > OTA_CFG_CBOR_MAX_PAIRS)
-        return OTA_ERR_MSG;
+    if (rc == OTA_OK && pairs > OTA_CFG_CBOR_MAX_PAIRS)
+        rc = OTA_ERR_MSG;
     m->r = r;
     m->left = (uint32_t)pairs;
     m->seen = 0;
-    return OTA_OK;
+    return rc;
 }
 
 int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key)
@@ -289,27 +254,16 @@ void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
 
 size_t ota_cbor_encode_head(uint8_t out[9], uint8_t major, uint64_t arg)
 {
-    uint8_t mt = (uint8_t)(major << 5);
-    size_t n, i;
-    if (arg < 24u) {
-        out[0] = (uint8_t)(mt | (uint8_t)arg);
-        return 1;
+    uint32_t hi = (uint32_t)(arg >> 32), lo = (uint32_t)arg;
+    unsigned n = hi != 0u ? 8u : lo > 0xffffu ? 4u : lo > 0xffu ? 2u : lo >= 24u ? 1u : 0u;
+    unsigned i;
+    /* additional info: the value itself, or 24..27 for 1, 2, 4, 8 bytes */
+    out[0] = (uint8_t)((unsigned)major << 5 | (n == 0u ? lo : 24u + (n >> 1) - (n >> 3)));
+    for (i = n; i > 0u; i--) {
+        out[i] = (uint8_t)lo;
+        lo = lo >> 8 | hi << 24;
+        hi >>= 8;
     }
-    if (arg <= 0xffu) {
-        out[0] = (uint8_t)(mt | 24u);
-        n = 1;
-    } else if (arg <= 0xffffu) {
-        out[0] = (uint8_t)(mt | 25u);
-        n = 2;
-    } else if (arg <= 0xffffffffu) {
-        out[0] = (uint8_t)(mt | 26u);
-        n = 4;
-    } else {
-        out[0] = (uint8_t)(mt | 27u);
-        n = 8;
-    }
-    for (i = 0; i < n; i++)
-        out[n - i] = (uint8_t)(arg >> (8u * i));
     return n + 1u;
 }
 

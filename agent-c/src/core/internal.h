@@ -6,16 +6,29 @@
 
 #include "otamq/ota_cbor.h"
 
-/* Table-driven decoding of the contract's int-keyed maps: one row per key
- * says where the value goes. Smaller than a hand-written switch per
- * message, which matters on the device (FOOTPRINT.md). */
+/* Table-driven encoding and decoding of the contract's int-keyed maps (and
+ * of the agent's persisted state): one row per key says where the value
+ * lives in a struct and what it is. One loop instead of a hand-written
+ * function per message, which matters on the device (FOOTPRINT.md). */
 enum {
-    OTA_F_U8,     /* uint <= 255 into uint8_t */
-    OTA_F_U32,    /* uint <= 2^32-1 into uint32_t */
-    OTA_F_U64,    /* uint into uint64_t */
-    OTA_F_TSTR,   /* text: const char * at off, size_t at len_off */
-    OTA_F_BSTR,   /* bytes: const uint8_t * at off, size_t at len_off */
-    OTA_F_CUSTOM  /* the decoder's callback reads the value */
+    OTA_F_U8,     /* uint <= 255: uint8_t */
+    OTA_F_U16,    /* uint <= 65535: int16_t or uint16_t, encode only */
+    OTA_F_U32,    /* uint <= 2^32-1: uint32_t */
+    OTA_F_U64,    /* uint: uint64_t */
+    OTA_F_I32,    /* int: int32_t, encode only */
+    OTA_F_TSTR,   /* text, decode only: const char * at off, size_t at len_off,
+                     pointing into the input */
+    OTA_F_BSTR,   /* bytes, decode only: as OTA_F_TSTR */
+    OTA_F_CSTR,   /* text, encode only: const char * at off, NUL-terminated;
+                     NULL leaves the key out */
+    OTA_F_TEXT,   /* text in a char array at off of len_off bytes, kept
+                     NUL-terminated (decoding copies) */
+    OTA_F_DIGEST, /* 32 bytes: uint8_t[32] at off (decoding copies) */
+    OTA_F_PDIGEST,/* 32 bytes: const uint8_t * at off (decoding points into
+                     the input) */
+    OTA_F_LOG,    /* array of uint <= 2^32-1: uint32_t[OTA_CFG_BOOT_LOG] at off,
+                     uint8_t count at len_off */
+    OTA_F_CUSTOM  /* decode only: the decoder's callback reads the value */
 };
 
 typedef struct ota_field {
@@ -24,6 +37,9 @@ typedef struct ota_field {
     uint16_t off;
     uint16_t len_off;
 } ota_field_t;
+
+#define OTA_ROW(k, t, type, m) {k, t, (uint16_t)offsetof(type, m), 0}
+#define OTA_ROW2(k, t, type, m, l) {k, t, (uint16_t)offsetof(type, m), (uint16_t)(l)}
 
 typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 
@@ -34,11 +50,12 @@ typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size_t nrows,
                    uint8_t max_key, void *out, ota_field_fn custom, uint32_t *have);
 
-/* Reads a uint that must fit 32 bits (OTA_ERR_MSG otherwise). */
-int ota_rd_u32(ota_cbor_reader_t *r, uint32_t *v);
-
-/* Key/value writers used by the encoders. */
-void ota_put_ku(ota_cbor_writer_t *w, uint8_t key, uint64_t v);
-void ota_put_ks(ota_cbor_writer_t *w, uint8_t key, const char *s);
+/* Encodes the fields of src that rows name, in row order (rows are sorted
+ * by key, so the map is in deterministic order), leaving out every key k
+ * whose bit (1 << k) is set in omit and text pointers that are NULL. Text
+ * is cut to 128 bytes (DESIGN §3's longest text) at a character boundary.
+ * Fewer than 24 pairs. OTA_OK or OTA_ERR_NOSPACE. */
+int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint32_t omit,
+                   uint8_t *buf, size_t cap, size_t *len);
 
 #endif

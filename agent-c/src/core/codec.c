@@ -1,0 +1,183 @@
+/* codec.c - table-driven map decoder and encoder (internal.h).
+ *
+ * A row's offset is that of a struct member of the row's type, so the
+ * member is reached through a pointer of its own type (aligned, and the
+ * effective type of the object), without memcpy. */
+#include <string.h>
+
+#include "internal.h"
+
+static int read_u32(ota_cbor_reader_t *r, uint32_t *v)
+{
+    uint64_t u;
+    int rc = ota_cbor_read_uint(r, &u);
+    if (rc == OTA_OK && u > 0xffffffffu)
+        rc = OTA_ERR_MSG;
+    *v = (uint32_t)u;
+    return rc;
+}
+
+static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
+{
+    uint8_t *dst = out + f->off;
+    const uint8_t *p;
+    size_t n;
+    uint64_t u;
+    uint32_t v, i;
+    int rc;
+
+    switch (f->type) {
+    case OTA_F_TSTR:
+    case OTA_F_BSTR:
+    case OTA_F_TEXT:
+        rc = f->type == OTA_F_BSTR ? ota_cbor_read_bstr(r, &p, &n)
+                                   : ota_cbor_read_tstr(r, (const char **)&p, &n);
+        if (rc != OTA_OK)
+            return rc;
+        if (f->type == OTA_F_TEXT) {
+            if (n >= f->len_off || memchr(p, 0, n) != NULL)
+                return OTA_ERR_MSG;
+            memcpy(dst, p, n);
+            dst[n] = '\0';
+        } else {
+            *(const uint8_t **)(void *)dst = p;
+            *(size_t *)(void *)(out + f->len_off) = n;
+        }
+        return OTA_OK;
+    case OTA_F_DIGEST:
+    case OTA_F_PDIGEST:
+        rc = ota_cbor_read_bstr(r, &p, &n);
+        if (rc == OTA_OK && n != 32u)
+            rc = OTA_ERR_MSG;
+        if (rc == OTA_OK) {
+            if (f->type == OTA_F_DIGEST)
+                memcpy(dst, p, 32);
+            else
+                *(const uint8_t **)(void *)dst = p;
+        }
+        return rc;
+    case OTA_F_LOG:
+        rc = ota_cbor_read_array(r, &u);
+        if (rc == OTA_OK && u > OTA_CFG_BOOT_LOG)
+            rc = OTA_ERR_MSG;
+        out[f->len_off] = (uint8_t)u;
+        for (i = 0; rc == OTA_OK && i < (uint32_t)u; i++)
+            rc = read_u32(r, (uint32_t *)(void *)dst + i);
+        return rc;
+    case OTA_F_U64:
+        return ota_cbor_read_uint(r, (uint64_t *)(void *)dst);
+    default: /* OTA_F_U8, OTA_F_U32 */
+        rc = read_u32(r, &v);
+        if (f->type == OTA_F_U32)
+            *(uint32_t *)(void *)dst = v;
+        else if (v > 0xffu)
+            rc = OTA_ERR_MSG;
+        else
+            *dst = (uint8_t)v;
+        return rc;
+    }
+}
+
+int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size_t nrows,
+                   uint8_t max_key, void *out, ota_field_fn custom, uint32_t *have)
+{
+    ota_cbor_reader_t r;
+    ota_cbor_map_t m;
+    uint64_t key;
+    int rc;
+
+    *have = 0;
+    if (buf == NULL || out == NULL)
+        return OTA_ERR_ARG;
+    ota_cbor_reader_init(&r, buf, len);
+    rc = ota_cbor_map_begin(&m, &r);
+    while (rc == OTA_OK && (rc = ota_cbor_map_next(&m, &key)) == 1) {
+        const ota_field_t *f = rows, *end = rows + nrows;
+        while (f < end && f->key != key)
+            f++;
+        if (key < 32u)
+            *have |= 1u << key;
+        if (f == end)
+            rc = key > max_key ? ota_cbor_skip(&r) : OTA_ERR_MSG;
+        else if (f->type == OTA_F_CUSTOM)
+            rc = custom(&r, f->key, out);
+        else
+            rc = read_field(&r, f, (uint8_t *)out);
+    }
+    if (rc == 0 && r.p != r.end)
+        rc = OTA_ERR_CBOR;
+    return rc;
+}
+
+/* Text, cut to 128 bytes without splitting a UTF-8 sequence. */
+static void put_text(ota_cbor_writer_t *w, const char *s)
+{
+    size_t n = strlen(s);
+    if (n > 128u)
+        for (n = 128u; n > 0u && ((uint8_t)s[n] & 0xc0u) == 0x80u; n--)
+            ;
+    ota_cbor_put_tstr(w, s, n);
+}
+
+int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint32_t omit,
+                   uint8_t *buf, size_t cap, size_t *len)
+{
+    const uint8_t *s = (const uint8_t *)src;
+    ota_cbor_writer_t w;
+    unsigned pairs = 0;
+
+    ota_cbor_writer_init(&w, buf, cap);
+    ota_cbor_put_raw(&w, (const uint8_t *)"", 1); /* the map head, set below */
+    for (; nrows > 0u; nrows--, rows++) {
+        const void *p = s + rows->off;
+        uint8_t major = OTA_CBOR_UINT, i;
+        uint64_t v;
+
+        if (rows->type == OTA_F_CSTR || rows->type == OTA_F_PDIGEST)
+            p = *(const void *const *)p; /* the member is a pointer */
+        if ((omit >> rows->key & 1u) || p == NULL)
+            continue;
+        pairs++;
+        ota_cbor_put_uint(&w, rows->key);
+        switch (rows->type) {
+        case OTA_F_CSTR:
+        case OTA_F_TEXT:
+            put_text(&w, (const char *)p);
+            continue;
+        case OTA_F_DIGEST:
+        case OTA_F_PDIGEST:
+            ota_cbor_put_bstr(&w, (const uint8_t *)p, 32);
+            continue;
+        case OTA_F_LOG:
+            ota_cbor_put_head(&w, OTA_CBOR_ARRAY, s[rows->len_off]);
+            for (i = 0; i < s[rows->len_off]; i++)
+                ota_cbor_put_uint(&w, ((const uint32_t *)p)[i]);
+            continue;
+        case OTA_F_U8:
+            v = *(const uint8_t *)p;
+            break;
+        case OTA_F_U16:
+            v = *(const uint16_t *)p;
+            break;
+        case OTA_F_U32:
+            v = *(const uint32_t *)p;
+            break;
+        case OTA_F_I32:
+            v = (uint32_t)*(const int32_t *)p;
+            if (*(const int32_t *)p < 0) {
+                major = OTA_CBOR_NINT;
+                v = (uint32_t)~v;
+            }
+            break;
+        default: /* OTA_F_U64 */
+            v = *(const uint64_t *)p;
+            break;
+        }
+        ota_cbor_put_head(&w, major, v);
+    }
+    if (w.overflow)
+        return OTA_ERR_NOSPACE;
+    buf[0] = (uint8_t)(0xa0u | pairs);
+    *len = w.len;
+    return OTA_OK;
+}
