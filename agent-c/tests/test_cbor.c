@@ -179,7 +179,13 @@ static void test_strerror(void **state)
     for (s = 0; s >= OTA_ERR_TIMEOUT; s--)
         assert_string_not_equal(ota_strerror(s), "unknown status");
     assert_string_equal(ota_strerror(5), "unknown status");
+    assert_string_equal(ota_strerror(OTA_ERR_TIMEOUT - 1), "unknown status");
     assert_string_equal(ota_strerror(OTA_OK), "ok");
+    assert_string_equal(ota_strerror(OTA_ERR_ARG), "invalid argument");
+    assert_string_equal(ota_strerror(OTA_ERR_COSE), "invalid COSE_Sign1");
+    assert_string_equal(ota_strerror(OTA_ERR_STATE), "wrong state");
+    assert_string_equal(ota_strerror(OTA_ERR_CRYPTO), "crypto failure");
+    assert_string_equal(ota_strerror(OTA_ERR_TIMEOUT), "timeout");
 }
 
 int main(void)

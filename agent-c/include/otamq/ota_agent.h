@@ -78,26 +78,27 @@ typedef struct ota_agent_config {
     ota_settings_t settings;
 } ota_agent_config_t;
 
-/* Persisted state (private: encoded as CBOR under OTA_KV_STATE). */
+/* Persisted state (private: encoded as CBOR under OTA_KV_STATE). The words
+ * come first: see ota_agent_t. */
 typedef struct ota_persist {
-    uint8_t state;           /* ota_state_t */
-    uint8_t install_mode;
-    uint8_t error;           /* last ota_error_code_t */
-    uint8_t flags;           /* OTA_PF_* */
-    uint8_t target_slot;
-    char rollout[OTA_CFG_ROLLOUT_MAX + 1];
-    char version[OTA_CFG_VERSION_MAX + 1];
-    uint8_t digest[32];
+    uint32_t state;          /* ota_state_t */
+    uint32_t flags;          /* OTA_PF_* */
     uint32_t size;
     uint32_t offset;         /* bytes known written and persisted */
     uint32_t block_size;
-    uint64_t seq;            /* last accepted manifest sequence number */
     uint32_t secure_version; /* device secure version (committed) */
     uint32_t target_secure_version;
     uint32_t boots_since_commit;
     uint32_t wdt_since_commit;
     uint32_t trial_ms;       /* time run on the new image, summed over boots */
+    uint8_t install_mode;
+    uint8_t error;           /* last ota_error_code_t */
+    uint8_t target_slot;
     uint8_t nboots, nwdt;
+    uint64_t seq;            /* last accepted manifest sequence number */
+    char rollout[OTA_CFG_ROLLOUT_MAX + 1];
+    char version[OTA_CFG_VERSION_MAX + 1];
+    uint8_t digest[32];
     uint32_t boot_log[OTA_CFG_BOOT_LOG]; /* trial clock (s) of trial boots */
     uint32_t wdt_log[OTA_CFG_BOOT_LOG];  /* trial clock (s) of watchdog boots */
 } ota_persist_t;
@@ -110,43 +111,47 @@ typedef struct ota_persist {
 #define OTA_CFG_EVENT_BUF (OTA_CFG_EVENT_QUEUE * 96)
 #endif
 
-/* The agent. All fields are private. */
+/* The agent. All fields are private.
+ *
+ * The run-time state comes first and in words, then the persisted state,
+ * whose words come first too: on RV32C a word within the first 128 bytes of
+ * a struct is read or written by a 2-byte instruction (FOOTPRINT.md).
+ * Times are the low 32 bits of now_ms, compared by difference so that they
+ * may wrap. */
 typedef struct ota_agent {
     const ota_port_t *port;
-    ota_agent_config_t cfg;
-    ota_settings_t set;      /* resolved settings */
-    ota_key_t keys[OTA_CFG_MAX_KEYS];
-    uint8_t nkeys;
-    bool booted;
-    ota_persist_t ps;
-    ota_boot_info_t boot;
-    uint8_t boot_reason;     /* reported in the birth */
-    /* connection */
-    bool connected;
-    bool broker_seen;        /* connected at least once this boot */
-    bool hb_sent;            /* a heartbeat went out this boot */
-    bool check_pending;
-    uint32_t last_hb_ms;     /* times: low 32 bits of now_ms, compared */
-    uint32_t offline_since_ms; /* by difference so they may wrap */
-    /* download */
-    ota_sha256_t img_hash;
-    uint32_t next_off;
+    uint32_t booted;           /* the flags are 0 or 1 */
+    uint32_t connected;
+    uint32_t broker_seen;      /* connected at least once this boot */
+    uint32_t hb_sent;          /* a heartbeat went out this boot */
+    uint32_t req_active;       /* a block request is outstanding */
+    uint32_t retry_wait;       /* waiting for retry_at_ms to ask again */
+    uint32_t unhealthy;        /* health checks failing since unhealthy_since_ms */
+    uint32_t next_off;         /* download: bytes written so far */
     uint32_t req_id;
-    uint32_t req_count;      /* blocks still expected from the request */
-    bool req_active;
-    bool retry_wait;
+    uint32_t req_count;        /* blocks still expected from the request */
     uint32_t req_deadline_ms;
-    uint32_t retry_at_ms;
     uint32_t retries;
-    uint8_t pct_reported;    /* last progress decile sent */
-    /* trial */
-    uint32_t boot_ms;        /* now_ms at on_boot */
-    uint32_t trial_base_ms;  /* ps.trial_ms at on_boot */
-    uint32_t trial_saved_ms; /* now_ms of the last trial clock persist */
+    uint32_t pct_reported;     /* last progress decile sent */
+    uint32_t last_hb_ms;
+    uint32_t evq_len;
+    ota_persist_t ps;
+    uint32_t retry_at_ms;
+    uint32_t offline_since_ms;
+    uint32_t boot_ms;          /* now_ms at on_boot */
+    uint32_t trial_base_ms;    /* ps.trial_ms at on_boot */
+    uint32_t trial_saved_ms;   /* now_ms of the last trial clock persist */
     uint32_t unhealthy_since_ms;
-    bool unhealthy;          /* health checks failing since unhealthy_since_ms */
-    /* events waiting to be published: [len hi][len lo][bytes]... */
-    uint16_t evq_len;
+    bool check_pending;        /* a check is under way: report the next offer */
+    uint8_t boot_reason;       /* reported in the birth */
+    uint8_t nkeys;
+    uint8_t topic_len;         /* of "<prefix>/<id>/" at the start of topic */
+    ota_boot_info_t boot;
+    ota_settings_t set;        /* resolved settings */
+    ota_agent_config_t cfg;
+    ota_key_t keys[OTA_CFG_MAX_KEYS];
+    ota_sha256_t img_hash;
+    /* events waiting to be published: [length][bytes]... */
     uint8_t evq[OTA_CFG_EVENT_BUF];
     uint8_t tx[OTA_CFG_TX_BUF + 64];
     char topic[sizeof(OTA_CFG_TOPIC_PREFIX) + OTA_CFG_DEVICE_ID_MAX + 16];

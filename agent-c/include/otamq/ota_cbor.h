@@ -58,7 +58,6 @@ int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n);
 int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n);
 int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count);
 int ota_cbor_read_map(ota_cbor_reader_t *r, uint64_t *pairs);
-int ota_cbor_read_tag(ota_cbor_reader_t *r, uint64_t *tag);
 
 /* Skips one complete data item (with everything nested in it). */
 int ota_cbor_skip(ota_cbor_reader_t *r);

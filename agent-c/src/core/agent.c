@@ -108,16 +108,11 @@ static bool due(uint32_t now, uint32_t t)
     return (uint32_t)(now - t) < 0x80000000u;
 }
 
-/* Builds "<prefix>/<id>/<suffix>" in a->topic. */
+/* "<prefix>/<id>/<suffix>" in a->topic, which holds "<prefix>/<id>/" from
+ * init on. */
 static const char *topic(ota_agent_t *a, const char *suffix)
 {
-    char *t = a->topic;
-    size_t n = strlen(a->cfg.device_id);
-    memcpy(t, OTA_CFG_TOPIC_PREFIX "/", sizeof(OTA_CFG_TOPIC_PREFIX));
-    t += sizeof(OTA_CFG_TOPIC_PREFIX);
-    memcpy(t, a->cfg.device_id, n);
-    t[n] = '/';
-    strcpy(t + n + 1u, suffix);
+    strcpy(a->topic + a->topic_len, suffix);
     return a->topic;
 }
 
@@ -133,12 +128,6 @@ static int persist(ota_agent_t *a)
     if (rc == OTA_OK)
         rc = P(a)->kv_set(P(a)->ctx, OTA_KV_STATE, a->tx, len);
     return rc;
-}
-
-static void set_state(ota_agent_t *a, uint8_t st)
-{
-    a->ps.state = st;
-    (void)persist(a);
 }
 
 static uint32_t trial_clock(const ota_agent_t *a)
@@ -210,6 +199,15 @@ static void event(ota_agent_t *a, uint8_t code, uint8_t why)
               a->ps.version[0] ? a->ps.version : NULL);
 }
 
+/* Enters state st, persisted before anything else happens, and reports
+ * code with why (st may be the current state: persist and report). */
+static void step(ota_agent_t *a, uint32_t st, uint8_t code, uint8_t why)
+{
+    a->ps.state = st;
+    (void)persist(a);
+    event(a, code, why);
+}
+
 /* ---- outgoing messages ------------------------------------------------- */
 
 static uint8_t health_bits(ota_agent_t *a)
@@ -229,7 +227,7 @@ static void send_birth(ota_agent_t *a)
     b.running_slot = a->boot.running_slot;
     b.boot_reason = a->boot_reason;
     b.boots_since_commit = a->ps.boots_since_commit;
-    b.ota_state = a->ps.state;
+    b.ota_state = (uint8_t)a->ps.state;
     b.agent_version = OTA_AGENT_VERSION;
     b.connectivity = a->cfg.connectivity;
     b.utc_offset_min = a->cfg.utc_offset_min;
@@ -253,7 +251,7 @@ static void send_heartbeat(ota_agent_t *a)
     }
     if (P(a)->rssi != NULL)
         hb.has_rssi = P(a)->rssi(P(a)->ctx, &hb.rssi);
-    hb.ota_state = a->ps.state;
+    hb.ota_state = (uint8_t)a->ps.state;
     hb.has_offset = a->ps.state == OTA_STATE_DOWNLOADING;
     hb.offset = a->next_off;
     a->last_hb_ms = (uint32_t)now;
@@ -302,8 +300,8 @@ static void give_up(ota_agent_t *a, uint8_t why)
     a->ps.error = err;
     if (err != OTA_E_CANCELLED)
         a->ps.flags |= OTA_PF_IGNORE_OFFER;
-    set_state(a, err == OTA_E_CANCELLED ? OTA_STATE_IDLE : OTA_STATE_FAILED);
-    event(a, why == R_ACTIVATE ? OTA_EV_INSTALL_COMPLETED : OTA_EV_DOWNLOAD_FAILED, why);
+    step(a, err == OTA_E_CANCELLED ? OTA_STATE_IDLE : OTA_STATE_FAILED,
+         why == R_ACTIVATE ? OTA_EV_INSTALL_COMPLETED : OTA_EV_DOWNLOAD_FAILED, why);
 }
 
 /* Completed tenths of the image, 0..9 (progress events every 10 %). */
@@ -337,8 +335,7 @@ static bool digest_ok(ota_agent_t *a)
 
 static void install(ota_agent_t *a)
 {
-    event(a, OTA_EV_INSTALL_STARTED, R_NONE);
-    set_state(a, OTA_STATE_INSTALLING);
+    step(a, OTA_STATE_INSTALLING, OTA_EV_INSTALL_STARTED, R_NONE);
     if (P(a)->slot_activate(P(a)->ctx) != OTA_OK) {
         give_up(a, R_ACTIVATE);
         return;
@@ -348,8 +345,7 @@ static void install(ota_agent_t *a)
     a->ps.trial_ms = 0;
     a->ps.nboots = 0;
     a->ps.nwdt = 0;
-    set_state(a, OTA_STATE_REBOOTING);
-    event(a, OTA_EV_REBOOT_STARTED, R_NONE);
+    step(a, OTA_STATE_REBOOTING, OTA_EV_REBOOT_STARTED, R_NONE);
     P(a)->reboot(P(a)->ctx);
 }
 
@@ -420,8 +416,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             give_up(a, R_IMAGE_REFUSED);
         else {
             a->ps.offset = a->ps.size;
-            set_state(a, OTA_STATE_VERIFIED);
-            event(a, OTA_EV_DOWNLOAD_COMPLETED, R_NONE);
+            step(a, OTA_STATE_VERIFIED, OTA_EV_DOWNLOAD_COMPLETED, R_NONE);
             if (a->ps.install_mode == 0u)
                 install(a);
         }
@@ -471,6 +466,12 @@ static int start_download(ota_agent_t *a)
 }
 
 /* ---- offers ------------------------------------------------------------ */
+
+/* s[0..n) is the current update's rollout ID. */
+static bool current_rollout(const ota_agent_t *a, const char *s, size_t n)
+{
+    return strlen(a->ps.rollout) == n && memcmp(a->ps.rollout, s, n) == 0;
+}
 
 /* dst <- s[0..n) NUL-terminated, or NULL when it does not fit or holds a
  * NUL. */
@@ -529,7 +530,8 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     ota_offer_t o;
     ota_cose_sign1_t s;
     ota_manifest_t m;
-    uint8_t why, st = a->ps.state;
+    uint8_t why;
+    uint32_t st = a->ps.state;
     int cose, decoded = OTA_ERR_MSG, rc = ota_msg_decode_offer(payload, len, &o);
 
     if (rc != OTA_OK) {
@@ -560,8 +562,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
         decoded = ota_manifest_decode(s.payload, s.payload_len, &m);
     if (decoded != OTA_OK) {
         m.version = NULL;
-    } else if (strlen(a->ps.rollout) == o.rollout_len &&
-               memcmp(a->ps.rollout, o.rollout, o.rollout_len) == 0 &&
+    } else if (current_rollout(a, o.rollout, o.rollout_len) &&
                memcmp(a->ps.digest, m.digest, 32) == 0) {
         if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED) {
             a->ps.install_mode = o.install_mode;
@@ -612,14 +613,12 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     a->ps.target_slot = (uint8_t)(a->boot.running_slot ^ 1u);
     a->ps.error = 0;
     a->ps.flags = 0;
-    a->ps.state = OTA_STATE_DOWNLOADING; /* also for reporting a failure */
     rc = start_download(a);
     if (rc != OTA_OK) {
         give_up(a, rc == OTA_ERR_NOSPACE ? R_TOO_LARGE : R_BEGIN);
         return rc;
     }
-    (void)persist(a);
-    event(a, OTA_EV_DOWNLOAD_STARTED, R_NONE);
+    step(a, OTA_STATE_DOWNLOADING, OTA_EV_DOWNLOAD_STARTED, R_NONE);
     if (a->connected)
         send_request(a);
     return OTA_OK;
@@ -639,7 +638,7 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_command_t c;
     uint64_t now;
-    uint8_t st = a->ps.state;
+    uint32_t st = a->ps.state;
     int rc = ota_msg_decode_command(payload, len, &c);
     if (rc != OTA_OK)
         return rc;
@@ -647,9 +646,7 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
     if (c.not_after != 0u && now > c.not_after)
         return OTA_ERR_TIMEOUT;
     if (c.verb == OTA_CMD_INSTALL || c.verb == OTA_CMD_CANCEL) {
-        if (c.rollout != NULL && c.rollout_len != 0u &&
-            (strlen(a->ps.rollout) != c.rollout_len ||
-             memcmp(a->ps.rollout, c.rollout, c.rollout_len) != 0))
+        if (c.rollout_len != 0u && !current_rollout(a, c.rollout, c.rollout_len))
             return OTA_ERR_STATE; /* about another rollout */
         if (st != OTA_STATE_DOWNLOADING && st != OTA_STATE_VERIFIED)
             return OTA_ERR_STATE;
@@ -672,17 +669,18 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
     return OTA_OK;
 }
 
+/* The topics the agent subscribes to, after "<prefix>/<id>/". */
+static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
+
 int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, size_t len)
 {
-    size_t n;
     if (a == NULL || t == NULL || (payload == NULL && len != 0u) || !a->booted)
         return OTA_ERR_ARG;
     if (payload == NULL)
         payload = (const uint8_t *)"";
-    n = strlen(topic(a, ""));
-    if (strncmp(t, a->topic, n) != 0)
+    if (strncmp(t, a->topic, a->topic_len) != 0)
         return OTA_OK;
-    t += n;
+    t += a->topic_len;
     if (strcmp(t, "ota/blk") == 0)
         return on_block(a, payload, len);
     if (strcmp(t, "ota/manifest") == 0)
@@ -702,8 +700,7 @@ static void roll_back(ota_agent_t *a, uint8_t why)
         a->ps.error = reason_err[why];
     a->ps.flags |= OTA_PF_ROLLBACK_REQ;
     a->ps.trial_ms = trial_clock(a);
-    (void)persist(a);
-    event(a, OTA_EV_ROLLBACK_TRIGGERED, why);
+    step(a, a->ps.state, OTA_EV_ROLLBACK_TRIGGERED, why);
     if (P(a)->rollback(P(a)->ctx) == OTA_OK)
         return; /* a port whose rollback returns restarts later by itself */
     if (!(a->ps.flags & OTA_PF_CONFIRMED)) {
@@ -712,8 +709,7 @@ static void roll_back(ota_agent_t *a, uint8_t why)
     }
     /* confirmed and no way back: stay on this image, report it */
     a->ps.flags = (uint8_t)(a->ps.flags & ~OTA_PF_ROLLBACK_REQ) | OTA_PF_IGNORE_OFFER;
-    set_state(a, OTA_STATE_FAILED);
-    event(a, OTA_EV_HEALTH_FAILED, R_NO_TARGET);
+    step(a, OTA_STATE_FAILED, OTA_EV_HEALTH_FAILED, R_NO_TARGET);
 }
 
 /* A health check or rollback trigger failed: report it and roll back. */
@@ -754,8 +750,7 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
             a->ps.flags |= OTA_PF_CONFIRMED;
             a->ps.trial_ms = clock;
             a->trial_saved_ms = now;
-            (void)persist(a);
-            event(a, OTA_EV_HEALTH_OK, R_NONE);
+            step(a, OTA_STATE_TRIAL, OTA_EV_HEALTH_OK, R_NONE);
         } else if (now - a->boot_ms >= a->set.trial_timeout_ms) {
             fail_trial(a, !a->broker_seen ? R_NOT_REACHED
                           : !a->hb_sent   ? R_NO_HEARTBEAT
@@ -792,7 +787,8 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         a->ps.nboots = 0;
         a->ps.nwdt = 0;
         a->ps.flags |= OTA_PF_IGNORE_OFFER;
-        set_state(a, OTA_STATE_COMMITTED);
+        a->ps.state = OTA_STATE_COMMITTED;
+        (void)persist(a);
         check_now(a); /* the next update may be waiting */
     }
 }
@@ -834,8 +830,7 @@ static void rolled_back(ota_agent_t *a)
     a->ps.nboots = 0;
     a->ps.nwdt = 0;
     a->boot_reason = OTA_BOOT_ROLLBACK;
-    set_state(a, OTA_STATE_ROLLED_BACK);
-    event(a, OTA_EV_ROLLBACK_COMPLETED, R_PS);
+    step(a, OTA_STATE_ROLLED_BACK, OTA_EV_ROLLBACK_COMPLETED, R_PS);
 }
 
 /* Another boot of the image on trial: the reboot and watchdog triggers. */
@@ -865,7 +860,7 @@ int ota_agent_on_boot(ota_agent_t *a)
 {
     size_t len = sizeof(a->tx);
     int rc;
-    uint8_t st;
+    uint32_t st;
     if (a == NULL || a->port == NULL || a->booted)
         return OTA_ERR_ARG;
     rc = P(a)->boot_state(P(a)->ctx, &a->boot);
@@ -908,11 +903,9 @@ int ota_agent_on_boot(ota_agent_t *a)
         } else {
             /* the new image's first boot */
             a->boot_reason = OTA_BOOT_OTA;
-            a->ps.state = OTA_STATE_TRIAL;
             log_push(a->ps.boot_log, &a->ps.nboots, 0);
             a->trial_base_ms = 0;
-            (void)persist(a);
-            event(a, OTA_EV_REBOOT_COMPLETED, R_NONE);
+            step(a, OTA_STATE_TRIAL, OTA_EV_REBOOT_COMPLETED, R_NONE);
             return OTA_OK;
         }
     }
@@ -936,14 +929,15 @@ int ota_agent_on_boot(ota_agent_t *a)
 
 void ota_agent_on_connect(ota_agent_t *a)
 {
+    const char *s;
+    unsigned i;
     if (a == NULL || !a->booted)
         return;
     a->connected = true;
     a->broker_seen = true;
     send_birth(a);
-    (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "cmd"), 1);
-    (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/blk"), 0);
-    (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/manifest"), 1);
+    for (s = inbox, i = 0; i < 3u; i++, s += strlen(s) + 1u) /* blocks at QoS 0 */
+        (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, s), i != 0u);
     flush_events(a);
     send_heartbeat(a);
     if (a->ps.state == OTA_STATE_DOWNLOADING) {
@@ -1035,6 +1029,12 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
             return OTA_ERR_CRYPTO;
     }
     a->nkeys = (uint8_t)cfg->nkeys;
+    i = strlen(cfg->device_id);
+    memcpy(a->topic, OTA_CFG_TOPIC_PREFIX "/", sizeof(OTA_CFG_TOPIC_PREFIX));
+    memcpy(a->topic + sizeof(OTA_CFG_TOPIC_PREFIX), cfg->device_id, i);
+    i += sizeof(OTA_CFG_TOPIC_PREFIX);
+    a->topic[i] = '/';
+    a->topic_len = (uint8_t)(i + 1u);
     return OTA_OK;
 }
 

@@ -7,6 +7,8 @@
 
 #include <string.h>
 
+#include "internal.h"
+
 void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len)
 {
     r->p = buf;
@@ -114,8 +116,7 @@ static bool utf8_ok(const uint8_t *s, size_t n)
     return true;
 }
 
-/* A byte (major 2) or text (major 3) string, returned in place. */
-static int read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
+int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
 {
     uint64_t len;
     int rc = expect(r, major, &len);
@@ -131,12 +132,12 @@ static int read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size
 
 int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n)
 {
-    return read_str(r, OTA_CBOR_BSTR, p, n);
+    return ota_cbor_read_str(r, OTA_CBOR_BSTR, p, n);
 }
 
 int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
 {
-    return read_str(r, OTA_CBOR_TSTR, (const uint8_t **)p, n);
+    return ota_cbor_read_str(r, OTA_CBOR_TSTR, (const uint8_t **)p, n);
 }
 
 int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count)
@@ -147,11 +148,6 @@ int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count)
 int ota_cbor_read_map(ota_cbor_reader_t *r, uint64_t *pairs)
 {
     return expect(r, OTA_CBOR_MAP, pairs);
-}
-
-int ota_cbor_read_tag(ota_cbor_reader_t *r, uint64_t *tag)
-{
-    return expect(r, OTA_CBOR_TAG, tag);
 }
 
 static int skip_depth(ota_cbor_reader_t *r, unsigned depth)

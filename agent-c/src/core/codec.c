@@ -19,44 +19,16 @@ static int read_u32(ota_cbor_reader_t *r, uint32_t *v)
 
 static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
 {
-    uint8_t *dst = out + f->off;
+    uint8_t *dst = out + f->off, t = f->type;
     const uint8_t *p;
     size_t n;
     uint64_t u;
     uint32_t v, i;
     int rc;
 
-    switch (f->type) {
-    case OTA_F_TSTR:
-    case OTA_F_BSTR:
-    case OTA_F_TEXT:
-        rc = f->type == OTA_F_BSTR ? ota_cbor_read_bstr(r, &p, &n)
-                                   : ota_cbor_read_tstr(r, (const char **)&p, &n);
-        if (rc != OTA_OK)
-            return rc;
-        if (f->type == OTA_F_TEXT) {
-            if (n >= f->len_off || memchr(p, 0, n) != NULL)
-                return OTA_ERR_MSG;
-            memcpy(dst, p, n);
-            dst[n] = '\0';
-        } else {
-            *(const uint8_t **)(void *)dst = p;
-            *(size_t *)(void *)(out + f->len_off) = n;
-        }
-        return OTA_OK;
-    case OTA_F_DIGEST:
-    case OTA_F_PDIGEST:
-        rc = ota_cbor_read_bstr(r, &p, &n);
-        if (rc == OTA_OK && n != 32u)
-            rc = OTA_ERR_MSG;
-        if (rc == OTA_OK) {
-            if (f->type == OTA_F_DIGEST)
-                memcpy(dst, p, 32);
-            else
-                *(const uint8_t **)(void *)dst = p;
-        }
-        return rc;
-    case OTA_F_LOG:
+    if (t == OTA_F_U64)
+        return ota_cbor_read_uint(r, (uint64_t *)(void *)dst);
+    if (t == OTA_F_LOG) {
         rc = ota_cbor_read_array(r, &u);
         if (rc == OTA_OK && u > OTA_CFG_BOOT_LOG)
             rc = OTA_ERR_MSG;
@@ -64,11 +36,10 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
         for (i = 0; rc == OTA_OK && i < (uint32_t)u; i++)
             rc = read_u32(r, (uint32_t *)(void *)dst + i);
         return rc;
-    case OTA_F_U64:
-        return ota_cbor_read_uint(r, (uint64_t *)(void *)dst);
-    default: /* OTA_F_U8, OTA_F_U32 */
+    }
+    if (t <= OTA_F_U32) { /* OTA_F_U8, OTA_F_U32 */
         rc = read_u32(r, &v);
-        if (f->type == OTA_F_U32)
+        if (t == OTA_F_U32)
             *(uint32_t *)(void *)dst = v;
         else if (v > 0xffu)
             rc = OTA_ERR_MSG;
@@ -76,10 +47,29 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
             *dst = (uint8_t)v;
         return rc;
     }
+    /* strings: TSTR, TEXT as text; BSTR, DIGEST, PDIGEST as bytes */
+    rc = ota_cbor_read_str(r, t == OTA_F_TSTR || t == OTA_F_TEXT ? OTA_CBOR_TSTR : OTA_CBOR_BSTR,
+                           &p, &n);
+    if (rc != OTA_OK)
+        return rc;
+    if (t == OTA_F_TEXT ? n >= f->len_off || memchr(p, 0, n) != NULL
+                        : t >= OTA_F_DIGEST && n != 32u)
+        return OTA_ERR_MSG;
+    if (t == OTA_F_TEXT || t == OTA_F_DIGEST) {
+        memcpy(dst, p, n);
+        if (t == OTA_F_TEXT)
+            dst[n] = '\0';
+    } else {
+        *(const uint8_t **)(void *)dst = p;
+        if (t != OTA_F_PDIGEST)
+            *(size_t *)(void *)(out + f->len_off) = n;
+    }
+    return OTA_OK;
 }
 
 int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size_t nrows,
-                   uint8_t max_key, void *out, ota_field_fn custom, uint32_t *have)
+                   uint8_t max_key, void *out, size_t out_size, ota_field_fn custom,
+                   uint32_t *have)
 {
     ota_cbor_reader_t r;
     ota_cbor_map_t m;
@@ -87,7 +77,10 @@ int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size
     int rc;
 
     *have = 0;
-    if (buf == NULL || out == NULL)
+    if (out == NULL)
+        return OTA_ERR_ARG;
+    memset(out, 0, out_size);
+    if (buf == NULL)
         return OTA_ERR_ARG;
     ota_cbor_reader_init(&r, buf, len);
     rc = ota_cbor_map_begin(&m, &r);

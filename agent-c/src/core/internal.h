@@ -31,6 +31,10 @@ enum {
     OTA_F_CUSTOM  /* decode only: the decoder's callback reads the value */
 };
 
+/* A byte (major 2) or text (major 3, UTF-8 checked) string, returned in
+ * place: ota_cbor_read_bstr / ota_cbor_read_tstr by major type. */
+int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n);
+
 typedef struct ota_field {
     uint8_t key;
     uint8_t type;
@@ -43,12 +47,13 @@ typedef struct ota_field {
 
 typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 
-/* Decodes buf (exactly one map) into out. Keys without a row are skipped
- * when above max_key and refused otherwise; duplicates, wrong types,
- * indefinite lengths and trailing bytes are refused. *have gets bit k for
- * every key k < 32 seen. */
+/* Zeroes out (out_size bytes), then decodes buf (exactly one map) into it.
+ * Keys without a row are skipped when above max_key and refused otherwise;
+ * duplicates, wrong types, indefinite lengths and trailing bytes are
+ * refused. *have gets bit k for every key k < 32 seen. */
 int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size_t nrows,
-                   uint8_t max_key, void *out, ota_field_fn custom, uint32_t *have);
+                   uint8_t max_key, void *out, size_t out_size, ota_field_fn custom,
+                   uint32_t *have);
 
 /* Encodes the fields of src that rows name, in row order (rows are sorted
  * by key, so the map is in deterministic order), leaving out every key k

@@ -39,57 +39,51 @@ int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *s)
     return OTA_OK;
 }
 
-static int hash_head(const ota_port_t *port, ota_sha256_t *h, uint8_t major, uint64_t arg)
+/* Hashes a byte string item (head and contents), as the Sig_structure
+ * holds it. */
+static int hash_bstr(const ota_port_t *port, ota_sha256_t *h, const uint8_t *p, size_t n)
 {
     uint8_t hd[9];
-    return port->sha256_update(port->ctx, h, hd, ota_cbor_encode_head(hd, major, arg));
+    int rc = port->sha256_update(port->ctx, h, hd, ota_cbor_encode_head(hd, OTA_CBOR_BSTR, n));
+    if (rc == OTA_OK && n != 0u)
+        rc = port->sha256_update(port->ctx, h, p, n);
+    return rc;
 }
 
 int ota_cose_verify(const ota_cose_sign1_t *s, const ota_port_t *port, const ota_key_t *keys,
                     size_t nkeys)
 {
-    static const uint8_t context[] = {'S', 'i', 'g', 'n', 'a', 't', 'u', 'r', 'e', '1'};
+    /* Sig_structure = ["Signature1", protected, external_aad h'', payload]:
+     * array(4) and the context string are fixed */
+    static const uint8_t sig1[] = {0x84, 0x6a, 'S', 'i', 'g', 'n', 'a', 't', 'u', 'r', 'e', '1'};
     const ota_key_t *key = NULL;
     ota_sha256_t h;
     uint8_t digest[32];
-    size_t i;
     int rc;
 
     if (s == NULL || port == NULL || (keys == NULL && nkeys != 0u))
         return OTA_ERR_ARG;
     if (s->kid_len == sizeof(keys[0].kid))
-        for (i = 0; i < nkeys && key == NULL; i++)
-            if (memcmp(keys[i].kid, s->kid, sizeof(keys[i].kid)) == 0)
-                key = &keys[i];
+        for (; nkeys > 0u && key == NULL; nkeys--, keys++)
+            if (memcmp(keys->kid, s->kid, sizeof(keys->kid)) == 0)
+                key = keys;
     if (key == NULL)
         return OTA_ERR_UNKNOWN_KEY;
 
-    /* Sig_structure = ["Signature1", protected, external_aad h'', payload] */
     rc = port->sha256_start(port->ctx, &h);
     if (rc == OTA_OK)
-        rc = hash_head(port, &h, OTA_CBOR_ARRAY, 4);
+        rc = port->sha256_update(port->ctx, &h, sig1, sizeof(sig1));
     if (rc == OTA_OK)
-        rc = hash_head(port, &h, OTA_CBOR_TSTR, sizeof(context));
+        rc = hash_bstr(port, &h, s->protected_hdr, s->protected_len);
     if (rc == OTA_OK)
-        rc = port->sha256_update(port->ctx, &h, context, sizeof(context));
+        rc = hash_bstr(port, &h, NULL, 0);
     if (rc == OTA_OK)
-        rc = hash_head(port, &h, OTA_CBOR_BSTR, s->protected_len);
-    if (rc == OTA_OK)
-        rc = port->sha256_update(port->ctx, &h, s->protected_hdr, s->protected_len);
-    if (rc == OTA_OK)
-        rc = hash_head(port, &h, OTA_CBOR_BSTR, 0);
-    if (rc == OTA_OK)
-        rc = hash_head(port, &h, OTA_CBOR_BSTR, s->payload_len);
-    if (rc == OTA_OK)
-        rc = port->sha256_update(port->ctx, &h, s->payload, s->payload_len);
+        rc = hash_bstr(port, &h, s->payload, s->payload_len);
     if (rc == OTA_OK)
         rc = port->sha256_finish(port->ctx, &h, digest);
-    if (rc != OTA_OK)
-        return OTA_ERR_CRYPTO;
-    rc = port->ecdsa_p256_verify(port->ctx, key->pub, digest, s->sig);
-    if (rc == OTA_OK || rc == OTA_ERR_SIGNATURE)
-        return rc;
-    return OTA_ERR_CRYPTO;
+    if (rc == OTA_OK)
+        rc = port->ecdsa_p256_verify(port->ctx, key->pub, digest, s->sig);
+    return rc == OTA_OK || rc == OTA_ERR_SIGNATURE ? rc : OTA_ERR_CRYPTO;
 }
 
 int ota_key_id(const ota_port_t *port, const uint8_t pub[65], uint8_t kid[8])
@@ -108,74 +102,49 @@ int ota_key_id(const ota_port_t *port, const uint8_t pub[65], uint8_t kid[8])
 
 /* ---- manifest payload -------------------------------------------------- */
 
-static int read_targets(ota_cbor_reader_t *r, ota_manifest_t *m)
-{
-    uint64_t n, i;
-    const uint8_t *start = r->p;
-    int rc = ota_cbor_read_array(r, &n);
-    if (rc != OTA_OK)
-        return rc;
-    if (n == 0u || n > OTA_CFG_MAX_TARGETS)
-        return OTA_ERR_MSG;
-    for (i = 0; i < n; i++) {
-        const char *s;
-        size_t len;
-        rc = ota_cbor_read_tstr(r, &s, &len);
-        if (rc != OTA_OK)
-            return rc;
-    }
-    m->targets = start;
-    m->targets_len = (size_t)(r->p - start);
-    m->ntargets = (uint32_t)n;
-    return OTA_OK;
-}
-
-static int read_components(ota_cbor_reader_t *r, ota_manifest_t *m)
-{
-    uint64_t n, i, k;
-    int rc = ota_cbor_read_array(r, &n);
-    if (rc != OTA_OK)
-        return rc;
-    for (i = 0; i < n; i++) {
-        const char *s;
-        const uint8_t *b;
-        size_t len;
-        rc = ota_cbor_read_array(r, &k);
-        if (rc != OTA_OK)
-            return rc;
-        if (k != 3u)
-            return OTA_ERR_MSG;
-        if ((rc = ota_cbor_read_tstr(r, &s, &len)) != OTA_OK ||
-            (rc = ota_cbor_read_tstr(r, &s, &len)) != OTA_OK ||
-            (rc = ota_cbor_read_bstr(r, &b, &len)) != OTA_OK)
-            return rc;
-    }
-    m->ncomponents = (uint32_t)n;
-    return OTA_OK;
-}
-
+/* Key 5, target hardware: 1..OTA_CFG_MAX_TARGETS text strings, kept as the
+ * raw array for ota_manifest_has_target. Key 11, components: arrays of
+ * [name tstr, version tstr, digest bstr], checked and counted. */
 static int manifest_custom(ota_cbor_reader_t *r, uint8_t key, void *out)
 {
+    static const uint8_t component[] = {OTA_CBOR_TSTR, OTA_CBOR_TSTR, OTA_CBOR_BSTR};
     ota_manifest_t *m = (ota_manifest_t *)out;
-    size_t n;
-    int rc;
-    if (key == 5)
-        return read_targets(r, m);
-    if (key == 11)
-        return read_components(r, m);
-    rc = ota_cbor_read_bstr(r, &m->digest, &n); /* key 8 */
-    return rc == OTA_OK && n != 32u ? OTA_ERR_MSG : rc;
+    const uint8_t *start = r->p, *p;
+    uint64_t n, k;
+    uint32_t i, j;
+    size_t len;
+    int rc = ota_cbor_read_array(r, &n);
+    if (rc == OTA_OK && key == 5 && (n == 0u || n > OTA_CFG_MAX_TARGETS))
+        rc = OTA_ERR_MSG;
+    for (i = 0; rc == OTA_OK && i < (uint32_t)n; i++) {
+        if (key == 5) {
+            rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &p, &len);
+            continue;
+        }
+        rc = ota_cbor_read_array(r, &k);
+        if (rc == OTA_OK && k != 3u)
+            rc = OTA_ERR_MSG;
+        for (j = 0; rc == OTA_OK && j < 3u; j++)
+            rc = ota_cbor_read_str(r, component[j], &p, &len);
+    }
+    if (key == 5) {
+        m->targets = start;
+        m->targets_len = (size_t)(r->p - start);
+        m->ntargets = (uint32_t)n;
+    } else {
+        m->ncomponents = (uint32_t)n;
+    }
+    return rc;
 }
 
-#define F(k, t, m) {k, t, (uint16_t)offsetof(ota_manifest_t, m), 0}
-#define S(k, m, l) {k, OTA_F_TSTR, (uint16_t)offsetof(ota_manifest_t, m), \
-                    (uint16_t)offsetof(ota_manifest_t, l)}
+#define F(k, t, m) OTA_ROW(k, t, ota_manifest_t, m)
+#define S(k, m, l) OTA_ROW2(k, OTA_F_TSTR, ota_manifest_t, m, offsetof(ota_manifest_t, l))
 
 static const ota_field_t manifest_rows[] = {
-    F(1, OTA_F_U32, format),        F(2, OTA_F_U64, seq),
-    S(3, version, version_len),     S(4, build, build_len),
-    F(5, OTA_F_CUSTOM, targets),    S(6, min_bootloader, min_bootloader_len),
-    F(7, OTA_F_U32, image_size),    F(8, OTA_F_CUSTOM, digest),
+    F(1, OTA_F_U32, format),         F(2, OTA_F_U64, seq),
+    S(3, version, version_len),      S(4, build, build_len),
+    F(5, OTA_F_CUSTOM, targets),     S(6, min_bootloader, min_bootloader_len),
+    F(7, OTA_F_U32, image_size),     F(8, OTA_F_PDIGEST, digest),
     F(9, OTA_F_U32, secure_version), F(10, OTA_F_U8, kind),
     F(11, OTA_F_CUSTOM, ncomponents),
 };
@@ -186,9 +155,8 @@ int ota_manifest_decode(const uint8_t *buf, size_t len, ota_manifest_t *m)
     int rc;
     if (m == NULL)
         return OTA_ERR_ARG;
-    memset(m, 0, sizeof(*m));
     rc = ota_decode_map(buf, len, manifest_rows, sizeof(manifest_rows) / sizeof(manifest_rows[0]),
-                        11, m, manifest_custom, &have);
+                        11, m, sizeof(*m), manifest_custom, &have);
     if (rc != OTA_OK)
         return rc;
     /* required: format, seq, version, targets, size, digest */

@@ -105,8 +105,7 @@ int ota_msg_decode_offer(const uint8_t *buf, size_t len, ota_offer_t *o)
     int rc;
     if (o == NULL)
         return OTA_ERR_ARG;
-    memset(o, 0, sizeof(*o));
-    rc = ota_decode_map(buf, len, offer_rows, NROWS(offer_rows), 5, o, NULL, &have);
+    rc = ota_decode_map(buf, len, offer_rows, NROWS(offer_rows), 5, o, sizeof(*o), NULL, &have);
     /* rollout required; a non-empty rollout needs a manifest */
     if (rc == OTA_OK &&
         (!(have & 2u) || (o->rollout_len != 0u && !(have & 4u)) || o->install_mode > 1u))
@@ -130,8 +129,7 @@ int ota_msg_decode_block(const uint8_t *buf, size_t len, ota_block_t *b)
     int rc;
     if (b == NULL)
         return OTA_ERR_ARG;
-    memset(b, 0, sizeof(*b));
-    rc = ota_decode_map(buf, len, block_rows, NROWS(block_rows), 7, b, NULL, &have);
+    rc = ota_decode_map(buf, len, block_rows, NROWS(block_rows), 7, b, sizeof(*b), NULL, &have);
     if (rc != OTA_OK)
         return rc;
     b->is_error = (have & 1u << 5) != 0u;
@@ -157,8 +155,8 @@ int ota_msg_decode_command(const uint8_t *buf, size_t len, ota_command_t *c)
     int rc;
     if (c == NULL)
         return OTA_ERR_ARG;
-    memset(c, 0, sizeof(*c));
-    rc = ota_decode_map(buf, len, command_rows, NROWS(command_rows), 3, c, NULL, &have);
+    rc = ota_decode_map(buf, len, command_rows, NROWS(command_rows), 3, c, sizeof(*c), NULL,
+                        &have);
     if (rc == OTA_OK && (!(have & 2u) || c->verb == 0u))
         rc = OTA_ERR_MSG;
     return rc;

@@ -15,7 +15,7 @@ enum {
 #define A(k, t, m, l) OTA_ROW2(k, t, ota_persist_t, m, l)
 
 static const ota_field_t persist_rows[] = {
-    F(PK_STATE, OTA_F_U8, state),
+    F(PK_STATE, OTA_F_U32, state),
     A(PK_ROLLOUT, OTA_F_TEXT, rollout, sizeof(((ota_persist_t *)0)->rollout)),
     A(PK_VERSION, OTA_F_TEXT, version, sizeof(((ota_persist_t *)0)->version)),
     F(PK_DIGEST, OTA_F_DIGEST, digest),
@@ -28,7 +28,7 @@ static const ota_field_t persist_rows[] = {
     F(PK_TSV, OTA_F_U32, target_secure_version),
     F(PK_SLOT, OTA_F_U8, target_slot),
     F(PK_ERROR, OTA_F_U8, error),
-    F(PK_FLAGS, OTA_F_U8, flags),
+    F(PK_FLAGS, OTA_F_U32, flags),
     F(PK_BOOTS, OTA_F_U32, boots_since_commit),
     F(PK_WDT, OTA_F_U32, wdt_since_commit),
     F(PK_TRIAL, OTA_F_U32, trial_ms),
@@ -46,9 +46,8 @@ int ota_persist_decode(ota_persist_t *ps, const uint8_t *buf, size_t len)
 {
     uint32_t have;
     int rc;
-    memset(ps, 0, sizeof(*ps));
     rc = ota_decode_map(buf, len, persist_rows, sizeof(persist_rows) / sizeof(persist_rows[0]),
-                        PK_MAX, ps, NULL, &have);
+                        PK_MAX, ps, sizeof(*ps), NULL, &have);
     if (rc == OTA_OK && (ps->state > OTA_STATE_FAILED || ps->install_mode > 1u ||
                          ps->target_slot > 1u || ps->offset > ps->size ||
                          ps->block_size > OTA_CFG_BLOCK_SIZE))

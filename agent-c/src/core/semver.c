@@ -1,139 +1,109 @@
-/* semver.c - SemVer 2.0.0 precedence comparison without allocation. */
+/* semver.c - SemVer 2.0.0 precedence comparison without allocation.
+ *
+ * A version is an identifier list of exactly three numeric identifiers,
+ * optionally "-" and a prerelease list, optionally "+" and build metadata
+ * (checked, then ignored). The core and the prerelease compare by the same
+ * rule: identifier by identifier, numeric ones by value (they have no
+ * leading zeros, so by length, then digit by digit), below alphanumeric
+ * ones, which compare in ASCII order; a list that is a prefix of the other
+ * is lower. Numbers are never converted, so they have no size limit. */
+#include <string.h>
+
 #include "otamq/ota_msg.h"
 
-typedef struct sv {
-    uint64_t num[3];
-    const char *pre; /* prerelease, NULL if none */
-    size_t pre_len;
-} sv_t;
+typedef struct span {
+    const char *p, *end;
+} span_t;
 
 static bool is_digit(char c)
 {
     return c >= '0' && c <= '9';
 }
 
-static bool is_ident(char c)
+#define ID_NUMERIC 1u /* all digits */
+#define ID_BAD 2u     /* a character other than [0-9A-Za-z-] */
+
+/* The next identifier of a list: s->p moves past it and its dot. *n is its
+ * length; returns ID_* bits. */
+static unsigned next_ident(span_t *s, const char **id, size_t *n)
 {
-    return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-';
+    unsigned kind = ID_NUMERIC;
+    *id = s->p;
+    for (; s->p < s->end && *s->p != '.'; s->p++) {
+        char c = *s->p, l = (char)(c | 0x20);
+        if (!is_digit(c))
+            kind = (l >= 'a' && l <= 'z') || c == '-' ? kind & ID_BAD : ID_BAD;
+    }
+    *n = (size_t)(s->p - *id);
+    if (s->p < s->end)
+        s->p++;
+    return kind;
 }
 
-/* Numeric identifier: digits, no leading zero, at most 19 digits. */
-static bool parse_num(const char **p, const char *end, uint64_t *v)
+/* Number of identifiers in s when it is a valid list: non-empty
+ * identifiers of [0-9A-Za-z-] separated by dots, numeric ones without
+ * leading zeros when strict (not in build metadata), only numeric ones when
+ * numeric. 0 when invalid. */
+static unsigned check_list(span_t s, bool strict, bool numeric)
 {
-    const char *s = *p;
-    size_t n = 0;
-    *v = 0;
-    while (s + n < end && is_digit(s[n])) {
-        if (n == 19u)
-            return false;
-        *v = *v * 10u + (uint64_t)(s[n] - '0');
-        n++;
+    unsigned count = 0, kind;
+    const char *id;
+    size_t n;
+    if (s.p < s.end && s.end[-1] == '.')
+        return 0; /* an empty identifier at the end */
+    while (s.p < s.end) {
+        kind = next_ident(&s, &id, &n);
+        if (n == 0u || (kind & ID_BAD) || (numeric && kind != ID_NUMERIC) ||
+            (strict && kind == ID_NUMERIC && n > 1u && *id == '0'))
+            return 0;
+        count++;
     }
-    if (n == 0u || (n > 1u && s[0] == '0'))
+    return count;
+}
+
+/* Splits and checks a version; pre->p is NULL without a prerelease. */
+static bool parse(const char *v, size_t len, span_t *core, span_t *pre)
+{
+    const char *end = v + len, *plus, *dash;
+    if (len > 0u && (*v == 'v' || *v == 'V'))
+        v++;
+    plus = memchr(v, '+', (size_t)(end - v));
+    if (plus == NULL)
+        plus = end;
+    else if (check_list((span_t){plus + 1, end}, false, false) == 0u)
         return false;
-    *p = s + n;
-    return true;
-}
-
-/* Dot-separated non-empty identifiers of [0-9A-Za-z-]; numeric ones may not
- * have leading zeros when check_num. Returns the end of the list. */
-static const char *parse_idents(const char *s, const char *end, bool check_num)
-{
-    for (;;) {
-        const char *start = s;
-        bool numeric = true;
-        while (s < end && is_ident(*s)) {
-            if (!is_digit(*s))
-                numeric = false;
-            s++;
-        }
-        if (s == start)
-            return NULL;
-        if (check_num && numeric && s - start > 1 && *start == '0')
-            return NULL;
-        if (s == end || *s != '.')
-            return s;
-        s++;
-    }
-}
-
-static bool parse(const char *s, size_t len, sv_t *v)
-{
-    const char *end = s + len;
-    int i;
-    if (len > 0u && (*s == 'v' || *s == 'V'))
-        s++;
-    for (i = 0; i < 3; i++) {
-        if (i > 0) {
-            if (s == end || *s != '.')
-                return false;
-            s++;
-        }
-        if (!parse_num(&s, end, &v->num[i]))
+    /* the first '-' ends the core: the core has digits and dots only */
+    dash = memchr(v, '-', (size_t)(plus - v));
+    core->p = v;
+    core->end = dash != NULL ? dash : plus;
+    pre->p = NULL;
+    if (dash != NULL) {
+        pre->p = dash + 1;
+        pre->end = plus;
+        if (check_list(*pre, true, false) == 0u)
             return false;
     }
-    v->pre = NULL;
-    v->pre_len = 0;
-    if (s < end && *s == '-') {
-        const char *e = parse_idents(s + 1, end, true);
-        if (e == NULL)
-            return false;
-        v->pre = s + 1;
-        v->pre_len = (size_t)(e - v->pre);
-        s = e;
-    }
-    if (s < end && *s == '+') {
-        s = parse_idents(s + 1, end, false);
-        if (s == NULL)
-            return false;
-    }
-    return s == end;
+    return check_list(*core, true, true) == 3u;
 }
 
-/* Next identifier of a prerelease list. */
-static void next_ident(const char **p, const char *end, const char **id, size_t *n)
+static int cmp_list(span_t a, span_t b)
 {
-    const char *s = *p;
-    *id = s;
-    while (s < end && *s != '.')
-        s++;
-    *n = (size_t)(s - *id);
-    *p = s < end ? s + 1 : s;
-}
-
-static bool all_digits(const char *s, size_t n)
-{
-    size_t i;
-    for (i = 0; i < n; i++)
-        if (!is_digit(s[i]))
-            return false;
-    return true;
-}
-
-static int cmp_pre(const sv_t *a, const sv_t *b)
-{
-    const char *pa = a->pre, *pb = b->pre, *ea, *eb;
-    if (a->pre == NULL || b->pre == NULL)
-        return (a->pre == NULL) - (b->pre == NULL); /* release > prerelease */
-    ea = a->pre + a->pre_len;
-    eb = b->pre + b->pre_len;
     for (;;) {
         const char *ia, *ib;
-        size_t na, nb, i;
-        bool da, db;
-        if (pa == ea || pb == eb)
-            return (pa != ea) - (pb != eb); /* longer list wins */
-        next_ident(&pa, ea, &ia, &na);
-        next_ident(&pb, eb, &ib, &nb);
-        da = all_digits(ia, na);
-        db = all_digits(ib, nb);
+        size_t na, nb;
+        unsigned da, db;
+        int c;
+        if (a.p == a.end || b.p == b.end)
+            return (a.p != a.end) - (b.p != b.end); /* longer list wins */
+        da = next_ident(&a, &ia, &na);
+        db = next_ident(&b, &ib, &nb);
         if (da != db)
             return da ? -1 : 1; /* numeric < alphanumeric */
         if (da && na != nb)
             return na < nb ? -1 : 1; /* no leading zeros: longer is larger */
-        for (i = 0; i < na && i < nb; i++)
-            if (ia[i] != ib[i])
-                return (unsigned char)ia[i] < (unsigned char)ib[i] ? -1 : 1;
+        c = memcmp(ia, ib, na < nb ? na : nb);
+        if (c != 0)
+            return c < 0 ? -1 : 1;
         if (na != nb)
             return na < nb ? -1 : 1;
     }
@@ -141,18 +111,14 @@ static int cmp_pre(const sv_t *a, const sv_t *b)
 
 int ota_semver_cmp(const char *a, size_t alen, const char *b, size_t blen, int *cmp)
 {
-    sv_t va, vb;
-    int i;
+    span_t ca, pa, cb, pb;
     if (a == NULL || b == NULL || cmp == NULL)
         return OTA_ERR_ARG;
-    if (!parse(a, alen, &va) || !parse(b, blen, &vb))
+    if (!parse(a, alen, &ca, &pa) || !parse(b, blen, &cb, &pb))
         return OTA_ERR_VERSION;
-    for (i = 0; i < 3; i++) {
-        if (va.num[i] != vb.num[i]) {
-            *cmp = va.num[i] < vb.num[i] ? -1 : 1;
-            return OTA_OK;
-        }
-    }
-    *cmp = cmp_pre(&va, &vb);
+    *cmp = cmp_list(ca, cb);
+    if (*cmp == 0 && (pa.p != NULL || pb.p != NULL))
+        *cmp = pa.p == NULL || pb.p == NULL ? (pa.p == NULL) - (pb.p == NULL) /* release wins */
+                                            : cmp_list(pa, pb);
     return OTA_OK;
 }
