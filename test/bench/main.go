@@ -4,10 +4,11 @@
 // records results and how to read them.
 //
 //	go run ./test/bench                 # everything (make bench)
-//	go run ./test/bench -only heartbeat # one of heartbeat, idle, admin
+//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, idle
 //
-// The idle-connection benchmark runs each server as a child process (this
-// binary with -serve) so that its RSS is its own.
+// The idle-connection benchmark and the memory part of the block benchmark
+// run each server as a child process (this binary with -serve) so that its
+// RSS is its own.
 package main
 
 import (
@@ -22,8 +23,8 @@ import (
 )
 
 var (
-	only      = flag.String("only", "", "run one benchmark: heartbeat, idle or admin")
-	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq) for the idle benchmark")
+	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks or idle")
+	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq for the idle benchmark, mochi-blocks or otamq-blocks for the block benchmark)")
 	serveData = flag.String("data", "", "internal: data directory of -serve otamq")
 	conns     = flag.Int("conns", 10000, "idle benchmark: connected, subscribed devices")
 	hbConns   = flag.Int("hb-conns", 50, "heartbeat benchmark: publishing connections")
@@ -32,13 +33,24 @@ var (
 	rounds    = flag.Int("rounds", 5, "heartbeat benchmark: rounds (the median is reported)")
 	adminN    = flag.Int("admin-writes", 2000, "admin benchmark: writes per variant")
 	cpuProf   = flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+
+	blkMiB       = flag.Int("blk-mib", 128, "block benchmark: MiB each configuration downloads per server and round (at least one window per device)")
+	blkRounds    = flag.Int("blk-rounds", 5, "block benchmark: rounds per configuration (the median is reported)")
+	blkMemSecs   = flag.Int("blk-mem-secs", 6, "block benchmark: seconds of continuous download for the memory figures (0: skip them)")
+	blkMemSize   = flag.Int("blk-mem-size", 32*1024, "block benchmark: block size of the memory part")
+	blkMemWindow = flag.Int("blk-mem-window", 8, "block benchmark: window of the memory part")
+	blkProfDir   = flag.String("blk-profile-dir", "", "block benchmark: write otamq's goroutine, heap, mutex and block profiles under load to this directory")
 )
 
 func main() {
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	if *serve != "" {
-		if err := runServer(*serve, *serveData); err != nil {
+		serveFunc := runServer
+		if strings.HasSuffix(*serve, "-blocks") {
+			serveFunc = runBlocksServer
+		}
+		if err := serveFunc(*serve, *serveData); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
 			os.Exit(1)
 		}
@@ -69,5 +81,6 @@ func main() {
 	}
 	run("heartbeat", benchHeartbeat)
 	run("admin", benchAdmin)
+	run("blocks", benchBlocks)
 	run("idle", benchIdle)
 }
