@@ -234,30 +234,30 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 		return
 	}
 	topic := d.topics.Device(id, KindBlock)
-	var msgs [][]byte
+	// Publish copies the payload for each subscriber (and no hook of ours
+	// keeps an inline publish), so delivery can reuse one buffer.
+	emit := func(m []byte) {
+		if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
+			d.log.Warn("block not published", "device", id, "err", err)
+		}
+	}
 	req, err := wire.DecodeBlockRequest(payload)
 	if err != nil {
 		d.rec.Rejected(RejectMalformed)
 		if d.warn.allow() {
 			d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
 		}
-		msgs = d.dlv.BadRequest(err.Error())
-	} else {
-		maxData := 0
-		if max := int(cl.Properties.Props.MaximumPacketSize); max > 0 {
-			maxData = max - packetSize(topic, wire.MaxBlockMessageOverhead)
-			if maxData <= 0 {
-				maxData = -1 // not even one byte fits: "bad request"
-			}
-		}
-		msgs = d.dlv.Blocks(id, req, maxData)
+		d.dlv.BadRequest(err.Error(), emit)
+		return
 	}
-	for _, m := range msgs {
-		if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
-			d.log.Warn("block not published", "device", id, "err", err)
-			return
+	maxData := 0
+	if max := int(cl.Properties.Props.MaximumPacketSize); max > 0 {
+		maxData = max - packetSize(topic, wire.MaxBlockMessageOverhead)
+		if maxData <= 0 {
+			maxData = -1 // not even one byte fits: "bad request"
 		}
 	}
+	d.dlv.Serve(id, req, maxData, emit)
 }
 
 // OnSubscribed implements mqtt.Hook: a device (or its gateway) that

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/otamq/otamq/ota/fleet"
@@ -131,17 +132,41 @@ type Service struct {
 	mu     sync.RWMutex // guards offers
 	offers map[string]*Offer
 
-	dmu     sync.Mutex // guards devs and global
-	devs    map[string]*devState
-	global  bucket
-	timeSeq uint64 // guarded by dmu: tie-breaker for timeline keys
+	// Block serving runs on every downloading device's read goroutine, so
+	// its state is per device: devMu guards only the map, each devState
+	// has its own lock, and the global bucket has one of its own.
+	devMu  sync.RWMutex
+	devs   map[string]*devState
+	gmu    sync.Mutex // guards global
+	global bucket
+
+	timeSeq atomic.Uint64 // tie-breaker for timeline keys
 }
 
 // devState is what block serving remembers of a downloading device.
 type devState struct {
+	mu      sync.Mutex // guards the fields below
 	bucket  bucket
 	digest  manifest.Digest
 	started time.Time // first block of digest served
+}
+
+// dev returns id's block-serving state, creating it on first use.
+func (s *Service) dev(id string, now time.Time) *devState {
+	s.devMu.RLock()
+	st := s.devs[id]
+	s.devMu.RUnlock()
+	if st != nil {
+		return st
+	}
+	s.devMu.Lock()
+	defer s.devMu.Unlock()
+	if st = s.devs[id]; st == nil {
+		burst := float64(s.o.MaxBlockSize * s.o.MaxWindow)
+		st = &devState{bucket: bucket{rate: s.o.DeviceRate, burst: burst, tokens: burst, last: now}}
+		s.devs[id] = st
+	}
+	return st
 }
 
 // New loads the offers from db.
@@ -461,77 +486,84 @@ const (
 // BlockResults lists every block result, so counters can start at 0.
 var BlockResults = []string{ResultServed, ResultNotAssigned, ResultUnknown, ResultOutOfRange, ResultBadRequest, ResultRateLimited, ResultInternal}
 
-// Blocks answers a block request of device id: the encoded messages to
-// publish on its block topic, in order. maxData caps each block's data
-// (what the requesting client can receive): 0 means no cap beyond the
-// service's, a negative value that no data fits.
-func (s *Service) Blocks(id string, req wire.BlockRequest, maxData int) [][]byte {
-	msgs, result := s.blocks(id, req, maxData)
-	s.o.Recorder.BlockRequest(result)
-	return msgs
+// Serve answers a block request of device id: it calls emit with each
+// message to publish on the device's block topic, in order. A message is
+// only valid during its emit call (the buffer is reused: publish copies
+// it). maxData caps each block's data (what the requesting client can
+// receive): 0 means no cap beyond the service's, a negative value that no
+// data fits.
+func (s *Service) Serve(id string, req wire.BlockRequest, maxData int, emit func(msg []byte)) {
+	s.o.Recorder.BlockRequest(s.serve(id, req, maxData, emit))
 }
 
-func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, msg string) [][]byte {
+func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, msg string) []byte {
 	e := wire.BlockError{RequestID: req.RequestID, Offset: req.Offset, Code: code, Message: msg}
 	if retry > 0 {
 		e.RetryAfterMS = uint32(min(retry.Milliseconds()+1, math.MaxUint32))
 	}
-	return [][]byte{e.Encode()}
+	return e.Encode()
 }
 
-// BadRequest is the answer to a block request that could not be decoded.
-func (s *Service) BadRequest(msg string) [][]byte {
+// BadRequest answers a block request that could not be decoded.
+func (s *Service) BadRequest(msg string, emit func(msg []byte)) {
 	s.o.Recorder.BlockRequest(ResultBadRequest)
 	if len(msg) > wire.MaxMessageLen {
 		msg = msg[:wire.MaxMessageLen]
 	}
-	return blockError(wire.BlockRequest{}, wire.BlockBadRequest, 0, msg)
+	emit(blockError(wire.BlockRequest{}, wire.BlockBadRequest, 0, msg))
 }
 
-func (s *Service) blocks(id string, req wire.BlockRequest, maxData int) ([][]byte, string) {
+// msgBufs recycles block message buffers.
+var msgBufs sync.Pool
+
+func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func([]byte)) string {
 	var d manifest.Digest
 	copy(d[:], req.Digest)
 	of, offered := s.Current(id)
 	if !offered || of.Digest != d {
 		if _, known := s.cat.ByDigest(d); !known {
-			return blockError(req, wire.BlockUnknownImage, 0, "unknown image"), ResultUnknown
+			emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
+			return ResultUnknown
 		}
-		return blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id), ResultNotAssigned
+		emit(blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id))
+		return ResultNotAssigned
 	}
 	r, ok := s.cat.ByDigest(d)
 	if !ok {
-		return blockError(req, wire.BlockUnknownImage, 0, "unknown image"), ResultUnknown
+		emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
+		return ResultUnknown
 	}
 	if err := s.cat.Offerable(r); err != nil {
-		return blockError(req, wire.BlockNotAssigned, 0, "release signing key revoked"), ResultNotAssigned
+		emit(blockError(req, wire.BlockNotAssigned, 0, "release signing key revoked"))
+		return ResultNotAssigned
 	}
 	if req.Offset >= r.Size {
-		return blockError(req, wire.BlockOutOfRange, 0, fmt.Sprintf("image is %d bytes", r.Size)), ResultOutOfRange
+		emit(blockError(req, wire.BlockOutOfRange, 0, fmt.Sprintf("image is %d bytes", r.Size)))
+		return ResultOutOfRange
 	}
 	size := min(int(min(req.Size, math.MaxInt32)), s.o.MaxBlockSize)
 	if maxData != 0 {
 		size = min(size, maxData)
 	}
 	if size <= 0 {
-		return blockError(req, wire.BlockBadRequest, 0, "no block size fits the client's maximum packet size"), ResultBadRequest
+		emit(blockError(req, wire.BlockBadRequest, 0, "no block size fits the client's maximum packet size"))
+		return ResultBadRequest
 	}
 	count := min(int(min(req.Count, math.MaxInt32)), s.o.MaxWindow)
 	left := r.Size - req.Offset
 	count = min(count, int((left+uint64(size)-1)/uint64(size)))
-	total := min(uint64(count)*uint64(size), left)
+	total := float64(min(uint64(count)*uint64(size), left))
 
 	now := s.o.Now()
-	s.dmu.Lock()
-	st := s.devs[id]
-	if st == nil {
-		burst := float64(s.o.MaxBlockSize * s.o.MaxWindow)
-		st = &devState{bucket: bucket{rate: s.o.DeviceRate, burst: burst, tokens: burst, last: now}}
-		s.devs[id] = st
-	}
-	wait := st.bucket.take(float64(total), now)
+	st := s.dev(id, now)
+	st.mu.Lock()
+	wait := st.bucket.take(total, now)
 	if wait == 0 {
-		if gw := s.global.take(float64(total), now); gw > 0 {
-			st.bucket.tokens += float64(total) // give the device's tokens back
+		s.gmu.Lock()
+		gw := s.global.take(total, now)
+		s.gmu.Unlock()
+		if gw > 0 {
+			st.bucket.tokens += total // give the device's tokens back
 			wait = gw
 		}
 	}
@@ -539,28 +571,30 @@ func (s *Service) blocks(id string, req wire.BlockRequest, maxData int) ([][]byt
 		// The first block served of this image starts the download clock.
 		st.digest, st.started = d, now
 	}
-	s.dmu.Unlock()
+	st.mu.Unlock()
 	if wait > 0 {
-		return blockError(req, wire.BlockRateLimited, wait, "rate limited"), ResultRateLimited
+		emit(blockError(req, wire.BlockRateLimited, wait, "rate limited"))
+		return ResultRateLimited
 	}
 
-	msgs := make([][]byte, 0, count)
-	off := req.Offset
-	for range count {
-		n := int(min(uint64(size), r.Size-off))
-		msg := wire.AppendBlockHeader(make([]byte, 0, wire.MaxBlockMessageOverhead+n), req.RequestID, off, r.Size, n)
-		hdr := len(msg)
-		msg = msg[:hdr+n]
-		got, err := s.cat.ReadImage(d, off, msg[hdr:])
-		if err != nil || got != n {
-			s.o.Logger.Error("image read failed", "digest", d.String(), "offset", off, "err", err)
-			return append(msgs, blockError(wire.BlockRequest{RequestID: req.RequestID, Offset: off}, wire.BlockInternal, 0, "internal error")...), ResultInternal
-		}
-		msgs = append(msgs, msg)
-		s.o.Recorder.BlockBytes(n)
-		off += uint64(n)
+	buf, _ := msgBufs.Get().(*[]byte)
+	if buf == nil {
+		buf = new([]byte)
 	}
-	return msgs, ResultServed
+	defer msgBufs.Put(buf)
+	err := s.cat.ReadBlocks(d, req.Offset, size, count, func(off uint64, data []byte) error {
+		msg := wire.AppendBlock((*buf)[:0], req.RequestID, off, r.Size, data)
+		*buf = msg
+		emit(msg)
+		s.o.Recorder.BlockBytes(len(data))
+		return nil
+	})
+	if err != nil {
+		s.o.Logger.Error("image read failed", "digest", d.String(), "offset", req.Offset, "err", err)
+		emit(blockError(req, wire.BlockInternal, 0, "internal error"))
+		return ResultInternal
+	}
+	return ResultServed
 }
 
 // Entry is one line of a device's update timeline.
@@ -587,10 +621,7 @@ func timelineKey(id string, t time.Time, seq uint64) []byte {
 
 // appendTimeline adds e to id's timeline and trims it.
 func (s *Service) appendTimeline(tx *store.Tx, id string, e Entry) error {
-	s.dmu.Lock()
-	s.timeSeq++
-	seq := s.timeSeq
-	s.dmu.Unlock()
+	seq := s.timeSeq.Add(1)
 	v, err := json.Marshal(e)
 	if err != nil {
 		return err
@@ -662,13 +693,15 @@ func (s *Service) Event(id string, ev wire.Event) error {
 	}
 	s.o.Recorder.Event(ev.Code.String())
 	if ev.Code == wire.EvDownloadCompleted {
-		s.dmu.Lock()
-		st := s.devs[id]
 		var started time.Time
+		s.devMu.RLock()
+		st := s.devs[id]
+		s.devMu.RUnlock()
 		if st != nil {
+			st.mu.Lock()
 			started, st.started = st.started, time.Time{}
+			st.mu.Unlock()
 		}
-		s.dmu.Unlock()
 		if !started.IsZero() {
 			s.o.Recorder.DownloadSeconds(s.o.Now().Sub(started).Seconds())
 		}

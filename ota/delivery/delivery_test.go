@@ -122,6 +122,13 @@ func (e *env) offer(ids ...string) []OfferResult {
 	return res
 }
 
+// blocks serves a request and collects copies of the messages.
+func blocks(svc *Service, id string, req wire.BlockRequest, maxData int) [][]byte {
+	var out [][]byte
+	svc.Serve(id, req, maxData, func(m []byte) { out = append(out, bytes.Clone(m)) })
+	return out
+}
+
 func decodeAll(t *testing.T, msgs [][]byte) ([]*wire.Block, []*wire.BlockError) {
 	t.Helper()
 	var bs []*wire.Block
@@ -148,7 +155,7 @@ func TestBlocksCapsAndErrors(t *testing.T) {
 	}
 	d := e.rel.Digest[:]
 	// Size capped by the service (8 KiB) and by the client (3000), window by 4.
-	bs, es := decodeAll(t, e.svc.Blocks("d1", wire.BlockRequest{Digest: d, Offset: 10, Size: 65536, Count: 99, RequestID: 5}, 3000))
+	bs, es := decodeAll(t, blocks(e.svc, "d1", wire.BlockRequest{Digest: d, Offset: 10, Size: 65536, Count: 99, RequestID: 5}, 3000))
 	if len(es) != 0 || len(bs) != 4 {
 		t.Fatalf("%d blocks, %d errors", len(bs), len(es))
 	}
@@ -161,7 +168,7 @@ func TestBlocksCapsAndErrors(t *testing.T) {
 		off += 3000
 	}
 	// The last window stops at the end of the image.
-	bs, _ = decodeAll(t, e.svc.Blocks("d1", wire.BlockRequest{Digest: d, Offset: 99_000, Size: 512, Count: 4, RequestID: 6}, 0))
+	bs, _ = decodeAll(t, blocks(e.svc, "d1", wire.BlockRequest{Digest: d, Offset: 99_000, Size: 512, Count: 4, RequestID: 6}, 0))
 	if len(bs) != 2 || len(bs[1].Data) != 488 {
 		t.Fatalf("tail: %d blocks", len(bs))
 	}
@@ -174,13 +181,13 @@ func TestBlocksCapsAndErrors(t *testing.T) {
 		{"d1", wire.BlockRequest{Digest: make([]byte, 32), Size: 1, Count: 1}, wire.BlockUnknownImage},
 		{"d1", wire.BlockRequest{Digest: d, Offset: 100_000, Size: 1, Count: 1}, wire.BlockOutOfRange},
 	} {
-		_, es := decodeAll(t, e.svc.Blocks(c.id, c.req, 0))
+		_, es := decodeAll(t, blocks(e.svc, c.id, c.req, 0))
 		if len(es) != 1 || es[0].Code != c.code {
 			t.Errorf("%s %+v: %+v", c.id, c.req, es)
 		}
 	}
 	// A client whose packets cannot carry a block at all.
-	if _, es := decodeAll(t, e.svc.Blocks("d1", wire.BlockRequest{Digest: d, Size: 100, Count: 1}, -5)); len(es) != 1 || es[0].Code != wire.BlockBadRequest {
+	if _, es := decodeAll(t, blocks(e.svc, "d1", wire.BlockRequest{Digest: d, Size: 100, Count: 1}, -5)); len(es) != 1 || es[0].Code != wire.BlockBadRequest {
 		t.Errorf("no room: %+v", es)
 	}
 }
@@ -191,19 +198,19 @@ func TestRateLimits(t *testing.T) {
 	e.offer("d1", "d2")
 	d := e.rel.Digest[:]
 	req := wire.BlockRequest{Digest: d, Size: 4096, Count: 2}
-	if bs, _ := decodeAll(t, e.svc.Blocks("d1", req, 0)); len(bs) != 2 {
+	if bs, _ := decodeAll(t, blocks(e.svc, "d1", req, 0)); len(bs) != 2 {
 		t.Fatal("burst not served")
 	}
-	_, es := decodeAll(t, e.svc.Blocks("d1", req, 0))
+	_, es := decodeAll(t, blocks(e.svc, "d1", req, 0))
 	if len(es) != 1 || es[0].Code != wire.BlockRateLimited || es[0].RetryAfterMS < 1900 || es[0].RetryAfterMS > 2100 {
 		t.Fatalf("second window: %+v", es)
 	}
 	// d2 has its own bucket.
-	if bs, _ := decodeAll(t, e.svc.Blocks("d2", req, 0)); len(bs) != 2 {
+	if bs, _ := decodeAll(t, blocks(e.svc, "d2", req, 0)); len(bs) != 2 {
 		t.Fatal("d2 limited by d1's use")
 	}
 	e.clk.add(2 * time.Second)
-	if bs, _ := decodeAll(t, e.svc.Blocks("d1", req, 0)); len(bs) != 2 {
+	if bs, _ := decodeAll(t, blocks(e.svc, "d1", req, 0)); len(bs) != 2 {
 		t.Fatal("not served after waiting as told")
 	}
 
@@ -212,10 +219,10 @@ func TestRateLimits(t *testing.T) {
 	g.offer("d1", "d2")
 	d = g.rel.Digest[:]
 	req.Digest = d
-	if bs, _ := decodeAll(t, g.svc.Blocks("d1", req, 0)); len(bs) != 2 {
+	if bs, _ := decodeAll(t, blocks(g.svc, "d1", req, 0)); len(bs) != 2 {
 		t.Fatal("global burst not served")
 	}
-	if _, es := decodeAll(t, g.svc.Blocks("d2", req, 0)); len(es) != 1 || es[0].Code != wire.BlockRateLimited {
+	if _, es := decodeAll(t, blocks(g.svc, "d2", req, 0)); len(es) != 1 || es[0].Code != wire.BlockRateLimited {
 		t.Fatalf("global cap not applied to another device: %+v", es)
 	}
 }

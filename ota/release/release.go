@@ -650,6 +650,64 @@ func (c *Catalog) Uploads() ([]Upload, error) {
 	return out, err
 }
 
+// ReadBlocks reads count consecutive blocks of size bytes of the released
+// image d from offset (fewer at the end of the image) in one read
+// transaction, and calls fn with each block's offset and data. data is only
+// valid during the call, and fn must not use the store. It stops at fn's
+// first error and returns it.
+func (c *Catalog) ReadBlocks(d manifest.Digest, offset uint64, size, count int, fn func(off uint64, data []byte) error) error {
+	r, ok := c.ByDigest(d)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNoSuchImage, d)
+	}
+	if offset >= r.Size || size <= 0 {
+		return fmt.Errorf("%w: offset %d, block size %d, image of %d bytes", ErrInvalid, offset, size, r.Size)
+	}
+	buf := blockBufs.get(size)
+	defer blockBufs.put(buf)
+	return c.db.View(func(tx *store.Tx) error {
+		for i := 0; i < count && offset < r.Size; i++ {
+			n := int(min(uint64(size), r.Size-offset))
+			if err := readRange(tx, d, offset, buf[:n]); err != nil {
+				return err
+			}
+			if err := fn(offset, buf[:n]); err != nil {
+				return err
+			}
+			offset += uint64(n)
+		}
+		return nil
+	})
+}
+
+// readRange fills dst from the image d at offset.
+func readRange(tx *store.Tx, d manifest.Digest, offset uint64, dst []byte) error {
+	for n := 0; n < len(dst); {
+		off := offset + uint64(n)
+		chunk := tx.Get(bucketBlobs, chunkKey(d, uint32(off/ChunkSize)))
+		pos := int(off % ChunkSize)
+		if pos >= len(chunk) {
+			return fmt.Errorf("image %s: chunk %d missing or short", d, off/ChunkSize)
+		}
+		n += copy(dst[n:], chunk[pos:])
+	}
+	return nil
+}
+
+// blockBufs recycles ReadBlocks' scratch buffers.
+var blockBufs bufPool
+
+type bufPool struct{ p sync.Pool }
+
+func (b *bufPool) get(n int) []byte {
+	if v, ok := b.p.Get().(*[]byte); ok && cap(*v) >= n {
+		return (*v)[:n]
+	}
+	return make([]byte, n)
+}
+
+func (b *bufPool) put(buf []byte) { b.p.Put(&buf) }
+
 // ReadImage copies the bytes of the released image d from offset into dst
 // and returns how many it copied (less than len(dst) at the end of the
 // image). Only the chunks holding the range are read.
@@ -662,18 +720,9 @@ func (c *Catalog) ReadImage(d manifest.Digest, offset uint64, dst []byte) (int, 
 		return 0, fmt.Errorf("%w: offset %d of a %d-byte image", ErrInvalid, offset, r.Size)
 	}
 	want := int(min(uint64(len(dst)), r.Size-offset))
-	n := 0
-	err := c.db.View(func(tx *store.Tx) error {
-		for n < want {
-			off := offset + uint64(n)
-			chunk := tx.Get(bucketBlobs, chunkKey(d, uint32(off/ChunkSize)))
-			pos := int(off % ChunkSize)
-			if pos >= len(chunk) {
-				return fmt.Errorf("image %s: chunk %d missing or short", d, off/ChunkSize)
-			}
-			n += copy(dst[n:want], chunk[pos:])
-		}
-		return nil
-	})
-	return n, err
+	err := c.db.View(func(tx *store.Tx) error { return readRange(tx, d, offset, dst[:want]) })
+	if err != nil {
+		return 0, err
+	}
+	return want, nil
 }
