@@ -114,7 +114,7 @@ func New(opts Options) (b *Broker, err error) {
 	rec := newRecorder(b.metrics)
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
 
-	b.fleet, err = fleet.Open(b.db, &fleet.Options{Now: o.Now, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
+	b.fleet, err = fleet.Open(b.db, &fleet.Options{Now: opts.Now, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
 	if err != nil {
 		return nil, err
 	}

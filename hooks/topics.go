@@ -97,7 +97,14 @@ func cutLevel(topic, first string) (string, bool) {
 }
 
 // hasWildcard reports whether filter contains + or #.
-func hasWildcard(filter string) bool { return strings.ContainsAny(filter, "+#") }
+func hasWildcard(filter string) bool {
+	for i := 0; i < len(filter); i++ {
+		if c := filter[i]; c == '+' || c == '#' {
+			return true
+		}
+	}
+	return false
+}
 
 // covers reports whether every topic that filter f can match is also matched
 // by filter r. With f a topic name (no wildcards) it is plain matching.

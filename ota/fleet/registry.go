@@ -25,7 +25,10 @@ const DefaultFlushInterval = 2 * time.Second
 
 // Options configure Open. The zero value means all defaults.
 type Options struct {
-	// Now is the clock. Default time.Now.
+	// Now is the clock. Default: the system clock, read every 50 ms by Run
+	// (a device's last-seen time needs no finer resolution, and the clock
+	// read was a measurable part of every heartbeat's cost), or at every
+	// call when Run is not running.
 	Now func() time.Time
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
@@ -74,7 +77,8 @@ const (
 // concurrent use.
 type Registry struct {
 	db     *store.DB
-	now    func() time.Time
+	clock  func() time.Time // nil: the coarse clock
+	coarse atomic.Int64     // Unix nanoseconds, kept by Run; 0 when Run is not running
 	log    *slog.Logger
 	events Notifier
 	flush  time.Duration
@@ -113,9 +117,6 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -129,7 +130,7 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 		o.PasswordChecks = 2
 	}
 	r := &Registry{
-		db: db, now: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
+		db: db, clock: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
 		slow:   make(chan struct{}, o.PasswordChecks),
 		intern: &interner{},
 	}
@@ -396,13 +397,34 @@ func (r *Registry) Counts() Counts {
 	return c
 }
 
+// coarseTick is how often Run reads the system clock for the coarse clock.
+const coarseTick = 50 * time.Millisecond
+
+// now is the registry's clock.
+func (r *Registry) now() time.Time {
+	if r.clock != nil {
+		return r.clock()
+	}
+	if n := r.coarse.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Now()
+}
+
 // Run flushes changed statuses every FlushInterval until ctx ends, then
-// flushes once more and returns.
+// flushes once more and returns. While it runs it also keeps the coarse
+// clock.
 func (r *Registry) Run(ctx context.Context) {
 	t := time.NewTicker(r.flush)
 	defer t.Stop()
+	tick := time.NewTicker(coarseTick)
+	defer tick.Stop()
+	r.coarse.Store(time.Now().UnixNano())
+	defer r.coarse.Store(0)
 	for {
 		select {
+		case now := <-tick.C:
+			r.coarse.Store(now.UnixNano())
 		case <-ctx.Done():
 			if err := r.Flush(context.Background()); err != nil {
 				r.log.Error("final status flush failed", "err", err)
