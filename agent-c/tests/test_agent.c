@@ -248,7 +248,7 @@ static void test_reject_bad_signature(void **state)
     base_manifest(&m);
     m.targets[0] = "other-hw"; /* the signature is checked first */
     offer_with(&m, &dev->key, true);
-    expect_rejected(OTA_E_SIGNATURE, "bad signature");
+    expect_rejected(OTA_E_SIGNATURE, ""); /* no detail: the error code says it */
 }
 
 static void test_reject_unknown_key(void **state)
@@ -274,7 +274,7 @@ static void test_reject_hardware(void **state)
     m.targets[0] = "esp32-v9";
     m.min_bootloader = "9.0.0"; /* hardware is checked before bootloader */
     offer_with(&m, &dev->key, false);
-    expect_rejected(OTA_E_HARDWARE, "hardware");
+    expect_rejected(OTA_E_HARDWARE, ""); /* no detail: the error code says it */
 }
 
 static void test_reject_bootloader(void **state)
@@ -361,7 +361,7 @@ static void test_reject_secure_version(void **state)
     base_manifest(&m);
     m.secure_version = 2;
     offer_with(&m, &dev->key, false);
-    expect_rejected(OTA_E_SECURE_VERSION, "secure version");
+    expect_rejected(OTA_E_SECURE_VERSION, ""); /* no detail: the error code says it */
 }
 
 static bool download_started(fake_dev_t *d)

@@ -70,10 +70,17 @@ static void test_heartbeat_example(void **state)
 
 static void test_event_example(void **state)
 {
-    ota_event_t ev = {5, "r-2025-11-24", "1.2.4", 100, 0, NULL, 1764000000u};
+    ota_event_t ev = {5, "r-2025-11-24", "1.2.4", 100, 0, NULL, 1764000000u, 0, 0};
     uint8_t buf[128];
     size_t n;
     (void)state;
+    assert_int_equal(ota_msg_encode_event(&ev, buf, sizeof(buf), &n), OTA_OK);
+    assert_hex(buf, n, "a50105026c722d323032352d31312d32340365312e322e34041864071a69248100");
+    /* the same strings given by length, not NUL-terminated */
+    ev.rollout = "r-2025-11-24xyz";
+    ev.rollout_len = 12;
+    ev.target_version = "1.2.4.";
+    ev.target_version_len = 5;
     assert_int_equal(ota_msg_encode_event(&ev, buf, sizeof(buf), &n), OTA_OK);
     assert_hex(buf, n, "a50105026c722d323032352d31312d32340365312e322e34041864071a69248100");
 }
@@ -476,10 +483,17 @@ static void test_semver(void **state)
         {"1.0.0-alpha", "1.0.0", -1},   {"1.0.0-alpha", "1.0.0-alpha.1", -1},
         {"1.0.0-alpha.1", "1.0.0-alpha.beta", -1}, {"1.0.0-beta.2", "1.0.0-beta.11", -1},
         {"1.0.0-rc.1", "1.0.0-beta.11", 1}, {"1.0.0+build.5", "1.0.0+other", 0},
-        {"v1.2.3", "1.2.3", 0},
+        {"v1.2.3", "1.2.3", 0},         {"V1.2.3-rc-1", "1.2.3-rc-1", 0},
+        {"1.0.0-rc.1+b-7.x", "1.0.0-rc.1", 0}, {"1.0.0+0001", "1.0.0", 0},
+        {"1.0.0-a-b", "1.0.0-a", 1},    {"1.0.0-1", "1.0.0-a", -1},
+        {"1.0.0-0", "1.0.0", -1},       {"1.0.0-alpha.beta", "1.0.0-beta", -1},
+        {"123456789012345678901.0.0", "123456789012345678900.0.0", 1},
+        {"2.0.0", "123456789012345678901.0.0", -1},
     };
     static const char *invalid[] = {"1.0", "01.0.0", "1.0.0-", "1.0.0-01", "1..0", "a.b.c",
-                                    "1.0.0+", "1.0.0 ", ""};
+                                    "1.0.0+", "1.0.0 ", "", "1.0.0.0", "1.0.0-a..b",
+                                    "1.0.0+a..b", "-1.0.0", "1.0.0-+b", "1.0.0-a.", "1.0.0+b.",
+                                    "1.0.0+b+c", "v", "1.0.0-a_b", "1.0.0-a\x01", "1.0-0.0"};
     size_t i;
     int c;
     (void)state;

@@ -174,20 +174,20 @@ int main(int argc, char **argv)
         heartbeat("heartbeat-downloading", &d);
     }
     {
-        ota_event_t e1 = {OTA_EV_DOWNLOAD_COMPLETED, "r-2025-11-24", "1.2.4", 100, 0, NULL, 1764000000u};
+        ota_event_t e1 = {OTA_EV_DOWNLOAD_COMPLETED, "r-2025-11-24", "1.2.4", 100, 0, NULL, 1764000000u, 0, 0};
         event("event-design-example", &e1);
-        ota_event_t e2 = {OTA_EV_DOWNLOAD_PROGRESS, "r-1", "1.1.0", 40, 0, NULL, 0};
+        ota_event_t e2 = {OTA_EV_DOWNLOAD_PROGRESS, "r-1", "1.1.0", 40, 0, NULL, 0, 0, 0};
         event("event-download-progress", &e2);
-        ota_event_t e3 = {OTA_EV_REJECTED, "r-9", "0.9.0", -1, OTA_E_VERSION, "downgrade", 1764000123u};
+        ota_event_t e3 = {OTA_EV_REJECTED, "r-9", "0.9.0", -1, OTA_E_VERSION, "downgrade", 1764000123u, 0, 0};
         event("event-rejected", &e3);
-        ota_event_t e4 = {OTA_EV_ROLLBACK_COMPLETED, "r-7", "2.0.0", -1, OTA_E_HEALTH, NULL, 1764000456u};
+        ota_event_t e4 = {OTA_EV_ROLLBACK_COMPLETED, "r-7", "2.0.0", -1, OTA_E_HEALTH, NULL, 1764000456u, 0, 0};
         event("event-rollback-completed", &e4);
-        ota_event_t e5 = {OTA_EV_CHECK_STARTED, NULL, NULL, -1, 0, NULL, 0};
+        ota_event_t e5 = {OTA_EV_CHECK_STARTED, NULL, NULL, -1, 0, NULL, 0, 0, 0};
         event("event-check-started", &e5);
         ota_event_t e6 = {OTA_EV_DOWNLOAD_FAILED, "r-é", "1.1.0", -1, OTA_E_CANCELLED,
-                          "offer withdrawn \"quoted\"", 4294967296ull};
+                          "offer withdrawn \"quoted\"", 4294967296ull, 0, 0};
         event("event-download-failed", &e6);
-        ota_event_t e7 = {OTA_EV_HEALTH_OK, "r-1", "1.1.0", -1, 0, NULL, 1764000999u};
+        ota_event_t e7 = {OTA_EV_HEALTH_OK, "r-1", "1.1.0", -1, 0, NULL, 1764000999u, 0, 0};
         event("event-health-ok", &e7);
     }
     {

@@ -132,7 +132,7 @@ typedef struct ota_agent {
     uint32_t req_count;        /* blocks still expected from the request */
     uint32_t req_deadline_ms;
     uint32_t retries;
-    uint32_t pct_reported;     /* last progress decile sent */
+    uint32_t pct_reported;     /* download progress last reported, percent */
     uint32_t last_hb_ms;
     uint32_t evq_len;
     ota_persist_t ps;
@@ -144,11 +144,9 @@ typedef struct ota_agent {
     uint32_t unhealthy_since_ms;
     bool check_pending;        /* a check is under way: report the next offer */
     uint8_t boot_reason;       /* reported in the birth */
-    uint8_t nkeys;
     uint8_t topic_len;         /* of "<prefix>/<id>/" at the start of topic */
     ota_boot_info_t boot;
-    ota_settings_t set;        /* resolved settings */
-    ota_agent_config_t cfg;
+    ota_agent_config_t cfg;    /* settings resolved: no zero field */
     ota_key_t keys[OTA_CFG_MAX_KEYS];
     ota_sha256_t img_hash;
     /* events waiting to be published: [length][bytes]... */

@@ -124,10 +124,14 @@ typedef struct ota_event {
     uint8_t code;               /* 1 */
     const char *rollout;        /* 2, omitted when NULL */
     const char *target_version; /* 3, omitted when NULL */
-    int16_t progress;           /* 4, omitted when < 0 */
+    int32_t progress;           /* 4, omitted when < 0 */
     uint8_t error;              /* 5, omitted when 0 */
     const char *detail;         /* 6, omitted when NULL; cut to 128 bytes */
     uint64_t device_time;       /* 7 */
+    /* 0: rollout and target_version are NUL-terminated. Otherwise their
+     * lengths, and they need not be (e.g. straight from a received offer). */
+    size_t rollout_len;
+    size_t target_version_len;
 } ota_event_t;
 
 typedef struct ota_block_request {
@@ -231,8 +235,8 @@ typedef struct ota_cose_sign1 {
  * (DESIGN §4, as the broker's parser): protected header exactly {1: -7}
  * (bytes a10126), unprotected header exactly {4: 8-byte key ID}, a
  * non-empty payload byte string and a 64-byte signature, all in shortest
- * form, nothing after it. Structure only: OTA_OK, OTA_ERR_COSE, or a CBOR
- * status from the payload's head. */
+ * form, nothing after it. Structure only: OTA_OK or OTA_ERR_COSE (*out is
+ * then unspecified). */
 int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *out);
 
 /* Verifies s with the key among keys[0..nkeys) whose kid matches, through

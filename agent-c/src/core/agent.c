@@ -15,9 +15,9 @@
 
 /* Every reason the agent gives in an event: the error code (event key 5;
  * ERR_PS: the error recorded in the persisted state) and the detail text
- * (key 6, none when empty). An event is a code plus one of these, so each
- * place that reports something names a row instead of spelling out its
- * arguments. */
+ * (key 6; empty: no detail, where the error code says all there is). An
+ * event is a code plus one of these, so each place that reports something
+ * names a row instead of spelling out its arguments. */
 #define ERR_PS 0xffu
 #define REASONS(X)                                                               \
     X(R_NONE, 0, "")                                                             \
@@ -27,30 +27,30 @@
     X(R_UNKNOWN_IMAGE, OTA_E_RETRIES, "unknown image")                           \
     X(R_OFFSET, OTA_E_RETRIES, "offset out of range")                            \
     X(R_BROKER_REFUSED, OTA_E_RETRIES, "refused by broker")                      \
-    X(R_RETRIES, OTA_E_RETRIES, "retries exhausted")                             \
-    X(R_DIGEST, OTA_E_DIGEST, "digest mismatch")                                 \
+    X(R_RETRIES, OTA_E_RETRIES, "")                             \
+    X(R_DIGEST, OTA_E_DIGEST, "")                                 \
     X(R_SIZE, OTA_E_DIGEST, "image size mismatch")                               \
     X(R_SLOT_CHANGED, OTA_E_DIGEST, "slot changed")                              \
     X(R_IMAGE_REFUSED, OTA_E_FLASH, "image refused")                             \
-    X(R_WRITE, OTA_E_FLASH, "slot write failed")                                 \
+    X(R_WRITE, OTA_E_FLASH, "")                                 \
     X(R_HASH, OTA_E_FLASH, "hash failed")                                        \
     X(R_BEGIN, OTA_E_FLASH, "slot begin failed")                                 \
     X(R_RESUME, OTA_E_FLASH, "cannot resume")                                    \
-    X(R_TOO_LARGE, OTA_E_NO_SPACE, "image too large")                            \
+    X(R_TOO_LARGE, OTA_E_NO_SPACE, "")                            \
     X(R_WITHDRAWN, OTA_E_CANCELLED, "offer withdrawn")                           \
     X(R_SUPERSEDED, OTA_E_CANCELLED, "superseded")                               \
     X(R_CANCEL_CMD, OTA_E_CANCELLED, "cancel command")                           \
     /* install completed with an error (event 8) */                              \
-    X(R_ACTIVATE, OTA_E_FLASH, "activate failed")                                \
+    X(R_ACTIVATE, OTA_E_FLASH, "")                                \
     /* offer refused (event 15), in the order of the checks */                   \
     X(R_BAD_OFFER, 0, "bad offer")                                               \
     X(R_ROLLOUT_LONG, 0, "rollout ID longer than " STR(OTA_CFG_ROLLOUT_MAX) " bytes") \
     X(R_DEADLINE, 0, "deadline passed")                                          \
     X(R_BAD_COSE, OTA_E_SIGNATURE, "bad COSE_Sign1")                             \
     X(R_UNKNOWN_KEY, OTA_E_SIGNATURE, "unknown key")                             \
-    X(R_BAD_SIGNATURE, OTA_E_SIGNATURE, "bad signature")                         \
+    X(R_BAD_SIGNATURE, OTA_E_SIGNATURE, "")                         \
     X(R_BAD_MANIFEST, OTA_E_VERSION, "bad manifest")                             \
-    X(R_HARDWARE, OTA_E_HARDWARE, "hardware")                                    \
+    X(R_HARDWARE, OTA_E_HARDWARE, "")                                    \
     X(R_BOOTLOADER, OTA_E_HARDWARE, "bootloader too old")                        \
     X(R_KIND, OTA_E_VERSION, "unsupported kind")                                 \
     X(R_VERSION_LONG, OTA_E_VERSION, "version longer than " STR(OTA_CFG_VERSION_MAX) " bytes") \
@@ -58,7 +58,7 @@
     X(R_SAME_VERSION, OTA_E_VERSION, "same version")                             \
     X(R_DOWNGRADE, OTA_E_VERSION, "downgrade")                                   \
     X(R_SEQUENCE, OTA_E_VERSION, "sequence")                                     \
-    X(R_SECURE_VERSION, OTA_E_SECURE_VERSION, "secure version")                  \
+    X(R_SECURE_VERSION, OTA_E_SECURE_VERSION, "")                  \
     /* trial failed (event 12) and rollback (13); the trial timeout's three */   \
     /* reasons in this order */                                                  \
     X(R_NOT_REACHED, OTA_E_HEALTH, "broker not reached")                         \
@@ -158,20 +158,23 @@ static void flush_events(ota_agent_t *a)
 }
 
 /* Queues an event (oldest events dropped when the queue is full) and
- * publishes what is queued when connected. */
+ * publishes what is queued when connected. The rollout ID and version
+ * (NULL: none) are rollout_len and version_len bytes long, or
+ * NUL-terminated when that is 0. */
 static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rollout,
-                      const char *version)
+                      size_t rollout_len, const char *version, size_t version_len)
 {
     ota_event_t ev;
     size_t len, room;
 
     ev.code = code;
     ev.rollout = rollout;
+    ev.rollout_len = rollout_len;
     ev.target_version = version;
-    ev.progress = code == OTA_EV_DOWNLOAD_STARTED    ? 0
-                  : code == OTA_EV_DOWNLOAD_PROGRESS ? (int16_t)(a->pct_reported * 10)
-                  : code == OTA_EV_DOWNLOAD_COMPLETED ? 100
-                                                      : -1;
+    ev.target_version_len = version_len;
+    ev.progress = code >= OTA_EV_DOWNLOAD_STARTED && code <= OTA_EV_DOWNLOAD_COMPLETED
+                      ? (int32_t)a->pct_reported
+                      : -1;
     ev.error = reason_err[why] == ERR_PS ? a->ps.error : reason_err[why];
     ev.detail = reason_text(why);
     ev.device_time = unix_now(a);
@@ -195,8 +198,8 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
 /* An event about the current update: its rollout and target version. */
 static void event(ota_agent_t *a, uint8_t code, uint8_t why)
 {
-    event_for(a, code, why, a->ps.rollout[0] ? a->ps.rollout : NULL,
-              a->ps.version[0] ? a->ps.version : NULL);
+    event_for(a, code, why, a->ps.rollout[0] ? a->ps.rollout : NULL, 0,
+              a->ps.version[0] ? a->ps.version : NULL, 0);
 }
 
 /* Enters state st, persisted before anything else happens, and reports
@@ -272,10 +275,10 @@ static void send_request(ota_agent_t *a)
     rq.digest = a->ps.digest;
     rq.offset = a->next_off;
     rq.size = a->ps.block_size;
-    rq.count = a->req_count = blocks < a->set.window ? blocks : a->set.window;
+    rq.count = a->req_count = blocks < a->cfg.settings.window ? blocks : a->cfg.settings.window;
     rq.req_id = ++a->req_id;
     a->req_active = true;
-    a->req_deadline_ms = NOW(a) + a->set.request_timeout_ms;
+    a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
     if (ota_msg_encode_block_request(&rq, a->tx, sizeof(a->tx), &len) == OTA_OK)
         (void)publish(a, "ota/get", a->tx, len, 0);
 }
@@ -288,6 +291,12 @@ static void stop_requests(ota_agent_t *a)
     a->retry_wait = false;
 }
 
+static void abort_slot(ota_agent_t *a)
+{
+    if (P(a)->slot_abort != NULL)
+        P(a)->slot_abort(P(a)->ctx);
+}
+
 /* The current download or verified image is given up and reported (event
  * 6, or 8 when activation failed). Cancelled: back to idle. Failed: state
  * FAILED, and the same rollout+digest is not retried when offered again. */
@@ -295,8 +304,7 @@ static void give_up(ota_agent_t *a, uint8_t why)
 {
     uint8_t err = reason_err[why];
     stop_requests(a);
-    if (P(a)->slot_abort != NULL)
-        P(a)->slot_abort(P(a)->ctx);
+    abort_slot(a);
     a->ps.error = err;
     if (err != OTA_E_CANCELLED)
         a->ps.flags |= OTA_PF_IGNORE_OFFER;
@@ -304,11 +312,12 @@ static void give_up(ota_agent_t *a, uint8_t why)
          why == R_ACTIVATE ? OTA_EV_INSTALL_COMPLETED : OTA_EV_DOWNLOAD_FAILED, why);
 }
 
-/* Completed tenths of the image, 0..9 (progress events every 10 %). */
-static uint8_t decile(uint32_t off, uint32_t size)
+/* Completed tenths of the image in percent, 0..90 (progress events every
+ * 10 %; 100 is for the completed download). */
+static uint32_t decile(uint32_t off, uint32_t size)
 {
     uint32_t d = size < 10u ? 0u : off / (size / 10u);
-    return (uint8_t)(d > 9u ? 9u : d);
+    return 10u * (d > 9u ? 9u : d);
 }
 
 /* Hashes slot bytes [0, n) into a->img_hash, through a->tx. */
@@ -353,16 +362,16 @@ static void install(ota_agent_t *a)
  * up after max_retries consecutive failures. */
 static void retry_later(ota_agent_t *a, uint32_t at_least_ms)
 {
-    uint32_t backoff = a->set.backoff_min_ms, i;
+    uint32_t backoff = a->cfg.settings.backoff_min_ms, i;
     a->req_active = false;
-    if (++a->retries > a->set.max_retries) {
+    if (++a->retries > a->cfg.settings.max_retries) {
         give_up(a, R_RETRIES);
         return;
     }
-    for (i = 1; i < a->retries && backoff < a->set.backoff_max_ms; i++)
+    for (i = 1; i < a->retries && backoff < a->cfg.settings.backoff_max_ms; i++)
         backoff *= 2u;
-    if (backoff > a->set.backoff_max_ms)
-        backoff = a->set.backoff_max_ms;
+    if (backoff > a->cfg.settings.backoff_max_ms)
+        backoff = a->cfg.settings.backoff_max_ms;
     if (backoff < at_least_ms)
         backoff = at_least_ms;
     a->retry_wait = true;
@@ -372,7 +381,7 @@ static void retry_later(ota_agent_t *a, uint32_t at_least_ms)
 static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_block_t b;
-    uint8_t dec;
+    uint32_t dec;
     int rc = ota_msg_decode_block(payload, len, &b);
     if (rc != OTA_OK)
         return rc;
@@ -404,7 +413,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
     }
     a->next_off += (uint32_t)b.data_len;
     a->retries = 0;
-    a->req_deadline_ms = NOW(a) + a->set.request_timeout_ms;
+    a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
     if (a->req_count > 0u)
         a->req_count--;
     if (a->next_off == a->ps.size) {
@@ -416,6 +425,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             give_up(a, R_IMAGE_REFUSED);
         else {
             a->ps.offset = a->ps.size;
+            a->pct_reported = 100;
             step(a, OTA_STATE_VERIFIED, OTA_EV_DOWNLOAD_COMPLETED, R_NONE);
             if (a->ps.install_mode == 0u)
                 install(a);
@@ -437,32 +447,25 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 }
 
 /* Prepares the slot and the hash for ps (state DOWNLOADING) from
- * ps.offset, which is 0 for a new download. */
+ * ps.offset, which is 0 for a new download; when the written part cannot be
+ * read back, from 0. */
 static int start_download(ota_agent_t *a)
 {
     int rc;
     stop_requests(a);
     a->retries = 0;
-    if (a->ps.offset != 0u) {
+    for (;;) {
         rc = P(a)->slot_begin(P(a)->ctx, a->ps.size, a->ps.offset);
         if (rc == OTA_OK)
             rc = rehash(a, a->ps.offset);
-        if (rc != OTA_OK) {
-            if (P(a)->slot_abort != NULL)
-                P(a)->slot_abort(P(a)->ctx);
-            a->ps.offset = 0; /* cannot resume: start over */
-        }
-    }
-    if (a->ps.offset == 0u) {
-        rc = P(a)->slot_begin(P(a)->ctx, a->ps.size, 0);
-        if (rc == OTA_OK)
-            rc = P(a)->sha256_start(P(a)->ctx, &a->img_hash);
-        if (rc != OTA_OK)
-            return rc;
+        if (rc == OTA_OK || a->ps.offset == 0u)
+            break;
+        abort_slot(a);
+        a->ps.offset = 0; /* cannot resume: start over */
     }
     a->next_off = a->ps.offset;
     a->pct_reported = decile(a->next_off, a->ps.size);
-    return OTA_OK;
+    return rc;
 }
 
 /* ---- offers ------------------------------------------------------------ */
@@ -473,27 +476,14 @@ static bool current_rollout(const ota_agent_t *a, const char *s, size_t n)
     return strlen(a->ps.rollout) == n && memcmp(a->ps.rollout, s, n) == 0;
 }
 
-/* dst <- s[0..n) NUL-terminated, or NULL when it does not fit or holds a
- * NUL. */
-static const char *copy_str(char *dst, size_t cap, const char *s, size_t n)
-{
-    if (n >= cap || memchr(s, 0, n) != NULL)
-        return NULL;
-    memcpy(dst, s, n);
-    dst[n] = '\0';
-    return dst;
-}
-
 /* Reports a refused offer (event 15) with its own rollout ID and, when it
- * was readable, its manifest's version. */
+ * was readable, its manifest's version, as far as they are within the
+ * limits the broker takes. */
 static void reject(ota_agent_t *a, const ota_offer_t *o, uint8_t why, const ota_manifest_t *m)
 {
-    char rollout[OTA_CFG_ROLLOUT_MAX + 1];
-    char version[OTA_CFG_VERSION_MAX + 1];
-    event_for(a, OTA_EV_REJECTED, why, copy_str(rollout, sizeof(rollout), o->rollout, o->rollout_len),
-              m != NULL && m->version != NULL
-                  ? copy_str(version, sizeof(version), m->version, m->version_len)
-                  : NULL);
+    event_for(a, OTA_EV_REJECTED, why, o->rollout_len <= OTA_CFG_ROLLOUT_MAX ? o->rollout : NULL,
+              o->rollout_len, m->version_len <= OTA_CFG_VERSION_MAX ? m->version : NULL,
+              m->version_len);
 }
 
 /* The checks of DESIGN §4 after the signature, in order, on a manifest
@@ -516,7 +506,7 @@ static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
     if (ota_semver_cmp(m->version, m->version_len, a->cfg.fw_version, strlen(a->cfg.fw_version),
                        &cmp) != OTA_OK)
         return R_BAD_VERSION;
-    if (cmp <= 0 && !a->set.allow_downgrade)
+    if (cmp <= 0 && !a->cfg.settings.allow_downgrade)
         return cmp == 0 ? R_SAME_VERSION : R_DOWNGRADE;
     if (m->seq < a->ps.seq)
         return R_SEQUENCE;
@@ -535,12 +525,12 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     int cose, decoded = OTA_ERR_MSG, rc = ota_msg_decode_offer(payload, len, &o);
 
     if (rc != OTA_OK) {
-        event_for(a, OTA_EV_REJECTED, R_BAD_OFFER, NULL, NULL);
+        event_for(a, OTA_EV_REJECTED, R_BAD_OFFER, NULL, 0, NULL, 0);
         return rc;
     }
     if (a->check_pending) {
         a->check_pending = false;
-        event_for(a, OTA_EV_CHECK_COMPLETED, R_NONE, NULL, NULL);
+        event_for(a, OTA_EV_CHECK_COMPLETED, R_NONE, NULL, 0, NULL, 0);
     }
     /* no new update while one is being installed or tried */
     if (st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL)
@@ -550,46 +540,46 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
             give_up(a, R_WITHDRAWN);
         return OTA_OK;
     }
+    m.version = NULL;
+    m.version_len = 0;
     if (o.rollout_len > OTA_CFG_ROLLOUT_MAX) {
-        reject(a, &o, R_ROLLOUT_LONG, NULL);
-        return OTA_ERR_MSG;
-    }
-    /* Parsed and decoded once, not yet trusted, for the cheap re-offer
-     * check before any crypto: the same rollout and digest again continues
-     * or ignores what is under way. */
-    cose = ota_cose_parse(o.manifest, o.manifest_len, &s);
-    if (cose == OTA_OK)
-        decoded = ota_manifest_decode(s.payload, s.payload_len, &m);
-    if (decoded != OTA_OK) {
-        m.version = NULL;
-    } else if (current_rollout(a, o.rollout, o.rollout_len) &&
-               memcmp(a->ps.digest, m.digest, 32) == 0) {
-        if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED) {
-            a->ps.install_mode = o.install_mode;
-            if (st == OTA_STATE_VERIFIED) {
-                if (o.install_mode == 0u)
-                    install(a);
-            } else if (!a->req_active && !a->retry_wait && a->connected) {
-                send_request(a);
-            }
-            return OTA_OK;
-        }
-        if (st == OTA_STATE_COMMITTED || (a->ps.flags & OTA_PF_IGNORE_OFFER))
-            return OTA_OK; /* done, or already failed: don't loop */
-    }
-    if (o.deadline != 0u && unix_now(a) > o.deadline) {
-        reject(a, &o, R_DEADLINE, NULL);
-        return OTA_ERR_TIMEOUT;
-    }
-    /* DESIGN §4 in order: signature, then the manifest's checks */
-    if (cose != OTA_OK) {
-        why = R_BAD_COSE;
+        why = R_ROLLOUT_LONG;
     } else {
-        rc = ota_cose_verify(&s, P(a), a->keys, a->nkeys);
-        why = rc == OTA_ERR_UNKNOWN_KEY ? R_UNKNOWN_KEY
-              : rc != OTA_OK            ? R_BAD_SIGNATURE
-              : decoded != OTA_OK       ? R_BAD_MANIFEST
-                                        : check_manifest(a, &m);
+        /* Parsed and decoded once, not yet trusted, for the cheap re-offer
+         * check before any crypto: the same rollout and digest again
+         * continues or ignores what is under way. */
+        cose = ota_cose_parse(o.manifest, o.manifest_len, &s);
+        if (cose == OTA_OK)
+            decoded = ota_manifest_decode(s.payload, s.payload_len, &m);
+        if (decoded != OTA_OK) {
+            m.version = NULL;
+        } else if (current_rollout(a, o.rollout, o.rollout_len) &&
+                   memcmp(a->ps.digest, m.digest, 32) == 0) {
+            if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED) {
+                a->ps.install_mode = o.install_mode;
+                if (st == OTA_STATE_VERIFIED) {
+                    if (o.install_mode == 0u)
+                        install(a);
+                } else if (!a->req_active && !a->retry_wait && a->connected) {
+                    send_request(a);
+                }
+                return OTA_OK;
+            }
+            if (st == OTA_STATE_COMMITTED || (a->ps.flags & OTA_PF_IGNORE_OFFER))
+                return OTA_OK; /* done, or already failed: don't loop */
+        }
+        /* then DESIGN §4 in order: signature, the manifest's checks */
+        if (o.deadline != 0u && unix_now(a) > o.deadline) {
+            why = R_DEADLINE;
+        } else if (cose != OTA_OK) {
+            why = R_BAD_COSE;
+        } else {
+            rc = ota_cose_verify(&s, P(a), a->keys, a->cfg.nkeys);
+            why = rc == OTA_ERR_UNKNOWN_KEY ? R_UNKNOWN_KEY
+                  : rc != OTA_OK            ? R_BAD_SIGNATURE
+                  : decoded != OTA_OK       ? R_BAD_MANIFEST
+                                            : check_manifest(a, &m);
+        }
     }
     if (why != R_NONE) {
         reject(a, &o, why, &m);
@@ -598,15 +588,15 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED)
         give_up(a, R_SUPERSEDED);
 
-    memset(a->ps.rollout, 0, sizeof(a->ps.rollout));
+    memset((uint8_t *)&a->ps + offsetof(ota_persist_t, rollout), 0,
+           offsetof(ota_persist_t, digest) - offsetof(ota_persist_t, rollout)); /* and version */
     memcpy(a->ps.rollout, o.rollout, o.rollout_len);
-    memset(a->ps.version, 0, sizeof(a->ps.version));
     memcpy(a->ps.version, m.version, m.version_len);
     memcpy(a->ps.digest, m.digest, 32);
     a->ps.size = m.image_size;
     a->ps.offset = 0;
-    a->ps.block_size = o.block_size != 0u && o.block_size < a->set.block_size ? o.block_size
-                                                                             : a->set.block_size;
+    a->ps.block_size = o.block_size != 0u && o.block_size < a->cfg.settings.block_size ? o.block_size
+                                                                             : a->cfg.settings.block_size;
     a->ps.install_mode = o.install_mode;
     a->ps.seq = m.seq;
     a->ps.target_secure_version = m.secure_version;
@@ -629,7 +619,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
 static void check_now(ota_agent_t *a)
 {
     a->check_pending = true;
-    event_for(a, OTA_EV_CHECK_STARTED, R_NONE, NULL, NULL);
+    event_for(a, OTA_EV_CHECK_STARTED, R_NONE, NULL, 0, NULL, 0);
     if (a->connected)
         (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/manifest"), 1);
 }
@@ -751,10 +741,10 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
             a->ps.trial_ms = clock;
             a->trial_saved_ms = now;
             step(a, OTA_STATE_TRIAL, OTA_EV_HEALTH_OK, R_NONE);
-        } else if (now - a->boot_ms >= a->set.trial_timeout_ms) {
-            fail_trial(a, !a->broker_seen ? R_NOT_REACHED
-                          : !a->hb_sent   ? R_NO_HEARTBEAT
-                                          : R_APP_CHECK);
+        } else if (now - a->boot_ms >= a->cfg.settings.trial_timeout_ms) {
+            /* R_NOT_REACHED, R_NO_HEARTBEAT or R_APP_CHECK: the first
+             * check that did not pass (the flags are 0 or 1) */
+            fail_trial(a, (uint8_t)(R_NOT_REACHED + a->broker_seen + (a->broker_seen & a->hb_sent)));
         }
         return;
     }
@@ -764,18 +754,18 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
     } else if (!a->unhealthy) {
         a->unhealthy = true;
         a->unhealthy_since_ms = now;
-    } else if (now - a->unhealthy_since_ms >= a->set.health_fail_ms) {
+    } else if (now - a->unhealthy_since_ms >= a->cfg.settings.health_fail_ms) {
         fail_trial(a, R_HEALTH_FAILING);
         return;
     }
-    if (!a->connected && now - a->offline_since_ms >= a->set.no_broker_ms) {
+    if (!a->connected && now - a->offline_since_ms >= a->cfg.settings.no_broker_ms) {
         fail_trial(a, R_NO_BROKER);
         return;
     }
-    if (clock >= a->set.probation_ms || now - a->trial_saved_ms >= a->set.trial_persist_ms) {
+    if (clock >= a->cfg.settings.probation_ms || now - a->trial_saved_ms >= a->cfg.settings.trial_persist_ms) {
         a->trial_saved_ms = now;
         a->ps.trial_ms = clock;
-        if (clock < a->set.probation_ms) {
+        if (clock < a->cfg.settings.probation_ms) {
             (void)persist(a);
             return;
         }
@@ -799,7 +789,7 @@ void ota_agent_tick(ota_agent_t *a)
     if (a == NULL || !a->booted)
         return;
     now = NOW(a);
-    if (a->connected && now - a->last_hb_ms >= a->set.heartbeat_ms)
+    if (a->connected && now - a->last_hb_ms >= a->cfg.settings.heartbeat_ms)
         send_heartbeat(a);
     if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected) {
         if (a->req_active && due(now, a->req_deadline_ms))
@@ -848,11 +838,11 @@ static void trial_boot(ota_agent_t *a)
     if (a->boot.reason == OTA_BOOT_WATCHDOG)
         log_push(a->ps.wdt_log, &a->ps.nwdt, t);
     (void)persist(a);
-    if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms, a->set.reboot_window_ms) >
-        a->set.max_reboots)
+    if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms, a->cfg.settings.reboot_window_ms) >
+        a->cfg.settings.max_reboots)
         fail_trial(a, R_REBOOTS);
-    else if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms, a->set.wdt_window_ms) >
-             a->set.max_wdt_resets)
+    else if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms, a->cfg.settings.wdt_window_ms) >
+             a->cfg.settings.max_wdt_resets)
         fail_trial(a, R_WDT);
 }
 
@@ -974,26 +964,28 @@ typedef char settings_are_words[offsetof(ota_settings_t, allow_downgrade) ==
                                     ? 1
                                     : -1];
 
-static bool valid_id(const char *id)
+/* The length of id when it matches ^[A-Za-z0-9._-]{1,64}$ (DESIGN §2),
+ * else 0. */
+static size_t id_len(const char *id)
 {
     size_t n = 0;
     for (; id[n] != '\0'; n++) {
-        char c = id[n];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-'))
-            return false;
+        char c = id[n], l = (char)(c | 0x20);
+        if (!((l >= 'a' && l <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return 0;
     }
-    return n >= 1u && n <= OTA_CFG_DEVICE_ID_MAX;
+    return n <= OTA_CFG_DEVICE_ID_MAX ? n : 0u;
 }
 
 int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
 {
     const ota_port_t *p;
-    size_t i;
+    size_t i, n;
     if (a == NULL || cfg == NULL || cfg->port == NULL || cfg->device_id == NULL ||
         cfg->hardware == NULL || cfg->bootloader_version == NULL || cfg->fw_version == NULL ||
         cfg->keys == NULL || cfg->nkeys == 0u || cfg->nkeys > OTA_CFG_MAX_KEYS ||
-        !valid_id(cfg->device_id) || strlen(cfg->fw_version) > OTA_CFG_VERSION_MAX ||
+        (n = id_len(cfg->device_id)) == 0u || strlen(cfg->fw_version) > OTA_CFG_VERSION_MAX ||
         strlen(cfg->hardware) > OTA_CFG_HARDWARE_MAX)
         return OTA_ERR_ARG;
     p = cfg->port;
@@ -1007,20 +999,20 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
     memset(a, 0, sizeof(*a));
     a->port = p;
     a->cfg = *cfg;
-    a->set = cfg->settings;
     for (i = 0; i < sizeof(setting_defaults) / sizeof(setting_defaults[0]); i++) {
-        uint32_t *f = (uint32_t *)(void *)((uint8_t *)&a->set + i * sizeof(uint32_t));
+        uint32_t *f =
+            (uint32_t *)(void *)((uint8_t *)&a->cfg.settings + i * sizeof(uint32_t));
         if (*f == 0u)
             *f = setting_defaults[i];
     }
-    if (a->set.block_size > OTA_CFG_BLOCK_SIZE)
-        a->set.block_size = OTA_CFG_BLOCK_SIZE;
-    if (a->set.max_reboots > OTA_CFG_BOOT_LOG - 1u)
-        a->set.max_reboots = OTA_CFG_BOOT_LOG - 1u;
-    if (a->set.max_wdt_resets > OTA_CFG_BOOT_LOG - 1u)
-        a->set.max_wdt_resets = OTA_CFG_BOOT_LOG - 1u;
-    if (a->set.backoff_max_ms < a->set.backoff_min_ms)
-        a->set.backoff_max_ms = a->set.backoff_min_ms;
+    if (a->cfg.settings.block_size > OTA_CFG_BLOCK_SIZE)
+        a->cfg.settings.block_size = OTA_CFG_BLOCK_SIZE;
+    if (a->cfg.settings.max_reboots > OTA_CFG_BOOT_LOG - 1u)
+        a->cfg.settings.max_reboots = OTA_CFG_BOOT_LOG - 1u;
+    if (a->cfg.settings.max_wdt_resets > OTA_CFG_BOOT_LOG - 1u)
+        a->cfg.settings.max_wdt_resets = OTA_CFG_BOOT_LOG - 1u;
+    if (a->cfg.settings.backoff_max_ms < a->cfg.settings.backoff_min_ms)
+        a->cfg.settings.backoff_max_ms = a->cfg.settings.backoff_min_ms;
     for (i = 0; i < cfg->nkeys; i++) {
         if (cfg->keys[i][0] != 0x04u)
             return OTA_ERR_ARG;
@@ -1028,13 +1020,11 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
         if (ota_key_id(p, a->keys[i].pub, a->keys[i].kid) != OTA_OK)
             return OTA_ERR_CRYPTO;
     }
-    a->nkeys = (uint8_t)cfg->nkeys;
-    i = strlen(cfg->device_id);
     memcpy(a->topic, OTA_CFG_TOPIC_PREFIX "/", sizeof(OTA_CFG_TOPIC_PREFIX));
-    memcpy(a->topic + sizeof(OTA_CFG_TOPIC_PREFIX), cfg->device_id, i);
-    i += sizeof(OTA_CFG_TOPIC_PREFIX);
-    a->topic[i] = '/';
-    a->topic_len = (uint8_t)(i + 1u);
+    memcpy(a->topic + sizeof(OTA_CFG_TOPIC_PREFIX), cfg->device_id, n);
+    n += sizeof(OTA_CFG_TOPIC_PREFIX);
+    a->topic[n] = '/';
+    a->topic_len = (uint8_t)(n + 1u);
     return OTA_OK;
 }
 

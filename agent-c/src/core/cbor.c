@@ -282,16 +282,20 @@ void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v)
         ota_cbor_put_head(w, OTA_CBOR_NINT, (uint64_t)(-1 - v));
 }
 
+void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n)
+{
+    ota_cbor_put_head(w, major, n);
+    ota_cbor_put_raw(w, (const uint8_t *)p, n);
+}
+
 void ota_cbor_put_bstr(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
 {
-    ota_cbor_put_head(w, OTA_CBOR_BSTR, n);
-    ota_cbor_put_raw(w, p, n);
+    ota_cbor_put_str(w, OTA_CBOR_BSTR, p, n);
 }
 
 void ota_cbor_put_tstr(ota_cbor_writer_t *w, const char *p, size_t n)
 {
-    ota_cbor_put_head(w, OTA_CBOR_TSTR, n);
-    ota_cbor_put_raw(w, (const uint8_t *)p, n);
+    ota_cbor_put_str(w, OTA_CBOR_TSTR, p, n);
 }
 
 void ota_cbor_put_cstr(ota_cbor_writer_t *w, const char *s)

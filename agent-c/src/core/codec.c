@@ -102,10 +102,12 @@ int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size
     return rc;
 }
 
-/* Text, cut to 128 bytes without splitting a UTF-8 sequence. */
-static void put_text(ota_cbor_writer_t *w, const char *s)
+/* Text of n bytes (0: up to the NUL), cut to 128 bytes without splitting a
+ * UTF-8 sequence. */
+static void put_text(ota_cbor_writer_t *w, const char *s, size_t n)
 {
-    size_t n = strlen(s);
+    if (n == 0u)
+        n = strlen(s);
     if (n > 128u)
         for (n = 128u; n > 0u && ((uint8_t)s[n] & 0xc0u) == 0x80u; n--)
             ;
@@ -119,6 +121,8 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     ota_cbor_writer_t w;
     unsigned pairs = 0;
 
+    if (buf == NULL || len == NULL)
+        return OTA_ERR_ARG;
     ota_cbor_writer_init(&w, buf, cap);
     ota_cbor_put_raw(&w, (const uint8_t *)"", 1); /* the map head, set below */
     for (; nrows > 0u; nrows--, rows++) {
@@ -135,7 +139,10 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
         switch (rows->type) {
         case OTA_F_CSTR:
         case OTA_F_TEXT:
-            put_text(&w, (const char *)p);
+            put_text(&w, (const char *)p,
+                     rows->type == OTA_F_CSTR && rows->len_off != 0u
+                         ? *(const size_t *)(const void *)(s + rows->len_off)
+                         : 0u);
             continue;
         case OTA_F_DIGEST:
         case OTA_F_PDIGEST:
@@ -148,9 +155,6 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
             continue;
         case OTA_F_U8:
             v = *(const uint8_t *)p;
-            break;
-        case OTA_F_U16:
-            v = *(const uint16_t *)p;
             break;
         case OTA_F_U32:
             v = *(const uint32_t *)p;

@@ -12,15 +12,15 @@
  * function per message, which matters on the device (FOOTPRINT.md). */
 enum {
     OTA_F_U8,     /* uint <= 255: uint8_t */
-    OTA_F_U16,    /* uint <= 65535: int16_t or uint16_t, encode only */
     OTA_F_U32,    /* uint <= 2^32-1: uint32_t */
     OTA_F_U64,    /* uint: uint64_t */
     OTA_F_I32,    /* int: int32_t, encode only */
     OTA_F_TSTR,   /* text, decode only: const char * at off, size_t at len_off,
                      pointing into the input */
     OTA_F_BSTR,   /* bytes, decode only: as OTA_F_TSTR */
-    OTA_F_CSTR,   /* text, encode only: const char * at off, NUL-terminated;
-                     NULL leaves the key out */
+    OTA_F_CSTR,   /* text, encode only: const char * at off; NULL leaves the
+                     key out; its length in the size_t at len_off when that is
+                     not 0 and holds a non-zero value, else NUL-terminated */
     OTA_F_TEXT,   /* text in a char array at off of len_off bytes, kept
                      NUL-terminated (decoding copies) */
     OTA_F_DIGEST, /* 32 bytes: uint8_t[32] at off (decoding copies) */
@@ -35,15 +35,22 @@ enum {
  * place: ota_cbor_read_bstr / ota_cbor_read_tstr by major type. */
 int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n);
 
+/* Writes a byte or text string: ota_cbor_put_bstr / ota_cbor_put_tstr by
+ * major type. */
+void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);
+
+/* Offsets and lengths are bytes: every struct the rows describe keeps its
+ * members below 256 (checked at compile time by OTA_BYTE). */
 typedef struct ota_field {
     uint8_t key;
     uint8_t type;
-    uint16_t off;
-    uint16_t len_off;
+    uint8_t off;
+    uint8_t len_off;
 } ota_field_t;
 
-#define OTA_ROW(k, t, type, m) {k, t, (uint16_t)offsetof(type, m), 0}
-#define OTA_ROW2(k, t, type, m, l) {k, t, (uint16_t)offsetof(type, m), (uint16_t)(l)}
+#define OTA_BYTE(v) ((uint8_t)((v) * sizeof(char[(v) < 256u ? 1 : -1])))
+#define OTA_ROW(k, t, type, m) {k, t, OTA_BYTE(offsetof(type, m)), 0}
+#define OTA_ROW2(k, t, type, m, l) {k, t, OTA_BYTE(offsetof(type, m)), OTA_BYTE(l)}
 
 typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 
@@ -59,7 +66,8 @@ int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size
  * by key, so the map is in deterministic order), leaving out every key k
  * whose bit (1 << k) is set in omit and text pointers that are NULL. Text
  * is cut to 128 bytes (DESIGN §3's longest text) at a character boundary.
- * Fewer than 24 pairs. OTA_OK or OTA_ERR_NOSPACE. */
+ * Fewer than 24 pairs. OTA_OK, OTA_ERR_ARG (buf or len NULL) or
+ * OTA_ERR_NOSPACE. */
 int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint32_t omit,
                    uint8_t *buf, size_t cap, size_t *len);
 

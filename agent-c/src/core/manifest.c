@@ -16,20 +16,16 @@ static const uint8_t cose_head[] = {0xd2, 0x84, 0x43, 0xa1, 0x01, 0x26, 0xa1, 0x
 int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *s)
 {
     ota_cbor_reader_t r;
-    int rc;
 
     if (buf == NULL || s == NULL)
         return OTA_ERR_ARG;
-    memset(s, 0, sizeof(*s));
     if (len < sizeof(cose_head) + COSE_KID_LEN || memcmp(buf, cose_head, sizeof(cose_head)) != 0)
         return OTA_ERR_COSE;
     ota_cbor_reader_init(&r, buf + sizeof(cose_head) + COSE_KID_LEN,
                          len - sizeof(cose_head) - COSE_KID_LEN);
-    rc = ota_cbor_read_bstr(&r, &s->payload, &s->payload_len);
-    if (rc != OTA_OK)
-        return rc == OTA_ERR_CBOR_TYPE ? OTA_ERR_COSE : rc;
-    /* then exactly the signature: bstr(64) r||s, nothing after it */
-    if (s->payload_len == 0u || r.end - r.p != 66 || r.p[0] != 0x58u || r.p[1] != 64u)
+    /* the payload, then exactly the signature: bstr(64) r||s, nothing after */
+    if (ota_cbor_read_bstr(&r, &s->payload, &s->payload_len) != OTA_OK || s->payload_len == 0u ||
+        r.end - r.p != 66 || r.p[0] != 0x58u || r.p[1] != 64u)
         return OTA_ERR_COSE;
     s->protected_hdr = buf + 3;
     s->protected_len = 3;
@@ -153,8 +149,6 @@ int ota_manifest_decode(const uint8_t *buf, size_t len, ota_manifest_t *m)
 {
     uint32_t have;
     int rc;
-    if (m == NULL)
-        return OTA_ERR_ARG;
     rc = ota_decode_map(buf, len, manifest_rows, sizeof(manifest_rows) / sizeof(manifest_rows[0]),
                         11, m, sizeof(*m), manifest_custom, &have);
     if (rc != OTA_OK)

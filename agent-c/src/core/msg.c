@@ -26,8 +26,8 @@ static const ota_field_t birth_rows[] = {
 
 int ota_msg_encode_birth(const ota_birth_t *m, uint8_t *buf, size_t cap, size_t *len)
 {
-    if (m == NULL || buf == NULL || len == NULL || m->fw_version == NULL ||
-        m->hardware == NULL || m->bootloader == NULL || m->agent_version == NULL)
+    if (m == NULL || m->fw_version == NULL || m->hardware == NULL || m->bootloader == NULL ||
+        m->agent_version == NULL)
         return OTA_ERR_ARG;
     return ota_encode_map(m, birth_rows, NROWS(birth_rows), 0, buf, cap, len);
 }
@@ -44,7 +44,7 @@ static const ota_field_t heartbeat_rows[] = {
 
 int ota_msg_encode_heartbeat(const ota_heartbeat_t *m, uint8_t *buf, size_t cap, size_t *len)
 {
-    if (m == NULL || buf == NULL || len == NULL)
+    if (m == NULL)
         return OTA_ERR_ARG;
     return ota_encode_map(m, heartbeat_rows, NROWS(heartbeat_rows),
                           (m->has_free_heap ? 0u : 1u << 4) | (m->has_rssi ? 0u : 1u << 5) |
@@ -54,9 +54,10 @@ int ota_msg_encode_heartbeat(const ota_heartbeat_t *m, uint8_t *buf, size_t cap,
 
 static const ota_field_t event_rows[] = {
     OTA_ROW(1, OTA_F_U8, ota_event_t, code),
-    OTA_ROW(2, OTA_F_CSTR, ota_event_t, rollout),
-    OTA_ROW(3, OTA_F_CSTR, ota_event_t, target_version),
-    OTA_ROW(4, OTA_F_U16, ota_event_t, progress),
+    OTA_ROW2(2, OTA_F_CSTR, ota_event_t, rollout, offsetof(ota_event_t, rollout_len)),
+    OTA_ROW2(3, OTA_F_CSTR, ota_event_t, target_version,
+             offsetof(ota_event_t, target_version_len)),
+    OTA_ROW(4, OTA_F_I32, ota_event_t, progress),
     OTA_ROW(5, OTA_F_U8, ota_event_t, error),
     OTA_ROW(6, OTA_F_CSTR, ota_event_t, detail),
     OTA_ROW(7, OTA_F_U64, ota_event_t, device_time),
@@ -64,7 +65,7 @@ static const ota_field_t event_rows[] = {
 
 int ota_msg_encode_event(const ota_event_t *m, uint8_t *buf, size_t cap, size_t *len)
 {
-    if (m == NULL || buf == NULL || len == NULL || m->code == 0u)
+    if (m == NULL || m->code == 0u)
         return OTA_ERR_ARG;
     return ota_encode_map(m, event_rows, NROWS(event_rows),
                           (m->progress < 0 ? 1u << 4 : 0u) | (m->error == 0u ? 1u << 5 : 0u), buf,
@@ -82,7 +83,7 @@ static const ota_field_t request_rows[] = {
 int ota_msg_encode_block_request(const ota_block_request_t *m, uint8_t *buf, size_t cap,
                                  size_t *len)
 {
-    if (m == NULL || buf == NULL || len == NULL || m->digest == NULL || m->count == 0u)
+    if (m == NULL || m->digest == NULL || m->count == 0u)
         return OTA_ERR_ARG;
     return ota_encode_map(m, request_rows, NROWS(request_rows), 0, buf, cap, len);
 }
@@ -103,8 +104,6 @@ int ota_msg_decode_offer(const uint8_t *buf, size_t len, ota_offer_t *o)
 {
     uint32_t have;
     int rc;
-    if (o == NULL)
-        return OTA_ERR_ARG;
     rc = ota_decode_map(buf, len, offer_rows, NROWS(offer_rows), 5, o, sizeof(*o), NULL, &have);
     /* rollout required; a non-empty rollout needs a manifest */
     if (rc == OTA_OK &&
@@ -127,8 +126,6 @@ int ota_msg_decode_block(const uint8_t *buf, size_t len, ota_block_t *b)
 {
     uint32_t have;
     int rc;
-    if (b == NULL)
-        return OTA_ERR_ARG;
     rc = ota_decode_map(buf, len, block_rows, NROWS(block_rows), 7, b, sizeof(*b), NULL, &have);
     if (rc != OTA_OK)
         return rc;
@@ -153,8 +150,6 @@ int ota_msg_decode_command(const uint8_t *buf, size_t len, ota_command_t *c)
 {
     uint32_t have;
     int rc;
-    if (c == NULL)
-        return OTA_ERR_ARG;
     rc = ota_decode_map(buf, len, command_rows, NROWS(command_rows), 3, c, sizeof(*c), NULL,
                         &have);
     if (rc == OTA_OK && (!(have & 2u) || c->verb == 0u))
