@@ -434,6 +434,7 @@ static void serve(fake_dev_t *d, const fd_out_t *o)
     }
     if (d->requests < 512) {
         d->req_offsets[d->requests] = (uint32_t)m.u[2];
+        d->req_counts[d->requests] = (uint32_t)m.u[4];
         d->req_times[d->requests] = d->now;
     }
     d->requests++;
@@ -447,6 +448,8 @@ static void serve(fake_dev_t *d, const fd_out_t *o)
     }
     off = (uint32_t)m.u[2];
     bs = d->served_block_size ? d->served_block_size : (uint32_t)m.u[3];
+    if (d->served_window != 0u && m.u[4] > d->served_window)
+        m.u[4] = d->served_window; /* "up to count" blocks (DESIGN §3) */
     for (i = 0; i < m.u[4] && off < d->image_size; i++) {
         uint32_t len = d->image_size - off < bs ? d->image_size - off : bs;
         size_t n;

@@ -93,6 +93,8 @@ typedef struct fake_dev {
     uint32_t req_offsets[512];
     uint64_t req_times[512];
     uint32_t served_block_size; /* 0 = as requested */
+    uint32_t served_window; /* most blocks per answer (0 = as requested) */
+    uint32_t req_counts[512]; /* blocks asked for by each request */
     int req_boot;         /* boot count at the last request */
     uint32_t resumed_from; /* offset of a first-after-boot request > 0 */
     bool corrupt;         /* flip a byte of one served block */

@@ -460,6 +460,26 @@ static void test_small_served_blocks(void **state)
     assert_true(fd_run_until(dev, is_committed, 400000));
 }
 
+/* The broker answers with fewer blocks than asked (it may: "up to count"):
+ * after one timeout the agent asks for as many as came, and the download
+ * goes on without waiting for blocks that never come. */
+static void test_broker_serves_smaller_windows(void **state)
+{
+    int i, timeouts = 0;
+    (void)state;
+    dev->served_window = 2; /* the agent asks for 4 */
+    boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
+    assert_true(fd_run_until(dev, is_committed, 400000));
+    assert_int_equal(dev->req_counts[0], 4);
+    for (i = 1; i < dev->requests && i < 512; i++) {
+        assert_true(dev->req_counts[i] <= 2);
+        if (dev->req_times[i] - dev->req_times[i - 1] >= 2000) /* request timeout */
+            timeouts++;
+    }
+    assert_int_equal(timeouts, 1);
+    assert_true(dev->requests > 4);
+}
+
 static void test_timeouts_back_off_and_give_up(void **state)
 {
     int i;
@@ -861,6 +881,7 @@ int main(void)
         T(test_digest_mismatch),
         T(test_lost_blocks_are_refetched),
         T(test_small_served_blocks),
+        T(test_broker_serves_smaller_windows),
         T(test_timeouts_back_off_and_give_up),
         T(test_rate_limited_waits),
         T(test_fatal_block_error),

@@ -130,6 +130,7 @@ typedef struct ota_agent {
     uint32_t next_off;         /* download: bytes written so far */
     uint32_t req_id;
     uint32_t req_count;        /* blocks still expected from the request */
+    uint32_t req_got;          /* blocks received for the request */
     uint32_t req_deadline_ms;
     uint32_t retries;
     uint32_t pct_reported;     /* download progress last reported, percent */
@@ -146,7 +147,8 @@ typedef struct ota_agent {
     uint8_t boot_reason;       /* reported in the birth */
     uint8_t topic_len;         /* of "<prefix>/<id>/" at the start of topic */
     ota_boot_info_t boot;
-    ota_agent_config_t cfg;    /* settings resolved: no zero field */
+    ota_agent_config_t cfg;    /* settings resolved: no zero field; the
+                                  window shrinks to what the broker serves */
     ota_key_t keys[OTA_CFG_MAX_KEYS];
     ota_sha256_t img_hash;
     /* events waiting to be published: [length][bytes]... */

@@ -202,6 +202,12 @@ static void event(ota_agent_t *a, uint8_t code, uint8_t why)
               a->ps.version[0] ? a->ps.version : NULL, 0);
 }
 
+/* An event about no update in particular. */
+static void event_plain(ota_agent_t *a, uint8_t code, uint8_t why)
+{
+    event_for(a, code, why, NULL, 0, NULL, 0);
+}
+
 /* Enters state st, persisted before anything else happens, and reports
  * code with why (st may be the current state: persist and report). */
 static void step(ota_agent_t *a, uint32_t st, uint8_t code, uint8_t why)
@@ -276,6 +282,7 @@ static void send_request(ota_agent_t *a)
     rq.offset = a->next_off;
     rq.size = a->ps.block_size;
     rq.count = a->req_count = blocks < a->cfg.settings.window ? blocks : a->cfg.settings.window;
+    a->req_got = 0;
     rq.req_id = ++a->req_id;
     a->req_active = true;
     a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
@@ -382,67 +389,66 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_block_t b;
     uint32_t dec;
+    uint8_t why;
     int rc = ota_msg_decode_block(payload, len, &b);
     if (rc != OTA_OK)
         return rc;
     if (a->ps.state != OTA_STATE_DOWNLOADING || !a->req_active || b.req_id != a->req_id)
         return OTA_ERR_STATE; /* stale or unrequested: ignore */
     if (b.is_error) {
-        if (b.error == OTA_BLKERR_RATE_LIMITED || b.error == OTA_BLKERR_INTERNAL)
+        if (b.error == OTA_BLKERR_RATE_LIMITED || b.error == OTA_BLKERR_INTERNAL) {
             retry_later(a, b.retry_ms);
-        else
-            give_up(a, b.error <= OTA_BLKERR_OFFSET ? (uint8_t)(R_NOT_ASSIGNED - 1u + b.error)
-                                                    : R_BROKER_REFUSED);
-        return OTA_OK;
-    }
-    if (b.offset != a->next_off)
+            return OTA_OK;
+        }
+        why = b.error <= OTA_BLKERR_OFFSET ? (uint8_t)(R_NOT_ASSIGNED - 1u + b.error)
+                                           : R_BROKER_REFUSED;
+    } else if (b.offset != a->next_off) {
         return OTA_ERR_STATE; /* duplicate or out of order: wait / re-request */
-    if (b.image_size != a->ps.size) {
-        give_up(a, R_SIZE);
+    } else if (b.image_size != a->ps.size) {
+        why = R_SIZE;
+    } else if (b.data_len == 0u || b.data_len > a->ps.block_size ||
+               b.data_len > a->ps.size - b.offset) {
         return OTA_ERR_MSG;
-    }
-    if (b.data_len == 0u || b.data_len > a->ps.block_size || b.data_len > a->ps.size - b.offset)
-        return OTA_ERR_MSG;
-    if (P(a)->slot_write(P(a)->ctx, b.offset, b.data, b.data_len) != OTA_OK) {
-        give_up(a, R_WRITE);
-        return OTA_ERR_FLASH;
-    }
-    if (P(a)->sha256_update(P(a)->ctx, &a->img_hash, b.data, b.data_len) != OTA_OK) {
-        give_up(a, R_HASH);
-        return OTA_ERR_CRYPTO;
-    }
-    a->next_off += (uint32_t)b.data_len;
-    a->retries = 0;
-    a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
-    if (a->req_count > 0u)
-        a->req_count--;
-    if (a->next_off == a->ps.size) {
+    } else if (P(a)->slot_write(P(a)->ctx, b.offset, b.data, b.data_len) != OTA_OK) {
+        why = R_WRITE;
+    } else if (P(a)->sha256_update(P(a)->ctx, &a->img_hash, b.data, b.data_len) != OTA_OK) {
+        why = R_HASH;
+    } else {
+        a->next_off += (uint32_t)b.data_len;
+        a->retries = 0;
+        a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
+        a->req_got++;
+        if (a->req_count > 0u)
+            a->req_count--;
+        if (a->next_off != a->ps.size) {
+            dec = decile(a->next_off, a->ps.size);
+            if (dec > a->pct_reported) {
+                a->pct_reported = dec;
+                event(a, OTA_EV_DOWNLOAD_PROGRESS, R_NONE);
+            }
+            if (a->req_count == 0u || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
+                a->ps.offset = a->next_off;
+                (void)persist(a);
+            }
+            if (a->req_count == 0u && a->connected)
+                send_request(a);
+            return OTA_OK;
+        }
         /* complete: the digest decides before anything is installed */
         a->req_active = false;
-        if (!digest_ok(a))
-            give_up(a, R_DIGEST);
-        else if (P(a)->slot_finish(P(a)->ctx) != OTA_OK)
-            give_up(a, R_IMAGE_REFUSED);
-        else {
+        why = !digest_ok(a)                             ? R_DIGEST
+              : P(a)->slot_finish(P(a)->ctx) != OTA_OK ? R_IMAGE_REFUSED
+                                                        : R_NONE;
+        if (why == R_NONE) {
             a->ps.offset = a->ps.size;
             a->pct_reported = 100;
             step(a, OTA_STATE_VERIFIED, OTA_EV_DOWNLOAD_COMPLETED, R_NONE);
             if (a->ps.install_mode == 0u)
                 install(a);
+            return OTA_OK;
         }
-        return OTA_OK;
     }
-    dec = decile(a->next_off, a->ps.size);
-    if (dec > a->pct_reported) {
-        a->pct_reported = dec;
-        event(a, OTA_EV_DOWNLOAD_PROGRESS, R_NONE);
-    }
-    if (a->req_count == 0u || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
-        a->ps.offset = a->next_off;
-        (void)persist(a);
-    }
-    if (a->req_count == 0u && a->connected)
-        send_request(a);
+    give_up(a, why); /* refused by the broker or failed: reported */
     return OTA_OK;
 }
 
@@ -525,12 +531,12 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     int cose, decoded = OTA_ERR_MSG, rc = ota_msg_decode_offer(payload, len, &o);
 
     if (rc != OTA_OK) {
-        event_for(a, OTA_EV_REJECTED, R_BAD_OFFER, NULL, 0, NULL, 0);
+        event_plain(a, OTA_EV_REJECTED, R_BAD_OFFER);
         return rc;
     }
     if (a->check_pending) {
         a->check_pending = false;
-        event_for(a, OTA_EV_CHECK_COMPLETED, R_NONE, NULL, 0, NULL, 0);
+        event_plain(a, OTA_EV_CHECK_COMPLETED, R_NONE);
     }
     /* no new update while one is being installed or tried */
     if (st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL)
@@ -619,7 +625,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
 static void check_now(ota_agent_t *a)
 {
     a->check_pending = true;
-    event_for(a, OTA_EV_CHECK_STARTED, R_NONE, NULL, 0, NULL, 0);
+    event_plain(a, OTA_EV_CHECK_STARTED, R_NONE);
     if (a->connected)
         (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/manifest"), 1);
 }
@@ -792,8 +798,18 @@ void ota_agent_tick(ota_agent_t *a)
     if (a->connected && now - a->last_hb_ms >= a->cfg.settings.heartbeat_ms)
         send_heartbeat(a);
     if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected) {
-        if (a->req_active && due(now, a->req_deadline_ms))
-            retry_later(a, 0);
+        if (a->req_active && due(now, a->req_deadline_ms)) {
+            if (a->req_got != 0u) {
+                /* Part of the window came, then nothing: the broker serves
+                 * fewer blocks per request than asked (DESIGN §3 allows it:
+                 * "up to count"), or the rest was lost. Ask for as many as
+                 * came from now on, at once. */
+                a->cfg.settings.window = a->req_got;
+                send_request(a);
+            } else {
+                retry_later(a, 0);
+            }
+        }
         if (a->ps.state == OTA_STATE_DOWNLOADING && a->retry_wait && due(now, a->retry_at_ms))
             send_request(a);
     }

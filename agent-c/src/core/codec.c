@@ -52,8 +52,7 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
                            &p, &n);
     if (rc != OTA_OK)
         return rc;
-    if (t == OTA_F_TEXT ? n >= f->len_off || memchr(p, 0, n) != NULL
-                        : t >= OTA_F_DIGEST && n != 32u)
+    if (t == OTA_F_TEXT ? n >= f->len_off : t >= OTA_F_DIGEST && n != 32u)
         return OTA_ERR_MSG;
     if (t == OTA_F_TEXT || t == OTA_F_DIGEST) {
         memcpy(dst, p, n);

@@ -22,7 +22,7 @@ enum {
                      key out; its length in the size_t at len_off when that is
                      not 0 and holds a non-zero value, else NUL-terminated */
     OTA_F_TEXT,   /* text in a char array at off of len_off bytes, kept
-                     NUL-terminated (decoding copies) */
+                     NUL-terminated (decoding copies; a NUL inside ends it) */
     OTA_F_DIGEST, /* 32 bytes: uint8_t[32] at off (decoding copies) */
     OTA_F_PDIGEST,/* 32 bytes: const uint8_t * at off (decoding points into
                      the input) */
