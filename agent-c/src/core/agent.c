@@ -27,30 +27,30 @@
     X(R_UNKNOWN_IMAGE, OTA_E_RETRIES, "unknown image")                           \
     X(R_OFFSET, OTA_E_RETRIES, "offset out of range")                            \
     X(R_BROKER_REFUSED, OTA_E_RETRIES, "refused by broker")                      \
-    X(R_RETRIES, OTA_E_RETRIES, "")                             \
-    X(R_DIGEST, OTA_E_DIGEST, "")                                 \
+    X(R_RETRIES, OTA_E_RETRIES, "")                                              \
+    X(R_DIGEST, OTA_E_DIGEST, "")                                                \
     X(R_SIZE, OTA_E_DIGEST, "image size mismatch")                               \
     X(R_SLOT_CHANGED, OTA_E_DIGEST, "slot changed")                              \
     X(R_IMAGE_REFUSED, OTA_E_FLASH, "image refused")                             \
-    X(R_WRITE, OTA_E_FLASH, "")                                 \
+    X(R_WRITE, OTA_E_FLASH, "")                                                  \
     X(R_HASH, OTA_E_FLASH, "hash failed")                                        \
     X(R_BEGIN, OTA_E_FLASH, "slot begin failed")                                 \
     X(R_RESUME, OTA_E_FLASH, "cannot resume")                                    \
-    X(R_TOO_LARGE, OTA_E_NO_SPACE, "")                            \
+    X(R_TOO_LARGE, OTA_E_NO_SPACE, "")                                           \
     X(R_WITHDRAWN, OTA_E_CANCELLED, "offer withdrawn")                           \
     X(R_SUPERSEDED, OTA_E_CANCELLED, "superseded")                               \
     X(R_CANCEL_CMD, OTA_E_CANCELLED, "cancel command")                           \
     /* install completed with an error (event 8) */                              \
-    X(R_ACTIVATE, OTA_E_FLASH, "")                                \
+    X(R_ACTIVATE, OTA_E_FLASH, "")                                               \
     /* offer refused (event 15), in the order of the checks */                   \
     X(R_BAD_OFFER, 0, "bad offer")                                               \
     X(R_ROLLOUT_LONG, 0, "rollout ID longer than " STR(OTA_CFG_ROLLOUT_MAX) " bytes") \
     X(R_DEADLINE, 0, "deadline passed")                                          \
     X(R_BAD_COSE, OTA_E_SIGNATURE, "bad COSE_Sign1")                             \
     X(R_UNKNOWN_KEY, OTA_E_SIGNATURE, "unknown key")                             \
-    X(R_BAD_SIGNATURE, OTA_E_SIGNATURE, "")                         \
+    X(R_BAD_SIGNATURE, OTA_E_SIGNATURE, "")                                      \
     X(R_BAD_MANIFEST, OTA_E_VERSION, "bad manifest")                             \
-    X(R_HARDWARE, OTA_E_HARDWARE, "")                                    \
+    X(R_HARDWARE, OTA_E_HARDWARE, "")                                            \
     X(R_BOOTLOADER, OTA_E_HARDWARE, "bootloader too old")                        \
     X(R_KIND, OTA_E_VERSION, "unsupported kind")                                 \
     X(R_VERSION_LONG, OTA_E_VERSION, "version longer than " STR(OTA_CFG_VERSION_MAX) " bytes") \
@@ -58,7 +58,7 @@
     X(R_SAME_VERSION, OTA_E_VERSION, "same version")                             \
     X(R_DOWNGRADE, OTA_E_VERSION, "downgrade")                                   \
     X(R_SEQUENCE, OTA_E_VERSION, "sequence")                                     \
-    X(R_SECURE_VERSION, OTA_E_SECURE_VERSION, "")                  \
+    X(R_SECURE_VERSION, OTA_E_SECURE_VERSION, "")                                \
     /* trial failed (event 12) and rollback (13); the trial timeout's three */   \
     /* reasons in this order */                                                  \
     X(R_NOT_REACHED, OTA_E_HEALTH, "broker not reached")                         \
@@ -146,7 +146,7 @@ static uint32_t device_secure_version(const ota_agent_t *a)
 /* The queue holds encoded events, each after a length byte. */
 static void evq_drop(ota_agent_t *a, size_t n)
 {
-    a->evq_len = (uint16_t)(a->evq_len - n);
+    a->evq_len = (uint32_t)(a->evq_len - n);
     memmove(a->evq, a->evq + n, a->evq_len);
 }
 
@@ -191,7 +191,7 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
             return;
     }
     a->evq[a->evq_len] = (uint8_t)len;
-    a->evq_len = (uint16_t)(a->evq_len + 1u + len);
+    a->evq_len = (uint32_t)(a->evq_len + 1u + len);
     flush_events(a);
 }
 
@@ -349,6 +349,16 @@ static bool digest_ok(ota_agent_t *a)
            memcmp(d, a->ps.digest, sizeof(d)) == 0;
 }
 
+/* A new image is about to be tried: no trial history, no flags (the same
+ * update from a fresh offer had none either). */
+static void new_trial(ota_agent_t *a)
+{
+    a->ps.flags = 0;
+    a->ps.trial_ms = 0;
+    a->ps.nboots = 0;
+    a->ps.nwdt = 0;
+}
+
 static void install(ota_agent_t *a)
 {
     step(a, OTA_STATE_INSTALLING, OTA_EV_INSTALL_STARTED, R_NONE);
@@ -357,10 +367,7 @@ static void install(ota_agent_t *a)
         return;
     }
     event(a, OTA_EV_INSTALL_COMPLETED, R_NONE);
-    a->ps.flags &= (uint8_t)~(OTA_PF_CONFIRMED | OTA_PF_ROLLBACK_REQ);
-    a->ps.trial_ms = 0;
-    a->ps.nboots = 0;
-    a->ps.nwdt = 0;
+    new_trial(a);
     step(a, OTA_STATE_REBOOTING, OTA_EV_REBOOT_STARTED, R_NONE);
     P(a)->reboot(P(a)->ctx);
 }
@@ -601,8 +608,9 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     memcpy(a->ps.digest, m.digest, 32);
     a->ps.size = m.image_size;
     a->ps.offset = 0;
-    a->ps.block_size = o.block_size != 0u && o.block_size < a->cfg.settings.block_size ? o.block_size
-                                                                             : a->cfg.settings.block_size;
+    a->ps.block_size = a->cfg.settings.block_size; /* or the offer's, when smaller */
+    if (o.block_size != 0u && o.block_size < a->ps.block_size)
+        a->ps.block_size = o.block_size;
     a->ps.install_mode = o.install_mode;
     a->ps.seq = m.seq;
     a->ps.target_secure_version = m.secure_version;
@@ -665,15 +673,15 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
     return OTA_OK;
 }
 
-/* The topics the agent subscribes to, after "<prefix>/<id>/". */
+/* The topics the agent subscribes to at every connect, after
+ * "<prefix>/<id>/": blocks at QoS 0, offers and commands at QoS 1. */
 static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
 
 int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, size_t len)
 {
     if (a == NULL || t == NULL || (payload == NULL && len != 0u) || !a->booted)
         return OTA_ERR_ARG;
-    if (payload == NULL)
-        payload = (const uint8_t *)"";
+    /* an empty payload (NULL, 0) is a malformed message like any other */
     if (strncmp(t, a->topic, a->topic_len) != 0)
         return OTA_OK;
     t += a->topic_len;
@@ -704,7 +712,7 @@ static void roll_back(ota_agent_t *a, uint8_t why)
         return;
     }
     /* confirmed and no way back: stay on this image, report it */
-    a->ps.flags = (uint8_t)(a->ps.flags & ~OTA_PF_ROLLBACK_REQ) | OTA_PF_IGNORE_OFFER;
+    a->ps.flags = (a->ps.flags & ~(uint32_t)OTA_PF_ROLLBACK_REQ) | OTA_PF_IGNORE_OFFER;
     step(a, OTA_STATE_FAILED, OTA_EV_HEALTH_FAILED, R_NO_TARGET);
 }
 
@@ -750,7 +758,8 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         } else if (now - a->boot_ms >= a->cfg.settings.trial_timeout_ms) {
             /* R_NOT_REACHED, R_NO_HEARTBEAT or R_APP_CHECK: the first
              * check that did not pass (the flags are 0 or 1) */
-            fail_trial(a, (uint8_t)(R_NOT_REACHED + a->broker_seen + (a->broker_seen & a->hb_sent)));
+            fail_trial(a, (uint8_t)(R_NOT_REACHED + a->broker_seen +
+                                    (a->broker_seen & a->hb_sent)));
         }
         return;
     }
@@ -768,7 +777,8 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         fail_trial(a, R_NO_BROKER);
         return;
     }
-    if (clock >= a->cfg.settings.probation_ms || now - a->trial_saved_ms >= a->cfg.settings.trial_persist_ms) {
+    if (clock >= a->cfg.settings.probation_ms ||
+        now - a->trial_saved_ms >= a->cfg.settings.trial_persist_ms) {
         a->trial_saved_ms = now;
         a->ps.trial_ms = clock;
         if (clock < a->cfg.settings.probation_ms) {
@@ -854,11 +864,11 @@ static void trial_boot(ota_agent_t *a)
     if (a->boot.reason == OTA_BOOT_WATCHDOG)
         log_push(a->ps.wdt_log, &a->ps.nwdt, t);
     (void)persist(a);
-    if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms, a->cfg.settings.reboot_window_ms) >
-        a->cfg.settings.max_reboots)
+    if (count_since(a->ps.boot_log, a->ps.nboots, a->ps.trial_ms,
+                    a->cfg.settings.reboot_window_ms) > a->cfg.settings.max_reboots)
         fail_trial(a, R_REBOOTS);
-    else if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms, a->cfg.settings.wdt_window_ms) >
-             a->cfg.settings.max_wdt_resets)
+    else if (count_since(a->ps.wdt_log, a->ps.nwdt, a->ps.trial_ms,
+                         a->cfg.settings.wdt_window_ms) > a->cfg.settings.max_wdt_resets)
         fail_trial(a, R_WDT);
 }
 
@@ -888,10 +898,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         !((st == OTA_STATE_TRIAL || st == OTA_STATE_REBOOTING || st == OTA_STATE_INSTALLING) &&
           a->ps.target_slot == a->boot.running_slot)) {
         a->ps.target_slot = a->boot.running_slot;
-        a->ps.flags = 0;
-        a->ps.trial_ms = 0;
-        a->ps.nboots = 0;
-        a->ps.nwdt = 0;
+        new_trial(a);
         a->ps.state = st = OTA_STATE_REBOOTING;
     }
 
@@ -942,7 +949,7 @@ void ota_agent_on_connect(ota_agent_t *a)
     a->connected = true;
     a->broker_seen = true;
     send_birth(a);
-    for (s = inbox, i = 0; i < 3u; i++, s += strlen(s) + 1u) /* blocks at QoS 0 */
+    for (s = inbox, i = 0; i < 3u; i++, s += strlen(s) + 1u)
         (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, s), i != 0u);
     flush_events(a);
     send_heartbeat(a);

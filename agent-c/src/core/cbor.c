@@ -137,7 +137,11 @@ int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n)
 
 int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
 {
-    return ota_cbor_read_str(r, OTA_CBOR_TSTR, (const uint8_t **)p, n);
+    const uint8_t *s;
+    int rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &s, n);
+    if (rc == OTA_OK)
+        *p = (const char *)s;
+    return rc;
 }
 
 int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count)

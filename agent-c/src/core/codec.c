@@ -1,8 +1,10 @@
 /* codec.c - table-driven map decoder and encoder (internal.h).
  *
- * A row's offset is that of a struct member of the row's type, so the
- * member is reached through a pointer of its own type (aligned, and the
- * effective type of the object), without memcpy. */
+ * A row's offset is that of a struct member of the row's type, so an
+ * integer member is reached through a pointer of its own type (aligned, and
+ * the effective type of the object), without memcpy. Pointer members are
+ * copied with memcpy: a row does not say whether they are char or uint8_t
+ * pointers, and one may not stand for the other. */
 #include <string.h>
 
 #include "internal.h"
@@ -59,7 +61,7 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
         if (t == OTA_F_TEXT)
             dst[n] = '\0';
     } else {
-        *(const uint8_t **)(void *)dst = p;
+        memcpy(dst, &p, sizeof(p));
         if (t != OTA_F_PDIGEST)
             *(size_t *)(void *)(out + f->len_off) = n;
     }
@@ -130,7 +132,7 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
         uint64_t v;
 
         if (rows->type == OTA_F_CSTR || rows->type == OTA_F_PDIGEST)
-            p = *(const void *const *)p; /* the member is a pointer */
+            memcpy(&p, p, sizeof(p)); /* the member is a pointer */
         if ((omit >> rows->key & 1u) || p == NULL)
             continue;
         pairs++;

@@ -162,18 +162,18 @@ int ota_manifest_decode(const uint8_t *buf, size_t len, ota_manifest_t *m)
 bool ota_manifest_has_target(const ota_manifest_t *m, const char *hw)
 {
     ota_cbor_reader_t r;
-    uint64_t n, i;
-    size_t hwlen;
+    uint64_t n;
+    uint32_t i;
+    size_t hwlen, len;
+    const uint8_t *s;
     if (m == NULL || hw == NULL || m->targets == NULL)
         return false;
     hwlen = strlen(hw);
     ota_cbor_reader_init(&r, m->targets, m->targets_len);
     if (ota_cbor_read_array(&r, &n) != OTA_OK)
         return false;
-    for (i = 0; i < n; i++) {
-        const char *s;
-        size_t len;
-        if (ota_cbor_read_tstr(&r, &s, &len) != OTA_OK)
+    for (i = (uint32_t)n; i > 0u; i--) { /* bounded by the bytes: fits */
+        if (ota_cbor_read_str(&r, OTA_CBOR_TSTR, &s, &len) != OTA_OK)
             return false;
         if (len == hwlen && memcmp(s, hw, len) == 0)
             return true;
