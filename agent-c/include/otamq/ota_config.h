@@ -81,11 +81,6 @@
 #define OTA_CFG_TX_BUF 320
 #endif
 
-/* Longest event detail kept (DESIGN allows 128; shorter saves RAM). */
-#ifndef OTA_CFG_DETAIL_MAX
-#define OTA_CFG_DETAIL_MAX 48
-#endif
-
 /* Events queued while the broker is unreachable (oldest dropped first). */
 #ifndef OTA_CFG_EVENT_QUEUE
 #define OTA_CFG_EVENT_QUEUE 6
