@@ -261,7 +261,7 @@ func (s *Service) OfferMessage(id string) []byte {
 		return wire.Offer{}.Encode()
 	}
 	return wire.Offer{RolloutID: of.RolloutID, Manifest: r.Manifest, InstallMode: of.InstallMode,
-		BlockSize: of.BlockSize, Deadline: of.Deadline}.Encode()
+		BlockSize: of.BlockSize, Deadline: of.Deadline, MaxWindow: uint32(s.o.MaxWindow)}.Encode()
 }
 
 // OfferSpec is what to offer.

@@ -336,7 +336,7 @@ func (g *vectorGen) generate() {
 	g.good("offer-cancel", wire.Offer{}.Encode())
 	g.good("offer-install-on-command", wire.Offer{RolloutID: "r-2025-12-01-canary", Manifest: components,
 		InstallMode: wire.InstallOnCommand, BlockSize: 8192, Deadline: 1764633600}.Encode())
-	g.good("offer-later-key", g.pairs(6, "later", 5, 0, 4, 1024, 3, 0, 2, designSigned, 1, "r-1"))
+	g.good("offer-later-key", g.pairs(20, "later", 5, 0, 4, 1024, 3, 0, 2, designSigned, 1, "r-1"))
 	g.bad("offer-duplicate-key", "rollout ID (1) twice", g.pairs(1, "r-1", 1, "r-2", 2, designSigned, 3, 0, 4, 4096, 5, 0), nil)
 	g.bad("offer-indefinite-map", "indefinite-length map",
 		append(append([]byte{0xbf}, wire.Offer{RolloutID: "r-1", Manifest: designSigned}.Encode()[1:]...), 0xff), nil)

@@ -244,6 +244,10 @@ type Offer struct {
 	InstallMode InstallMode `cbor:"3,keyasint"`
 	BlockSize   uint32      `cbor:"4,keyasint"`
 	Deadline    uint64      `cbor:"5,keyasint"`
+	// MaxWindow (key 6, an extension of the contract) is the most blocks the
+	// broker serves for one request; a request for more gets this many.
+	// Devices that do not know the key ignore it.
+	MaxWindow uint32 `cbor:"6,keyasint,omitempty"`
 }
 
 // DecodeOffer decodes an offer (devices and tests use it; the broker only
