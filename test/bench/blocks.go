@@ -199,38 +199,14 @@ type blkDevice struct {
 // connectDevices opens n device connections subscribed to their block
 // topics; with auth they log in with their tokens (otamq).
 func connectDevices(addr string, n int, auth bool) ([]*blkDevice, error) {
-	ds := make([]*blkDevice, n)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				id := deviceID(i)
-				user, pass := "", ""
-				if auth {
-					user, pass = id, token(id)
-				}
-				c, err := dial(addr, id, user, pass, "dm/"+id+"/ota/blk")
-				if err != nil {
-					errs <- err
-					return
-				}
-				ds[i] = &blkDevice{rawConn: newRawConn(c), id: id, get: "dm/" + id + "/ota/get"}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		closeDevices(ds)
+	cs, err := connectMany(addr, n, auth, "ota/blk")
+	if err != nil {
 		return nil, err
+	}
+	ds := make([]*blkDevice, n)
+	for i, c := range cs {
+		id := deviceID(i)
+		ds[i] = &blkDevice{rawConn: newRawConn(c), id: id, get: "dm/" + id + "/ota/get"}
 	}
 	return ds, nil
 }

@@ -74,7 +74,7 @@ func benchIdle() error {
 			return
 		}
 		idle, _, _, _ := rss()
-		cs, err := connectMany(mqttAddr, n, kind == "otamq")
+		cs, err := connectMany(mqttAddr, n, kind == "otamq", "cmd")
 		if err != nil {
 			_ = cmd.Process.Kill()
 			return fmt.Errorf("%s: %v", kind, err)
@@ -118,8 +118,10 @@ func benchIdle() error {
 	return nil
 }
 
-// connectMany opens n connections, each subscribed to its cmd topic.
-func connectMany(addr string, n int, auth bool) ([]net.Conn, error) {
+// connectMany opens n device connections (32 at a time), each subscribed
+// to its own topic of kind ("cmd", "ota/blk"); with auth they log in with
+// their tokens (otamq).
+func connectMany(addr string, n int, auth bool, kind string) ([]net.Conn, error) {
 	cs := make([]net.Conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -139,7 +141,7 @@ func connectMany(addr string, n int, auth bool) ([]net.Conn, error) {
 				if auth {
 					user, pass = id, token(id)
 				}
-				c, err := dial(addr, id, user, pass, "dm/"+id+"/cmd")
+				c, err := dial(addr, id, user, pass, "dm/"+id+"/"+kind)
 				if err != nil {
 					mu.Lock()
 					if firstErr == nil {
