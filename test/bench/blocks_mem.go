@@ -2,15 +2,10 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,53 +17,6 @@ import (
 // blkMem is what a block-benchmark server child reports about itself.
 type blkMem struct {
 	rss, heap, stack, peak, goroutines int64
-}
-
-// runBlocksServer is the child side of the block benchmark's memory part:
-// "otamq-blocks" runs otamq on dataDir (devices, release and offers already
-// there) with the per-device rate limit off, "mochi-blocks" plain mochi.
-// It prints "ready <mqtt addr> <control addr> <http addr> <rss before>" and
-// serves /mem on the control address until stdin closes.
-func runBlocksServer(kind, dataDir string) error {
-	base := rssBytes()
-	if *blkProfDir != "" {
-		runtime.SetMutexProfileFraction(10)
-		runtime.SetBlockProfileRate(10000)
-	}
-	var mqttAddr, httpAddr string
-	switch kind {
-	case "mochi-blocks":
-		srv, addr, err := plainMochi(true)
-		if err != nil {
-			return err
-		}
-		defer srv.Close()
-		mqttAddr, httpAddr = addr, "-"
-	case "otamq-blocks":
-		b, err := blocksBroker(dataDir, true)
-		if err != nil {
-			return err
-		}
-		defer b.Shutdown(context.Background())
-		mqttAddr, httpAddr = b.Addr(), b.HTTPAddr()
-	default:
-		return fmt.Errorf("unknown server %q", kind)
-	}
-	ctl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/mem", func(w http.ResponseWriter, _ *http.Request) {
-		rss := rssBytes() // after a GC that returns free memory to the OS
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		fmt.Fprint(w, rss, " ", ms.HeapInuse, " ", ms.StackInuse, " ", procStatus("VmHWM"), " ", runtime.NumGoroutine())
-	})
-	go func() { _ = http.Serve(ctl, mux) }()
-	fmt.Printf("ready %s %s %s %d\n", mqttAddr, ctl.Addr(), httpAddr, base)
-	_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
-	return nil
 }
 
 // blocksMemory runs each server as a child process and reads its memory
@@ -120,10 +68,11 @@ func blocksMemory(dir string, img *blkImage, n int) error {
 		}
 		mem := func() (m blkMem, err error) {
 			s, err := get("http://" + ctlAddr + "/mem")
+			var file int64
 			if err != nil {
 				return m, err
 			}
-			_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &m.heap, &m.stack, &m.peak, &m.goroutines)
+			_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines)
 			return m, err
 		}
 		err = func() error {

@@ -66,7 +66,7 @@ func benchIdle() error {
 			return fmt.Errorf("%s server said %q: %v", kind, line, err)
 		}
 		rss := func() (total, file, heap, stack int64) {
-			s, err := get("http://" + ctlAddr + "/rss")
+			s, err := get("http://" + ctlAddr + "/mem")
 			if err != nil {
 				return -1, -1, -1, -1
 			}

@@ -46,11 +46,7 @@ func main() {
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	if *serve != "" {
-		serveFunc := runServer
-		if strings.HasSuffix(*serve, "-blocks") {
-			serveFunc = runBlocksServer
-		}
-		if err := serveFunc(*serve, *serveData); err != nil {
+		if err := runServer(*serve, *serveData); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
 			os.Exit(1)
 		}

@@ -129,22 +129,34 @@ func procStatus(field string) int64 {
 	return -1
 }
 
-// runServer is the child side of the idle benchmark: it starts one server,
-// prints "ready <mqtt addr> <control addr> <http addr> <rss before>", and
-// serves /rss on the control address until stdin closes.
+// runServer is the child side of the idle and block benchmarks: it starts
+// one server ("mochi", "mochi-defaults" or "otamq" for the idle part;
+// "mochi-blocks" or "otamq-blocks", the latter on a data directory holding
+// devices, a release and offers, for the block part), prints "ready <mqtt
+// addr> <control addr> <http addr> <rss before>", and serves /mem on the
+// control address until stdin closes: "rss rss_file heap_inuse stack_inuse
+// peak_rss goroutines", read after a GC that returns free memory to the OS.
 func runServer(kind, dataDir string) error {
 	base := rssBytes()
+	if kind == "otamq-blocks" && *blkProfDir != "" {
+		runtime.SetMutexProfileFraction(10)
+		runtime.SetBlockProfileRate(10000)
+	}
 	var mqttAddr, httpAddr string
 	switch kind {
-	case "mochi", "mochi-defaults":
-		srv, addr, err := plainMochi(kind == "mochi")
+	case "mochi", "mochi-defaults", "mochi-blocks":
+		srv, addr, err := plainMochi(kind != "mochi-defaults")
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 		mqttAddr = addr
-	case "otamq":
-		b, err := otamqBroker(dataDir, true)
+	case "otamq", "otamq-blocks":
+		start := otamqBroker
+		if kind == "otamq-blocks" {
+			start = blocksBroker
+		}
+		b, err := start(dataDir, true)
 		if err != nil {
 			return err
 		}
@@ -158,10 +170,11 @@ func runServer(kind, dataDir string) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/rss", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/mem", func(w http.ResponseWriter, _ *http.Request) {
+		rss := rssBytes()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Fprint(w, rssBytes(), " ", rssFileBytes(), " ", ms.HeapInuse, " ", ms.StackInuse)
+		fmt.Fprint(w, rss, " ", rssFileBytes(), " ", ms.HeapInuse, " ", ms.StackInuse, " ", procStatus("VmHWM"), " ", runtime.NumGoroutine())
 	})
 	go func() { _ = http.Serve(ctl, mux) }()
 	if httpAddr == "" {
