@@ -164,16 +164,11 @@ type uploadRequest struct {
 const maxUploadBody = release.MaxPartSize + wire.MaxManifestSize + 1024
 
 var uploadDecMode = func() cbor.DecMode {
-	dm, err := cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		IndefLength:       cbor.IndefLengthForbidden,
-		TagsMd:            cbor.TagsForbidden,
-		MaxNestedLevels:   4,
-		MaxArrayElements:  16,
-		MaxMapPairs:       16,
-		UTF8:              cbor.UTF8RejectInvalid,
-		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
-	}.DecMode()
+	// Operator input: a typo'd key is an error, not ignored.
+	opts := wire.StrictDecOptions()
+	opts.MaxMapPairs = 16
+	opts.ExtraReturnErrors = cbor.ExtraDecErrorUnknownField
+	dm, err := opts.DecMode()
 	if err != nil {
 		panic(err)
 	}

@@ -143,6 +143,7 @@ func (r *Registry) Birth(id string, b wire.Birth) error {
 	return nil
 }
 
+// healthy reports whether flags has every health bit set.
 func healthy(flags uint8) bool { return flags&wire.HealthAllOK == wire.HealthAllOK }
 
 // Heartbeat records a heartbeat of id.

@@ -49,7 +49,7 @@ type Status struct {
 }
 
 // Healthy reports whether the last heartbeat had every health flag set.
-func (s *Status) Healthy() bool { return s.HealthFlags&wire.HealthAllOK == wire.HealthAllOK }
+func (s *Status) Healthy() bool { return healthy(s.HealthFlags) }
 
 // View is a device with its status, as the admin API returns it.
 type View struct {

@@ -183,15 +183,9 @@ func init() {
 	// As ota/wire's decoder, for operator input: arrays up to MaxComponents
 	// (the largest list a payload has), three levels of nesting (payload map,
 	// component list, component).
-	decMode, err = cbor.DecOptions{
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		IndefLength:      cbor.IndefLengthForbidden,
-		TagsMd:           cbor.TagsForbidden,
-		MaxNestedLevels:  4,
-		MaxArrayElements: MaxComponents,
-		MaxMapPairs:      32,
-		UTF8:             cbor.UTF8RejectInvalid,
-	}.DecMode()
+	opts := wire.StrictDecOptions()
+	opts.MaxArrayElements = MaxComponents
+	decMode, err = opts.DecMode()
 	if err != nil {
 		panic(err) // static options; cannot fail
 	}

@@ -18,7 +18,8 @@
 // otherwise the upload is removed: a refused upload leaves nothing behind.
 //
 // Image bytes are stored by digest in fixed-size chunks, immutable once the
-// release exists. ReadImage copies only the requested range.
+// release exists. ReadBlocks reads only the requested range, in one read
+// transaction per request.
 //
 // The broker stores the signed manifest bytes as received and never signs
 // anything: it can choose who gets which release and when, but cannot make a

@@ -707,22 +707,3 @@ func (b *bufPool) get(n int) []byte {
 }
 
 func (b *bufPool) put(buf []byte) { b.p.Put(&buf) }
-
-// ReadImage copies the bytes of the released image d from offset into dst
-// and returns how many it copied (less than len(dst) at the end of the
-// image). Only the chunks holding the range are read.
-func (c *Catalog) ReadImage(d manifest.Digest, offset uint64, dst []byte) (int, error) {
-	r, ok := c.ByDigest(d)
-	if !ok {
-		return 0, fmt.Errorf("%w: %s", ErrNoSuchImage, d)
-	}
-	if offset >= r.Size {
-		return 0, fmt.Errorf("%w: offset %d of a %d-byte image", ErrInvalid, offset, r.Size)
-	}
-	want := int(min(uint64(len(dst)), r.Size-offset))
-	err := c.db.View(func(tx *store.Tx) error { return readRange(tx, d, offset, dst[:want]) })
-	if err != nil {
-		return 0, err
-	}
-	return want, nil
-}

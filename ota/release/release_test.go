@@ -93,14 +93,27 @@ func TestUploadAndReadAcrossChunks(t *testing.T) {
 		t.Fatalf("upload: %v %v", r, err)
 	}
 	for _, c := range []struct{ off, n int }{{0, 10}, {ChunkSize - 5, 10}, {ChunkSize, ChunkSize}, {3 * ChunkSize, 5000}, {len(img) - 1, 1}} {
-		dst := make([]byte, c.n)
-		got, err := e.cat.ReadImage(r.Digest, uint64(c.off), dst)
+		var got []byte
+		err := e.cat.ReadBlocks(r.Digest, uint64(c.off), c.n, 1, func(_ uint64, data []byte) error {
+			got = bytes.Clone(data)
+			return nil
+		})
 		want := min(c.n, len(img)-c.off)
-		if err != nil || got != want || !bytes.Equal(dst[:got], img[c.off:c.off+want]) {
-			t.Errorf("read %d+%d: %d bytes, %v", c.off, c.n, got, err)
+		if err != nil || !bytes.Equal(got, img[c.off:c.off+want]) {
+			t.Errorf("read %d+%d: %d bytes, %v", c.off, c.n, len(got), err)
 		}
 	}
-	if _, err := e.cat.ReadImage(r.Digest, uint64(len(img)), make([]byte, 1)); !errors.Is(err, ErrInvalid) {
+	// Several blocks in one read, the last one short.
+	var offs []uint64
+	var all []byte
+	if err := e.cat.ReadBlocks(r.Digest, uint64(len(img)-2500), 1000, 5, func(off uint64, data []byte) error {
+		offs = append(offs, off)
+		all = append(all, data...)
+		return nil
+	}); err != nil || len(offs) != 3 || !bytes.Equal(all, img[len(img)-2500:]) {
+		t.Errorf("blocks to the end: offsets %v, %d bytes, %v", offs, len(all), err)
+	}
+	if err := e.cat.ReadBlocks(r.Digest, uint64(len(img)), 1, 1, func(uint64, []byte) error { return nil }); !errors.Is(err, ErrInvalid) {
 		t.Errorf("read past the end: %v", err)
 	}
 	// The catalog reloads from the store.

@@ -41,7 +41,23 @@ var (
 
 func init() {
 	var err error
-	decMode, err = cbor.DecOptions{
+	decMode, err = StrictDecOptions().DecMode()
+	if err != nil {
+		panic(err) // static options; cannot fail
+	}
+	encMode, err = cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		panic(err)
+	}
+}
+
+// StrictDecOptions are the decoding options for untrusted CBOR (DEPENDENCY
+// NOTES): duplicate keys, indefinite lengths, tags and invalid UTF-8 are
+// refused; nesting is 4 levels, arrays 16 elements and maps 32 pairs at
+// most. Decoders of other untrusted CBOR start from these and change only
+// what their format needs.
+func StrictDecOptions() cbor.DecOptions {
+	return cbor.DecOptions{
 		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
 		IndefLength:      cbor.IndefLengthForbidden,
 		TagsMd:           cbor.TagsForbidden,
@@ -49,13 +65,6 @@ func init() {
 		MaxArrayElements: 16,
 		MaxMapPairs:      32,
 		UTF8:             cbor.UTF8RejectInvalid,
-	}.DecMode()
-	if err != nil {
-		panic(err) // static options; cannot fail
-	}
-	encMode, err = cbor.CoreDetEncOptions().EncMode()
-	if err != nil {
-		panic(err)
 	}
 }
 
