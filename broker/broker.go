@@ -328,9 +328,8 @@ func (b *Broker) shutdown() error {
 	// Listeners and clients first, ourselves: mochi's Close lists each
 	// listener's clients with Clients.GetByListener, which read-locks the
 	// client map twice and deadlocks when a client connects or disconnects
-	// in between (mochi-mqtt/server#488, unfixed in v2.7.9). With the
-	// listeners closed and every client gone, nothing writes the map any
-	// more when Close runs.
+	// in between (mochi-mqtt/server#488, unfixed in v2.7.9). disconnectAll
+	// takes the listeners out of mochi's hands, so Close lists none.
 	b.disconnectAll()
 	// Then the hooks (admin workers drain).
 	if err := b.srv.Close(); err != nil {
@@ -357,12 +356,14 @@ func (b *Broker) shutdown() error {
 	return errors.Join(errs...)
 }
 
-// disconnectAll closes the MQTT listeners, sends every client a DISCONNECT
-// "server shutting down" and waits until all their goroutines have ended.
+// disconnectAll closes the MQTT listeners and removes them from mochi,
+// sends every client a DISCONNECT "server shutting down" and waits until
+// their sessions have ended.
 func (b *Broker) disconnectAll() {
-	for _, l := range []net.Listener{b.tcp, b.tls} {
-		if l != nil {
-			_ = l.Close()
+	for _, id := range []string{"tcp", "tls"} {
+		if l, ok := b.srv.Listeners.Get(id); ok {
+			l.Close(func(string) {}) // closes the socket; clients are ours to end
+			b.srv.Listeners.Delete(id)
 		}
 	}
 	sem := make(chan struct{}, 64)
@@ -383,7 +384,28 @@ func (b *Broker) disconnectAll() {
 		}()
 	}
 	wg.Wait()
-	b.srv.Listeners.ClientsWg.Wait()
+	// Wait for the sessions to end (their disconnects recorded). mochi's
+	// own ClientsWg is not waited on here: each connection adds to it from
+	// its own goroutine, so a Wait that blocks while connections end is a
+	// WaitGroup misuse the race detector reports; Close waits on it later,
+	// when there is nothing left to wait for.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if b.device.Sessions() == 0 && !b.anyOpenClient() {
+			return
+		}
+	}
+	b.log.Warn("clients still connected after the shutdown disconnect")
+}
+
+// anyOpenClient reports whether a client other than the inline one is still
+// connected.
+func (b *Broker) anyOpenClient() bool {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Net.Inline && !cl.Closed() {
+			return true
+		}
+	}
+	return false
 }
 
 // closePartial releases what New opened before it failed.

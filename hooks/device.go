@@ -111,6 +111,13 @@ func (d *Device) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	d.rec.Connected()
 }
 
+// Sessions returns how many established sessions have not yet ended.
+func (d *Device) Sessions() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.sessions)
+}
+
 func (d *Device) generation(cl *mqtt.Client, remove bool) uint64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
