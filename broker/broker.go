@@ -140,7 +140,7 @@ func New(opts Options) (b *Broker, err error) {
 	// Hook order is fixed: authentication, authorization, device status,
 	// admin requests.
 	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: b.admin.ReadOnly, Rules: o.Rules, Recorder: rec, Logger: o.Logger})
-	b.device = hooks.NewDevice(hooks.DeviceOptions{Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
+	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 		Delivery: b.delivery, Sender: sender})
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,
 		Recorder: rec, Logger: o.Logger, Workers: o.AdminWorkers, Queue: o.AdminQueue})

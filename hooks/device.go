@@ -21,6 +21,7 @@ import (
 // connect, disconnect, Last Will, birth and heartbeat.
 type Device struct {
 	mqtt.HookBase
+	srv    *mqtt.Server
 	topics Topics
 	fleet  *fleet.Registry
 	dlv    *delivery.Service // nil: no OTA (events and block requests are only checked)
@@ -41,6 +42,8 @@ type Device struct {
 
 // DeviceOptions configure NewDevice.
 type DeviceOptions struct {
+	// Server is the server the hook is added to.
+	Server   *mqtt.Server
 	Topics   Topics
 	Fleet    *fleet.Registry
 	Recorder Recorder
@@ -66,7 +69,7 @@ func NewDevice(o DeviceOptions) *Device {
 		o.SweepInterval = 5 * time.Second
 	}
 	d := &Device{
-		topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
+		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
 		sessions: make(map[*mqtt.Client]uint64),
 		stop:     make(chan struct{}), done: make(chan struct{}),
 	}
@@ -109,6 +112,39 @@ func (d *Device) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	d.sessions[cl] = gen
 	d.mu.Unlock()
 	d.rec.Connected()
+	d.endExpiringSession(cl)
+}
+
+// endExpiringSession ends, before mochi takes it over, an older connection
+// of cl's client ID whose session ends with it anyway. mochi v2.7.9 stops
+// the old connection first and marks it taken over only afterwards, so the
+// old connection's goroutine can find itself "not taken over" and delete
+// the client ID from the client map after the new connection was added:
+// the new connection then gets no message at all (seen under load: admin
+// replies lost). Ended here, and waited for, the old one is gone from the
+// map before mochi looks, so there is nothing left to race with.
+func (d *Device) endExpiringSession(cl *mqtt.Client) {
+	if d.srv == nil {
+		return
+	}
+	old, ok := d.srv.Clients.Get(cl.ID)
+	if !ok || old == cl || old.Net.Inline || !expiring(old) {
+		return
+	}
+	_ = d.srv.DisconnectClient(old, packets.ErrSessionTakenOver)
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if cur, ok := d.srv.Clients.Get(cl.ID); !ok || cur != old {
+			return
+		}
+	}
+	d.log.Warn("older connection not gone after its session was taken over", "client", cl.ID)
+}
+
+// expiring reports whether cl's session ends with its connection (how
+// mochi decides to drop it).
+func expiring(cl *mqtt.Client) bool {
+	p := &cl.Properties
+	return p.ProtocolVersion == 5 && p.Props.SessionExpiryInterval == 0 || p.ProtocolVersion < 5 && p.Clean
 }
 
 // Sessions returns how many established sessions have not yet ended.

@@ -219,3 +219,23 @@ func TestHealthLifecycle(t *testing.T) {
 		return nil
 	})
 }
+
+// TestTakeoverKeepsDelivery: after a session takeover the new connection
+// gets its messages. (mochi can drop the new connection from its client map
+// when the old one's goroutine ends late; the device hook ends the old
+// session first. The race needs load to show; this repeats the takeover.)
+func TestTakeoverKeepsDelivery(t *testing.T) {
+	b := startBroker(t)
+	tok := b.register("d1", "device", "")
+	for i := range 30 {
+		old := b.device("d1", tok)
+		old.subscribe("dm/d1/cmd")
+		cur := b.device("d1", tok)
+		if rc := cur.subscribe("dm/d1/cmd"); rc >= 0x80 {
+			t.Fatalf("round %d: subscribe 0x%02x", i, rc)
+		}
+		b.serverPublish("dm/d1/cmd", []byte{byte(i)})
+		cur.waitFor("dm/d1/cmd", 10*time.Second)
+		_ = cur.cli.Disconnect(&paho.Disconnect{})
+	}
+}

@@ -169,12 +169,15 @@ func TestAdminWithMosquittoRR(t *testing.T) {
 	host, port := b.hostPort()
 	rr := func(topic, body string) (map[string]any, string) {
 		out, err := mosq(t, "mosquitto_rr", "-h", host, "-p", port, "-V", "mqttv5", "-i", opID, "-u", opID, "-P", opPassword,
-			"-t", topic, "-e", "dm/admin/reply/"+opID+"/1", "-m", body, "-W", "10")
+			"-t", topic, "-e", "dm/admin/reply/"+opID+"/1", "-m", body, "-W", "10", "-d")
 		if err != nil {
 			t.Fatalf("mosquitto_rr %s: %v\n%s", topic, err, out)
 		}
+		// -d: on a failure the tool's protocol trace is in the message;
+		// the reply is its last line.
+		lines := strings.Split(strings.TrimSpace(out), "\n")
 		var reply map[string]any
-		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &reply); err != nil {
+		if err := json.Unmarshal([]byte(lines[len(lines)-1]), &reply); err != nil {
 			t.Fatalf("reply is not JSON: %v\n%s", err, out)
 		}
 		return reply, out
