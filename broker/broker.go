@@ -85,6 +85,8 @@ func New(opts Options) (b *Broker, err error) {
 		return nil, fmt.Errorf("options: %w", err)
 	}
 	o := opts.withDefaults()
+	// Every line, mochi's included, goes through the flood guard.
+	o.Logger = slog.New(newLogHandler(o.Logger.Handler()))
 	b = &Broker{opts: o, log: o.Logger}
 	defer func() {
 		if err != nil {
@@ -126,6 +128,7 @@ func New(opts Options) (b *Broker, err error) {
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
 		Now: o.Now, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
+		EventFault: o.EventStoreFault,
 	})
 	if err != nil {
 		return nil, err

@@ -123,6 +123,12 @@ type Options struct {
 	// may use only their contract topics.
 	Rules []hooks.Rule
 
+	// EventStoreFault, when set, is called in the transaction that records
+	// each device event, and an error from it fails that transaction as a
+	// store failure would (the device is told to retry). A failpoint for
+	// tests; never set it in production.
+	EventStoreFault func() error
+
 	// NoSync skips fsync. For tests and benchmarks only: a crash loses
 	// acknowledged writes.
 	NoSync bool
@@ -250,7 +256,7 @@ func hasWildcardOrSlash(s string) bool {
 // clock), for logs and for comparing configurations.
 func Effective(o Options) string {
 	o = o.withDefaults()
-	o.Logger, o.Now = nil, nil
+	o.Logger, o.Now, o.EventStoreFault = nil, nil, nil
 	if o.FirstOperatorPassword != "" {
 		o.FirstOperatorPassword = "(set)"
 	}

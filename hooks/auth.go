@@ -48,8 +48,9 @@ func (a *Auth) Provides(b byte) bool {
 	return b == mqtt.OnConnect || b == mqtt.OnConnectAuthenticate
 }
 
-// errRefused is returned from OnConnect after the CONNACK was sent.
-var errRefused = errors.New("connection refused")
+// ErrConnectionRefused is returned from OnConnect after the refusal's
+// CONNACK was sent; mochi then closes the connection.
+var ErrConnectionRefused = errors.New("connection refused")
 
 // OnConnect implements mqtt.Hook: it authenticates the client.
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
@@ -98,7 +99,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if werr := a.srv.SendConnack(cl, code, false, nil); werr != nil {
 		a.log.Debug("refusal connack not sent", "client", cl.ID, "err", werr)
 	}
-	return fmt.Errorf("%w: %s", errRefused, reason)
+	return fmt.Errorf("%w: %s", ErrConnectionRefused, reason)
 }
 
 // OnConnectAuthenticate implements mqtt.Hook. Every client that reaches it

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -28,7 +29,6 @@ type Device struct {
 	sender *Sender
 	rec    Recorder
 	log    *slog.Logger
-	warn   *limiter
 
 	// mu guards sessions: the fleet generation of each live connection,
 	// needed to tell a taken-over connection's disconnect from the
@@ -69,7 +69,7 @@ func NewDevice(o DeviceOptions) *Device {
 		o.SweepInterval = 5 * time.Second
 	}
 	d := &Device{
-		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
+		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger,
 		sessions: make(map[*mqtt.Client]uint64),
 		stop:     make(chan struct{}), done: make(chan struct{}),
 	}
@@ -244,16 +244,10 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		if ev, err = wire.DecodeEvent(pk.Payload); err == nil && d.dlv != nil {
 			if err = d.dlv.Event(id, ev); errors.Is(err, delivery.ErrUnknownRun) {
 				// Acknowledged (the device must not resend it) and dropped.
-				if d.warn.allow() {
-					d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
-				}
+				d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
 				return pk, packets.CodeSuccessIgnore
 			} else if err != nil {
-				d.log.Error("event not recorded", "device", id, "err", err)
-				if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-					return pk, packets.ErrUnspecifiedError // not acknowledged: the device sends it again
-				}
-				return pk, packets.CodeSuccessIgnore
+				return pk, d.retryLater(cl, pk, id, err)
 			}
 		}
 	case KindGet:
@@ -287,9 +281,7 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 	req, err := wire.DecodeBlockRequest(payload)
 	if err != nil {
 		d.rec.Rejected(RejectMalformed)
-		if d.warn.allow() {
-			d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
-		}
+		d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
 		d.dlv.BadRequest(err.Error(), emit)
 		return
 	}
@@ -323,13 +315,35 @@ func (d *Device) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) 
 	}
 }
 
+// errRetryLater is the PUBACK of an event the broker could not record:
+// 0x80 tells a v5 device to keep the event and send it again later
+// (docs/PROTOCOL.md, "Events the broker could not record").
+var errRetryLater = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "event not recorded; send it again later"}
+
+// retryLater answers an event that could not be recorded so that the
+// device keeps it: a v5 client gets PUBACK 0x80; a v3 client, which has no
+// reason codes, gets no PUBACK and its connection is closed, so that it
+// sends the unacknowledged event again when it reconnects.
+func (d *Device) retryLater(cl *mqtt.Client, pk packets.Packet, id string, err error) error {
+	d.rec.Rejected(RejectEventNotRecorded)
+	d.log.Error("event not recorded; the device is told to send it again", "device", id, "err", err)
+	if pk.FixedHeader.Qos == 0 {
+		return packets.CodeSuccessIgnore // nothing to answer; a QoS 0 event is the device's risk
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		return errRetryLater
+	}
+	// The connection ends because of the broker, not the device: no Will.
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	cl.Stop(errRetryLater)
+	return packets.ErrRejectPacket
+}
+
 // refuse counts and logs a malformed device message and returns the error
 // that makes mochi drop it with the right acknowledgement.
 func (d *Device) refuse(cl *mqtt.Client, pk packets.Packet, err error) error {
 	d.rec.Rejected(RejectMalformed)
-	if d.warn.allow() {
-		d.log.Warn("device message refused", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "err", err)
-	}
+	d.log.Warn("device message refused", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "err", err)
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 		reason := err.Error()
 		if len(reason) > 200 {
@@ -364,26 +378,4 @@ func (d *Device) sweep(every time.Duration) {
 			d.OnDisconnect(cl, net.ErrClosed, false)
 		}
 	}
-}
-
-// limiter allows n events per period, for log lines a client could flood.
-type limiter struct {
-	mu     sync.Mutex
-	n      int
-	period time.Duration
-	start  time.Time
-	used   int
-}
-
-func newLimiter(n int, period time.Duration) *limiter { return &limiter{n: n, period: period} }
-
-func (l *limiter) allow() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if now.Sub(l.start) > l.period {
-		l.start, l.used = now, 0
-	}
-	l.used++
-	return l.used <= l.n
 }

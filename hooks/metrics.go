@@ -38,11 +38,14 @@ const (
 	RejectAdminNoReply   = "admin_no_response_topic"
 	RejectAdminBusy      = "admin_busy"
 	RejectTooLarge       = "too_large_for_client"
+	// RejectEventNotRecorded: a device event the store could not take;
+	// the device was told to send it again.
+	RejectEventNotRecorded = "event_not_recorded"
 )
 
 // RejectReasons lists every rejection reason, so counters can start at 0.
 var RejectReasons = []string{RejectUnknownClient, RejectBadCredentials, RejectIDMismatch, RejectRevoked, RejectWillTopic,
-	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge}
+	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge, RejectEventNotRecorded}
 
 // NopRecorder counts nothing.
 type NopRecorder struct{}

@@ -100,6 +100,10 @@ type Options struct {
 	// TimelineLength is how many events each device's timeline keeps.
 	// Default DefaultTimelineLength.
 	TimelineLength int
+	// EventFault, when set, runs inside the transaction that records a
+	// device event; an error from it fails that transaction as a store
+	// failure would. Only tests set it (a failpoint); default none.
+	EventFault func() error
 }
 
 // Offer is a release assigned to a device.
@@ -688,7 +692,14 @@ func (s *Service) Event(id string, ev wire.Event) error {
 	if ev.Error != 0 {
 		e.Error = ev.Error.String()
 	}
-	if err := s.db.Update(context.Background(), func(tx *store.Tx) error { return s.appendTimeline(tx, id, e) }); err != nil {
+	if err := s.db.Update(context.Background(), func(tx *store.Tx) error {
+		if s.o.EventFault != nil {
+			if err := s.o.EventFault(); err != nil {
+				return err
+			}
+		}
+		return s.appendTimeline(tx, id, e)
+	}); err != nil {
 		return fmt.Errorf("timeline of %s: %w", id, err)
 	}
 	s.o.Recorder.Event(ev.Code.String())
