@@ -380,10 +380,7 @@ func (b *Broker) disconnectAll() {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			// A client that does not read must not hold up shutdown.
-			if cl.Net.Conn != nil {
-				_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-			}
-			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			hooks.EndConnection(b.srv, cl, packets.ErrServerShuttingDown)
 		}()
 	}
 	wg.Wait()

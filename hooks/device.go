@@ -112,26 +112,38 @@ func (d *Device) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	d.sessions[cl] = gen
 	d.mu.Unlock()
 	d.rec.Connected()
-	d.endExpiringSession(cl)
+	d.endOlderConnection(cl)
 }
 
-// endExpiringSession ends, before mochi takes it over, an older connection
-// of cl's client ID whose session ends with it anyway. mochi v2.7.9 stops
-// the old connection first and marks it taken over only afterwards, so the
-// old connection's goroutine can find itself "not taken over" and delete
-// the client ID from the client map after the new connection was added:
-// the new connection then gets no message at all (seen under load: admin
-// replies lost). Ended here, and waited for, the old one is gone from the
-// map before mochi looks, so there is nothing left to race with.
-func (d *Device) endExpiringSession(cl *mqtt.Client) {
+// endOlderConnection ends, before mochi takes the session over, an older
+// connection of cl's client ID.
+//
+// mochi ends it itself (inheritClientSession), but with a DISCONNECT written
+// under the old connection's write lock: behind a client that stopped
+// reading, the new connection would wait for it until its own CONNECT
+// deadline. EndConnection is bounded.
+//
+// When the old session ends with its connection it is also waited for:
+// mochi v2.7.9 stops the old connection first and marks it taken over only
+// afterwards, so the old connection's goroutine can find itself "not taken
+// over" and delete the client ID from the client map after the new
+// connection was added; the new connection then gets no message at all
+// (seen under load: admin replies lost). Ended here, and waited for, the old
+// one is gone from the map before mochi looks. A persistent session stays
+// in the map (mochi moves its subscriptions and inflight messages to the
+// new connection), so there is nothing to wait for.
+func (d *Device) endOlderConnection(cl *mqtt.Client) {
 	if d.srv == nil {
 		return
 	}
 	old, ok := d.srv.Clients.Get(cl.ID)
-	if !ok || old == cl || old.Net.Inline || !expiring(old) {
+	if !ok || old == cl || old.Net.Inline {
 		return
 	}
-	_ = d.srv.DisconnectClient(old, packets.ErrSessionTakenOver)
+	EndConnection(d.srv, old, packets.ErrSessionTakenOver)
+	if !expiring(old) {
+		return
+	}
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		if cur, ok := d.srv.Clients.Get(cl.ID); !ok || cur != old {
 			return

@@ -27,6 +27,7 @@ type Events struct {
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+	kicks    sync.WaitGroup // disconnects under way
 }
 
 // NewEvents starts the publisher. Close stops it.
@@ -87,19 +88,26 @@ func (e *Events) publish(ev fleet.Event) {
 	}
 }
 
-// Close publishes what is queued and stops.
+// Close publishes what is queued, waits for disconnects under way, and
+// stops.
 func (e *Events) Close() {
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.done
+	e.kicks.Wait()
 }
 
 // Disconnect implements admin.Disconnector: it ends the session of id, if
-// any, with "administrative action".
+// any, with "administrative action". It returns at once; the connection
+// ends within DisconnectGrace in a goroutine that Close waits for.
 func (e *Events) Disconnect(id string) {
 	cl, ok := e.srv.Clients.Get(id)
-	if !ok || cl.Closed() {
+	if !ok || cl.Closed() || cl.Net.Inline {
 		return
 	}
-	_ = e.srv.DisconnectClient(cl, packets.ErrAdministrativeAction)
-	e.log.Info("client disconnected by operator action", "client", id)
+	e.kicks.Add(1)
+	go func() {
+		defer e.kicks.Done()
+		EndConnection(e.srv, cl, packets.ErrAdministrativeAction)
+		e.log.Info("client disconnected by operator action", "client", id)
+	}()
 }
