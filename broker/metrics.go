@@ -40,6 +40,7 @@ type recorder struct {
 	deviceEvents    *prometheus.CounterVec
 	eventsRefused   *prometheus.CounterVec
 	uploadsRejected *prometheus.CounterVec
+	loginsThrottled *prometheus.CounterVec
 }
 
 var (
@@ -77,9 +78,11 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Device events dropped, by reason (unknown_rollout)."}, []string{"reason"}),
 		uploadsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_uploads_rejected_total",
 			Help: "Release uploads refused, by reason (bad_manifest, unknown_key, bad_signature, key_revoked, digest_mismatch, conflict, ...)."}, []string{"reason"}),
+		loginsThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_logins_throttled_total",
+			Help: "Operator logins refused without a password check after failed attempts, by scope (client_id, address, busy)."}, []string{"scope"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
-		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected} {
+		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -94,6 +97,9 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		r.blockRequests.WithLabelValues(result)
 	}
 	r.eventsRefused.WithLabelValues("unknown_rollout")
+	for _, scope := range fleet.ThrottleScopes {
+		r.loginsThrottled.WithLabelValues(scope)
+	}
 	for c := wire.EventCode(1); c.Valid(); c++ {
 		r.deviceEvents.WithLabelValues(c.String())
 	}
@@ -112,6 +118,7 @@ func (r *recorder) Will()                              { r.wills.Inc() }
 func (r *recorder) AdminRequest(action, result string) { r.admin.WithLabelValues(action, result).Inc() }
 func (r *recorder) FleetEventDropped()                 { r.eventsDropped.Inc() }
 func (r *recorder) UploadRejected(reason string)       { r.uploadsRejected.WithLabelValues(reason).Inc() }
+func (r *recorder) LoginThrottled(scope string)        { r.loginsThrottled.WithLabelValues(scope).Inc() }
 
 // The delivery.Recorder side.
 func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }

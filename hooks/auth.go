@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -20,6 +21,12 @@ import (
 // runs just before: on refusal it writes the CONNACK itself and returns an
 // error, which makes mochi close the connection without a CONNACK of its
 // own. OnConnectAuthenticate then only confirms what OnConnect let through.
+//
+// Every refusal is answered RefusalDelay after the CONNECT arrived, whatever
+// its reason: an unknown ID is refused at once, a wrong operator password
+// after a 20 ms hash and a wrong device token after a microsecond, and
+// without the delay the time of the answer would tell which IDs are
+// operators or devices. (The delay is a parked goroutine, no CPU.)
 type Auth struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
@@ -27,7 +34,14 @@ type Auth struct {
 	acl   *ACL
 	rec   Recorder
 	log   *slog.Logger
+	// RefusalDelay is the least time before a refusal is answered.
+	// NewAuth sets DefaultRefusalDelay.
+	RefusalDelay time.Duration
 }
+
+// DefaultRefusalDelay is well above an operator password check (about
+// 20 ms, 50 ms under the race detector).
+const DefaultRefusalDelay = 200 * time.Millisecond
 
 // NewAuth returns the authentication hook. acl judges Last Will topics.
 func NewAuth(srv *mqtt.Server, reg *fleet.Registry, acl *ACL, rec Recorder, log *slog.Logger) *Auth {
@@ -37,7 +51,7 @@ func NewAuth(srv *mqtt.Server, reg *fleet.Registry, acl *ACL, rec Recorder, log 
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Auth{srv: srv, fleet: reg, acl: acl, rec: rec, log: log}
+	return &Auth{srv: srv, fleet: reg, acl: acl, rec: rec, log: log, RefusalDelay: DefaultRefusalDelay}
 }
 
 // ID implements mqtt.Hook.
@@ -54,10 +68,12 @@ var ErrConnectionRefused = errors.New("connection refused")
 
 // OnConnect implements mqtt.Hook: it authenticates the client.
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	start := time.Now()
 	c := fleet.Credentials{
 		ClientID: cl.ID,
 		Username: string(pk.Connect.Username),
 		Password: pk.Connect.Password,
+		Remote:   cl.Net.Remote,
 	}
 	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
 		// The handshake has completed by the time CONNECT was read, and
@@ -81,6 +97,12 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		reason = RejectIDMismatch
 	case errors.Is(err, fleet.ErrRevoked):
 		reason = RejectRevoked
+	case errors.Is(err, fleet.ErrThrottled):
+		reason = RejectThrottled
+		var te *fleet.ThrottledError
+		if errors.As(err, &te) {
+			a.rec.LoginThrottled(te.Scope)
+		}
 	default:
 		reason = RejectBadCredentials
 	}
@@ -96,6 +118,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// authorized".
 		code = packets.ErrBadUsernameOrPassword
 	}
+	time.Sleep(time.Until(start.Add(a.RefusalDelay)))
 	if werr := a.srv.SendConnack(cl, code, false, nil); werr != nil {
 		a.log.Debug("refusal connack not sent", "client", cl.ID, "err", werr)
 	}

@@ -23,6 +23,9 @@ type Recorder interface {
 	// UploadRejected counts a refused release upload request, by error
 	// code.
 	UploadRejected(reason string)
+	// LoginThrottled counts an operator login refused without a password
+	// check, by scope (fleet.ThrottleScopes).
+	LoginThrottled(scope string)
 }
 
 // Rejection reasons.
@@ -41,11 +44,13 @@ const (
 	// RejectEventNotRecorded: a device event the store could not take;
 	// the device was told to send it again.
 	RejectEventNotRecorded = "event_not_recorded"
+	// RejectThrottled: an operator login refused by the login throttle.
+	RejectThrottled = "login_throttled"
 )
 
 // RejectReasons lists every rejection reason, so counters can start at 0.
 var RejectReasons = []string{RejectUnknownClient, RejectBadCredentials, RejectIDMismatch, RejectRevoked, RejectWillTopic,
-	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge, RejectEventNotRecorded}
+	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge, RejectEventNotRecorded, RejectThrottled}
 
 // NopRecorder counts nothing.
 type NopRecorder struct{}
@@ -58,5 +63,6 @@ func (NopRecorder) Will()                       {}
 func (NopRecorder) AdminRequest(string, string) {}
 func (NopRecorder) FleetEventDropped()          {}
 func (NopRecorder) UploadRejected(string)       {}
+func (NopRecorder) LoginThrottled(string)       {}
 
 var _ Recorder = NopRecorder{}
