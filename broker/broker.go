@@ -140,14 +140,17 @@ func New(opts Options) (b *Broker, err error) {
 	}
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog))
 
-	// Hook order is fixed: authentication, authorization, device status,
-	// admin requests.
+	// Hook order is fixed: authentication, per-client limits,
+	// authorization, device status, admin requests.
 	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: b.admin.ReadOnly, Rules: o.Rules, Recorder: rec, Logger: o.Logger})
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 		Delivery: b.delivery, Sender: sender})
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,
 		Recorder: rec, Logger: o.Logger, Workers: o.AdminWorkers, Queue: o.AdminQueue})
-	for _, h := range []mqtt.Hook{hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger), acl, b.device, adm} {
+	session := hooks.NewSession(hooks.SessionOptions{Server: b.srv, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
+		MaxSubscriptions: o.MaxSubscriptions, MaxGatewaySubscriptions: o.MaxGatewaySubscriptions,
+		MaxFilterLevels: o.MaxFilterLevels, MaxFilterLength: o.MaxFilterLength, OperatorSessionExpiry: o.OperatorSessionExpiry})
+	for _, h := range []mqtt.Hook{hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger), session, acl, b.device, adm} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}

@@ -81,6 +81,20 @@ type Options struct {
 	// kept. Default DefaultSessionExpiry. (Messages themselves never expire
 	// unless the publisher set an expiry: mochi's one-day default is off.)
 	SessionExpiry time.Duration
+	// MaxSubscriptions bounds the subscriptions of one client, and
+	// MaxGatewaySubscriptions those of a gateway (three per child).
+	// Defaults hooks.DefaultMaxSubscriptions (100) and
+	// hooks.DefaultMaxGatewaySubscriptions (30,000).
+	MaxSubscriptions        int
+	MaxGatewaySubscriptions int
+	// MaxFilterLevels and MaxFilterLength bound one subscription filter.
+	// Defaults hooks.DefaultMaxFilterLevels (16) and
+	// hooks.DefaultMaxFilterLength (1024 bytes).
+	MaxFilterLevels int
+	MaxFilterLength int
+	// OperatorSessionExpiry bounds the session expiry of operators and
+	// observers. Default hooks.DefaultOperatorSessionExpiry (1h).
+	OperatorSessionExpiry time.Duration
 	// ReadBufferSize and WriteBufferSize are each connection's buffers.
 	// Default: mochi's (2 KiB).
 	ReadBufferSize  int
@@ -231,6 +245,18 @@ func (o Options) Validate() error {
 	}
 	if o.MaxWindow < 0 || o.MaxWindow > 256 {
 		errs = append(errs, fmt.Errorf("max_window %d must be between 0 (default) and 256", o.MaxWindow))
+	}
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"max_subscriptions", o.MaxSubscriptions}, {"max_gateway_subscriptions", o.MaxGatewaySubscriptions},
+		{"max_filter_levels", o.MaxFilterLevels}, {"max_filter_length", o.MaxFilterLength}} {
+		if v.n < 0 {
+			errs = append(errs, fmt.Errorf("%s %d must not be negative (0 means the default)", v.name, v.n))
+		}
+	}
+	if o.OperatorSessionExpiry < 0 || o.OperatorSessionExpiry > o.SessionExpiry {
+		errs = append(errs, fmt.Errorf("operator_session_expiry %v must be between 0 (default) and session_expiry %v", o.OperatorSessionExpiry, o.SessionExpiry))
 	}
 	if o.GlobalRate < 0 {
 		errs = append(errs, fmt.Errorf("global_rate %v must not be negative", o.GlobalRate))

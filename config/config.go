@@ -50,6 +50,12 @@ type MQTT struct {
 	SessionExpiry     time.Duration `yaml:"session_expiry"`
 	ReadBufferSize    int           `yaml:"read_buffer_size"`
 	WriteBufferSize   int           `yaml:"write_buffer_size"`
+	// Per-client limits (see broker.Options).
+	MaxSubscriptions        int           `yaml:"max_subscriptions"`
+	MaxGatewaySubscriptions int           `yaml:"max_gateway_subscriptions"`
+	MaxFilterLevels         int           `yaml:"max_filter_levels"`
+	MaxFilterLength         int           `yaml:"max_filter_length"`
+	OperatorSessionExpiry   time.Duration `yaml:"operator_session_expiry"`
 }
 
 // HTTP configures the metrics listener.
@@ -127,8 +133,11 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		WritesPending: f.MQTT.WritesPending, ReceiveMaximum: f.MQTT.ReceiveMaximum, MaxInflight: f.MQTT.MaxInflight,
 		TopicAliasMaximum: f.MQTT.TopicAliasMaximum, SessionExpiry: f.MQTT.SessionExpiry,
 		ReadBufferSize: f.MQTT.ReadBufferSize, WriteBufferSize: f.MQTT.WriteBufferSize,
-		FlushInterval: f.Fleet.FlushInterval,
-		AdminWorkers:  f.Admin.Workers, AdminQueue: f.Admin.Queue,
+		MaxSubscriptions: f.MQTT.MaxSubscriptions, MaxGatewaySubscriptions: f.MQTT.MaxGatewaySubscriptions,
+		MaxFilterLevels: f.MQTT.MaxFilterLevels, MaxFilterLength: f.MQTT.MaxFilterLength,
+		OperatorSessionExpiry: f.MQTT.OperatorSessionExpiry,
+		FlushInterval:         f.Fleet.FlushInterval,
+		AdminWorkers:          f.Admin.Workers, AdminQueue: f.Admin.Queue,
 		FirstOperator: f.Admin.FirstOperator, FirstOperatorPassword: f.Admin.FirstOperatorPassword,
 		MaxImageSize: f.OTA.MaxImageSize, MaxBlockSize: f.OTA.MaxBlockSize, MaxWindow: f.OTA.MaxWindow,
 		DeviceRate: f.OTA.DeviceRate, GlobalRate: f.OTA.GlobalRate,

@@ -87,9 +87,13 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	reason := ""
 	switch {
 	case err == nil:
-		if cl.Properties.Will.Flag == 1 && !a.acl.Allowed(cl.ID, cl.Properties.Will.TopicName, true) {
-			reason = RejectWillTopic
-			err = fmt.Errorf("last will topic %q is not one the client may publish to", cl.Properties.Will.TopicName)
+		if w := &cl.Properties.Will; w.Flag == 1 {
+			if !a.acl.Allowed(cl.ID, w.TopicName, true) {
+				reason = RejectWillTopic
+				err = fmt.Errorf("last will topic %.128q is not one the client may publish to", w.TopicName)
+			} else if werr := checkWill(a.acl.topics, w.TopicName, w.Payload); werr != nil {
+				reason, err = RejectWillPayload, werr
+			}
 		}
 	case errors.Is(err, fleet.ErrNotFound):
 		reason = RejectUnknownClient
@@ -112,6 +116,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	a.rec.Rejected(reason)
 	a.log.Info("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", reason, "err", err)
 	code := packets.ErrNotAuthorized
+	if reason == RejectWillPayload {
+		code = packets.ErrPayloadFormatInvalid
+	}
 	if cl.Properties.ProtocolVersion < 5 {
 		// mochi has no v3 mapping for 0x87 and would send it raw, which a
 		// v3 client cannot parse; 0x86 is mapped to v3's 5, "not

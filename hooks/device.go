@@ -83,7 +83,7 @@ func (d *Device) ID() string { return "otamq-device" }
 // Provides implements mqtt.Hook.
 func (d *Device) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWillSent, mqtt.OnPublish, mqtt.OnSubscribed:
+	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPublish, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -237,41 +237,65 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if !ok {
 		return pk, nil
 	}
-	var err error
+	switch kind {
+	case KindGet:
+		d.serveBlocks(cl, id, pk.Payload)
+		return pk, packets.CodeSuccessIgnore
+	case KindBirth, KindHB, KindEvent:
+	default:
+		return pk, nil // a topic towards devices: routed as usual
+	}
+	switch err := d.apply(id, kind, pk.Payload); {
+	case err == nil:
+		return pk, packets.CodeSuccessIgnore
+	case errors.Is(err, delivery.ErrUnknownRun):
+		// Acknowledged (the device must not resend it) and dropped.
+		d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
+		return pk, packets.CodeSuccessIgnore
+	case errors.As(err, new(*notRecorded)):
+		return pk, d.retryLater(cl, pk, id, err)
+	default:
+		return pk, d.refuse(cl, pk, err)
+	}
+}
+
+// notRecorded is an event the store could not take.
+type notRecorded struct{ err error }
+
+func (e *notRecorded) Error() string { return e.err.Error() }
+func (e *notRecorded) Unwrap() error { return e.err }
+
+// apply decodes a birth, heartbeat or event of device id and records it.
+// Errors: the decoder's or the registry's (the message is refused),
+// delivery.ErrUnknownRun (an event of a rollout the device never had), or
+// a *notRecorded.
+func (d *Device) apply(id, kind string, payload []byte) error {
 	switch kind {
 	case KindBirth:
-		var b wire.Birth
-		if b, err = wire.DecodeBirth(pk.Payload); err == nil {
+		b, err := wire.DecodeBirth(payload)
+		if err == nil {
 			if err = d.fleet.Birth(id, b); err == nil {
 				d.rec.Birth()
 			}
 		}
+		return err
 	case KindHB:
-		var h wire.Heartbeat
-		if h, err = wire.DecodeHeartbeat(pk.Payload); err == nil {
+		h, err := wire.DecodeHeartbeat(payload)
+		if err == nil {
 			err = d.fleet.Heartbeat(id, h) // counted by the registry
 		}
+		return err
 	case KindEvent:
-		var ev wire.Event
-		if ev, err = wire.DecodeEvent(pk.Payload); err == nil && d.dlv != nil {
-			if err = d.dlv.Event(id, ev); errors.Is(err, delivery.ErrUnknownRun) {
-				// Acknowledged (the device must not resend it) and dropped.
-				d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
-				return pk, packets.CodeSuccessIgnore
-			} else if err != nil {
-				return pk, d.retryLater(cl, pk, id, err)
-			}
+		ev, err := wire.DecodeEvent(payload)
+		if err != nil || d.dlv == nil {
+			return err
 		}
-	case KindGet:
-		d.serveBlocks(cl, id, pk.Payload)
-		return pk, packets.CodeSuccessIgnore
-	default:
-		return pk, nil
+		if err = d.dlv.Event(id, ev); err != nil && !errors.Is(err, delivery.ErrUnknownRun) {
+			return &notRecorded{err}
+		}
+		return err
 	}
-	if err == nil {
-		return pk, packets.CodeSuccessIgnore
-	}
-	return pk, d.refuse(cl, pk, err)
+	return nil
 }
 
 // serveBlocks answers a block request on the block topic of device id. It

@@ -46,11 +46,19 @@ const (
 	RejectEventNotRecorded = "event_not_recorded"
 	// RejectThrottled: an operator login refused by the login throttle.
 	RejectThrottled = "login_throttled"
+	// Subscriptions past a per-client limit.
+	RejectSubscriptionCap = "subscription_cap"
+	RejectFilterTooDeep   = "filter_too_deep"
+	RejectFilterTooLong   = "filter_too_long"
+	// RejectWillPayload: a Last Will on a device topic whose payload is
+	// not that topic's message.
+	RejectWillPayload = "will_payload"
 )
 
 // RejectReasons lists every rejection reason, so counters can start at 0.
 var RejectReasons = []string{RejectUnknownClient, RejectBadCredentials, RejectIDMismatch, RejectRevoked, RejectWillTopic,
-	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge, RejectEventNotRecorded, RejectThrottled}
+	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge, RejectEventNotRecorded, RejectThrottled,
+	RejectSubscriptionCap, RejectFilterTooDeep, RejectFilterTooLong, RejectWillPayload}
 
 // NopRecorder counts nothing.
 type NopRecorder struct{}
