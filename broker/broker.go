@@ -124,7 +124,11 @@ func New(opts Options) (b *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sender := hooks.NewSender(b.srv, topics, rec, o.Logger)
+	// The ACL judges subscribers for the sender too; which admin actions are
+	// read-only is asked of the admin service, built further down.
+	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: func(a string) bool { return b.admin.ReadOnly(a) },
+		Rules: o.Rules, Recorder: rec, Logger: o.Logger})
+	sender := hooks.NewSender(b.srv, topics, acl, rec, o.Logger)
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
 		Now: o.Now, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
@@ -142,7 +146,6 @@ func New(opts Options) (b *Broker, err error) {
 
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, admin requests.
-	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: b.admin.ReadOnly, Rules: o.Rules, Recorder: rec, Logger: o.Logger})
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 		Delivery: b.delivery, Sender: sender})
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,

@@ -290,3 +290,62 @@ func TestEmptyPasswordV311(t *testing.T) {
 		t.Fatalf("mosquitto_pub with an empty password: %v: %s", err, out)
 	}
 }
+
+// TestOnlyAuthorizedSubscribersCount: a former gateway's leftover
+// subscriptions, with a tiny Maximum Packet Size, neither block offers to
+// its former child nor count as delivering commands to it.
+func TestOnlyAuthorizedSubscribersCount(t *testing.T) {
+	b := startBroker(t)
+	key, pub := newKey(t)
+	b.trustKey(pub)
+	rel := b.release(makeFirmware(t, key, "2.0.0", []string{"esp32-v2"}, 4096))
+	gtok := b.register("gw-old", "gateway", "")
+	ctok := b.register("kid", "device", "gw-old", map[string]any{"hardware": "esp32-v2"})
+
+	gw, err := dialClient(t, b.Addr(), "gw-old", clientOpts{username: "gw-old", password: gtok, maxPacket: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ota/manifest", "cmd"} {
+		if rc := gw.subscribe("dm/kid/" + k); rc >= 0x80 {
+			t.Fatalf("gateway subscribing for its child: 0x%02x", rc)
+		}
+	}
+	// The child leaves the gateway; the gateway's subscriptions stay.
+	if err := b.admin().Call(context.Background(), "device/update", map[string]any{"id": "kid", "parent": ""}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// A command now reaches nobody authorized: not delivered.
+	var res struct {
+		Results []struct {
+			Device string
+			OK     bool
+			Error  string
+		}
+	}
+	if err := b.admin().Call(context.Background(), "command/send", map[string]any{"verb": "check", "devices": []string{"kid"}}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Results) != 1 || res.Results[0].OK || !strings.Contains(res.Results[0].Error, "not delivered") {
+		t.Fatalf("command to a device only a former gateway listens for: %+v", res.Results)
+	}
+	// The child itself connects and gets its offer, although the former
+	// gateway could not take it.
+	kid := b.device("kid", ctok)
+	for _, k := range []string{"ota/manifest", "cmd"} {
+		if rc := kid.subscribe("dm/kid/" + k); rc >= 0x80 {
+			t.Fatalf("child subscribing: 0x%02x", rc)
+		}
+	}
+	b.offer(rel.ID, "kid")
+	kid.waitFor("dm/kid/ota/manifest", 10*time.Second)
+	if err := b.admin().Call(context.Background(), "command/send", map[string]any{"verb": "check", "devices": []string{"kid"}}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if !res.Results[0].OK {
+		t.Fatalf("command once the child subscribes: %+v", res.Results)
+	}
+	if got := gw.received(); len(got) != 0 {
+		t.Fatalf("the former gateway received %v", got)
+	}
+}

@@ -46,6 +46,11 @@ var (
 	ErrInvalid    = errors.New("invalid")
 	ErrRefused    = errors.New("refused")
 	ErrUnknownRun = errors.New("event for a rollout the device was never offered")
+	// ErrNoReceiver: no client that may receive a device's messages (the
+	// device or its gateway) is subscribed.
+	ErrNoReceiver = errors.New("no authorized subscriber")
+	// ErrTooLarge: a receiver's Maximum Packet Size is below the message.
+	ErrTooLarge = errors.New("larger than a receiver accepts")
 )
 
 // Sender delivers messages to devices. The hooks implement it. Its methods
@@ -53,9 +58,10 @@ var (
 type Sender interface {
 	// SendOffer publishes an offer on device id's manifest topic.
 	SendOffer(id string, payload []byte)
-	// SendCommand publishes a command on device id's command topic and
-	// reports whether anyone (the device or its gateway) was subscribed.
-	SendCommand(id string, payload []byte) bool
+	// SendCommand publishes a command on device id's command topic. It
+	// returns ErrNoReceiver when neither the device nor its gateway is
+	// subscribed, ErrTooLarge when a receiver could not take it.
+	SendCommand(id string, payload []byte) error
 }
 
 // Recorder counts what delivery does. Labels come from fixed sets.
@@ -226,7 +232,7 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 type nopSender struct{}
 
 func (nopSender) SendOffer(string, []byte)        {}
-func (nopSender) SendCommand(string, []byte) bool { return false }
+func (nopSender) SendCommand(string, []byte) error { return ErrNoReceiver }
 
 // Current returns device id's offer, if it has one.
 func (s *Service) Current(id string) (Offer, bool) {
@@ -443,10 +449,13 @@ func (s *Service) Command(ids []string, c wire.Command) []OfferResult {
 			out = append(out, OfferResult{Device: id, Error: "not registered"})
 			continue
 		}
-		if s.o.Sender.SendCommand(id, payload) {
+		switch err := s.o.Sender.SendCommand(id, payload); {
+		case err == nil:
 			out = append(out, OfferResult{Device: id, OK: true})
-		} else {
-			out = append(out, OfferResult{Device: id, Error: "not connected (commands are not queued)"})
+		case errors.Is(err, ErrNoReceiver):
+			out = append(out, OfferResult{Device: id, Error: "not delivered: neither the device nor its gateway is subscribed (commands are not queued)"})
+		default:
+			out = append(out, OfferResult{Device: id, Error: "not delivered: " + err.Error()})
 		}
 	}
 	return out

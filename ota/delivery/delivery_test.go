@@ -39,7 +39,7 @@ func (s *sent) SendOffer(id string, p []byte) {
 	defer s.mu.Unlock()
 	s.offers[id] = append(s.offers[id], p)
 }
-func (s *sent) SendCommand(string, []byte) bool { return true }
+func (s *sent) SendCommand(string, []byte) error { return nil }
 
 type env struct {
 	t     *testing.T
