@@ -231,7 +231,7 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 
 type nopSender struct{}
 
-func (nopSender) SendOffer(string, []byte)        {}
+func (nopSender) SendOffer(string, []byte)         {}
 func (nopSender) SendCommand(string, []byte) error { return ErrNoReceiver }
 
 // Current returns device id's offer, if it has one.
