@@ -153,7 +153,15 @@ func New(opts Options) (b *Broker, err error) {
 	session := hooks.NewSession(hooks.SessionOptions{Server: b.srv, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 		MaxSubscriptions: o.MaxSubscriptions, MaxGatewaySubscriptions: o.MaxGatewaySubscriptions,
 		MaxFilterLevels: o.MaxFilterLevels, MaxFilterLength: o.MaxFilterLength, OperatorSessionExpiry: o.OperatorSessionExpiry})
-	for _, h := range []mqtt.Hook{hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger), session, acl, b.device, adm} {
+	auth := hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger)
+	auth.Anonymous = map[string]bool{"tcp": o.AnonymousTCP, "tls": o.AnonymousTLS}
+	for id, on := range auth.Anonymous {
+		if on {
+			o.Logger.Warn("anonymous clients allowed: unregistered client IDs connect without credentials and get the rules for role anonymous",
+				"listener", id)
+		}
+	}
+	for _, h := range []mqtt.Hook{auth, session, acl, b.device, adm} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}

@@ -41,6 +41,7 @@ type recorder struct {
 	eventsRefused   *prometheus.CounterVec
 	uploadsRejected *prometheus.CounterVec
 	loginsThrottled *prometheus.CounterVec
+	anonymous       prometheus.Counter
 }
 
 var (
@@ -78,11 +79,13 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Device events dropped, by reason (unknown_rollout)."}, []string{"reason"}),
 		uploadsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_uploads_rejected_total",
 			Help: "Release uploads refused, by reason (bad_manifest, unknown_key, bad_signature, key_revoked, digest_mismatch, conflict, ...)."}, []string{"reason"}),
+		anonymous: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_anonymous_connects_total",
+			Help: "Clients let in anonymously on a listener that allows them."}),
 		loginsThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_logins_throttled_total",
 			Help: "Operator logins refused without a password check after failed attempts, by scope (client_id, address, busy)."}, []string{"scope"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
-		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled} {
+		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -119,6 +122,7 @@ func (r *recorder) AdminRequest(action, result string) { r.admin.WithLabelValues
 func (r *recorder) FleetEventDropped()                 { r.eventsDropped.Inc() }
 func (r *recorder) UploadRejected(reason string)       { r.uploadsRejected.WithLabelValues(reason).Inc() }
 func (r *recorder) LoginThrottled(scope string)        { r.loginsThrottled.WithLabelValues(scope).Inc() }
+func (r *recorder) Anonymous()                         { r.anonymous.Inc() }
 
 // The delivery.Recorder side.
 func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }

@@ -52,6 +52,14 @@ type Options struct {
 	TLSCert     string
 	TLSKey      string
 	TLSClientCA string
+	// AnonymousTCP and AnonymousTLS let clients whose ID is not registered
+	// connect to that listener without credentials, as anonymous clients:
+	// they get only the rules that name the role "anonymous", outside the
+	// prefix, never $SYS, an admin verb or a registered ID. Off by default:
+	// turn it on only for a listener that untrusted clients cannot reach,
+	// or for general MQTT traffic you mean to be open.
+	AnonymousTCP bool
+	AnonymousTLS bool
 	// HTTPAddr serves /metrics and /healthz. Default DefaultHTTPAddr;
 	// "off" disables it.
 	HTTPAddr string
@@ -224,6 +232,12 @@ func (o Options) Validate() error {
 	}
 	if o.TLSAddr != "" && (o.TLSCert == "" || o.TLSKey == "") {
 		errs = append(errs, errors.New("tls_addr needs tls_cert and tls_key"))
+	}
+	if o.AnonymousTLS && o.TLSAddr == "" {
+		errs = append(errs, errors.New("tls_anonymous is set but tls_addr is empty"))
+	}
+	if o.AnonymousTCP && o.TCPAddr == "off" {
+		errs = append(errs, errors.New("tcp_anonymous is set but tcp_addr is off"))
 	}
 	if o.TLSClientCA != "" && o.TLSAddr == "" {
 		errs = append(errs, errors.New("tls_client_ca is set but tls_addr is empty"))

@@ -35,11 +35,15 @@ type File struct {
 
 // MQTT configures the listeners and the MQTT server's limits.
 type MQTT struct {
-	TCPAddr           string        `yaml:"tcp_addr"`
-	TLSAddr           string        `yaml:"tls_addr"`
-	TLSCert           string        `yaml:"tls_cert"`
-	TLSKey            string        `yaml:"tls_key"`
-	TLSClientCA       string        `yaml:"tls_client_ca"`
+	TCPAddr     string `yaml:"tcp_addr"`
+	TLSAddr     string `yaml:"tls_addr"`
+	TLSCert     string `yaml:"tls_cert"`
+	TLSKey      string `yaml:"tls_key"`
+	TLSClientCA string `yaml:"tls_client_ca"`
+	// TCPAnonymous and TLSAnonymous let unregistered clients in anonymously
+	// (see broker.Options.AnonymousTCP).
+	TCPAnonymous      bool          `yaml:"tcp_anonymous"`
+	TLSAnonymous      bool          `yaml:"tls_anonymous"`
 	ConnectTimeout    time.Duration `yaml:"connect_timeout"`
 	MaxPacketSize     uint32        `yaml:"max_packet_size"`
 	MaxClients        int64         `yaml:"max_clients"`
@@ -128,6 +132,7 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 	o := broker.Options{
 		DataDir: f.DataDir, Prefix: f.Prefix,
 		TCPAddr: f.MQTT.TCPAddr, TLSAddr: f.MQTT.TLSAddr, TLSCert: f.MQTT.TLSCert, TLSKey: f.MQTT.TLSKey, TLSClientCA: f.MQTT.TLSClientCA,
+		AnonymousTCP: f.MQTT.TCPAnonymous, AnonymousTLS: f.MQTT.TLSAnonymous,
 		HTTPAddr: f.HTTP.Addr, Pprof: f.HTTP.Pprof,
 		ConnectTimeout: f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
 		WritesPending: f.MQTT.WritesPending, ReceiveMaximum: f.MQTT.ReceiveMaximum, MaxInflight: f.MQTT.MaxInflight,

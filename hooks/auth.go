@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -37,7 +38,15 @@ type Auth struct {
 	// RefusalDelay is the least time before a refusal is answered.
 	// NewAuth sets DefaultRefusalDelay.
 	RefusalDelay time.Duration
+	// Anonymous holds the IDs of the listeners ("tcp", "tls") on which a
+	// client whose ID is not registered connects anonymously instead of
+	// being refused. Default none.
+	Anonymous map[string]bool
 }
+
+// reservedAnonymous are client IDs an anonymous client may not take:
+// mochi's inline client, and the broker's own topic levels.
+var reservedAnonymous = []string{"inline", "admin", "fleet"}
 
 // DefaultRefusalDelay is well above an operator password check (about
 // 20 ms, 50 ms under the race detector).
@@ -84,6 +93,9 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	_, err := a.fleet.Authenticate(c)
+	if errors.Is(err, fleet.ErrNotFound) && a.Anonymous[cl.Net.Listener] && !slices.Contains(reservedAnonymous, cl.ID) {
+		return a.anonymous(cl, start)
+	}
 	reason := ""
 	switch {
 	case err == nil:
@@ -113,6 +125,23 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if reason == "" {
 		return nil
 	}
+	return a.refuse(cl, start, reason, err)
+}
+
+// anonymous lets cl in as an anonymous client, or refuses its Will.
+func (a *Auth) anonymous(cl *mqtt.Client, start time.Time) error {
+	if w := &cl.Properties.Will; w.Flag == 1 && !a.acl.AllowedAnonymous(w.TopicName, true) {
+		return a.refuse(cl, start, RejectWillTopic, fmt.Errorf("last will topic %.128q is not one an anonymous client may publish to", w.TopicName))
+	}
+	a.acl.markAnonymous(cl)
+	a.rec.Anonymous()
+	a.log.Debug("anonymous client connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+	return nil
+}
+
+// refuse answers a refused CONNECT, after the uniform delay, and returns
+// the error that makes mochi close the connection.
+func (a *Auth) refuse(cl *mqtt.Client, start time.Time, reason string, err error) error {
 	a.rec.Rejected(reason)
 	a.log.Info("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", reason, "err", err)
 	code := packets.ErrNotAuthorized

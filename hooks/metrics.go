@@ -26,6 +26,8 @@ type Recorder interface {
 	// LoginThrottled counts an operator login refused without a password
 	// check, by scope (fleet.ThrottleScopes).
 	LoginThrottled(scope string)
+	// Anonymous counts a client let in anonymously.
+	Anonymous()
 }
 
 // Rejection reasons.
@@ -72,5 +74,6 @@ func (NopRecorder) AdminRequest(string, string) {}
 func (NopRecorder) FleetEventDropped()          {}
 func (NopRecorder) UploadRejected(string)       {}
 func (NopRecorder) LoginThrottled(string)       {}
+func (NopRecorder) Anonymous()                  {}
 
 var _ Recorder = NopRecorder{}
