@@ -193,6 +193,21 @@ func (o Options) withDefaults() Options {
 	if o.SessionExpiry <= 0 {
 		o.SessionExpiry = DefaultSessionExpiry
 	}
+	if o.MaxSubscriptions == 0 {
+		o.MaxSubscriptions = hooks.DefaultMaxSubscriptions
+	}
+	if o.MaxGatewaySubscriptions == 0 {
+		o.MaxGatewaySubscriptions = hooks.DefaultMaxGatewaySubscriptions
+	}
+	if o.MaxFilterLevels == 0 {
+		o.MaxFilterLevels = hooks.DefaultMaxFilterLevels
+	}
+	if o.MaxFilterLength == 0 {
+		o.MaxFilterLength = hooks.DefaultMaxFilterLength
+	}
+	if o.OperatorSessionExpiry == 0 {
+		o.OperatorSessionExpiry = hooks.DefaultOperatorSessionExpiry
+	}
 	if o.FlushInterval <= 0 {
 		o.FlushInterval = fleet.DefaultFlushInterval
 	}
