@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -22,6 +23,11 @@ type Events struct {
 	topic string
 	rec   Recorder
 	log   *slog.Logger
+
+	// orderMu guards last, the time of the last event queued, and makes
+	// queueing and stamping one step.
+	orderMu sync.Mutex
+	last    time.Time
 
 	ch       chan fleet.Event
 	stop     chan struct{}
@@ -45,14 +51,26 @@ func NewEvents(srv *mqtt.Server, t Topics, rec Recorder, log *slog.Logger) *Even
 }
 
 // Notify implements fleet.Notifier. It never blocks.
+//
+// Events are published in the order of their times: producers stamp an
+// event before their own work (a durable write, say) and notify after, so
+// two events can arrive out of order. Notify queues under a lock and moves
+// an event's time up to the last one queued when it would go back, so the
+// queue, and the topic, are in time order.
 func (e *Events) Notify(ev fleet.Event) {
 	select {
 	case <-e.stop:
 		return
 	default:
 	}
+	e.orderMu.Lock()
+	defer e.orderMu.Unlock()
+	if ev.Time.Before(e.last) {
+		ev.Time = e.last
+	}
 	select {
 	case e.ch <- ev:
+		e.last = ev.Time
 	default:
 		e.rec.FleetEventDropped()
 	}

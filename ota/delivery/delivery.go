@@ -727,7 +727,12 @@ func (s *Service) Event(id string, ev wire.Event) error {
 		}
 	}
 	if s.o.Events != nil {
-		s.o.Events.Notify(fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error})
+		fe := fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error, Rollout: ev.RolloutID}
+		if ev.Progress > 0 || ev.Code == wire.EvDownloadProgress {
+			p := ev.Progress
+			fe.Progress = &p
+		}
+		s.o.Events.Notify(fe)
 	}
 	return nil
 }

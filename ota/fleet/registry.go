@@ -60,6 +60,10 @@ type Event struct {
 	Firmware string    `json:"firmware,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Actor    string    `json:"actor,omitempty"`
+	// Rollout and Progress are set on update events: the rollout the
+	// device reports on and, for download progress, the percentage.
+	Rollout  string `json:"rollout,omitempty"`
+	Progress *uint8 `json:"progress,omitempty"`
 }
 
 // Fleet event types.
