@@ -84,6 +84,7 @@ func (h *logHandler) WithGroup(name string) slog.Handler {
 // "otamq started" line and metrics already cover.
 var mochiDebug = map[string]bool{
 	"added hook":                      true,
+	"stopping hook":                   true,
 	"attached listener":               true,
 	"mochi mqtt starting":             true,
 	"mochi mqtt server started":       true,
