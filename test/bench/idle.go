@@ -122,6 +122,12 @@ func benchIdle() error {
 // to its own topic of kind ("cmd", "ota/blk"); with auth they log in with
 // their tokens (otamq).
 func connectMany(addr string, n int, auth bool, kind string) ([]net.Conn, error) {
+	return connectIDs(addr, n, deviceID, auth, kind)
+}
+
+// connectIDs opens n connections, of devices id(0)..id(n-1), like
+// connectMany.
+func connectIDs(addr string, n int, deviceID func(int) string, auth bool, kind string) ([]net.Conn, error) {
 	cs := make([]net.Conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup

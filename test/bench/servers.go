@@ -116,6 +116,10 @@ func rssFileBytes() int64 { return procStatus("RssFile") }
 func procStatus(field string) int64 {
 	runtime.GC()
 	debug.FreeOSMemory()
+	return procStatusNoGC(field)
+}
+
+func procStatusNoGC(field string) int64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return -1
@@ -170,11 +174,15 @@ func runServer(kind, dataDir string) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/mem", func(w http.ResponseWriter, _ *http.Request) {
-		rss := rssBytes()
+	mux.HandleFunc("/mem", func(w http.ResponseWriter, r *http.Request) {
+		read := procStatus
+		if r.URL.Query().Get("nogc") != "" {
+			read = procStatusNoGC // what the kernel sees under load
+		}
+		rss := read("VmRSS")
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Fprint(w, rss, " ", rssFileBytes(), " ", ms.HeapInuse, " ", ms.StackInuse, " ", procStatus("VmHWM"), " ", runtime.NumGoroutine())
+		fmt.Fprint(w, rss, " ", read("RssFile"), " ", ms.HeapInuse, " ", ms.StackInuse, " ", read("VmHWM"), " ", runtime.NumGoroutine())
 	})
 	go func() { _ = http.Serve(ctl, mux) }()
 	if httpAddr == "" {
