@@ -108,8 +108,8 @@ type Options struct {
 	// MaxImageSize bounds a firmware image. Default 64 MiB.
 	MaxImageSize uint64
 	// MaxBlockSize caps the block size devices may ask for. Default
-	// delivery.DefaultMaxBlockSize (32 KiB). The client's Maximum Packet
-	// Size caps it further.
+	// delivery.DefaultMaxBlockSize (32 KiB), or MaxPacketSize if that is
+	// smaller. The client's Maximum Packet Size caps it further.
 	MaxBlockSize int
 	// MaxWindow caps the blocks of one request. Default
 	// delivery.DefaultMaxWindow.
@@ -180,7 +180,7 @@ func (o Options) withDefaults() Options {
 		o.MaxImageSize = release.DefaultMaxImageSize
 	}
 	if o.MaxBlockSize == 0 {
-		o.MaxBlockSize = delivery.DefaultMaxBlockSize
+		o.MaxBlockSize = min(delivery.DefaultMaxBlockSize, int(o.MaxPacketSize))
 	}
 	if o.MaxWindow == 0 {
 		o.MaxWindow = delivery.DefaultMaxWindow
