@@ -28,7 +28,7 @@ var keyAdd = command{
 		if len(args) != 1 {
 			return usagef("want the public key file (PEM), e.g. release.pub")
 		}
-		pem, err := os.ReadFile(args[0])
+		_, pem, err := readPublicKeyFile(args[0])
 		if err != nil {
 			return err
 		}
