@@ -64,7 +64,7 @@ func TestGaugesExportedWhenZero(t *testing.T) {
 	// own hardware is counted.
 	b.register("d1", "device", "", map[string]any{"hardware": "esp32-v2"})
 	for series, want := range map[string]string{
-		`otamq_devices_registered{hardware="esp32-v2"}`: "1",
+		`otamq_devices_registered{hardware="esp32-v2"}`:                   "1",
 		`otamq_devices_by_version{hardware="esp32-v2",version="unknown"}`: "1",
 	} {
 		if got, err := b.metric(series); err != nil || got != want {
