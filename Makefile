@@ -18,9 +18,10 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otamq ./cmd/otamq
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otactl ./cmd/otactl
 
-## run: the broker on loopback, data under ./data, first operator printed.
+## run: the broker on loopback, data under ./data, first operator printed
+## (RUNFLAGS adds flags: make run RUNFLAGS="--data-dir /tmp/otamq").
 run: build
-	./bin/otamq
+	./bin/otamq $(RUNFLAGS)
 
 ## deps: Debian packages the tests use (.ci/packages), when missing.
 deps:

@@ -41,7 +41,7 @@ var keyAdd = command{
 		if e.g.json {
 			return e.printJSON(res)
 		}
-		fmt.Fprintf(e.out, "trusted key %s %s\n", res.Key.ID, res.Key.Name)
+		fmt.Fprintln(e.out, strings.TrimSpace("trusted key "+res.Key.ID.String()+" "+res.Key.Name))
 		return nil
 	},
 }
