@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -173,6 +174,68 @@ func TestProtocolExamples(t *testing.T) {
 	for _, d := range decoded {
 		if d.err != nil || !reflect.DeepEqual(d.got, d.want) {
 			t.Errorf("%s example decodes as %+v, %v; want %+v", d.name, d.got, d.err, d.want)
+		}
+	}
+}
+
+// TestReadmeTourWritesOnlyIgnoredFiles: everything the README's tour
+// writes (the keys, including the private one, images, manifests) lands
+// where git ignores it, and the README names the Debian packages of the
+// tools it uses, which `make deps` installs.
+func TestReadmeTourWritesOnlyIgnoredFiles(t *testing.T) {
+	git := needCommand(t, "git")
+	readme, err := os.ReadFile(filepath.Join(repoRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, tour, ok := strings.Cut(string(readme), "## Five minutes with otamq")
+	tour, _, _ = strings.Cut(tour, "\n## ")
+	if !ok {
+		t.Fatal("README.md has no tour")
+	}
+	var written []string
+	outFlag := regexp.MustCompile(`--out (\S+)`)
+	redirect := regexp.MustCompile(`> (\S+)`)
+	for _, block := range regexp.MustCompile("(?s)```sh\n(.*?)```").FindAllStringSubmatch(tour, -1) {
+		for _, line := range strings.Split(block[1], "\n") {
+			line, _, _ = strings.Cut(line, "#")
+			f := strings.Fields(line)
+			switch {
+			case len(f) == 0:
+				continue
+			case f[0] == "mkdir":
+				written = append(written, f[len(f)-1]+"/")
+			case len(f) > 1 && f[0] == "./bin/otactl" && f[1] == "keygen":
+				dir := "."
+				if m := outFlag.FindStringSubmatch(line); m != nil {
+					dir = m[1]
+				}
+				written = append(written, filepath.Join(dir, "release.key"), filepath.Join(dir, "release.pub"))
+			case len(f) > 1 && f[0] == "./bin/otactl" && f[1] == "sign":
+				written = append(written, f[len(f)-1]+".manifest")
+			}
+			for _, m := range redirect.FindAllStringSubmatch(line, -1) {
+				written = append(written, m[1])
+			}
+		}
+	}
+	if len(written) < 5 {
+		t.Fatalf("found only %v written by the tour", written)
+	}
+	for _, p := range written {
+		cmd := exec.Command(git, "check-ignore", "-q", p)
+		cmd.Dir = repoRoot()
+		if err := cmd.Run(); err != nil {
+			t.Errorf("the tour writes %s, which git does not ignore (%v)", p, err)
+		}
+	}
+	pkgs, err := os.ReadFile(filepath.Join(repoRoot(), ".ci", "packages"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for tool, pkg := range map[string]string{"mosquitto_pub": "mosquitto-clients", "mosquitto_sub": "mosquitto-clients", "xxd": "xxd"} {
+		if strings.Contains(tour, tool) && (!strings.Contains(tour, "`"+pkg+"`") || !regexp.MustCompile(`(?m)^`+pkg+`$`).Match(pkgs)) {
+			t.Errorf("the tour uses %s but does not name its package %s, or .ci/packages lacks it", tool, pkg)
 		}
 	}
 }
