@@ -191,6 +191,12 @@ func printGroupUsage(w io.Writer, cmds map[string]command, group string) {
 		}
 	}
 	_ = tw.Flush()
+	fmt.Fprint(w, "\nExamples:\n")
+	for _, name := range ordered(cmds) {
+		if h := helpOf(name); strings.HasPrefix(name, group+" ") && len(h.examples) > 0 {
+			fmt.Fprintf(w, "  %s\n", h.examples[0])
+		}
+	}
 	fmt.Fprintf(w, "\nRun \"otactl %s COMMAND --help\" for a command's flags and examples.\n", group)
 }
 

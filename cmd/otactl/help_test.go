@@ -73,6 +73,7 @@ func TestDispatch(t *testing.T) {
 		{args: []string{"keygen", "--name", "--help"}, code: 0, out: "otactl keygen --name release"},
 		{args: []string{"audit", "--help"}, code: 0, out: "--actor string"},
 		{args: []string{"device", "--help"}, code: 0, out: "device timeline ID", notOut: "operator add"},
+		{args: []string{"key", "--help"}, code: 0, out: "Examples:\n  otactl key add release.pub --name ci\n"},
 		{args: []string{"help", "key"}, code: 0, out: "key show PUB.pem"},
 		{args: []string{"device"}, code: 2, err: "which command?"},
 		{args: []string{"device", "frobnicate"}, code: 2, err: `unknown command "device frobnicate"`},
