@@ -224,7 +224,11 @@ func (b *Broker) bootstrap() error {
 			return setting(fmt.Errorf("data directory %s: %w", o.DataDir, sysReason(err)), "data_dir")
 		}
 		tmp = f.Name()
-		defer os.Remove(tmp) // a no-op once renamed
+		defer func() {
+			if tmp != "" {
+				_ = os.Remove(tmp) // no operator was created with this password
+			}
+		}()
 		_, err = f.WriteString(body)
 		if err == nil {
 			err = f.Sync()
@@ -238,7 +242,7 @@ func (b *Broker) bootstrap() error {
 	}
 	created, _, err := b.admin.EnsureOperator(context.Background(), c.ID, c.Password)
 	if errors.Is(err, fleet.ErrExists) {
-		return setting(fmt.Errorf("first operator %s: the ID is already registered to a device or gateway", c.ID), "admin.first_operator")
+		return setting(fmt.Errorf("first operator %s: the ID is already registered (as a device, gateway or observer)", c.ID), "admin.first_operator")
 	}
 	if err != nil {
 		return fmt.Errorf("first operator: %w", err)
@@ -251,9 +255,10 @@ func (b *Broker) bootstrap() error {
 		if err := os.Rename(tmp, c.File); err != nil {
 			// The operator exists now: keep its password where it is
 			// rather than fail.
-			c.File, tmp = tmp, ""
+			c.File = tmp
 			b.log.Warn("first operator file not renamed", "file", c.File, "err", err)
 		}
+		tmp = ""
 	}
 	b.FirstOperator = c
 	return nil

@@ -139,7 +139,7 @@ var startupCases = []startupCase{
 			seedFleet(t, d, 1)
 			return func(o *broker.Options) { o.DataDir, o.FirstOperator = d, "s00000" }, []string{"--data-dir", d, "--first-operator", "s00000"}
 		},
-		key: "admin.first_operator", want: "first operator s00000: the ID is already registered to a device or gateway",
+		key: "admin.first_operator", want: "first operator s00000: the ID is already registered (as a device, gateway or observer)",
 		flagHint: "(set --first-operator or admin.first_operator)", code: 1,
 	},
 }
@@ -191,8 +191,20 @@ func noOperatorCreated(t *testing.T, dataDir string) {
 	if b.FirstOperator == nil || b.FirstOperator.Password == "" {
 		t.Fatal("the failed start had created the first operator: its password was never shown")
 	}
-	if _, err := os.Stat(b.FirstOperator.File); err != nil {
-		t.Fatal(err)
+	// Its password is in first-operator.txt, mode 0600, and no other file
+	// of the bootstrap is left.
+	st, err := os.Stat(b.FirstOperator.File)
+	if err != nil || filepath.Base(b.FirstOperator.File) != "first-operator.txt" || st.Mode().Perm() != 0o600 {
+		t.Fatalf("first operator file %s: %v %v", b.FirstOperator.File, st, err)
+	}
+	if body, _ := os.ReadFile(b.FirstOperator.File); !strings.Contains(string(body), "OTAMQ_PASSWORD="+b.FirstOperator.Password+"\n") {
+		t.Fatalf("first operator file:\n%s", body)
+	}
+	entries, _ := os.ReadDir(dataDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), "first-operator") && e.Name() != "first-operator.txt" {
+			t.Errorf("bootstrap left %s", e.Name())
+		}
 	}
 }
 
