@@ -14,8 +14,8 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -75,9 +75,11 @@ func (d *duration) Set(s string) error {
 	return nil
 }
 
+var bareNumber = regexp.MustCompile(`^[0-9]+(\.[0-9]*)?$`)
+
 // parseDuration reads a positive Go duration such as 10s, 500ms or 1m30s.
 func parseDuration(s string) (time.Duration, error) {
-	if _, err := strconv.ParseFloat(s, 64); err == nil {
+	if bareNumber.MatchString(s) {
 		return 0, fmt.Errorf("duration %s: add a unit, e.g. %ss", s, s)
 	}
 	v, err := time.ParseDuration(s)
