@@ -19,7 +19,7 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otactl ./cmd/otactl
 
 ## run: the broker on loopback, data under ./data, first operator printed
-## (RUNFLAGS adds flags: make run RUNFLAGS="--data-dir /tmp/otamq").
+## (RUNFLAGS adds flags, e.g. make run RUNFLAGS="--data-dir other-data").
 run: build
 	./bin/otamq $(RUNFLAGS)
 
