@@ -16,7 +16,7 @@ import (
 	"github.com/otamq/otamq/ota/wire"
 )
 
-// Metric names are a contract with the Grafana dashboard (DESIGN.md §9):
+// Metric names are a contract with the Grafana dashboard (docs/METRICS.md):
 // rename nothing without updating config/grafana and docs/METRICS.md.
 
 // maxVersionSeries bounds otamq_devices_by_version: firmware versions come
@@ -202,12 +202,21 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(counts.Online))
 	ch <- prometheus.MustNewConstMetric(c.heartbeats, prometheus.CounterValue, float64(counts.Heartbeats))
 	ch <- prometheus.MustNewConstMetric(c.releases, prometheus.GaugeValue, float64(c.catalog.Count()))
+	// A gauge with labels has no series while nothing is counted, and a
+	// dashboard then shows "No data" instead of 0: with no devices, the
+	// "unknown" series is exported with value 0.
+	if len(counts.Registered) == 0 {
+		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, 0, "unknown")
+	}
 	for hw, n := range counts.Registered {
 		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), orUnknown(hw))
 	}
 	versions := counts.ByVersion
 	if len(versions) > maxVersionSeries {
 		versions = capVersions(versions, maxVersionSeries)
+	}
+	if len(versions) == 0 {
+		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, 0, "unknown", "unknown")
 	}
 	for k, n := range versions {
 		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, float64(n), orUnknown(k[0]), orUnknown(k[1]))

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/otamq/otamq/hooks"
@@ -128,8 +130,8 @@ type Options struct {
 	// MaxImageSize bounds a firmware image. Default 64 MiB.
 	MaxImageSize uint64
 	// MaxBlockSize caps the block size devices may ask for. Default
-	// delivery.DefaultMaxBlockSize (32 KiB). The client's Maximum Packet
-	// Size caps it further.
+	// delivery.DefaultMaxBlockSize (32 KiB), or MaxPacketSize if that is
+	// smaller. The client's Maximum Packet Size caps it further.
 	MaxBlockSize int
 	// MaxWindow caps the blocks of one request. Default
 	// delivery.DefaultMaxWindow.
@@ -221,7 +223,7 @@ func (o Options) withDefaults() Options {
 		o.MaxImageSize = release.DefaultMaxImageSize
 	}
 	if o.MaxBlockSize == 0 {
-		o.MaxBlockSize = delivery.DefaultMaxBlockSize
+		o.MaxBlockSize = min(delivery.DefaultMaxBlockSize, int(o.MaxPacketSize))
 	}
 	if o.MaxWindow == 0 {
 		o.MaxWindow = delivery.DefaultMaxWindow
@@ -238,64 +240,103 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Validate reports every problem of o at once (after defaults).
+// Validate reports every problem of o at once (after defaults): each is a
+// *SettingError naming the configuration file's key, joined with
+// errors.Join.
 func (o Options) Validate() error {
 	o = o.withDefaults()
 	var errs []error
-	if o.TCPAddr == "off" && o.TLSAddr == "" {
-		errs = append(errs, errors.New("no MQTT listener: tcp_addr is off and tls_addr is empty"))
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, setting(fmt.Errorf(format, args...), key))
 	}
-	if o.TLSAddr != "" && (o.TLSCert == "" || o.TLSKey == "") {
-		errs = append(errs, errors.New("tls_addr needs tls_cert and tls_key"))
+	if o.TCPAddr == "off" && o.TLSAddr == "" {
+		errs = append(errs, setting(errors.New("no MQTT listener: the plain one is off and no TLS one is set"), "mqtt.tcp_addr", "mqtt.tls_addr"))
+	}
+	for _, a := range []struct{ key, what, addr string }{
+		{"mqtt.tcp_addr", "mqtt listener", o.TCPAddr}, {"mqtt.tls_addr", "mqtt tls listener", o.TLSAddr}, {"http.addr", "http listener", o.HTTPAddr},
+	} {
+		if a.addr == "off" || a.addr == "" && a.key == "mqtt.tls_addr" {
+			continue
+		}
+		if err := checkAddr(a.addr); err != nil {
+			bad(a.key, "%s %q: %v", a.what, a.addr, err)
+		}
+	}
+	if o.TLSAddr != "" {
+		if o.TLSCert == "" {
+			bad("mqtt.tls_cert", "the TLS listener needs a certificate")
+		}
+		if o.TLSKey == "" {
+			bad("mqtt.tls_key", "the TLS listener needs a private key")
+		}
 	}
 	if o.AnonymousTLS && o.TLSAddr == "" {
-		errs = append(errs, errors.New("tls_anonymous is set but tls_addr is empty"))
+		bad("mqtt.tls_anonymous", "anonymous clients are allowed on the TLS listener but there is none")
 	}
 	if o.AnonymousTCP && o.TCPAddr == "off" {
-		errs = append(errs, errors.New("tcp_anonymous is set but tcp_addr is off"))
+		bad("mqtt.tcp_anonymous", "anonymous clients are allowed on the plain listener but it is off")
 	}
 	if o.TLSClientCA != "" && o.TLSAddr == "" {
-		errs = append(errs, errors.New("tls_client_ca is set but tls_addr is empty"))
+		bad("mqtt.tls_addr", "a TLS client CA is set but there is no TLS listener")
 	}
 	if o.MaxPacketSize < 1024 {
-		errs = append(errs, fmt.Errorf("max_packet_size %d is below 1024 bytes", o.MaxPacketSize))
+		bad("mqtt.max_packet_size", "max packet size %d is below 1024 bytes", o.MaxPacketSize)
 	}
 	if o.Prefix == "" || hasWildcardOrSlash(o.Prefix) {
-		errs = append(errs, fmt.Errorf("prefix %q must be one topic level without wildcards", o.Prefix))
+		bad("prefix", "prefix %q must be one topic level without wildcards", o.Prefix)
 	}
 	if err := fleet.ValidID(o.FirstOperator); err != nil {
-		errs = append(errs, fmt.Errorf("first operator: %w", err))
+		bad("admin.first_operator", "first operator: %v", err)
 	}
 	if o.FirstOperatorPassword != "" && len(o.FirstOperatorPassword) < fleet.MinPasswordLen {
-		errs = append(errs, fmt.Errorf("first operator password is shorter than %d characters", fleet.MinPasswordLen))
+		bad("admin.first_operator_password", "first operator password is shorter than %d characters", fleet.MinPasswordLen)
 	}
 	if o.MaxBlockSize < 0 || o.MaxBlockSize > int(o.MaxPacketSize) {
-		errs = append(errs, fmt.Errorf("max_block_size %d must be between 0 (default) and max_packet_size %d", o.MaxBlockSize, o.MaxPacketSize))
+		bad("ota.max_block_size", "max block size %d must be between 0 (default) and the max packet size %d", o.MaxBlockSize, o.MaxPacketSize)
 	}
 	if o.MaxWindow < 0 || o.MaxWindow > 256 {
-		errs = append(errs, fmt.Errorf("max_window %d must be between 0 (default) and 256", o.MaxWindow))
+		bad("ota.max_window", "max window %d must be between 0 (default) and 256", o.MaxWindow)
 	}
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"max_subscriptions", o.MaxSubscriptions}, {"max_gateway_subscriptions", o.MaxGatewaySubscriptions},
-		{"max_filter_levels", o.MaxFilterLevels}, {"max_filter_length", o.MaxFilterLength}} {
+	}{{"mqtt.max_subscriptions", o.MaxSubscriptions}, {"mqtt.max_gateway_subscriptions", o.MaxGatewaySubscriptions},
+		{"mqtt.max_filter_levels", o.MaxFilterLevels}, {"mqtt.max_filter_length", o.MaxFilterLength}} {
 		if v.n < 0 {
-			errs = append(errs, fmt.Errorf("%s %d must not be negative (0 means the default)", v.name, v.n))
+			bad(v.name, "%d must not be negative (0 means the default)", v.n)
 		}
 	}
 	if o.OperatorSessionExpiry < 0 || o.OperatorSessionExpiry > o.SessionExpiry {
-		errs = append(errs, fmt.Errorf("operator_session_expiry %v must be between 0 (default) and session_expiry %v", o.OperatorSessionExpiry, o.SessionExpiry))
+		bad("mqtt.operator_session_expiry", "operator session expiry %v must be between 0 (default) and the session expiry %v", o.OperatorSessionExpiry, o.SessionExpiry)
 	}
 	if o.GlobalRate < 0 {
-		errs = append(errs, fmt.Errorf("global_rate %v must not be negative", o.GlobalRate))
+		bad("ota.global_rate", "global rate %v must not be negative", o.GlobalRate)
 	}
 	for i, r := range o.Rules {
-		if err := r.Validate(o.Prefix); err != nil {
-			errs = append(errs, fmt.Errorf("rule %d: %w", i+1, err))
+		err := r.Validate(o.Prefix)
+		key := fmt.Sprintf("rules[%d]", i)
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				bad(key, "%v", e)
+			}
+		} else if err != nil {
+			bad(key, "%v", err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkAddr checks that addr is host:port with a numeric port (an empty
+// host means every interface; port 0 lets the kernel choose).
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return sysReason(err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
 
 func hasWildcardOrSlash(s string) bool {

@@ -72,7 +72,8 @@ func (r Rule) allows(d *fleet.Device, filter string, write bool) bool {
 	return covers(strings.ReplaceAll(r.Filter, "{id}", d.ID), filter)
 }
 
-// ACL is the authorization hook: default deny, per DESIGN.md §3. It answers
+// ACL is the authorization hook: default deny, per docs/PROTOCOL.md
+// ("Topics") and docs/OPERATORS.md ("Identities and access"). It answers
 // both subscription checks (a filter) and delivery and publish checks (a
 // topic).
 //

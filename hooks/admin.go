@@ -16,7 +16,7 @@ import (
 )
 
 // Admin carries operator requests from the admin topics to ota/admin and
-// the replies back, as MQTT v5 request/response (DESIGN.md §5).
+// the replies back, as MQTT v5 request/response (docs/OPERATORS.md, "The admin API").
 //
 // OnPublish runs on the operator's read goroutine, so it only checks the
 // request's shape and queues it; a pool of workers runs the requests (which

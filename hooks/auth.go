@@ -17,8 +17,8 @@ import (
 // Auth authenticates connections against the fleet registry.
 //
 // mochi answers a failed OnConnectAuthenticate with "bad user name or
-// password" (0x86 / v3 4), but the contract (DESIGN.md §2) says "not
-// authorized" (0x87 / v3 5). So the decision is made in OnConnect, which
+// password" (0x86 / v3 4), but the contract (docs/OPERATORS.md, "Identities
+// and access") says "not authorized" (0x87 / v3 5). So the decision is made in OnConnect, which
 // runs just before: on refusal it writes the CONNACK itself and returns an
 // error, which makes mochi close the connection without a CONNACK of its
 // own. OnConnectAuthenticate then only confirms what OnConnect let through.

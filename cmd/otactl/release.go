@@ -28,7 +28,7 @@ var keyAdd = command{
 		if len(args) != 1 {
 			return usagef("want the public key file (PEM), e.g. release.pub")
 		}
-		pem, err := os.ReadFile(args[0])
+		_, pem, err := readPublicKeyFile(args[0])
 		if err != nil {
 			return err
 		}
@@ -41,7 +41,7 @@ var keyAdd = command{
 		if e.g.json {
 			return e.printJSON(res)
 		}
-		fmt.Fprintf(e.out, "trusted key %s %s\n", res.Key.ID, res.Key.Name)
+		fmt.Fprintln(e.out, strings.TrimSpace("trusted key "+res.Key.ID.String()+" "+res.Key.Name))
 		return nil
 	},
 }

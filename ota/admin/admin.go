@@ -1,6 +1,6 @@
 // Package admin is the operators' API: it decodes a request (resource, verb
 // and a JSON body), checks the caller's role, runs it against the domain,
-// records it in the audit log and returns the reply that DESIGN.md §5
+// records it in the audit log and returns the reply that docs/OPERATORS.md ("The admin API")
 // defines: {"ok": true, "result": …} or {"ok": false, "error": {"code": …,
 // "message": …}}.
 //

@@ -11,7 +11,7 @@ import (
 // Role is what a client may do.
 type Role string
 
-// Roles (DESIGN.md §2).
+// Roles (docs/OPERATORS.md, "Identities and access").
 const (
 	RoleDevice   Role = "device"
 	RoleGateway  Role = "gateway"
@@ -91,7 +91,8 @@ type record struct {
 	Secret string `json:"secret,omitempty"`
 }
 
-// ValidID checks a client ID against DESIGN.md §2 and the reserved names.
+// ValidID checks a client ID against the pattern of docs/PROTOCOL.md
+// ("Connecting") and the reserved names.
 func ValidID(id string) error {
 	if !idPattern.MatchString(id) {
 		return fmt.Errorf("%w: id %q must match [A-Za-z0-9._-]{1,64}", ErrInvalid, id)

@@ -18,7 +18,7 @@ func unhex(t testing.TB, s string) []byte {
 	return b
 }
 
-// The examples of DESIGN.md §10, byte for byte.
+// The examples of docs/PROTOCOL.md, byte for byte.
 const (
 	designBirth     = "ab0165312e322e33026865737033322d76320365322e312e3004000505060107050865302e332e3009000a183c0b02"
 	designHeartbeat = "a601190e1002070300041a0001d4c005383c0600"

@@ -1,5 +1,5 @@
 // Package rpc is otactl's admin client: MQTT v5 request/response over the
-// admin topics (DESIGN.md §5), on paho.golang.
+// admin topics (docs/OPERATORS.md, "The admin API"), on paho.golang.
 //
 // It has its own correlator instead of paho's rpc extension, which loses
 // replies (its response channel is unbuffered and written without
