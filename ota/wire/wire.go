@@ -24,7 +24,7 @@ const (
 	MaxOfferSize    = MaxManifestSize + 256
 )
 
-// The highest key each message defines (DESIGN.md §3 and the otamq
+// The highest key each message defines (docs/PROTOCOL.md, with the otamq
 // extensions in docs/PROTOCOL.md); decoders skip higher ones.
 const (
 	birthKeys        = 11
