@@ -24,8 +24,8 @@ const (
 	MaxOfferSize    = MaxManifestSize + 256
 )
 
-// The highest key each message defines (docs/PROTOCOL.md, with the otamq
-// extensions in docs/PROTOCOL.md); decoders skip higher ones.
+// The highest key each message defines, the otamq extensions included
+// (docs/PROTOCOL.md); decoders skip higher ones.
 const (
 	birthKeys        = 11
 	heartbeatKeys    = 7
