@@ -167,9 +167,11 @@ func New(opts Options) (_ *Broker, err error) {
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog))
 
 	// Hook order is fixed: authentication, per-client limits,
-	// authorization, device status, admin requests.
+	// authorization, device status, block serving, admin requests.
+	blocks := hooks.NewBlocks(b.srv, b.delivery, acl, topics, o.Logger)
+	undo = append(undo, func() { _ = blocks.Stop() })
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
-		Delivery: b.delivery, Sender: sender})
+		Delivery: b.delivery, Sender: sender, Blocks: blocks})
 	undo = append(undo, func() { _ = b.device.Stop() })
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,
 		Recorder: rec, Logger: o.Logger, Workers: o.AdminWorkers, Queue: o.AdminQueue})
@@ -185,7 +187,7 @@ func New(opts Options) (_ *Broker, err error) {
 				"listener", id)
 		}
 	}
-	for _, h := range []mqtt.Hook{auth, session, acl, b.device, adm} {
+	for _, h := range []mqtt.Hook{auth, session, acl, b.device, blocks, adm} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}

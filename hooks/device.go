@@ -27,6 +27,7 @@ type Device struct {
 	fleet  *fleet.Registry
 	dlv    *delivery.Service // nil: no OTA (events and block requests are only checked)
 	sender *Sender
+	blocks *Blocks
 	rec    Recorder
 	log    *slog.Logger
 
@@ -49,9 +50,11 @@ type DeviceOptions struct {
 	Recorder Recorder
 	Logger   *slog.Logger
 	// Delivery serves block requests, records events and provides the
-	// offers sent on subscribe; Sender publishes them. Both or neither.
+	// offers sent on subscribe; Sender publishes them, Blocks serves the
+	// block requests. All or none.
 	Delivery *delivery.Service
 	Sender   *Sender
+	Blocks   *Blocks
 	// SweepInterval is how often sessions whose connection died without a
 	// disconnect event are looked for. Default 5s.
 	SweepInterval time.Duration
@@ -69,7 +72,7 @@ func NewDevice(o DeviceOptions) *Device {
 		o.SweepInterval = 5 * time.Second
 	}
 	d := &Device{
-		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger,
+		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, blocks: o.Blocks, rec: o.Recorder, log: o.Logger,
 		sessions: make(map[*mqtt.Client]uint64),
 		stop:     make(chan struct{}), done: make(chan struct{}),
 	}
@@ -307,18 +310,15 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 		return
 	}
 	topic := d.topics.Device(id, KindBlock)
-	// Publish copies the payload for each subscriber (and no hook of ours
-	// keeps an inline publish), so delivery can reuse one buffer.
-	emit := func(m []byte) {
-		if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
-			d.log.Warn("block not published", "device", id, "err", err)
-		}
-	}
 	req, err := wire.DecodeBlockRequest(payload)
 	if err != nil {
 		d.rec.Rejected(RejectMalformed)
 		d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
-		d.dlv.BadRequest(err.Error(), emit)
+		d.dlv.BadRequest(err.Error(), func(m []byte) {
+			if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
+				d.log.Warn("block error not published", "device", id, "err", err)
+			}
+		})
 		return
 	}
 	maxData := 0
@@ -328,7 +328,7 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 			maxData = -1 // not even one byte fits: "bad request"
 		}
 	}
-	d.dlv.Serve(id, req, maxData, emit)
+	d.blocks.Request(cl, id, req, maxData)
 }
 
 // OnSubscribed implements mqtt.Hook: a device (or its gateway) that

@@ -58,8 +58,10 @@ func rawWrite(t *testing.T, c net.Conn, pk packets.Packet, enc func(*packets.Pac
 }
 
 // stuckDevice connects id (MQTT 3.1.1, raw socket), subscribes to its
-// block topic and asks for blocks until the broker's queue for it
-// overflows (its socket is full); from then on it never reads.
+// block topic, asks for blocks and never reads. Block serving is paced to
+// the socket, so mochi's queue for it never overflows by itself: to be sure
+// its socket is full and mochi's write loop for it stuck, the broker then
+// publishes 32 KiB messages on its block topic until its queue overflows.
 func stuckDevice(t *testing.T, b *tb, w *dropWatch, id, token string, digest []byte) net.Conn {
 	t.Helper()
 	c, err := rawConnect(b.Addr(), id, token)
@@ -69,14 +71,23 @@ func stuckDevice(t *testing.T, b *tb, w *dropWatch, id, token string, digest []b
 	t.Cleanup(func() { _ = c.Close() })
 	rawWrite(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1, ProtocolVersion: 4,
 		Filters: packets.Subscriptions{{Filter: "dm/" + id + "/ota/blk"}}}, (*packets.Packet).SubscribeEncode)
-	req := wire.BlockRequest{Digest: digest, Offset: 0, Size: 32 * 1024, Count: 16, RequestID: 1}.Encode()
+	for rid := range uint32(32) {
+		req := wire.BlockRequest{Digest: digest, Offset: 0, Size: 32 * 1024, Count: 16, RequestID: rid + 1}.Encode()
+		rawWrite(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "dm/" + id + "/ota/get",
+			Payload: req, ProtocolVersion: 4}, (*packets.Packet).PublishEncode)
+	}
+	junk := make([]byte, 32*1024)
 	eventually(t, 30*time.Second, func() error {
 		if w.stuck(id) {
 			return nil
 		}
-		for range 4 {
-			rawWrite(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "dm/" + id + "/ota/get",
-				Payload: req, ProtocolVersion: 4}, (*packets.Packet).PublishEncode)
+		if cl, ok := b.Server().Clients.Get(id); !ok || cl.State.Subscriptions.Len() == 0 {
+			return fmt.Errorf("%s: not subscribed yet", id)
+		}
+		for range 64 {
+			if err := b.Server().Publish("dm/"+id+"/ota/blk", junk, false, 0); err != nil {
+				return err
+			}
 		}
 		return fmt.Errorf("%s: the broker's queue for it has not overflowed yet", id)
 	})

@@ -504,10 +504,26 @@ var BlockResults = []string{ResultServed, ResultNotAssigned, ResultUnknown, Resu
 // only valid during its emit call (the buffer is reused: publish copies
 // it). maxData caps each block's data (what the requesting client can
 // receive): 0 means no cap beyond the service's, a negative value that no
-// data fits.
+// data fits. It is Begin and Next for the whole window.
 func (s *Service) Serve(id string, req wire.BlockRequest, maxData int, emit func(msg []byte)) {
-	s.o.Recorder.BlockRequest(s.serve(id, req, maxData, emit))
+	if w := s.Begin(id, req, maxData, emit); w != nil {
+		s.Next(w, w.left, emit)
+	}
 }
+
+// Window is a block request being answered: the blocks still to send.
+// It is not safe for concurrent use.
+type Window struct {
+	requestID uint32
+	digest    manifest.Digest
+	imageSize uint64
+	next      uint64 // offset of the next block
+	size      int    // block size
+	left      int    // blocks still to send
+}
+
+// Left returns how many blocks of w are still to send.
+func (w *Window) Left() int { return w.left }
 
 func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, msg string) []byte {
 	e := wire.BlockError{RequestID: req.RequestID, Offset: req.Offset, Code: code, Message: msg}
@@ -515,6 +531,13 @@ func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, 
 		e.RetryAfterMS = uint32(min(retry.Milliseconds()+1, math.MaxUint32))
 	}
 	return e.Encode()
+}
+
+// Busy answers a block request the caller cannot take now with "rate
+// limited" and retry.
+func (s *Service) Busy(req wire.BlockRequest, retry time.Duration, emit func(msg []byte)) {
+	s.o.Recorder.BlockRequest(ResultRateLimited)
+	emit(blockError(req, wire.BlockRateLimited, retry, "busy"))
 }
 
 // BadRequest answers a block request that could not be decoded.
@@ -529,30 +552,41 @@ func (s *Service) BadRequest(msg string, emit func(msg []byte)) {
 // msgBufs recycles block message buffers.
 var msgBufs sync.Pool
 
-func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func([]byte)) string {
+// Begin checks a block request of device id (the image offered to it,
+// the offset, the sizes against the service's limits and maxData, as for
+// Serve) and takes its bytes from the rate limits. A refused request is
+// answered through emit and Begin returns nil; an accepted one returns the
+// window whose blocks Next sends. Either way it is counted.
+func (s *Service) Begin(id string, req wire.BlockRequest, maxData int, emit func([]byte)) *Window {
+	w, result := s.begin(id, req, maxData, emit)
+	s.o.Recorder.BlockRequest(result)
+	return w
+}
+
+func (s *Service) begin(id string, req wire.BlockRequest, maxData int, emit func([]byte)) (*Window, string) {
 	var d manifest.Digest
 	copy(d[:], req.Digest)
 	of, offered := s.Current(id)
 	if !offered || of.Digest != d {
 		if _, known := s.cat.ByDigest(d); !known {
 			emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
-			return ResultUnknown
+			return nil, ResultUnknown
 		}
 		emit(blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id))
-		return ResultNotAssigned
+		return nil, ResultNotAssigned
 	}
 	r, ok := s.cat.ByDigest(d)
 	if !ok {
 		emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
-		return ResultUnknown
+		return nil, ResultUnknown
 	}
 	if err := s.cat.Offerable(r); err != nil {
 		emit(blockError(req, wire.BlockNotAssigned, 0, "release signing key revoked"))
-		return ResultNotAssigned
+		return nil, ResultNotAssigned
 	}
 	if req.Offset >= r.Size {
 		emit(blockError(req, wire.BlockOutOfRange, 0, fmt.Sprintf("image is %d bytes", r.Size)))
-		return ResultOutOfRange
+		return nil, ResultOutOfRange
 	}
 	size := min(int(min(req.Size, math.MaxInt32)), s.o.MaxBlockSize)
 	if maxData != 0 {
@@ -560,7 +594,7 @@ func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func
 	}
 	if size <= 0 {
 		emit(blockError(req, wire.BlockBadRequest, 0, "no block size fits the client's maximum packet size"))
-		return ResultBadRequest
+		return nil, ResultBadRequest
 	}
 	count := min(int(min(req.Count, math.MaxInt32)), s.o.MaxWindow)
 	left := r.Size - req.Offset
@@ -587,27 +621,42 @@ func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func
 	st.mu.Unlock()
 	if wait > 0 {
 		emit(blockError(req, wire.BlockRateLimited, wait, "rate limited"))
-		return ResultRateLimited
+		return nil, ResultRateLimited
 	}
 
+	return &Window{requestID: req.RequestID, digest: d, imageSize: r.Size, next: req.Offset, size: size, left: count}, ResultServed
+}
+
+// Next emits up to n more blocks of w (fewer at the end of the window),
+// read in one read transaction. If the image cannot be read it emits an
+// "internal" block error, counts it, ends the window and returns false.
+func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
+	n = min(n, w.left)
+	if n <= 0 {
+		return true
+	}
 	buf, _ := msgBufs.Get().(*[]byte)
 	if buf == nil {
 		buf = new([]byte)
 	}
 	defer msgBufs.Put(buf)
-	err := s.cat.ReadBlocks(d, req.Offset, size, count, func(off uint64, data []byte) error {
-		msg := wire.AppendBlock((*buf)[:0], req.RequestID, off, r.Size, data)
+	err := s.cat.ReadBlocks(w.digest, w.next, w.size, n, func(off uint64, data []byte) error {
+		msg := wire.AppendBlock((*buf)[:0], w.requestID, off, w.imageSize, data)
 		*buf = msg
 		emit(msg)
 		s.o.Recorder.BlockBytes(len(data))
+		w.next = off + uint64(len(data))
+		w.left--
 		return nil
 	})
 	if err != nil {
-		s.o.Logger.Error("image read failed", "digest", d.String(), "offset", req.Offset, "err", err)
-		emit(blockError(req, wire.BlockInternal, 0, "internal error"))
-		return ResultInternal
+		s.o.Logger.Error("image read failed", "digest", w.digest.String(), "offset", w.next, "err", err)
+		emit(blockError(wire.BlockRequest{RequestID: w.requestID, Offset: w.next}, wire.BlockInternal, 0, "internal error"))
+		s.o.Recorder.BlockRequest(ResultInternal)
+		w.left = 0
+		return false
 	}
-	return ResultServed
+	return true
 }
 
 // Entry is one line of a device's update timeline.

@@ -17,6 +17,7 @@ import (
 // blkMem is what a block-benchmark server child reports about itself.
 type blkMem struct {
 	rss, heap, stack, peak, goroutines int64
+	goal, live                         int64 // the GC's heap goal and live heap (the downloads benchmark reads them)
 }
 
 // blocksMemory runs each server as a child process and reads its memory

@@ -93,7 +93,7 @@ func benchDownloads() error {
 			return m, err
 		}
 		var file int64
-		_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines)
+		_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines, &m.goal, &m.live)
 		return m, err
 	}
 	heartbeats := func() (int, error) {
@@ -126,21 +126,16 @@ func benchDownloads() error {
 		}
 	}()
 	time.Sleep(3 * fleet.DefaultFlushInterval) // the connect status flush
-	idleMem, err := mem(true)
-	if err != nil {
-		return err
-	}
-	idleNoGC, err := mem(false)
-	if err != nil {
-		return err
-	}
 	hb0, err := heartbeats()
 	if err != nil {
 		return err
 	}
 
-	// Heartbeats from the idle devices at a fixed rate, until the
-	// downloads end.
+	// Heartbeats from the idle devices at a fixed rate, from now until the
+	// downloads end. The idle figure is taken after a warm-up with them,
+	// without forcing a GC, so that both figures are what the kernel sees
+	// in a steady state (a fleet that sends heartbeats keeps a heap that
+	// grows to the GC's goal between collections).
 	var stop atomic.Bool
 	var sent atomic.Int64
 	var hbWG sync.WaitGroup
@@ -149,7 +144,75 @@ func benchDownloads() error {
 		defer hbWG.Done()
 		sendHeartbeats(idles, func(i int) string { return deviceID(active + i) }, *dlHB, &stop, &sent)
 	}()
+	var idleMem blkMem
+	for i := range 20 {
+		time.Sleep(500 * time.Millisecond)
+		if i < 10 {
+			continue // warm-up
+		}
+		m, err := mem(false)
+		if err != nil {
+			stop.Store(true)
+			hbWG.Wait()
+			return err
+		}
+		idleMem.rss, idleMem.heap = max(idleMem.rss, m.rss), max(idleMem.heap, m.heap)
+		idleMem.stack, idleMem.goroutines = max(idleMem.stack, m.stack), max(idleMem.goroutines, m.goroutines)
+		idleMem.goal, idleMem.live = max(idleMem.goal, m.goal), max(idleMem.live, m.live)
+	}
 
+	if *blkProfDir != "" {
+		if err := saveProfiles(httpAddr, *blkProfDir, "downloads-idle"); err != nil {
+			fmt.Fprintln(os.Stderr, "profiles:", err)
+		}
+	}
+
+	// Two bursts: half the downloaders, then all of them. Peak RSS (the
+	// kernel's high-water mark) after each: what the second burst needed
+	// beyond the first, per device it added, is the memory one more
+	// concurrent download costs. The GC's headroom, which a burst of
+	// allocation fills whatever its size, is in both and cancels out.
+	half := active / 2
+	a, err := burst(ds[:half], img, size, window, mem, httpAddr, "")
+	if err == nil {
+		var b2 burstResult
+		b2, err = burst(ds, img, size, window, mem, httpAddr, *blkProfDir)
+		if err == nil {
+			defer printBursts(idleMem, a, b2, half, active)
+		}
+	}
+	stop.Store(true)
+	hbWG.Wait()
+	if err != nil {
+		return err
+	}
+	var hb1 int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if hb1, err = heartbeats(); err != nil || hb1-hb0 >= int(sent.Load()) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		return err
+	}
+	defer fmt.Printf("heartbeats from the idle devices (%d/s, warm-up and downloads): %d sent, %d accepted\n", *dlHB, sent.Load(), hb1-hb0)
+	return nil
+}
+
+// burstResult is what one burst of downloads measured.
+type burstResult struct {
+	elapsed time.Duration
+	bytes   int64
+	busy    blkMem // largest of the samples
+	peak    int64  // peak RSS after the burst
+	samples int
+}
+
+// burst makes every device in ds download the whole image once, at the
+// same time, sampling the server's memory every 500 ms; with profDir it
+// saves profiles while the downloads run.
+func burst(ds []*blkDevice, img *blkImage, size, window int, mem func(bool) (blkMem, error), httpAddr, profDir string) (burstResult, error) {
+	var r burstResult
 	var wg sync.WaitGroup
 	var total atomic.Int64
 	errs := make(chan error, len(ds))
@@ -173,9 +236,9 @@ func benchDownloads() error {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
-	var busy blkMem
-	samples := 0
 	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	var sampleErr error
 sampling:
 	for {
 		select {
@@ -184,53 +247,50 @@ sampling:
 		case <-tick.C:
 			m, err := mem(false)
 			if err != nil {
-				tick.Stop()
-				stop.Store(true)
-				<-done
-				hbWG.Wait()
-				return err
+				sampleErr = err
+				continue
 			}
-			samples++
-			busy.rss, busy.heap = max(busy.rss, m.rss), max(busy.heap, m.heap)
-			busy.stack, busy.goroutines = max(busy.stack, m.stack), max(busy.goroutines, m.goroutines)
+			r.samples++
+			if r.samples == 2 && profDir != "" {
+				if err := saveProfiles(httpAddr, profDir, "downloads-busy"); err != nil {
+					fmt.Fprintln(os.Stderr, "profiles:", err)
+				}
+			}
+			r.busy.rss, r.busy.heap = max(r.busy.rss, m.rss), max(r.busy.heap, m.heap)
+			r.busy.stack, r.busy.goroutines = max(r.busy.stack, m.stack), max(r.busy.goroutines, m.goroutines)
+			r.busy.goal, r.busy.live = max(r.busy.goal, m.goal), max(r.busy.live, m.live)
 		}
 	}
-	tick.Stop()
-	elapsed := time.Since(t0)
-	stop.Store(true)
-	hbWG.Wait()
+	r.elapsed, r.bytes = time.Since(t0), total.Load()
 	close(errs)
 	if err := <-errs; err != nil {
-		return err
+		return r, err
+	}
+	if sampleErr != nil {
+		return r, sampleErr
 	}
 	after, err := mem(false)
-	if err != nil {
-		return err
-	}
-	var hb1 int
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if hb1, err = heartbeats(); err != nil || hb1-hb0 >= int(sent.Load()) || time.Now().After(deadline) {
-			break
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if *blkProfDir != "" {
-		if err := saveProfiles(httpAddr, *blkProfDir, "downloads"); err != nil {
-			fmt.Fprintln(os.Stderr, "profiles:", err)
-		}
-	}
+	r.peak = after.peak
+	return r, err
+}
+
+func printBursts(idle blkMem, a, b burstResult, half, active int) {
 	kib := func(v int64) float64 { return float64(v) / 1024 }
-	rate := float64(total.Load()) / 1e6 / elapsed.Seconds()
-	fmt.Printf("idle (%d connected): RSS %.0f KiB after a GC (%.0f KiB without), heap in use %.0f KiB, stacks %.0f KiB, %d goroutines\n",
-		idle+active, kib(idleMem.rss), kib(idleNoGC.rss), kib(idleMem.heap), kib(idleMem.stack), idleMem.goroutines)
-	fmt.Printf("downloading: %d × 1 MiB in %.1f s, %.0f MB/s of block messages; largest of %d samples: RSS %.0f KiB, heap in use %.0f KiB, stacks %.0f KiB; peak RSS %.0f KiB\n",
-		active, elapsed.Seconds(), rate, samples, kib(busy.rss), kib(busy.heap), kib(busy.stack), kib(after.peak))
-	fmt.Printf("per concurrent download: %.1f KiB RSS, %.1f KiB heap (target <= 128 KiB RSS)\n",
-		kib(busy.rss-idleNoGC.rss)/float64(active), kib(busy.heap-idleMem.heap)/float64(active))
-	fmt.Printf("heartbeats during the downloads: %d sent, %d accepted (%.0f/s)\n", sent.Load(), hb1-hb0, float64(hb1-hb0)/elapsed.Seconds())
-	return nil
+	fmt.Printf("idle: RSS %.0f KiB, heap in use %.0f KiB (GC goal %.0f KiB), stacks %.0f KiB, %d goroutines\n",
+		kib(idle.rss), kib(idle.heap), kib(idle.goal), kib(idle.stack), idle.goroutines)
+	for _, x := range []struct {
+		n int
+		r burstResult
+	}{{half, a}, {active, b}} {
+		fmt.Printf("%5d downloading at once: %.1f s, %.0f MB/s of block messages; RSS up to %.0f KiB, heap in use %.0f KiB (GC goal %.0f KiB), stacks %.0f KiB, %d goroutines; peak RSS %.0f KiB\n",
+			x.n, x.r.elapsed.Seconds(), float64(x.r.bytes)/1e6/x.r.elapsed.Seconds(), kib(x.r.busy.rss), kib(x.r.busy.heap),
+			kib(x.r.busy.goal), kib(x.r.busy.stack), x.r.busy.goroutines, kib(x.r.peak))
+	}
+	added := float64(active - half)
+	fmt.Printf("per concurrent download: %.1f KiB of peak RSS for each of the %d the second burst added (target <= 128 KiB)\n",
+		kib(b.peak-a.peak)/added, active-half)
+	fmt.Printf("                         %.1f KiB of peak RSS over the idle RSS, per device of the %d-device burst (GC headroom included)\n",
+		kib(b.peak-idle.rss)/float64(active), active)
 }
 
 // connectRange opens the connections of devices from..from+n-1 like

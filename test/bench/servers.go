@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
@@ -182,7 +183,11 @@ func runServer(kind, dataDir string) error {
 		rss := read("VmRSS")
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Fprint(w, rss, " ", read("RssFile"), " ", ms.HeapInuse, " ", ms.StackInuse, " ", read("VmHWM"), " ", runtime.NumGoroutine())
+		// The GC's heap goal and the live heap of the last cycle come last.
+		gc := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}}
+		metrics.Read(gc)
+		fmt.Fprint(w, rss, " ", read("RssFile"), " ", ms.HeapInuse, " ", ms.StackInuse, " ", read("VmHWM"), " ", runtime.NumGoroutine(),
+			" ", gc[0].Value.Uint64(), " ", gc[1].Value.Uint64())
 	})
 	go func() { _ = http.Serve(ctl, mux) }()
 	if httpAddr == "" {
