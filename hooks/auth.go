@@ -66,7 +66,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			c.CertCN = certs[0].Subject.CommonName
 		}
 	}
-	_, err := a.fleet.Authenticate(c)
+	_, err := a.fleet.AuthenticateClient(c) // the client ID may be an operator session, ID~SUFFIX
 	reason := ""
 	switch {
 	case err == nil:

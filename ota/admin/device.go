@@ -34,7 +34,7 @@ func deviceRegister(_ context.Context, s *Service, c *call) (any, error) {
 		req.Role = fleet.RoleDevice
 	}
 	if !req.Role.IsDevice() {
-		return nil, fail(CodeBadRequest, "device/register takes role device or gateway, not %q (operators: operator/add)", req.Role)
+		return nil, fail(CodeBadRequest, "device/register takes role device or gateway, not %s (operators: operator/add)", quote(string(req.Role)))
 	}
 	var token string
 	var secret fleet.Secret
@@ -65,7 +65,7 @@ func (s *Service) deviceView(id string) (fleet.View, error) {
 	}
 	v, ok := s.fleet.Get(id)
 	if !ok || !v.Role.IsDevice() {
-		return fleet.View{}, fail(CodeNotFound, "no device %q", id)
+		return fleet.View{}, fail(CodeNotFound, "no device %s", quote(id))
 	}
 	return v, nil
 }
@@ -108,7 +108,7 @@ func (r *listRequest) filter(allowed ...fleet.Role) (fleet.Filter, error) {
 	roles := allowed
 	if r.Role != "" {
 		if !slices.Contains(allowed, r.Role) {
-			return fleet.Filter{}, fail(CodeBadRequest, "role %q: this list takes %v", r.Role, allowed)
+			return fleet.Filter{}, fail(CodeBadRequest, "role %s: this list takes %v", quote(string(r.Role)), allowed)
 		}
 		roles = []fleet.Role{r.Role}
 	}
@@ -172,7 +172,7 @@ func deviceUpdate(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	if req.RotateToken {
 		// A session opened with the old token ends now.
-		c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+		c.after = append(c.after, func() { s.kick.Disconnect(req.ID, "") })
 	}
 	return deviceResult{Device: dev, Token: token}, nil
 }
@@ -204,6 +204,6 @@ func (s *Service) revoke(c *call, req revokeRequest) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+	c.after = append(c.after, func() { s.kick.Disconnect(req.ID, "") })
 	return map[string]any{"device": dev}, nil
 }

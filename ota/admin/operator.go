@@ -37,7 +37,7 @@ func operatorAdd(_ context.Context, s *Service, c *call) (any, error) {
 		req.Role = fleet.RoleOperator
 	}
 	if req.Role.IsDevice() || !req.Role.Valid() {
-		return nil, fail(CodeBadRequest, "operator/add takes role operator or observer, not %q (devices: device/register)", req.Role)
+		return nil, fail(CodeBadRequest, "operator/add takes role operator or observer, not %s (devices: device/register)", quote(string(req.Role)))
 	}
 	var generated string
 	var secret fleet.Secret
@@ -52,7 +52,7 @@ func operatorAdd(_ context.Context, s *Service, c *call) (any, error) {
 			return nil, err
 		}
 	} else if req.Password != "" {
-		return nil, fail(CodeBadRequest, "auth %q takes no password", req.Auth)
+		return nil, fail(CodeBadRequest, "auth %s takes no password", quote(string(req.Auth)))
 	}
 	var dev fleet.Device
 	err := c.commit(func(tx *store.Tx) error {
@@ -90,7 +90,7 @@ func (s *Service) operator(id string) (*fleet.Device, error) {
 	}
 	d, ok := s.fleet.Lookup(id)
 	if !ok || d.Role.IsDevice() {
-		return nil, fail(CodeNotFound, "no operator or observer %q", id)
+		return nil, fail(CodeNotFound, "no operator or observer %s", quote(id))
 	}
 	return d, nil
 }
@@ -139,7 +139,7 @@ func operatorUpdate(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	if !secret.IsZero() {
-		c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+		c.after = append(c.after, func() { s.kick.Disconnect(req.ID, "") })
 	}
 	return operatorResult{Operator: dev, Password: generated}, nil
 }
@@ -164,7 +164,7 @@ func operatorRevoke(_ context.Context, s *Service, c *call) (any, error) {
 			}
 		}
 		if !others {
-			return nil, fail(CodeBadRequest, "%s is the last operator; add another before revoking it", req.ID)
+			return nil, fail(CodeBadRequest, "%s is the last operator; add another before revoking it", quote(req.ID))
 		}
 	}
 	return s.revoke(c, req)

@@ -9,6 +9,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/otamq/otamq/ota/delivery"
+	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
@@ -125,6 +126,10 @@ func keyRevoke(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.target, c.args = req.KID, req
+	var kid manifest.KeyID
+	if len(req.KID) != 2*len(kid) {
+		return nil, fail(CodeBadRequest, "kid %s: want %d hex digits", quote(req.KID), 2*len(kid))
+	}
 	kid, err := manifest.ParseKeyID(req.KID)
 	if err != nil {
 		return nil, fail(CodeBadRequest, "kid: %v", err)
@@ -280,7 +285,7 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 			if r, ok := s.cat.ByDigest(d); ok {
 				return uploadResult{Release: releaseView(&r), Done: true}, nil
 			}
-			return nil, fail(CodeNotFound, "no upload %s in progress (send the manifest to begin)", p.Upload)
+			return nil, fail(CodeNotFound, "no upload %s in progress (send the manifest to begin)", quote(p.Upload))
 		}
 		return uploadResult{Upload: uploadView(u)}, nil
 	}
@@ -323,7 +328,7 @@ func releaseAbort(_ context.Context, s *Service, c *call) (any, error) {
 	c.target, c.args = req.ID, req
 	if _, found, err := s.cat.Upload(req.ID); err != nil || !found {
 		if err == nil {
-			err = fail(CodeNotFound, "no upload %s in progress", req.ID)
+			err = fail(CodeNotFound, "no upload %s in progress", quote(req.ID))
 		}
 		return nil, err
 	}
@@ -359,10 +364,11 @@ func releaseGet(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.target, c.args = req.ID, req
-	r, ok := s.cat.Release(req.ID)
-	if !ok {
-		return nil, fail(CodeNotFound, "no release %q", req.ID)
+	r, err := s.resolveRelease(req.ID)
+	if err != nil {
+		return nil, err
 	}
+	c.target = r.ID
 	known, revoked := s.cat.KeyStatus(r.KeyID)
 	return map[string]any{"release": r, "key_trusted": known && !revoked}, nil
 }
@@ -398,12 +404,20 @@ type offerRequest struct {
 	Deadline    uint64   `json:"deadline,omitempty"`
 }
 
+// checkDevices checks the device list of an offer or command: 1 to
+// maxDevicesPerRequest well-formed IDs (a malformed one refuses the request,
+// so no message repeats unbounded input).
 func checkDevices(ids []string) error {
 	if len(ids) == 0 {
 		return fail(CodeBadRequest, "devices missing")
 	}
 	if len(ids) > maxDevicesPerRequest {
 		return fail(CodeBadRequest, "%d devices, limit %d per request", len(ids), maxDevicesPerRequest)
+	}
+	for i, id := range ids {
+		if err := fleet.ValidID(id); err != nil {
+			return fail(CodeBadRequest, "device %d: %v", i+1, err)
+		}
 	}
 	return nil
 }
@@ -417,13 +431,18 @@ func offerCreate(_ context.Context, s *Service, c *call) (any, error) {
 	if err := checkDevices(req.Devices); err != nil {
 		return nil, err
 	}
-	spec := delivery.OfferSpec{Release: req.Release, RolloutID: req.RolloutID, BlockSize: req.BlockSize, Deadline: req.Deadline}
+	r, err := s.resolveRelease(req.Release)
+	if err != nil {
+		return nil, err
+	}
+	c.target = r.ID
+	spec := delivery.OfferSpec{Release: r.ID, RolloutID: req.RolloutID, BlockSize: req.BlockSize, Deadline: req.Deadline}
 	switch req.InstallMode {
 	case "", "immediate":
 	case "on_command":
 		spec.InstallMode = wire.InstallOnCommand
 	default:
-		return nil, fail(CodeBadRequest, "install_mode %q: want immediate or on_command", req.InstallMode)
+		return nil, fail(CodeBadRequest, "install_mode %s: want immediate or on_command", quote(req.InstallMode))
 	}
 	if spec.RolloutID == "" {
 		spec.RolloutID = delivery.NewRolloutID(s.now())
@@ -517,7 +536,7 @@ func commandSend(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	v, ok := verbs[req.Verb]
 	if !ok {
-		return nil, fail(CodeBadRequest, "verb %q: want install, cancel, check or reboot", req.Verb)
+		return nil, fail(CodeBadRequest, "verb %s: want install, cancel, check or reboot", quote(req.Verb))
 	}
 	if len(req.RolloutID) > wire.MaxRolloutIDLen {
 		return nil, fail(CodeBadRequest, "rollout_id longer than %d bytes", wire.MaxRolloutIDLen)
