@@ -541,8 +541,24 @@ func commandSend(_ context.Context, s *Service, c *call) (any, error) {
 	if len(req.RolloutID) > wire.MaxRolloutIDLen {
 		return nil, fail(CodeBadRequest, "rollout_id longer than %d bytes", wire.MaxRolloutIDLen)
 	}
-	// Commands change no state; the audit record is written with the reply.
-	return map[string]any{"results": s.dlv.Command(req.Devices, wire.Command{Verb: v, RolloutID: req.RolloutID, NotAfter: req.NotAfter})}, nil
+	// Commands change no state, but they leave the broker: the audit
+	// record is made durable first, and the commands are sent after it
+	// (its result says the request was accepted; the reply says which
+	// devices were reached).
+	if err := c.commit(func(*store.Tx) error { return nil }); err != nil {
+		return nil, err
+	}
+	res := &commandResult{Results: []delivery.OfferResult{}}
+	c.after = append(c.after, func() {
+		res.Results = s.dlv.Command(req.Devices, wire.Command{Verb: v, RolloutID: req.RolloutID, NotAfter: req.NotAfter})
+	})
+	return res, nil
+}
+
+// commandResult is filled by command/send's effect, before the reply is
+// encoded.
+type commandResult struct {
+	Results []delivery.OfferResult `json:"results"`
 }
 
 type timelineRequest struct {
