@@ -247,6 +247,11 @@ func releaseView(r *release.Release) *release.Release {
 	return &v
 }
 
+// releaseUpload begins, continues or completes an upload. An upload has
+// one audit record when it begins (again when it resumes) and one with its
+// result: the release it created with the number of parts, or the refusal
+// that removed it. The parts in between and the status queries are covered
+// by those two (three uploads of 64 KiB parts used to fill the log).
 func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 	p, err := DecodeUpload(c.req.Body)
 	if err != nil {
@@ -260,18 +265,25 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 		err := c.commit(func(tx *store.Tx) error {
 			var err error
 			u, existing, err = s.cat.BeginUpload(tx, p.Manifest, c.req.Caller.ID)
+			if err == nil && existing != nil {
+				c.target = existing.ID
+				c.args = map[string]any{"begin": true, "exists": true}
+			} else if err == nil {
+				c.target = release.ReleaseID(u.Version, u.Digest)
+				c.args = map[string]any{"begin": true, "upload": u.ID, "version": u.Version, "size": u.Size,
+					"offset": u.Offset, "parts": u.Parts, "manifest_bytes": len(p.Manifest)}
+			}
 			return err
 		})
 		if err != nil {
 			return nil, err
 		}
 		if existing != nil {
-			c.target = existing.ID
 			return uploadResult{Release: releaseView(existing), Done: true}, nil
 		}
-		c.target = u.ID
 		return uploadResult{Upload: uploadView(u)}, nil
 	case len(p.Data) == 0:
+		c.unaudited = true
 		c.target, c.args = p.Upload, map[string]any{"status": true}
 		u, found, err := s.cat.Upload(p.Upload)
 		if err != nil {
@@ -289,24 +301,42 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 		}
 		return uploadResult{Upload: uploadView(u)}, nil
 	}
+	// A part: on the record only if it completes the upload.
+	c.unaudited = true
 	c.target = p.Upload
-	c.args = map[string]any{"offset": p.Offset, "bytes": len(p.Data)}
 	var u release.Upload
 	var r *release.Release
 	err = c.commit(func(tx *store.Tx) error {
 		var err error
 		u, r, err = s.cat.AppendUpload(tx, p.Upload, p.Offset, p.Data, c.req.Caller.ID)
+		c.unaudited = err != nil || r == nil
+		if r != nil {
+			c.target = r.ID
+			c.args = map[string]any{"upload": p.Upload, "parts": u.Parts, "size": u.Size, "release": r.ID}
+		}
 		return err
 	})
 	if err != nil {
 		if errors.Is(err, manifest.ErrDigestMismatch) || errors.Is(err, release.ErrConflict) || errors.Is(err, release.ErrKeyRevoked) ||
 			errors.Is(err, manifest.ErrUnknownKey) {
-			// The complete image cannot become a release: remove every
-			// trace of the upload.
-			if aerr := s.db.Update(ctx, func(tx *store.Tx) error { return s.cat.AbortUpload(tx, p.Upload) }); aerr != nil {
-				s.log.Error("abort refused upload", "upload", p.Upload, "err", aerr)
+			// The complete image cannot become a release: every trace of
+			// the upload goes, in one transaction with the upload's
+			// result record.
+			err = fmt.Errorf("%w (the upload was removed)", err)
+			aerr := classify(err)
+			c.target = release.ReleaseID(u.Version, u.Digest)
+			c.args = map[string]any{"upload": p.Upload, "parts": u.Parts, "size": u.Size, "removed": true}
+			c.unaudited = false
+			if werr := s.db.Update(ctx, func(tx *store.Tx) error {
+				if err := s.cat.AbortUpload(tx, p.Upload); err != nil {
+					return err
+				}
+				return s.appendAudit(tx, c, aerr)
+			}); werr != nil {
+				s.log.Error("remove refused upload", "upload", clip(p.Upload), "err", werr)
 			}
-			return nil, fmt.Errorf("%w (the upload was removed)", err)
+			c.unaudited = true // its record is written
+			return nil, aerr
 		}
 		return nil, err
 	}
@@ -326,12 +356,15 @@ func releaseAbort(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.target, c.args = req.ID, req
-	if _, found, err := s.cat.Upload(req.ID); err != nil || !found {
+	u, found, err := s.cat.Upload(req.ID)
+	if err != nil || !found {
 		if err == nil {
 			err = fail(CodeNotFound, "no upload %s in progress", quote(req.ID))
 		}
 		return nil, err
 	}
+	c.target = release.ReleaseID(u.Version, u.Digest)
+	c.args = map[string]any{"upload": u.ID, "parts": u.Parts, "offset": u.Offset, "size": u.Size}
 	if err := c.commit(func(tx *store.Tx) error { return s.cat.AbortUpload(tx, req.ID) }); err != nil {
 		return nil, err
 	}
