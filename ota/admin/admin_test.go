@@ -268,7 +268,12 @@ func TestOperatorsAndLastOperator(t *testing.T) {
 		t.Fatalf("bootstrap password: %v", err)
 	}
 	root := Caller{ID: "root", Role: fleet.RoleOperator}
-	if _, code := e.do(root, "operator/revoke", map[string]any{"id": "root"}); code != CodeBadRequest {
+	if _, code := e.do(root, "operator/revoke", map[string]any{"id": "root"}); code != CodeForbidden {
+		t.Fatalf("revoking itself: %q", code)
+	}
+	// Someone not registered as an operator (the bootstrap's own
+	// caller) still cannot revoke the last one.
+	if _, code := e.do(Caller{ID: "otamq", Role: fleet.RoleOperator}, "operator/revoke", map[string]any{"id": "root"}); code != CodeBadRequest {
 		t.Fatalf("revoking the last operator: %q", code)
 	}
 	res := e.ok(root, "operator/add", map[string]any{"id": "viewer", "role": "observer"})
