@@ -52,7 +52,8 @@ Keys, releases and offers:
   key revoke KID                            its releases can no longer be offered
   release upload IMAGE MANIFEST [--part-size N]   verified by the broker; resumes
   release list       [--version V] [--hardware H]
-  release get ID
+  release get REF                           REF: ID, VERSION@DIGEST-PREFIX, or VERSION
+  release uploads                           unfinished uploads, with their UPLOAD-ID
   release abort UPLOAD-ID                   drop an unfinished upload
   offer create RELEASE DEVICE... [--rollout ID] [--on-command] [--block-size N] [--deadline UNIX]
   offer cancel DEVICE...                    devices get the empty offer
@@ -70,7 +71,7 @@ Release signing (offline, no broker; the private key never leaves this machine):
 
 Global flags (also from the environment):
   --url URL        broker, mqtt://host:port or mqtts://host:port   (OTAMQ_URL, default mqtt://127.0.0.1:1883)
-  --user ID        operator ID, also the MQTT client ID            (OTAMQ_USER)
+  --user ID        operator ID; the MQTT client ID is ID~RANDOM   (OTAMQ_USER)
   --password PW    operator password                               (OTAMQ_PASSWORD)
   --ca FILE        CA to verify the broker's TLS certificate       (OTAMQ_CA)
   --cert FILE      client certificate for mTLS                     (OTAMQ_CERT)
@@ -209,6 +210,7 @@ func commands() map[string]command {
 		"release list":    releaseList,
 		"release get":     releaseGet,
 		"release abort":   releaseAbort,
+		"release uploads": releaseUploads,
 		"offer create":    offerCreate,
 		"offer cancel":    offerCancel,
 		"offer list":      offerList,

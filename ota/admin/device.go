@@ -80,7 +80,55 @@ func deviceGet(_ context.Context, s *Service, c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v, nil
+	return s.item(v), nil
+}
+
+// deviceItem is a device as device/get and device/list return it: its
+// registration, its status and, if it has one, its current offer with the
+// download's progress.
+type deviceItem struct {
+	fleet.View
+	Offer *otaInfo `json:"offer,omitempty"`
+}
+
+// otaInfo is a device's current offer and how far its download has come
+// (from the offset its heartbeats report while downloading).
+type otaInfo struct {
+	RolloutID string `json:"rollout_id"`
+	Release   string `json:"release"`
+	Version   string `json:"version"`
+	// Size is the image's size.
+	Size uint64 `json:"size,omitempty"`
+	// Downloaded and Progress (percent of Size) are set while the device
+	// reports a download offset.
+	Downloaded *uint64 `json:"downloaded,omitempty"`
+	Progress   *int    `json:"progress,omitempty"`
+}
+
+func (s *Service) item(v fleet.View) deviceItem {
+	return deviceItem{View: v, Offer: s.otaOf(&v.Status, v.ID)}
+}
+
+// otaOf returns device id's current offer and download progress, nil if it
+// has no offer (or the release verbs are off).
+func (s *Service) otaOf(st *fleet.Status, id string) *otaInfo {
+	if s.dlv == nil {
+		return nil
+	}
+	of, ok := s.dlv.Current(id)
+	if !ok {
+		return nil
+	}
+	info := &otaInfo{RolloutID: of.RolloutID, Release: of.Release, Version: of.Version}
+	if r, ok := s.cat.Release(of.Release); ok {
+		info.Size = r.Size
+	}
+	if off := st.DownloadOffset; off != nil && info.Size > 0 {
+		d := min(*off, info.Size)
+		p := int(d * 100 / info.Size)
+		info.Downloaded, info.Progress = &d, &p
+	}
+	return info
 }
 
 type listRequest struct {
@@ -96,12 +144,6 @@ type listRequest struct {
 	Revoked      *bool      `json:"revoked,omitempty"`
 	After        string     `json:"after,omitempty"`
 	Limit        int        `json:"limit,omitempty"`
-}
-
-type listResult struct {
-	Devices []fleet.View `json:"devices"`
-	// Next is the cursor for the next page ("after"), empty on the last.
-	Next string `json:"next,omitempty"`
 }
 
 func (r *listRequest) filter(allowed ...fleet.Role) (fleet.Filter, error) {
@@ -133,10 +175,13 @@ func deviceList(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	views, next := s.fleet.List(f)
-	if views == nil {
-		views = []fleet.View{}
+	items := make([]deviceItem, len(views))
+	for i, v := range views {
+		items[i] = s.item(v)
 	}
-	return listResult{Devices: views, Next: next}, nil
+	// "next" is the cursor of the following page ("after"), "" on the
+	// last.
+	return &page[deviceItem]{key: "devices", items: items, next: next, cursor: func(d deviceItem) any { return d.ID }}, nil
 }
 
 type updateRequest struct {

@@ -81,7 +81,7 @@ func operatorList(_ context.Context, s *Service, c *call) (any, error) {
 	for i, v := range views {
 		ops[i] = v.Device
 	}
-	return map[string]any{"operators": ops, "next": next}, nil
+	return &page[fleet.Device]{key: "operators", items: ops, next: next, cursor: func(d fleet.Device) any { return d.ID }}, nil
 }
 
 func (s *Service) operator(id string) (*fleet.Device, error) {

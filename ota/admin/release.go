@@ -109,12 +109,27 @@ func keyAdd(_ context.Context, s *Service, c *call) (any, error) {
 }
 
 func keyList(_ context.Context, s *Service, c *call) (any, error) {
-	var req struct{}
+	var req pageRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
-	return map[string]any{"keys": s.cat.Keys()}, nil
+	limit, err := req.limit(maxListAll)
+	if err != nil {
+		return nil, err
+	}
+	var keys []release.Key
+	for _, k := range s.cat.Keys() { // by ID
+		if k.ID.String() > req.After {
+			keys = append(keys, k)
+		}
+	}
+	return pageOf(keys, limit, "keys", func(k release.Key) any { return k.ID.String() }), nil
 }
+
+// maxListAll is the default page size of the lists that used to return
+// everything (keys, releases, uploads, offers): their page is cut further
+// only when the requester's Maximum Packet Size calls for it.
+const maxListAll = 1000
 
 type kidRequest struct {
 	KID string `json:"kid"`
@@ -371,20 +386,28 @@ func releaseAbort(_ context.Context, s *Service, c *call) (any, error) {
 	return map[string]any{"aborted": req.ID}, nil
 }
 
+// releaseUploads lists the unfinished uploads, by ID: how far each is, who
+// began it and when it last moved.
 func releaseUploads(_ context.Context, s *Service, c *call) (any, error) {
-	var req struct{}
+	var req pageRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
-	us, err := s.cat.Uploads()
+	limit, err := req.limit(maxListAll)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*release.Upload, 0, len(us))
-	for _, u := range us {
-		out = append(out, uploadView(u))
+	us, err := s.cat.Uploads() // by ID
+	if err != nil {
+		return nil, err
 	}
-	return map[string]any{"uploads": out}, nil
+	var out []*release.Upload
+	for _, u := range us {
+		if u.ID > req.After {
+			out = append(out, uploadView(u))
+		}
+	}
+	return pageOf(out, limit, "uploads", func(u *release.Upload) any { return u.ID }), nil
 }
 
 type releaseIDRequest struct {
@@ -409,20 +432,41 @@ func releaseGet(_ context.Context, s *Service, c *call) (any, error) {
 type releaseListRequest struct {
 	Version  string `json:"version,omitempty"`
 	Hardware string `json:"hardware,omitempty"`
+	// After is the cursor: the ID of the last release of the page before.
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
 }
 
+// releaseList lists releases newest first.
 func releaseList(_ context.Context, s *Service, c *call) (any, error) {
 	var req releaseListRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
 	c.args = req
+	limit, err := pageRequest{Limit: req.Limit}.limit(maxListAll)
+	if err != nil {
+		return nil, err
+	}
 	rs := s.cat.Releases(release.Filter{Version: req.Version, Hardware: req.Hardware})
-	out := make([]*release.Release, 0, len(rs))
-	for i := range rs {
+	start := 0
+	if req.After != "" {
+		start = -1
+		for i := range rs {
+			if rs[i].ID == req.After {
+				start = i + 1
+				break
+			}
+		}
+		if start < 0 {
+			return nil, fail(CodeBadRequest, "after %s: no such release in this list (use the next of a page)", quote(req.After))
+		}
+	}
+	out := make([]*release.Release, 0, len(rs)-start)
+	for i := start; i < len(rs); i++ {
 		out = append(out, releaseView(&rs[i]))
 	}
-	return map[string]any{"releases": out}, nil
+	return pageOf(out, limit, "releases", func(r *release.Release) any { return r.ID }), nil
 }
 
 // maxDevicesPerRequest bounds the device list of one offer or command.
@@ -531,22 +575,57 @@ func offerCancel(_ context.Context, s *Service, c *call) (any, error) {
 
 type offerListRequest struct {
 	Device string `json:"device,omitempty"`
+	// After is the cursor: the device of the last offer of the page
+	// before.
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
 }
 
+// offerItem is an offer with what its device last reported of it: the OTA
+// state, and while downloading how far it is.
+type offerItem struct {
+	delivery.Offer
+	Online     bool    `json:"online"`
+	State      string  `json:"state,omitempty"`
+	Size       uint64  `json:"size,omitempty"`
+	Downloaded *uint64 `json:"downloaded,omitempty"`
+	Progress   *int    `json:"progress,omitempty"`
+}
+
+// offerList lists the current offers by device.
 func offerList(_ context.Context, s *Service, c *call) (any, error) {
 	var req offerListRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
 	c.args = req
-	if req.Device != "" {
-		of, ok := s.dlv.Current(req.Device)
-		if !ok {
-			return map[string]any{"offers": []delivery.Offer{}}, nil
-		}
-		return map[string]any{"offers": []delivery.Offer{of}}, nil
+	limit, err := pageRequest{Limit: req.Limit}.limit(maxListAll)
+	if err != nil {
+		return nil, err
 	}
-	return map[string]any{"offers": s.dlv.Offers()}, nil
+	var offers []delivery.Offer
+	if req.Device != "" {
+		if of, ok := s.dlv.Current(req.Device); ok {
+			offers = append(offers, of)
+		}
+	} else {
+		offers = s.dlv.Offers() // by device
+	}
+	var items []offerItem
+	for _, of := range offers {
+		if of.Device <= req.After {
+			continue
+		}
+		it := offerItem{Offer: of}
+		if v, ok := s.fleet.Get(of.Device); ok {
+			it.Online, it.State = v.Status.Online, v.Status.OTAState
+			if info := s.otaOf(&v.Status, of.Device); info != nil && info.Release == of.Release {
+				it.Size, it.Downloaded, it.Progress = info.Size, info.Downloaded, info.Progress
+			}
+		}
+		items = append(items, it)
+	}
+	return pageOf(items, limit, "offers", func(it offerItem) any { return it.Device }), nil
 }
 
 type commandRequest struct {
@@ -597,8 +676,17 @@ type commandResult struct {
 type timelineRequest struct {
 	ID    string `json:"id"`
 	Limit int    `json:"limit,omitempty"`
+	// Before is the cursor: the next of the page before.
+	Before string `json:"before,omitempty"`
 }
 
+// timelineItem is a timeline entry with the cursor that continues after it.
+type timelineItem struct {
+	delivery.Entry
+	cursor string
+}
+
+// deviceTimeline lists a device's timeline newest first.
 func deviceTimeline(_ context.Context, s *Service, c *call) (any, error) {
 	var req timelineRequest
 	if err := decode(c.req.Body, &req); err != nil {
@@ -608,9 +696,20 @@ func deviceTimeline(_ context.Context, s *Service, c *call) (any, error) {
 	if _, err := s.deviceView(req.ID); err != nil {
 		return nil, err
 	}
-	entries, err := s.dlv.Timeline(req.ID, req.Limit)
+	if req.Limit < 0 {
+		return nil, fail(CodeBadRequest, "limit %d: want 1 or more", req.Limit)
+	}
+	entries, cursors, more, err := s.dlv.TimelinePage(req.ID, req.Before, req.Limit)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"entries": entries}, nil
+	items := make([]timelineItem, len(entries))
+	for i := range entries {
+		items[i] = timelineItem{Entry: entries[i], cursor: cursors[i]}
+	}
+	p := &page[timelineItem]{key: "entries", items: items, next: "", cursor: func(it timelineItem) any { return it.cursor }}
+	if more {
+		p.next = cursors[len(cursors)-1]
+	}
+	return p, nil
 }

@@ -126,6 +126,18 @@ func (s *Service) fit(resp Response, limit int, done bool) Response {
 	default:
 		e.Message = fmt.Sprintf("the request was refused (%s), and the refusal is %d bytes, more than this client takes (%d)", resp.Error.Code, size, limit)
 	}
+	if len(Encode(Response{Error: e})) > limit {
+		// A very small client: the short form. (If even that does not
+		// fit, the adapter sends nothing.)
+		switch {
+		case resp.OK && done:
+			e.Message = "carried out; reply too large"
+		case resp.OK:
+			e.Message = "reply too large"
+		default:
+			e.Message = "refused: " + resp.Error.Code
+		}
+	}
 	return Response{Error: e}
 }
 
