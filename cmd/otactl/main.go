@@ -36,6 +36,9 @@ Devices and gateways:
                      [--no-groups] [--tag k=v]... [--no-tags] [--parent GW|--no-parent]
                      [--rotate-token] [--reinstate]
   device revoke ID   [--reason TEXT]
+  device import FILE [--tokens OUT] [--batch N]   register a fleet from CSV or JSON lines
+                     (id, role, hardware, region, connectivity, groups, tags, parent, auth);
+                     tokens go to a new file (mode 0600), default FILE.tokens
 
 Operators and observers:
   operator add ID    [--observer] [--cert-only] [--password-stdin]
@@ -198,6 +201,7 @@ func commands() map[string]command {
 		"device get":      deviceGet,
 		"device update":   deviceUpdate,
 		"device revoke":   deviceRevoke,
+		"device import":   deviceImport,
 		"operator add":    operatorAdd,
 		"operator list":   operatorList,
 		"operator update": operatorUpdate,

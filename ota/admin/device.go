@@ -10,50 +10,6 @@ import (
 
 // The device/* verbs manage devices and gateways.
 
-type registerRequest struct {
-	ID   string           `json:"id"`
-	Role fleet.Role       `json:"role,omitempty"`
-	Auth fleet.AuthMethod `json:"auth,omitempty"`
-	fleet.Attributes
-}
-
-type deviceResult struct {
-	Device fleet.Device `json:"device"`
-	// Token is returned once, at registration or rotation, and never
-	// stored in clear.
-	Token string `json:"token,omitempty"`
-}
-
-func deviceRegister(_ context.Context, s *Service, c *call) (any, error) {
-	var req registerRequest
-	if err := decode(c.req.Body, &req); err != nil {
-		return nil, err
-	}
-	c.target, c.args = req.ID, req
-	if req.Role == "" {
-		req.Role = fleet.RoleDevice
-	}
-	if !req.Role.IsDevice() {
-		return nil, fail(CodeBadRequest, "device/register takes role device or gateway, not %s (operators: operator/add)", quote(string(req.Role)))
-	}
-	var token string
-	var secret fleet.Secret
-	if req.Auth == "" || req.Auth == fleet.AuthToken {
-		token = fleet.NewToken()
-		secret = fleet.TokenSecret(token)
-	}
-	var dev fleet.Device
-	err := c.commit(func(tx *store.Tx) error {
-		d, err := s.fleet.Register(tx, fleet.Registration{ID: req.ID, Role: req.Role, Auth: req.Auth, Attributes: req.Attributes}, secret, c.req.Caller.ID)
-		dev = d
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return deviceResult{Device: dev, Token: token}, nil
-}
-
 type idRequest struct {
 	ID string `json:"id"`
 }

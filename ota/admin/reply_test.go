@@ -133,11 +133,21 @@ func TestReplyTooLarge(t *testing.T) {
 	if resp.OK || resp.Error.Code != CodeTooLarge {
 		t.Fatalf("a list whose first item cannot fit: %+v", resp)
 	}
-	resp = e.handleFit(op, "device/register", map[string]any{"id": "new-1"}, 150)
+	// A change whose reply cannot fit is made, and the error says so.
+	resp = e.handleFit(op, "device/update", map[string]any{"id": "big", "region": "eu"}, 150)
 	if resp.OK || resp.Error.Code != CodeTooLarge || !strings.Contains(resp.Error.Message, "carried out") {
+		t.Fatalf("update whose reply cannot fit: %+v", resp.Error)
+	}
+	if d, _ := e.reg.Lookup("big"); d.Region != "eu" {
+		t.Fatal("the change said to be carried out is not there")
+	}
+	// A registration's token is shown once: one whose reply cannot fit is
+	// refused before anything is registered.
+	resp = e.handleFit(op, "device/register", map[string]any{"id": "new-1"}, 150)
+	if resp.OK || resp.Error.Code != CodeTooLarge {
 		t.Fatalf("register whose reply cannot fit: %+v", resp.Error)
 	}
-	if _, ok := e.reg.Lookup("new-1"); !ok {
-		t.Fatal("the change said to be carried out is not there")
+	if _, ok := e.reg.Lookup("new-1"); ok {
+		t.Fatal("registered although its token could not be returned")
 	}
 }
