@@ -134,9 +134,21 @@ func TestAdminObserverFloodBounded(t *testing.T) {
 			t.Fatalf("args of %d bytes, truncated %v", len(r.Args), r.Truncated)
 		}
 	}
-	// The full ID finds its records through the target index.
-	if byTarget := auditAll(t, b.admin(), map[string]any{"target": id}); len(byTarget) != len(gets) {
-		t.Fatalf("by the 60 KiB target: %d records, want %d", len(byTarget), len(gets))
+	// The full ID finds its records through the target index (the same
+	// ones, less the few the log's retention dropped since: every query is
+	// on the record too).
+	byTarget := auditAll(t, b.admin(), map[string]any{"target": id})
+	seqs := map[uint64]bool{}
+	for _, r := range gets {
+		seqs[r.Seq] = true
+	}
+	for _, r := range byTarget {
+		if !seqs[r.Seq] {
+			t.Fatalf("by the 60 KiB target: record %d is not one of olga's release/get", r.Seq)
+		}
+	}
+	if len(byTarget) < len(gets)-5 {
+		t.Fatalf("by the 60 KiB target: %d records, want about %d", len(byTarget), len(gets))
 	}
 	// The refused ones are on the record too, summed up.
 	limited := auditAll(t, b.admin(), map[string]any{"action": "admin/rate_limited", "actor": "olga"})
