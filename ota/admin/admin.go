@@ -507,9 +507,6 @@ func auditList(_ context.Context, s *Service, c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &page[audit.Record]{key: "records", items: recs, cursor: func(r audit.Record) any { return r.Seq }, next: next}
-	if next == 0 {
-		p.next = uint64(0)
-	}
-	return p, nil
+	// "next" is the cursor of the following page ("before"), 0 on the last.
+	return &page[audit.Record]{key: "records", items: recs, cursor: func(r audit.Record) any { return r.Seq }, next: next}, nil
 }
