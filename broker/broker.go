@@ -34,6 +34,7 @@ import (
 
 	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/ota/admin"
+	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -162,8 +163,13 @@ func New(opts Options) (_ *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b.admin = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now, Disconnector: b.events,
-		Catalog: b.catalog, Delivery: b.delivery})
+	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now,
+		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
+		Catalog:      b.catalog, Delivery: b.delivery,
+		Rate: o.AdminRate, Burst: o.AdminBurst, Audit: audit.Retention{MaxRecords: o.AuditMaxRecords, MaxAge: o.AuditMaxAge}})
+	if err != nil {
+		return nil, err
+	}
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog))
 
 	// Hook order is fixed: authentication, per-client limits,

@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"time"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/admin"
+	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -119,6 +122,19 @@ type Options struct {
 	// AdminQueue is how many admin requests may wait. Default
 	// DefaultAdminQueue.
 	AdminQueue int
+	// AdminRate is how many admin requests per second one operator or
+	// observer (all its sessions together) may send, with bursts of
+	// AdminBurst; beyond it a request is refused with "rate_limited" and
+	// the time to wait. Default admin.DefaultRate (100) and
+	// admin.DefaultBurst (200); a negative AdminRate: no limit.
+	AdminRate  float64
+	AdminBurst int
+	// AuditMaxRecords and AuditMaxAge bound the audit log: the oldest
+	// records go once there are more, or once they are older. Default
+	// audit.DefaultMaxRecords (1,000,000) and audit.DefaultMaxAge (90
+	// days); negative: no limit.
+	AuditMaxRecords int
+	AuditMaxAge     time.Duration
 
 	// FirstOperator and FirstOperatorPassword create the first operator of
 	// an empty database. Default ID DefaultFirstOperator; with no password
@@ -219,6 +235,18 @@ func (o Options) withDefaults() Options {
 	if o.AdminQueue <= 0 {
 		o.AdminQueue = DefaultAdminQueue
 	}
+	if o.AdminRate == 0 {
+		o.AdminRate = admin.DefaultRate
+	}
+	if o.AdminBurst == 0 {
+		o.AdminBurst = admin.DefaultBurst
+	}
+	if o.AuditMaxRecords == 0 {
+		o.AuditMaxRecords = audit.DefaultMaxRecords
+	}
+	if o.AuditMaxAge == 0 {
+		o.AuditMaxAge = audit.DefaultMaxAge
+	}
 	if o.MaxImageSize == 0 {
 		o.MaxImageSize = release.DefaultMaxImageSize
 	}
@@ -311,6 +339,15 @@ func (o Options) Validate() error {
 	}
 	if o.GlobalRate < 0 {
 		bad("ota.global_rate", "global rate %v must not be negative", o.GlobalRate)
+	}
+	if math.IsNaN(o.AdminRate) || math.IsInf(o.AdminRate, 0) {
+		errs = append(errs, fmt.Errorf("rate_limit %v must be a number of requests per second (negative: no limit)", o.AdminRate))
+	}
+	if o.AdminBurst < 0 {
+		errs = append(errs, fmt.Errorf("rate_burst %d must not be negative", o.AdminBurst))
+	}
+	if o.AuditMaxAge > 0 && o.AuditMaxAge < time.Minute {
+		errs = append(errs, fmt.Errorf("audit_max_age %v is below a minute (negative: no limit)", o.AuditMaxAge))
 	}
 	for i, r := range o.Rules {
 		err := r.Validate(o.Prefix)

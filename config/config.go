@@ -75,10 +75,14 @@ type Fleet struct {
 
 // Admin configures the admin API.
 type Admin struct {
-	Workers               int    `yaml:"workers"`
-	Queue                 int    `yaml:"queue"`
-	FirstOperator         string `yaml:"first_operator"`
-	FirstOperatorPassword string `yaml:"first_operator_password"`
+	Workers               int           `yaml:"workers"`
+	Queue                 int           `yaml:"queue"`
+	FirstOperator         string        `yaml:"first_operator"`
+	FirstOperatorPassword string        `yaml:"first_operator_password"`
+	RateLimit             float64       `yaml:"rate_limit"`
+	RateBurst             int           `yaml:"rate_burst"`
+	AuditMaxRecords       int           `yaml:"audit_max_records"`
+	AuditMaxAge           time.Duration `yaml:"audit_max_age"`
 }
 
 // OTA configures releases and block serving.
@@ -163,6 +167,8 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		FlushInterval:         f.Fleet.FlushInterval,
 		AdminWorkers:          f.Admin.Workers, AdminQueue: f.Admin.Queue,
 		FirstOperator: f.Admin.FirstOperator, FirstOperatorPassword: f.Admin.FirstOperatorPassword,
+		AdminRate: f.Admin.RateLimit, AdminBurst: f.Admin.RateBurst,
+		AuditMaxRecords: f.Admin.AuditMaxRecords, AuditMaxAge: f.Admin.AuditMaxAge,
 		MaxImageSize: f.OTA.MaxImageSize, MaxBlockSize: f.OTA.MaxBlockSize, MaxWindow: f.OTA.MaxWindow,
 		DeviceRate: f.OTA.DeviceRate, GlobalRate: f.OTA.GlobalRate,
 		Rules:  f.Rules,

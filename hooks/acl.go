@@ -199,7 +199,7 @@ func (a *ACL) OnACLCheck(cl *mqtt.Client, filter string, write bool) bool {
 // Allowed reports whether client id may publish to (write) or subscribe to
 // or receive from (read) filter.
 func (a *ACL) Allowed(id, filter string, write bool) bool {
-	d, ok := a.fleet.Lookup(id)
+	d, ok := a.fleet.LookupClient(id) // an operator session ID~SUFFIX acts as ID
 	if !ok || d.Revoked {
 		return false
 	}
@@ -222,7 +222,7 @@ func (a *ACL) Allowed(id, filter string, write bool) bool {
 		if d.Role.IsDevice() {
 			return a.deviceAllowed(d, filter, write)
 		}
-		return a.operatorAllowed(d, filter, write)
+		return a.operatorAllowed(d, id, filter, write)
 	}
 	for _, r := range a.rules {
 		if r.allows(d, filter, write) {
@@ -261,8 +261,9 @@ func (a *ACL) deviceAllowed(d *fleet.Device, filter string, write bool) bool {
 }
 
 // operatorAllowed: operators publish admin requests and read their own
-// replies and the fleet events; observers the same, limited to reads.
-func (a *ACL) operatorAllowed(d *fleet.Device, filter string, write bool) bool {
+// replies (those of their connection's client ID) and the fleet events;
+// observers the same, limited to reads.
+func (a *ACL) operatorAllowed(d *fleet.Device, clientID, filter string, write bool) bool {
 	if write {
 		res, verb, ok := a.topics.ParseAdmin(filter)
 		if !ok {
@@ -270,5 +271,5 @@ func (a *ACL) operatorAllowed(d *fleet.Device, filter string, write bool) bool {
 		}
 		return d.Role == fleet.RoleOperator || a.readOnly(res+"/"+verb)
 	}
-	return filter == a.topics.FleetEvents() || covers(a.topics.ReplyPrefix(d.ID)+"#", filter)
+	return filter == a.topics.FleetEvents() || covers(a.topics.ReplyPrefix(clientID)+"#", filter)
 }

@@ -92,7 +92,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			c.CertCN = certs[0].Subject.CommonName
 		}
 	}
-	_, err := a.fleet.Authenticate(c)
+	_, err := a.fleet.AuthenticateClient(c) // the client ID may be an operator session, ID~SUFFIX
 	if errors.Is(err, fleet.ErrNotFound) && a.Anonymous[cl.Net.Listener] && !slices.Contains(reservedAnonymous, cl.ID) {
 		return a.anonymous(cl, start)
 	}

@@ -52,6 +52,12 @@ var helps = []helpText{
 			"otactl device update dev-7 --reinstate --rotate-token"}},
 	{name: "device revoke", section: secDevices, args: "ID", summary: "disconnect a device and refuse it from now on",
 		examples: []string{`otactl device revoke dev-7 --reason "stolen"`}},
+	{name: "device import", section: secDevices, args: "FILE", summary: "register a whole fleet from CSV or JSON lines; tokens go to a new 0600 file",
+		about: "Columns (CSV header) or keys (JSON lines): id, role, hardware, region, connectivity, groups, tags,\n" +
+			"parent, auth. The file is checked here first, then every batch is dry-run on the broker; devices are\n" +
+			"registered only if nothing is refused (gateways first). Tokens go to --tokens (default FILE.tokens),\n" +
+			"never overwritten. Progress goes to stderr.",
+		examples: []string{"otactl device import fleet.csv", "otactl device import fleet.jsonl --tokens fleet.tokens"}},
 	{name: "device timeline", section: secDevices, args: "ID", summary: "offers, cancels and the device's own update events, newest first",
 		examples: []string{"otactl device timeline dev-7 --limit 20"}},
 
@@ -82,8 +88,10 @@ var helps = []helpText{
 		examples: []string{"otactl release upload firmware.bin firmware.bin.manifest"}},
 	{name: "release list", section: secReleases, summary: "list releases",
 		examples: []string{"otactl release list --hardware esp32-v2"}},
-	{name: "release get", section: secReleases, args: "ID", summary: "show one release",
-		examples: []string{"otactl release get 1.2.4@3fa2c1d9"}},
+	{name: "release get", section: secReleases, args: "REF", summary: "show one release: REF is its ID, VERSION@DIGEST-PREFIX, or VERSION when only one release has it",
+		examples: []string{"otactl release get 1.2.4@3fa2c1d9", "otactl release get 1.2.4"}},
+	{name: "release uploads", section: secReleases, summary: "list unfinished uploads, with the UPLOAD-ID release abort takes",
+		examples: []string{"otactl release uploads"}},
 	{name: "release abort", section: secReleases, args: "UPLOAD-ID", summary: "drop an unfinished upload",
 		examples: []string{"otactl release abort u-3fa2c1d98e4b"}},
 	{name: "offer create", section: secReleases, args: "RELEASE DEVICE...", summary: "offer a release to devices (sent at once to those connected)",
@@ -109,7 +117,7 @@ var helps = []helpText{
 
 const globalFlagsHelp = `Global flags (before or after the command; also from the environment):
   --url URL        broker, mqtt://host:port or mqtts://host:port   (OTAMQ_URL, default mqtt://127.0.0.1:1883)
-  --user ID        operator ID, also the MQTT client ID            (OTAMQ_USER)
+  --user ID        operator ID; the MQTT client ID is ID~RANDOM     (OTAMQ_USER)
   --password PW    operator password                               (OTAMQ_PASSWORD)
   --ca FILE        CA to verify the broker's TLS certificate       (OTAMQ_CA)
   --cert FILE      client certificate for mTLS                     (OTAMQ_CERT)

@@ -94,11 +94,13 @@ func seedDevices(dataDir string, n int) error {
 	return nil
 }
 
-// otamqBroker starts otamq on dataDir (seeded beforehand).
+// otamqBroker starts otamq on dataDir (seeded beforehand), without the
+// per-operator admin rate limit (the benchmarks measure the admin path
+// itself).
 func otamqBroker(dataDir string, pprof bool) (*broker.Broker, error) {
 	b, err := broker.New(broker.Options{
 		DataDir: dataDir, TCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Pprof: pprof,
-		FirstOperator: "bench", FirstOperatorPassword: benchOperatorPassword, Logger: quiet,
+		FirstOperator: "bench", FirstOperatorPassword: benchOperatorPassword, Logger: quiet, AdminRate: -1,
 	})
 	if err != nil {
 		return nil, err
