@@ -21,7 +21,7 @@ const MaxPendingWindows = 8
 const busyRetry = 100 * time.Millisecond
 
 // blocksPerRead is how many blocks a sender reads from the store in one
-// read transaction.
+// read transaction (delivery.Service.Next reads fewer when they are large).
 const blocksPerRead = 4
 
 // Blocks serves block requests off the clients' read goroutines and writes
@@ -201,8 +201,8 @@ func (b *Blocks) sendWindow(cl *mqtt.Client, j *blockJob) {
 		if cl.Closed() {
 			return
 		}
-		// The block is written before the next is read, so the buffer
-		// delivery reuses may be handed over as it is.
+		// Next emits after its read transaction has ended: a write that
+		// waits for the client never holds the store.
 		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: j.topic, Payload: msg}
 		if err := cl.WritePacket(pk); err != nil {
 			b.log.Debug("block not written", "client", cl.ID, "device", j.id, "err", err)

@@ -105,7 +105,7 @@ func (s *Session) Provides(b byte) bool {
 
 // OnConnect implements mqtt.Hook. It runs after Auth accepted the client.
 func (s *Session) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
-	d, ok := s.fleet.Lookup(cl.ID)
+	d, ok := s.fleet.LookupClient(cl.ID) // an operator session "ID~SUFFIX" too
 	if !ok || d.Role.IsDevice() {
 		return nil
 	}

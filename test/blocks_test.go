@@ -115,3 +115,17 @@ func readRaw(r *bufio.Reader) (byte, []byte, error) {
 	_, err = io.ReadFull(r, body)
 	return h >> 4, body, err
 }
+
+// TestStuckDownloadNeverHoldsTheStore: a device that stops reading in the
+// middle of a window leaves its sender waiting on the socket, and that
+// sender must not hold a read transaction of the store meanwhile: bbolt
+// cannot grow its file while one is open, so every write would stall. The
+// 8 MiB upload below makes the file grow.
+func TestStuckDownloadNeverHoldsTheStore(t *testing.T) {
+	b, _, _, _ := stuckFleet(t, 2)
+	key, pub := newKey(t)
+	b.trustKey(pub)
+	// Fails (no reply within the admin client's timeout) if a stuck sender
+	// holds a read transaction.
+	b.release(makeFirmware(t, key, "3.0.0", []string{"esp32-v2"}, 8<<20))
+}

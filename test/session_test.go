@@ -349,3 +349,28 @@ func TestOnlyAuthorizedSubscribersCount(t *testing.T) {
 		t.Fatalf("the former gateway received %v", got)
 	}
 }
+
+// TestOperatorSessionIDsAreBounded: an operator's per-process session
+// (client ID "ID~SUFFIX", as otactl connects) gets the operator session
+// expiry too.
+func TestOperatorSessionIDsAreBounded(t *testing.T) {
+	b := startBroker(t)
+	week := uint32(7 * 24 * 3600)
+	conn, err := net.DialTimeout("tcp", b.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := opID + "~s1"
+	cli := paho.NewClient(paho.ClientConfig{ClientID: id, Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ca, err := cli.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, Username: opID, UsernameFlag: true,
+		Password: []byte(opPassword), PasswordFlag: true, Properties: &paho.ConnectProperties{SessionExpiryInterval: &week}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cli.Disconnect(&paho.Disconnect{}) }()
+	if ca.Properties == nil || ca.Properties.SessionExpiryInterval == nil || *ca.Properties.SessionExpiryInterval != 3600 {
+		t.Fatalf("session %s: CONNACK %+v", id, ca.Properties)
+	}
+}

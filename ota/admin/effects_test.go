@@ -38,9 +38,9 @@ func (w *witness) check(kind string) {
 	w.seen[w.action] = len(recs) == 1 && recs[0].Result == audit.ResultOK && recs[0].Time.After(time.Time{})
 }
 
-func (w *witness) SendOffer(string, []byte)        { w.check("offer") }
+func (w *witness) SendOffer(string, []byte)         { w.check("offer") }
 func (w *witness) SendCommand(string, []byte) error { w.check("command"); return nil }
-func (w *witness) Disconnect(id, keep string)      { w.check("disconnect") }
+func (w *witness) Disconnect(id, keep string)       { w.check("disconnect") }
 func (w *witness) expect(action string) *witness {
 	w.mu.Lock()
 	w.action = action

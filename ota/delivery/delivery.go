@@ -94,7 +94,8 @@ type Options struct {
 	// MaxBlockSize caps the block size a device may ask for. Default
 	// DefaultMaxBlockSize.
 	MaxBlockSize int
-	// MaxWindow caps the blocks of one request. Default DefaultMaxWindow.
+	// MaxWindow caps the blocks of one request. Default DefaultMaxWindow;
+	// at most 256.
 	MaxWindow int
 	// DeviceRate is the bytes per second one device may download, with a
 	// burst of one full window. Default DefaultDeviceRate; negative: no
@@ -203,6 +204,7 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 	if o.MaxWindow <= 0 {
 		o.MaxWindow = DefaultMaxWindow
 	}
+	o.MaxWindow = min(o.MaxWindow, maxWindowLimit)
 	if o.DeviceRate == 0 {
 		o.DeviceRate = DefaultDeviceRate
 	}
@@ -627,11 +629,21 @@ func (s *Service) begin(id string, req wire.BlockRequest, maxData int, emit func
 	return &Window{requestID: req.RequestID, digest: d, imageSize: r.Size, next: req.Offset, size: size, left: count}, ResultServed
 }
 
-// Next emits up to n more blocks of w (fewer at the end of the window),
-// read in one read transaction. If the image cannot be read it emits an
-// "internal" block error, counts it, ends the window and returns false.
+// MaxReadBytes bounds the block data Next reads in one read transaction.
+const MaxReadBytes = 32 * 1024
+
+// maxWindowLimit is the largest window Options.MaxWindow may set.
+const maxWindowLimit = 256
+
+// Next emits up to n more blocks of w (fewer at the end of the window, and
+// no more than fit MaxReadBytes, but at least one). The blocks are read in
+// one read transaction and emitted after it has ended, so emit may block
+// (on a client's socket) without holding the store: a read transaction
+// left open keeps the store from growing its file, which stalls every
+// write. If the image cannot be read it emits an "internal" block error,
+// counts it, ends the window and returns false.
 func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
-	n = min(n, w.left)
+	n = min(n, w.left, max(1, MaxReadBytes/w.size)) // w.left <= maxWindowLimit
 	if n <= 0 {
 		return true
 	}
@@ -640,15 +652,17 @@ func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
 		buf = new([]byte)
 	}
 	defer msgBufs.Put(buf)
+	var ends, sizes [maxWindowLimit]int32 // each message's end in *buf, and its data size
+	msgs := (*buf)[:0]
+	next, count := w.next, 0
 	err := s.cat.ReadBlocks(w.digest, w.next, w.size, n, func(off uint64, data []byte) error {
-		msg := wire.AppendBlock((*buf)[:0], w.requestID, off, w.imageSize, data)
-		*buf = msg
-		emit(msg)
-		s.o.Recorder.BlockBytes(len(data))
-		w.next = off + uint64(len(data))
-		w.left--
+		msgs = wire.AppendBlock(msgs, w.requestID, off, w.imageSize, data)
+		ends[count], sizes[count] = int32(len(msgs)), int32(len(data))
+		count++
+		next = off + uint64(len(data))
 		return nil
 	})
+	*buf = msgs
 	if err != nil {
 		s.o.Logger.Error("image read failed", "digest", w.digest.String(), "offset", w.next, "err", err)
 		emit(blockError(wire.BlockRequest{RequestID: w.requestID, Offset: w.next}, wire.BlockInternal, 0, "internal error"))
@@ -656,6 +670,14 @@ func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
 		w.left = 0
 		return false
 	}
+	start := int32(0)
+	for i := range count {
+		msg := msgs[start:ends[i]]
+		emit(msg)
+		s.o.Recorder.BlockBytes(int(sizes[i]))
+		start = ends[i]
+	}
+	w.next, w.left = next, w.left-count
 	return true
 }
 

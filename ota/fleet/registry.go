@@ -311,7 +311,7 @@ type Credentials struct {
 
 // checkPassword verifies an operator password through the login throttle.
 func (r *Registry) checkPassword(c Credentials, secret string) error {
-	a, err := r.throttle.begin(c.ClientID, addressKey(c.Remote), r.now())
+	a, err := r.throttle.begin(c.ClientID, addressKey(c.Remote), r.now)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,7 @@ import (
 // "ID~SUFFIX", authenticating as ID: username ID and ID's password, or a
 // certificate whose common name is ID. Such a connection acts as ID in
 // everything (roles, audit) except its reply topics, which are its own. The
-// separator cannot occur in a registered ID (DESIGN.md §2's pattern), so a
+// separator cannot occur in a registered ID (the ID pattern in docs/PROTOCOL.md), so a
 // session ID never names a registered client, and devices and gateways
 // never have sessions: their client ID is their identity.
 

@@ -19,15 +19,15 @@ import (
 //   - a source address gets LoginFreeFailuresAddr failures, then backs off
 //     the same way up to LoginMaxBackoffAddr;
 //   - at most LoginInflightID checks of one ID and LoginInflightAddr of one
-//     address run at once, so a burst of parallel guesses is throttled
-//     before its failures are known;
+//     address run at once; more wait (up to LoginInflightWait) for one to
+//     end, so a burst of parallel guesses meets the backoff its first
+//     failures start, and parallel good logins go one after another;
 //   - a record is forgotten LoginForget after its last failure; a good login
 //     clears its client ID's record (not its address's).
 //
 // Of the password-check slots, one is kept for clean attempts (no recent
-// failure and no other check in flight for the ID or the address), so a
-// flood of bad logins does not queue a good login of another operator
-// behind it. Attempts with recent failures
+// failure of the ID or the address), so a flood of bad logins does not
+// queue a good login of another operator behind it. Attempts with recent failures
 // that cannot get a slot within LoginSlotWait are throttled.
 const (
 	LoginFreeFailuresID   = 3
@@ -38,6 +38,7 @@ const (
 	LoginInflightAddr     = 4
 	LoginForget           = 15 * time.Minute
 	LoginSlotWait         = 100 * time.Millisecond
+	LoginInflightWait     = 2 * time.Second
 	// loginMaxTracked bounds each map; when it is full of live records,
 	// new keys are treated as having failed before.
 	loginMaxTracked = 100_000
@@ -84,11 +85,13 @@ type failures struct {
 // throttle keeps the failure records. Its methods are safe for concurrent
 // use.
 type throttle struct {
-	// mu guards ids, addrs and swept.
+	// mu guards ids, addrs, swept and changed.
 	mu    sync.Mutex
 	ids   map[string]*failures
 	addrs map[string]*failures
 	swept time.Time // last sweep of a full map
+	// changed is closed (and replaced) whenever a check ends.
+	changed chan struct{}
 
 	// slots bounds concurrent password checks; clean is the one kept for
 	// attempts without recent failures.
@@ -97,7 +100,7 @@ type throttle struct {
 }
 
 func newThrottle(checks int) *throttle {
-	t := &throttle{ids: map[string]*failures{}, addrs: map[string]*failures{}, clean: make(chan struct{}, 1)}
+	t := &throttle{ids: map[string]*failures{}, addrs: map[string]*failures{}, clean: make(chan struct{}, 1), changed: make(chan struct{})}
 	if checks > 1 {
 		t.slots = make(chan struct{}, checks-1)
 	}
@@ -113,28 +116,54 @@ type attempt struct {
 
 // begin admits a password check of id from addr at now, or refuses it
 // with a *ThrottledError. An admitted attempt holds a check slot until done.
-func (t *throttle) begin(id, addr string, now time.Time) (*attempt, error) {
+func (t *throttle) begin(id, addr string, clock func() time.Time) (*attempt, error) {
+	var wait *time.Timer
+	defer func() {
+		if wait != nil {
+			wait.Stop()
+		}
+	}()
 	t.mu.Lock()
-	fid := t.record(t.ids, id, now)
-	fad := t.record(t.addrs, addr, now)
-	var err error
-	switch {
-	case now.Before(fid.until):
-		err = &ThrottledError{Scope: ThrottleID, Retry: fid.until.Sub(now)}
-	case now.Before(fad.until):
-		err = &ThrottledError{Scope: ThrottleAddress, Retry: fad.until.Sub(now)}
-	case fid.inflight >= LoginInflightID:
-		err = &ThrottledError{Scope: ThrottleID}
-	case fad.inflight >= LoginInflightAddr:
-		err = &ThrottledError{Scope: ThrottleAddress}
-	}
-	if err != nil {
+	var fid, fad *failures
+	for {
+		now := clock()
+		fid = t.record(t.ids, id, now)
+		fad = t.record(t.addrs, addr, now)
+		var err error
+		switch {
+		case now.Before(fid.until):
+			err = &ThrottledError{Scope: ThrottleID, Retry: fid.until.Sub(now)}
+		case now.Before(fad.until):
+			err = &ThrottledError{Scope: ThrottleAddress, Retry: fad.until.Sub(now)}
+		}
+		if err != nil {
+			t.mu.Unlock()
+			return nil, err
+		}
+		if fid.inflight < LoginInflightID && fad.inflight < LoginInflightAddr {
+			break
+		}
+		// Too many checks of this ID or address at once: wait for one to
+		// end (a burst of guesses then meets the backoff its first
+		// failures start; parallel good logins go one after another).
+		if wait == nil {
+			wait = time.NewTimer(LoginInflightWait)
+		}
+		changed := t.changed
 		t.mu.Unlock()
-		return nil, err
+		select {
+		case <-changed:
+		case <-wait.C:
+			scope := ThrottleID
+			if fid.inflight < LoginInflightID {
+				scope = ThrottleAddress
+			}
+			return nil, &ThrottledError{Scope: scope}
+		}
+		t.mu.Lock()
 	}
-	// Clean: no recent failure and nothing else in flight for the ID or
-	// the address, so a burst from one place is one clean attempt.
-	suspect := fid.n > 0 || fad.n > 0 || fid.inflight > 0 || fad.inflight > 0
+	// Clean: no recent failure of the ID or the address.
+	suspect := fid.n > 0 || fad.n > 0
 	fid.inflight++
 	fad.inflight++
 	t.mu.Unlock()
@@ -182,6 +211,8 @@ func (a *attempt) done(ok bool, now time.Time) {
 	fail(t.record(t.addrs, a.addr, now), now, LoginFreeFailuresAddr, LoginMaxBackoffAddr)
 }
 
+// release ends a check of id from addr and wakes those waiting for one.
+// t.mu is held.
 func (t *throttle) release(id, addr string) {
 	if f := t.ids[id]; f != nil {
 		f.inflight--
@@ -189,6 +220,8 @@ func (t *throttle) release(id, addr string) {
 	if f := t.addrs[addr]; f != nil {
 		f.inflight--
 	}
+	close(t.changed)
+	t.changed = make(chan struct{})
 }
 
 func fail(f *failures, now time.Time, free int, maxBackoff time.Duration) {

@@ -199,7 +199,7 @@ func TestThrottleKeepsASlotForCleanLogins(t *testing.T) {
 	th.mu.Lock()
 	fail(th.record(th.addrs, "203.0.113.1", now), now, LoginFreeFailuresAddr, LoginMaxBackoffAddr)
 	th.mu.Unlock()
-	held, err := th.begin("ops", "203.0.113.1", now)
+	held, err := th.begin("ops", "203.0.113.1", func() time.Time { return now })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,11 +207,11 @@ func TestThrottleKeepsASlotForCleanLogins(t *testing.T) {
 	th.mu.Lock()
 	fail(th.record(th.addrs, "203.0.113.2", now), now, LoginFreeFailuresAddr, LoginMaxBackoffAddr)
 	th.mu.Unlock()
-	if _, err := th.begin("ops2", "203.0.113.2", now); scopeOf(err) != ThrottleBusy {
+	if _, err := th.begin("ops2", "203.0.113.2", func() time.Time { return now }); scopeOf(err) != ThrottleBusy {
 		t.Fatalf("second suspect: %v, want busy", err)
 	}
 	// ...but a clean one does.
-	clean, err := th.begin("ops2", "198.51.100.2", now)
+	clean, err := th.begin("ops2", "198.51.100.2", func() time.Time { return now })
 	if err != nil {
 		t.Fatalf("clean attempt while the shared slot is held: %v", err)
 	}
@@ -245,5 +245,46 @@ func TestThrottleMapsAreBounded(t *testing.T) {
 	th.mu.Unlock()
 	if f.n != 0 || len(th.addrs) > 2 {
 		t.Fatalf("stale records not swept: %d left", len(th.addrs))
+	}
+}
+
+// TestThrottleCountsSessionsAsTheirOperator: guesses through session
+// client IDs "ops~SUFFIX" count toward ops, so a fresh suffix per guess
+// does not evade the backoff.
+func TestThrottleCountsSessionsAsTheirOperator(t *testing.T) {
+	r, _ := throttleSetup(t, 0)
+	for i := range LoginFreeFailuresID + 1 {
+		_, err := r.AuthenticateClient(Credentials{ClientID: fmt.Sprintf("ops~s%d", i), Username: "ops", Password: []byte("wrong"),
+			Remote: fmt.Sprintf("10.9.0.%d:1", i)})
+		if !errors.Is(err, ErrBadCredentials) {
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	_, err := r.AuthenticateClient(Credentials{ClientID: "ops~fresh", Username: "ops", Password: []byte(opPW), Remote: "10.9.1.1:1"})
+	if scopeOf(err) != ThrottleID {
+		t.Fatalf("a new session suffix after the guesses: %v, want throttled by client_id", err)
+	}
+}
+
+// TestThrottleParallelGoodLogins: more good logins of one operator at once
+// than may be checked at once wait their turn instead of being refused.
+func TestThrottleParallelGoodLogins(t *testing.T) {
+	r, _ := throttleSetup(t, 2)
+	const n = 12
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- login(r, "ops", opPW, fmt.Sprintf("198.51.100.7:%d", 1000+i))
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a parallel good login: %v", err)
+		}
 	}
 }
