@@ -112,10 +112,6 @@ func otamqBroker(dataDir string, pprof bool) (*broker.Broker, error) {
 // free memory to the OS, so two processes are compared on what they hold.
 func rssBytes() int64 { return procStatus("VmRSS") }
 
-// rssFileBytes is the part of the resident set that maps files (for otamq,
-// the pages of its bbolt file it has read: page cache, reclaimable).
-func rssFileBytes() int64 { return procStatus("RssFile") }
-
 func procStatus(field string) int64 {
 	runtime.GC()
 	debug.FreeOSMemory()
