@@ -11,8 +11,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -178,6 +180,10 @@ func benchDownloads() error {
 		var b2 burstResult
 		b2, err = burst(ds, img, size, window, mem, httpAddr, *blkProfDir)
 		if err == nil {
+			var st stallResult
+			if st, err = stall(mqttAddr, img, ds, size, window, mem); err == nil {
+				defer printStall(st, active)
+			}
 			defer printBursts(idleMem, a, b2, half, active)
 		}
 	}
@@ -319,4 +325,68 @@ func sendHeartbeats(conns []net.Conn, id func(int) string, rate int, stop *atomi
 			next++
 		}
 	}
+}
+
+// stallResult is the server's memory, after a forced GC, before and while
+// every downloader has a window in flight that its client stopped reading.
+type stallResult struct {
+	before, during blkMem
+}
+
+// stall measures what a download in flight holds: each device of ds
+// connects again (its old connection closed first) with a 4 KiB receive
+// buffer, asks for a window and reads nothing, so that the broker's sender
+// for it waits on a full socket with the rest of the window to send.
+func stall(addr string, img *blkImage, ds []*blkDevice, size, window int, mem func(bool) (blkMem, error)) (stallResult, error) {
+	n := len(ds)
+	var r stallResult
+	var err error
+	if r.before, err = mem(true); err != nil {
+		return r, err
+	}
+	small := net.Dialer{Timeout: 30 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	for i := range conns {
+		id := ds[i].id
+		_ = ds[i].c.Close()
+		c, err := dialWith(small, addr, id, id, token(id), "dm/"+id+"/ota/blk")
+		if err != nil {
+			return r, err
+		}
+		conns[i] = c
+		// As many windows as the broker keeps waiting per client, so that
+		// the socket (whose kernel buffers take the first ones) fills.
+		for w := range hooks.MaxPendingWindows {
+			req := wire.BlockRequest{Digest: img.digest[:], Offset: uint64(w * size * window), Size: uint32(size), Count: uint32(window),
+				RequestID: uint32(w + 1)}.Encode()
+			if _, err := c.Write(publishPacket("dm/"+id+"/ota/get", req)); err != nil {
+				return r, err
+			}
+		}
+	}
+	time.Sleep(3 * time.Second) // every sender is waiting on its socket
+	r.during, err = mem(true)
+	return r, err
+}
+
+func printStall(r stallResult, n int) {
+	per := func(during, before int64) float64 { return float64(during-before) / 1024 / float64(n) }
+	fmt.Printf("stalled: %d downloads in flight whose clients stopped reading (after a forced GC, against just before): RSS %+.1f KiB, heap %+.1f KiB, stacks %+.1f KiB, %+d goroutines\n",
+		n, float64(r.during.rss-r.before.rss)/1024, float64(r.during.heap-r.before.heap)/1024,
+		float64(r.during.stack-r.before.stack)/1024, r.during.goroutines-r.before.goroutines)
+	fmt.Printf("per concurrent download held: %.1f KiB RSS (heap %.1f, stacks %.1f; target <= 128 KiB)\n",
+		per(r.during.rss, r.before.rss), per(r.during.heap, r.before.heap), per(r.during.stack, r.before.stack))
 }
