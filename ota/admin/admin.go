@@ -124,22 +124,8 @@ func fail(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// maxQuote bounds the client input quoted in a message.
-const maxQuote = 64
-
-// quote returns s quoted for a message: in full if short, else its first
-// maxQuote bytes (whole characters) and its length. Every message that
-// echoes client input goes through it.
-func quote(s string) string {
-	if len(s) <= maxQuote {
-		return strconv.Quote(s)
-	}
-	n := maxQuote
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:n]), len(s))
-}
+// quote quotes client input for a message, bounded (fleet.Quote).
+func quote(s string) string { return fleet.Quote(s) }
 
 // maxMessage bounds a reply's error message, whatever the domain put in it.
 const maxMessage = 1024
@@ -439,10 +425,10 @@ func decodeMessage(err error) string {
 			return unknown + quote(name)
 		}
 	}
-	if len(msg) <= 2*maxQuote {
+	if len(msg) <= 2*fleet.MaxQuote {
 		return msg
 	}
-	n := 2 * maxQuote
+	n := 2 * fleet.MaxQuote
 	for n > 0 && !utf8.RuneStart(msg[n]) {
 		n--
 	}

@@ -82,7 +82,7 @@ func TestMessagesQuoteBoundedInput(t *testing.T) {
 			continue
 		}
 		raw, _ := json.Marshal(m["error"])
-		if len(raw) > maxMessage+200 || strings.Contains(string(raw), strings.Repeat("x", 2*maxQuote)) {
+		if len(raw) > maxMessage+200 || strings.Contains(string(raw), strings.Repeat("x", 2*fleet.MaxQuote)) {
 			t.Errorf("%.40s: the error repeats the input (%d bytes): %.200s", c.action, len(raw), raw)
 		}
 	}

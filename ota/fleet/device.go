@@ -95,10 +95,10 @@ type record struct {
 // ("Connecting") and the reserved names.
 func ValidID(id string) error {
 	if !idPattern.MatchString(id) {
-		return fmt.Errorf("%w: id %s must match [A-Za-z0-9._-]{1,64}", ErrInvalid, quote(id))
+		return fmt.Errorf("%w: id %s must match [A-Za-z0-9._-]{1,64}", ErrInvalid, Quote(id))
 	}
 	if slices.Contains(reservedIDs, id) {
-		return fmt.Errorf("%w: id %s is reserved for the broker's own topics", ErrInvalid, quote(id))
+		return fmt.Errorf("%w: id %s is reserved for the broker's own topics", ErrInvalid, Quote(id))
 	}
 	return nil
 }
@@ -118,13 +118,13 @@ func (a Attributes) validate() error {
 	var errs []error
 	name := func(field, v string) {
 		if v != "" && !namePattern.MatchString(v) {
-			errs = append(errs, fmt.Errorf("%s %s must match [A-Za-z0-9._:-]{1,64}", field, quote(v)))
+			errs = append(errs, fmt.Errorf("%s %s must match [A-Za-z0-9._:-]{1,64}", field, Quote(v)))
 		}
 	}
 	name("hardware", a.Hardware)
 	name("region", a.Region)
 	if a.Connectivity != "" && !slices.Contains(connectivities, a.Connectivity) {
-		errs = append(errs, fmt.Errorf("connectivity %s must be one of %v", quote(a.Connectivity), connectivities))
+		errs = append(errs, fmt.Errorf("connectivity %s must be one of %v", Quote(a.Connectivity), connectivities))
 	}
 	if len(a.Groups) > MaxGroups {
 		errs = append(errs, fmt.Errorf("%d groups, limit %d", len(a.Groups), MaxGroups))
@@ -144,7 +144,7 @@ func (a Attributes) validate() error {
 		}
 		name("tag key", k)
 		if len(v) > MaxTagValLen {
-			errs = append(errs, fmt.Errorf("tag %s value is %d bytes, limit %d", quote(k), len(v), MaxTagValLen))
+			errs = append(errs, fmt.Errorf("tag %s value is %d bytes, limit %d", Quote(k), len(v), MaxTagValLen))
 		}
 	}
 	if a.Parent != "" {

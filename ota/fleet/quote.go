@@ -6,17 +6,18 @@ import (
 	"unicode/utf8"
 )
 
-// maxQuote bounds the operator input a validation error quotes.
-const maxQuote = 64
+// MaxQuote bounds the client input an error message quotes.
+const MaxQuote = 64
 
-// quote returns s quoted for an error message: in full if short, else its
-// first maxQuote bytes (whole characters) and its length, so that an error
-// never repeats unbounded input.
-func quote(s string) string {
-	if len(s) <= maxQuote {
+// Quote returns s quoted for an error message: in full if short, else its
+// first MaxQuote bytes (whole characters) and its length, so that an error
+// never repeats unbounded input. Every message of otamq's domain that
+// echoes client input (fleet validation, the admin API) goes through it.
+func Quote(s string) string {
+	if len(s) <= MaxQuote {
 		return strconv.Quote(s)
 	}
-	n := maxQuote
+	n := MaxQuote
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,44 +58,12 @@ func benchDownloads() error {
 		return err
 	}
 
-	cmd := exec.Command(os.Args[0], "-serve", "otamq-blocks", "-data", dir, "-blk-profile-dir", *blkProfDir)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
+	c, err := startChild("otamq-blocks", dir, "-blk-profile-dir", *blkProfDir)
 	if err != nil {
 		return err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		_ = cmd.Process.Kill()
-		return fmt.Errorf("server: %v", err)
-	}
-	var mqttAddr, ctlAddr, httpAddr string
-	var base int64
-	if _, err := fmt.Sscanf(line, "ready %s %s %s %d", &mqttAddr, &ctlAddr, &httpAddr, &base); err != nil {
-		_ = cmd.Process.Kill()
-		return fmt.Errorf("server said %q: %v", line, err)
-	}
-	mem := func(gc bool) (m blkMem, err error) {
-		path := "/mem"
-		if !gc {
-			path = "/mem?nogc=1"
-		}
-		s, err := get("http://" + ctlAddr + path)
-		if err != nil {
-			return m, err
-		}
-		var file int64
-		_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines, &m.goal, &m.live)
-		return m, err
-	}
+	defer c.stop()
+	mqttAddr, httpAddr, mem := c.mqttAddr, c.httpAddr, c.mem
 	heartbeats := func() (int, error) {
 		out, err := get("http://" + httpAddr + "/metrics")
 		if err != nil {

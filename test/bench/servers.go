@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -205,4 +206,65 @@ func get(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// child is a server run as a child process of the benchmark (this binary
+// with -serve), so that its memory is its own.
+type child struct {
+	cmd                         *exec.Cmd
+	stdin                       io.WriteCloser
+	mqttAddr, ctlAddr, httpAddr string // httpAddr "-" for mochi
+	base                        int64  // RSS before it served anything
+}
+
+// startChild runs -serve kind on dataDir with extra flags and waits for
+// its "ready" line.
+func startChild(kind, dataDir string, extra ...string) (*child, error) {
+	cmd := exec.Command(os.Args[0], append([]string{"-serve", kind, "-data", dataDir}, extra...)...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err == nil {
+		_, err = fmt.Sscanf(line, "ready %s %s %s %d", &c.mqttAddr, &c.ctlAddr, &c.httpAddr, &c.base)
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		c.stop()
+		return nil, fmt.Errorf("%s server said %q: %v", kind, line, err)
+	}
+	return c, nil
+}
+
+// stop ends the child (closing its stdin) and waits for it.
+func (c *child) stop() {
+	_ = c.stdin.Close()
+	_ = c.cmd.Wait()
+}
+
+// mem reads the child's /mem: with gc, after a GC that returns free
+// memory to the OS; without, as the kernel sees it now.
+func (c *child) mem(gc bool) (m blkMem, err error) {
+	path := "/mem"
+	if !gc {
+		path = "/mem?nogc=1"
+	}
+	s, err := get("http://" + c.ctlAddr + path)
+	if err != nil {
+		return m, err
+	}
+	var file int64
+	_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines, &m.goal, &m.live)
+	m.file = file
+	return m, err
 }
