@@ -1,17 +1,25 @@
 package test
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/rand"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/cmd/devsim/sim"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // Simulated devices (cmd/devsim/sim) against a real broker: registered
@@ -213,4 +221,592 @@ func TestDevsimHealthyFleet(t *testing.T) {
 		})
 	}
 	w.noRefusals()
+}
+
+// offerWith offers a release with more request fields (install_mode...)
+// and returns the rollout ID.
+func (w *simWorld) offerWith(t *testing.T, release string, devices []string, extra map[string]any) string {
+	t.Helper()
+	req := map[string]any{"release": release, "devices": devices}
+	for k, v := range extra {
+		req[k] = v
+	}
+	var res struct {
+		RolloutID string `json:"rollout_id"`
+		Results   []struct {
+			Device string
+			OK     bool
+			Error  string
+		}
+	}
+	if err := w.admin().Call(context.Background(), "offer/create", req, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res.Results {
+		if !r.OK {
+			t.Fatalf("offer to %s: %s", r.Device, r.Error)
+		}
+	}
+	return res.RolloutID
+}
+
+// command sends verb to devices and fails unless each was reached.
+func (w *simWorld) command(t *testing.T, verb, rollout string, devices ...string) {
+	t.Helper()
+	var res struct {
+		Results []struct {
+			Device string
+			OK     bool
+			Error  string
+		}
+	}
+	if err := w.admin().Call(context.Background(), "command/send", map[string]any{"verb": verb, "rollout_id": rollout, "devices": devices}, &res); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res.Results {
+		if !r.OK {
+			t.Fatalf("%s to %s: %s", verb, r.Device, r.Error)
+		}
+	}
+}
+
+// waitEvents polls id's timeline until its events for rollout are want.
+func (w *simWorld) waitEvents(t *testing.T, within time.Duration, id, rollout string, want ...string) {
+	t.Helper()
+	eventually(t, within, func() error {
+		if got := w.deviceEvents(id, rollout); !slices.Equal(got, want) {
+			return fmt.Errorf("%s reported %v\nwant %v", id, got, want)
+		}
+		return nil
+	})
+}
+
+// TestDevsimProfiles: one device of each update profile takes the same
+// release; each behaves as its profile says, as the broker sees it.
+func TestDevsimProfiles(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	profiles := []sim.Profile{sim.Healthy, sim.BadHealth, sim.BootLoop, sim.Rollback, sim.Silent, sim.Mute,
+		sim.Slow, sim.WrongHardware, sim.TooOld}
+	var devs []string
+	for _, p := range profiles {
+		devs = append(devs, "p-"+p.String())
+	}
+	specs := w.registerSims(t, devs, nil) // all registered as esp32-v2
+	for i := range specs {
+		specs[i].Profile = profiles[i]
+	}
+	const size = 40 * 1024
+	f := w.simFleet(t, specs, func(c *sim.Config) { c.SlowRate = 10 * 1024 })
+	w.waitDevices(t, 30*time.Second, devs, func(id string, st fleet.Status) error {
+		want := "1.0.0"
+		if id == "p-too-old" {
+			want = sim.DefaultOldVersion // a version that needs a stepping stone
+		}
+		if !st.Online || st.Firmware != want || st.BirthAt.IsZero() {
+			return fmt.Errorf("online %v, firmware %q", st.Online, st.Firmware)
+		}
+		return nil
+	})
+	if st := w.status("p-wrong-hardware"); st.ReportedHardware != sim.DefaultWrongHardware {
+		t.Fatalf("wrong-hardware reports %q", st.ReportedHardware)
+	}
+
+	fw := makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, size)
+	rollout := w.offer(w.release(fw).ID, devs...)
+
+	// The slow link is seen in the middle of its download: its heartbeats
+	// carry an offset between 0 and the image's size.
+	eventually(t, 30*time.Second, func() error {
+		st := w.status("p-slow")
+		if st.OTAState != "downloading" || st.DownloadOffset == nil || *st.DownloadOffset == 0 || *st.DownloadOffset >= size {
+			return fmt.Errorf("state %q, offset %v", st.OTAState, st.DownloadOffset)
+		}
+		return nil
+	})
+
+	committed := onVersion("1.1.0", "committed", "ota_reboot", 1)
+	rolledBack := onVersion("1.0.0", "rolled_back", "rollback", 0)
+	w.waitDevices(t, 60*time.Second, []string{"p-healthy", "p-slow", "p-too-old"}, committed)
+	w.waitDevices(t, 60*time.Second, []string{"p-bad-health", "p-boot-loop", "p-rollback"}, rolledBack)
+	for _, id := range []string{"p-healthy", "p-slow", "p-too-old"} {
+		w.waitEvents(t, 10*time.Second, id, rollout, healthyEvents...)
+	}
+	reboot := healthyEvents[:14] // up to reboot.started
+	// The new image fails its application check: the trial times out.
+	w.waitEvents(t, 10*time.Second, "p-bad-health", rollout, append(slices.Clone(reboot), "reboot.completed",
+		"health.failed:health_check", "rollback.triggered:health_check", "rollback.completed:health_check")...)
+	// The new image crashes before the agent runs: the bootloader reverts.
+	w.waitEvents(t, 10*time.Second, "p-rollback", rollout, append(slices.Clone(reboot),
+		"rollback.triggered:boot_failure", "rollback.completed:boot_failure")...)
+	// The new image crash-loops: it comes up in trial again and again
+	// (a birth each time), until the agent's reboot trigger rolls it back
+	// at boot; the 12 and 13 it queued then are lost with its RAM, as on
+	// the agent, so the broker sees the reconnects and event 14.
+	w.waitEvents(t, 10*time.Second, "p-boot-loop", rollout, append(slices.Clone(reboot), "reboot.completed",
+		"rollback.completed:boot_failure")...)
+	st := w.status("p-boot-loop")
+	t.Logf("boot-loop: %d connects", st.Connects)
+	if st.Connects < 4 {
+		t.Errorf("boot-loop connected %d times: the first, at least two trial boots and the rolled-back one", st.Connects)
+	}
+	if d, _ := f.Device("p-boot-loop"); d.Births != d.Connects || d.Births < 4 {
+		t.Errorf("boot-loop: %d births for %d connects", d.Births, d.Connects)
+	}
+	// The wrong hardware refuses the offer, after the signature check.
+	w.waitEvents(t, 10*time.Second, "p-wrong-hardware", rollout, "rejected:hardware_mismatch")
+	if st := w.status("p-wrong-hardware"); st.Firmware != "1.0.0" || st.OTAState != "idle" {
+		t.Errorf("wrong-hardware: firmware %q, state %q", st.Firmware, st.OTAState)
+	}
+
+	// Silent never comes back after its reboot; mute comes back on a
+	// new connection and sends nothing, not even a birth.
+	w.waitEvents(t, 10*time.Second, "p-silent", rollout, reboot...)
+	w.waitEvents(t, 10*time.Second, "p-mute", rollout, reboot...)
+	var muteBeats uint64
+	eventually(t, 20*time.Second, func() error {
+		st := w.status("p-mute")
+		if !st.Online || st.Connects != 2 {
+			return fmt.Errorf("mute: online %v, %d connects", st.Online, st.Connects)
+		}
+		muteBeats = st.Heartbeats
+		return nil
+	})
+	// by now every other device has finished; wait for a few more
+	// heartbeats of the healthy one, then look again
+	before := w.status("p-healthy").Heartbeats
+	eventually(t, 20*time.Second, func() error {
+		if n := w.status("p-healthy").Heartbeats; n < before+3 {
+			return fmt.Errorf("healthy: %d heartbeats since", n-before)
+		}
+		return nil
+	})
+	if st := w.status("p-mute"); st.Heartbeats != muteBeats || st.Firmware != "1.0.0" || !st.Online {
+		t.Errorf("mute: %d heartbeats (was %d), firmware %q, online %v", st.Heartbeats, muteBeats, st.Firmware, st.Online)
+	}
+	if st := w.status("p-silent"); st.Online || st.Connects != 1 {
+		t.Errorf("silent: online %v after %d connects", st.Online, st.Connects)
+	}
+	if d, _ := f.Device("p-silent"); !d.Dead || d.Connected {
+		t.Errorf("silent, as the simulator sees it: %+v", d)
+	}
+	w.noRefusals()
+}
+
+// TestDevsimOfflineWindow: a device whose offline window (in its local
+// time, UTC+05:30) starts two seconds from now loses its connection then
+// and comes back when the window ends; another device stays connected.
+func TestDevsimOfflineWindow(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"win-offline", "win-control"}
+	specs := w.registerSims(t, devs, nil)
+	const offset = 330
+	local := time.Now().UTC().Add(offset * time.Minute)
+	tod := local.Sub(time.Date(local.Year(), local.Month(), local.Day(), 0, 0, 0, 0, time.UTC))
+	win := sim.Window{Start: (tod + 2*time.Second) % (24 * time.Hour), End: (tod + 4*time.Second) % (24 * time.Hour)}
+	specs[0].Profile, specs[0].UTCOffsetMinutes, specs[0].Offline = sim.OfflineWindow, offset, &win
+	specs[1].UTCOffsetMinutes = offset
+	f := w.simFleet(t, specs)
+	eventually(t, 30*time.Second, func() error {
+		st := w.status("win-offline")
+		if st.Connects < 1 || st.Online || st.DisconnectReason != fleet.ReasonLost {
+			return fmt.Errorf("online %v after %d connects (%q)", st.Online, st.Connects, st.DisconnectReason)
+		}
+		if st.UTCOffsetMinutes != offset {
+			return fmt.Errorf("birth says UTC offset %d", st.UTCOffsetMinutes)
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, func() error {
+		if st := w.status("win-offline"); !st.Online || st.Connects != 2 {
+			return fmt.Errorf("online %v after %d connects", st.Online, st.Connects)
+		}
+		return nil
+	})
+	if st := w.status("win-control"); !st.Online || st.Connects != 1 {
+		t.Errorf("control: online %v after %d connects", st.Online, st.Connects)
+	}
+	// the same boot: a link that went away, not a reboot
+	if d, _ := f.Device("win-offline"); d.BootReason != wire.BootPowerOn || d.BootsSinceCommit != 1 || d.Births != 2 {
+		t.Errorf("offline window device: %+v", d)
+	}
+}
+
+// signedFirmware signs an image with the manifest fields m gives (size and
+// digest measured).
+func signedFirmware(t testing.TB, key *ecdsa.PrivateKey, m manifest.Manifest, size int) firmware {
+	t.Helper()
+	img := make([]byte, size)
+	_, _ = rand.Read(img)
+	img[0] = 0xe9
+	m.ImageSize, m.ImageDigest, _ = manifest.HashImage(bytes.NewReader(img))
+	if m.Hardware == nil {
+		m.Hardware = []string{"esp32-v2"}
+	}
+	if m.Sequence == 0 {
+		m.Sequence = uint64(time.Now().UnixNano())
+	}
+	signed, err := manifest.Sign(&m, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return firmware{image: img, signed: signed, m: m}
+}
+
+// TestDevsimOfferChecks: devices check an offer as the agent does, in its
+// order, and refuse it with event 15, the error code and the agent's
+// detail text: a key they do not trust, the version policy, the secure
+// version, the sequence, the bootloader, the deadline.
+func TestDevsimOfferChecks(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"chk-key", "chk-same", "chk-down", "chk-downok", "chk-secure", "chk-seq", "chk-boot", "chk-late"}
+	specs := w.registerSims(t, devs, nil)
+	for i := range specs {
+		switch specs[i].ID {
+		case "chk-downok":
+			specs[i].AllowDowngrade = true
+		case "chk-secure":
+			specs[i].SecureVersion = 3
+		}
+	}
+	// chk-key trusts only another key
+	other, _ := newKey(t)
+	otherKeys, _ := manifest.NewKeySet(&other.PublicKey)
+	w.simFleet(t, specs[:1], func(c *sim.Config) { c.Keys = otherKeys })
+	w.simFleet(t, specs[1:])
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+
+	rel := func(m manifest.Manifest) string { return w.release(signedFirmware(t, w.key, m, 8*1024)).ID }
+	newer := rel(manifest.Manifest{Version: "1.1.0", SecureVersion: 2})
+	same := rel(manifest.Manifest{Version: "1.0.0"})
+	older := rel(manifest.Manifest{Version: "0.5.0"})
+	seqHigh := rel(manifest.Manifest{Version: "1.2.0", Sequence: 2_000_000_000})
+	seqLow := rel(manifest.Manifest{Version: "1.3.0", Sequence: 1_000_000_000})
+	bootNew := rel(manifest.Manifest{Version: "1.1.1", MinBootloader: "3.0.0"})
+
+	type check struct {
+		id, release string
+		extra       map[string]any
+		want        []string // event types
+		detail      string   // of the last event
+	}
+	for _, c := range []check{
+		{"chk-key", newer, nil, []string{"rejected:signature"}, "unknown key"},
+		{"chk-same", same, nil, []string{"rejected:version_policy"}, "same version"},
+		{"chk-down", older, nil, []string{"rejected:version_policy"}, "downgrade"},
+		{"chk-secure", newer, nil, []string{"rejected:secure_version"}, ""},
+		{"chk-boot", bootNew, nil, []string{"rejected:hardware_mismatch"}, "bootloader too old"},
+		{"chk-late", newer, map[string]any{"deadline": uint64(time.Now().Add(-time.Minute).Unix())}, []string{"rejected"}, "deadline passed"},
+	} {
+		rollout := w.offerWith(t, c.release, []string{c.id}, c.extra)
+		w.waitEvents(t, 20*time.Second, c.id, rollout, c.want...)
+		tl := w.timeline(c.id)
+		if last := tl[len(tl)-1]; last.Detail != c.detail || last.Version == "" {
+			t.Errorf("%s: detail %q, version %q; want detail %q", c.id, last.Detail, last.Version, c.detail)
+		}
+	}
+	// a downgrade the device allows is taken
+	rollout := w.offer(older, "chk-downok")
+	w.waitDevices(t, 30*time.Second, []string{"chk-downok"}, onVersion("0.5.0", "committed", "ota_reboot", 1))
+	if err := hasEvents(w.timeline("chk-downok"), rollout, "update.download.started", "update.health.ok"); err != nil {
+		t.Error(err)
+	}
+
+	// a sequence lower than the last accepted is refused, even for a newer
+	// version
+	w.offer(seqHigh, "chk-seq")
+	w.waitDevices(t, 30*time.Second, []string{"chk-seq"}, onVersion("1.2.0", "committed", "ota_reboot", 1))
+	rollout = w.offer(seqLow, "chk-seq")
+	w.waitEvents(t, 20*time.Second, "chk-seq", rollout, "rejected:version_policy")
+	if tl := w.timeline("chk-seq"); tl[len(tl)-1].Detail != "sequence" {
+		t.Errorf("chk-seq: %+v", tl[len(tl)-1])
+	}
+	w.noRefusals()
+}
+
+// TestDevsimInstallOnCommand: with install mode 1 a device downloads and
+// verifies the image, then waits (heartbeats in state verified, no install
+// event) until the install command comes; one told to install while still
+// downloading installs as soon as it has verified.
+func TestDevsimInstallOnCommand(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"cmd-wait", "cmd-early"}
+	specs := w.registerSims(t, devs, nil)
+	specs[1].Profile, specs[1].SlowRate = sim.Slow, 8*1024
+	w.simFleet(t, specs)
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	const size = 40 * 1024
+	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, size)).ID
+	rollout := w.offerWith(t, rel, devs, map[string]any{"install_mode": "on_command"})
+
+	downloaded := healthyEvents[:11] // up to download.completed
+	w.waitDevices(t, 30*time.Second, devs[:1], func(_ string, st fleet.Status) error {
+		if st.OTAState != "verified" {
+			return fmt.Errorf("state %q", st.OTAState)
+		}
+		return nil
+	})
+	w.waitEvents(t, 10*time.Second, "cmd-wait", rollout, downloaded...)
+	// it waits: more heartbeats, still verified, still no install
+	before := w.status("cmd-wait").Heartbeats
+	eventually(t, 20*time.Second, func() error {
+		if st := w.status("cmd-wait"); st.Heartbeats < before+3 || st.OTAState != "verified" {
+			return fmt.Errorf("%d heartbeats since, state %q", st.Heartbeats-before, st.OTAState)
+		}
+		return nil
+	})
+	if got := w.deviceEvents("cmd-wait", rollout); !slices.Equal(got, downloaded) {
+		t.Fatalf("before the install command: %v", got)
+	}
+	w.command(t, "install", rollout, "cmd-wait")
+	w.waitDevices(t, 30*time.Second, devs[:1], onVersion("1.1.0", "committed", "ota_reboot", 1))
+	w.waitEvents(t, 10*time.Second, "cmd-wait", rollout, healthyEvents...)
+
+	// the slow one gets the command in the middle of its download
+	eventually(t, 30*time.Second, func() error {
+		if st := w.status("cmd-early"); st.DownloadOffset == nil || *st.DownloadOffset == 0 {
+			return fmt.Errorf("state %q, offset %v", st.OTAState, st.DownloadOffset)
+		}
+		return nil
+	})
+	w.command(t, "install", rollout, "cmd-early")
+	w.waitDevices(t, 30*time.Second, devs[1:], onVersion("1.1.0", "committed", "ota_reboot", 1))
+	w.waitEvents(t, 10*time.Second, "cmd-early", rollout, healthyEvents...)
+	w.noRefusals()
+}
+
+// TestDevsimCancel: the empty offer (offer/cancel) ends a download or a
+// verified image not yet installed, the cancel command too; each is
+// reported as a cancelled download and the device is idle on its old
+// version. A cancel for another rollout is ignored.
+func TestDevsimCancel(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"can-dl", "can-cmd", "can-verified"}
+	specs := w.registerSims(t, devs, nil)
+	specs[0].Profile, specs[0].SlowRate = sim.Slow, 4*1024
+	f := w.simFleet(t, specs)
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	const size = 40 * 1024
+	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, size)).ID
+	rollout := w.offerWith(t, rel, devs, map[string]any{"install_mode": "on_command"})
+
+	// withdrawn in the middle of a download
+	eventually(t, 30*time.Second, func() error {
+		if st := w.status("can-dl"); st.DownloadOffset == nil || *st.DownloadOffset == 0 {
+			return fmt.Errorf("state %q, offset %v", st.OTAState, st.DownloadOffset)
+		}
+		return nil
+	})
+	if err := w.admin().Call(context.Background(), "offer/cancel", map[string]any{"devices": []string{"can-dl"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		got := w.deviceEvents("can-dl", rollout)
+		if len(got) < 2 || got[0] != "download.started" || got[len(got)-1] != "download.failed:cancelled" || slices.Contains(got, "download.completed") {
+			return fmt.Errorf("can-dl reported %v", got)
+		}
+		return nil
+	})
+
+	// verified, then the cancel command; a cancel about another rollout
+	// first, which changes nothing
+	w.waitDevices(t, 30*time.Second, devs[1:], func(_ string, st fleet.Status) error {
+		if st.OTAState != "verified" {
+			return fmt.Errorf("state %q", st.OTAState)
+		}
+		return nil
+	})
+	w.command(t, "cancel", "another-rollout", "can-cmd")
+	w.command(t, "cancel", rollout, "can-cmd")
+	// and the empty offer for a verified image
+	if err := w.admin().Call(context.Background(), "offer/cancel", map[string]any{"devices": []string{"can-verified"}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for id, detail := range map[string]string{"can-dl": "offer withdrawn", "can-cmd": "cancel command", "can-verified": "offer withdrawn"} {
+		eventually(t, 20*time.Second, func() error {
+			tl := w.timeline(id)
+			last := tl[len(tl)-1]
+			if last.Type != "update.download.failed" || last.Error != "cancelled" || last.Detail != detail {
+				return fmt.Errorf("%s: last event %+v", id, last)
+			}
+			return nil
+		})
+	}
+	w.waitEvents(t, 10*time.Second, "can-cmd", rollout, append(slices.Clone(healthyEvents[:11]), "download.failed:cancelled")...)
+	w.waitDevices(t, 20*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	for _, id := range devs {
+		if d, _ := f.Device(id); d.OTAState != wire.StateIdle || d.Version != "1.0.0" || d.Slot != 0 {
+			t.Errorf("%s, as the simulator sees it: %+v", id, d)
+		}
+	}
+	w.noRefusals()
+}
+
+// TestDevsimCommands: the reboot command reboots (boot reason software, a
+// new birth); the check command reports check started and, as the offer
+// comes again, check completed.
+func TestDevsimCommands(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"cmdx-1"}
+	specs := w.registerSims(t, devs, nil)
+	w.simFleet(t, specs)
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	w.command(t, "reboot", "", "cmdx-1")
+	eventually(t, 20*time.Second, func() error {
+		st := w.status("cmdx-1")
+		if !st.Online || st.Connects != 2 || st.BootReason != "software" || st.BootsSinceCommit != 2 {
+			return fmt.Errorf("online %v, %d connects, boot reason %q, boots since commit %d", st.Online, st.Connects, st.BootReason, st.BootsSinceCommit)
+		}
+		return nil
+	})
+	w.command(t, "check", "", "cmdx-1")
+	w.waitEvents(t, 10*time.Second, "cmdx-1", "", "check.started")
+	// with an offer waiting: the check completes when it arrives
+	rel := w.release(makeFirmware(t, w.key, "1.0.0", []string{"esp32-v2"}, 4096)).ID
+	w.offer(rel, "cmdx-1") // the same version: refused
+	w.waitEvents(t, 10*time.Second, "cmdx-1", "", "check.started", "check.completed", "rejected:version_policy")
+	w.command(t, "check", "", "cmdx-1")
+	w.waitEvents(t, 10*time.Second, "cmdx-1", "", "check.started", "check.completed", "rejected:version_policy",
+		"check.started", "check.completed", "rejected:version_policy")
+}
+
+// blockTamper rewrites the n-th block message the broker writes to one
+// client: it drops it (another topic, which the device ignores) or flips
+// the last byte of its data.
+type blockTamper struct {
+	mqtt.HookBase
+	client string
+	n      int
+	flip   bool
+
+	mu   sync.Mutex
+	seen int
+	done bool
+}
+
+func (h *blockTamper) ID() string           { return "test-block-tamper" }
+func (h *blockTamper) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+
+// OnPacketEncode implements mqtt.Hook.
+func (h *blockTamper) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if cl.ID != h.client || pk.FixedHeader.Type != packets.Publish || pk.TopicName != "dm/"+h.client+"/ota/blk" {
+		return pk
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.seen++
+	if h.seen != h.n {
+		return pk
+	}
+	h.done = true
+	if h.flip {
+		p := slices.Clone(pk.Payload)
+		p[len(p)-1] ^= 0xff
+		pk.Payload = p
+	} else {
+		pk.TopicName = "dm/" + h.client + "/dropped"
+	}
+	return pk
+}
+
+func (h *blockTamper) tampered() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.done
+}
+
+// TestDevsimBlocks: the windowed block fetch against what the broker does
+// and what the network may do: rate-limited requests are retried after the
+// time the broker names, the broker's window (offer key 6) is honoured
+// from the first request on, a lost block is asked for again from the
+// first missing offset (and fewer per request from then on), a corrupted
+// block fails the digest check before anything is installed.
+func TestDevsimBlocks(t *testing.T) {
+	t.Parallel()
+	const size = 64 * 1024
+	start := func(t *testing.T, timing *sim.Timing, mods ...func(*broker.Options)) (*simWorld, string, string) {
+		w := newSimWorld(t, mods...)
+		specs := w.registerSims(t, []string{"blk-1"}, nil)
+		w.simFleet(t, specs, func(c *sim.Config) {
+			if timing != nil {
+				c.Timing = *timing
+			}
+		})
+		w.waitDevices(t, 30*time.Second, []string{"blk-1"}, onVersion("1.0.0", "idle", "power_on", 0))
+		return w, w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, size)).ID, "blk-1"
+	}
+
+	t.Run("rate-limited", func(t *testing.T) {
+		t.Parallel()
+		// 16 KiB/s with a burst of one window of 4 blocks of 4 KiB: the
+		// device's requests are refused until the bucket refills.
+		w, rel, id := start(t, nil, func(o *broker.Options) { o.DeviceRate, o.MaxBlockSize, o.MaxWindow = 16*1024, 4096, 4 })
+		rollout := w.offer(rel, id)
+		w.waitDevices(t, 60*time.Second, []string{id}, onVersion("1.1.0", "committed", "ota_reboot", 1))
+		w.waitEvents(t, 10*time.Second, id, rollout, healthyEvents...)
+		if n, err := w.metric(`otamq_block_requests_total{result="rate_limited"}`); err != nil || atoi(n) == 0 {
+			t.Fatalf("no request was rate limited (%s, %v)", n, err)
+		}
+		w.noRefusals()
+	})
+
+	t.Run("broker-window", func(t *testing.T) {
+		t.Parallel()
+		timing := simTiming
+		timing.Window = 8
+		w, rel, id := start(t, &timing, func(o *broker.Options) { o.MaxWindow = 2 })
+		w.offer(rel, id)
+		w.waitDevices(t, 60*time.Second, []string{id}, onVersion("1.1.0", "committed", "ota_reboot", 1))
+		reqs := w.gets.requests(id)
+		if len(reqs) != size/4096/2 {
+			t.Errorf("%d block requests for %d blocks, 2 at a time", len(reqs), size/4096)
+		}
+		for i, r := range reqs {
+			if r.count != 2 || r.offset != uint64(i*2*4096) {
+				t.Fatalf("request %d: offset %d, count %d: %+v", i, r.offset, r.count, reqs)
+			}
+		}
+	})
+
+	t.Run("lost-block", func(t *testing.T) {
+		t.Parallel()
+		drop := &blockTamper{client: "blk-1", n: 3}
+		w, rel, id := start(t, nil)
+		if err := w.Server().AddHook(drop, nil); err != nil {
+			t.Fatal(err)
+		}
+		w.offer(rel, id)
+		w.waitDevices(t, 60*time.Second, []string{id}, onVersion("1.1.0", "committed", "ota_reboot", 1))
+		if !drop.tampered() {
+			t.Fatal("no block was dropped")
+		}
+		// 4 blocks asked for, the third lost: after the timeout the device
+		// asks again from the third, 2 at a time from then on
+		reqs := w.gets.requests(id)
+		if len(reqs) < 2 || reqs[0].offset != 0 || reqs[0].count != 4 || reqs[1].offset != 2*4096 || reqs[1].count != 2 {
+			t.Fatalf("requests %+v", reqs)
+		}
+		for _, r := range reqs[1:] {
+			if r.count > 2 {
+				t.Fatalf("asked for %d blocks after a window brought 2: %+v", r.count, reqs)
+			}
+		}
+	})
+
+	t.Run("corrupt-block", func(t *testing.T) {
+		t.Parallel()
+		flip := &blockTamper{client: "blk-1", n: 5, flip: true}
+		w, rel, id := start(t, nil)
+		if err := w.Server().AddHook(flip, nil); err != nil {
+			t.Fatal(err)
+		}
+		rollout := w.offer(rel, id)
+		w.waitEvents(t, 30*time.Second, id, rollout, append(slices.Clone(healthyEvents[:10]), "download.failed:digest_mismatch")...)
+		w.waitDevices(t, 20*time.Second, []string{id}, onVersion("1.0.0", "failed", "power_on", 0))
+	})
 }
