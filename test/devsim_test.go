@@ -6,7 +6,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"fmt"
+	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -809,4 +811,248 @@ func TestDevsimBlocks(t *testing.T) {
 		w.waitEvents(t, 30*time.Second, id, rollout, append(slices.Clone(healthyEvents[:10]), "download.failed:digest_mismatch")...)
 		w.waitDevices(t, 20*time.Second, []string{id}, onVersion("1.0.0", "failed", "power_on", 0))
 	})
+}
+
+// TestDevsimBadImage: a healthy fleet takes a release whose image is
+// agent-c's simulated image of a bad build (its header says how it
+// behaves): each device behaves as the header says, as the C agent does
+// with the same image (TestAgentEndToEnd).
+func TestDevsimBadImage(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name      string
+		behaviour byte
+		events    []string
+	}{
+		{"health-fail", simHealthFail, []string{"reboot.completed", "health.failed:health_check",
+			"rollback.triggered:health_check", "rollback.completed:health_check"}},
+		{"crash", simCrash, []string{"rollback.triggered:boot_failure", "rollback.completed:boot_failure"}},
+		{"hang", simHang, []string{"rollback.triggered:boot_failure", "rollback.completed:boot_failure"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			w := newSimWorld(t)
+			devs := ids("img-", 3)
+			w.simFleet(t, w.registerSims(t, devs, nil))
+			w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+			rollout := w.offer(w.release(simFirmware(t, w.key, "1.1.0", c.behaviour, 40*1024)).ID, devs...)
+			w.waitDevices(t, 60*time.Second, devs, onVersion("1.0.0", "rolled_back", "rollback", 0))
+			for _, id := range devs {
+				w.waitEvents(t, 10*time.Second, id, rollout, append(slices.Clone(healthyEvents[:14]), c.events...)...)
+			}
+		})
+	}
+}
+
+// outcome is what the broker knows of a device after an update.
+type outcome struct {
+	Firmware, State, BootReason string
+	Slot                        uint8
+	UTCOffset                   int16
+	RSSI                        int16
+	FreeHeap                    uint32
+	Events                      string
+}
+
+// seededRun runs 40 devices whose profiles and time zones come from seed
+// through one update and returns each device's profile and outcome.
+func seededRun(t *testing.T, seed uint64) (map[string]sim.Profile, map[string]outcome) {
+	w := newSimWorld(t)
+	devs := ids("seed-", 40)
+	specs := w.registerSims(t, devs, nil)
+	mix, err := sim.ParseMix("healthy=50,bad-health=10,boot-loop=10,rollback=10,wrong-hardware=10,too-old=10", sim.ParseProfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zones, err := sim.ParseMix("0,60,-300,330", func(s string) (int16, error) {
+		n, err := strconv.Atoi(s)
+		return int16(n), err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	profiles := map[string]sim.Profile{}
+	prof, zone := mix.Assign(len(specs), seed, "profile"), zones.Assign(len(specs), seed, "utc-offset")
+	for i := range specs {
+		specs[i].Profile, specs[i].UTCOffsetMinutes = prof[i], zone[i]
+		profiles[specs[i].ID] = prof[i]
+	}
+	w.simFleet(t, specs, func(c *sim.Config) { c.Seed = seed })
+	w.waitDevices(t, 30*time.Second, devs, func(_ string, st fleet.Status) error {
+		if !st.Online || st.Heartbeats == 0 {
+			return fmt.Errorf("online %v, %d heartbeats", st.Online, st.Heartbeats)
+		}
+		return nil
+	})
+	rollout := w.offer(w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 24*1024)).ID, devs...)
+	w.waitDevices(t, 90*time.Second, devs, func(id string, st fleet.Status) error {
+		want := map[sim.Profile]string{sim.Healthy: "committed", sim.TooOld: "committed", sim.BadHealth: "rolled_back",
+			sim.BootLoop: "rolled_back", sim.Rollback: "rolled_back", sim.WrongHardware: "idle"}[profiles[id]]
+		if !st.Online || st.OTAState != want {
+			return fmt.Errorf("online %v, state %q, want %q", st.Online, st.OTAState, want)
+		}
+		return nil
+	})
+	out := map[string]outcome{}
+	for id, st := range w.statuses(t) {
+		var evs []string
+		eventually(t, 10*time.Second, func() error {
+			evs = w.deviceEvents(id, rollout)
+			if len(evs) == 0 || !strings.HasPrefix(evs[len(evs)-1], "rollback.completed") && evs[len(evs)-1] != "health.ok" && !strings.HasPrefix(evs[len(evs)-1], "rejected") {
+				return fmt.Errorf("%s: events so far %v", id, evs)
+			}
+			return nil
+		})
+		out[id] = outcome{st.Firmware, st.OTAState, st.BootReason, st.Slot, st.UTCOffsetMinutes, st.RSSI, st.FreeHeap, strings.Join(evs, " ")}
+	}
+	return profiles, out
+}
+
+// TestDevsimReproducible: two runs with the same seed give every device
+// the same profile, time zone, RSSI and free heap, and end the same way
+// with the same events; another seed gives another fleet.
+func TestDevsimReproducible(t *testing.T) {
+	t.Parallel()
+	type run struct {
+		profiles map[string]sim.Profile
+		out      map[string]outcome
+	}
+	runs := make([]run, 3)
+	t.Run("runs", func(t *testing.T) {
+		for i, seed := range []uint64{7, 7, 8} {
+			t.Run(fmt.Sprintf("seed-%d-%d", seed, i), func(t *testing.T) {
+				t.Parallel()
+				runs[i].profiles, runs[i].out = seededRun(t, seed)
+			})
+		}
+	})
+	if t.Failed() {
+		return
+	}
+	a, b, c := runs[0], runs[1], runs[2]
+	if len(a.out) != 40 || len(b.out) != 40 || len(c.out) != 40 {
+		t.Fatalf("outcomes of %d, %d, %d devices", len(a.out), len(b.out), len(c.out))
+	}
+	if !maps.Equal(a.profiles, b.profiles) {
+		t.Errorf("the same seed assigned other profiles:\n%v\n%v", a.profiles, b.profiles)
+	}
+	for id, o := range a.out {
+		if b.out[id] != o {
+			t.Errorf("%s: same seed, another outcome:\n%+v\n%+v", id, o, b.out[id])
+		}
+	}
+	if maps.Equal(a.profiles, c.profiles) {
+		t.Errorf("seeds 7 and 8 assigned the same profiles")
+	}
+	same := 0
+	for id, o := range a.out {
+		if c.out[id].RSSI == o.RSSI && c.out[id].FreeHeap == o.FreeHeap {
+			same++
+		}
+	}
+	if same == len(a.out) {
+		t.Errorf("seeds 7 and 8 gave every device the same RSSI and free heap")
+	}
+}
+
+// TestDevsimBrokerRestart: the broker stops in the middle of a rollout to
+// a fleet and starts again on the same address with the same data; the
+// devices reconnect with backoff, their downloads go on from where they
+// were (not from the start) and every one commits.
+func TestDevsimBrokerRestart(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := ids("rs-", 20)
+	specs := w.registerSims(t, devs, nil)
+	for i := range specs[:10] {
+		specs[i].Profile, specs[i].SlowRate = sim.Slow, 8*1024 // 64 KiB take 8 s
+	}
+	f := w.simFleet(t, specs)
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	const size = 64 * 1024
+	rollout := w.offer(w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, size)).ID, devs...)
+	w.waitDevices(t, 30*time.Second, devs[:10], func(_ string, st fleet.Status) error {
+		if st.DownloadOffset == nil || *st.DownloadOffset == 0 {
+			return fmt.Errorf("state %q, offset %v", st.OTAState, st.DownloadOffset)
+		}
+		return nil
+	})
+
+	addr, dir := w.Addr(), w.opts.DataDir
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := w.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		if st := f.Stats(); st.Connected != 0 || st.ConnectFailures == 0 {
+			return fmt.Errorf("%d connected, %d failed attempts", st.Connected, st.ConnectFailures)
+		}
+		return nil
+	})
+	b2 := startBroker(t, func(o *broker.Options) { o.TCPAddr, o.DataDir, o.AdminRate = addr, dir, -1 })
+	w2 := &simWorld{agentWorld: &agentWorld{tb: b2, key: w.key, keyFile: w.keyFile}, keys: w.keys}
+	w2.waitDevices(t, 60*time.Second, devs, onVersion("1.1.0", "committed", "ota_reboot", 1))
+	for _, id := range devs {
+		got := w2.deviceEvents(id, rollout)
+		if n := strings.Count(strings.Join(got, " "), "download.started"); n != 1 || got[len(got)-1] != "health.ok" {
+			t.Errorf("%s reported %v: want one download, resumed, and health ok", id, got)
+		}
+	}
+	for _, d := range f.Devices() {
+		// before the restart, after it, and after the update's reboot
+		if d.Connects < 3 {
+			t.Errorf("%s connected %d times", d.ID, d.Connects)
+		}
+	}
+	w2.noRefusals()
+}
+
+// TestDevsimV311: devices on MQTT 3.1.1 take an update like the others.
+func TestDevsimV311(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := ids("v3-", 5)
+	w.simFleet(t, w.registerSims(t, devs, nil), func(c *sim.Config) { c.V311 = true })
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	for id, st := range w.statuses(t) {
+		if st.Protocol != 4 {
+			t.Errorf("%s connected with protocol %d", id, st.Protocol)
+		}
+	}
+	rollout := w.offer(w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 40*1024)).ID, devs...)
+	w.waitDevices(t, 60*time.Second, devs, onVersion("1.1.0", "committed", "ota_reboot", 1))
+	for _, id := range devs {
+		w.waitEvents(t, 10*time.Second, id, rollout, healthyEvents...)
+	}
+	w.noRefusals()
+}
+
+// TestDevsimLoad: in load mode devices connect, send their birth and
+// heartbeats, and nothing else: no subscription, so an offer reaches none.
+func TestDevsimLoad(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := ids("load-", 100)
+	f := w.simFleet(t, w.registerSims(t, devs, nil), func(c *sim.Config) { c.Load, c.Keys = true, nil; c.ConnectRate = 200 })
+	w.waitDevices(t, 30*time.Second, devs, func(_ string, st fleet.Status) error {
+		if !st.Online || st.Firmware != "1.0.0" || st.Heartbeats < 3 {
+			return fmt.Errorf("online %v, firmware %q, %d heartbeats", st.Online, st.Firmware, st.Heartbeats)
+		}
+		return nil
+	})
+	w.offer(w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 4096)).ID, devs[0])
+	before := w.status(devs[0]).Heartbeats
+	eventually(t, 20*time.Second, func() error {
+		if n := w.status(devs[0]).Heartbeats; n < before+3 {
+			return fmt.Errorf("%d heartbeats since the offer", n-before)
+		}
+		return nil
+	})
+	if got := w.deviceEvents(devs[0], ""); len(got) != 0 {
+		t.Errorf("a load device reported %v", got)
+	}
+	if st := f.Stats(); st.Offers != 0 || st.Events != 0 || st.Births != 100 {
+		t.Errorf("stats %+v", st)
+	}
 }
