@@ -5,12 +5,18 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1054,5 +1060,219 @@ func TestDevsimLoad(t *testing.T) {
 	}
 	if st := f.Stats(); st.Offers != 0 || st.Events != 0 || st.Births != 100 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// devsimProc is cmd/devsim running as a process.
+type devsimProc struct {
+	cmd            *exec.Cmd
+	stdout, stderr *syncBuffer
+}
+
+func startDevsim(t *testing.T, args ...string) *devsimProc {
+	t.Helper()
+	p := &devsimProc{cmd: exec.Command(binary(t, "devsim"), args...), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("devsim stderr:\n%s", p.stderr.String())
+		}
+	})
+	return p
+}
+
+// stop ends the process with SIGTERM and returns its exit status.
+func (p *devsimProc) stop(t *testing.T) int {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(40 * time.Second):
+		_ = p.cmd.Process.Kill()
+		t.Fatalf("devsim did not stop after SIGTERM\n%s", p.stderr.String())
+		return -1
+	}
+}
+
+func readReport(t *testing.T, path string) map[string]sim.Snapshot {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]sim.Snapshot{}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var s sim.Snapshot
+		if err := json.Unmarshal([]byte(line), &s); err != nil {
+			t.Fatalf("report line %q: %v", line, err)
+		}
+		out[s.ID] = s
+	}
+	return out
+}
+
+// TestDevsimCommand: the devsim command registers a fleet through the
+// admin API (attributes from seeded mixes, tokens to a file), runs it
+// through an update offered by an operator, stops cleanly at SIGTERM with
+// a JSON summary that agrees with the broker, and runs the same fleet again
+// from the tokens file with the same profiles.
+func TestDevsimCommand(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	dir := t.TempDir()
+	tokens, report := filepath.Join(dir, "fleet.tokens"), filepath.Join(dir, "report.jsonl")
+	common := []string{"--url", w.url(), "--key", w.keyFile, "--seed", "3", "--profile", "healthy=15,bad-health=5",
+		"--utc-offsets", "60=10,-300=10", "--heartbeat", "300ms", "--probation", "1s", "--trial-timeout", "3s",
+		"--boot-time", "100ms", "--request-timeout", "1s", "--progress", "0", "--json"}
+	p := startDevsim(t, append([]string{"--register", "20", "--prefix", "cli-", "--tokens-out", tokens,
+		"--user", opID, "--password", opPassword, "--groups", "canary=5,none=15", "--regions", "eu=10,us=10",
+		"--report", report}, common...)...)
+	devs := make([]string, 20)
+	for i := range devs {
+		devs[i] = fmt.Sprintf("cli-%02d", i+1)
+	}
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	var list struct{ Devices []fleet.View }
+	if err := w.admin().Call(context.Background(), "device/list", map[string]any{"limit": 100}, &list); err != nil {
+		t.Fatal(err)
+	}
+	groups, regions, zones := map[string]int{}, map[string]int{}, map[int16]int{}
+	for _, v := range list.Devices {
+		groups[strings.Join(v.Groups, ",")]++
+		regions[v.Region]++
+		zones[v.Status.UTCOffsetMinutes]++
+	}
+	if groups["canary"] != 5 || groups[""] != 15 || regions["eu"] != 10 || regions["us"] != 10 || zones[60] != 10 || zones[-300] != 10 {
+		t.Fatalf("registered groups %v, regions %v; births say UTC offsets %v", groups, regions, zones)
+	}
+
+	w.offer(w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 24*1024)).ID, devs...)
+	states := func() map[string]int {
+		n := map[string]int{}
+		for _, id := range devs {
+			n[w.statuses(t)[id].OTAState]++
+		}
+		return n
+	}
+	eventually(t, 60*time.Second, func() error {
+		if n := states(); n["committed"] != 15 || n["rolled_back"] != 5 {
+			return fmt.Errorf("states %v", n)
+		}
+		return nil
+	})
+	if code := p.stop(t); code != 0 {
+		t.Fatalf("devsim exited %d\n%s", code, p.stderr.String())
+	}
+	var sum struct {
+		sim.Stats
+		ConnectSeconds float64 `json:"connect_s"`
+		Memory         *struct {
+			Heap uint64 `json:"heap_bytes"`
+		} `json:"memory_per_device"`
+	}
+	if err := json.Unmarshal([]byte(p.stdout.String()), &sum); err != nil {
+		t.Fatalf("summary %q: %v", p.stdout.String(), err)
+	}
+	if sum.Devices != 20 || sum.Seen != 20 || sum.States["committed"] != 15 || sum.States["rolled_back"] != 5 ||
+		sum.Commits != 15 || sum.Rollbacks != 5 || sum.Profiles["bad-health"] != 5 || sum.ConnectSeconds <= 0 ||
+		sum.Memory == nil || sum.Memory.Heap == 0 {
+		t.Fatalf("summary %s", p.stdout.String())
+	}
+	first := readReport(t, report)
+	for _, id := range devs {
+		st := w.status(id)
+		d := first[id]
+		if (d.Profile == sim.BadHealth) != (st.OTAState == "rolled_back") || d.OTAState.String() != st.OTAState || d.Version != st.Firmware {
+			t.Errorf("%s: the report says %s on %s (%s), the broker %s on %s", id, d.Profile, d.Version, d.OTAState, st.OTAState, st.Firmware)
+		}
+	}
+	// They went offline with a DISCONNECT.
+	w.waitDevices(t, 20*time.Second, devs, func(_ string, st fleet.Status) error {
+		if st.Online || st.DisconnectReason != fleet.ReasonNormal {
+			return fmt.Errorf("online %v, reason %q", st.Online, st.DisconnectReason)
+		}
+		return nil
+	})
+
+	// The same fleet again, from the tokens file.
+	if creds, err := sim.ReadTokens(mustOpen(t, tokens)); err != nil || len(creds) != 20 {
+		t.Fatalf("tokens file: %d devices, %v", len(creds), err)
+	}
+	report2 := filepath.Join(dir, "report2.jsonl")
+	p = startDevsim(t, append([]string{"--tokens", tokens, "--report", report2}, common...)...)
+	w.waitDevices(t, 30*time.Second, devs, func(_ string, st fleet.Status) error {
+		if !st.Online || st.Connects < 3 {
+			return fmt.Errorf("online %v after %d connects", st.Online, st.Connects)
+		}
+		return nil
+	})
+	if code := p.stop(t); code != 0 {
+		t.Fatalf("devsim exited %d\n%s", code, p.stderr.String())
+	}
+	second := readReport(t, report2)
+	for _, id := range devs {
+		if first[id].Profile != second[id].Profile {
+			t.Errorf("%s: profile %s, then %s with the same seed", id, first[id].Profile, second[id].Profile)
+		}
+	}
+}
+
+func mustOpen(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestDevsimUsage: devsim refuses a command line it cannot run with exit
+// status 2 and says every problem at once.
+func TestDevsimUsage(t *testing.T) {
+	devsim := binary(t, "devsim")
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{nil, []string{"--key", "no devices"}},
+		{[]string{"--load", "--register", "3", "--profile", "healthy=1,nope=2", "--offline-window", "25:00-01:00"},
+			[]string{"profile \"nope\"", "--offline-window", "an operator"}},
+		{[]string{"--tokens", "x", "--register", "2", "--load"}, []string{"not with --tokens"}},
+		{[]string{"--load", "--tokens", "x", "--groups", "a=1"}, []string{"are for --register"}},
+		{[]string{"stray"}, []string{"unexpected argument"}},
+	} {
+		_, errOut, code := runBinary(t, devsim, nil, c.args...)
+		if code != 2 {
+			t.Errorf("devsim %v: exit %d\n%s", c.args, code, errOut)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("devsim %v: no %q in\n%s", c.args, w, errOut)
+			}
+		}
+	}
+	_, errOut, code := runBinary(t, devsim, nil, "--help")
+	if code != 0 || !strings.Contains(errOut, "Usage: devsim") || !strings.Contains(errOut, "-profile") {
+		t.Errorf("--help: exit %d\n%s", code, errOut)
 	}
 }

@@ -48,7 +48,7 @@ func (k *keyFiles) Set(s string) error { *k = append(*k, s); return nil }
 // options are the command line.
 type options struct {
 	url, user, password                  string
-	tokens, devices, tokensOut           string
+	tokens, devices, tokensOut, report   string
 	register                             int
 	prefix                               string
 	hardware, regions, groups, links     string
@@ -118,6 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.register, "register", 0, "register this many devices first")
 	fs.StringVar(&o.prefix, "prefix", "sim-", "device ID prefix for --register")
 	fs.StringVar(&o.tokensOut, "tokens-out", "", "write the tokens of --register to this new file (mode 0600)")
+	fs.StringVar(&o.report, "report", "", "at the end, write each device's state to this file (JSON lines)")
 	fs.StringVar(&o.hardware, "hardware", sim.DefaultHardware, "hardware, or a mix (esp32-v2=80,esp32-v3=20)")
 	fs.StringVar(&o.regions, "regions", "", "regions to register, a mix (eu=50,us=50)")
 	fs.StringVar(&o.groups, "groups", "", "groups to register, a mix; \"none\" is no group (canary=10,none=90)")
@@ -198,7 +199,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	specs, cfg, err := o.fleet(ctx, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "devsim:", err)
-		if errors.Is(err, errUsage) {
+		if errors.As(err, new(usageError)) {
 			return exitUsage
 		}
 		return exitError
@@ -210,11 +211,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-var errUsage = errors.New("usage")
+// usageError is a problem with the command line (exit status 2).
+type usageError struct{ err error }
 
-func usagef(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
-}
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 // fleet builds the fleet's configuration and devices from the options,
 // registering devices first when asked to.
@@ -248,6 +251,9 @@ func (o *options) fleet(ctx context.Context, stderr io.Writer) ([]sim.DeviceSpec
 	}
 	if sources == 0 {
 		problems = append(problems, usagef("no devices: give --tokens, --devices or --register"))
+	}
+	if o.register > 0 && o.user == "" {
+		problems = append(problems, usagef("--register needs an operator: --user and --password (or OTAMQ_USER, OTAMQ_PASSWORD)"))
 	}
 	if o.register > 0 && (o.tokens != "" || o.devices != "") {
 		problems = append(problems, usagef("--register makes its own devices: not with --tokens or --devices"))
@@ -296,7 +302,7 @@ func (o *options) fleet(ctx context.Context, stderr io.Writer) ([]sim.DeviceSpec
 		problems = append(problems, usagef("--regions and --groups are for --register"))
 	}
 	if len(problems) > 0 {
-		return nil, cfg, errors.Join(problems...)
+		return nil, cfg, usageError{errors.Join(problems...)}
 	}
 	var faults []string
 	for v := range strings.SplitSeq(o.faultVersions, ",") {
@@ -409,9 +415,6 @@ func readTokens(path string) ([]sim.Credential, error) {
 
 // registerAll registers regs and writes their tokens to --tokens-out.
 func (o *options) registerAll(ctx context.Context, regs []sim.Registration, stderr io.Writer) ([]sim.Credential, error) {
-	if o.user == "" {
-		return nil, usagef("--register needs an operator: --user and --password (or OTAMQ_USER, OTAMQ_PASSWORD)")
-	}
 	var out *os.File
 	if o.tokensOut != "" {
 		f, err := os.OpenFile(o.tokensOut, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
@@ -529,7 +532,28 @@ loop:
 	if err := f.Stop(stopCtx); err != nil {
 		return err
 	}
+	if o.report != "" {
+		if err := writeReport(o.report, f.Devices()); err != nil {
+			return err
+		}
+	}
 	return printSummary(stdout, o.jsonOut, sum)
+}
+
+// writeReport writes each device's snapshot as a line of JSON.
+func writeReport(path string, devs []sim.Snapshot) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	for _, d := range devs {
+		if err := enc.Encode(d); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	return f.Close()
 }
 
 func printProgress(w io.Writer, asJSON bool, elapsed time.Duration, s sim.Stats) {
