@@ -453,7 +453,7 @@ func (f *Fleet) reserve(now time.Time) time.Duration {
 	f.limMu.Lock()
 	defer f.limMu.Unlock()
 	step := time.Duration(float64(time.Second) / f.cfg.ConnectRate)
-	if floor := now.Add(-f.limBurst); f.limNext.Before(floor) {
+	if floor := now.Add(step - f.limBurst); f.limNext.Before(floor) { // a burst of limBurst's worth
 		f.limNext = floor
 	}
 	at := f.limNext

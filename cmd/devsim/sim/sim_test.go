@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -376,7 +375,34 @@ func TestReadPacketBound(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Fatalf("%v", err)
 	}
-	if errors.Is(err, nil) {
-		t.Fatal()
+}
+
+// TestConnectRate: attempts beyond the connect rate wait their turn, one
+// second's worth at once (the burst).
+func TestConnectRate(t *testing.T) {
+	f, err := New(Config{URL: "mqtt://127.0.0.1:1", Load: true, ConnectRate: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	var waits []time.Duration
+	for range 13 {
+		waits = append(waits, f.reserve(now))
+	}
+	want := []time.Duration{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 100 * time.Millisecond, 200 * time.Millisecond, 300 * time.Millisecond}
+	if !slices.Equal(waits, want) {
+		t.Fatalf("waits %v, want %v", waits, want)
+	}
+	// after a quiet while the burst is back, not more
+	later := now.Add(time.Minute)
+	n := 0
+	for f.reserve(later) == 0 {
+		n++
+	}
+	if n != 10 {
+		t.Fatalf("%d attempts at once after a minute, want 10", n)
+	}
+	if f0, _ := New(Config{URL: "mqtt://127.0.0.1:1", Load: true}); f0.reserve(now) != 0 {
+		t.Fatal("no rate: an attempt waits")
 	}
 }
