@@ -1014,16 +1014,23 @@ func TestDevsimBrokerRestart(t *testing.T) {
 	w2.noRefusals()
 }
 
-// TestDevsimV311: devices on MQTT 3.1.1 take an update like the others.
+// TestDevsimV311: devices on MQTT 3.1.1 take an update like the others,
+// and keep their connections over many keepalive periods (1 s here) with
+// heartbeats sent more often than that.
 func TestDevsimV311(t *testing.T) {
 	t.Parallel()
 	w := newSimWorld(t)
 	devs := ids("v3-", 5)
-	w.simFleet(t, w.registerSims(t, devs, nil), func(c *sim.Config) { c.V311 = true })
-	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
-	for id, st := range w.statuses(t) {
-		if st.Protocol != 4 {
-			t.Errorf("%s connected with protocol %d", id, st.Protocol)
+	w.simFleet(t, w.registerSims(t, devs, nil), func(c *sim.Config) { c.V311, c.Timing.KeepAlive = true, time.Second })
+	w.waitDevices(t, 30*time.Second, devs, func(_ string, st fleet.Status) error {
+		if !st.Online || st.Firmware != "1.0.0" || st.Heartbeats < 15 {
+			return fmt.Errorf("online %v, firmware %q, %d heartbeats", st.Online, st.Firmware, st.Heartbeats)
+		}
+		return nil
+	})
+	for _, id := range devs {
+		if st := w.status(id); st.Protocol != 4 || st.Connects != 1 {
+			t.Errorf("%s: protocol %d, %d connects", id, st.Protocol, st.Connects)
 		}
 	}
 	rollout := w.offer(w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 40*1024)).ID, devs...)

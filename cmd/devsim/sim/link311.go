@@ -24,8 +24,8 @@ type link311 struct {
 	timeout   time.Duration
 	doneCh    chan struct{}
 
-	wmu  sync.Mutex // guards writes to conn, and ping
-	ping *time.Timer
+	wmu  sync.Mutex // guards writes to conn
+	ping *time.Timer // sends the keepalive pings
 
 	mu       sync.Mutex // guards nextID, subacks, closed, inflight, idle
 	nextID   uint16
@@ -181,17 +181,19 @@ func (l *link311) write(encode func(*bytes.Buffer) error) error {
 	defer l.wmu.Unlock()
 	_ = l.conn.SetWriteDeadline(time.Now().Add(l.timeout))
 	_, err := l.conn.Write(buf.Bytes())
-	if err == nil && l.ping != nil {
-		l.ping.Reset(l.keepAlive) // a packet sent is as good as a ping
-	}
 	return err
 }
 
+// sendPing sends a PINGREQ every keepalive, whatever else was sent: the
+// PINGRESP is what keeps the reader's deadline from passing on a
+// connection the broker sends nothing else on.
 func (l *link311) sendPing() {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
 	if err := l.write(func(b *bytes.Buffer) error { return pk.PingreqEncode(b) }); err != nil {
 		l.abort()
+		return
 	}
+	l.ping.Reset(l.keepAlive)
 }
 
 func (l *link311) id() uint16 {
