@@ -24,7 +24,7 @@ type link311 struct {
 	timeout   time.Duration
 	doneCh    chan struct{}
 
-	wmu  sync.Mutex // guards writes to conn
+	wmu  sync.Mutex  // guards writes to conn
 	ping *time.Timer // sends the keepalive pings
 
 	mu       sync.Mutex // guards nextID, subacks, closed, inflight, idle
