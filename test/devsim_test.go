@@ -402,7 +402,7 @@ func TestDevsimProfiles(t *testing.T) {
 }
 
 // TestDevsimOfflineWindow: a device whose offline window (in its local
-// time, UTC+05:30) starts two seconds from now loses its connection then
+// time, UTC+05:30) starts four seconds from now loses its connection then
 // and comes back when the window ends; another device stays connected.
 func TestDevsimOfflineWindow(t *testing.T) {
 	t.Parallel()
@@ -412,7 +412,7 @@ func TestDevsimOfflineWindow(t *testing.T) {
 	const offset = 330
 	local := time.Now().UTC().Add(offset * time.Minute)
 	tod := local.Sub(time.Date(local.Year(), local.Month(), local.Day(), 0, 0, 0, 0, time.UTC))
-	win := sim.Window{Start: (tod + 2*time.Second) % (24 * time.Hour), End: (tod + 4*time.Second) % (24 * time.Hour)}
+	win := sim.Window{Start: (tod + 4*time.Second) % (24 * time.Hour), End: (tod + 6*time.Second) % (24 * time.Hour)}
 	specs[0].Profile, specs[0].UTCOffsetMinutes, specs[0].Offline = sim.OfflineWindow, offset, &win
 	specs[1].UTCOffsetMinutes = offset
 	f := w.simFleet(t, specs)
@@ -999,16 +999,26 @@ func TestDevsimBrokerRestart(t *testing.T) {
 	b2 := startBroker(t, func(o *broker.Options) { o.TCPAddr, o.DataDir, o.AdminRate = addr, dir, -1 })
 	w2 := &simWorld{agentWorld: &agentWorld{tb: b2, key: w.key, keyFile: w.keyFile}, keys: w.keys}
 	w2.waitDevices(t, 60*time.Second, devs, onVersion("1.1.0", "committed", "ota_reboot", 1))
-	for _, id := range devs {
+	// One download each, never started again. (The events a device sent
+	// while the broker was going away may be lost, as with the agent,
+	// which forgets an event once its MQTT library took it: a device that
+	// rebooted into the new image then may lack 10 and 11.)
+	for i, id := range devs {
 		got := w2.deviceEvents(id, rollout)
-		if n := strings.Count(strings.Join(got, " "), "download.started"); n != 1 || got[len(got)-1] != "health.ok" {
-			t.Errorf("%s reported %v: want one download, resumed, and health ok", id, got)
+		joined := strings.Join(got, " ")
+		if n := strings.Count(joined, "download.started"); n != 1 {
+			t.Errorf("%s reported %v: want one download", id, got)
+		}
+		if i < 10 && !strings.Contains(joined, "download.completed") {
+			t.Errorf("%s (slow) reported %v: want its download resumed and completed", id, got)
 		}
 	}
-	for _, d := range f.Devices() {
-		// before the restart, after it, and after the update's reboot
-		if d.Connects < 3 {
-			t.Errorf("%s connected %d times", d.ID, d.Connects)
+	for i, d := range f.Devices() {
+		// the slow ones: before the restart, after it, after the update's
+		// reboot; the others rebooted into the update before the restart
+		// or during it
+		if want := map[bool]int{true: 3, false: 2}[i < 10]; d.Connects < want {
+			t.Errorf("%s connected %d times, want at least %d", d.ID, d.Connects, want)
 		}
 	}
 	w2.noRefusals()
