@@ -28,8 +28,32 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
+    /* every hash the agent started has ended (ESP-IDF 6 leaks otherwise) */
+    if (dev->hash_leaks != 0) {
+        fprintf(stderr, "%d SHA-256 computations started and never ended\n", dev->hash_leaks);
+        free(dev);
+        return -1;
+    }
     free(dev);
     return 0;
+}
+
+/* The otadata state of slot s (OTA_OD_*; OTA_OD_UNDEFINED when no entry
+ * names it). */
+static uint32_t slot_state(int s)
+{
+    uint32_t st = OTA_OD_UNDEFINED;
+    (void)ota_od_state(&dev->od, s, &st);
+    return st;
+}
+
+/* The slot the bootloader would start next (on a copy of otadata). */
+static int next_boot(void)
+{
+    ota_otadata_t od = dev->od;
+    bool ok[2] = {true, true};
+    unsigned w;
+    return ota_od_boot(&od, ok, &w);
 }
 
 static bool is_committed(fake_dev_t *d)
@@ -82,7 +106,7 @@ static void test_update_commits(void **state)
     assert_true(fd_run_until(dev, is_committed, 200000));
     assert_string_equal(fd_running_version(dev), "1.1.0");
     assert_int_equal(dev->running, 1);
-    assert_int_equal(dev->od.state[1], OTA_SLOT_VALID);
+    assert_int_equal(slot_state(1), OTA_OD_VALID);
     assert_memory_equal(dev->slot[1], img, IMG_SIZE);
     /* every step reported, in order */
     static const unsigned want[] = {OTA_EV_DOWNLOAD_STARTED, OTA_EV_DOWNLOAD_PROGRESS,
@@ -430,12 +454,12 @@ static void test_reject_garbage_offer(void **state)
 static void test_digest_mismatch(void **state)
 {
     (void)state;
-    dev->corrupt = true;
+    dev->corrupt = 1 + OTA_CFG_DIGEST_RETRIES; /* the first and every refetch */
     boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
     assert_true(fd_run_until(dev, is_failed, 100000));
     assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_DIGEST));
     assert_int_equal(dev->running, 0);
-    assert_int_equal(dev->od.boot_slot, 0);
+    assert_int_equal(next_boot(), 0);
     /* the same update is not retried when offered again */
     int before = dev->requests;
     fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
@@ -561,7 +585,7 @@ static void test_slot_finish_fails(void **state)
     assert_true(fd_run_until(dev, is_failed, 100000));
     assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_FAILED, OTA_E_FLASH));
     assert_false(fd_has_event(dev, OTA_EV_INSTALL_STARTED, 0));
-    assert_int_equal(dev->od.boot_slot, 0);
+    assert_int_equal(next_boot(), 0);
 }
 
 static void test_offer_past_deadline(void **state)
@@ -660,7 +684,12 @@ static bool rollback_reported(fake_dev_t *d)
 
 static void expect_rollback(unsigned err)
 {
-    assert_true(fd_run_until(dev, rollback_reported, 300000));
+    if (!fd_run_until(dev, rollback_reported, 300000)) {
+        fprintf(stderr, "state %d running %d version %s\n", ota_agent_state(&dev->agent),
+                dev->running, fd_running_version(dev));
+        fd_dump_events(dev);
+        fail();
+    }
     assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_COMPLETED, err));
     assert_string_equal(fd_running_version(dev), "1.0.0");
     assert_int_equal(dev->running, 0);
@@ -680,7 +709,7 @@ static void test_crash_on_boot_rolls_back(void **state)
     tk_image(img, IMG_SIZE, OTA_SIM_CRASH, 0, "1.1.0", 42);
     boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
     expect_rollback(OTA_E_BOOT);
-    assert_int_equal(dev->od.state[1], OTA_SLOT_ABORTED);
+    assert_false(fd_bootable(dev, 1)); /* aborted, then invalidated */
 }
 
 static void test_hang_rolls_back(void **state)
@@ -699,7 +728,7 @@ static void test_health_fail_rolls_back(void **state)
     expect_rollback(OTA_E_HEALTH);
     assert_true(fd_has_event(dev, OTA_EV_HEALTH_FAILED, OTA_E_HEALTH));
     assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_TRIGGERED, OTA_E_HEALTH));
-    assert_int_equal(dev->od.state[1], OTA_SLOT_INVALID);
+    assert_false(fd_bootable(dev, 1));
 }
 
 static void test_no_broker_in_trial_rolls_back(void **state)
@@ -909,5 +938,7 @@ int main(void)
         T(test_heartbeats_periodic),
         T(test_init_rejects_bad_config),
     };
+    if (getenv("TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     return cmocka_run_group_tests_name("agent", tests, NULL, NULL);
 }
