@@ -289,6 +289,10 @@ static int p_confirm(void *ctx, uint8_t kind)
     fake_dev_t *d = D(ctx);
     if (d->fail_confirm)
         return OTA_ERR_IO;
+    if (d->fail_confirms > 0) {
+        d->fail_confirms--;
+        return OTA_ERR_IO;
+    }
     if (kind == 0u) {
         ota_otadata_t before = d->od;
         unsigned w;
@@ -326,7 +330,8 @@ static int p_rollback(void *ctx, uint8_t kind)
         if (!ota_od_mark_invalid(&d->od, ok, &w))
             return OTA_ERR_STATE;
     } else {
-        if (!ota_od_rollback_possible(&d->od, ok))
+        /* esp_ota_set_boot_partition validates the other image */
+        if (!ok[d->running ^ 1])
             return OTA_ERR_STATE;
         ota_od_set_boot(&d->od, d->running ^ 1, &w);
     }
@@ -579,6 +584,14 @@ void fd_boot(fake_dev_t *d)
         }
         d->boots++;
         d->boot_at = d->now;
+        if (d->cfg_allowed[0] != NULL) {
+            uint32_t n;
+            const uint8_t *c = fd_config(d, 1, &n);
+            bool ok = (n == 0u && d->cfg_allowed_len[0] == 0u) ||
+                      (n == d->cfg_allowed_len[0] && memcmp(c, d->cfg_allowed[0], n) == 0) ||
+                      (n == d->cfg_allowed_len[1] && memcmp(c, d->cfg_allowed[1], n) == 0);
+            d->cfg_mixed += !ok;
+        }
         ota_sim_header_parse(d->slot[s], FD_SLOT_SIZE, &h);
         snprintf(d->version, sizeof(d->version), "%s", h.version);
         if (h.behaviour == OTA_SIM_CRASH) {
@@ -699,6 +712,8 @@ static void serve(fake_dev_t *d, const fd_out_t *o)
     bs = d->served_block_size ? d->served_block_size : (uint32_t)m.u[3];
     if (d->served_window != 0u && m.u[4] > d->served_window)
         m.u[4] = d->served_window; /* "up to count" blocks (DESIGN §3) */
+    if (d->served_window_for > 0 && --d->served_window_for == 0)
+        d->served_window = 0;
     for (i = 0; i < m.u[4] && off < d->image_size; i++) {
         uint32_t len = d->image_size - off < bs ? d->image_size - off : bs;
         size_t n;
@@ -723,6 +738,8 @@ static void take_event(fake_dev_t *d, const fd_out_t *o)
 {
     kv_u_t m;
     volatile uint8_t reason = 0;
+    if (d->ev_publishes < FD_MAX_EVENTS)
+        d->ev_times[d->ev_publishes] = d->now;
     d->ev_publishes++;
     if (d->ev_no_puback)
         return;
@@ -757,6 +774,8 @@ static void pump(fake_dev_t *d)
             d->last_birth_state = (unsigned)m.u[7];
             d->last_birth_slot = (unsigned)m.u[4];
             d->last_birth_guard = m.u[12];
+            d->last_birth_sv = (unsigned)m.u[11];
+            d->saw_committed |= m.u[7] == OTA_STATE_COMMITTED;
             snprintf(d->last_birth_version, sizeof(d->last_birth_version), "%.*s",
                      (int)m.slen[1], m.s[1] ? m.s[1] : "");
         } else if (ends_with(o.topic, "/hb")) {
@@ -764,6 +783,7 @@ static void pump(fake_dev_t *d)
             d->heartbeats++;
             d->last_hb_state = (unsigned)m.u[6];
             d->last_hb_health = (unsigned)m.u[2];
+            d->saw_committed |= m.u[6] == OTA_STATE_COMMITTED;
         } else if (ends_with(o.topic, "/ota/get")) {
             serve(d, &o);
         }

@@ -84,6 +84,12 @@ typedef struct fake_dev {
     uint32_t cfg_len[2][2]; /* bytes written into each, kept with them */
     ota_cfgdata_t cd[2];
     bool cfg_restart;   /* the application asks to restart for a new one */
+    /* when set: the configuration (kind 1) every start must find, the old
+     * (none when its length is 0) or the new one; starts finding anything
+     * else are counted */
+    const uint8_t *cfg_allowed[2];
+    uint32_t cfg_allowed_len[2];
+    int cfg_mixed;
     int cfg_changes;    /* times the application was told */
 
     /* kv */
@@ -107,6 +113,7 @@ typedef struct fake_dev {
     bool ev_no_puback;  /* events get no PUBACK (MQTT 3.1.1 broker that could
                            not record them) */
     int ev_publishes;   /* events published (each attempt) */
+    uint64_t ev_times[FD_MAX_EVENTS]; /* when each attempt was published */
 
     /* broker peer */
     uint8_t *image;
@@ -125,6 +132,7 @@ typedef struct fake_dev {
     uint64_t req_times[512];
     uint32_t served_block_size; /* 0 = as requested */
     uint32_t served_window; /* most blocks per answer (0 = as requested) */
+    int served_window_for;  /* ... for this many requests (0 = always) */
     uint32_t req_counts[512]; /* blocks asked for by each request */
     int req_boot;         /* boot count at the last request */
     uint32_t resumed_from; /* offset of a first-after-boot request > 0 */
@@ -136,6 +144,8 @@ typedef struct fake_dev {
     int births, heartbeats;
     unsigned last_birth_reason, last_birth_state, last_birth_slot;
     uint64_t last_birth_guard;
+    unsigned last_birth_sv;
+    bool saw_committed;   /* a birth or heartbeat said "committed" */
     unsigned last_hb_state, last_hb_health;
     char last_birth_version[40];
     int boots;
@@ -150,6 +160,7 @@ typedef struct fake_dev {
     int fail_write_at;    /* n-th slot_write fails (1-based, 0 = never) */
     int nwrites;
     bool fail_begin, fail_finish, fail_activate, fail_confirm, fail_kv;
+    int fail_confirms;    /* the next n confirms fail */
     int fail_hash_update; /* the n-th sha256_update fails (0 = never) */
     int nhash_updates;
     uint8_t app_health;   /* bits returned by app_health */

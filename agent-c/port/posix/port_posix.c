@@ -483,7 +483,8 @@ static int pp_rollback(void *ctx, uint8_t kind)
         if (!ota_od_mark_invalid(&p->od, ok, &written))
             return OTA_ERR_STATE;
     } else {
-        if (!ota_od_rollback_possible(&p->od, ok))
+        /* esp_ota_set_boot_partition validates the other image */
+        if (!ok[p->running ^ 1])
             return OTA_ERR_STATE;
         ota_od_set_boot(&p->od, p->running ^ 1, &written);
     }

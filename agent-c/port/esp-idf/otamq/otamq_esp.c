@@ -536,6 +536,7 @@ static int ep_rollback(void *ctx, uint8_t kind)
     esp_port_t *p = E(ctx);
     const esp_partition_t *run = esp_ota_get_running_partition();
     esp_ota_img_states_t st = ESP_OTA_IMG_UNDEFINED;
+    esp_err_t err;
     if (kind != OTA_KIND_FIRMWARE)
         return cfg_rollback(p, kind);
     if (run != NULL && esp_ota_get_state_partition(run, &st) == ESP_OK &&
@@ -545,13 +546,21 @@ static int ep_rollback(void *ctx, uint8_t kind)
         (void)esp_ota_mark_app_invalid_rollback_and_reboot();
         return OTA_ERR_STATE;
     }
-    /* confirmed: boot the other slot if it still holds a valid image (with
-     * eFuse anti-rollback, one whose secure version is not below eFuse's).
-     * esp_ota_set_boot_partition makes it NEW: it starts PENDING_VERIFY, and
-     * the agent confirms it at once (ota_agent_on_boot). */
+    /* confirmed: boot the other slot if it still holds a valid image.
+     * esp_ota_set_boot_partition validates it, whatever otadata says of it
+     * (its entry may be ABORTED when it was rolled back to and reset before
+     * its confirmation), and makes it NEW: it starts PENDING_VERIFY, and the
+     * agent confirms it at once (ota_agent_on_boot). With eFuse
+     * anti-rollback it would erase an image below the eFuse secure version:
+     * esp_ota_check_rollback_is_possible refuses those first. */
+#if CONFIG_BOOTLOADER_APP_ANTI_ROLLBACK
     if (!esp_ota_check_rollback_is_possible())
         return OTA_ERR_STATE;
-    if (esp_ota_set_boot_partition(esp_ota_get_next_update_partition(NULL)) != ESP_OK)
+#endif
+    err = esp_ota_set_boot_partition(esp_ota_get_next_update_partition(NULL));
+    if (err == ESP_ERR_OTA_VALIDATE_FAILED)
+        return OTA_ERR_STATE;
+    if (err != ESP_OK)
         return OTA_ERR_IO;
     esp_restart();
 }
