@@ -419,12 +419,12 @@ static void test_length_limits(void **state)
     assert_int_equal(strlen(m.version), 33);
     m.targets[0] = hw64;
     offer_rollout(&m, r64);
-    expect_rejected(OTA_E_VERSION, "version longer than 32 bytes");
+    expect_rejected(OTA_E_VERSION, "version too long");
 
     dev->nev = 0;
     m.version = "1.1.0";
     offer_rollout(&m, r65);
-    expect_rejected(0, "rollout ID longer than 64 bytes");
+    expect_rejected(0, "rollout ID too long");
 
     dev->nev = 0;
     offer_rollout(&m, r64);
@@ -613,7 +613,7 @@ static void test_offer_past_deadline(void **state)
                               1000); /* long past */
     fd_push(dev, "ota/manifest", dev->offer, dev->offer_len);
     assert_true(fd_run_until(dev, has_rejected, 5000));
-    assert_string_equal(dev->ev[dev->nev - 1].detail, "deadline passed");
+    assert_string_equal(dev->ev[dev->nev - 1].detail, "deadline");
     assert_int_equal(dev->requests, 0);
 }
 
@@ -857,7 +857,7 @@ static void test_abandoned_image_started_again(void **state)
     fd_run_for(dev, 2000);
     assert_int_equal(dev->running, 0);
     assert_int_equal(slot_state(0), OTA_OD_VALID);
-    assert_true(has_detail(OTA_EV_ROLLBACK_TRIGGERED, "abandoned image started"));
+    assert_true(has_detail(OTA_EV_ROLLBACK_TRIGGERED, "abandoned image"));
     assert_int_equal(fd_count_event(dev, OTA_EV_REBOOT_COMPLETED), 1);
     assert_false(dev->saw_committed);
 }
@@ -1034,7 +1034,8 @@ static void test_event_without_puback_is_resent(void **state)
     assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_COMPLETED, 0));
 }
 
-/* A full queue drops the oldest event that is not a result first. */
+/* A full queue keeps its results: an event that is not one is dropped
+ * instead; a result makes room by dropping the oldest. */
 static void test_event_queue_keeps_results(void **state)
 {
     tk_manifest_t m;
@@ -1044,13 +1045,14 @@ static void test_event_queue_keeps_results(void **state)
     (void)state;
     fd_boot(dev);
     fd_run_for(dev, 1000);
+    dev->offer_on_subscribe = false; /* a check finds nothing */
     dev->ev_no_puback = true; /* everything stays queued */
     base_manifest(&m);
     m.targets[0] = "other-hw";
     offer_with(&m, &dev->key, false); /* rejected: a result */
     fd_run_for(dev, 300);
     n = tk_command(c, sizeof(c), OTA_CMD_CHECK, NULL, 0);
-    for (i = 0; i < 40; i++) { /* check started/completed: no results */
+    for (i = 0; i < 100; i++) { /* check started: not a result, ~9 bytes each */
         fd_push(dev, "cmd", c, n);
         fd_run_for(dev, 100);
     }
@@ -1059,7 +1061,23 @@ static void test_event_queue_keeps_results(void **state)
     fd_run_for(dev, 60000);
     assert_int_equal(dev->ev[0].code, OTA_EV_REJECTED);
     assert_int_equal(dev->ev[0].error, OTA_E_HARDWARE);
-    assert_true(dev->nev < 40); /* the oldest checks were dropped */
+    assert_true(dev->nev > 1 && dev->nev < 100); /* the later checks were dropped */
+    /* a result when the queue is full of others: the oldest make room */
+    fd_init(dev, "1.0.0");
+    fd_boot(dev);
+    fd_run_for(dev, 1000);
+    dev->offer_on_subscribe = false;
+    dev->ev_no_puback = true;
+    for (i = 0; i < 100; i++) {
+        fd_push(dev, "cmd", c, n);
+        fd_run_for(dev, 100);
+    }
+    offer_with(&m, &dev->key, false);
+    fd_run_for(dev, 300);
+    dev->ev_no_puback = false;
+    fd_disconnect(dev);
+    fd_run_for(dev, 60000);
+    assert_int_equal(dev->ev[dev->nev - 1].code, OTA_EV_REJECTED);
 }
 
 /* ---- every SHA-256 the agent starts ends (ESP-IDF 6 allocates them) ------ */
@@ -1197,7 +1215,7 @@ static void test_digest_mismatch_refetched(void **state)
     boot_and_offer(img, IMG_SIZE, "1.1.0", 0, 5, 1);
     assert_true(fd_run_until(dev, is_committed, 300000));
     assert_int_equal(fd_count_event(dev, OTA_EV_DOWNLOAD_STARTED), 2);
-    assert_true(has_detail(OTA_EV_DOWNLOAD_STARTED, "digest mismatch, fetching again"));
+    assert_true(has_detail(OTA_EV_DOWNLOAD_STARTED, "refetching"));
     for (i = 1; i < dev->requests && i < 512; i++)
         restarts += dev->req_offsets[i] == 0u;
     assert_int_equal(restarts, 1);
@@ -1423,12 +1441,12 @@ static void test_config_reset_before_confirm_reverts(void **state)
         assert_true(config_is(OTA_KIND_CONFIG, NULL, 0)); /* reverted at start */
         assert_int_equal(ota_agent_state(&dev->agent), OTA_STATE_ROLLED_BACK);
         assert_true(has_detail(OTA_EV_ROLLBACK_TRIGGERED, reasons[i] == OTA_BOOT_WATCHDOG
-                                                              ? "new image did not confirm"
-                                                              : "power lost before confirm") ||
+                                                              ? "not confirmed"
+                                                              : "power lost") ||
                     (fd_run_for(dev, 2000),
                      has_detail(OTA_EV_ROLLBACK_TRIGGERED, reasons[i] == OTA_BOOT_WATCHDOG
-                                                               ? "new image did not confirm"
-                                                               : "power lost before confirm")));
+                                                               ? "not confirmed"
+                                                               : "power lost")));
         assert_true(fd_has_event(dev, OTA_EV_ROLLBACK_COMPLETED, OTA_E_BOOT));
         fd_run_for(dev, 5000);
         if (reasons[i] == OTA_BOOT_WATCHDOG)
@@ -1461,7 +1479,7 @@ static void test_unsupported_kind_refused(void **state)
     fd_run_for(dev, 500);
     make_blob("x", 8);
     fd_offer_kind(dev, blob, 100, "1.0.0", "r-k", 0, 5, 0, OTA_KIND_FLAGS, 0);
-    expect_rejected(OTA_E_VERSION, "unsupported kind");
+    expect_rejected(OTA_E_VERSION, "unknown kind");
 }
 
 /* ---- commands, heartbeats ------------------------------------------------ */

@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "cbor_util.h"
 #include "crypto_mbedtls.h"
 #include "testkit.h"
 

@@ -1,4 +1,5 @@
 /* testkit.c - see testkit.h. */
+#include "cbor_util.h"
 #include "testkit.h"
 
 #include <stdio.h>

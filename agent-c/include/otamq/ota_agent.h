@@ -87,14 +87,14 @@ typedef struct ota_agent_config {
 typedef struct ota_persist {
     uint32_t state;          /* ota_state_t */
     uint32_t flags;          /* OTA_PF_* */
-    uint32_t size;
     uint32_t offset;         /* bytes known written and persisted */
+    uint32_t size;
+    uint32_t trial_ms;       /* time run on the new image, summed over boots */
     uint32_t block_size;
     uint32_t secure_version; /* device secure version (committed) */
-    uint32_t target_secure_version;
     uint32_t boots_since_commit;
     uint32_t wdt_since_commit;
-    uint32_t trial_ms;       /* time run on the new image, summed over boots */
+    uint32_t target_secure_version;
     uint8_t install_mode;
     uint8_t error;           /* last ota_error_code_t */
     uint8_t target_slot;
@@ -136,39 +136,41 @@ typedef struct ota_persist {
  * may wrap. */
 typedef struct ota_agent {
     const ota_port_t *port;
-    uint32_t booted;           /* the flags are 0 or 1 */
-    uint32_t connected;
-    uint32_t broker_seen;      /* connected since the trial began */
-    uint32_t hb_sent;          /* a heartbeat went out since the trial began */
-    uint32_t req_active;       /* a block request is outstanding */
-    uint32_t retry_wait;       /* waiting for retry_at_ms to ask again */
-    uint32_t unhealthy;        /* health checks failing since unhealthy_since_ms */
-    uint32_t next_off;         /* download: bytes written so far */
-    uint32_t req_id;
-    uint32_t req_count;        /* blocks still expected from the request */
-    uint32_t req_got;          /* blocks received for the request */
-    uint32_t req_deadline_ms;
-    uint32_t retries;
-    uint32_t pct_reported;     /* download progress last reported, percent */
-    uint32_t last_hb_ms;
+    /* the words used most, within the first 128 bytes with the persisted
+     * state's first words; the flags are 0 or 1 */
     uint32_t evq_len;
+    uint32_t connected;
+    uint32_t next_off;         /* download: bytes written so far */
     uint32_t ev_inflight;      /* the first queued event is published */
-    uint32_t ev_id;            /* its message ID */
-    uint32_t ev_at_ms;         /* when it was published / may be again */
-    uint32_t ev_backoff_ms;    /* after a "retry" PUBACK, 0 = none */
-    uint32_t ev_saved;         /* the queue is in the kv store */
     uint32_t window;           /* blocks per request now */
+    uint32_t req_active;       /* a block request is outstanding */
+    uint32_t ev_at_ms;         /* when it was published / may be again */
     uint32_t window_max;       /* the settings' window, or the broker's */
-    uint32_t window_told;      /* the offer gave the broker's (key 6) */
-    uint32_t persist_failed;   /* the last persist failed (health bit 1) */
+    uint32_t booted;
+    uint32_t retry_wait;       /* waiting for retry_at_ms to ask again */
+    uint32_t retries;
+    uint32_t req_got;          /* blocks received for the request */
+    uint32_t req_count;        /* blocks still expected from the request */
+    uint32_t pct_reported;     /* download progress last reported, percent */
+    uint32_t ev_backoff_ms;    /* after a "retry" PUBACK, 0 = none */
+    uint32_t broker_seen;      /* connected since the trial began */
+    uint32_t trial_saved_ms;   /* now_ms of the last trial clock persist */
+    uint32_t offline_since_ms;
+    uint32_t hb_sent;          /* a heartbeat went out since the trial began */
     uint32_t hashing;          /* img_hash is started */
     ota_persist_t ps;
+    uint32_t unhealthy;        /* health checks failing since unhealthy_since_ms */
+    uint32_t req_id;
+    uint32_t req_deadline_ms;
+    uint32_t last_hb_ms;
+    uint32_t ev_id;            /* the published event's message ID */
+    uint32_t ev_saved;         /* the queue is in the kv store */
+    uint32_t window_told;      /* the offer gave the broker's (key 6) */
+    uint32_t persist_failed;   /* the last persist failed (health bit 1) */
     uint32_t retry_at_ms;
-    uint32_t offline_since_ms;
     uint32_t boot_ms;          /* now_ms at on_boot */
     uint32_t trial_base_ms;    /* trial clock at trial_start_ms */
     uint32_t trial_start_ms;   /* now_ms when this boot's trial clock began */
-    uint32_t trial_saved_ms;   /* now_ms of the last trial clock persist */
     uint32_t unhealthy_since_ms;
     bool check_pending;        /* a check is under way: report the next offer */
     uint8_t boot_reason;       /* reported in the birth */

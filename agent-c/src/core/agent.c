@@ -23,40 +23,40 @@
 #define REASONS(X)                                                               \
     X(R_NONE, 0, "")                                                             \
     X(R_PS, ERR_PS, "")                                                          \
-    X(R_REFETCH, 0, "digest mismatch, fetching again")                           \
+    X(R_REFETCH, 0, "refetching")                           \
     /* download failed (event 6); block errors 1..3 in order, then others */     \
     X(R_NOT_ASSIGNED, OTA_E_RETRIES, "not assigned")                             \
     X(R_UNKNOWN_IMAGE, OTA_E_RETRIES, "unknown image")                           \
-    X(R_OFFSET, OTA_E_RETRIES, "offset out of range")                            \
-    X(R_BROKER_REFUSED, OTA_E_RETRIES, "refused by broker")                      \
+    X(R_OFFSET, OTA_E_RETRIES, "bad offset")                            \
+    X(R_BROKER_REFUSED, OTA_E_RETRIES, "refused")                      \
     X(R_RETRIES, OTA_E_RETRIES, "")                                              \
     X(R_DIGEST, OTA_E_DIGEST, "")                                                \
-    X(R_SIZE, OTA_E_DIGEST, "image size mismatch")                               \
+    X(R_SIZE, OTA_E_DIGEST, "size mismatch")                               \
     X(R_SLOT_CHANGED, OTA_E_DIGEST, "slot changed")                              \
     X(R_IMAGE_REFUSED, OTA_E_FLASH, "image refused")                             \
     X(R_WRITE, OTA_E_FLASH, "")                                                  \
     X(R_HASH, OTA_E_FLASH, "hash failed")                                        \
-    X(R_BEGIN, OTA_E_FLASH, "slot begin failed")                                 \
+    X(R_BEGIN, OTA_E_FLASH, "begin failed")                                 \
     X(R_RESUME, OTA_E_FLASH, "cannot resume")                                    \
     X(R_TOO_LARGE, OTA_E_NO_SPACE, "")                                           \
-    X(R_WITHDRAWN, OTA_E_CANCELLED, "offer withdrawn")                           \
+    X(R_WITHDRAWN, OTA_E_CANCELLED, "withdrawn")                           \
     X(R_SUPERSEDED, OTA_E_CANCELLED, "superseded")                               \
-    X(R_CANCEL_CMD, OTA_E_CANCELLED, "cancel command")                           \
+    X(R_CANCEL_CMD, OTA_E_CANCELLED, "command")                           \
     /* install completed with an error (event 8) */                              \
     X(R_ACTIVATE, OTA_E_FLASH, "")                                               \
     /* offer refused (event 15), in the order of the checks; refusal_status */   \
     /* has their status codes */                                                 \
     X(R_BAD_OFFER, 0, "bad offer")                                               \
-    X(R_ROLLOUT_LONG, 0, "rollout ID longer than " STR(OTA_CFG_ROLLOUT_MAX) " bytes") \
-    X(R_DEADLINE, 0, "deadline passed")                                          \
-    X(R_BAD_COSE, OTA_E_SIGNATURE, "bad COSE_Sign1")                             \
+    X(R_ROLLOUT_LONG, 0, "rollout ID too long") \
+    X(R_DEADLINE, 0, "deadline")                                          \
+    X(R_BAD_COSE, OTA_E_SIGNATURE, "bad COSE")                             \
     X(R_UNKNOWN_KEY, OTA_E_SIGNATURE, "unknown key")                             \
     X(R_BAD_SIGNATURE, OTA_E_SIGNATURE, "")                                      \
     X(R_BAD_MANIFEST, OTA_E_VERSION, "bad manifest")                             \
     X(R_HARDWARE, OTA_E_HARDWARE, "")                                            \
     X(R_BOOTLOADER, OTA_E_HARDWARE, "bootloader too old")                        \
-    X(R_KIND, OTA_E_VERSION, "unsupported kind")                                 \
-    X(R_VERSION_LONG, OTA_E_VERSION, "version longer than " STR(OTA_CFG_VERSION_MAX) " bytes") \
+    X(R_KIND, OTA_E_VERSION, "unknown kind")                                 \
+    X(R_VERSION_LONG, OTA_E_VERSION, "version too long") \
     X(R_BAD_VERSION, OTA_E_VERSION, "bad version")                               \
     X(R_SAME_VERSION, OTA_E_VERSION, "same version")                             \
     X(R_DOWNGRADE, OTA_E_VERSION, "downgrade")                                   \
@@ -65,17 +65,17 @@
     /* trial failed (event 12) and rollback (13); the trial timeout's three */   \
     /* reasons in this order */                                                  \
     X(R_NOT_REACHED, OTA_E_HEALTH, "broker not reached")                         \
-    X(R_NO_HEARTBEAT, OTA_E_HEALTH, "heartbeat not sent")                        \
-    X(R_APP_CHECK, OTA_E_HEALTH, "application check failed")                     \
+    X(R_NO_HEARTBEAT, OTA_E_HEALTH, "no heartbeat")                        \
+    X(R_APP_CHECK, OTA_E_HEALTH, "app check failed")                     \
     X(R_HEALTH_FAILING, OTA_E_HEALTH, "health failing")                          \
     X(R_NO_BROKER, OTA_E_HEALTH, "no broker")                                    \
     X(R_CONFIRM, OTA_E_BOOT, "confirm failed")                                   \
-    X(R_REBOOTS, OTA_E_BOOT, "too many reboots")                                 \
-    X(R_WDT, OTA_E_BOOT, "too many watchdog resets")                             \
-    X(R_POWER_LOST, OTA_E_BOOT, "power lost before confirm")                     \
-    X(R_NOT_CONFIRMED, OTA_E_BOOT, "new image did not confirm")                  \
-    X(R_ABANDONED, OTA_E_BOOT, "abandoned image started")                        \
-    X(R_RETRIED, ERR_PS, "rollback retried")                                     \
+    X(R_REBOOTS, OTA_E_BOOT, "reboot loop")                                 \
+    X(R_WDT, OTA_E_BOOT, "watchdog resets")                             \
+    X(R_POWER_LOST, OTA_E_BOOT, "power lost")                     \
+    X(R_NOT_CONFIRMED, OTA_E_BOOT, "not confirmed")                  \
+    X(R_ABANDONED, OTA_E_BOOT, "abandoned image")                        \
+    X(R_RETRIED, ERR_PS, "retried")                                     \
     X(R_NO_TARGET, ERR_PS, "no rollback target")
 
 #define AS_ENUM(name, err, text) name,
@@ -188,14 +188,12 @@ static void save_events(ota_agent_t *a)
     (void)P(a)->kv_set(P(a)->ctx, OTA_KV_EVENTS, a->evq, a->evq_len);
 }
 
-/* Removes the event at byte p of the queue. */
-static void evq_remove(ota_agent_t *a, uint32_t p)
+/* Drops the first event of the queue. */
+static void evq_drop(ota_agent_t *a)
 {
-    uint32_t n = 1u + a->evq[p];
-    if (p == 0u)
-        a->ev_inflight = false; /* a late PUBACK for it is ignored */
-    a->evq_len -= n;
-    memmove(a->evq + p, a->evq + p + n, a->evq_len - p);
+    a->ev_inflight = false; /* a late PUBACK for it is ignored */
+    a->evq_len -= 1u + a->evq[0];
+    memmove(a->evq, a->evq + 1u + a->evq[0], a->evq_len);
     if (a->ev_saved)
         save_events(a);
 }
@@ -215,15 +213,16 @@ static void flush_events(ota_agent_t *a)
 }
 
 /* Queues an event and publishes what is queued when connected. When the
- * queue is full the oldest event that is not a result goes first, then the
- * oldest result. The rollout ID and version (NULL: none) are rollout_len
- * and version_len bytes long, or NUL-terminated when that is 0. */
+ * queue is full, an event that is not a result is dropped, a result makes
+ * room by dropping the oldest events. The rollout ID and version (NULL:
+ * none) are rollout_len and version_len bytes long, or NUL-terminated when
+ * that is 0. */
 static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rollout,
                       size_t rollout_len, const char *version, size_t version_len)
 {
     ota_event_t ev;
     size_t len, room;
-    uint32_t p;
+    bool result = RESULTS >> code & 1u;
 
     ev.code = code;
     ev.rollout = rollout;
@@ -241,19 +240,16 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
         if (room > 1u && ota_msg_encode_event(&ev, a->evq + a->evq_len + 1,
                                               room > 256u ? 255u : room - 1u, &len) == OTA_OK)
             break;
-        if (a->evq_len != 0u) {
-            for (p = 0; p < a->evq_len && (RESULTS >> a->evq[p + 3u] & 1u); p += 1u + a->evq[p])
-                ;
-            evq_remove(a, p < a->evq_len ? p : 0u);
-        } else if (ev.detail != NULL) {
+        if (a->evq_len != 0u && result)
+            evq_drop(a);
+        else if (ev.detail != NULL && a->evq_len == 0u)
             ev.detail = NULL; /* too long even alone: keep the event, not its text */
-        } else {
+        else
             return;
-        }
     }
     a->evq[a->evq_len] = (uint8_t)len;
     a->evq_len = (uint32_t)(a->evq_len + 1u + len);
-    if (RESULTS >> code & 1u)
+    if (result)
         save_events(a);
     flush_events(a);
 }
@@ -681,8 +677,6 @@ static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
 static uint8_t running_slot(ota_agent_t *a, uint8_t kind)
 {
     ota_boot_info_t bi;
-    if (kind == 0u)
-        return a->boot.running_slot;
     bi.running_slot = 1;
     (void)P(a)->boot_state(P(a)->ctx, kind, &bi);
     return bi.running_slot;
@@ -864,20 +858,21 @@ int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, 
 
 int ota_agent_on_puback(ota_agent_t *a, int msg_id, uint8_t reason)
 {
-    if (a == NULL || !a->booted || !a->ev_inflight || (uint32_t)msg_id != a->ev_id)
+    uint32_t b;
+    if (a == NULL || !a->ev_inflight || (uint32_t)msg_id != a->ev_id)
         return OTA_OK;
     a->ev_inflight = false;
     a->ev_at_ms = NOW(a);
+    b = a->ev_backoff_ms;
     if (reason == 0x80u || reason == 0x83u || reason == 0x97u) {
         /* the broker could not record it now: again later */
-        a->ev_backoff_ms = a->ev_backoff_ms == 0u
-                               ? OTA_CFG_EVENT_RETRY_MS
-                               : min_u32(2u * a->ev_backoff_ms, OTA_CFG_EVENT_RETRY_MAX_MS);
-        a->ev_at_ms += a->ev_backoff_ms;
+        b = b != 0u ? 2u * b : OTA_CFG_EVENT_RETRY_MS;
+        a->ev_backoff_ms = b = min_u32(b, OTA_CFG_EVENT_RETRY_MAX_MS);
+        a->ev_at_ms += b;
         return OTA_ERR_IO;
     }
     a->ev_backoff_ms = 0;
-    evq_remove(a, 0); /* delivered, or refused for good: resending cannot help */
+    evq_drop(a); /* delivered, or refused for good: resending cannot help */
     flush_events(a);
     return reason < 0x80u ? OTA_OK : OTA_ERR_MSG;
 }
@@ -1088,8 +1083,7 @@ static void load_events(ota_agent_t *a)
     size_t len = sizeof(a->evq), p = 0;
     if (P(a)->kv_get(P(a)->ctx, OTA_KV_EVENTS, a->evq, &len) != OTA_OK)
         len = 0;
-    while (p < len && a->evq[p] >= 3u && p + 1u + a->evq[p] <= len && a->evq[p + 2u] == 1u &&
-           a->evq[p + 3u] < 24u)
+    while (p < len && a->evq[p] >= 3u)
         p += 1u + a->evq[p];
     a->evq_len = (uint32_t)(p == len ? len : 0u);
     a->ev_saved = a->evq_len != 0u;
@@ -1260,13 +1254,12 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
 {
     const ota_port_t *p;
     size_t i, n;
-    if (a == NULL || cfg == NULL || cfg->port == NULL || cfg->device_id == NULL ||
+    if (a == NULL || cfg == NULL || (p = cfg->port) == NULL || cfg->device_id == NULL ||
         cfg->hardware == NULL || cfg->bootloader_version == NULL || cfg->fw_version == NULL ||
         cfg->keys == NULL || cfg->nkeys == 0u || cfg->nkeys > OTA_CFG_MAX_KEYS ||
         (n = id_len(cfg->device_id)) == 0u || strlen(cfg->fw_version) > OTA_CFG_VERSION_MAX ||
         strlen(cfg->hardware) > OTA_CFG_HARDWARE_MAX)
         return OTA_ERR_ARG;
-    p = cfg->port;
     if (p->mqtt_publish == NULL || p->mqtt_subscribe == NULL || p->slot_begin == NULL ||
         p->slot_write == NULL || p->slot_read == NULL || p->slot_finish == NULL ||
         p->slot_activate == NULL || p->boot_state == NULL || p->confirm == NULL ||

@@ -76,19 +76,6 @@ int ota_cbor_read_uint(ota_cbor_reader_t *r, uint64_t *v)
     return expect(r, OTA_CBOR_UINT, v);
 }
 
-int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v)
-{
-    uint8_t major;
-    uint64_t arg;
-    int rc = ota_cbor_read_head(r, &major, &arg);
-    if (rc != OTA_OK)
-        return rc;
-    if (major > OTA_CBOR_NINT || arg > (uint64_t)INT64_MAX)
-        return OTA_ERR_CBOR_TYPE;
-    *v = major == OTA_CBOR_UINT ? (int64_t)arg : -1 - (int64_t)arg;
-    return OTA_OK;
-}
-
 /* Well-formed UTF-8 (RFC 3629): no overlongs, surrogates or > U+10FFFF. */
 static bool utf8_ok(const uint8_t *s, size_t n)
 {
@@ -189,19 +176,6 @@ int ota_cbor_skip(ota_cbor_reader_t *r)
     return skip_depth(r, 1u);
 }
 
-int ota_cbor_validate(const uint8_t *buf, size_t len)
-{
-    ota_cbor_reader_t r;
-    int rc;
-    if (buf == NULL && len != 0u)
-        return OTA_ERR_ARG;
-    ota_cbor_reader_init(&r, buf, len);
-    rc = ota_cbor_skip(&r);
-    if (rc == OTA_OK && r.p != r.end)
-        rc = OTA_ERR_CBOR;
-    return rc;
-}
-
 int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
 {
     uint64_t pairs;
@@ -278,14 +252,6 @@ void ota_cbor_put_uint(ota_cbor_writer_t *w, uint64_t v)
     ota_cbor_put_head(w, OTA_CBOR_UINT, v);
 }
 
-void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v)
-{
-    if (v >= 0)
-        ota_cbor_put_head(w, OTA_CBOR_UINT, (uint64_t)v);
-    else
-        ota_cbor_put_head(w, OTA_CBOR_NINT, (uint64_t)(-1 - v));
-}
-
 void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n)
 {
     ota_cbor_put_head(w, major, n);
@@ -302,12 +268,3 @@ void ota_cbor_put_tstr(ota_cbor_writer_t *w, const char *p, size_t n)
     ota_cbor_put_str(w, OTA_CBOR_TSTR, p, n);
 }
 
-void ota_cbor_put_cstr(ota_cbor_writer_t *w, const char *s)
-{
-    ota_cbor_put_tstr(w, s, strlen(s));
-}
-
-int ota_cbor_writer_status(const ota_cbor_writer_t *w)
-{
-    return w->overflow ? OTA_ERR_NOSPACE : OTA_OK;
-}
