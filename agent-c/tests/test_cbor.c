@@ -183,9 +183,9 @@ static void test_strerror(void **state)
     assert_string_equal(ota_strerror(OTA_ERR_TIMEOUT - 1), "unknown status");
     assert_string_equal(ota_strerror(OTA_OK), "ok");
     assert_string_equal(ota_strerror(OTA_ERR_ARG), "bad argument");
-    assert_string_equal(ota_strerror(OTA_ERR_COSE), "invalid COSE_Sign1");
+    assert_string_equal(ota_strerror(OTA_ERR_COSE), "bad COSE_Sign1");
     assert_string_equal(ota_strerror(OTA_ERR_STATE), "wrong state");
-    assert_string_equal(ota_strerror(OTA_ERR_CRYPTO), "crypto failure");
+    assert_string_equal(ota_strerror(OTA_ERR_CRYPTO), "crypto error");
     assert_string_equal(ota_strerror(OTA_ERR_TIMEOUT), "timeout");
 }
 

@@ -87,6 +87,7 @@ typedef struct ota_agent_config {
 typedef struct ota_persist {
     uint32_t state;          /* ota_state_t */
     uint32_t flags;          /* OTA_PF_* */
+    uint32_t kind;           /* ota_kind_t of the current update */
     uint32_t offset;         /* bytes known written and persisted */
     uint32_t size;
     uint32_t trial_ms;       /* time run on the new image, summed over boots */
@@ -98,7 +99,6 @@ typedef struct ota_persist {
     uint8_t install_mode;
     uint8_t error;           /* last ota_error_code_t */
     uint8_t target_slot;
-    uint8_t kind;            /* ota_kind_t of the current update */
     uint8_t refetches;       /* full downloads again after a digest mismatch */
     uint8_t nboots, nwdt;
     uint64_t seq;            /* sequence number of the current update */
@@ -109,9 +109,9 @@ typedef struct ota_persist {
     uint32_t wdt_log[OTA_CFG_BOOT_LOG];  /* trial clock (s) of watchdog boots */
     uint8_t digest[32];
     /* texts NUL-terminated, in even sizes (persist.c's rows need it) */
-    char version[OTA_TEXT_SIZE(OTA_CFG_VERSION_MAX)];
     /* version of the configuration and the feature flags in use ("": none) */
     char kind_version[OTA_KINDS - 1][OTA_TEXT_SIZE(OTA_CFG_VERSION_MAX)];
+    char version[OTA_TEXT_SIZE(OTA_CFG_VERSION_MAX)]; /* then rollout: cleared as one */
     char rollout[OTA_TEXT_SIZE(OTA_CFG_ROLLOUT_MAX)];
 } ota_persist_t;
 

@@ -8,7 +8,7 @@
 
 #define P(a) ((a)->port)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
-#define KIND(a) ((a)->ps.kind)
+#define KIND(a) ((uint8_t)(a)->ps.kind)
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -673,6 +673,12 @@ static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
     return R_NONE;
 }
 
+typedef char version_then_rollout[offsetof(ota_persist_t, rollout) ==
+                                          offsetof(ota_persist_t, version) +
+                                              sizeof(((ota_persist_t *)0)->version)
+                                      ? 1
+                                      : -1];
+
 /* The running slot of kind (for the target of a new update). */
 static uint8_t running_slot(ota_agent_t *a, uint8_t kind)
 {
@@ -760,8 +766,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     if (st == OTA_STATE_DOWNLOADING || st == OTA_STATE_VERIFIED)
         give_up(a, R_SUPERSEDED);
 
-    memset(a->ps.version, 0, sizeof(a->ps.version));
-    memset(a->ps.rollout, 0, sizeof(a->ps.rollout));
+    memset(a->ps.version, 0, sizeof(a->ps.version) + sizeof(a->ps.rollout));
     memcpy(a->ps.rollout, o.rollout, o.rollout_len);
     memcpy(a->ps.version, m.version, m.version_len);
     memcpy(a->ps.digest, m.digest, 32);

@@ -35,7 +35,7 @@ static const ota_field_t persist_rows[] = {
     F(PK_TRIAL, OTA_F_U32, trial_ms),
     A(PK_BOOTLOG, OTA_F_LOG, boot_log, offsetof(ota_persist_t, nboots)),
     A(PK_WDTLOG, OTA_F_LOG, wdt_log, offsetof(ota_persist_t, nwdt)),
-    F(PK_KIND, OTA_F_U8, kind),
+    F(PK_KIND, OTA_F_U32, kind),
     F(PK_REFETCH, OTA_F_U8, refetches),
     F(PK_GUARD0, OTA_F_U64, guard[0]),
     F(PK_GUARD1, OTA_F_U64, guard[1]),
