@@ -153,7 +153,7 @@ func TestBirthHeartbeatFlushReload(t *testing.T) {
 	register(t, db, r, Registration{ID: "dev-1", Attributes: Attributes{Hardware: "esp32-v2"}}, TokenSecret(NewToken()))
 	r.Connected("dev-1", Conn{Protocol: 5})
 	clk.add(time.Second)
-	if err := r.Birth("dev-1", wire.Birth{FirmwareVersion: "1.2.3", Hardware: "esp32-v2", Slot: 1, BootReason: wire.BootRollback, OTAState: wire.StateRolledBack}); err != nil {
+	if err := r.Birth("dev-1", wire.Birth{FirmwareVersion: "1.2.3", Hardware: "esp32-v2", Slot: 1, BootReason: wire.BootRollback, OTAState: wire.StateRolledBack, ReplayGuard: 17}); err != nil {
 		t.Fatal(err)
 	}
 	off := uint64(4096)
@@ -191,7 +191,7 @@ func TestBirthHeartbeatFlushReload(t *testing.T) {
 	st := v.Status
 	if st.Online || st.DisconnectReason != ReasonRestart || st.Firmware != "1.2.3" || st.Slot != 1 ||
 		st.BootReason != "rollback" || st.Heartbeats != 2 || st.Uptime != 70 || st.HealthFlags != wire.HealthAppOK ||
-		st.DownloadOffset != nil || !st.LastSeen.Equal(clk.now()) {
+		st.DownloadOffset != nil || !st.LastSeen.Equal(clk.now()) || st.ReplayGuard != 17 {
 		t.Fatalf("reloaded status %+v", st)
 	}
 }
