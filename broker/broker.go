@@ -126,6 +126,7 @@ func New(opts Options) (b *Broker, err error) {
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
 		Now: o.Now, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
+		EventStoreFault: o.EventStoreFault,
 	})
 	if err != nil {
 		return nil, err

@@ -126,6 +126,10 @@ type Options struct {
 	// NoSync skips fsync. For tests and benchmarks only: a crash loses
 	// acknowledged writes.
 	NoSync bool
+	// EventStoreFault, when set and returning an error, makes recording a
+	// device event fail as if the store had failed. For tests only (the
+	// device's side of a store failure). Default nil.
+	EventStoreFault func() error
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.

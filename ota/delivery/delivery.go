@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/Masterminds/semver/v3"
+
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
@@ -100,6 +102,9 @@ type Options struct {
 	// TimelineLength is how many events each device's timeline keeps.
 	// Default DefaultTimelineLength.
 	TimelineLength int
+	// EventStoreFault, when set and returning an error, makes Event fail
+	// as if the store had failed (tests of the devices' side). Default nil.
+	EventStoreFault func() error
 }
 
 // Offer is a release assigned to a device.
@@ -278,6 +283,9 @@ type OfferResult struct {
 	Device string `json:"device"`
 	OK     bool   `json:"ok"`
 	Error  string `json:"error,omitempty"`
+	// Warning, on an offer made, says why the device is known to refuse
+	// the manifest (from what its last birth reported); the offer stands.
+	Warning string `json:"warning,omitempty"`
 }
 
 // NewRolloutID returns a fresh ID for an offer made by hand.
@@ -328,9 +336,39 @@ func (s *Service) Offer(tx *store.Tx, ids []string, spec OfferSpec, actor string
 			return nil, err
 		}
 		res.OK = true
+		if res.Warning = s.refusal(id, r); res.Warning != "" {
+			s.o.Logger.Warn("offer the device will refuse", "device", id, "release", r.ID,
+				"rollout", spec.RolloutID, "reason", res.Warning)
+		}
 		results = append(results, res)
 	}
 	return results, nil
+}
+
+// refusal says why device id will refuse the manifest of r, as far as its
+// last birth tells (the policy of the C agent, docs/PROTOCOL.md): a
+// sequence number below its replay guard, a secure version below its own,
+// a version not newer than the one it runs (unless it allows downgrades).
+// "" when nothing is known against it. Configurations and feature flags
+// have their own versions and guards, which a birth does not carry.
+func (s *Service) refusal(id string, r release.Release) string {
+	v, ok := s.fleet.Get(id)
+	if !ok || r.Kind != manifest.KindFirmware || v.Status.BirthAt.IsZero() {
+		return ""
+	}
+	st := v.Status
+	switch {
+	case r.Sequence < st.ReplayGuard:
+		return fmt.Sprintf("manifest sequence %d is below the device's replay guard %d (the sequence of the manifest it runs): it refuses the manifest", r.Sequence, st.ReplayGuard)
+	case r.SecureVersion < st.SecureVersion:
+		return fmt.Sprintf("secure version %d is below the device's %d: it refuses the manifest", r.SecureVersion, st.SecureVersion)
+	}
+	have, err1 := semver.StrictNewVersion(st.Firmware)
+	want, err2 := semver.StrictNewVersion(r.Version)
+	if err1 == nil && err2 == nil && !want.GreaterThan(have) {
+		return fmt.Sprintf("version %s is not newer than the %s it runs: it refuses the manifest unless it allows downgrades", r.Version, st.Firmware)
+	}
+	return ""
 }
 
 // eligible checks that device id may be offered r.
@@ -681,6 +719,11 @@ func (s *Service) Event(id string, ev wire.Event) error {
 	if ev.RolloutID != "" && !s.knownRollout(id, ev.RolloutID) {
 		s.o.Recorder.EventDropped("unknown_rollout")
 		return fmt.Errorf("%w: %s sent %s for rollout %q", ErrUnknownRun, id, ev.Code, ev.RolloutID)
+	}
+	if s.o.EventStoreFault != nil {
+		if err := s.o.EventStoreFault(); err != nil {
+			return fmt.Errorf("timeline of %s: %w", id, err)
+		}
 	}
 	now := s.o.Now().UTC()
 	e := Entry{Time: now, Source: "device", Type: ev.Code.String(), RolloutID: ev.RolloutID, Version: ev.TargetVersion,

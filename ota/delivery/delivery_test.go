@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -273,5 +274,66 @@ func TestTimelineAndEvents(t *testing.T) {
 	}
 	if !svc2.knownRollout("d1", "r2") {
 		t.Fatal("rollouts not reloaded")
+	}
+}
+
+// An offer a device is known to refuse (from its last birth) is made, with
+// a warning that says why; one it takes, or to a device that never sent a
+// birth, has none.
+func TestOfferWarnsOfRefusal(t *testing.T) {
+	e := setup(t, 1000, Options{}) // release 1.0.0, sequence 1, secure version 0
+	if res := e.offer("d1"); !res[0].OK || res[0].Warning != "" {
+		t.Fatalf("no birth yet: %+v", res)
+	}
+	for _, c := range []struct {
+		birth wire.Birth
+		want  string // in the warning; "" none
+	}{
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2"}, ""},
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2", ReplayGuard: 1}, ""},
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2", ReplayGuard: 2}, "replay guard 2"},
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2", SecureVersion: 3}, "secure version 0 is below the device's 3"},
+		{wire.Birth{FirmwareVersion: "1.0.0", Hardware: "esp32-v2"}, "not newer than the 1.0.0"},
+		{wire.Birth{FirmwareVersion: "1.2.0", Hardware: "esp32-v2"}, "not newer than the 1.2.0"},
+	} {
+		if err := e.reg.Birth("d2", c.birth); err != nil {
+			t.Fatal(err)
+		}
+		res := e.offer("d2")
+		if !res[0].OK || !strings.Contains(res[0].Warning, c.want) || (c.want == "") != (res[0].Warning == "") {
+			t.Errorf("birth %+v: result %+v, want a warning with %q", c.birth, res[0], c.want)
+		}
+	}
+}
+
+// The test hook makes recording an event fail as a store failure would:
+// nothing is written, the caller gets an error (the hooks answer PUBACK
+// 0x80 so the device sends it again).
+func TestEventStoreFault(t *testing.T) {
+	fail := true
+	e := setup(t, 1000, Options{EventStoreFault: func() error {
+		if fail {
+			return errors.New("disk on fire")
+		}
+		return nil
+	}})
+	e.offer("d1")
+	ev := wire.Event{Code: wire.EvRebootCompleted, RolloutID: "r1", TargetVersion: "1.0.0"}
+	if err := e.svc.Event("d1", ev); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("Event with a failing store: %v", err)
+	}
+	tl, _ := e.svc.Timeline("d1", 0)
+	for _, x := range tl {
+		if x.Source == "device" {
+			t.Fatalf("a failed event was recorded: %+v", x)
+		}
+	}
+	fail = false
+	if err := e.svc.Event("d1", ev); err != nil {
+		t.Fatal(err)
+	}
+	tl, _ = e.svc.Timeline("d1", 0)
+	if tl[0].Source != "device" || tl[0].Type != wire.EvRebootCompleted.String() {
+		t.Fatalf("timeline %+v", tl)
 	}
 }
