@@ -188,10 +188,11 @@ static void save_events(ota_agent_t *a)
     (void)P(a)->kv_set(P(a)->ctx, OTA_KV_EVENTS, a->evq, a->evq_len);
 }
 
-/* Drops the first event of the queue. */
+/* Drops the first event of the queue; the next may go at once. */
 static void evq_drop(ota_agent_t *a)
 {
     a->ev_inflight = false; /* a late PUBACK for it is ignored */
+    a->ev_at_ms = NOW(a);
     a->evq_len -= 1u + a->evq[0];
     memmove(a->evq, a->evq + 1u + a->evq[0], a->evq_len);
     if (a->ev_saved)
@@ -212,9 +213,10 @@ static void flush_events(ota_agent_t *a)
     }
 }
 
-/* Queues an event and publishes what is queued when connected. When the
- * queue is full, an event that is not a result is dropped, a result makes
- * room by dropping the oldest events. The rollout ID and version (NULL:
+/* Queues an event and publishes what is queued when connected. Progress
+ * is not queued behind a waiting event. When the queue is full, an event
+ * that is not a result is dropped, a result makes room by dropping the
+ * oldest events. The rollout ID and version (NULL:
  * none) are rollout_len and version_len bytes long, or NUL-terminated when
  * that is 0. */
 static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rollout,
@@ -224,6 +226,8 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
     size_t len, room;
     bool result = RESULTS >> code & 1u;
 
+    if (code == OTA_EV_DOWNLOAD_PROGRESS && a->evq_len > 1u + a->evq[0])
+        return; /* others wait: progress now would be old when it goes */
     ev.code = code;
     ev.rollout = rollout;
     ev.rollout_len = rollout_len;
@@ -867,13 +871,12 @@ int ota_agent_on_puback(ota_agent_t *a, int msg_id, uint8_t reason)
     if (a == NULL || !a->ev_inflight || (uint32_t)msg_id != a->ev_id)
         return OTA_OK;
     a->ev_inflight = false;
-    a->ev_at_ms = NOW(a);
     b = a->ev_backoff_ms;
     if (reason == 0x80u || reason == 0x83u || reason == 0x97u) {
         /* the broker could not record it now: again later */
         b = b != 0u ? 2u * b : OTA_CFG_EVENT_RETRY_MS;
         a->ev_backoff_ms = b = min_u32(b, OTA_CFG_EVENT_RETRY_MAX_MS);
-        a->ev_at_ms += b;
+        a->ev_at_ms = NOW(a) + b;
         return OTA_ERR_IO;
     }
     a->ev_backoff_ms = 0;
@@ -988,7 +991,8 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         a->ps.nwdt = 0;
         a->ps.flags |= OTA_PF_IGNORE_OFFER;
         set_state(a, OTA_STATE_COMMITTED);
-        check_now(a); /* the next update may be waiting */
+        send_birth(a); /* its secure version and replay guard changed */
+        check_now(a);  /* the next update may be waiting */
     }
 }
 
