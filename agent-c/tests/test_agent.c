@@ -1185,6 +1185,22 @@ static void test_offer_window_honoured(void **state)
         assert_true(dev->req_counts[i] <= 2);
     for (i = 1; i < dev->requests && i < 512; i++) /* no request timed out */
         assert_true(dev->req_times[i] - dev->req_times[i - 1] < 2000);
+    /* it is kept with the download: after a reset, the first request
+     * (before any offer) asks for the broker's window too */
+    fd_init(dev, "1.0.0");
+    fd_boot(dev);
+    fd_offer_kind(dev, img, IMG_SIZE, "1.1.0", "r-1", 0, 5, 1, 0, 2);
+    dev->served_window = 2;
+    assert_true(fd_run_until(dev, is_downloading_half, 100000));
+    i = dev->requests;
+    dev->connected = false; /* power off */
+    dev->nin = 0;
+    dev->offer_on_subscribe = false;
+    fd_boot(dev);
+    fd_run_for(dev, 200);
+    assert_true(dev->requests > i);
+    for (; i < dev->requests; i++)
+        assert_true(dev->req_counts[i] <= 2);
 }
 
 /* A stall (part of a window lost) shrinks the window; full answers grow it

@@ -100,6 +100,7 @@ typedef struct ota_persist {
     uint8_t error;           /* last ota_error_code_t */
     uint8_t target_slot;
     uint8_t refetches;       /* full downloads again after a digest mismatch */
+    uint8_t window;          /* the broker's window (offer key 6), 0: not told */
     uint8_t nboots, nwdt;
     uint64_t seq;            /* sequence number of the current update */
     /* The replay guard of each kind: the sequence number of the manifest
@@ -165,7 +166,6 @@ typedef struct ota_agent {
     uint32_t last_hb_ms;
     uint32_t ev_id;            /* the published event's message ID */
     uint32_t ev_saved;         /* the queue is in the kv store */
-    uint32_t window_told;      /* the offer gave the broker's (key 6) */
     uint32_t persist_failed;   /* the last persist failed (health bit 1) */
     uint32_t retry_at_ms;
     uint32_t boot_ms;          /* now_ms at on_boot */

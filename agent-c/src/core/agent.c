@@ -692,6 +692,15 @@ static uint8_t running_slot(ota_agent_t *a, uint8_t kind)
     return bi.running_slot;
 }
 
+/* The broker's window (offer key 6, kept with the download) caps the
+ * agent's. */
+static void cap_window(ota_agent_t *a)
+{
+    a->window_max = a->ps.window != 0u ? min_u32(a->ps.window, a->cfg.settings.window)
+                                       : a->cfg.settings.window;
+    a->window = min_u32(a->window, a->window_max);
+}
+
 static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_offer_t o;
@@ -709,11 +718,8 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
         a->check_pending = false;
         event_plain(a, OTA_EV_CHECK_COMPLETED, R_NONE);
     }
-    /* the broker's window (key 6) caps the agent's */
-    a->window_told = o.max_window != 0u;
-    a->window_max = a->window_told ? min_u32(o.max_window, a->cfg.settings.window)
-                                   : a->cfg.settings.window;
-    a->window = min_u32(a->window, a->window_max);
+    a->ps.window = (uint8_t)min_u32(o.max_window, 255u);
+    cap_window(a);
     /* no new update while one is being installed or tried */
     if (st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL)
         return OTA_ERR_STATE;
@@ -1014,7 +1020,7 @@ void ota_agent_tick(ota_agent_t *a)
                  * the broker did not say its window (offer key 6): then
                  * this may be it. */
                 a->window = a->req_got;
-                if (!a->window_told)
+                if (a->ps.window == 0u)
                     a->window_max = a->req_got;
                 send_request(a);
             } else {
@@ -1118,6 +1124,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         ota_persist_decode(&a->ps, a->tx, len) != OTA_OK)
         memset(&a->ps, 0, sizeof(a->ps)); /* fresh device or unreadable */
     load_events(a);
+    cap_window(a);
     a->ps.boots_since_commit++;
     if (a->boot.reason == OTA_BOOT_WATCHDOG)
         a->ps.wdt_since_commit++;

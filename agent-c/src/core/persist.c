@@ -9,7 +9,7 @@ enum {
     PK_STATE = 1, PK_ROLLOUT, PK_VERSION, PK_DIGEST, PK_SIZE, PK_OFFSET, PK_BLOCK,
     PK_MODE, PK_SEQ, PK_SV, PK_TSV, PK_SLOT, PK_ERROR, PK_FLAGS, PK_BOOTS, PK_WDT,
     PK_TRIAL, PK_BOOTLOG, PK_WDTLOG, PK_KIND, PK_REFETCH, PK_GUARD0, PK_GUARD1, PK_GUARD2,
-    PK_KVER1, PK_KVER2, PK_MAX = PK_KVER2
+    PK_KVER1, PK_KVER2, PK_WINDOW, PK_MAX = PK_WINDOW
 };
 
 #define F(k, t, m) OTA_ROW(k, t, ota_persist_t, m)
@@ -42,6 +42,7 @@ static const ota_field_t persist_rows[] = {
     F(PK_GUARD2, OTA_F_U64, guard[2]),
     A(PK_KVER1, OTA_F_TEXT, kind_version[0], OTA_CFG_VERSION_MAX + 1u),
     A(PK_KVER2, OTA_F_TEXT, kind_version[1], OTA_CFG_VERSION_MAX + 1u),
+    F(PK_WINDOW, OTA_F_U8, window),
 };
 
 int ota_persist_encode(const ota_persist_t *ps, uint8_t *buf, size_t cap, size_t *len)
