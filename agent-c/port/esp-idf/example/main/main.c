@@ -26,7 +26,7 @@ extern const char client_key[] __asm__("_binary_client_key_start");
 
 /* Credentials provisioned into NVS (namespace "otamq_id"), kept for the
  * life of the agent. */
-static char nvs_token[128], nvs_cert[2048], nvs_key[2048];
+static char nvs_token[128], nvs_ca[2048], nvs_cert[2048], nvs_key[2048];
 
 static const char *nvs_secret(nvs_handle_t h, const char *key, char *buf, size_t cap)
 {
@@ -84,6 +84,7 @@ void app_main(void)
     cfg.device_id = "esp32-0001";
     if (nvs_open("otamq_id", NVS_READONLY, &id) == ESP_OK) {
         cfg.token = nvs_secret(id, "token", nvs_token, sizeof(nvs_token));
+        cfg.ca_pem = nvs_secret(id, "ca", nvs_ca, sizeof(nvs_ca)); /* the broker's CA */
         cfg.client_cert_pem = nvs_secret(id, "cert", nvs_cert, sizeof(nvs_cert));
         cfg.client_key_pem = nvs_secret(id, "key", nvs_key, sizeof(nvs_key));
         nvs_close(id);
