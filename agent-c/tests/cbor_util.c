@@ -29,6 +29,15 @@ int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v)
     return OTA_OK;
 }
 
+int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
+{
+    const uint8_t *s;
+    int rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &s, n);
+    if (rc == OTA_OK)
+        *p = (const char *)s;
+    return rc;
+}
+
 void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v)
 {
     if (v >= 0)

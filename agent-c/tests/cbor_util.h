@@ -13,6 +13,9 @@ int ota_cbor_validate(const uint8_t *buf, size_t len);
  * value outside int64_t. */
 int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v);
 
+/* Reads a text string (UTF-8 checked) in place. */
+int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n);
+
 void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v);
 void ota_cbor_put_cstr(ota_cbor_writer_t *w, const char *s); /* NUL-terminated */
 /* OTA_OK, or OTA_ERR_NOSPACE if anything did not fit. */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cbor_util.h"
 #include "crypto_mbedtls.h"
 
 static fake_dev_t *D(void *ctx)

@@ -168,7 +168,6 @@ typedef struct ota_agent {
     uint32_t ev_saved;         /* the queue is in the kv store */
     uint32_t persist_failed;   /* the last persist failed (health bit 1) */
     uint32_t retry_at_ms;
-    uint32_t boot_ms;          /* now_ms at on_boot */
     uint32_t trial_base_ms;    /* trial clock at trial_start_ms */
     uint32_t trial_start_ms;   /* now_ms when this boot's trial clock began */
     uint32_t unhealthy_since_ms;

@@ -9,6 +9,12 @@
 #define P(a) ((a)->port)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 #define KIND(a) ((uint8_t)(a)->ps.kind)
+/* Helpers GCC would copy into each caller, at a cost in size. */
+#ifdef __GNUC__
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
@@ -131,7 +137,7 @@ static bool due(uint32_t now, uint32_t t)
 
 /* "<prefix>/<id>/<suffix>" in a->topic, which holds "<prefix>/<id>/" from
  * init on. */
-static const char *topic(ota_agent_t *a, const char *suffix)
+NOINLINE static const char *topic(ota_agent_t *a, const char *suffix)
 {
     strcpy(a->topic + a->topic_len, suffix);
     return a->topic;
@@ -244,12 +250,9 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
         if (room > 1u && ota_msg_encode_event(&ev, a->evq + a->evq_len + 1,
                                               room > 256u ? 255u : room - 1u, &len) == OTA_OK)
             break;
-        if (a->evq_len != 0u && result)
-            evq_drop(a);
-        else if (ev.detail != NULL && a->evq_len == 0u)
-            ev.detail = NULL; /* too long even alone: keep the event, not its text */
-        else
+        if (a->evq_len == 0u || !result)
             return;
+        evq_drop(a);
     }
     a->evq[a->evq_len] = (uint8_t)len;
     a->evq_len = (uint32_t)(a->evq_len + 1u + len);
@@ -415,7 +418,7 @@ static void give_up(ota_agent_t *a, uint8_t why)
 
 /* Completed tenths of the image in percent, 0..90 (progress events every
  * 10 %; 100 is for the completed download). */
-static uint32_t decile(uint32_t off, uint32_t size)
+NOINLINE static uint32_t decile(uint32_t off, uint32_t size)
 {
     uint32_t d = size < 10u ? 0u : off / (size / 10u);
     return 10u * (d > 9u ? 9u : d);
@@ -694,7 +697,7 @@ static uint8_t running_slot(ota_agent_t *a, uint8_t kind)
 
 /* The broker's window (offer key 6, kept with the download) caps the
  * agent's. */
-static void cap_window(ota_agent_t *a)
+NOINLINE static void cap_window(ota_agent_t *a)
 {
     a->window_max = a->ps.window != 0u ? min_u32(a->ps.window, a->cfg.settings.window)
                                        : a->cfg.settings.window;
@@ -862,11 +865,11 @@ int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, 
     if (strncmp(t, a->topic, a->topic_len) != 0)
         return OTA_OK;
     t += a->topic_len;
-    if (strcmp(t, "ota/blk") == 0)
+    if (strcmp(t, inbox) == 0)
         return on_block(a, payload, len);
-    if (strcmp(t, "ota/manifest") == 0)
+    if (strcmp(t, inbox + sizeof("ota/blk")) == 0)
         return on_offer(a, payload, len);
-    if (strcmp(t, "cmd") == 0)
+    if (strcmp(t, inbox + sizeof("ota/blk") + sizeof("ota/manifest")) == 0)
         return on_command(a, payload, len);
     return OTA_OK;
 }
@@ -926,7 +929,7 @@ static void fail_trial(ota_agent_t *a, uint8_t why)
     roll_back(a, why);
 }
 
-static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
+NOINLINE static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
 {
     unsigned c = 0;
     while (n-- > 0u)
@@ -1116,8 +1119,7 @@ int ota_agent_on_boot(ota_agent_t *a)
     rc = P(a)->boot_state(P(a)->ctx, OTA_KIND_FIRMWARE, &a->boot);
     if (rc != OTA_OK)
         return rc;
-    a->boot_ms = a->offline_since_ms = a->trial_saved_ms = a->trial_start_ms = a->ev_at_ms =
-        NOW(a);
+    a->offline_since_ms = a->trial_saved_ms = a->trial_start_ms = a->ev_at_ms = NOW(a);
     a->boot_reason = a->boot.reason;
     a->booted = true;
     if (P(a)->kv_get(P(a)->ctx, OTA_KV_STATE, a->tx, &len) != OTA_OK ||
@@ -1252,6 +1254,17 @@ typedef char settings_are_words[offsetof(ota_settings_t, allow_downgrade) ==
                                     ? 1
                                     : -1];
 
+/* The port's members that must be set, by offset. */
+#define REQ(m) (uint8_t) offsetof(ota_port_t, m)
+static const uint8_t required[] = {
+    REQ(mqtt_publish),  REQ(mqtt_subscribe), REQ(slot_begin),    REQ(slot_write),
+    REQ(slot_read),     REQ(slot_finish),    REQ(slot_activate), REQ(boot_state),
+    REQ(confirm),       REQ(rollback),       REQ(reboot),        REQ(sha256_start),
+    REQ(sha256_update), REQ(sha256_finish),  REQ(sha256_abort),  REQ(ecdsa_p256_verify),
+    REQ(kv_get),        REQ(kv_set),         REQ(now_ms),
+};
+typedef char port_offsets_fit[offsetof(ota_port_t, now_ms) < 256u ? 1 : -1];
+
 /* The length of id when it matches ^[A-Za-z0-9._-]{1,64}$ (DESIGN §2),
  * else 0. */
 static size_t id_len(const char *id)
@@ -1276,14 +1289,12 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
         (n = id_len(cfg->device_id)) == 0u || strlen(cfg->fw_version) > OTA_CFG_VERSION_MAX ||
         strlen(cfg->hardware) > OTA_CFG_HARDWARE_MAX)
         return OTA_ERR_ARG;
-    if (p->mqtt_publish == NULL || p->mqtt_subscribe == NULL || p->slot_begin == NULL ||
-        p->slot_write == NULL || p->slot_read == NULL || p->slot_finish == NULL ||
-        p->slot_activate == NULL || p->boot_state == NULL || p->confirm == NULL ||
-        p->rollback == NULL || p->reboot == NULL || p->sha256_start == NULL ||
-        p->sha256_update == NULL || p->sha256_finish == NULL || p->sha256_abort == NULL ||
-        p->ecdsa_p256_verify == NULL || p->kv_get == NULL || p->kv_set == NULL ||
-        p->now_ms == NULL)
-        return OTA_ERR_ARG;
+    for (i = 0; i < sizeof(required); i++) {
+        void (*f)(void);
+        memcpy(&f, (const uint8_t *)p + required[i], sizeof(f));
+        if (f == NULL)
+            return OTA_ERR_ARG;
+    }
     memset(a, 0, sizeof(*a));
     a->port = p;
     a->cfg = *cfg;

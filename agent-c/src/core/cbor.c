@@ -62,18 +62,13 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
     return OTA_OK;
 }
 
-static int expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
+int ota_cbor_expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
 {
     uint8_t major;
     int rc = ota_cbor_read_head(r, &major, arg);
     if (rc == OTA_OK && major != want)
         rc = OTA_ERR_CBOR_TYPE;
     return rc;
-}
-
-int ota_cbor_read_uint(ota_cbor_reader_t *r, uint64_t *v)
-{
-    return expect(r, OTA_CBOR_UINT, v);
 }
 
 /* Well-formed UTF-8 (RFC 3629): no overlongs, surrogates or > U+10FFFF. */
@@ -106,7 +101,7 @@ static bool utf8_ok(const uint8_t *s, size_t n)
 int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
 {
     uint64_t len;
-    int rc = expect(r, major, &len);
+    int rc = ota_cbor_expect(r, major, &len);
     if (rc != OTA_OK)
         return rc;
     if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)len))
@@ -115,30 +110,6 @@ int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, si
     *n = (size_t)len;
     r->p += len;
     return OTA_OK;
-}
-
-int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n)
-{
-    return ota_cbor_read_str(r, OTA_CBOR_BSTR, p, n);
-}
-
-int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
-{
-    const uint8_t *s;
-    int rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &s, n);
-    if (rc == OTA_OK)
-        *p = (const char *)s;
-    return rc;
-}
-
-int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count)
-{
-    return expect(r, OTA_CBOR_ARRAY, count);
-}
-
-int ota_cbor_read_map(ota_cbor_reader_t *r, uint64_t *pairs)
-{
-    return expect(r, OTA_CBOR_MAP, pairs);
 }
 
 static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
@@ -247,24 +218,9 @@ void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg)
     ota_cbor_put_raw(w, h, ota_cbor_encode_head(h, major, arg));
 }
 
-void ota_cbor_put_uint(ota_cbor_writer_t *w, uint64_t v)
-{
-    ota_cbor_put_head(w, OTA_CBOR_UINT, v);
-}
-
 void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n)
 {
     ota_cbor_put_head(w, major, n);
     ota_cbor_put_raw(w, (const uint8_t *)p, n);
-}
-
-void ota_cbor_put_bstr(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
-{
-    ota_cbor_put_str(w, OTA_CBOR_BSTR, p, n);
-}
-
-void ota_cbor_put_tstr(ota_cbor_writer_t *w, const char *p, size_t n)
-{
-    ota_cbor_put_str(w, OTA_CBOR_TSTR, p, n);
 }
 

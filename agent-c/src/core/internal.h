@@ -31,14 +31,6 @@ enum {
     OTA_F_CUSTOM  /* decode only: the decoder's callback reads the value */
 };
 
-/* A byte (major 2) or text (major 3, UTF-8 checked) string, returned in
- * place: ota_cbor_read_bstr / ota_cbor_read_tstr by major type. */
-int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n);
-
-/* Writes a byte or text string: ota_cbor_put_bstr / ota_cbor_put_tstr by
- * major type. */
-void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);
-
 /* Offsets and lengths are bytes: a member at offset 256..510 (only the
  * persisted state has any) must be at an even offset and is kept halved,
  * with OTA_F_HALF set in its type (checked at compile time by OTA_OFF). */
