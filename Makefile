@@ -4,6 +4,9 @@
 GO        ?= go
 FUZZTIME  ?= 20s
 STATICCHECK_VERSION ?= v0.8.2
+# VERSION is what --version prints (default: git describe).
+VERSION   ?= $(shell git describe --always --dirty --tags 2>/dev/null)
+LDFLAGS   := -X github.com/otamq/otamq/internal/version.version=$(VERSION)
 
 GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest
 
@@ -12,12 +15,13 @@ GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest
 all: build
 
 build:
-	$(GO) build -o bin/otamq ./cmd/otamq
-	$(GO) build -o bin/otactl ./cmd/otactl
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otamq ./cmd/otamq
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otactl ./cmd/otactl
 
-## run: the broker on loopback, data under ./data, first operator printed.
+## run: the broker on loopback, data under ./data, first operator printed
+## (RUNFLAGS adds flags, e.g. make run RUNFLAGS="--data-dir other-data").
 run: build
-	./bin/otamq
+	./bin/otamq $(RUNFLAGS)
 
 ## deps: Debian packages the tests use (.ci/packages), when missing.
 deps:

@@ -34,6 +34,7 @@ import (
 
 	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/ota/admin"
+	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -77,26 +78,52 @@ type Credentials struct {
 	File string
 }
 
-// New builds a broker from opts: it opens the store (creating the first
-// operator if there is none), builds the MQTT server and its hooks and binds
-// the listeners. Nothing is served until Start.
-func New(opts Options) (b *Broker, err error) {
+// New builds a broker from opts: it loads the TLS files, opens the store,
+// binds the listeners (so their addresses are known), builds the MQTT
+// server and its hooks and, last, creates the first operator if there is
+// none. Nothing is served until Start.
+//
+// A problem with a setting is returned as a *SettingError (several joined
+// with errors.Join). When New fails it leaves nothing behind: every
+// goroutine it started has ended, every listener and the store are closed,
+// and no operator has been created.
+func New(opts Options) (_ *Broker, err error) {
 	if err := opts.Validate(); err != nil {
-		return nil, fmt.Errorf("options: %w", err)
+		return nil, err
 	}
 	o := opts.withDefaults()
-	b = &Broker{opts: o, log: o.Logger}
+	// Every line, mochi's included, goes through the flood guard.
+	o.Logger = slog.New(newLogHandler(o.Logger.Handler()))
+	b := &Broker{opts: o, log: o.Logger}
+	// undo releases, newest first, what New has opened when it fails.
+	var undo []func()
 	defer func() {
 		if err != nil {
-			b.closePartial()
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
 		}
 	}()
 
+	var tlsCfg *tls.Config
+	if o.TLSAddr != "" {
+		if tlsCfg, err = tlsConfig(o); err != nil {
+			return nil, err
+		}
+	}
+
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
+		return nil, setting(fmt.Errorf("data directory %s: %w", o.DataDir, sysReason(err)), "data_dir")
 	}
 	b.db, err = store.Open(filepath.Join(o.DataDir, databaseFile), &store.Options{NoSync: o.NoSync, Logger: o.Logger})
+	if errors.Is(err, store.ErrLocked) {
+		return nil, setting(fmt.Errorf("data directory %s is in use by another otamq (lock held)", o.DataDir), "data_dir")
+	}
 	if err != nil {
+		return nil, setting(fmt.Errorf("data directory %s: %w", o.DataDir, err), "data_dir")
+	}
+	undo = append(undo, func() { _ = b.db.Close() })
+	if err := b.bind(&undo); err != nil {
 		return nil, err
 	}
 
@@ -113,6 +140,7 @@ func New(opts Options) (b *Broker, err error) {
 	b.metrics = newRegistry()
 	rec := newRecorder(b.metrics)
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
+	undo = append(undo, b.events.Close)
 
 	b.fleet, err = fleet.Open(b.db, &fleet.Options{Now: opts.Now, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
 	if err != nil {
@@ -122,36 +150,61 @@ func New(opts Options) (b *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sender := hooks.NewSender(b.srv, topics, rec, o.Logger)
+	// The ACL judges subscribers for the sender too; which admin actions are
+	// read-only is asked of the admin service, built further down.
+	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: func(a string) bool { return b.admin.ReadOnly(a) },
+		Rules: o.Rules, Recorder: rec, Logger: o.Logger})
+	sender := hooks.NewSender(b.srv, topics, acl, rec, o.Logger)
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
 		Now: o.Now, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
-		EventStoreFault: o.EventStoreFault,
+		EventFault: o.EventStoreFault,
 	})
 	if err != nil {
 		return nil, err
 	}
-	b.admin = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now, Disconnector: b.events,
-		Catalog: b.catalog, Delivery: b.delivery})
-	if err := b.bootstrap(); err != nil {
+	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now,
+		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
+		Catalog:      b.catalog, Delivery: b.delivery,
+		Rate: o.AdminRate, Burst: o.AdminBurst, Audit: audit.Retention{MaxRecords: o.AuditMaxRecords, MaxAge: o.AuditMaxAge}})
+	if err != nil {
 		return nil, err
 	}
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog))
 
-	// Hook order is fixed: authentication, authorization, device status,
-	// admin requests.
-	acl := hooks.NewACL(hooks.ACLOptions{Topics: topics, Fleet: b.fleet, ReadOnly: b.admin.ReadOnly, Rules: o.Rules, Recorder: rec, Logger: o.Logger})
+	// Hook order is fixed: authentication, per-client limits,
+	// authorization, device status, block serving, admin requests.
+	blocks := hooks.NewBlocks(b.srv, b.delivery, acl, topics, o.Logger)
+	undo = append(undo, func() { _ = blocks.Stop() })
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
-		Delivery: b.delivery, Sender: sender})
+		Delivery: b.delivery, Sender: sender, Blocks: blocks})
+	undo = append(undo, func() { _ = b.device.Stop() })
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,
 		Recorder: rec, Logger: o.Logger, Workers: o.AdminWorkers, Queue: o.AdminQueue})
-	for _, h := range []mqtt.Hook{hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger), acl, b.device, adm} {
+	undo = append(undo, func() { _ = adm.Stop() })
+	session := hooks.NewSession(hooks.SessionOptions{Server: b.srv, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
+		MaxSubscriptions: o.MaxSubscriptions, MaxGatewaySubscriptions: o.MaxGatewaySubscriptions,
+		MaxFilterLevels: o.MaxFilterLevels, MaxFilterLength: o.MaxFilterLength, OperatorSessionExpiry: o.OperatorSessionExpiry})
+	auth := hooks.NewAuth(b.srv, b.fleet, acl, rec, o.Logger)
+	auth.Anonymous = map[string]bool{"tcp": o.AnonymousTCP, "tls": o.AnonymousTLS}
+	for id, on := range auth.Anonymous {
+		if on {
+			o.Logger.Warn("anonymous clients allowed: unregistered client IDs connect without credentials and get the rules for role anonymous",
+				"listener", id)
+		}
+	}
+	for _, h := range []mqtt.Hook{auth, session, acl, b.device, blocks, adm} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}
 	}
 
-	if err := b.listen(); err != nil {
+	if err := b.listen(tlsCfg); err != nil {
+		return nil, err
+	}
+	// Last, so that a broker that fails to start never creates an
+	// operator whose password nobody saw.
+	if err := b.bootstrap(); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -179,83 +232,145 @@ func Capabilities(o Options) *mqtt.Capabilities {
 	return c
 }
 
-// bootstrap creates the first operator of an empty database.
+// bootstrap creates the first operator of an empty database. A generated
+// password is written to its file before the operator exists (and the file
+// removed if none was created), so that no operator is ever created whose
+// password is nowhere to be found.
 func (b *Broker) bootstrap() error {
 	o := b.opts
-	created, pw, err := b.admin.EnsureOperator(context.Background(), o.FirstOperator, o.FirstOperatorPassword)
+	c := &Credentials{ID: o.FirstOperator, Password: o.FirstOperatorPassword, Generated: o.FirstOperatorPassword == ""}
+	var tmp string
+	if c.Generated {
+		c.Password = fleet.NewPassword()
+		body := fmt.Sprintf("# otamq first operator, created %s. Delete this file once the password is stored elsewhere.\nOTAMQ_USER=%s\nOTAMQ_PASSWORD=%s\n",
+			o.Now().UTC().Format(time.RFC3339), c.ID, c.Password)
+		f, err := os.CreateTemp(o.DataDir, firstOperatorFile+".*") // mode 0600
+		if err != nil {
+			return setting(fmt.Errorf("data directory %s: %w", o.DataDir, sysReason(err)), "data_dir")
+		}
+		tmp = f.Name()
+		defer func() {
+			if tmp != "" {
+				_ = os.Remove(tmp) // no operator was created with this password
+			}
+		}()
+		_, err = f.WriteString(body)
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return setting(fmt.Errorf("write %s: %w", tmp, sysReason(err)), "data_dir")
+		}
+	}
+	created, _, err := b.admin.EnsureOperator(context.Background(), c.ID, c.Password)
+	if errors.Is(err, fleet.ErrExists) {
+		return setting(fmt.Errorf("first operator %s: the ID is already registered (as a device, gateway or observer)", c.ID), "admin.first_operator")
+	}
 	if err != nil {
 		return fmt.Errorf("first operator: %w", err)
 	}
 	if !created {
 		return nil
 	}
-	c := &Credentials{ID: o.FirstOperator, Password: pw, Generated: o.FirstOperatorPassword == ""}
 	if c.Generated {
 		c.File = filepath.Join(o.DataDir, firstOperatorFile)
-		body := fmt.Sprintf("# otamq first operator, created %s. Delete this file once the password is stored elsewhere.\nOTAMQ_USER=%s\nOTAMQ_PASSWORD=%s\n",
-			o.Now().UTC().Format(time.RFC3339), c.ID, c.Password)
-		if err := os.WriteFile(c.File, []byte(body), 0o600); err != nil {
-			return fmt.Errorf("write %s: %w", c.File, err)
+		if err := os.Rename(tmp, c.File); err != nil {
+			// The operator exists now: keep its password where it is
+			// rather than fail.
+			c.File = tmp
+			b.log.Warn("first operator file not renamed", "file", c.File, "err", err)
 		}
+		tmp = ""
 	}
 	b.FirstOperator = c
 	return nil
 }
 
-func (b *Broker) listen() error {
+// bind opens the listeners' sockets, adding each to undo.
+func (b *Broker) bind(undo *[]func()) error {
 	o := b.opts
-	wrap := func(l net.Listener) net.Listener {
-		return &connectDeadline{Listener: l, timeout: o.ConnectTimeout, log: o.Logger}
-	}
-	if o.TCPAddr != "off" {
-		l, err := net.Listen("tcp", o.TCPAddr)
+	bind := func(what, addr, key string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			return fmt.Errorf("mqtt listener: %w", err)
+			return nil, setting(fmt.Errorf("%s %s: %w", what, addr, sysReason(err)), key)
 		}
-		b.tcp = l
-		if err := b.srv.AddListener(listeners.NewNet("tcp", wrap(l))); err != nil {
+		*undo = append(*undo, func() { _ = l.Close() })
+		return l, nil
+	}
+	var err error
+	if o.TCPAddr != "off" {
+		if b.tcp, err = bind("mqtt listener", o.TCPAddr, "mqtt.tcp_addr"); err != nil {
 			return err
 		}
 	}
 	if o.TLSAddr != "" {
-		cfg, err := tlsConfig(o)
-		if err != nil {
-			return err
-		}
-		l, err := net.Listen("tcp", o.TLSAddr)
-		if err != nil {
-			return fmt.Errorf("mqtt tls listener: %w", err)
-		}
-		b.tls = l
-		if err := b.srv.AddListener(listeners.NewNet("tls", tls.NewListener(wrap(l), cfg))); err != nil {
+		if b.tls, err = bind("mqtt tls listener", o.TLSAddr, "mqtt.tls_addr"); err != nil {
 			return err
 		}
 	}
 	if o.HTTPAddr != "off" {
-		l, err := net.Listen("tcp", o.HTTPAddr)
-		if err != nil {
-			return fmt.Errorf("http listener: %w", err)
+		if b.httpLn, err = bind("http listener", o.HTTPAddr, "http.addr"); err != nil {
+			return err
 		}
-		b.httpLn = l
+	}
+	return nil
+}
+
+// listen hands the bound sockets to mochi and the HTTP server.
+func (b *Broker) listen(tlsCfg *tls.Config) error {
+	o := b.opts
+	wrap := func(l net.Listener) net.Listener {
+		return &connectDeadline{Listener: l, timeout: o.ConnectTimeout, log: o.Logger}
+	}
+	if b.tcp != nil {
+		if err := b.srv.AddListener(listeners.NewNet("tcp", wrap(b.tcp))); err != nil {
+			return err
+		}
+	}
+	if b.tls != nil {
+		if err := b.srv.AddListener(listeners.NewNet("tls", tls.NewListener(wrap(b.tls), tlsCfg))); err != nil {
+			return err
+		}
+	}
+	if b.httpLn != nil {
 		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	}
 	return nil
 }
 
+// tlsConfig loads the TLS listener's certificate, key and client CA.
 func tlsConfig(o Options) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+	read := func(what, path, key string) ([]byte, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, setting(fmt.Errorf("%s %s: %w", what, path, sysReason(err)), key)
+		}
+		return b, nil
+	}
+	certPEM, err := read("tls certificate", o.TLSCert, "mqtt.tls_cert")
 	if err != nil {
-		return nil, fmt.Errorf("tls certificate: %w", err)
+		return nil, err
+	}
+	keyPEM, err := read("tls key", o.TLSKey, "mqtt.tls_key")
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, setting(fmt.Errorf("tls certificate %s and key %s: %w", o.TLSCert, o.TLSKey, err), "mqtt.tls_cert", "mqtt.tls_key")
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if o.TLSClientCA != "" {
-		pem, err := os.ReadFile(o.TLSClientCA)
+		pem, err := read("tls client ca", o.TLSClientCA, "mqtt.tls_client_ca")
 		if err != nil {
-			return nil, fmt.Errorf("tls client ca: %w", err)
+			return nil, err
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls client ca %s: no PEM certificate in it", o.TLSClientCA)
+			return nil, setting(fmt.Errorf("tls client ca %s: no PEM certificate in it", o.TLSClientCA), "mqtt.tls_client_ca")
 		}
 		cfg.ClientCAs = pool
 		// A certificate is optional (token devices use this listener too)
@@ -378,10 +493,7 @@ func (b *Broker) disconnectAll() {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			// A client that does not read must not hold up shutdown.
-			if cl.Net.Conn != nil {
-				_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-			}
-			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			hooks.EndConnection(b.srv, cl, packets.ErrServerShuttingDown)
 		}()
 	}
 	wg.Wait()
@@ -407,24 +519,6 @@ func (b *Broker) anyOpenClient() bool {
 		}
 	}
 	return false
-}
-
-// closePartial releases what New opened before it failed.
-func (b *Broker) closePartial() {
-	for _, l := range []net.Listener{b.tcp, b.tls, b.httpLn} {
-		if l != nil {
-			_ = l.Close()
-		}
-	}
-	if b.device != nil {
-		_ = b.device.Stop()
-	}
-	if b.events != nil {
-		b.events.Close()
-	}
-	if b.db != nil {
-		_ = b.db.Close()
-	}
 }
 
 func addr(l net.Listener) string {

@@ -16,7 +16,7 @@ import (
 	"github.com/otamq/otamq/ota/wire"
 )
 
-// Metric names are a contract with the Grafana dashboard (DESIGN.md §9):
+// Metric names are a contract with the Grafana dashboard (docs/METRICS.md):
 // rename nothing without updating config/grafana and docs/METRICS.md.
 
 // maxVersionSeries bounds otamq_devices_by_version: firmware versions come
@@ -40,6 +40,8 @@ type recorder struct {
 	deviceEvents    *prometheus.CounterVec
 	eventsRefused   *prometheus.CounterVec
 	uploadsRejected *prometheus.CounterVec
+	loginsThrottled *prometheus.CounterVec
+	anonymous       prometheus.Counter
 }
 
 var (
@@ -77,9 +79,13 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Device events dropped, by reason (unknown_rollout)."}, []string{"reason"}),
 		uploadsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_uploads_rejected_total",
 			Help: "Release uploads refused, by reason (bad_manifest, unknown_key, bad_signature, key_revoked, digest_mismatch, conflict, ...)."}, []string{"reason"}),
+		anonymous: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_anonymous_connects_total",
+			Help: "Clients let in anonymously on a listener that allows them."}),
+		loginsThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_logins_throttled_total",
+			Help: "Operator logins refused without a password check after failed attempts, by scope (client_id, address, busy)."}, []string{"scope"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
-		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected} {
+		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -94,6 +100,9 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		r.blockRequests.WithLabelValues(result)
 	}
 	r.eventsRefused.WithLabelValues("unknown_rollout")
+	for _, scope := range fleet.ThrottleScopes {
+		r.loginsThrottled.WithLabelValues(scope)
+	}
 	for c := wire.EventCode(1); c.Valid(); c++ {
 		r.deviceEvents.WithLabelValues(c.String())
 	}
@@ -112,6 +121,8 @@ func (r *recorder) Will()                              { r.wills.Inc() }
 func (r *recorder) AdminRequest(action, result string) { r.admin.WithLabelValues(action, result).Inc() }
 func (r *recorder) FleetEventDropped()                 { r.eventsDropped.Inc() }
 func (r *recorder) UploadRejected(reason string)       { r.uploadsRejected.WithLabelValues(reason).Inc() }
+func (r *recorder) LoginThrottled(scope string)        { r.loginsThrottled.WithLabelValues(scope).Inc() }
+func (r *recorder) Anonymous()                         { r.anonymous.Inc() }
 
 // The delivery.Recorder side.
 func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }
@@ -191,12 +202,21 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(counts.Online))
 	ch <- prometheus.MustNewConstMetric(c.heartbeats, prometheus.CounterValue, float64(counts.Heartbeats))
 	ch <- prometheus.MustNewConstMetric(c.releases, prometheus.GaugeValue, float64(c.catalog.Count()))
+	// A gauge with labels has no series while nothing is counted, and a
+	// dashboard then shows "No data" instead of 0: with no devices, the
+	// "unknown" series is exported with value 0.
+	if len(counts.Registered) == 0 {
+		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, 0, "unknown")
+	}
 	for hw, n := range counts.Registered {
 		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), orUnknown(hw))
 	}
 	versions := counts.ByVersion
 	if len(versions) > maxVersionSeries {
 		versions = capVersions(versions, maxVersionSeries)
+	}
+	if len(versions) == 0 {
+		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, 0, "unknown", "unknown")
 	}
 	for k, n := range versions {
 		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, float64(n), orUnknown(k[0]), orUnknown(k[1]))

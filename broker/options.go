@@ -4,9 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/admin"
+	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -52,6 +57,14 @@ type Options struct {
 	TLSCert     string
 	TLSKey      string
 	TLSClientCA string
+	// AnonymousTCP and AnonymousTLS let clients whose ID is not registered
+	// connect to that listener without credentials, as anonymous clients:
+	// they get only the rules that name the role "anonymous", outside the
+	// prefix, never $SYS, an admin verb or a registered ID. Off by default:
+	// turn it on only for a listener that untrusted clients cannot reach,
+	// or for general MQTT traffic you mean to be open.
+	AnonymousTCP bool
+	AnonymousTLS bool
 	// HTTPAddr serves /metrics and /healthz. Default DefaultHTTPAddr;
 	// "off" disables it.
 	HTTPAddr string
@@ -81,6 +94,20 @@ type Options struct {
 	// kept. Default DefaultSessionExpiry. (Messages themselves never expire
 	// unless the publisher set an expiry: mochi's one-day default is off.)
 	SessionExpiry time.Duration
+	// MaxSubscriptions bounds the subscriptions of one client, and
+	// MaxGatewaySubscriptions those of a gateway (three per child).
+	// Defaults hooks.DefaultMaxSubscriptions (100) and
+	// hooks.DefaultMaxGatewaySubscriptions (30,000).
+	MaxSubscriptions        int
+	MaxGatewaySubscriptions int
+	// MaxFilterLevels and MaxFilterLength bound one subscription filter.
+	// Defaults hooks.DefaultMaxFilterLevels (16) and
+	// hooks.DefaultMaxFilterLength (1024 bytes).
+	MaxFilterLevels int
+	MaxFilterLength int
+	// OperatorSessionExpiry bounds the session expiry of operators and
+	// observers. Default hooks.DefaultOperatorSessionExpiry (1h).
+	OperatorSessionExpiry time.Duration
 	// ReadBufferSize and WriteBufferSize are each connection's buffers.
 	// Default: mochi's (2 KiB).
 	ReadBufferSize  int
@@ -95,6 +122,19 @@ type Options struct {
 	// AdminQueue is how many admin requests may wait. Default
 	// DefaultAdminQueue.
 	AdminQueue int
+	// AdminRate is how many admin requests per second one operator or
+	// observer (all its sessions together) may send, with bursts of
+	// AdminBurst; beyond it a request is refused with "rate_limited" and
+	// the time to wait. Default admin.DefaultRate (100) and
+	// admin.DefaultBurst (200); a negative AdminRate: no limit.
+	AdminRate  float64
+	AdminBurst int
+	// AuditMaxRecords and AuditMaxAge bound the audit log: the oldest
+	// records go once there are more, or once they are older. Default
+	// audit.DefaultMaxRecords (1,000,000) and audit.DefaultMaxAge (90
+	// days); negative: no limit.
+	AuditMaxRecords int
+	AuditMaxAge     time.Duration
 
 	// FirstOperator and FirstOperatorPassword create the first operator of
 	// an empty database. Default ID DefaultFirstOperator; with no password
@@ -106,8 +146,8 @@ type Options struct {
 	// MaxImageSize bounds a firmware image. Default 64 MiB.
 	MaxImageSize uint64
 	// MaxBlockSize caps the block size devices may ask for. Default
-	// delivery.DefaultMaxBlockSize (32 KiB). The client's Maximum Packet
-	// Size caps it further.
+	// delivery.DefaultMaxBlockSize (32 KiB), or MaxPacketSize if that is
+	// smaller. The client's Maximum Packet Size caps it further.
 	MaxBlockSize int
 	// MaxWindow caps the blocks of one request. Default
 	// delivery.DefaultMaxWindow.
@@ -123,13 +163,15 @@ type Options struct {
 	// may use only their contract topics.
 	Rules []hooks.Rule
 
+	// EventStoreFault, when set, is called in the transaction that records
+	// each device event, and an error from it fails that transaction as a
+	// store failure would (the device is told to retry). A failpoint for
+	// tests; never set it in production.
+	EventStoreFault func() error
+
 	// NoSync skips fsync. For tests and benchmarks only: a crash loses
 	// acknowledged writes.
 	NoSync bool
-	// EventStoreFault, when set and returning an error, makes recording a
-	// device event fail as if the store had failed. For tests only (the
-	// device's side of a store failure). Default nil.
-	EventStoreFault func() error
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Default time.Now.
@@ -169,6 +211,21 @@ func (o Options) withDefaults() Options {
 	if o.SessionExpiry <= 0 {
 		o.SessionExpiry = DefaultSessionExpiry
 	}
+	if o.MaxSubscriptions == 0 {
+		o.MaxSubscriptions = hooks.DefaultMaxSubscriptions
+	}
+	if o.MaxGatewaySubscriptions == 0 {
+		o.MaxGatewaySubscriptions = hooks.DefaultMaxGatewaySubscriptions
+	}
+	if o.MaxFilterLevels == 0 {
+		o.MaxFilterLevels = hooks.DefaultMaxFilterLevels
+	}
+	if o.MaxFilterLength == 0 {
+		o.MaxFilterLength = hooks.DefaultMaxFilterLength
+	}
+	if o.OperatorSessionExpiry == 0 {
+		o.OperatorSessionExpiry = hooks.DefaultOperatorSessionExpiry
+	}
 	if o.FlushInterval <= 0 {
 		o.FlushInterval = fleet.DefaultFlushInterval
 	}
@@ -178,11 +235,23 @@ func (o Options) withDefaults() Options {
 	if o.AdminQueue <= 0 {
 		o.AdminQueue = DefaultAdminQueue
 	}
+	if o.AdminRate == 0 {
+		o.AdminRate = admin.DefaultRate
+	}
+	if o.AdminBurst == 0 {
+		o.AdminBurst = admin.DefaultBurst
+	}
+	if o.AuditMaxRecords == 0 {
+		o.AuditMaxRecords = audit.DefaultMaxRecords
+	}
+	if o.AuditMaxAge == 0 {
+		o.AuditMaxAge = audit.DefaultMaxAge
+	}
 	if o.MaxImageSize == 0 {
 		o.MaxImageSize = release.DefaultMaxImageSize
 	}
 	if o.MaxBlockSize == 0 {
-		o.MaxBlockSize = delivery.DefaultMaxBlockSize
+		o.MaxBlockSize = min(delivery.DefaultMaxBlockSize, int(o.MaxPacketSize))
 	}
 	if o.MaxWindow == 0 {
 		o.MaxWindow = delivery.DefaultMaxWindow
@@ -199,46 +268,112 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
-// Validate reports every problem of o at once (after defaults).
+// Validate reports every problem of o at once (after defaults): each is a
+// *SettingError naming the configuration file's key, joined with
+// errors.Join.
 func (o Options) Validate() error {
 	o = o.withDefaults()
 	var errs []error
-	if o.TCPAddr == "off" && o.TLSAddr == "" {
-		errs = append(errs, errors.New("no MQTT listener: tcp_addr is off and tls_addr is empty"))
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, setting(fmt.Errorf(format, args...), key))
 	}
-	if o.TLSAddr != "" && (o.TLSCert == "" || o.TLSKey == "") {
-		errs = append(errs, errors.New("tls_addr needs tls_cert and tls_key"))
+	if o.TCPAddr == "off" && o.TLSAddr == "" {
+		errs = append(errs, setting(errors.New("no MQTT listener: the plain one is off and no TLS one is set"), "mqtt.tcp_addr", "mqtt.tls_addr"))
+	}
+	for _, a := range []struct{ key, what, addr string }{
+		{"mqtt.tcp_addr", "mqtt listener", o.TCPAddr}, {"mqtt.tls_addr", "mqtt tls listener", o.TLSAddr}, {"http.addr", "http listener", o.HTTPAddr},
+	} {
+		if a.addr == "off" || a.addr == "" && a.key == "mqtt.tls_addr" {
+			continue
+		}
+		if err := checkAddr(a.addr); err != nil {
+			bad(a.key, "%s %q: %v", a.what, a.addr, err)
+		}
+	}
+	if o.TLSAddr != "" {
+		if o.TLSCert == "" {
+			bad("mqtt.tls_cert", "the TLS listener needs a certificate")
+		}
+		if o.TLSKey == "" {
+			bad("mqtt.tls_key", "the TLS listener needs a private key")
+		}
+	}
+	if o.AnonymousTLS && o.TLSAddr == "" {
+		bad("mqtt.tls_anonymous", "anonymous clients are allowed on the TLS listener but there is none")
+	}
+	if o.AnonymousTCP && o.TCPAddr == "off" {
+		bad("mqtt.tcp_anonymous", "anonymous clients are allowed on the plain listener but it is off")
 	}
 	if o.TLSClientCA != "" && o.TLSAddr == "" {
-		errs = append(errs, errors.New("tls_client_ca is set but tls_addr is empty"))
+		bad("mqtt.tls_addr", "a TLS client CA is set but there is no TLS listener")
 	}
 	if o.MaxPacketSize < 1024 {
-		errs = append(errs, fmt.Errorf("max_packet_size %d is below 1024 bytes", o.MaxPacketSize))
+		bad("mqtt.max_packet_size", "max packet size %d is below 1024 bytes", o.MaxPacketSize)
 	}
 	if o.Prefix == "" || hasWildcardOrSlash(o.Prefix) {
-		errs = append(errs, fmt.Errorf("prefix %q must be one topic level without wildcards", o.Prefix))
+		bad("prefix", "prefix %q must be one topic level without wildcards", o.Prefix)
 	}
 	if err := fleet.ValidID(o.FirstOperator); err != nil {
-		errs = append(errs, fmt.Errorf("first operator: %w", err))
+		bad("admin.first_operator", "first operator: %v", err)
 	}
 	if o.FirstOperatorPassword != "" && len(o.FirstOperatorPassword) < fleet.MinPasswordLen {
-		errs = append(errs, fmt.Errorf("first operator password is shorter than %d characters", fleet.MinPasswordLen))
+		bad("admin.first_operator_password", "first operator password is shorter than %d characters", fleet.MinPasswordLen)
 	}
 	if o.MaxBlockSize < 0 || o.MaxBlockSize > int(o.MaxPacketSize) {
-		errs = append(errs, fmt.Errorf("max_block_size %d must be between 0 (default) and max_packet_size %d", o.MaxBlockSize, o.MaxPacketSize))
+		bad("ota.max_block_size", "max block size %d must be between 0 (default) and the max packet size %d", o.MaxBlockSize, o.MaxPacketSize)
 	}
 	if o.MaxWindow < 0 || o.MaxWindow > 256 {
-		errs = append(errs, fmt.Errorf("max_window %d must be between 0 (default) and 256", o.MaxWindow))
+		bad("ota.max_window", "max window %d must be between 0 (default) and 256", o.MaxWindow)
+	}
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"mqtt.max_subscriptions", o.MaxSubscriptions}, {"mqtt.max_gateway_subscriptions", o.MaxGatewaySubscriptions},
+		{"mqtt.max_filter_levels", o.MaxFilterLevels}, {"mqtt.max_filter_length", o.MaxFilterLength}} {
+		if v.n < 0 {
+			bad(v.name, "%d must not be negative (0 means the default)", v.n)
+		}
+	}
+	if o.OperatorSessionExpiry < 0 || o.OperatorSessionExpiry > o.SessionExpiry {
+		bad("mqtt.operator_session_expiry", "operator session expiry %v must be between 0 (default) and the session expiry %v", o.OperatorSessionExpiry, o.SessionExpiry)
 	}
 	if o.GlobalRate < 0 {
-		errs = append(errs, fmt.Errorf("global_rate %v must not be negative", o.GlobalRate))
+		bad("ota.global_rate", "global rate %v must not be negative", o.GlobalRate)
+	}
+	if math.IsNaN(o.AdminRate) || math.IsInf(o.AdminRate, 0) {
+		errs = append(errs, fmt.Errorf("rate_limit %v must be a number of requests per second (negative: no limit)", o.AdminRate))
+	}
+	if o.AdminBurst < 0 {
+		errs = append(errs, fmt.Errorf("rate_burst %d must not be negative", o.AdminBurst))
+	}
+	if o.AuditMaxAge > 0 && o.AuditMaxAge < time.Minute {
+		errs = append(errs, fmt.Errorf("audit_max_age %v is below a minute (negative: no limit)", o.AuditMaxAge))
 	}
 	for i, r := range o.Rules {
-		if err := r.Validate(o.Prefix); err != nil {
-			errs = append(errs, fmt.Errorf("rule %d: %w", i+1, err))
+		err := r.Validate(o.Prefix)
+		key := fmt.Sprintf("rules[%d]", i)
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range j.Unwrap() {
+				bad(key, "%v", e)
+			}
+		} else if err != nil {
+			bad(key, "%v", err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkAddr checks that addr is host:port with a numeric port (an empty
+// host means every interface; port 0 lets the kernel choose).
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return sysReason(err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
 
 func hasWildcardOrSlash(s string) bool {
@@ -254,7 +389,7 @@ func hasWildcardOrSlash(s string) bool {
 // clock), for logs and for comparing configurations.
 func Effective(o Options) string {
 	o = o.withDefaults()
-	o.Logger, o.Now = nil, nil
+	o.Logger, o.Now, o.EventStoreFault = nil, nil, nil
 	if o.FirstOperatorPassword != "" {
 		o.FirstOperatorPassword = "(set)"
 	}

@@ -5,12 +5,12 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -35,11 +35,15 @@ type File struct {
 
 // MQTT configures the listeners and the MQTT server's limits.
 type MQTT struct {
-	TCPAddr           string        `yaml:"tcp_addr"`
-	TLSAddr           string        `yaml:"tls_addr"`
-	TLSCert           string        `yaml:"tls_cert"`
-	TLSKey            string        `yaml:"tls_key"`
-	TLSClientCA       string        `yaml:"tls_client_ca"`
+	TCPAddr     string `yaml:"tcp_addr"`
+	TLSAddr     string `yaml:"tls_addr"`
+	TLSCert     string `yaml:"tls_cert"`
+	TLSKey      string `yaml:"tls_key"`
+	TLSClientCA string `yaml:"tls_client_ca"`
+	// TCPAnonymous and TLSAnonymous let unregistered clients in anonymously
+	// (see broker.Options.AnonymousTCP).
+	TCPAnonymous      bool          `yaml:"tcp_anonymous"`
+	TLSAnonymous      bool          `yaml:"tls_anonymous"`
 	ConnectTimeout    time.Duration `yaml:"connect_timeout"`
 	MaxPacketSize     uint32        `yaml:"max_packet_size"`
 	MaxClients        int64         `yaml:"max_clients"`
@@ -50,6 +54,12 @@ type MQTT struct {
 	SessionExpiry     time.Duration `yaml:"session_expiry"`
 	ReadBufferSize    int           `yaml:"read_buffer_size"`
 	WriteBufferSize   int           `yaml:"write_buffer_size"`
+	// Per-client limits (see broker.Options).
+	MaxSubscriptions        int           `yaml:"max_subscriptions"`
+	MaxGatewaySubscriptions int           `yaml:"max_gateway_subscriptions"`
+	MaxFilterLevels         int           `yaml:"max_filter_levels"`
+	MaxFilterLength         int           `yaml:"max_filter_length"`
+	OperatorSessionExpiry   time.Duration `yaml:"operator_session_expiry"`
 }
 
 // HTTP configures the metrics listener.
@@ -65,10 +75,14 @@ type Fleet struct {
 
 // Admin configures the admin API.
 type Admin struct {
-	Workers               int    `yaml:"workers"`
-	Queue                 int    `yaml:"queue"`
-	FirstOperator         string `yaml:"first_operator"`
-	FirstOperatorPassword string `yaml:"first_operator_password"`
+	Workers               int           `yaml:"workers"`
+	Queue                 int           `yaml:"queue"`
+	FirstOperator         string        `yaml:"first_operator"`
+	FirstOperatorPassword string        `yaml:"first_operator_password"`
+	RateLimit             float64       `yaml:"rate_limit"`
+	RateBurst             int           `yaml:"rate_burst"`
+	AuditMaxRecords       int           `yaml:"audit_max_records"`
+	AuditMaxAge           time.Duration `yaml:"audit_max_age"`
 }
 
 // OTA configures releases and block serving.
@@ -88,7 +102,10 @@ type Log struct {
 	Format string `yaml:"format"`
 }
 
-// Load reads and strictly decodes the file at path.
+// Load reads and strictly decodes the file at path (see Parse). Every
+// problem is reported at once, each naming the file, line and key; what did
+// decode is returned with them, so that a caller can report the problems
+// Options finds in the same breath.
 func Load(path string) (File, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -96,53 +113,77 @@ func Load(path string) (File, error) {
 	}
 	f, err := Parse(b)
 	if err != nil {
-		return File{}, fmt.Errorf("config %s: %w", path, err)
+		var errs []error
+		for _, e := range leaves(err) {
+			errs = append(errs, fmt.Errorf("%s: %w", path, e))
+		}
+		return f, errors.Join(errs...)
 	}
 	return f, nil
 }
 
-// Parse decodes a configuration file's content. Unknown fields are errors.
+// Parse decodes a configuration file's content. Unknown or repeated keys,
+// values of the wrong type and durations without a unit are errors, all
+// reported at once (joined), each as "line N: key: problem"; the fields
+// that did decode are set in the File returned with them.
 func Parse(b []byte) (File, error) {
 	var f File
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
 		return File{}, err
 	}
-	return f, nil
+	if root.Kind == 0 {
+		return f, nil // empty file
+	}
+	var d decoder
+	d.decode(&root, reflect.ValueOf(&f).Elem(), "")
+	return f, errors.Join(d.errs...)
+}
+
+// leaves returns the errors joined in err, or err alone.
+func leaves(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 // Options converts f to broker options. Zero fields stay zero, meaning the
 // broker's defaults. Logger is built from f.Log.
 func (f File) Options(logOut io.Writer) (broker.Options, error) {
-	logger, err := f.Log.Logger(logOut)
-	if err != nil {
-		return broker.Options{}, err
-	}
+	logger, logErr := f.Log.Logger(logOut)
 	o := broker.Options{
 		DataDir: f.DataDir, Prefix: f.Prefix,
 		TCPAddr: f.MQTT.TCPAddr, TLSAddr: f.MQTT.TLSAddr, TLSCert: f.MQTT.TLSCert, TLSKey: f.MQTT.TLSKey, TLSClientCA: f.MQTT.TLSClientCA,
+		AnonymousTCP: f.MQTT.TCPAnonymous, AnonymousTLS: f.MQTT.TLSAnonymous,
 		HTTPAddr: f.HTTP.Addr, Pprof: f.HTTP.Pprof,
 		ConnectTimeout: f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
 		WritesPending: f.MQTT.WritesPending, ReceiveMaximum: f.MQTT.ReceiveMaximum, MaxInflight: f.MQTT.MaxInflight,
 		TopicAliasMaximum: f.MQTT.TopicAliasMaximum, SessionExpiry: f.MQTT.SessionExpiry,
 		ReadBufferSize: f.MQTT.ReadBufferSize, WriteBufferSize: f.MQTT.WriteBufferSize,
-		FlushInterval: f.Fleet.FlushInterval,
-		AdminWorkers:  f.Admin.Workers, AdminQueue: f.Admin.Queue,
+		MaxSubscriptions: f.MQTT.MaxSubscriptions, MaxGatewaySubscriptions: f.MQTT.MaxGatewaySubscriptions,
+		MaxFilterLevels: f.MQTT.MaxFilterLevels, MaxFilterLength: f.MQTT.MaxFilterLength,
+		OperatorSessionExpiry: f.MQTT.OperatorSessionExpiry,
+		FlushInterval:         f.Fleet.FlushInterval,
+		AdminWorkers:          f.Admin.Workers, AdminQueue: f.Admin.Queue,
 		FirstOperator: f.Admin.FirstOperator, FirstOperatorPassword: f.Admin.FirstOperatorPassword,
+		AdminRate: f.Admin.RateLimit, AdminBurst: f.Admin.RateBurst,
+		AuditMaxRecords: f.Admin.AuditMaxRecords, AuditMaxAge: f.Admin.AuditMaxAge,
 		MaxImageSize: f.OTA.MaxImageSize, MaxBlockSize: f.OTA.MaxBlockSize, MaxWindow: f.OTA.MaxWindow,
 		DeviceRate: f.OTA.DeviceRate, GlobalRate: f.OTA.GlobalRate,
 		Rules:  f.Rules,
 		Logger: logger,
 	}
-	if err := o.Validate(); err != nil {
+	if err := errors.Join(logErr, o.Validate()); err != nil {
 		return broker.Options{}, err
 	}
 	return o, nil
 }
 
-// Logger builds the slog logger l describes, writing to w.
+// Logger builds the slog logger l describes, writing to w. Its errors are
+// *broker.SettingError values naming log.level and log.format.
 func (l Log) Logger(w io.Writer) (*slog.Logger, error) {
+	var errs []error
 	var level slog.Level
 	switch strings.ToLower(l.Level) {
 	case "", "info":
@@ -154,14 +195,22 @@ func (l Log) Logger(w io.Writer) (*slog.Logger, error) {
 	case "error":
 		level = slog.LevelError
 	default:
-		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", l.Level)
+		errs = append(errs, &broker.SettingError{Keys: []string{"log.level"},
+			Err: fmt.Errorf("log level %q: want debug, info, warn or error", l.Level)})
 	}
 	ho := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
 	switch strings.ToLower(l.Format) {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(w, ho)), nil
+		h = slog.NewTextHandler(w, ho)
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, ho)), nil
+		h = slog.NewJSONHandler(w, ho)
+	default:
+		errs = append(errs, &broker.SettingError{Keys: []string{"log.format"},
+			Err: fmt.Errorf("log format %q: want text or json", l.Format)})
 	}
-	return nil, fmt.Errorf("log format %q: want text or json", l.Format)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return slog.New(h), nil
 }

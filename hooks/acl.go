@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
@@ -24,6 +25,10 @@ type Rule struct {
 	// Access is "read", "write" or "readwrite".
 	Access string `yaml:"access" json:"access"`
 }
+
+// RoleAnonymous is the role a rule names to apply to anonymous clients
+// (ACLOptions.Anonymous). A rule without roles does not apply to them.
+const RoleAnonymous fleet.Role = "anonymous"
 
 // Validate reports what is wrong with r under prefix.
 func (r Rule) Validate(prefix string) error {
@@ -49,16 +54,17 @@ func (r Rule) Validate(prefix string) error {
 		errs = append(errs, fmt.Errorf("access %q must be read, write or readwrite", r.Access))
 	}
 	for _, role := range r.Roles {
-		if !role.Valid() {
-			errs = append(errs, fmt.Errorf("role %q is not device, gateway, operator or observer", role))
+		if !role.Valid() && role != RoleAnonymous {
+			errs = append(errs, fmt.Errorf("role %q is not device, gateway, operator, observer or anonymous", role))
 		}
 	}
 	return errors.Join(errs...)
 }
 
 func (r Rule) allows(d *fleet.Device, filter string, write bool) bool {
-	if len(r.Roles) > 0 && !slices.Contains(r.Roles, d.Role) {
-		return false
+	if d.Role == RoleAnonymous && (!slices.Contains(r.Roles, RoleAnonymous) || strings.Contains(r.Filter, "{id}")) ||
+		len(r.Roles) > 0 && !slices.Contains(r.Roles, d.Role) {
+		return false // an anonymous client's ID proves nothing: {id} rules are not for it
 	}
 	if write && r.Access == "read" || !write && r.Access == "write" {
 		return false
@@ -66,9 +72,15 @@ func (r Rule) allows(d *fleet.Device, filter string, write bool) bool {
 	return covers(strings.ReplaceAll(r.Filter, "{id}", d.ID), filter)
 }
 
-// ACL is the authorization hook: default deny, per DESIGN.md §3. It answers
+// ACL is the authorization hook: default deny, per docs/PROTOCOL.md
+// ("Topics") and docs/OPERATORS.md ("Identities and access"). It answers
 // both subscription checks (a filter) and delivery and publish checks (a
 // topic).
+//
+// Anonymous clients (connections Auth let in unauthenticated on a listener
+// that allows them) are judged by the connection, not by the client ID, so
+// an ID registered while such a session lasts gives it nothing: they get
+// the rules that name RoleAnonymous, outside the prefix only, never $SYS.
 type ACL struct {
 	mqtt.HookBase
 	topics   Topics
@@ -77,6 +89,10 @@ type ACL struct {
 	rules    []Rule
 	rec      Recorder
 	log      *slog.Logger
+
+	// anonMu guards anon, the anonymous connections.
+	anonMu sync.RWMutex
+	anon   map[*mqtt.Client]struct{}
 }
 
 // ACLOptions configure NewACL.
@@ -102,21 +118,73 @@ func NewACL(o ACLOptions) *ACL {
 	if o.ReadOnly == nil {
 		o.ReadOnly = func(string) bool { return false }
 	}
-	return &ACL{topics: o.Topics, fleet: o.Fleet, readOnly: o.ReadOnly, rules: o.Rules, rec: o.Recorder, log: o.Logger}
+	return &ACL{topics: o.Topics, fleet: o.Fleet, readOnly: o.ReadOnly, rules: o.Rules, rec: o.Recorder, log: o.Logger,
+		anon: make(map[*mqtt.Client]struct{})}
 }
 
 // ID implements mqtt.Hook.
 func (a *ACL) ID() string { return "otamq-acl" }
 
 // Provides implements mqtt.Hook.
-func (a *ACL) Provides(b byte) bool { return b == mqtt.OnACLCheck }
+func (a *ACL) Provides(b byte) bool { return b == mqtt.OnACLCheck || b == mqtt.OnDisconnect }
+
+// markAnonymous records cl as an anonymous connection until it ends.
+func (a *ACL) markAnonymous(cl *mqtt.Client) {
+	a.anonMu.Lock()
+	a.anon[cl] = struct{}{}
+	a.anonMu.Unlock()
+}
+
+func (a *ACL) anonymous(cl *mqtt.Client) bool {
+	a.anonMu.RLock()
+	_, ok := a.anon[cl]
+	a.anonMu.RUnlock()
+	return ok
+}
+
+// OnDisconnect implements mqtt.Hook.
+func (a *ACL) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	a.anonMu.Lock()
+	delete(a.anon, cl)
+	a.anonMu.Unlock()
+}
+
+// anonymousDevice is what an anonymous client is to the rules.
+var anonymousDevice = fleet.Device{Role: RoleAnonymous}
+
+// AllowedAnonymous reports whether an anonymous client may use filter:
+// only rules naming RoleAnonymous, and never under the prefix or $SYS.
+func (a *ACL) AllowedAnonymous(filter string, write bool) bool {
+	if strings.HasPrefix(filter, "$share/") {
+		_, inner, ok := strings.Cut(filter[len("$share/"):], "/")
+		if !ok {
+			return false
+		}
+		filter = inner
+	}
+	if filter == "" || filter[0] == '+' || filter[0] == '#' || filter[0] == '$' || a.topics.InPrefix(filter) {
+		return false
+	}
+	for _, r := range a.rules {
+		if r.allows(&anonymousDevice, filter, write) {
+			return true
+		}
+	}
+	return false
+}
 
 // OnACLCheck implements mqtt.Hook.
 func (a *ACL) OnACLCheck(cl *mqtt.Client, filter string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
-	if a.Allowed(cl.ID, filter, write) {
+	ok := false
+	if a.anonymous(cl) {
+		ok = a.AllowedAnonymous(filter, write)
+	} else {
+		ok = a.Allowed(cl.ID, filter, write)
+	}
+	if ok {
 		return true
 	}
 	if write {
@@ -131,7 +199,7 @@ func (a *ACL) OnACLCheck(cl *mqtt.Client, filter string, write bool) bool {
 // Allowed reports whether client id may publish to (write) or subscribe to
 // or receive from (read) filter.
 func (a *ACL) Allowed(id, filter string, write bool) bool {
-	d, ok := a.fleet.Lookup(id)
+	d, ok := a.fleet.LookupClient(id) // an operator session ID~SUFFIX acts as ID
 	if !ok || d.Revoked {
 		return false
 	}
@@ -154,7 +222,7 @@ func (a *ACL) Allowed(id, filter string, write bool) bool {
 		if d.Role.IsDevice() {
 			return a.deviceAllowed(d, filter, write)
 		}
-		return a.operatorAllowed(d, filter, write)
+		return a.operatorAllowed(d, id, filter, write)
 	}
 	for _, r := range a.rules {
 		if r.allows(d, filter, write) {
@@ -193,8 +261,9 @@ func (a *ACL) deviceAllowed(d *fleet.Device, filter string, write bool) bool {
 }
 
 // operatorAllowed: operators publish admin requests and read their own
-// replies and the fleet events; observers the same, limited to reads.
-func (a *ACL) operatorAllowed(d *fleet.Device, filter string, write bool) bool {
+// replies (those of their connection's client ID) and the fleet events;
+// observers the same, limited to reads.
+func (a *ACL) operatorAllowed(d *fleet.Device, clientID, filter string, write bool) bool {
 	if write {
 		res, verb, ok := a.topics.ParseAdmin(filter)
 		if !ok {
@@ -202,5 +271,5 @@ func (a *ACL) operatorAllowed(d *fleet.Device, filter string, write bool) bool {
 		}
 		return d.Role == fleet.RoleOperator || a.readOnly(res+"/"+verb)
 	}
-	return filter == a.topics.FleetEvents() || covers(a.topics.ReplyPrefix(d.ID)+"#", filter)
+	return filter == a.topics.FleetEvents() || covers(a.topics.ReplyPrefix(clientID)+"#", filter)
 }

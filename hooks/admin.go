@@ -3,10 +3,10 @@ package hooks
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"slices"
 	"sync"
+	"unicode/utf8"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -16,7 +16,7 @@ import (
 )
 
 // Admin carries operator requests from the admin topics to ota/admin and
-// the replies back, as MQTT v5 request/response (DESIGN.md §5).
+// the replies back, as MQTT v5 request/response (docs/OPERATORS.md, "The admin API").
 //
 // OnPublish runs on the operator's read goroutine, so it only checks the
 // request's shape and queues it; a pool of workers runs the requests (which
@@ -45,7 +45,19 @@ type job struct {
 	reply   string
 	corr    []byte
 	version byte
+	// maxPacket is the requester's Maximum Packet Size (0: none).
+	maxPacket uint32
 }
+
+// replyOverhead bounds what a reply PUBLISH adds to its payload: fixed
+// header, topic, packet ID, properties (Correlation Data, Content Type) and
+// room for what mochi may add on the way out (a topic alias, subscription
+// identifiers).
+func replyOverhead(topic string, corr []byte) int {
+	return 5 + 2 + len(topic) + 2 + 4 + 3 + len(corr) + 3 + len(replyContentType) + 64
+}
+
+const replyContentType = "application/json"
 
 // AdminOptions configure NewAdmin.
 type AdminOptions struct {
@@ -116,14 +128,14 @@ func (a *Admin) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	if !ok {
 		return pk, nil
 	}
-	d, ok := a.fleet.Lookup(cl.ID)
+	d, ok := a.fleet.LookupClient(cl.ID) // an operator session ID~SUFFIX acts as ID
 	if !ok {
 		return pk, packets.CodeSuccessIgnore
 	}
 	reply := pk.Properties.ResponseTopic
 	if reply == "" || !bytes.HasPrefix([]byte(reply), []byte(a.topics.ReplyPrefix(cl.ID))) || hasWildcard(reply) {
 		a.rec.Rejected(RejectAdminNoReply)
-		a.log.Info("admin request without a usable response topic", "client", cl.ID, "topic", pk.TopicName, "response_topic", reply)
+		a.log.Info("admin request without a usable response topic", "client", cl.ID, "topic", clip(pk.TopicName), "response_topic", clip(reply))
 		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 			return pk, packets.Code{Code: packets.ErrImplementationSpecificError.Code,
 				Reason: "admin requests need MQTT v5 with a Response Topic under " + a.topics.ReplyPrefix(cl.ID)}
@@ -132,11 +144,17 @@ func (a *Admin) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 	}
 	j := job{
 		req: admin.Request{
-			Caller:   admin.Caller{ID: cl.ID, Role: d.Role, Remote: cl.Net.Remote},
+			Caller:   admin.Caller{ID: d.ID, Role: d.Role, Session: cl.ID, Remote: cl.Net.Remote},
 			Resource: res, Verb: verb,
 			Body: slices.Clone(pk.Payload),
 		},
 		reply: reply, corr: slices.Clone(pk.Properties.CorrelationData), version: cl.Properties.ProtocolVersion,
+		maxPacket: cl.Properties.Props.MaximumPacketSize,
+	}
+	if j.maxPacket > 0 {
+		// What the reply's payload may take; the service makes the reply
+		// fit (a list is cut, anything else becomes too_large).
+		j.req.MaxReply = max(1, int(j.maxPacket)-replyOverhead(reply, j.corr))
 	}
 	a.mu.RLock()
 	queued := false
@@ -182,12 +200,17 @@ func (a *Admin) label(action string) string {
 }
 
 // publish sends the reply of j through the server's inline path, with the
-// request's Correlation Data.
+// request's Correlation Data. A reply larger than the requester's Maximum
+// Packet Size is never sent (mochi would wedge its session): the service
+// made it fit, so only a requester whose limit leaves no room even for an
+// error gets nothing.
 func (a *Admin) publish(j job, resp admin.Response) {
-	body, err := json.Marshal(resp)
-	if err != nil {
-		a.log.Error("admin reply encode", "err", err)
-		body = []byte(`{"ok":false,"error":{"code":"internal","message":"reply encoding failed"}}`)
+	body := admin.Encode(resp)
+	if j.maxPacket > 0 && len(body)+replyOverhead(j.reply, j.corr) > int(j.maxPacket) {
+		a.rec.Rejected(RejectTooLarge)
+		a.log.Warn("admin reply larger than the client accepts; not sent", "client", j.req.Caller.Session,
+			"action", clip(j.req.Action()), "bytes", len(body), "client_max", j.maxPacket)
+		return
 	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
@@ -195,11 +218,23 @@ func (a *Admin) publish(j job, resp admin.Response) {
 		Payload:     body,
 		Properties: packets.Properties{
 			CorrelationData: j.corr,
-			ContentType:     "application/json",
+			ContentType:     replyContentType,
 		},
 		PacketID: 1, // the inline path needs an ID for validity; it is not used
 	}
 	if err := a.srv.InjectPacket(a.inline, pk); err != nil {
-		a.log.Warn("admin reply not published", "client", j.req.Caller.ID, "err", err)
+		a.log.Warn("admin reply not published", "client", j.req.Caller.Session, "err", err)
 	}
+}
+
+// clip bounds client input written to the log.
+func clip(s string) string {
+	if len(s) <= 128 {
+		return s
+	}
+	n := 128
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -15,11 +17,17 @@ import (
 // Auth authenticates connections against the fleet registry.
 //
 // mochi answers a failed OnConnectAuthenticate with "bad user name or
-// password" (0x86 / v3 4), but the contract (DESIGN.md §2) says "not
-// authorized" (0x87 / v3 5). So the decision is made in OnConnect, which
+// password" (0x86 / v3 4), but the contract (docs/OPERATORS.md, "Identities
+// and access") says "not authorized" (0x87 / v3 5). So the decision is made in OnConnect, which
 // runs just before: on refusal it writes the CONNACK itself and returns an
 // error, which makes mochi close the connection without a CONNACK of its
 // own. OnConnectAuthenticate then only confirms what OnConnect let through.
+//
+// Every refusal is answered RefusalDelay after the CONNECT arrived, whatever
+// its reason: an unknown ID is refused at once, a wrong operator password
+// after a 20 ms hash and a wrong device token after a microsecond, and
+// without the delay the time of the answer would tell which IDs are
+// operators or devices. (The delay is a parked goroutine, no CPU.)
 type Auth struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
@@ -27,7 +35,22 @@ type Auth struct {
 	acl   *ACL
 	rec   Recorder
 	log   *slog.Logger
+	// RefusalDelay is the least time before a refusal is answered.
+	// NewAuth sets DefaultRefusalDelay.
+	RefusalDelay time.Duration
+	// Anonymous holds the IDs of the listeners ("tcp", "tls") on which a
+	// client whose ID is not registered connects anonymously instead of
+	// being refused. Default none.
+	Anonymous map[string]bool
 }
+
+// reservedAnonymous are client IDs an anonymous client may not take:
+// mochi's inline client, and the broker's own topic levels.
+var reservedAnonymous = []string{"inline", "admin", "fleet"}
+
+// DefaultRefusalDelay is well above an operator password check (about
+// 20 ms, 50 ms under the race detector).
+const DefaultRefusalDelay = 200 * time.Millisecond
 
 // NewAuth returns the authentication hook. acl judges Last Will topics.
 func NewAuth(srv *mqtt.Server, reg *fleet.Registry, acl *ACL, rec Recorder, log *slog.Logger) *Auth {
@@ -37,7 +60,7 @@ func NewAuth(srv *mqtt.Server, reg *fleet.Registry, acl *ACL, rec Recorder, log 
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Auth{srv: srv, fleet: reg, acl: acl, rec: rec, log: log}
+	return &Auth{srv: srv, fleet: reg, acl: acl, rec: rec, log: log, RefusalDelay: DefaultRefusalDelay}
 }
 
 // ID implements mqtt.Hook.
@@ -48,15 +71,18 @@ func (a *Auth) Provides(b byte) bool {
 	return b == mqtt.OnConnect || b == mqtt.OnConnectAuthenticate
 }
 
-// errRefused is returned from OnConnect after the CONNACK was sent.
-var errRefused = errors.New("connection refused")
+// ErrConnectionRefused is returned from OnConnect after the refusal's
+// CONNACK was sent; mochi then closes the connection.
+var ErrConnectionRefused = errors.New("connection refused")
 
 // OnConnect implements mqtt.Hook: it authenticates the client.
 func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	start := time.Now()
 	c := fleet.Credentials{
 		ClientID: cl.ID,
 		Username: string(pk.Connect.Username),
 		Password: pk.Connect.Password,
+		Remote:   cl.Net.Remote,
 	}
 	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
 		// The handshake has completed by the time CONNECT was read, and
@@ -66,13 +92,20 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			c.CertCN = certs[0].Subject.CommonName
 		}
 	}
-	_, err := a.fleet.Authenticate(c)
+	_, err := a.fleet.AuthenticateClient(c) // the client ID may be an operator session, ID~SUFFIX
+	if errors.Is(err, fleet.ErrNotFound) && a.Anonymous[cl.Net.Listener] && !slices.Contains(reservedAnonymous, cl.ID) {
+		return a.anonymous(cl, start)
+	}
 	reason := ""
 	switch {
 	case err == nil:
-		if cl.Properties.Will.Flag == 1 && !a.acl.Allowed(cl.ID, cl.Properties.Will.TopicName, true) {
-			reason = RejectWillTopic
-			err = fmt.Errorf("last will topic %q is not one the client may publish to", cl.Properties.Will.TopicName)
+		if w := &cl.Properties.Will; w.Flag == 1 {
+			if !a.acl.Allowed(cl.ID, w.TopicName, true) {
+				reason = RejectWillTopic
+				err = fmt.Errorf("last will topic %.128q is not one the client may publish to", w.TopicName)
+			} else if werr := checkWill(a.acl.topics, w.TopicName, w.Payload); werr != nil {
+				reason, err = RejectWillPayload, werr
+			}
 		}
 	case errors.Is(err, fleet.ErrNotFound):
 		reason = RejectUnknownClient
@@ -80,25 +113,52 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		reason = RejectIDMismatch
 	case errors.Is(err, fleet.ErrRevoked):
 		reason = RejectRevoked
+	case errors.Is(err, fleet.ErrThrottled):
+		reason = RejectThrottled
+		var te *fleet.ThrottledError
+		if errors.As(err, &te) {
+			a.rec.LoginThrottled(te.Scope)
+		}
 	default:
 		reason = RejectBadCredentials
 	}
 	if reason == "" {
 		return nil
 	}
+	return a.refuse(cl, start, reason, err)
+}
+
+// anonymous lets cl in as an anonymous client, or refuses its Will.
+func (a *Auth) anonymous(cl *mqtt.Client, start time.Time) error {
+	if w := &cl.Properties.Will; w.Flag == 1 && !a.acl.AllowedAnonymous(w.TopicName, true) {
+		return a.refuse(cl, start, RejectWillTopic, fmt.Errorf("last will topic %.128q is not one an anonymous client may publish to", w.TopicName))
+	}
+	a.acl.markAnonymous(cl)
+	a.rec.Anonymous()
+	a.log.Debug("anonymous client connected", "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+	return nil
+}
+
+// refuse answers a refused CONNECT, after the uniform delay, and returns
+// the error that makes mochi close the connection.
+func (a *Auth) refuse(cl *mqtt.Client, start time.Time, reason string, err error) error {
 	a.rec.Rejected(reason)
 	a.log.Info("connection refused", "client", cl.ID, "remote", cl.Net.Remote, "reason", reason, "err", err)
 	code := packets.ErrNotAuthorized
+	if reason == RejectWillPayload {
+		code = packets.ErrPayloadFormatInvalid
+	}
 	if cl.Properties.ProtocolVersion < 5 {
 		// mochi has no v3 mapping for 0x87 and would send it raw, which a
 		// v3 client cannot parse; 0x86 is mapped to v3's 5, "not
 		// authorized".
 		code = packets.ErrBadUsernameOrPassword
 	}
+	time.Sleep(time.Until(start.Add(a.RefusalDelay)))
 	if werr := a.srv.SendConnack(cl, code, false, nil); werr != nil {
 		a.log.Debug("refusal connack not sent", "client", cl.ID, "err", werr)
 	}
-	return fmt.Errorf("%w: %s", errRefused, reason)
+	return fmt.Errorf("%w: %s", ErrConnectionRefused, reason)
 }
 
 // OnConnectAuthenticate implements mqtt.Hook. Every client that reaches it

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -26,9 +27,9 @@ type Device struct {
 	fleet  *fleet.Registry
 	dlv    *delivery.Service // nil: no OTA (events and block requests are only checked)
 	sender *Sender
+	blocks *Blocks
 	rec    Recorder
 	log    *slog.Logger
-	warn   *limiter
 
 	// mu guards sessions: the fleet generation of each live connection,
 	// needed to tell a taken-over connection's disconnect from the
@@ -49,9 +50,11 @@ type DeviceOptions struct {
 	Recorder Recorder
 	Logger   *slog.Logger
 	// Delivery serves block requests, records events and provides the
-	// offers sent on subscribe; Sender publishes them. Both or neither.
+	// offers sent on subscribe; Sender publishes them, Blocks serves the
+	// block requests. All or none.
 	Delivery *delivery.Service
 	Sender   *Sender
+	Blocks   *Blocks
 	// SweepInterval is how often sessions whose connection died without a
 	// disconnect event are looked for. Default 5s.
 	SweepInterval time.Duration
@@ -69,7 +72,7 @@ func NewDevice(o DeviceOptions) *Device {
 		o.SweepInterval = 5 * time.Second
 	}
 	d := &Device{
-		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, rec: o.Recorder, log: o.Logger, warn: newLimiter(10, time.Second),
+		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, blocks: o.Blocks, rec: o.Recorder, log: o.Logger,
 		sessions: make(map[*mqtt.Client]uint64),
 		stop:     make(chan struct{}), done: make(chan struct{}),
 	}
@@ -83,7 +86,7 @@ func (d *Device) ID() string { return "otamq-device" }
 // Provides implements mqtt.Hook.
 func (d *Device) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWillSent, mqtt.OnPublish, mqtt.OnSubscribed:
+	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPublish, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -112,26 +115,38 @@ func (d *Device) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	d.sessions[cl] = gen
 	d.mu.Unlock()
 	d.rec.Connected()
-	d.endExpiringSession(cl)
+	d.endOlderConnection(cl)
 }
 
-// endExpiringSession ends, before mochi takes it over, an older connection
-// of cl's client ID whose session ends with it anyway. mochi v2.7.9 stops
-// the old connection first and marks it taken over only afterwards, so the
-// old connection's goroutine can find itself "not taken over" and delete
-// the client ID from the client map after the new connection was added:
-// the new connection then gets no message at all (seen under load: admin
-// replies lost). Ended here, and waited for, the old one is gone from the
-// map before mochi looks, so there is nothing left to race with.
-func (d *Device) endExpiringSession(cl *mqtt.Client) {
+// endOlderConnection ends, before mochi takes the session over, an older
+// connection of cl's client ID.
+//
+// mochi ends it itself (inheritClientSession), but with a DISCONNECT written
+// under the old connection's write lock: behind a client that stopped
+// reading, the new connection would wait for it until its own CONNECT
+// deadline. EndConnection is bounded.
+//
+// When the old session ends with its connection it is also waited for:
+// mochi v2.7.9 stops the old connection first and marks it taken over only
+// afterwards, so the old connection's goroutine can find itself "not taken
+// over" and delete the client ID from the client map after the new
+// connection was added; the new connection then gets no message at all
+// (seen under load: admin replies lost). Ended here, and waited for, the old
+// one is gone from the map before mochi looks. A persistent session stays
+// in the map (mochi moves its subscriptions and inflight messages to the
+// new connection), so there is nothing to wait for.
+func (d *Device) endOlderConnection(cl *mqtt.Client) {
 	if d.srv == nil {
 		return
 	}
 	old, ok := d.srv.Clients.Get(cl.ID)
-	if !ok || old == cl || old.Net.Inline || !expiring(old) {
+	if !ok || old == cl || old.Net.Inline {
 		return
 	}
-	_ = d.srv.DisconnectClient(old, packets.ErrSessionTakenOver)
+	EndConnection(d.srv, old, packets.ErrSessionTakenOver)
+	if !expiring(old) {
+		return
+	}
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		if cur, ok := d.srv.Clients.Get(cl.ID); !ok || cur != old {
 			return
@@ -225,47 +240,65 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if !ok {
 		return pk, nil
 	}
-	var err error
+	switch kind {
+	case KindGet:
+		d.serveBlocks(cl, id, pk.Payload)
+		return pk, packets.CodeSuccessIgnore
+	case KindBirth, KindHB, KindEvent:
+	default:
+		return pk, nil // a topic towards devices: routed as usual
+	}
+	switch err := d.apply(id, kind, pk.Payload); {
+	case err == nil:
+		return pk, packets.CodeSuccessIgnore
+	case errors.Is(err, delivery.ErrUnknownRun):
+		// Acknowledged (the device must not resend it) and dropped.
+		d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
+		return pk, packets.CodeSuccessIgnore
+	case errors.As(err, new(*notRecorded)):
+		return pk, d.retryLater(cl, pk, id, err)
+	default:
+		return pk, d.refuse(cl, pk, err)
+	}
+}
+
+// notRecorded is an event the store could not take.
+type notRecorded struct{ err error }
+
+func (e *notRecorded) Error() string { return e.err.Error() }
+func (e *notRecorded) Unwrap() error { return e.err }
+
+// apply decodes a birth, heartbeat or event of device id and records it.
+// Errors: the decoder's or the registry's (the message is refused),
+// delivery.ErrUnknownRun (an event of a rollout the device never had), or
+// a *notRecorded.
+func (d *Device) apply(id, kind string, payload []byte) error {
 	switch kind {
 	case KindBirth:
-		var b wire.Birth
-		if b, err = wire.DecodeBirth(pk.Payload); err == nil {
+		b, err := wire.DecodeBirth(payload)
+		if err == nil {
 			if err = d.fleet.Birth(id, b); err == nil {
 				d.rec.Birth()
 			}
 		}
+		return err
 	case KindHB:
-		var h wire.Heartbeat
-		if h, err = wire.DecodeHeartbeat(pk.Payload); err == nil {
+		h, err := wire.DecodeHeartbeat(payload)
+		if err == nil {
 			err = d.fleet.Heartbeat(id, h) // counted by the registry
 		}
+		return err
 	case KindEvent:
-		var ev wire.Event
-		if ev, err = wire.DecodeEvent(pk.Payload); err == nil && d.dlv != nil {
-			if err = d.dlv.Event(id, ev); errors.Is(err, delivery.ErrUnknownRun) {
-				// Acknowledged (the device must not resend it) and dropped.
-				if d.warn.allow() {
-					d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
-				}
-				return pk, packets.CodeSuccessIgnore
-			} else if err != nil {
-				d.log.Error("event not recorded", "device", id, "err", err)
-				if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-					return pk, packets.ErrUnspecifiedError // not acknowledged: the device sends it again
-				}
-				return pk, packets.CodeSuccessIgnore
-			}
+		ev, err := wire.DecodeEvent(payload)
+		if err != nil || d.dlv == nil {
+			return err
 		}
-	case KindGet:
-		d.serveBlocks(cl, id, pk.Payload)
-		return pk, packets.CodeSuccessIgnore
-	default:
-		return pk, nil
+		if err = d.dlv.Event(id, ev); err != nil && !errors.Is(err, delivery.ErrUnknownRun) {
+			return &notRecorded{err}
+		}
+		return err
 	}
-	if err == nil {
-		return pk, packets.CodeSuccessIgnore
-	}
-	return pk, d.refuse(cl, pk, err)
+	return nil
 }
 
 // serveBlocks answers a block request on the block topic of device id. It
@@ -277,20 +310,15 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 		return
 	}
 	topic := d.topics.Device(id, KindBlock)
-	// Publish copies the payload for each subscriber (and no hook of ours
-	// keeps an inline publish), so delivery can reuse one buffer.
-	emit := func(m []byte) {
-		if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
-			d.log.Warn("block not published", "device", id, "err", err)
-		}
-	}
 	req, err := wire.DecodeBlockRequest(payload)
 	if err != nil {
 		d.rec.Rejected(RejectMalformed)
-		if d.warn.allow() {
-			d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
-		}
-		d.dlv.BadRequest(err.Error(), emit)
+		d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
+		d.dlv.BadRequest(err.Error(), func(m []byte) {
+			if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
+				d.log.Warn("block error not published", "device", id, "err", err)
+			}
+		})
 		return
 	}
 	maxData := 0
@@ -300,7 +328,7 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 			maxData = -1 // not even one byte fits: "bad request"
 		}
 	}
-	d.dlv.Serve(id, req, maxData, emit)
+	d.blocks.Request(cl, id, req, maxData)
 }
 
 // OnSubscribed implements mqtt.Hook: a device (or its gateway) that
@@ -323,13 +351,35 @@ func (d *Device) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) 
 	}
 }
 
+// errRetryLater is the PUBACK of an event the broker could not record:
+// 0x80 tells a v5 device to keep the event and send it again later
+// (docs/PROTOCOL.md, "Events the broker could not record").
+var errRetryLater = packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "event not recorded; send it again later"}
+
+// retryLater answers an event that could not be recorded so that the
+// device keeps it: a v5 client gets PUBACK 0x80; a v3 client, which has no
+// reason codes, gets no PUBACK and its connection is closed, so that it
+// sends the unacknowledged event again when it reconnects.
+func (d *Device) retryLater(cl *mqtt.Client, pk packets.Packet, id string, err error) error {
+	d.rec.Rejected(RejectEventNotRecorded)
+	d.log.Error("event not recorded; the device is told to send it again", "device", id, "err", err)
+	if pk.FixedHeader.Qos == 0 {
+		return packets.CodeSuccessIgnore // nothing to answer; a QoS 0 event is the device's risk
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		return errRetryLater
+	}
+	// The connection ends because of the broker, not the device: no Will.
+	atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+	cl.Stop(errRetryLater)
+	return packets.ErrRejectPacket
+}
+
 // refuse counts and logs a malformed device message and returns the error
 // that makes mochi drop it with the right acknowledgement.
 func (d *Device) refuse(cl *mqtt.Client, pk packets.Packet, err error) error {
 	d.rec.Rejected(RejectMalformed)
-	if d.warn.allow() {
-		d.log.Warn("device message refused", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "err", err)
-	}
+	d.log.Warn("device message refused", "client", cl.ID, "topic", pk.TopicName, "bytes", len(pk.Payload), "err", err)
 	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
 		reason := err.Error()
 		if len(reason) > 200 {
@@ -364,26 +414,4 @@ func (d *Device) sweep(every time.Duration) {
 			d.OnDisconnect(cl, net.ErrClosed, false)
 		}
 	}
-}
-
-// limiter allows n events per period, for log lines a client could flood.
-type limiter struct {
-	mu     sync.Mutex
-	n      int
-	period time.Duration
-	start  time.Time
-	used   int
-}
-
-func newLimiter(n int, period time.Duration) *limiter { return &limiter{n: n, period: period} }
-
-func (l *limiter) allow() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	if now.Sub(l.start) > l.period {
-		l.start, l.used = now, 0
-	}
-	l.used++
-	return l.used <= l.n
 }

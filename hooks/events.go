@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -23,10 +24,16 @@ type Events struct {
 	rec   Recorder
 	log   *slog.Logger
 
+	// orderMu guards last, the time of the last event queued, and makes
+	// queueing and stamping one step.
+	orderMu sync.Mutex
+	last    time.Time
+
 	ch       chan fleet.Event
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+	kicks    sync.WaitGroup // disconnects under way
 }
 
 // NewEvents starts the publisher. Close stops it.
@@ -44,14 +51,26 @@ func NewEvents(srv *mqtt.Server, t Topics, rec Recorder, log *slog.Logger) *Even
 }
 
 // Notify implements fleet.Notifier. It never blocks.
+//
+// Events are published in the order of their times: producers stamp an
+// event before their own work (a durable write, say) and notify after, so
+// two events can arrive out of order. Notify queues under a lock and moves
+// an event's time up to the last one queued when it would go back, so the
+// queue, and the topic, are in time order.
 func (e *Events) Notify(ev fleet.Event) {
 	select {
 	case <-e.stop:
 		return
 	default:
 	}
+	e.orderMu.Lock()
+	defer e.orderMu.Unlock()
+	if ev.Time.Before(e.last) {
+		ev.Time = e.last
+	}
 	select {
 	case e.ch <- ev:
+		e.last = ev.Time
 	default:
 		e.rec.FleetEventDropped()
 	}
@@ -87,19 +106,26 @@ func (e *Events) publish(ev fleet.Event) {
 	}
 }
 
-// Close publishes what is queued and stops.
+// Close publishes what is queued, waits for disconnects under way, and
+// stops.
 func (e *Events) Close() {
 	e.stopOnce.Do(func() { close(e.stop) })
 	<-e.done
+	e.kicks.Wait()
 }
 
 // Disconnect implements admin.Disconnector: it ends the session of id, if
-// any, with "administrative action".
+// any, with "administrative action". It returns at once; the connection
+// ends within DisconnectGrace in a goroutine that Close waits for.
 func (e *Events) Disconnect(id string) {
 	cl, ok := e.srv.Clients.Get(id)
-	if !ok || cl.Closed() {
+	if !ok || cl.Closed() || cl.Net.Inline {
 		return
 	}
-	_ = e.srv.DisconnectClient(cl, packets.ErrAdministrativeAction)
-	e.log.Info("client disconnected by operator action", "client", id)
+	e.kicks.Add(1)
+	go func() {
+		defer e.kicks.Done()
+		EndConnection(e.srv, cl, packets.ErrAdministrativeAction)
+		e.log.Info("client disconnected by operator action", "client", id)
+	}()
 }

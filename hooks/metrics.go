@@ -23,6 +23,11 @@ type Recorder interface {
 	// UploadRejected counts a refused release upload request, by error
 	// code.
 	UploadRejected(reason string)
+	// LoginThrottled counts an operator login refused without a password
+	// check, by scope (fleet.ThrottleScopes).
+	LoginThrottled(scope string)
+	// Anonymous counts a client let in anonymously.
+	Anonymous()
 }
 
 // Rejection reasons.
@@ -38,11 +43,24 @@ const (
 	RejectAdminNoReply   = "admin_no_response_topic"
 	RejectAdminBusy      = "admin_busy"
 	RejectTooLarge       = "too_large_for_client"
+	// RejectEventNotRecorded: a device event the store could not take;
+	// the device was told to send it again.
+	RejectEventNotRecorded = "event_not_recorded"
+	// RejectThrottled: an operator login refused by the login throttle.
+	RejectThrottled = "login_throttled"
+	// Subscriptions past a per-client limit.
+	RejectSubscriptionCap = "subscription_cap"
+	RejectFilterTooDeep   = "filter_too_deep"
+	RejectFilterTooLong   = "filter_too_long"
+	// RejectWillPayload: a Last Will on a device topic whose payload is
+	// not that topic's message.
+	RejectWillPayload = "will_payload"
 )
 
 // RejectReasons lists every rejection reason, so counters can start at 0.
 var RejectReasons = []string{RejectUnknownClient, RejectBadCredentials, RejectIDMismatch, RejectRevoked, RejectWillTopic,
-	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge}
+	RejectACLPublish, RejectACLSubscribe, RejectMalformed, RejectAdminNoReply, RejectAdminBusy, RejectTooLarge, RejectEventNotRecorded, RejectThrottled,
+	RejectSubscriptionCap, RejectFilterTooDeep, RejectFilterTooLong, RejectWillPayload}
 
 // NopRecorder counts nothing.
 type NopRecorder struct{}
@@ -55,5 +73,7 @@ func (NopRecorder) Will()                       {}
 func (NopRecorder) AdminRequest(string, string) {}
 func (NopRecorder) FleetEventDropped()          {}
 func (NopRecorder) UploadRejected(string)       {}
+func (NopRecorder) LoginThrottled(string)       {}
+func (NopRecorder) Anonymous()                  {}
 
 var _ Recorder = NopRecorder{}

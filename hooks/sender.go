@@ -1,9 +1,12 @@
 package hooks
 
 import (
+	"fmt"
 	"log/slog"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+
+	"github.com/otamq/otamq/ota/delivery"
 )
 
 // Sender publishes what the delivery service sends to devices (offers,
@@ -13,24 +16,29 @@ import (
 // mochi writes a QoS 1 message larger than a client's Maximum Packet Size
 // into the session's inflight store and then fails to send it; the session
 // is wedged from then on (every reconnect is dropped after CONNACK). So
-// before publishing, Sender checks every subscriber of the topic and sends
-// nothing if one of them could not take the message.
+// before publishing, Sender checks every subscriber of the topic that would
+// receive it and sends nothing if one of them could not take the message.
+// Only subscribers the ACL allows now count, as only they receive (mochi
+// checks the ACL per subscriber on delivery): a leftover subscription of a
+// former gateway, say, neither blocks an offer nor counts as its delivery.
 type Sender struct {
 	srv    *mqtt.Server
 	topics Topics
+	acl    *ACL
 	rec    Recorder
 	log    *slog.Logger
 }
 
-// NewSender returns a Sender publishing through srv.
-func NewSender(srv *mqtt.Server, t Topics, rec Recorder, log *slog.Logger) *Sender {
+// NewSender returns a Sender publishing through srv; acl decides which
+// subscribers receive.
+func NewSender(srv *mqtt.Server, t Topics, acl *ACL, rec Recorder, log *slog.Logger) *Sender {
 	if rec == nil {
 		rec = NopRecorder{}
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Sender{srv: srv, topics: t, rec: rec, log: log}
+	return &Sender{srv: srv, topics: t, acl: acl, rec: rec, log: log}
 }
 
 // packetSize is an upper bound of the size of a PUBLISH of payload on
@@ -40,48 +48,51 @@ func packetSize(topic string, payload int) int {
 	return 5 + 2 + len(topic) + 2 + 24 + payload
 }
 
-// fits reports whether every subscriber of topic accepts a message of
-// payload bytes, and whether there is any subscriber at all.
-func (s *Sender) fits(topic string, payload int) (fits, any bool) {
+// receivers checks the subscribers of topic that would receive a message
+// of payload bytes: it returns how many there are and an error if one of
+// them could not take it. A disconnected subscriber counts when mochi keeps
+// its session (it gets the message when it reconnects).
+func (s *Sender) receivers(topic string, payload int) (int, error) {
 	subs := s.srv.Topics.Subscribers(topic)
 	size := uint32(packetSize(topic, payload))
-	fits = true
+	n := 0
+	var tooLarge error
 	for id := range subs.Subscriptions {
 		cl, ok := s.srv.Clients.Get(id)
-		if !ok || cl.Closed() {
+		if !ok || cl.Closed() && expiring(cl) || !s.acl.Allowed(id, topic, false) {
 			continue
 		}
-		any = true
+		n++
 		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && size > max {
 			s.log.Warn("message larger than the client accepts; not sent", "client", id, "topic", topic, "bytes", size, "client_max", max)
-			fits = false
+			tooLarge = fmt.Errorf("%w: %d bytes, %s accepts %d", delivery.ErrTooLarge, size, id, max)
 		}
 	}
-	return fits, any
+	return n, tooLarge
 }
 
-func (s *Sender) publish(topic string, payload []byte, qos byte) bool {
-	fits, any := s.fits(topic, len(payload))
-	if !any {
-		return false
-	}
-	if !fits {
+func (s *Sender) publish(topic string, payload []byte, qos byte) error {
+	n, err := s.receivers(topic, len(payload))
+	switch {
+	case err != nil:
 		s.rec.Rejected(RejectTooLarge)
-		return false
+		return err
+	case n == 0:
+		return delivery.ErrNoReceiver
 	}
 	if err := s.srv.Publish(topic, payload, false, qos); err != nil {
 		s.log.Warn("publish failed", "topic", topic, "err", err)
-		return false
+		return err
 	}
-	return true
+	return nil
 }
 
 // SendOffer implements delivery.Sender.
 func (s *Sender) SendOffer(id string, payload []byte) {
-	s.publish(s.topics.Device(id, KindManifest), payload, 1)
+	_ = s.publish(s.topics.Device(id, KindManifest), payload, 1)
 }
 
 // SendCommand implements delivery.Sender.
-func (s *Sender) SendCommand(id string, payload []byte) bool {
+func (s *Sender) SendCommand(id string, payload []byte) error {
 	return s.publish(s.topics.Device(id, KindCmd), payload, 1)
 }

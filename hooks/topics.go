@@ -4,7 +4,7 @@ import (
 	"strings"
 )
 
-// Device topic kinds (DESIGN.md §3), the part after "{prefix}/{id}/".
+// Device topic kinds (docs/PROTOCOL.md), the part after "{prefix}/{id}/".
 const (
 	KindBirth    = "birth"
 	KindHB       = "hb"

@@ -102,8 +102,8 @@ func listFlags(fs *flag.FlagSet) {
 	fs.Bool("online", false, "only connected devices")
 	fs.Bool("offline", false, "only disconnected devices")
 	fs.Bool("revoked", false, "only revoked devices")
-	fs.Int("limit", 100, "page size (1..1000)")
-	fs.Bool("all", false, "follow pages until the end")
+	fs.Int("limit", 100, "how many to show (1..1000)")
+	fs.Bool("all", false, "show every matching device")
 }
 
 var deviceList = command{
@@ -130,47 +130,64 @@ var deviceList = command{
 		if flagBool(e.fs, "revoked") {
 			req["revoked"] = true
 		}
-		req["limit"] = flagInt(e.fs, "limit")
-		all := flagBool(e.fs, "all")
-		var views []fleet.View
-		for page := 1; ; page++ {
-			var res struct {
-				Devices []fleet.View `json:"devices"`
-				Next    string       `json:"next"`
-			}
-			if err := e.call(ctx, "device/list", req, &res); err != nil {
-				return err
-			}
-			views = append(views, res.Devices...)
-			if !all || res.Next == "" {
-				if res.Next != "" && !e.g.json {
-					defer fmt.Fprintf(e.errOut, "more devices: --all, or continue after %s\n", res.Next)
-				}
-				break
-			}
-			if !e.g.json {
-				fmt.Fprintf(e.errOut, "\rfetched %d devices (page %d)...", len(views), page)
-			}
-			req["after"] = res.Next
+		limit := flagInt(e.fs, "limit")
+		if limit < 1 || limit > 1000 {
+			return usagef("--limit %d: want 1..1000 (--all for everything)", limit)
 		}
-		if all && !e.g.json {
-			fmt.Fprintf(e.errOut, "\r%s\r", strings.Repeat(" ", 40))
+		want := limit
+		if flagBool(e.fs, "all") {
+			want = 0
+		}
+		// The broker may cut a page to fit what this client can receive:
+		// collect follows the cursor until --limit devices are shown.
+		devs, more, err := collect[deviceRow](ctx, e, "device/list", req, "devices", "after", want)
+		if err != nil {
+			return err
 		}
 		if e.g.json {
-			if views == nil {
-				views = []fleet.View{}
-			}
-			return e.printJSON(views)
+			return e.printJSON(devs)
 		}
-		printDevices(e.out, views, time.Now())
+		printDevices(e.out, devs, time.Now())
+		if more {
+			fmt.Fprintf(e.errOut, "more devices: --all, or --limit more than %d\n", len(devs))
+		}
 		return nil
 	},
 }
 
-func printDevices(w io.Writer, views []fleet.View, now time.Time) {
+// deviceRow is an item of device/list and the reply of device/get: the
+// device, its status, and its current offer with the download's progress.
+type deviceRow struct {
+	fleet.View
+	Offer *offerProgress `json:"offer,omitempty"`
+}
+
+// offerProgress is a device's current offer and how far it has come.
+type offerProgress struct {
+	RolloutID  string  `json:"rollout_id"`
+	Release    string  `json:"release"`
+	Version    string  `json:"version"`
+	Size       uint64  `json:"size,omitempty"`
+	Downloaded *uint64 `json:"downloaded,omitempty"`
+	Progress   *int    `json:"progress,omitempty"`
+}
+
+// progressText is "42% of 1.2.4@3fa2c1d9" while downloading, the release
+// offered otherwise, "-" without an offer.
+func progressText(o *offerProgress) string {
+	if o == nil {
+		return "-"
+	}
+	if o.Progress != nil {
+		return fmt.Sprintf("%d%% of %s", *o.Progress, o.Release)
+	}
+	return "offered " + o.Release
+}
+
+func printDevices(w io.Writer, devs []deviceRow, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tROLE\tHARDWARE\tREGION\tFIRMWARE\tSTATE\tLAST SEEN\tHEALTH")
-	for _, v := range views {
+	fmt.Fprintln(tw, "ID\tROLE\tHARDWARE\tREGION\tFIRMWARE\tSTATE\tLAST SEEN\tHEALTH\tOTA\tUPDATE")
+	for _, v := range devs {
 		state := "offline"
 		switch {
 		case v.Revoked:
@@ -178,11 +195,11 @@ func printDevices(w io.Writer, views []fleet.View, now time.Time) {
 		case v.Status.Online:
 			state = "online"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Role, dash(v.Hardware), dash(v.Region),
-			dash(v.Status.Firmware), state, ago(v.Status.LastSeen, now), health(&v.Status))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Role, dash(v.Hardware), dash(v.Region),
+			dash(v.Status.Firmware), state, ago(v.Status.LastSeen, now), health(&v.Status), dash(v.Status.OTAState), progressText(v.Offer))
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "%d shown\n", len(views))
+	fmt.Fprintf(w, "%d shown\n", len(devs))
 }
 
 func dash(s string) string {
@@ -225,7 +242,7 @@ var deviceGet = command{
 		if err != nil {
 			return err
 		}
-		var v fleet.View
+		var v deviceRow
 		if err := e.call(ctx, "device/get", map[string]any{"id": id}, &v); err != nil {
 			return err
 		}
@@ -237,7 +254,7 @@ var deviceGet = command{
 	},
 }
 
-func printView(w io.Writer, v *fleet.View, now time.Time) {
+func printView(w io.Writer, v *deviceRow, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	row := func(k, val string) {
 		if val != "" {
@@ -285,6 +302,12 @@ func printView(w io.Writer, v *fleet.View, now time.Time) {
 		row("secure version", fmt.Sprint(st.SecureVersion))
 	}
 	row("ota state", st.OTAState)
+	if o := v.Offer; o != nil {
+		row("offer", fmt.Sprintf("%s (version %s, rollout %s)", o.Release, o.Version, o.RolloutID))
+		if o.Progress != nil {
+			row("download", fmt.Sprintf("%d%% (%d of %d bytes)", *o.Progress, *o.Downloaded, o.Size))
+		}
+	}
 	if st.Heartbeats > 0 {
 		row("health", health(st))
 		row("uptime", (time.Duration(st.Uptime) * time.Second).String())

@@ -12,75 +12,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/otamq/otamq/cmd/otactl/rpc"
+	"github.com/otamq/otamq/internal/version"
 )
-
-const usage = `otactl - operate an otamq fleet
-
-Usage:
-  otactl [global flags] <command> [flags] [args]
-
-Devices and gateways:
-  device register ID [--role gateway] [--hardware H] [--region R]
-                     [--connectivity wifi|cellular|ethernet|via_gateway]
-                     [--group G]... [--tag k=v]... [--parent GATEWAY] [--cert-only]
-  device list        [--role R] [--hardware H] [--region R] [--group G] [--tag k[=v]]
-                     [--parent GW] [--firmware V] [--online|--offline] [--revoked]
-                     [--limit N] [--all]
-  device get ID
-  device update ID   [--hardware H] [--region R] [--connectivity C] [--group G]...
-                     [--no-groups] [--tag k=v]... [--no-tags] [--parent GW|--no-parent]
-                     [--rotate-token] [--reinstate]
-  device revoke ID   [--reason TEXT]
-
-Operators and observers:
-  operator add ID    [--observer] [--cert-only] [--password-stdin]
-  operator list
-  operator update ID [--rotate-password | --password-stdin] [--reinstate]
-  operator revoke ID [--reason TEXT]
-
-Audit log:
-  audit              [--actor ID] [--action resource/verb] [--target ID] [--limit N]
-
-Keys, releases and offers:
-  key add PUB.pem    [--name NAME]          trust a release signing key
-  key list
-  key revoke KID                            its releases can no longer be offered
-  release upload IMAGE MANIFEST [--part-size N]   verified by the broker; resumes
-  release list       [--version V] [--hardware H]
-  release get ID
-  release abort UPLOAD-ID                   drop an unfinished upload
-  offer create RELEASE DEVICE... [--rollout ID] [--on-command] [--block-size N] [--deadline UNIX]
-  offer cancel DEVICE...                    devices get the empty offer
-  offer list         [--device D]
-  command send VERB DEVICE... [--rollout ID]   VERB: install, cancel, check, reboot
-  device timeline ID [--limit N]            offers, cancels and the device's update events
-
-Release signing (offline, no broker; the private key never leaves this machine):
-  keygen             [--out DIR] [--name NAME]    writes NAME.key (mode 0600) and NAME.pub
-  sign IMAGE         --key NAME.key --build BUILD.yaml [--out FILE] [--force]
-                     (BUILD.yaml: see config/build.example.yaml; default out IMAGE.manifest)
-  verify MANIFEST    --pub NAME.pub [--image IMAGE]
-                     (exit status 1 says what is wrong: malformed, another key,
-                     bad signature, size or digest mismatch)
-
-Global flags (also from the environment):
-  --url URL        broker, mqtt://host:port or mqtts://host:port   (OTAMQ_URL, default mqtt://127.0.0.1:1883)
-  --user ID        operator ID, also the MQTT client ID            (OTAMQ_USER)
-  --password PW    operator password                               (OTAMQ_PASSWORD)
-  --ca FILE        CA to verify the broker's TLS certificate       (OTAMQ_CA)
-  --cert FILE      client certificate for mTLS                     (OTAMQ_CERT)
-  --key FILE       its private key                                 (OTAMQ_KEY)
-  --prefix P       topic prefix                                    (OTAMQ_PREFIX, default dm)
-  --timeout D      per request                                     (default 10s)
-  --json           print results as JSON, for scripts
-
-Exit status: 0 ok, 1 the broker refused or failed, 2 usage error.
-`
 
 // globals are the connection settings and output mode every command has.
 type globals struct {
@@ -114,11 +55,52 @@ func (g *globals) bind(fs *flag.FlagSet) {
 	fs.StringVar(&g.cert, "cert", g.cert, "client certificate file")
 	fs.StringVar(&g.key, "key", g.key, "client key file")
 	fs.StringVar(&g.prefix, "prefix", g.prefix, "topic prefix")
-	fs.DurationVar(&g.timeout, "timeout", g.timeout, "per-request timeout")
+	fs.Var((*duration)(&g.timeout), "timeout", "per-request timeout")
 	fs.BoolVar(&g.json, "json", g.json, "JSON output")
 }
 
+// duration is a flag.Value for durations that says what is wrong with a
+// bare number ("duration 10: add a unit, e.g. 10s") and refuses a duration
+// that is not positive.
+type duration time.Duration
+
+func (d *duration) String() string { return time.Duration(*d).String() }
+
+func (d *duration) Set(s string) error {
+	v, err := parseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = duration(v)
+	return nil
+}
+
+var bareNumber = regexp.MustCompile(`^[0-9]+(\.[0-9]*)?$`)
+
+// parseDuration reads a positive Go duration such as 10s, 500ms or 1m30s.
+func parseDuration(s string) (time.Duration, error) {
+	if bareNumber.MatchString(s) {
+		return 0, fmt.Errorf("duration %s: add a unit, e.g. %ss", s, s)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: want a number with a unit, e.g. 10s, 500ms or 1m30s", s)
+	}
+	if v <= 0 {
+		return 0, fmt.Errorf("duration %s: must be more than 0", s)
+	}
+	return v, nil
+}
+
 func (g *globals) dial(ctx context.Context) (*rpc.Client, error) {
+	// What the command line must say is checked before connecting: a
+	// mistake here is a usage error (exit status 2).
+	if u, err := url.Parse(g.url); err != nil || u.Host == "" || !slices.Contains([]string{"mqtt", "tcp", "mqtts", "tls", "ssl"}, u.Scheme) {
+		return nil, usagef("--url %q: want mqtt://host:port or mqtts://host:port (or set OTAMQ_URL)", g.url)
+	}
+	if g.user == "" {
+		return nil, usagef("no operator given: set --user or OTAMQ_USER (and --password or OTAMQ_PASSWORD)")
+	}
 	cfg := rpc.Config{URL: g.url, Username: g.user, Password: g.password, Prefix: g.prefix, Timeout: g.timeout}
 	if g.ca != "" || g.cert != "" {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -197,6 +179,7 @@ func commands() map[string]command {
 		"device get":      deviceGet,
 		"device update":   deviceUpdate,
 		"device revoke":   deviceRevoke,
+		"device import":   deviceImport,
 		"operator add":    operatorAdd,
 		"operator list":   operatorList,
 		"operator update": operatorUpdate,
@@ -205,10 +188,12 @@ func commands() map[string]command {
 		"key add":         keyAdd,
 		"key list":        keyList,
 		"key revoke":      keyRevoke,
+		"key show":        keyShow,
 		"release upload":  releaseUpload,
 		"release list":    releaseList,
 		"release get":     releaseGet,
 		"release abort":   releaseAbort,
+		"release uploads": releaseUploads,
 		"offer create":    offerCreate,
 		"offer cancel":    offerCancel,
 		"offer list":      offerList,
@@ -222,32 +207,39 @@ func commands() map[string]command {
 
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := fromEnv()
+	cmds := commands()
 	top := flag.NewFlagSet("otactl", flag.ContinueOnError)
 	top.SetOutput(io.Discard)
 	g.bind(top)
+	showVersion := top.Bool("version", false, "print the version")
 	if err := top.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
+			printUsage(stdout, cmds)
 			return 0
 		}
-		fmt.Fprintf(stderr, "otactl: %v\n\n%s", err, usage)
+		fmt.Fprintf(stderr, "otactl: %v\nRun \"otactl --help\" for usage.\n", err)
 		return 2
 	}
-	rest := top.Args()
-	if len(rest) == 0 || rest[0] == "help" {
-		fmt.Fprint(stdout, usage)
+	if *showVersion {
+		fmt.Fprintln(stdout, "otactl", version.String())
 		return 0
 	}
-	cmds := commands()
-	name := rest[0]
-	rest = rest[1:]
-	if _, ok := cmds[name]; !ok && len(rest) > 0 {
-		name, rest = name+" "+rest[0], rest[1:]
+	rest := top.Args()
+	if len(rest) == 0 {
+		printUsage(stderr, cmds)
+		return 2
 	}
+	if rest[0] == "help" {
+		return help(stdout, stderr, cmds, rest[1:])
+	}
+	name, rest := resolve(cmds, rest)
 	cmd, ok := cmds[name]
 	if !ok {
-		fmt.Fprintf(stderr, "otactl: unknown command %q\n\n%s", strings.TrimSpace(name), usage)
-		return 2
+		return unknown(stdout, stderr, cmds, name)
+	}
+	if wantsHelp(rest) {
+		printCommandUsage(stdout, name, cmd)
+		return 0
 	}
 	fs := flag.NewFlagSet("otactl "+name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -257,11 +249,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	pos, err := parseInterspersed(fs, rest)
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
-			return 0
-		}
-		fmt.Fprintf(stderr, "otactl %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "otactl %s: %v\nRun \"otactl %s --help\" for its usage.\n", name, err, name)
 		return 2
 	}
 	e := &env{g: g, fs: fs, out: stdout, errOut: stderr, stdin: stdin}
@@ -277,9 +265,65 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fmt.Fprintf(stderr, "otactl %s: %v\n", name, err)
 	var ue usageError
 	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "Run \"otactl %s --help\" for its usage.\n", name)
 		return 2
 	}
 	return 1
+}
+
+// resolve finds the command args name: one word ("audit") or two ("device
+// list"). It returns the name (the first word if none matched) and the
+// remaining arguments.
+func resolve(cmds map[string]command, args []string) (string, []string) {
+	if _, ok := cmds[args[0]]; ok || len(args) == 1 {
+		return args[0], args[1:]
+	}
+	if two := args[0] + " " + args[1]; cmds[two].run != nil || groups(cmds)[args[0]] {
+		return two, args[2:]
+	}
+	return args[0], args[1:]
+}
+
+// unknown handles a name that is no command: a group alone ("otactl
+// device") or with --help prints the group's commands; anything else is a
+// usage error.
+func unknown(stdout, stderr io.Writer, cmds map[string]command, name string) int {
+	first, verb, _ := strings.Cut(name, " ")
+	if groups(cmds)[first] {
+		switch {
+		case verb == "" || verb == "-h" || verb == "-help" || verb == "--help":
+			if verb != "" {
+				printGroupUsage(stdout, cmds, first)
+				return 0
+			}
+			fmt.Fprintf(stderr, "otactl %s: which command?\n\n", first)
+		default:
+			fmt.Fprintf(stderr, "otactl: unknown command %q\n\n", name)
+		}
+		printGroupUsage(stderr, cmds, first)
+		return 2
+	}
+	fmt.Fprintf(stderr, "otactl: unknown command %q\nRun \"otactl --help\" for the commands.\n", first)
+	return 2
+}
+
+// help answers "otactl help [COMMAND]".
+func help(stdout, stderr io.Writer, cmds map[string]command, args []string) int {
+	if len(args) == 0 {
+		printUsage(stdout, cmds)
+		return 0
+	}
+	name, rest := resolve(cmds, args)
+	if cmd, ok := cmds[name]; ok && len(rest) == 0 {
+		printCommandUsage(stdout, name, cmd)
+		return 0
+	}
+	if groups(cmds)[name] && len(rest) == 0 {
+		printGroupUsage(stdout, cmds, name)
+		return 0
+	}
+	fmt.Fprintf(stderr, "otactl help: unknown command %q\nRun \"otactl --help\" for the commands.\n", strings.Join(args, " "))
+	return 2
 }
 
 // parseInterspersed parses flags wherever they appear among positional

@@ -81,18 +81,16 @@ var operatorList = command{
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		var res struct {
-			Operators []fleet.Device `json:"operators"`
-		}
-		if err := e.call(ctx, "operator/list", map[string]any{"limit": 1000}, &res); err != nil {
+		ops, _, err := collect[fleet.Device](ctx, e, "operator/list", nil, "operators", "after", 0)
+		if err != nil {
 			return err
 		}
 		if e.g.json {
-			return e.printJSON(res.Operators)
+			return e.printJSON(ops)
 		}
 		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tROLE\tAUTH\tSTATE\tCREATED")
-		for _, o := range res.Operators {
+		for _, o := range ops {
 			state := "active"
 			if o.Revoked {
 				state = "revoked"
@@ -159,16 +157,18 @@ var operatorRevoke = command{
 }
 
 type auditRecord struct {
-	Seq    uint64          `json:"seq"`
-	Time   time.Time       `json:"time"`
-	Actor  string          `json:"actor"`
-	Role   string          `json:"role"`
-	Remote string          `json:"remote"`
-	Action string          `json:"action"`
-	Target string          `json:"target"`
-	Args   json.RawMessage `json:"args"`
-	Result string          `json:"result"`
-	Error  string          `json:"error"`
+	Seq       uint64          `json:"seq"`
+	Time      time.Time       `json:"time"`
+	Actor     string          `json:"actor"`
+	Role      string          `json:"role"`
+	Remote    string          `json:"remote"`
+	Session   string          `json:"session,omitempty"`
+	Action    string          `json:"action"`
+	Target    string          `json:"target"`
+	Args      json.RawMessage `json:"args"`
+	Result    string          `json:"result"`
+	Error     string          `json:"error"`
+	Truncated []string        `json:"truncated,omitempty"`
 }
 
 var auditCmd = command{
@@ -182,24 +182,26 @@ var auditCmd = command{
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		req := map[string]any{"limit": flagInt(e.fs, "limit")}
+		limit := flagInt(e.fs, "limit")
+		if limit < 1 || limit > 1000 {
+			return usagef("--limit %d: want 1..1000", limit)
+		}
+		req := map[string]any{}
 		for _, k := range []string{"actor", "action", "target"} {
 			if v := flagStr(e.fs, k); v != "" {
 				req[k] = v
 			}
 		}
-		var res struct {
-			Records []auditRecord `json:"records"`
-		}
-		if err := e.call(ctx, "audit/list", req, &res); err != nil {
+		recs, _, err := collect[auditRecord](ctx, e, "audit/list", req, "records", "before", limit)
+		if err != nil {
 			return err
 		}
 		if e.g.json {
-			return e.printJSON(res.Records)
+			return e.printJSON(recs)
 		}
 		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tFROM\tACTION\tTARGET\tRESULT")
-		for _, r := range res.Records {
+		for _, r := range recs {
 			result := r.Result
 			if r.Error != "" {
 				result += ": " + r.Error

@@ -28,7 +28,7 @@ var keyAdd = command{
 		if len(args) != 1 {
 			return usagef("want the public key file (PEM), e.g. release.pub")
 		}
-		pem, err := os.ReadFile(args[0])
+		_, pem, err := readPublicKeyFile(args[0])
 		if err != nil {
 			return err
 		}
@@ -41,7 +41,7 @@ var keyAdd = command{
 		if e.g.json {
 			return e.printJSON(res)
 		}
-		fmt.Fprintf(e.out, "trusted key %s %s\n", res.Key.ID, res.Key.Name)
+		fmt.Fprintln(e.out, strings.TrimSpace("trusted key "+res.Key.ID.String()+" "+res.Key.Name))
 		return nil
 	},
 }
@@ -51,18 +51,16 @@ var keyList = command{
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		var res struct {
-			Keys []release.Key `json:"keys"`
-		}
-		if err := e.call(ctx, "key/list", nil, &res); err != nil {
+		keys, _, err := collect[release.Key](ctx, e, "key/list", nil, "keys", "after", 0)
+		if err != nil {
 			return err
 		}
 		if e.g.json {
-			return e.printJSON(res.Keys)
+			return e.printJSON(keys)
 		}
 		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "KID\tNAME\tSTATE\tADDED\tBY")
-		for _, k := range res.Keys {
+		for _, k := range keys {
 			state := "trusted"
 			if k.Revoked {
 				state = "revoked " + k.RevokedAt.Format(time.RFC3339)
@@ -275,18 +273,17 @@ var releaseList = command{
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		var res struct {
-			Releases []release.Release `json:"releases"`
-		}
-		if err := e.call(ctx, "release/list", map[string]any{"version": flagStr(e.fs, "version"), "hardware": flagStr(e.fs, "hardware")}, &res); err != nil {
+		rs, _, err := collect[release.Release](ctx, e, "release/list",
+			map[string]any{"version": flagStr(e.fs, "version"), "hardware": flagStr(e.fs, "hardware")}, "releases", "after", 0)
+		if err != nil {
 			return err
 		}
 		if e.g.json {
-			return e.printJSON(res.Releases)
+			return e.printJSON(rs)
 		}
 		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tVERSION\tHARDWARE\tSIZE\tKIND\tSEQUENCE\tKID\tCREATED")
-		for _, r := range res.Releases {
+		for _, r := range rs {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", r.ID, r.Version, strings.Join(r.Hardware, ","), r.Size, r.Kind,
 				r.Sequence, r.KeyID, r.Created.Format(time.RFC3339))
 		}
@@ -411,25 +408,71 @@ var offerList = command{
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		var res struct {
-			Offers []delivery.Offer `json:"offers"`
-		}
-		if err := e.call(ctx, "offer/list", map[string]any{"device": flagStr(e.fs, "device")}, &res); err != nil {
+		offers, _, err := collect[offerRow](ctx, e, "offer/list", map[string]any{"device": flagStr(e.fs, "device")}, "offers", "after", 0)
+		if err != nil {
 			return err
 		}
 		if e.g.json {
-			return e.printJSON(res.Offers)
+			return e.printJSON(offers)
 		}
 		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tROLLOUT\tRELEASE\tINSTALL\tSINCE")
-		for _, o := range res.Offers {
+		fmt.Fprintln(tw, "DEVICE\tROLLOUT\tRELEASE\tINSTALL\tSINCE\tONLINE\tOTA\tPROGRESS")
+		for _, o := range offers {
 			mode := "when verified"
 			if o.InstallMode == 1 {
 				mode = "on command"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Device, o.RolloutID, o.Release, mode, o.Created.Format(time.RFC3339))
+			progress := "-"
+			if o.Progress != nil {
+				progress = fmt.Sprintf("%d%% (%d of %d bytes)", *o.Progress, *o.Downloaded, o.Size)
+			}
+			online := map[bool]string{true: "online", false: "offline"}[o.Online]
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.Device, o.RolloutID, o.Release, mode, o.Created.Format(time.RFC3339),
+				online, dash(o.State), progress)
 		}
 		return tw.Flush()
+	},
+}
+
+// offerRow is an item of offer/list: the offer and what its device last
+// reported of it.
+type offerRow struct {
+	delivery.Offer
+	Online     bool    `json:"online"`
+	State      string  `json:"state"`
+	Size       uint64  `json:"size"`
+	Downloaded *uint64 `json:"downloaded"`
+	Progress   *int    `json:"progress"`
+}
+
+var releaseUploads = command{
+	run: func(ctx context.Context, e *env, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		ups, _, err := collect[release.Upload](ctx, e, "release/uploads", nil, "uploads", "after", 0)
+		if err != nil {
+			return err
+		}
+		if e.g.json {
+			return e.printJSON(ups)
+		}
+		if len(ups) == 0 {
+			fmt.Fprintln(e.out, "no unfinished upload")
+			return nil
+		}
+		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "UPLOAD-ID\tVERSION\tRECEIVED\tPARTS\tSTARTED\tLAST PART\tBY")
+		now := time.Now()
+		for _, u := range ups {
+			fmt.Fprintf(tw, "%s\t%s\t%d%% (%d of %d bytes)\t%d\t%s\t%s\t%s\n", u.ID, u.Version, 100*u.Offset/max(u.Size, 1), u.Offset, u.Size,
+				u.Parts, u.Started.Format(time.RFC3339), ago(u.Updated, now), dash(u.By))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(e.errOut, "Run the same `otactl release upload IMAGE MANIFEST` again to resume one; `otactl release abort UPLOAD-ID` drops it.")
+		return nil
 	},
 }
 
@@ -463,18 +506,20 @@ var deviceTimeline = command{
 		if err != nil {
 			return err
 		}
-		var res struct {
-			Entries []delivery.Entry `json:"entries"`
+		limit := flagInt(e.fs, "limit")
+		if limit < 1 {
+			return usagef("--limit %d: want 1 or more", limit)
 		}
-		if err := e.call(ctx, "device/timeline", map[string]any{"id": id, "limit": flagInt(e.fs, "limit")}, &res); err != nil {
+		entries, _, err := collect[delivery.Entry](ctx, e, "device/timeline", map[string]any{"id": id}, "entries", "before", limit)
+		if err != nil {
 			return err
 		}
 		if e.g.json {
-			return e.printJSON(res.Entries)
+			return e.printJSON(entries)
 		}
 		tw := tabwriter.NewWriter(e.out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "TIME\tFROM\tEVENT\tROLLOUT\tVERSION\tDETAIL")
-		for _, x := range res.Entries {
+		for _, x := range entries {
 			detail := x.Detail
 			if x.Error != "" {
 				detail = strings.TrimSpace("error " + x.Error + " " + detail)

@@ -53,12 +53,19 @@ var keygenCmd = command{
 			_ = os.Remove(priv) // just written by us: no key pair without its public half
 			return err
 		}
-		kid := manifest.KeyIDOf(&key.PublicKey)
-		if e.g.json {
-			return e.printJSON(map[string]string{"key_id": kid.String(), "private_key": priv, "public_key": pub})
+		k, err := newKeyInfo(&key.PublicKey, filepath.Base(pub))
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(e.out, "wrote %s (private, mode 0600: keep it offline) and %s (public, for the broker: key add)\nkey ID: %s\n",
-			priv, pub, kid)
+		if e.g.json {
+			return e.printJSON(struct {
+				keyInfo
+				PrivateKey string `json:"private_key"`
+				PublicKey  string `json:"public_key"`
+			}{k, priv, pub})
+		}
+		fmt.Fprintf(e.out, "wrote %s (private, mode 0600: keep it offline) and %s (public: otactl key add %s)\n\n", priv, pub, pub)
+		printKeyInfo(e.out, k)
 		return nil
 	},
 }

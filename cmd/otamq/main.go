@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"os"
 	"os/signal"
 	"strings"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/config"
+	"github.com/otamq/otamq/internal/version"
 )
 
 const usage = `otamq - MQTT broker with over-the-air updates for device fleets
@@ -45,95 +47,118 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// override is a flag that sets one key of the configuration file.
+type override struct {
+	flag, key string
+	set       func(f *config.File) // copies the flag's value into f
+}
+
+// firstPasswordEnv sets admin.first_operator_password.
+const firstPasswordEnv = "OTAMQ_FIRST_OPERATOR_PASSWORD"
+
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("otamq", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
+	fs.SetOutput(io.Discard) // errors are reported below, help on stdout
+	var overrides []override
+	str := func(name, key, def, usage string, field func(*config.File) *string) {
+		v := fs.String(name, def, usage+" (config: "+key+")")
+		overrides = append(overrides, override{name, key, func(f *config.File) { *field(f) = *v }})
 	}
-	var (
-		cfgPath   = fs.String("config", "", "YAML configuration file")
-		dataDir   = fs.String("data-dir", broker.DefaultDataDir, "directory of the database and first-operator file")
-		mqttAddr  = fs.String("mqtt-addr", broker.DefaultTCPAddr, `plain MQTT listener address ("off" to disable)`)
-		tlsAddr   = fs.String("tls-addr", "", "MQTT over TLS listener address (needs --tls-cert and --tls-key)")
-		tlsCert   = fs.String("tls-cert", "", "TLS certificate (PEM)")
-		tlsKey    = fs.String("tls-key", "", "TLS private key (PEM)")
-		clientCA  = fs.String("tls-client-ca", "", "fleet CA (PEM): clients may authenticate with a certificate whose CN is their client ID")
-		httpAddr  = fs.String("http-addr", broker.DefaultHTTPAddr, `metrics and health listener ("off" to disable)`)
-		prefix    = fs.String("prefix", broker.DefaultPrefix, "device topic prefix")
-		firstOp   = fs.String("first-operator", broker.DefaultFirstOperator, "ID of the operator created on an empty database")
-		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
-		logFormat = fs.String("log-format", "text", "text or json")
-		pprof     = fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP listener")
-	)
+	cfgPath := fs.String("config", "", "YAML configuration file (see config/otamq.example.yaml)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	str("data-dir", "data_dir", broker.DefaultDataDir, "directory of the database and first-operator file", func(f *config.File) *string { return &f.DataDir })
+	str("mqtt-addr", "mqtt.tcp_addr", broker.DefaultTCPAddr, `plain MQTT listener address ("off" to disable)`, func(f *config.File) *string { return &f.MQTT.TCPAddr })
+	str("tls-addr", "mqtt.tls_addr", "", "MQTT over TLS listener address (needs --tls-cert and --tls-key)", func(f *config.File) *string { return &f.MQTT.TLSAddr })
+	str("tls-cert", "mqtt.tls_cert", "", "TLS certificate (PEM)", func(f *config.File) *string { return &f.MQTT.TLSCert })
+	str("tls-key", "mqtt.tls_key", "", "TLS private key (PEM)", func(f *config.File) *string { return &f.MQTT.TLSKey })
+	str("tls-client-ca", "mqtt.tls_client_ca", "", "fleet CA (PEM): clients may authenticate with a certificate whose CN is their client ID", func(f *config.File) *string { return &f.MQTT.TLSClientCA })
+	str("http-addr", "http.addr", broker.DefaultHTTPAddr, `metrics and health listener ("off" to disable)`, func(f *config.File) *string { return &f.HTTP.Addr })
+	str("prefix", "prefix", broker.DefaultPrefix, "device topic prefix", func(f *config.File) *string { return &f.Prefix })
+	str("first-operator", "admin.first_operator", broker.DefaultFirstOperator, "ID of the operator created on an empty database", func(f *config.File) *string { return &f.Admin.FirstOperator })
+	str("log-level", "log.level", "info", "debug, info, warn or error", func(f *config.File) *string { return &f.Log.Level })
+	str("log-format", "log.format", "text", "text or json", func(f *config.File) *string { return &f.Log.Format })
+	pprof := fs.Bool("pprof", false, "serve /debug/pprof/ on the HTTP listener (config: http.pprof)")
+	overrides = append(overrides, override{"pprof", "http.pprof", func(f *config.File) { f.HTTP.Pprof = *pprof }})
+
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
 			return 0
 		}
+		fmt.Fprintf(stderr, "otamq: %v\nRun \"otamq --help\" for the flags.\n", err)
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "otamq", version.String())
+		return 0
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "otamq: unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
+		fmt.Fprintf(stderr, "otamq: unexpected arguments: %s\nRun \"otamq --help\" for the flags.\n", strings.Join(fs.Args(), " "))
 		return 2
 	}
+	flagOf := map[string]string{"admin.first_operator_password": firstPasswordEnv}
+	for _, o := range overrides {
+		flagOf[o.key] = "--" + o.flag
+	}
+	report := func(err error) {
+		for _, e := range leaves(err) {
+			var se *broker.SettingError
+			if !errors.As(e, &se) {
+				fmt.Fprintln(stderr, "otamq:", e)
+				continue
+			}
+			var hints []string
+			for _, k := range se.Keys {
+				if f, ok := flagOf[k]; ok {
+					hints = append(hints, f+" or "+k)
+				} else {
+					hints = append(hints, k)
+				}
+			}
+			fmt.Fprintf(stderr, "otamq: %v (set %s)\n", se.Err, strings.Join(hints, ", "))
+		}
+	}
 
+	// Every problem of the file and of the flags is reported at once.
 	var f config.File
+	var loadErr error
 	if *cfgPath != "" {
-		var err error
-		if f, err = config.Load(*cfgPath); err != nil {
-			fmt.Fprintln(stderr, "otamq:", err)
+		f, loadErr = config.Load(*cfgPath)
+		if errors.Is(loadErr, iofs.ErrNotExist) || errors.Is(loadErr, iofs.ErrPermission) {
+			report(loadErr)
 			return 2
 		}
 	}
 	// Flags given explicitly override the file.
-	fs.Visit(func(fl *flag.Flag) {
-		switch fl.Name {
-		case "data-dir":
-			f.DataDir = *dataDir
-		case "mqtt-addr":
-			f.MQTT.TCPAddr = *mqttAddr
-		case "tls-addr":
-			f.MQTT.TLSAddr = *tlsAddr
-		case "tls-cert":
-			f.MQTT.TLSCert = *tlsCert
-		case "tls-key":
-			f.MQTT.TLSKey = *tlsKey
-		case "tls-client-ca":
-			f.MQTT.TLSClientCA = *clientCA
-		case "http-addr":
-			f.HTTP.Addr = *httpAddr
-		case "prefix":
-			f.Prefix = *prefix
-		case "first-operator":
-			f.Admin.FirstOperator = *firstOp
-		case "log-level":
-			f.Log.Level = *logLevel
-		case "log-format":
-			f.Log.Format = *logFormat
-		case "pprof":
-			f.HTTP.Pprof = *pprof
+	given := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	for _, o := range overrides {
+		if given[o.flag] {
+			o.set(&f)
 		}
-	})
-	if pw := os.Getenv("OTAMQ_FIRST_OPERATOR_PASSWORD"); pw != "" {
+	}
+	if pw := os.Getenv(firstPasswordEnv); pw != "" {
 		f.Admin.FirstOperatorPassword = pw
 	}
 	opts, err := f.Options(stderr)
-	if err != nil {
-		fmt.Fprintln(stderr, "otamq: configuration:", err)
+	if err := errors.Join(loadErr, err); err != nil {
+		report(err)
 		return 2
 	}
 
 	b, err := broker.New(opts)
 	if err != nil {
-		fmt.Fprintln(stderr, "otamq:", err)
+		report(err)
 		return 1
 	}
 	if c := b.FirstOperator; c != nil {
-		printFirstOperator(stdout, c, b.Addr())
+		printFirstOperator(stdout, c, b)
 	}
 	if err := b.Start(); err != nil {
-		fmt.Fprintln(stderr, "otamq:", err)
+		report(err)
+		_ = b.Shutdown(context.Background())
 		return 1
 	}
 
@@ -150,11 +175,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printFirstOperator(w io.Writer, c *broker.Credentials, addr string) {
+// leaves returns the errors joined in err (recursively), or err alone.
+func leaves(err error) []error {
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var out []error
+	for _, e := range j.Unwrap() {
+		out = append(out, leaves(e)...)
+	}
+	return out
+}
+
+func printFirstOperator(w io.Writer, c *broker.Credentials, b *broker.Broker) {
+	url := "mqtt://" + b.Addr()
+	if b.Addr() == "" {
+		url = "mqtts://" + b.TLSAddr()
+	}
 	fmt.Fprintln(w, "")
 	fmt.Fprintln(w, "  First operator created. Use it with otactl:")
 	fmt.Fprintln(w, "")
-	fmt.Fprintf(w, "    export OTAMQ_URL=mqtt://%s\n", addr)
+	fmt.Fprintf(w, "    export OTAMQ_URL=%s\n", url)
 	fmt.Fprintf(w, "    export OTAMQ_USER=%s\n", c.ID)
 	if c.Generated {
 		fmt.Fprintf(w, "    export OTAMQ_PASSWORD=%s\n", c.Password)

@@ -1,13 +1,20 @@
 // Package admin is the operators' API: it decodes a request (resource, verb
-// and a JSON body), checks the caller's role, runs it against the domain,
-// records it in the audit log and returns the reply that DESIGN.md §5
-// defines: {"ok": true, "result": …} or {"ok": false, "error": {"code": …,
-// "message": …}}.
+// and a JSON body), checks the caller's role and request rate, runs it
+// against the domain, records it in the audit log and returns the reply
+// that docs/OPERATORS.md ("The admin API") defines: {"ok": true, "result":
+// …} or {"ok": false, "error": {"code": …, "message": …}}.
 //
 // A request that changes state commits its change and its audit record in
 // one store transaction, and Handle returns only after that transaction is
-// durable: the reply is never ahead of the disk. A refused request changes
+// durable: the reply is never ahead of the disk. Anything a request makes
+// leave the broker (an offer, a command, a disconnect) happens only after
+// its audit record is durable (call.after). A refused request changes
 // nothing but the audit log, which records the refusal.
+//
+// Replies fit the requester: Request.MaxReply bounds the encoded reply; a
+// list is cut to the items that fit (its cursor continues after them), and
+// anything else that does not fit becomes a too_large error with the size.
+// Error messages quote client input only as a bounded prefix.
 //
 // The package knows nothing of MQTT; hooks/admin carries requests in and
 // replies out.
@@ -22,7 +29,10 @@ import (
 	"io"
 	"log/slog"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
@@ -42,15 +52,21 @@ const (
 	CodeForbidden   = "forbidden"
 	CodeUnknownVerb = "unknown_verb"
 	CodeTooLarge    = "too_large"
+	CodeRateLimited = "rate_limited"
 	CodeUnavailable = "unavailable"
 	CodeInternal    = "internal"
 )
 
 // Caller is who sent a request.
 type Caller struct {
-	ID     string
-	Role   fleet.Role
-	Remote string
+	// ID is the registered operator or observer (the audit actor).
+	ID   string
+	Role fleet.Role
+	// Session is the client ID of the connection, when it is not ID (an
+	// operator session "ID~SUFFIX"). A change to ID's own credentials
+	// keeps this connection.
+	Session string
+	Remote  string
 }
 
 // Request is one operator request.
@@ -59,6 +75,9 @@ type Request struct {
 	Resource string
 	Verb     string
 	Body     []byte
+	// MaxReply bounds the encoded reply in bytes (what the requester's
+	// MQTT Maximum Packet Size leaves for the payload). 0: no bound.
+	MaxReply int
 }
 
 // Action returns "resource/verb".
@@ -75,6 +94,28 @@ type Response struct {
 type Error struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// RetryAfterMS is set with CodeRateLimited: when the next request of
+	// this caller will be accepted.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+	// Size and Limit are set with CodeTooLarge: how large the reply (or
+	// request) was, and its bound.
+	Size  int `json:"size,omitempty"`
+	Limit int `json:"limit,omitempty"`
+	// Refused lists, for a batch that was refused as a whole, every item
+	// that was wrong and why.
+	Refused []Refusal `json:"refused,omitempty"`
+	// Candidates are, for a release reference that names none or several,
+	// the IDs of releases it might have meant (at most ten).
+	Candidates []string `json:"candidates,omitempty"`
+}
+
+// Refusal is one refused item of a batch.
+type Refusal struct {
+	// Index is the item's position in the batch, from 0.
+	Index   int    `json:"index"`
+	ID      string `json:"id,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -83,11 +124,26 @@ func fail(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Disconnector disconnects a client, e.g. one whose credentials were just
-// revoked. It must not block.
+// quote quotes client input for a message, bounded (fleet.Quote).
+func quote(s string) string { return fleet.Quote(s) }
+
+// maxMessage bounds a reply's error message, whatever the domain put in it.
+const maxMessage = 1024
+
+// Disconnector ends the connections of a client whose credentials were
+// revoked or replaced. It must not block for long.
 type Disconnector interface {
-	Disconnect(id string)
+	// Disconnect ends every connection of client id: the one with client
+	// ID id and each operator session of id (ID~SUFFIX), except the
+	// connection whose client ID is keep (empty: none).
+	Disconnect(id, keep string)
 }
+
+// Defaults of Options.
+const (
+	DefaultRate  = 100 // requests per second and caller
+	DefaultBurst = 200
+)
 
 // Options configure New. The zero value means all defaults.
 type Options struct {
@@ -99,6 +155,16 @@ type Options struct {
 	// verbs. Default: those verbs do not exist.
 	Catalog  *release.Catalog
 	Delivery *delivery.Service
+	// Rate is how many requests per second one caller (operator or
+	// observer, all its sessions together) may send, with bursts of
+	// Burst; beyond it requests are refused with CodeRateLimited and
+	// the time to wait. Default DefaultRate and DefaultBurst; a negative
+	// Rate: no limit.
+	Rate  float64
+	Burst int
+	// Audit bounds the audit log. Default: audit.DefaultMaxRecords records,
+	// none older than audit.DefaultMaxAge.
+	Audit audit.Retention
 }
 
 // Service handles admin requests. Its methods are safe for concurrent use.
@@ -110,7 +176,12 @@ type Service struct {
 	kick     Disconnector
 	cat      *release.Catalog
 	dlv      *delivery.Service
+	audit    *audit.Log
+	limit    *limiter
 	handlers map[string]handler
+	// ops serialises the changes that could leave no operator (revoking
+	// one), so that two concurrent ones cannot both pass the check.
+	ops chan struct{}
 }
 
 // handler runs one verb. A handler that changes state does so through
@@ -132,16 +203,24 @@ type call struct {
 	args   any // the decoded request, for the audit record (secrets removed)
 	// commit runs fn and the audit record in one durable transaction.
 	commit    func(fn func(tx *store.Tx) error) error
-	committed bool     // commit wrote the change and the audit record
-	after     []func() // run after a successful reply is decided
+	committed bool // commit wrote the change and the audit record
+	// unaudited is set by a handler whose request another request's
+	// record covers: the parts of an upload between its beginning and its
+	// end.
+	unaudited bool
+	// after are the request's effects outside the store (offers,
+	// commands, disconnects): run in order once the request's audit
+	// record is durable, before the reply is built.
+	after []func()
 }
 
 type nopDisconnector struct{}
 
-func (nopDisconnector) Disconnect(string) {}
+func (nopDisconnector) Disconnect(string, string) {}
 
-// New returns a service over db and reg.
-func New(db *store.DB, reg *fleet.Registry, opts *Options) *Service {
+// New returns a service over db and reg. It opens the audit log, which
+// indexes a log written by an older version first.
+func New(db *store.DB, reg *fleet.Registry, opts *Options) (*Service, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -155,7 +234,18 @@ func New(db *store.DB, reg *fleet.Registry, opts *Options) *Service {
 	if o.Disconnector == nil {
 		o.Disconnector = nopDisconnector{}
 	}
-	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery}
+	if o.Rate == 0 {
+		o.Rate = DefaultRate
+	}
+	if o.Burst <= 0 {
+		o.Burst = DefaultBurst
+	}
+	log, err := audit.Open(context.Background(), db, o.Audit)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery,
+		audit: log, limit: newLimiter(o.Rate, o.Burst), ops: make(chan struct{}, 1)}
 	s.handlers = map[string]handler{
 		"device/register": {run: deviceRegister},
 		"device/get":      {readOnly: true, run: deviceGet},
@@ -172,7 +262,7 @@ func New(db *store.DB, reg *fleet.Registry, opts *Options) *Service {
 	for a, h := range s.releaseHandlers() {
 		s.handlers[a] = h
 	}
-	return s
+	return s, nil
 }
 
 // Actions returns every "resource/verb" the service knows, sorted.
@@ -192,17 +282,25 @@ func (s *Service) ReadOnly(action string) bool {
 }
 
 // Handle runs req and returns its reply once everything it changed, and its
-// audit record, are durable. The second result is the error code ("" on
-// success), for metrics.
+// audit record, are durable, and its effects outside the store have been
+// started. The second result is the error code ("" on success), for
+// metrics.
 func (s *Service) Handle(ctx context.Context, req Request) (Response, string) {
+	now := s.now()
+	if aerr, refused := s.limit.admit(req.Caller.ID, req.Action(), now); aerr != nil {
+		return s.fit(Response{Error: aerr}, req.MaxReply, false), aerr.Code
+	} else if refused != nil {
+		s.recordRefusals(ctx, req.Caller, refused)
+	}
 	c := &call{req: &req}
 	result, err := s.handle(ctx, c)
-	if err == nil && !c.committed {
+	if err == nil && !c.committed && !c.unaudited {
 		// A read (or a request that changed no state): its audit record
 		// alone. If even that cannot be written the request fails, because
-		// every request must be on the record.
+		// every request must be on the record, and none of its effects
+		// happen.
 		if err = s.db.Update(ctx, func(tx *store.Tx) error { return s.appendAudit(tx, c, nil) }); err != nil {
-			s.log.Error("audit write failed", "action", req.Action(), "actor", req.Caller.ID, "err", err)
+			s.log.Error("audit write failed", "action", clip(req.Action()), "actor", req.Caller.ID, "err", err)
 			err = fail(CodeUnavailable, "audit log unavailable: %v", err)
 		}
 	}
@@ -211,17 +309,28 @@ func (s *Service) Handle(ctx context.Context, req Request) (Response, string) {
 		if !ok {
 			aerr = classify(err)
 		}
-		// The refused request changed nothing; only its audit record is
-		// written.
-		if werr := s.db.Update(ctx, func(tx *store.Tx) error { return s.appendAudit(tx, c, aerr) }); werr != nil {
-			s.log.Error("audit write failed", "action", req.Action(), "actor", req.Caller.ID, "err", werr)
+		if len(aerr.Message) > maxMessage {
+			aerr.Message, _ = audit.Bound(aerr.Message, maxMessage)
 		}
-		return Response{OK: false, Error: aerr}, aerr.Code
+		if !c.unaudited {
+			// The refused request changed nothing; only its audit record
+			// is written.
+			if werr := s.db.Update(ctx, func(tx *store.Tx) error { return s.appendAudit(tx, c, aerr) }); werr != nil {
+				s.log.Error("audit write failed", "action", clip(req.Action()), "actor", req.Caller.ID, "err", werr)
+			}
+		}
+		return s.fit(Response{Error: aerr}, req.MaxReply, false), aerr.Code
 	}
 	for _, f := range c.after {
 		f()
 	}
-	return Response{OK: true, Result: result}, ""
+	return s.fit(Response{OK: true, Result: result}, req.MaxReply, c.committed), ""
+}
+
+// clip bounds client input written to the broker's log.
+func clip(s string) string {
+	s, _ = audit.Bound(s, 128)
+	return s
 }
 
 // appendAudit writes the audit record of c, with its error if it failed.
@@ -231,47 +340,54 @@ func (s *Service) appendAudit(tx *store.Tx, c *call, aerr *Error) error {
 		Time: s.now().UTC(), Actor: req.Caller.ID, Role: string(req.Caller.Role), Remote: req.Caller.Remote,
 		Action: req.Action(), Target: c.target, Result: audit.ResultOK,
 	}
+	if req.Caller.Session != req.Caller.ID {
+		rec.Session = req.Caller.Session
+	}
 	if aerr != nil {
 		rec.Result, rec.Error = aerr.Code, aerr.Message
 	}
 	if c.args != nil {
-		if b, err := json.Marshal(c.args); err == nil && len(b) <= maxAuditArgs {
-			rec.Args = b
+		b, err := json.Marshal(c.args)
+		if err != nil {
+			return fmt.Errorf("audit args of %s: %w", clip(req.Action()), err)
 		}
+		rec.Args = b // audit bounds it
 	}
-	return audit.Append(tx, rec)
+	return s.audit.Append(tx, rec)
 }
-
-// maxAuditArgs bounds the request arguments kept in an audit record.
-const maxAuditArgs = 4096
 
 func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 	req := c.req
 	h, ok := s.handlers[req.Action()]
 	if !ok {
-		return nil, fail(CodeUnknownVerb, "unknown request %q; known: %v", req.Action(), s.Actions())
+		return nil, fail(CodeUnknownVerb, "unknown request %s; known: %v", quote(req.Action()), s.Actions())
 	}
 	switch req.Caller.Role {
 	case fleet.RoleOperator:
 	case fleet.RoleObserver:
 		if !h.readOnly {
-			return nil, fail(CodeForbidden, "%s is an observer: %s needs an operator", req.Caller.ID, req.Action())
+			return nil, fail(CodeForbidden, "%s is an observer: %s needs an operator", quote(req.Caller.ID), req.Action())
 		}
 	default:
-		return nil, fail(CodeForbidden, "%s is a %s, not an operator", req.Caller.ID, req.Caller.Role)
+		return nil, fail(CodeForbidden, "%s is a %s, not an operator", quote(req.Caller.ID), quote(string(req.Caller.Role)))
 	}
 	limit := MaxBodySize
 	if h.binary {
 		limit = maxUploadBody
 	}
 	if len(req.Body) > limit {
-		return nil, fail(CodeTooLarge, "request body is %d bytes, limit %d", len(req.Body), limit)
+		e := fail(CodeTooLarge, "request body is %d bytes, limit %d", len(req.Body), limit)
+		e.Size, e.Limit = len(req.Body), limit
+		return nil, e
 	}
 	if !h.readOnly {
 		c.commit = func(fn func(tx *store.Tx) error) error {
 			err := s.db.Update(ctx, func(tx *store.Tx) error {
 				if err := fn(tx); err != nil {
 					return err
+				}
+				if c.unaudited {
+					return nil
 				}
 				return s.appendAudit(tx, c, nil)
 			})
@@ -291,12 +407,32 @@ func decode(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fail(CodeBadRequest, "request body: %v", err)
+		return fail(CodeBadRequest, "request body: %s", decodeMessage(err))
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return fail(CodeBadRequest, "request body: data after the JSON object")
 	}
 	return nil
+}
+
+// decodeMessage is a JSON decoding error's message with the input it quotes
+// (an unknown field's whole name) bounded.
+func decodeMessage(err error) string {
+	msg := err.Error()
+	const unknown = "json: unknown field "
+	if rest, ok := strings.CutPrefix(msg, unknown); ok {
+		if name, uerr := strconv.Unquote(rest); uerr == nil {
+			return unknown + quote(name)
+		}
+	}
+	if len(msg) <= 2*fleet.MaxQuote {
+		return msg
+	}
+	n := 2 * fleet.MaxQuote
+	for n > 0 && !utf8.RuneStart(msg[n]) {
+		n--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", msg[:n], len(msg))
 }
 
 // classify maps a domain error to a reply error.
@@ -319,11 +455,21 @@ func classify(err error) *Error {
 }
 
 func verbsList(_ context.Context, s *Service, c *call) (any, error) {
-	var req struct{}
+	var req pageRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
-	return map[string]any{"actions": s.Actions()}, nil
+	limit, err := req.limit(len(s.handlers))
+	if err != nil {
+		return nil, err
+	}
+	var actions []string
+	for _, a := range s.Actions() {
+		if a > req.After {
+			actions = append(actions, a)
+		}
+	}
+	return pageOf(actions, limit, "actions", func(a string) any { return a }), nil
 }
 
 type auditRequest struct {
@@ -340,15 +486,13 @@ func auditList(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.args = req
-	if req.Limit < 0 || req.Limit > 1000 {
-		return nil, fail(CodeBadRequest, "limit %d: want 1..1000", req.Limit)
+	if req.Limit < 0 || req.Limit > audit.MaxLimit {
+		return nil, fail(CodeBadRequest, "limit %d: want 1..%d", req.Limit, audit.MaxLimit)
 	}
 	recs, next, err := audit.List(s.db, audit.Query{Actor: req.Actor, Action: req.Action, Target: req.Target, Before: req.Before, Limit: req.Limit})
 	if err != nil {
 		return nil, err
 	}
-	if recs == nil {
-		recs = []audit.Record{}
-	}
-	return map[string]any{"records": recs, "next": next}, nil
+	// "next" is the cursor of the following page ("before"), 0 on the last.
+	return &page[audit.Record]{key: "records", items: recs, cursor: func(r audit.Record) any { return r.Seq }, next: next}, nil
 }

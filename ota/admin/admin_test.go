@@ -15,13 +15,15 @@ import (
 )
 
 type kicks struct {
-	mu  sync.Mutex
-	ids []string
+	mu    sync.Mutex
+	ids   []string
+	keeps []string
 }
 
-func (k *kicks) Disconnect(id string) {
+func (k *kicks) Disconnect(id, keep string) {
 	k.mu.Lock()
 	k.ids = append(k.ids, id)
+	k.keeps = append(k.keeps, keep)
 	k.mu.Unlock()
 }
 
@@ -33,7 +35,9 @@ type env struct {
 	kicks *kicks
 }
 
-func newEnv(t testing.TB) *env {
+// newEnv returns a service without a rate limit (the tests of the limit
+// set their own).
+func newEnv(t testing.TB, mods ...func(*Options)) *env {
 	t.Helper()
 	db, err := store.Open(filepath.Join(t.TempDir(), "otamq.db"), &store.Options{NoSync: true})
 	if err != nil {
@@ -45,7 +49,15 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	k := &kicks{}
-	return &env{t: t, db: db, reg: reg, svc: New(db, reg, &Options{Disconnector: k}), kicks: k}
+	o := &Options{Disconnector: k, Rate: -1}
+	for _, m := range mods {
+		m(o)
+	}
+	svc, err := New(db, reg, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, db: db, reg: reg, svc: svc, kicks: k}
 }
 
 var (
@@ -256,7 +268,12 @@ func TestOperatorsAndLastOperator(t *testing.T) {
 		t.Fatalf("bootstrap password: %v", err)
 	}
 	root := Caller{ID: "root", Role: fleet.RoleOperator}
-	if _, code := e.do(root, "operator/revoke", map[string]any{"id": "root"}); code != CodeBadRequest {
+	if _, code := e.do(root, "operator/revoke", map[string]any{"id": "root"}); code != CodeForbidden {
+		t.Fatalf("revoking itself: %q", code)
+	}
+	// Someone not registered as an operator (the bootstrap's own
+	// caller) still cannot revoke the last one.
+	if _, code := e.do(Caller{ID: "otamq", Role: fleet.RoleOperator}, "operator/revoke", map[string]any{"id": "root"}); code != CodeBadRequest {
 		t.Fatalf("revoking the last operator: %q", code)
 	}
 	res := e.ok(root, "operator/add", map[string]any{"id": "viewer", "role": "observer"})

@@ -10,50 +10,6 @@ import (
 
 // The device/* verbs manage devices and gateways.
 
-type registerRequest struct {
-	ID   string           `json:"id"`
-	Role fleet.Role       `json:"role,omitempty"`
-	Auth fleet.AuthMethod `json:"auth,omitempty"`
-	fleet.Attributes
-}
-
-type deviceResult struct {
-	Device fleet.Device `json:"device"`
-	// Token is returned once, at registration or rotation, and never
-	// stored in clear.
-	Token string `json:"token,omitempty"`
-}
-
-func deviceRegister(_ context.Context, s *Service, c *call) (any, error) {
-	var req registerRequest
-	if err := decode(c.req.Body, &req); err != nil {
-		return nil, err
-	}
-	c.target, c.args = req.ID, req
-	if req.Role == "" {
-		req.Role = fleet.RoleDevice
-	}
-	if !req.Role.IsDevice() {
-		return nil, fail(CodeBadRequest, "device/register takes role device or gateway, not %q (operators: operator/add)", req.Role)
-	}
-	var token string
-	var secret fleet.Secret
-	if req.Auth == "" || req.Auth == fleet.AuthToken {
-		token = fleet.NewToken()
-		secret = fleet.TokenSecret(token)
-	}
-	var dev fleet.Device
-	err := c.commit(func(tx *store.Tx) error {
-		d, err := s.fleet.Register(tx, fleet.Registration{ID: req.ID, Role: req.Role, Auth: req.Auth, Attributes: req.Attributes}, secret, c.req.Caller.ID)
-		dev = d
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return deviceResult{Device: dev, Token: token}, nil
-}
-
 type idRequest struct {
 	ID string `json:"id"`
 }
@@ -65,7 +21,7 @@ func (s *Service) deviceView(id string) (fleet.View, error) {
 	}
 	v, ok := s.fleet.Get(id)
 	if !ok || !v.Role.IsDevice() {
-		return fleet.View{}, fail(CodeNotFound, "no device %q", id)
+		return fleet.View{}, fail(CodeNotFound, "no device %s", quote(id))
 	}
 	return v, nil
 }
@@ -80,7 +36,55 @@ func deviceGet(_ context.Context, s *Service, c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return v, nil
+	return s.item(v), nil
+}
+
+// deviceItem is a device as device/get and device/list return it: its
+// registration, its status and, if it has one, its current offer with the
+// download's progress.
+type deviceItem struct {
+	fleet.View
+	Offer *otaInfo `json:"offer,omitempty"`
+}
+
+// otaInfo is a device's current offer and how far its download has come
+// (from the offset its heartbeats report while downloading).
+type otaInfo struct {
+	RolloutID string `json:"rollout_id"`
+	Release   string `json:"release"`
+	Version   string `json:"version"`
+	// Size is the image's size.
+	Size uint64 `json:"size,omitempty"`
+	// Downloaded and Progress (percent of Size) are set while the device
+	// reports a download offset.
+	Downloaded *uint64 `json:"downloaded,omitempty"`
+	Progress   *int    `json:"progress,omitempty"`
+}
+
+func (s *Service) item(v fleet.View) deviceItem {
+	return deviceItem{View: v, Offer: s.otaOf(&v.Status, v.ID)}
+}
+
+// otaOf returns device id's current offer and download progress, nil if it
+// has no offer (or the release verbs are off).
+func (s *Service) otaOf(st *fleet.Status, id string) *otaInfo {
+	if s.dlv == nil {
+		return nil
+	}
+	of, ok := s.dlv.Current(id)
+	if !ok {
+		return nil
+	}
+	info := &otaInfo{RolloutID: of.RolloutID, Release: of.Release, Version: of.Version}
+	if r, ok := s.cat.Release(of.Release); ok {
+		info.Size = r.Size
+	}
+	if off := st.DownloadOffset; off != nil && info.Size > 0 {
+		d := min(*off, info.Size)
+		p := int(d * 100 / info.Size)
+		info.Downloaded, info.Progress = &d, &p
+	}
+	return info
 }
 
 type listRequest struct {
@@ -98,17 +102,11 @@ type listRequest struct {
 	Limit        int        `json:"limit,omitempty"`
 }
 
-type listResult struct {
-	Devices []fleet.View `json:"devices"`
-	// Next is the cursor for the next page ("after"), empty on the last.
-	Next string `json:"next,omitempty"`
-}
-
 func (r *listRequest) filter(allowed ...fleet.Role) (fleet.Filter, error) {
 	roles := allowed
 	if r.Role != "" {
 		if !slices.Contains(allowed, r.Role) {
-			return fleet.Filter{}, fail(CodeBadRequest, "role %q: this list takes %v", r.Role, allowed)
+			return fleet.Filter{}, fail(CodeBadRequest, "role %s: this list takes %v", quote(string(r.Role)), allowed)
 		}
 		roles = []fleet.Role{r.Role}
 	}
@@ -133,10 +131,13 @@ func deviceList(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	views, next := s.fleet.List(f)
-	if views == nil {
-		views = []fleet.View{}
+	items := make([]deviceItem, len(views))
+	for i, v := range views {
+		items[i] = s.item(v)
 	}
-	return listResult{Devices: views, Next: next}, nil
+	// "next" is the cursor of the following page ("after"), "" on the
+	// last.
+	return &page[deviceItem]{key: "devices", items: items, next: next, cursor: func(d deviceItem) any { return d.ID }}, nil
 }
 
 type updateRequest struct {
@@ -172,7 +173,7 @@ func deviceUpdate(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	if req.RotateToken {
 		// A session opened with the old token ends now.
-		c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+		c.after = append(c.after, func() { s.kick.Disconnect(req.ID, "") })
 	}
 	return deviceResult{Device: dev, Token: token}, nil
 }
@@ -204,6 +205,6 @@ func (s *Service) revoke(c *call, req revokeRequest) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+	c.after = append(c.after, func() { s.kick.Disconnect(req.ID, "") })
 	return map[string]any{"device": dev}, nil
 }

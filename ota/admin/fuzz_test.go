@@ -18,6 +18,9 @@ func FuzzAdminRequest(f *testing.F) {
 		`{"id":"carol","password":"0123456789abc"}`,
 		`{"id":"dev-1","reason":"lost"}`,
 		`{"id": 7}`, `[`, `{"id":"x"} {}`, ``, `null`, `{"tags":{"":""}}`,
+		`{"devices":[{"id":"b1"},{"id":"b2","role":"gateway"},{"id":"b3","parent":"b2"}]}`,
+		`{"devices":[{"id":"b1"},{"id":"dev-1"}],"dry_run":true}`,
+		`{"limit":2,"after":"dev-1"}`, `{"before":3,"limit":1,"actor":"alice"}`,
 	}
 	e := newEnv(f)
 	e.ok(op, "device/register", map[string]any{"id": "gw-1", "role": "gateway"})

@@ -37,7 +37,7 @@ func operatorAdd(_ context.Context, s *Service, c *call) (any, error) {
 		req.Role = fleet.RoleOperator
 	}
 	if req.Role.IsDevice() || !req.Role.Valid() {
-		return nil, fail(CodeBadRequest, "operator/add takes role operator or observer, not %q (devices: device/register)", req.Role)
+		return nil, fail(CodeBadRequest, "operator/add takes role operator or observer, not %s (devices: device/register)", quote(string(req.Role)))
 	}
 	var generated string
 	var secret fleet.Secret
@@ -52,7 +52,7 @@ func operatorAdd(_ context.Context, s *Service, c *call) (any, error) {
 			return nil, err
 		}
 	} else if req.Password != "" {
-		return nil, fail(CodeBadRequest, "auth %q takes no password", req.Auth)
+		return nil, fail(CodeBadRequest, "auth %s takes no password", quote(string(req.Auth)))
 	}
 	var dev fleet.Device
 	err := c.commit(func(tx *store.Tx) error {
@@ -81,7 +81,7 @@ func operatorList(_ context.Context, s *Service, c *call) (any, error) {
 	for i, v := range views {
 		ops[i] = v.Device
 	}
-	return map[string]any{"operators": ops, "next": next}, nil
+	return &page[fleet.Device]{key: "operators", items: ops, next: next, cursor: func(d fleet.Device) any { return d.ID }}, nil
 }
 
 func (s *Service) operator(id string) (*fleet.Device, error) {
@@ -90,7 +90,7 @@ func (s *Service) operator(id string) (*fleet.Device, error) {
 	}
 	d, ok := s.fleet.Lookup(id)
 	if !ok || d.Role.IsDevice() {
-		return nil, fail(CodeNotFound, "no operator or observer %q", id)
+		return nil, fail(CodeNotFound, "no operator or observer %s", quote(id))
 	}
 	return d, nil
 }
@@ -139,12 +139,25 @@ func operatorUpdate(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	if !secret.IsZero() {
-		c.after = append(c.after, func() { s.kick.Disconnect(req.ID) })
+		// Sessions opened with the old password end. An operator that
+		// changes its own password keeps the connection it asked on, so
+		// that the reply with the new password reaches it (ending that
+		// connection first would lose the password: a lockout).
+		keep := ""
+		if req.ID == c.req.Caller.ID {
+			keep = c.req.Caller.Session
+		}
+		c.after = append(c.after, func() { s.kick.Disconnect(req.ID, keep) })
 	}
 	return operatorResult{Operator: dev, Password: generated}, nil
 }
 
-func operatorRevoke(_ context.Context, s *Service, c *call) (any, error) {
+// operatorRevoke never locks everyone out: an operator cannot revoke
+// itself, nor the last unrevoked operator. Revocations of operators are
+// serialised, so that two operators revoking each other at once cannot
+// both pass the check; one whose own revocation committed in the meantime
+// is refused.
+func operatorRevoke(ctx context.Context, s *Service, c *call) (any, error) {
 	var req revokeRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
@@ -154,18 +167,30 @@ func operatorRevoke(_ context.Context, s *Service, c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if op.Role == fleet.RoleOperator {
-		// Never lock everyone out: the last operator stays.
-		others := false
-		views, _ := s.fleet.List(fleet.Filter{Roles: []fleet.Role{fleet.RoleOperator}, Revoked: new(bool), Limit: 2})
-		for _, v := range views {
-			if v.ID != req.ID {
-				others = true
-			}
+	if req.ID == c.req.Caller.ID {
+		return nil, fail(CodeForbidden, "%s cannot revoke itself; another operator can", quote(req.ID))
+	}
+	if op.Role != fleet.RoleOperator {
+		return s.revoke(c, req)
+	}
+	select {
+	case s.ops <- struct{}{}:
+		defer func() { <-s.ops }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if me, ok := s.fleet.Lookup(c.req.Caller.ID); ok && me.Revoked {
+		return nil, fail(CodeForbidden, "%s was revoked while this request waited", quote(c.req.Caller.ID))
+	}
+	others := false
+	views, _ := s.fleet.List(fleet.Filter{Roles: []fleet.Role{fleet.RoleOperator}, Revoked: new(bool), Limit: 2})
+	for _, v := range views {
+		if v.ID != req.ID {
+			others = true
 		}
-		if !others {
-			return nil, fail(CodeBadRequest, "%s is the last operator; add another before revoking it", req.ID)
-		}
+	}
+	if !others {
+		return nil, fail(CodeBadRequest, "%s is the last operator; add another before revoking it", quote(req.ID))
 	}
 	return s.revoke(c, req)
 }

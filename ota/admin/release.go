@@ -9,6 +9,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 
 	"github.com/otamq/otamq/ota/delivery"
+	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
@@ -108,12 +109,27 @@ func keyAdd(_ context.Context, s *Service, c *call) (any, error) {
 }
 
 func keyList(_ context.Context, s *Service, c *call) (any, error) {
-	var req struct{}
+	var req pageRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
-	return map[string]any{"keys": s.cat.Keys()}, nil
+	limit, err := req.limit(maxListAll)
+	if err != nil {
+		return nil, err
+	}
+	var keys []release.Key
+	for _, k := range s.cat.Keys() { // by ID
+		if k.ID.String() > req.After {
+			keys = append(keys, k)
+		}
+	}
+	return pageOf(keys, limit, "keys", func(k release.Key) any { return k.ID.String() }), nil
 }
+
+// maxListAll is the default page size of the lists that used to return
+// everything (keys, releases, uploads, offers): their page is cut further
+// only when the requester's Maximum Packet Size calls for it.
+const maxListAll = 1000
 
 type kidRequest struct {
 	KID string `json:"kid"`
@@ -125,6 +141,10 @@ func keyRevoke(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.target, c.args = req.KID, req
+	var kid manifest.KeyID
+	if len(req.KID) != 2*len(kid) {
+		return nil, fail(CodeBadRequest, "kid %s: want %d hex digits", quote(req.KID), 2*len(kid))
+	}
 	kid, err := manifest.ParseKeyID(req.KID)
 	if err != nil {
 		return nil, fail(CodeBadRequest, "kid: %v", err)
@@ -242,6 +262,11 @@ func releaseView(r *release.Release) *release.Release {
 	return &v
 }
 
+// releaseUpload begins, continues or completes an upload. An upload has
+// one audit record when it begins (again when it resumes) and one with its
+// result: the release it created with the number of parts, or the refusal
+// that removed it. The parts in between and the status queries are covered
+// by those two (three uploads of 64 KiB parts used to fill the log).
 func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 	p, err := DecodeUpload(c.req.Body)
 	if err != nil {
@@ -255,18 +280,25 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 		err := c.commit(func(tx *store.Tx) error {
 			var err error
 			u, existing, err = s.cat.BeginUpload(tx, p.Manifest, c.req.Caller.ID)
+			if err == nil && existing != nil {
+				c.target = existing.ID
+				c.args = map[string]any{"begin": true, "exists": true}
+			} else if err == nil {
+				c.target = release.ReleaseID(u.Version, u.Digest)
+				c.args = map[string]any{"begin": true, "upload": u.ID, "version": u.Version, "size": u.Size,
+					"offset": u.Offset, "parts": u.Parts, "manifest_bytes": len(p.Manifest)}
+			}
 			return err
 		})
 		if err != nil {
 			return nil, err
 		}
 		if existing != nil {
-			c.target = existing.ID
 			return uploadResult{Release: releaseView(existing), Done: true}, nil
 		}
-		c.target = u.ID
 		return uploadResult{Upload: uploadView(u)}, nil
 	case len(p.Data) == 0:
+		c.unaudited = true
 		c.target, c.args = p.Upload, map[string]any{"status": true}
 		u, found, err := s.cat.Upload(p.Upload)
 		if err != nil {
@@ -280,28 +312,46 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 			if r, ok := s.cat.ByDigest(d); ok {
 				return uploadResult{Release: releaseView(&r), Done: true}, nil
 			}
-			return nil, fail(CodeNotFound, "no upload %s in progress (send the manifest to begin)", p.Upload)
+			return nil, fail(CodeNotFound, "no upload %s in progress (send the manifest to begin)", quote(p.Upload))
 		}
 		return uploadResult{Upload: uploadView(u)}, nil
 	}
+	// A part: on the record only if it completes the upload.
+	c.unaudited = true
 	c.target = p.Upload
-	c.args = map[string]any{"offset": p.Offset, "bytes": len(p.Data)}
 	var u release.Upload
 	var r *release.Release
 	err = c.commit(func(tx *store.Tx) error {
 		var err error
 		u, r, err = s.cat.AppendUpload(tx, p.Upload, p.Offset, p.Data, c.req.Caller.ID)
+		c.unaudited = err != nil || r == nil
+		if r != nil {
+			c.target = r.ID
+			c.args = map[string]any{"upload": p.Upload, "parts": u.Parts, "size": u.Size, "release": r.ID}
+		}
 		return err
 	})
 	if err != nil {
 		if errors.Is(err, manifest.ErrDigestMismatch) || errors.Is(err, release.ErrConflict) || errors.Is(err, release.ErrKeyRevoked) ||
 			errors.Is(err, manifest.ErrUnknownKey) {
-			// The complete image cannot become a release: remove every
-			// trace of the upload.
-			if aerr := s.db.Update(ctx, func(tx *store.Tx) error { return s.cat.AbortUpload(tx, p.Upload) }); aerr != nil {
-				s.log.Error("abort refused upload", "upload", p.Upload, "err", aerr)
+			// The complete image cannot become a release: every trace of
+			// the upload goes, in one transaction with the upload's
+			// result record.
+			err = fmt.Errorf("%w (the upload was removed)", err)
+			aerr := classify(err)
+			c.target = release.ReleaseID(u.Version, u.Digest)
+			c.args = map[string]any{"upload": p.Upload, "parts": u.Parts, "size": u.Size, "removed": true}
+			c.unaudited = false
+			if werr := s.db.Update(ctx, func(tx *store.Tx) error {
+				if err := s.cat.AbortUpload(tx, p.Upload); err != nil {
+					return err
+				}
+				return s.appendAudit(tx, c, aerr)
+			}); werr != nil {
+				s.log.Error("remove refused upload", "upload", clip(p.Upload), "err", werr)
 			}
-			return nil, fmt.Errorf("%w (the upload was removed)", err)
+			c.unaudited = true // its record is written
+			return nil, aerr
 		}
 		return nil, err
 	}
@@ -321,32 +371,43 @@ func releaseAbort(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.target, c.args = req.ID, req
-	if _, found, err := s.cat.Upload(req.ID); err != nil || !found {
+	u, found, err := s.cat.Upload(req.ID)
+	if err != nil || !found {
 		if err == nil {
-			err = fail(CodeNotFound, "no upload %s in progress", req.ID)
+			err = fail(CodeNotFound, "no upload %s in progress", quote(req.ID))
 		}
 		return nil, err
 	}
+	c.target = release.ReleaseID(u.Version, u.Digest)
+	c.args = map[string]any{"upload": u.ID, "parts": u.Parts, "offset": u.Offset, "size": u.Size}
 	if err := c.commit(func(tx *store.Tx) error { return s.cat.AbortUpload(tx, req.ID) }); err != nil {
 		return nil, err
 	}
 	return map[string]any{"aborted": req.ID}, nil
 }
 
+// releaseUploads lists the unfinished uploads, by ID: how far each is, who
+// began it and when it last moved.
 func releaseUploads(_ context.Context, s *Service, c *call) (any, error) {
-	var req struct{}
+	var req pageRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
-	us, err := s.cat.Uploads()
+	limit, err := req.limit(maxListAll)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*release.Upload, 0, len(us))
-	for _, u := range us {
-		out = append(out, uploadView(u))
+	us, err := s.cat.Uploads() // by ID
+	if err != nil {
+		return nil, err
 	}
-	return map[string]any{"uploads": out}, nil
+	var out []*release.Upload
+	for _, u := range us {
+		if u.ID > req.After {
+			out = append(out, uploadView(u))
+		}
+	}
+	return pageOf(out, limit, "uploads", func(u *release.Upload) any { return u.ID }), nil
 }
 
 type releaseIDRequest struct {
@@ -359,10 +420,11 @@ func releaseGet(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	c.target, c.args = req.ID, req
-	r, ok := s.cat.Release(req.ID)
-	if !ok {
-		return nil, fail(CodeNotFound, "no release %q", req.ID)
+	r, err := s.resolveRelease(req.ID)
+	if err != nil {
+		return nil, err
 	}
+	c.target = r.ID
 	known, revoked := s.cat.KeyStatus(r.KeyID)
 	return map[string]any{"release": r, "key_trusted": known && !revoked}, nil
 }
@@ -370,20 +432,41 @@ func releaseGet(_ context.Context, s *Service, c *call) (any, error) {
 type releaseListRequest struct {
 	Version  string `json:"version,omitempty"`
 	Hardware string `json:"hardware,omitempty"`
+	// After is the cursor: the ID of the last release of the page before.
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
 }
 
+// releaseList lists releases newest first.
 func releaseList(_ context.Context, s *Service, c *call) (any, error) {
 	var req releaseListRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
 	c.args = req
+	limit, err := pageRequest{Limit: req.Limit}.limit(maxListAll)
+	if err != nil {
+		return nil, err
+	}
 	rs := s.cat.Releases(release.Filter{Version: req.Version, Hardware: req.Hardware})
-	out := make([]*release.Release, 0, len(rs))
-	for i := range rs {
+	start := 0
+	if req.After != "" {
+		start = -1
+		for i := range rs {
+			if rs[i].ID == req.After {
+				start = i + 1
+				break
+			}
+		}
+		if start < 0 {
+			return nil, fail(CodeBadRequest, "after %s: no such release in this list (use the next of a page)", quote(req.After))
+		}
+	}
+	out := make([]*release.Release, 0, len(rs)-start)
+	for i := start; i < len(rs); i++ {
 		out = append(out, releaseView(&rs[i]))
 	}
-	return map[string]any{"releases": out}, nil
+	return pageOf(out, limit, "releases", func(r *release.Release) any { return r.ID }), nil
 }
 
 // maxDevicesPerRequest bounds the device list of one offer or command.
@@ -398,12 +481,20 @@ type offerRequest struct {
 	Deadline    uint64   `json:"deadline,omitempty"`
 }
 
+// checkDevices checks the device list of an offer or command: 1 to
+// maxDevicesPerRequest well-formed IDs (a malformed one refuses the request,
+// so no message repeats unbounded input).
 func checkDevices(ids []string) error {
 	if len(ids) == 0 {
 		return fail(CodeBadRequest, "devices missing")
 	}
 	if len(ids) > maxDevicesPerRequest {
 		return fail(CodeBadRequest, "%d devices, limit %d per request", len(ids), maxDevicesPerRequest)
+	}
+	for i, id := range ids {
+		if err := fleet.ValidID(id); err != nil {
+			return fail(CodeBadRequest, "device %d: %v", i+1, err)
+		}
 	}
 	return nil
 }
@@ -417,13 +508,18 @@ func offerCreate(_ context.Context, s *Service, c *call) (any, error) {
 	if err := checkDevices(req.Devices); err != nil {
 		return nil, err
 	}
-	spec := delivery.OfferSpec{Release: req.Release, RolloutID: req.RolloutID, BlockSize: req.BlockSize, Deadline: req.Deadline}
+	r, err := s.resolveRelease(req.Release)
+	if err != nil {
+		return nil, err
+	}
+	c.target = r.ID
+	spec := delivery.OfferSpec{Release: r.ID, RolloutID: req.RolloutID, BlockSize: req.BlockSize, Deadline: req.Deadline}
 	switch req.InstallMode {
 	case "", "immediate":
 	case "on_command":
 		spec.InstallMode = wire.InstallOnCommand
 	default:
-		return nil, fail(CodeBadRequest, "install_mode %q: want immediate or on_command", req.InstallMode)
+		return nil, fail(CodeBadRequest, "install_mode %s: want immediate or on_command", quote(req.InstallMode))
 	}
 	if spec.RolloutID == "" {
 		spec.RolloutID = delivery.NewRolloutID(s.now())
@@ -479,22 +575,57 @@ func offerCancel(_ context.Context, s *Service, c *call) (any, error) {
 
 type offerListRequest struct {
 	Device string `json:"device,omitempty"`
+	// After is the cursor: the device of the last offer of the page
+	// before.
+	After string `json:"after,omitempty"`
+	Limit int    `json:"limit,omitempty"`
 }
 
+// offerItem is an offer with what its device last reported of it: the OTA
+// state, and while downloading how far it is.
+type offerItem struct {
+	delivery.Offer
+	Online     bool    `json:"online"`
+	State      string  `json:"state,omitempty"`
+	Size       uint64  `json:"size,omitempty"`
+	Downloaded *uint64 `json:"downloaded,omitempty"`
+	Progress   *int    `json:"progress,omitempty"`
+}
+
+// offerList lists the current offers by device.
 func offerList(_ context.Context, s *Service, c *call) (any, error) {
 	var req offerListRequest
 	if err := decode(c.req.Body, &req); err != nil {
 		return nil, err
 	}
 	c.args = req
-	if req.Device != "" {
-		of, ok := s.dlv.Current(req.Device)
-		if !ok {
-			return map[string]any{"offers": []delivery.Offer{}}, nil
-		}
-		return map[string]any{"offers": []delivery.Offer{of}}, nil
+	limit, err := pageRequest{Limit: req.Limit}.limit(maxListAll)
+	if err != nil {
+		return nil, err
 	}
-	return map[string]any{"offers": s.dlv.Offers()}, nil
+	var offers []delivery.Offer
+	if req.Device != "" {
+		if of, ok := s.dlv.Current(req.Device); ok {
+			offers = append(offers, of)
+		}
+	} else {
+		offers = s.dlv.Offers() // by device
+	}
+	var items []offerItem
+	for _, of := range offers {
+		if of.Device <= req.After {
+			continue
+		}
+		it := offerItem{Offer: of}
+		if v, ok := s.fleet.Get(of.Device); ok {
+			it.Online, it.State = v.Status.Online, v.Status.OTAState
+			if info := s.otaOf(&v.Status, of.Device); info != nil && info.Release == of.Release {
+				it.Size, it.Downloaded, it.Progress = info.Size, info.Downloaded, info.Progress
+			}
+		}
+		items = append(items, it)
+	}
+	return pageOf(items, limit, "offers", func(it offerItem) any { return it.Device }), nil
 }
 
 type commandRequest struct {
@@ -517,20 +648,45 @@ func commandSend(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	v, ok := verbs[req.Verb]
 	if !ok {
-		return nil, fail(CodeBadRequest, "verb %q: want install, cancel, check or reboot", req.Verb)
+		return nil, fail(CodeBadRequest, "verb %s: want install, cancel, check or reboot", quote(req.Verb))
 	}
 	if len(req.RolloutID) > wire.MaxRolloutIDLen {
 		return nil, fail(CodeBadRequest, "rollout_id longer than %d bytes", wire.MaxRolloutIDLen)
 	}
-	// Commands change no state; the audit record is written with the reply.
-	return map[string]any{"results": s.dlv.Command(req.Devices, wire.Command{Verb: v, RolloutID: req.RolloutID, NotAfter: req.NotAfter})}, nil
+	// Commands change no state, but they leave the broker: the audit
+	// record is made durable first, and the commands are sent after it
+	// (its result says the request was accepted; the reply says which
+	// devices were reached).
+	if err := c.commit(func(*store.Tx) error { return nil }); err != nil {
+		return nil, err
+	}
+	res := &commandResult{Results: []delivery.OfferResult{}}
+	c.after = append(c.after, func() {
+		res.Results = s.dlv.Command(req.Devices, wire.Command{Verb: v, RolloutID: req.RolloutID, NotAfter: req.NotAfter})
+	})
+	return res, nil
+}
+
+// commandResult is filled by command/send's effect, before the reply is
+// encoded.
+type commandResult struct {
+	Results []delivery.OfferResult `json:"results"`
 }
 
 type timelineRequest struct {
 	ID    string `json:"id"`
 	Limit int    `json:"limit,omitempty"`
+	// Before is the cursor: the next of the page before.
+	Before string `json:"before,omitempty"`
 }
 
+// timelineItem is a timeline entry with the cursor that continues after it.
+type timelineItem struct {
+	delivery.Entry
+	cursor string
+}
+
+// deviceTimeline lists a device's timeline newest first.
 func deviceTimeline(_ context.Context, s *Service, c *call) (any, error) {
 	var req timelineRequest
 	if err := decode(c.req.Body, &req); err != nil {
@@ -540,9 +696,20 @@ func deviceTimeline(_ context.Context, s *Service, c *call) (any, error) {
 	if _, err := s.deviceView(req.ID); err != nil {
 		return nil, err
 	}
-	entries, err := s.dlv.Timeline(req.ID, req.Limit)
+	if req.Limit < 0 {
+		return nil, fail(CodeBadRequest, "limit %d: want 1 or more", req.Limit)
+	}
+	entries, cursors, more, err := s.dlv.TimelinePage(req.ID, req.Before, req.Limit)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"entries": entries}, nil
+	items := make([]timelineItem, len(entries))
+	for i := range entries {
+		items[i] = timelineItem{Entry: entries[i], cursor: cursors[i]}
+	}
+	p := &page[timelineItem]{key: "entries", items: items, next: "", cursor: func(it timelineItem) any { return it.cursor }}
+	if more {
+		p.next = cursors[len(cursors)-1]
+	}
+	return p, nil
 }

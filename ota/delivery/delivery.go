@@ -48,6 +48,11 @@ var (
 	ErrInvalid    = errors.New("invalid")
 	ErrRefused    = errors.New("refused")
 	ErrUnknownRun = errors.New("event for a rollout the device was never offered")
+	// ErrNoReceiver: no client that may receive a device's messages (the
+	// device or its gateway) is subscribed.
+	ErrNoReceiver = errors.New("no authorized subscriber")
+	// ErrTooLarge: a receiver's Maximum Packet Size is below the message.
+	ErrTooLarge = errors.New("larger than a receiver accepts")
 )
 
 // Sender delivers messages to devices. The hooks implement it. Its methods
@@ -55,9 +60,10 @@ var (
 type Sender interface {
 	// SendOffer publishes an offer on device id's manifest topic.
 	SendOffer(id string, payload []byte)
-	// SendCommand publishes a command on device id's command topic and
-	// reports whether anyone (the device or its gateway) was subscribed.
-	SendCommand(id string, payload []byte) bool
+	// SendCommand publishes a command on device id's command topic. It
+	// returns ErrNoReceiver when neither the device nor its gateway is
+	// subscribed, ErrTooLarge when a receiver could not take it.
+	SendCommand(id string, payload []byte) error
 }
 
 // Recorder counts what delivery does. Labels come from fixed sets.
@@ -90,7 +96,8 @@ type Options struct {
 	// MaxBlockSize caps the block size a device may ask for. Default
 	// DefaultMaxBlockSize.
 	MaxBlockSize int
-	// MaxWindow caps the blocks of one request. Default DefaultMaxWindow.
+	// MaxWindow caps the blocks of one request. Default DefaultMaxWindow;
+	// at most 256.
 	MaxWindow int
 	// DeviceRate is the bytes per second one device may download, with a
 	// burst of one full window. Default DefaultDeviceRate; negative: no
@@ -102,9 +109,10 @@ type Options struct {
 	// TimelineLength is how many events each device's timeline keeps.
 	// Default DefaultTimelineLength.
 	TimelineLength int
-	// EventStoreFault, when set and returning an error, makes Event fail
-	// as if the store had failed (tests of the devices' side). Default nil.
-	EventStoreFault func() error
+	// EventFault, when set, runs inside the transaction that records a
+	// device event; an error from it fails that transaction as a store
+	// failure would. Only tests set it (a failpoint); default none.
+	EventFault func() error
 }
 
 // Offer is a release assigned to a device.
@@ -198,6 +206,7 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 	if o.MaxWindow <= 0 {
 		o.MaxWindow = DefaultMaxWindow
 	}
+	o.MaxWindow = min(o.MaxWindow, maxWindowLimit)
 	if o.DeviceRate == 0 {
 		o.DeviceRate = DefaultDeviceRate
 	}
@@ -226,8 +235,8 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 
 type nopSender struct{}
 
-func (nopSender) SendOffer(string, []byte)        {}
-func (nopSender) SendCommand(string, []byte) bool { return false }
+func (nopSender) SendOffer(string, []byte)         {}
+func (nopSender) SendCommand(string, []byte) error { return ErrNoReceiver }
 
 // Current returns device id's offer, if it has one.
 func (s *Service) Current(id string) (Offer, bool) {
@@ -477,10 +486,13 @@ func (s *Service) Command(ids []string, c wire.Command) []OfferResult {
 			out = append(out, OfferResult{Device: id, Error: "not registered"})
 			continue
 		}
-		if s.o.Sender.SendCommand(id, payload) {
+		switch err := s.o.Sender.SendCommand(id, payload); {
+		case err == nil:
 			out = append(out, OfferResult{Device: id, OK: true})
-		} else {
-			out = append(out, OfferResult{Device: id, Error: "not connected (commands are not queued)"})
+		case errors.Is(err, ErrNoReceiver):
+			out = append(out, OfferResult{Device: id, Error: "not delivered: neither the device nor its gateway is subscribed (commands are not queued)"})
+		default:
+			out = append(out, OfferResult{Device: id, Error: "not delivered: " + err.Error()})
 		}
 	}
 	return out
@@ -529,10 +541,26 @@ var BlockResults = []string{ResultServed, ResultNotAssigned, ResultUnknown, Resu
 // only valid during its emit call (the buffer is reused: publish copies
 // it). maxData caps each block's data (what the requesting client can
 // receive): 0 means no cap beyond the service's, a negative value that no
-// data fits.
+// data fits. It is Begin and Next for the whole window.
 func (s *Service) Serve(id string, req wire.BlockRequest, maxData int, emit func(msg []byte)) {
-	s.o.Recorder.BlockRequest(s.serve(id, req, maxData, emit))
+	if w := s.Begin(id, req, maxData, emit); w != nil {
+		s.Next(w, w.left, emit)
+	}
 }
+
+// Window is a block request being answered: the blocks still to send.
+// It is not safe for concurrent use.
+type Window struct {
+	requestID uint32
+	digest    manifest.Digest
+	imageSize uint64
+	next      uint64 // offset of the next block
+	size      int    // block size
+	left      int    // blocks still to send
+}
+
+// Left returns how many blocks of w are still to send.
+func (w *Window) Left() int { return w.left }
 
 func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, msg string) []byte {
 	e := wire.BlockError{RequestID: req.RequestID, Offset: req.Offset, Code: code, Message: msg}
@@ -540,6 +568,13 @@ func blockError(req wire.BlockRequest, code wire.BlockErr, retry time.Duration, 
 		e.RetryAfterMS = uint32(min(retry.Milliseconds()+1, math.MaxUint32))
 	}
 	return e.Encode()
+}
+
+// Busy answers a block request the caller cannot take now with "rate
+// limited" and retry.
+func (s *Service) Busy(req wire.BlockRequest, retry time.Duration, emit func(msg []byte)) {
+	s.o.Recorder.BlockRequest(ResultRateLimited)
+	emit(blockError(req, wire.BlockRateLimited, retry, "busy"))
 }
 
 // BadRequest answers a block request that could not be decoded.
@@ -554,30 +589,41 @@ func (s *Service) BadRequest(msg string, emit func(msg []byte)) {
 // msgBufs recycles block message buffers.
 var msgBufs sync.Pool
 
-func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func([]byte)) string {
+// Begin checks a block request of device id (the image offered to it,
+// the offset, the sizes against the service's limits and maxData, as for
+// Serve) and takes its bytes from the rate limits. A refused request is
+// answered through emit and Begin returns nil; an accepted one returns the
+// window whose blocks Next sends. Either way it is counted.
+func (s *Service) Begin(id string, req wire.BlockRequest, maxData int, emit func([]byte)) *Window {
+	w, result := s.begin(id, req, maxData, emit)
+	s.o.Recorder.BlockRequest(result)
+	return w
+}
+
+func (s *Service) begin(id string, req wire.BlockRequest, maxData int, emit func([]byte)) (*Window, string) {
 	var d manifest.Digest
 	copy(d[:], req.Digest)
 	of, offered := s.Current(id)
 	if !offered || of.Digest != d {
 		if _, known := s.cat.ByDigest(d); !known {
 			emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
-			return ResultUnknown
+			return nil, ResultUnknown
 		}
 		emit(blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id))
-		return ResultNotAssigned
+		return nil, ResultNotAssigned
 	}
 	r, ok := s.cat.ByDigest(d)
 	if !ok {
 		emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
-		return ResultUnknown
+		return nil, ResultUnknown
 	}
 	if err := s.cat.Offerable(r); err != nil {
 		emit(blockError(req, wire.BlockNotAssigned, 0, "release signing key revoked"))
-		return ResultNotAssigned
+		return nil, ResultNotAssigned
 	}
 	if req.Offset >= r.Size {
 		emit(blockError(req, wire.BlockOutOfRange, 0, fmt.Sprintf("image is %d bytes", r.Size)))
-		return ResultOutOfRange
+		return nil, ResultOutOfRange
 	}
 	size := min(int(min(req.Size, math.MaxInt32)), s.o.MaxBlockSize)
 	if maxData != 0 {
@@ -585,7 +631,7 @@ func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func
 	}
 	if size <= 0 {
 		emit(blockError(req, wire.BlockBadRequest, 0, "no block size fits the client's maximum packet size"))
-		return ResultBadRequest
+		return nil, ResultBadRequest
 	}
 	count := min(int(min(req.Count, math.MaxInt32)), s.o.MaxWindow)
 	left := r.Size - req.Offset
@@ -612,27 +658,62 @@ func (s *Service) serve(id string, req wire.BlockRequest, maxData int, emit func
 	st.mu.Unlock()
 	if wait > 0 {
 		emit(blockError(req, wire.BlockRateLimited, wait, "rate limited"))
-		return ResultRateLimited
+		return nil, ResultRateLimited
 	}
 
+	return &Window{requestID: req.RequestID, digest: d, imageSize: r.Size, next: req.Offset, size: size, left: count}, ResultServed
+}
+
+// MaxReadBytes bounds the block data Next reads in one read transaction.
+const MaxReadBytes = 32 * 1024
+
+// maxWindowLimit is the largest window Options.MaxWindow may set.
+const maxWindowLimit = 256
+
+// Next emits up to n more blocks of w (fewer at the end of the window, and
+// no more than fit MaxReadBytes, but at least one). The blocks are read in
+// one read transaction and emitted after it has ended, so emit may block
+// (on a client's socket) without holding the store: a read transaction
+// left open keeps the store from growing its file, which stalls every
+// write. If the image cannot be read it emits an "internal" block error,
+// counts it, ends the window and returns false.
+func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
+	n = min(n, w.left, max(1, MaxReadBytes/w.size)) // w.left <= maxWindowLimit
+	if n <= 0 {
+		return true
+	}
 	buf, _ := msgBufs.Get().(*[]byte)
 	if buf == nil {
 		buf = new([]byte)
 	}
 	defer msgBufs.Put(buf)
-	err := s.cat.ReadBlocks(d, req.Offset, size, count, func(off uint64, data []byte) error {
-		msg := wire.AppendBlock((*buf)[:0], req.RequestID, off, r.Size, data)
-		*buf = msg
-		emit(msg)
-		s.o.Recorder.BlockBytes(len(data))
+	var ends, sizes [maxWindowLimit]int32 // each message's end in *buf, and its data size
+	msgs := (*buf)[:0]
+	next, count := w.next, 0
+	err := s.cat.ReadBlocks(w.digest, w.next, w.size, n, func(off uint64, data []byte) error {
+		msgs = wire.AppendBlock(msgs, w.requestID, off, w.imageSize, data)
+		ends[count], sizes[count] = int32(len(msgs)), int32(len(data))
+		count++
+		next = off + uint64(len(data))
 		return nil
 	})
+	*buf = msgs
 	if err != nil {
-		s.o.Logger.Error("image read failed", "digest", d.String(), "offset", req.Offset, "err", err)
-		emit(blockError(req, wire.BlockInternal, 0, "internal error"))
-		return ResultInternal
+		s.o.Logger.Error("image read failed", "digest", w.digest.String(), "offset", w.next, "err", err)
+		emit(blockError(wire.BlockRequest{RequestID: w.requestID, Offset: w.next}, wire.BlockInternal, 0, "internal error"))
+		s.o.Recorder.BlockRequest(ResultInternal)
+		w.left = 0
+		return false
 	}
-	return ResultServed
+	start := int32(0)
+	for i := range count {
+		msg := msgs[start:ends[i]]
+		emit(msg)
+		s.o.Recorder.BlockBytes(int(sizes[i]))
+		start = ends[i]
+	}
+	w.next, w.left = next, w.left-count
+	return true
 }
 
 // Entry is one line of a device's update timeline.
@@ -720,18 +801,20 @@ func (s *Service) Event(id string, ev wire.Event) error {
 		s.o.Recorder.EventDropped("unknown_rollout")
 		return fmt.Errorf("%w: %s sent %s for rollout %q", ErrUnknownRun, id, ev.Code, ev.RolloutID)
 	}
-	if s.o.EventStoreFault != nil {
-		if err := s.o.EventStoreFault(); err != nil {
-			return fmt.Errorf("timeline of %s: %w", id, err)
-		}
-	}
 	now := s.o.Now().UTC()
 	e := Entry{Time: now, Source: "device", Type: ev.Code.String(), RolloutID: ev.RolloutID, Version: ev.TargetVersion,
 		Progress: ev.Progress, Detail: ev.Detail, DeviceTime: ev.DeviceTime}
 	if ev.Error != 0 {
 		e.Error = ev.Error.String()
 	}
-	if err := s.db.Update(context.Background(), func(tx *store.Tx) error { return s.appendTimeline(tx, id, e) }); err != nil {
+	if err := s.db.Update(context.Background(), func(tx *store.Tx) error {
+		if s.o.EventFault != nil {
+			if err := s.o.EventFault(); err != nil {
+				return err
+			}
+		}
+		return s.appendTimeline(tx, id, e)
+	}); err != nil {
 		return fmt.Errorf("timeline of %s: %w", id, err)
 	}
 	s.o.Recorder.Event(ev.Code.String())
@@ -750,7 +833,12 @@ func (s *Service) Event(id string, ev wire.Event) error {
 		}
 	}
 	if s.o.Events != nil {
-		s.o.Events.Notify(fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error})
+		fe := fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error, Rollout: ev.RolloutID}
+		if ev.Progress > 0 || ev.Code == wire.EvDownloadProgress {
+			p := ev.Progress
+			fe.Progress = &p
+		}
+		s.o.Events.Notify(fe)
 	}
 	return nil
 }

@@ -40,7 +40,7 @@ func (s *sent) SendOffer(id string, p []byte) {
 	defer s.mu.Unlock()
 	s.offers[id] = append(s.offers[id], p)
 }
-func (s *sent) SendCommand(string, []byte) bool { return true }
+func (s *sent) SendCommand(string, []byte) error { return nil }
 
 type env struct {
 	t     *testing.T
@@ -309,9 +309,9 @@ func TestOfferWarnsOfRefusal(t *testing.T) {
 // The test hook makes recording an event fail as a store failure would:
 // nothing is written, the caller gets an error (the hooks answer PUBACK
 // 0x80 so the device sends it again).
-func TestEventStoreFault(t *testing.T) {
+func TestEventFault(t *testing.T) {
 	fail := true
-	e := setup(t, 1000, Options{EventStoreFault: func() error {
+	e := setup(t, 1000, Options{EventFault: func() error {
 		if fail {
 			return errors.New("disk on fire")
 		}

@@ -56,7 +56,7 @@ func (r *Registry) validateRegistration(tx *store.Tx, reg *Registration) error {
 		reg.Role = RoleDevice
 	}
 	if !reg.Role.Valid() {
-		return fmt.Errorf("%w: role %q must be device, gateway, operator or observer", ErrInvalid, reg.Role)
+		return fmt.Errorf("%w: role %s must be device, gateway, operator or observer", ErrInvalid, Quote(string(reg.Role)))
 	}
 	if reg.Auth == "" {
 		reg.Auth = AuthToken
@@ -66,9 +66,9 @@ func (r *Registry) validateRegistration(tx *store.Tx, reg *Registration) error {
 	}
 	switch {
 	case reg.Role.IsDevice() && reg.Auth != AuthToken && reg.Auth != AuthCert:
-		return fmt.Errorf("%w: a %s authenticates with a token or a certificate, not %q", ErrInvalid, reg.Role, reg.Auth)
+		return fmt.Errorf("%w: a %s authenticates with a token or a certificate, not %s", ErrInvalid, reg.Role, Quote(string(reg.Auth)))
 	case !reg.Role.IsDevice() && reg.Auth != AuthPassword && reg.Auth != AuthCert:
-		return fmt.Errorf("%w: an %s authenticates with a password or a certificate, not %q", ErrInvalid, reg.Role, reg.Auth)
+		return fmt.Errorf("%w: an %s authenticates with a password or a certificate, not %s", ErrInvalid, reg.Role, Quote(string(reg.Auth)))
 	}
 	if err := reg.Attributes.validate(); err != nil {
 		return err

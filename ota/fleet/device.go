@@ -11,7 +11,7 @@ import (
 // Role is what a client may do.
 type Role string
 
-// Roles (DESIGN.md §2).
+// Roles (docs/OPERATORS.md, "Identities and access").
 const (
 	RoleDevice   Role = "device"
 	RoleGateway  Role = "gateway"
@@ -91,13 +91,14 @@ type record struct {
 	Secret string `json:"secret,omitempty"`
 }
 
-// ValidID checks a client ID against DESIGN.md §2 and the reserved names.
+// ValidID checks a client ID against the pattern of docs/PROTOCOL.md
+// ("Connecting") and the reserved names.
 func ValidID(id string) error {
 	if !idPattern.MatchString(id) {
-		return fmt.Errorf("%w: id %q must match [A-Za-z0-9._-]{1,64}", ErrInvalid, id)
+		return fmt.Errorf("%w: id %s must match [A-Za-z0-9._-]{1,64}", ErrInvalid, Quote(id))
 	}
 	if slices.Contains(reservedIDs, id) {
-		return fmt.Errorf("%w: id %q is reserved for the broker's own topics", ErrInvalid, id)
+		return fmt.Errorf("%w: id %s is reserved for the broker's own topics", ErrInvalid, Quote(id))
 	}
 	return nil
 }
@@ -117,13 +118,13 @@ func (a Attributes) validate() error {
 	var errs []error
 	name := func(field, v string) {
 		if v != "" && !namePattern.MatchString(v) {
-			errs = append(errs, fmt.Errorf("%s %q must match [A-Za-z0-9._:-]{1,64}", field, v))
+			errs = append(errs, fmt.Errorf("%s %s must match [A-Za-z0-9._:-]{1,64}", field, Quote(v)))
 		}
 	}
 	name("hardware", a.Hardware)
 	name("region", a.Region)
 	if a.Connectivity != "" && !slices.Contains(connectivities, a.Connectivity) {
-		errs = append(errs, fmt.Errorf("connectivity %q must be one of %v", a.Connectivity, connectivities))
+		errs = append(errs, fmt.Errorf("connectivity %s must be one of %v", Quote(a.Connectivity), connectivities))
 	}
 	if len(a.Groups) > MaxGroups {
 		errs = append(errs, fmt.Errorf("%d groups, limit %d", len(a.Groups), MaxGroups))
@@ -143,7 +144,7 @@ func (a Attributes) validate() error {
 		}
 		name("tag key", k)
 		if len(v) > MaxTagValLen {
-			errs = append(errs, fmt.Errorf("tag %q value is %d bytes, limit %d", k, len(v), MaxTagValLen))
+			errs = append(errs, fmt.Errorf("tag %s value is %d bytes, limit %d", Quote(k), len(v), MaxTagValLen))
 		}
 	}
 	if a.Parent != "" {

@@ -17,4 +17,7 @@ var (
 	// ErrIdentityMismatch means the MQTT username or the certificate's common
 	// name differs from the client ID.
 	ErrIdentityMismatch = errors.New("identity mismatch")
+	// ErrThrottled means a password check was refused unchecked because of
+	// earlier failures (the error is a *ThrottledError).
+	ErrThrottled = errors.New("login throttled")
 )

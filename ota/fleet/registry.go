@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -59,6 +60,10 @@ type Event struct {
 	Firmware string    `json:"firmware,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Actor    string    `json:"actor,omitempty"`
+	// Rollout and Progress are set on update events: the rollout the
+	// device reports on and, for download progress, the percentage.
+	Rollout  string `json:"rollout,omitempty"`
+	Progress *uint8 `json:"progress,omitempty"`
 }
 
 // Fleet event types.
@@ -82,7 +87,8 @@ type Registry struct {
 	log    *slog.Logger
 	events Notifier
 	flush  time.Duration
-	slow   chan struct{} // semaphore for password verification
+	// throttle admits operator password checks.
+	throttle *throttle
 
 	// byID indexes the entries. It is sharded because every message of
 	// every device looks its sender up (twice: ACL and status), and one
@@ -131,8 +137,8 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	}
 	r := &Registry{
 		db: db, clock: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
-		slow:   make(chan struct{}, o.PasswordChecks),
-		intern: &interner{},
+		throttle: newThrottle(o.PasswordChecks),
+		intern:   &interner{},
 	}
 	err := db.View(func(tx *store.Tx) error {
 		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
@@ -298,12 +304,51 @@ type Credentials struct {
 	// HasCert is set.
 	CertCN  string
 	HasCert bool
+	// Remote is the client's address ("ip:port" or "ip"), the scope of
+	// login throttling by address.
+	Remote string
+}
+
+// checkPassword verifies an operator password through the login throttle.
+func (r *Registry) checkPassword(c Credentials, secret string) error {
+	a, err := r.throttle.begin(c.ClientID, addressKey(c.Remote), r.now)
+	if err != nil {
+		return err
+	}
+	ok := verifySecret(secret, c.Password)
+	a.done(ok, r.now())
+	if !ok {
+		return ErrBadCredentials
+	}
+	return nil
+}
+
+// addressKey is the throttling scope of a remote address: the IP, or for
+// IPv6 its /64 (one subscriber's network).
+func addressKey(remote string) string {
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		return prefixKey(ap.Addr())
+	}
+	if a, err := netip.ParseAddr(remote); err == nil {
+		return prefixKey(a)
+	}
+	return remote
+}
+
+func prefixKey(a netip.Addr) string {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.String()
+	}
+	return a.String()
 }
 
 // Authenticate checks c against the registration of c.ClientID and returns
 // it. Errors: ErrNotFound, ErrIdentityMismatch, ErrBadCredentials,
-// ErrRevoked. Operator passwords take tens of milliseconds to verify, and at
-// most Options.PasswordChecks run at once.
+// ErrRevoked, ErrThrottled. Operator passwords take tens of milliseconds to
+// verify, at most Options.PasswordChecks run at once, and failures back off
+// per client ID and source address (see LoginFreeFailuresID).
 func (r *Registry) Authenticate(c Credentials) (*Device, error) {
 	e := r.lookup(c.ClientID)
 	if e == nil {
@@ -325,11 +370,8 @@ func (r *Registry) Authenticate(c Credentials) (*Device, error) {
 			return nil, fmt.Errorf("%w: no username", ErrBadCredentials)
 		}
 		if rec.Auth == AuthPassword {
-			r.slow <- struct{}{}
-			ok := verifySecret(rec.Secret, c.Password)
-			<-r.slow
-			if !ok {
-				return nil, ErrBadCredentials
+			if err := r.checkPassword(c, rec.Secret); err != nil {
+				return nil, err
 			}
 		} else if !verifySecret(rec.Secret, c.Password) {
 			return nil, ErrBadCredentials

@@ -14,7 +14,7 @@ import (
 	"github.com/otamq/otamq/ota/wire"
 )
 
-// The fixed parts of a signed manifest (DESIGN.md §4).
+// The fixed parts of a signed manifest (docs/PROTOCOL.md, "Manifests").
 const (
 	// coseSign1Tag is CBOR tag 18, COSE_Sign1, in its one-byte head.
 	coseSign1Tag = 0xd2

@@ -1,4 +1,4 @@
-// Package manifest holds release manifests (DESIGN.md §4): their payload,
+// Package manifest holds release manifests (docs/PROTOCOL.md, "Manifests"): their payload,
 // the COSE_Sign1 envelope that signs it, signing keys and key files, and the
 // build description `otactl sign` reads.
 //

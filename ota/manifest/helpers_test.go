@@ -42,7 +42,7 @@ func unhex(t testing.TB, s string) []byte {
 	return b
 }
 
-// seq32 is the digest 00 01 .. 1f of the DESIGN.md §10 examples.
+// seq32 is the digest 00 01 .. 1f of the examples in docs/PROTOCOL.md.
 var seq32 = func() (d Digest) {
 	for i := range d {
 		d[i] = byte(i)
@@ -50,7 +50,7 @@ var seq32 = func() (d Digest) {
 	return d
 }()
 
-// designManifest is the manifest payload example of DESIGN.md §10.
+// designManifest is the manifest payload example of docs/PROTOCOL.md.
 func designManifest() *Manifest {
 	return &Manifest{
 		Sequence: 17, Version: "1.2.4", BuildID: "20251124-143022", Hardware: []string{"esp32-v2", "esp32-v3"},

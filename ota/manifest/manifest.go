@@ -114,7 +114,7 @@ type Component struct {
 	Digest  Digest `json:"digest"`
 }
 
-// Manifest is the payload of a signed manifest (DESIGN.md §4): what a
+// Manifest is the payload of a signed manifest (docs/PROTOCOL.md, "Manifests"): what a
 // release is, which hardware it is for and which image bytes it stands for.
 // Its format (key 1) is always Format.
 type Manifest struct {

@@ -105,6 +105,8 @@ type Upload struct {
 	By       string          `json:"by,omitempty"`
 	// Hash is the SHA-256 state after Offset bytes.
 	Hash []byte `json:"hash"`
+	// Parts counts the parts written so far.
+	Parts int `json:"parts,omitempty"`
 }
 
 // Options configure Open. The zero value means all defaults.
@@ -524,6 +526,7 @@ func (c *Catalog) AppendUpload(tx *store.Tx, id string, offset uint64, data []by
 		return u, nil, err
 	}
 	u.Offset += uint64(len(data))
+	u.Parts++
 	u.Updated = c.now().UTC()
 	if u.Offset < u.Size {
 		return u, nil, putUpload(tx, &u)

@@ -2,7 +2,7 @@ package wire
 
 import "strconv"
 
-// OTAState is a device's update state (DESIGN.md §3 "OTA state").
+// OTAState is a device's update state (docs/PROTOCOL.md, "OTA state").
 type OTAState uint8
 
 // OTA states.

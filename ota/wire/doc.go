@@ -1,5 +1,5 @@
 // Package wire holds the device messages of the otamq wire contract
-// (DESIGN.md §3): births, heartbeats, events, offers, block requests, blocks,
+// (docs/PROTOCOL.md): births, heartbeats, events, offers, block requests, blocks,
 // block errors and commands, as CBOR maps with small unsigned integer keys.
 //
 // Decoders take bytes straight from devices, so each one bounds the input
@@ -10,5 +10,5 @@
 // wraps ErrMalformed and names the field.
 //
 // Encoders use CBOR core deterministic encoding, so the same message always
-// has the same bytes (the examples of DESIGN.md §10 are tests here).
+// has the same bytes (the examples of docs/PROTOCOL.md are tests here).
 package wire

@@ -116,15 +116,20 @@ func FuzzDecodeOfferAndCommand(f *testing.F) {
 }
 
 // FuzzFastHeartbeatAgreesWithLibrary: whenever the fast path accepts a
-// heartbeat, the library decodes exactly the same value from the same bytes.
+// heartbeat, the strict path (checkShape, then the library) accepts it too
+// and decodes exactly the same value from the same bytes.
 func FuzzFastHeartbeatAgreesWithLibrary(f *testing.F) {
 	off := uint64(1 << 40)
-	seed(f, designHeartbeat, "a0", "a1 0505", "a2 0539ffff 0618ff", "a2 0201 0101", "a3 011bffffffffffffffff 0220 0701")
+	seed(f, designHeartbeat, "a0", "a1 0505", "a2 0539ffff 0618ff", "a2 0201 0101", "a3 011bffffffffffffffff 0220 0701",
+		"a1 6161 01", "a1 20 01", "a1 00 01", "a1 1801 01", "a1 01 1900ff", "b80101 01", "a1 01 1818", "a1 01 190100")
 	f.Add(Heartbeat{UptimeSeconds: 1, HealthFlags: 7, WatchdogResets: 1 << 31, FreeHeap: 5, RSSI: -32768, OTAState: 8, DownloadOffset: &off}.Encode())
 	f.Fuzz(func(t *testing.T, in []byte) {
 		fast, ok := fastHeartbeat(in)
 		if !ok {
 			return
+		}
+		if err := checkShape(in, heartbeatKeys); err != nil {
+			t.Fatalf("fast path accepted %x, the strict shape check refuses: %v", in, err)
 		}
 		var lib Heartbeat
 		if err := decMode.Unmarshal(in, &lib); err != nil {

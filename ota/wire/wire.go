@@ -24,6 +24,18 @@ const (
 	MaxOfferSize    = MaxManifestSize + 256
 )
 
+// The highest key each message defines, the otamq extensions included
+// (docs/PROTOCOL.md); decoders skip higher ones.
+const (
+	birthKeys        = 11
+	heartbeatKeys    = 7
+	eventKeys        = 7
+	offerKeys        = 6
+	blockRequestKeys = 5
+	blockKeys        = 7
+	commandKeys      = 3
+)
+
 // Field limits.
 const (
 	MaxVersionLen   = 64  // firmware, bootloader and agent versions
@@ -68,12 +80,17 @@ func StrictDecOptions() cbor.DecOptions {
 	}
 }
 
-func decode(kind string, b []byte, max int, v any) error {
+// decode decodes b, of at most max bytes, into v, a message whose own keys
+// are 1 to maxKey (see checkShape).
+func decode(kind string, b []byte, max int, maxKey uint64, v any) error {
 	if len(b) == 0 {
 		return fmt.Errorf("%w: %s: empty payload", ErrMalformed, kind)
 	}
 	if len(b) > max {
 		return fmt.Errorf("%w: %s: %d bytes, limit %d", ErrMalformed, kind, len(b), max)
+	}
+	if err := checkShape(b, maxKey); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrMalformed, kind, err)
 	}
 	if err := decMode.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrMalformed, kind, err)
@@ -137,7 +154,7 @@ type Birth struct {
 func DecodeBirth(b []byte) (Birth, error) {
 	const kind = "birth"
 	var m Birth
-	if err := decode(kind, b, MaxBirthSize, &m); err != nil {
+	if err := decode(kind, b, MaxBirthSize, birthKeys, &m); err != nil {
 		return Birth{}, err
 	}
 	if err := checkText(kind, "firmware version (1)", m.FirmwareVersion, MaxVersionLen, true); err != nil {
@@ -191,7 +208,7 @@ func DecodeHeartbeat(b []byte) (Heartbeat, error) {
 	}
 	if !ok {
 		lib := new(Heartbeat) // separate, so that m itself stays on the stack
-		if err := decode(kind, b, MaxHeartbeatSize, lib); err != nil {
+		if err := decode(kind, b, MaxHeartbeatSize, heartbeatKeys, lib); err != nil {
 			return Heartbeat{}, err
 		}
 		m = *lib
@@ -224,7 +241,7 @@ type Event struct {
 func DecodeEvent(b []byte) (Event, error) {
 	const kind = "event"
 	var m Event
-	if err := decode(kind, b, MaxEventSize, &m); err != nil {
+	if err := decode(kind, b, MaxEventSize, eventKeys, &m); err != nil {
 		return Event{}, err
 	}
 	if !m.Code.Valid() {
@@ -269,7 +286,7 @@ type Offer struct {
 func DecodeOffer(b []byte) (Offer, error) {
 	const kind = "offer"
 	var m Offer
-	if err := decode(kind, b, MaxOfferSize, &m); err != nil {
+	if err := decode(kind, b, MaxOfferSize, offerKeys, &m); err != nil {
 		return Offer{}, err
 	}
 	if err := checkText(kind, "rollout id (1)", m.RolloutID, MaxRolloutIDLen, false); err != nil {
@@ -301,7 +318,7 @@ type BlockRequest struct {
 func DecodeBlockRequest(b []byte) (BlockRequest, error) {
 	const kind = "block request"
 	var m BlockRequest
-	if err := decode(kind, b, MaxBlockRequestSize, &m); err != nil {
+	if err := decode(kind, b, MaxBlockRequestSize, blockRequestKeys, &m); err != nil {
 		return BlockRequest{}, err
 	}
 	if len(m.Digest) != DigestLen {
@@ -358,7 +375,7 @@ const MaxBlockMessageOverhead = 1 + 1 + 5 + 1 + 9 + 1 + 9 + 1 + 5
 func DecodeBlock(b []byte, maxData int) (*Block, *BlockError, error) {
 	const kind = "block"
 	var m blockOrError
-	if err := decode(kind, b, maxData+MaxBlockMessageOverhead+MaxMessageLen, &m); err != nil {
+	if err := decode(kind, b, maxData+MaxBlockMessageOverhead+MaxMessageLen, blockKeys, &m); err != nil {
 		return nil, nil, err
 	}
 	if m.Code != 0 {
@@ -437,7 +454,7 @@ type Command struct {
 func DecodeCommand(b []byte) (Command, error) {
 	const kind = "command"
 	var m Command
-	if err := decode(kind, b, MaxCommandSize, &m); err != nil {
+	if err := decode(kind, b, MaxCommandSize, commandKeys, &m); err != nil {
 		return Command{}, err
 	}
 	if m.Verb < VerbInstall || m.Verb > VerbReboot {

@@ -18,7 +18,7 @@ func unhex(t testing.TB, s string) []byte {
 	return b
 }
 
-// The examples of DESIGN.md §10, byte for byte.
+// The examples of docs/PROTOCOL.md, byte for byte.
 const (
 	designBirth     = "ab0165312e322e33026865737033322d76320365322e312e3004000505060107050865302e332e3009000a183c0b02"
 	designHeartbeat = "a601190e1002070300041a0001d4c005383c0600"
@@ -108,7 +108,7 @@ func TestDecodeRefuses(t *testing.T) {
 	}{
 		{"empty birth", nil, birthErr, "empty"},
 		{"oversize birth", bytes.Repeat([]byte{0}, MaxBirthSize+1), birthErr, "limit"},
-		{"not a map", unhex(t, "8101"), birthErr, "cannot unmarshal"},
+		{"not a map", unhex(t, "8101"), birthErr, "not a map"},
 		{"duplicate key", unhex(t, "a2 0165312e322e33 0165312e322e33"), birthErr, "duplicate"},
 		{"indefinite map", unhex(t, "bf0165312e322e33ff"), birthErr, "indefinite"},
 		{"tag", unhex(t, "c1a0"), birthErr, "tag"},
@@ -117,7 +117,7 @@ func TestDecodeRefuses(t *testing.T) {
 		{"bad semver", unhex(t, "a2 0163312e32 026161"), birthErr, "semantic version"},
 		{"slot 2", unhex(t, "a3 0165312e322e33 026161 0402"), birthErr, "slot"},
 		{"ota state 9", unhex(t, "a3 0165312e322e33 026161 0709"), birthErr, "ota state"},
-		{"float", unhex(t, "a3 0165312e322e33 026161 04f93c00"), birthErr, "cannot unmarshal"},
+		{"float", unhex(t, "a3 0165312e322e33 026161 04f93c00"), birthErr, "float"},
 		{"negative slot", unhex(t, "a3 0165312e322e33 026161 0420"), birthErr, "cannot unmarshal"},
 		{"trailing bytes", append(append([]byte{}, okBirth...), 0), birthErr, "extraneous"},
 		{"invalid utf8", unhex(t, "a2 0165312e322e33 0261ff"), birthErr, "UTF-8"},
@@ -131,6 +131,21 @@ func TestDecodeRefuses(t *testing.T) {
 		{"blockreq short digest", unhex(t, "a5 014100 0200 03190400 0401 0501"), brErr, "digest"},
 		{"blockreq zero count", (BlockRequest{Digest: make([]byte, 32), Size: 1}).Encode(), brErr, "count"},
 		{"command verb 9", unhex(t, "a1 0109"), cmdErr, "verb"},
+		// Keys are unsigned integers from 1; integers, lengths and keys in
+		// their shortest form (a heartbeat of nothing but such keys once
+		// decoded as all zeros).
+		{"hb text key", unhex(t, "a1 6161 01"), hbErr, "not an unsigned integer"},
+		{"hb negative key", unhex(t, "a1 20 01"), hbErr, "not an unsigned integer"},
+		{"hb key 0", unhex(t, "a1 00 01"), hbErr, "key 0"},
+		{"hb non-minimal key", unhex(t, "a1 1801 01"), hbErr, "shortest form"},
+		{"hb non-minimal value", unhex(t, "a1 01 1900ff"), hbErr, "shortest form"},
+		{"hb non-minimal map length", unhex(t, "b80101 01"), hbErr, "shortest form"},
+		{"birth non-minimal text length", unhex(t, "a2 01780531 2e322e33 026161"), birthErr, "shortest form"},
+		{"event text key", unhex(t, "a2 0101 6178 01"), evErr, "not an unsigned integer"},
+		{"unknown key with a float", unhex(t, "a2 0101 18 63 f93c00"), evErr, "float"},
+		{"unknown key with a tag", unhex(t, "a2 0101 1863 c100"), evErr, "tag"},
+		{"unknown key nested too deep", unhex(t, "a2 0101 1863 8181818181 00"), evErr, "nested too deep"},
+		{"blockreq truncated", unhex(t, "a5 0158"), brErr, "truncated"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

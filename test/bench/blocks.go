@@ -174,12 +174,16 @@ func releaseAndOffer(b *broker.Broker, n int) (*blkImage, error) {
 			Error  string
 		}
 	}
-	if err := c.Call(ctx, "offer/create", map[string]any{"release": r.Release.ID, "devices": ids}, &res); err != nil {
-		return nil, fmt.Errorf("offer/create: %w", err)
-	}
-	for _, o := range res.Results {
-		if !o.OK {
-			return nil, fmt.Errorf("offer to %s: %s", o.Device, o.Error)
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), 1000)] // the most one offer/create takes
+		ids = ids[len(batch):]
+		if err := c.Call(ctx, "offer/create", map[string]any{"release": r.Release.ID, "devices": batch}, &res); err != nil {
+			return nil, fmt.Errorf("offer/create: %w", err)
+		}
+		for _, o := range res.Results {
+			if !o.OK {
+				return nil, fmt.Errorf("offer to %s: %s", o.Device, o.Error)
+			}
 		}
 	}
 	return &blkImage{data: img, digest: digest}, nil

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +15,8 @@ import (
 // blkMem is what a block-benchmark server child reports about itself.
 type blkMem struct {
 	rss, heap, stack, peak, goroutines int64
+	goal, live                         int64 // the GC's heap goal and live heap
+	file                               int64 // file-backed part of rss
 }
 
 // blocksMemory runs each server as a child process and reads its memory
@@ -36,45 +36,14 @@ func blocksMemory(dir string, img *blkImage, n int) error {
 	}
 	res := map[string]*result{}
 	for _, kind := range []string{"otamq-blocks", "mochi-blocks"} {
-		cmd := exec.Command(os.Args[0], "-serve", kind, "-data", dir, "-blk-profile-dir", *blkProfDir)
-		cmd.Stderr = os.Stderr
-		stdin, err := cmd.StdinPipe()
+		c, err := startChild(kind, dir, "-blk-profile-dir", *blkProfDir)
 		if err != nil {
 			return err
 		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		stop := func() {
-			_ = stdin.Close()
-			_ = cmd.Wait()
-		}
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			_ = cmd.Process.Kill()
-			stop()
-			return fmt.Errorf("%s server: %v", kind, err)
-		}
-		r := &result{}
-		var mqttAddr, ctlAddr, httpAddr string
-		if _, err := fmt.Sscanf(line, "ready %s %s %s %d", &mqttAddr, &ctlAddr, &httpAddr, &r.base); err != nil {
-			_ = cmd.Process.Kill()
-			stop()
-			return fmt.Errorf("%s server said %q: %v", kind, line, err)
-		}
-		mem := func() (m blkMem, err error) {
-			s, err := get("http://" + ctlAddr + "/mem")
-			var file int64
-			if err != nil {
-				return m, err
-			}
-			_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines)
-			return m, err
-		}
+		stop := c.stop
+		r := &result{base: c.base}
+		mqttAddr, httpAddr := c.mqttAddr, c.httpAddr
+		mem := func() (blkMem, error) { return c.mem(true) }
 		err = func() error {
 			ds, err := connectDevices(mqttAddr, n, kind == "otamq-blocks")
 			if err != nil {

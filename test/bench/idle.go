@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,42 +39,23 @@ func benchIdle() error {
 				return err
 			}
 		}
-		cmd := exec.Command(os.Args[0], "-serve", kind, "-data", dir, "-conns", strconv.Itoa(n))
-		cmd.Stderr = os.Stderr
-		stdin, err := cmd.StdinPipe()
+		c, err := startChild(kind, dir, "-conns", strconv.Itoa(n))
 		if err != nil {
 			return err
 		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			return err
-		}
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			_ = cmd.Process.Kill()
-			return fmt.Errorf("%s server: %v", kind, err)
-		}
-		var mqttAddr, ctlAddr, httpAddr string
-		var base int64
-		if _, err := fmt.Sscanf(line, "ready %s %s %s %d", &mqttAddr, &ctlAddr, &httpAddr, &base); err != nil {
-			_ = cmd.Process.Kill()
-			return fmt.Errorf("%s server said %q: %v", kind, line, err)
-		}
+		mqttAddr, httpAddr, base := c.mqttAddr, c.httpAddr, c.base
 		rss := func() (total, file, heap, stack int64) {
-			s, err := get("http://" + ctlAddr + "/mem")
+			m, err := c.mem(true)
 			if err != nil {
 				return -1, -1, -1, -1
 			}
-			_, _ = fmt.Sscan(strings.TrimSpace(s), &total, &file, &heap, &stack)
-			return
+			return m.rss, m.file, m.heap, m.stack
 		}
 		idle, _, _, _ := rss()
 		cs, err := connectMany(mqttAddr, n, kind == "otamq", "cmd")
 		if err != nil {
-			_ = cmd.Process.Kill()
+			_ = c.cmd.Process.Kill()
+			c.stop()
 			return fmt.Errorf("%s: %v", kind, err)
 		}
 		if kind == "otamq" {
@@ -91,11 +70,10 @@ func benchIdle() error {
 				fmt.Fprintln(os.Stderr, "heap profile:", err)
 			}
 		}
-		for _, c := range cs {
-			_ = c.Close()
+		for _, conn := range cs {
+			_ = conn.Close()
 		}
-		_ = stdin.Close()
-		_ = cmd.Wait()
+		c.stop()
 		res[kind] = result{base: base, idle: idle, loaded: loaded, file: file, heap: heap, stack: stack}
 	}
 	kb := func(v int64) float64 { return float64(v) / 1024 }
@@ -122,6 +100,12 @@ func benchIdle() error {
 // to its own topic of kind ("cmd", "ota/blk"); with auth they log in with
 // their tokens (otamq).
 func connectMany(addr string, n int, auth bool, kind string) ([]net.Conn, error) {
+	return connectIDs(addr, n, deviceID, auth, kind)
+}
+
+// connectIDs opens n connections, of devices id(0)..id(n-1), like
+// connectMany.
+func connectIDs(addr string, n int, deviceID func(int) string, auth bool, kind string) ([]net.Conn, error) {
 	cs := make([]net.Conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup

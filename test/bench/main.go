@@ -4,7 +4,7 @@
 // records results and how to read them.
 //
 //	go run ./test/bench                 # everything (make bench)
-//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, idle
+//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, downloads, idle, audit, import
 //
 // The idle-connection benchmark and the memory part of the block benchmark
 // run each server as a child process (this binary with -serve) so that its
@@ -23,7 +23,7 @@ import (
 )
 
 var (
-	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks or idle")
+	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks, downloads, idle, audit or import")
 	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq for the idle benchmark, mochi-blocks or otamq-blocks for the block benchmark)")
 	serveData = flag.String("data", "", "internal: data directory of -serve otamq")
 	conns     = flag.Int("conns", 10000, "idle benchmark: connected, subscribed devices")
@@ -78,5 +78,8 @@ func main() {
 	run("heartbeat", benchHeartbeat)
 	run("admin", benchAdmin)
 	run("blocks", benchBlocks)
+	run("downloads", benchDownloads)
 	run("idle", benchIdle)
+	run("audit", benchAudit)
+	run("import", benchImport)
 }

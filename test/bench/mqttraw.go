@@ -89,7 +89,12 @@ func readPacket(r *bufio.Reader) (byte, []byte, error) {
 // dial connects and authenticates; with a filter it also subscribes and
 // waits for the SUBACK.
 func dial(addr, id, user, pass, filter string) (net.Conn, error) {
-	conn, err := net.DialTimeout("tcp", addr, 30*time.Second)
+	return dialWith(net.Dialer{Timeout: 30 * time.Second}, addr, id, user, pass, filter)
+}
+
+// dialWith is dial with a dialer of the caller's.
+func dialWith(d net.Dialer, addr, id, user, pass, filter string) (net.Conn, error) {
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}

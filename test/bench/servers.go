@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"strconv"
 	"strings"
 	"time"
@@ -93,11 +95,13 @@ func seedDevices(dataDir string, n int) error {
 	return nil
 }
 
-// otamqBroker starts otamq on dataDir (seeded beforehand).
+// otamqBroker starts otamq on dataDir (seeded beforehand), without the
+// per-operator admin rate limit (the benchmarks measure the admin path
+// itself).
 func otamqBroker(dataDir string, pprof bool) (*broker.Broker, error) {
 	b, err := broker.New(broker.Options{
 		DataDir: dataDir, TCPAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Pprof: pprof,
-		FirstOperator: "bench", FirstOperatorPassword: benchOperatorPassword, Logger: quiet,
+		FirstOperator: "bench", FirstOperatorPassword: benchOperatorPassword, Logger: quiet, AdminRate: -1,
 	})
 	if err != nil {
 		return nil, err
@@ -109,13 +113,13 @@ func otamqBroker(dataDir string, pprof bool) (*broker.Broker, error) {
 // free memory to the OS, so two processes are compared on what they hold.
 func rssBytes() int64 { return procStatus("VmRSS") }
 
-// rssFileBytes is the part of the resident set that maps files (for otamq,
-// the pages of its bbolt file it has read: page cache, reclaimable).
-func rssFileBytes() int64 { return procStatus("RssFile") }
-
 func procStatus(field string) int64 {
 	runtime.GC()
 	debug.FreeOSMemory()
+	return procStatusNoGC(field)
+}
+
+func procStatusNoGC(field string) int64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return -1
@@ -170,11 +174,19 @@ func runServer(kind, dataDir string) error {
 		return err
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/mem", func(w http.ResponseWriter, _ *http.Request) {
-		rss := rssBytes()
+	mux.HandleFunc("/mem", func(w http.ResponseWriter, r *http.Request) {
+		read := procStatus
+		if r.URL.Query().Get("nogc") != "" {
+			read = procStatusNoGC // what the kernel sees under load
+		}
+		rss := read("VmRSS")
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		fmt.Fprint(w, rss, " ", rssFileBytes(), " ", ms.HeapInuse, " ", ms.StackInuse, " ", procStatus("VmHWM"), " ", runtime.NumGoroutine())
+		// The GC's heap goal and the live heap of the last cycle come last.
+		gc := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}}
+		metrics.Read(gc)
+		fmt.Fprint(w, rss, " ", read("RssFile"), " ", ms.HeapInuse, " ", ms.StackInuse, " ", read("VmHWM"), " ", runtime.NumGoroutine(),
+			" ", gc[0].Value.Uint64(), " ", gc[1].Value.Uint64())
 	})
 	go func() { _ = http.Serve(ctl, mux) }()
 	if httpAddr == "" {
@@ -194,4 +206,65 @@ func get(url string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), err
+}
+
+// child is a server run as a child process of the benchmark (this binary
+// with -serve), so that its memory is its own.
+type child struct {
+	cmd                         *exec.Cmd
+	stdin                       io.WriteCloser
+	mqttAddr, ctlAddr, httpAddr string // httpAddr "-" for mochi
+	base                        int64  // RSS before it served anything
+}
+
+// startChild runs -serve kind on dataDir with extra flags and waits for
+// its "ready" line.
+func startChild(kind, dataDir string, extra ...string) (*child, error) {
+	cmd := exec.Command(os.Args[0], append([]string{"-serve", kind, "-data", dataDir}, extra...)...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err == nil {
+		_, err = fmt.Sscanf(line, "ready %s %s %s %d", &c.mqttAddr, &c.ctlAddr, &c.httpAddr, &c.base)
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		c.stop()
+		return nil, fmt.Errorf("%s server said %q: %v", kind, line, err)
+	}
+	return c, nil
+}
+
+// stop ends the child (closing its stdin) and waits for it.
+func (c *child) stop() {
+	_ = c.stdin.Close()
+	_ = c.cmd.Wait()
+}
+
+// mem reads the child's /mem: with gc, after a GC that returns free
+// memory to the OS; without, as the kernel sees it now.
+func (c *child) mem(gc bool) (m blkMem, err error) {
+	path := "/mem"
+	if !gc {
+		path = "/mem?nogc=1"
+	}
+	s, err := get("http://" + c.ctlAddr + path)
+	if err != nil {
+		return m, err
+	}
+	var file int64
+	_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines, &m.goal, &m.live)
+	m.file = file
+	return m, err
 }

@@ -184,6 +184,7 @@ static void usage(FILE *f)
           "  --no-invalidate        simulate ESP-IDF < 5.5 (no\n"
           "                         esp_ota_invalidate_inactive_ota_data_slot)\n"
           "  --verbose              debug log lines too (info lines always go to stderr)\n"
+          "  --version              print the agent version and exit\n"
           "  timing overrides (ms unless noted, 0 = default):\n"
           "  --heartbeat-ms --request-timeout-ms --backoff-min-ms --backoff-max-ms\n"
           "  --max-retries N --trial-timeout-ms --probation-ms --max-reboots N\n"
@@ -196,6 +197,7 @@ static void usage(FILE *f)
 enum {
     O_BROKER = 256, O_ID, O_TOKEN, O_TOKEN_FILE, O_CERT, O_KEYFILE, O_DIR, O_HW, O_KEY, O_BL,
     O_INIT, O_CAFILE, O_V3, O_SUPERVISE, O_DOWNGRADE, O_VERBOSE, O_NOINVAL, O_HELP,
+    O_VERSION,
     /* the numeric ones */
     O_SV, O_WDT, O_HB, O_RTO, O_BMIN, O_BMAX, O_RETRIES, O_TRIAL, O_PROB, O_MAXRB, O_RBWIN,
     O_MAXWDT, O_WDTWIN, O_HFAIL, O_NOBROKER, O_BS, O_WIN
@@ -217,7 +219,7 @@ static const struct option opts[] = {
     {"reboot-window-ms", 1, 0, O_RBWIN}, {"max-wdt-resets", 1, 0, O_MAXWDT},
     {"wdt-window-ms", 1, 0, O_WDTWIN}, {"health-fail-ms", 1, 0, O_HFAIL},
     {"no-broker-ms", 1, 0, O_NOBROKER}, {"block-size", 1, 0, O_BS}, {"window", 1, 0, O_WIN},
-    {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
 
 static int num(const char *s, uint32_t *out)
 {
@@ -334,6 +336,7 @@ int main(int argc, char **argv)
         case O_BS: s->block_size = v; break;
         case O_WIN: s->window = v; break;
         case O_HELP: usage(stdout); return OTA_EXIT_OK;
+        case O_VERSION: printf("otamq-agent %s\n", OTA_AGENT_VERSION); return OTA_EXIT_OK;
         default: usage(stderr); return OTA_EXIT_ERROR;
         }
     }

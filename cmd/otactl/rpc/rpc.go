@@ -1,5 +1,5 @@
 // Package rpc is otactl's admin client: MQTT v5 request/response over the
-// admin topics (DESIGN.md §5), on paho.golang.
+// admin topics (docs/OPERATORS.md, "The admin API"), on paho.golang.
 //
 // It has its own correlator instead of paho's rpc extension, which loses
 // replies (its response channel is unbuffered and written without
@@ -8,9 +8,10 @@
 // made once the connection is up.
 //
 // A Client is one connection and does not reconnect: a lost connection fails
-// every pending and later call with ErrConnectionLost. The client ID is the
-// operator's ID (the contract ties the two), so two clients of the same
-// operator take over each other's session.
+// every pending and later call with ErrConnectionLost. Its client ID is an
+// operator session, "OPERATOR~SUFFIX" with a random suffix, which the
+// broker ties to the operator: clients of the same operator run side by
+// side instead of taking over each other's connection.
 package rpc
 
 import (
@@ -38,7 +39,8 @@ type Config struct {
 	// URL is mqtt://host:port or mqtts://host:port (tls:// and ssl:// are
 	// synonyms of mqtts://).
 	URL string
-	// ClientID defaults to Username.
+	// ClientID defaults to a session of Username: "USERNAME~" and 12
+	// random hex digits.
 	ClientID string
 	Username string
 	Password string
@@ -49,11 +51,36 @@ type Config struct {
 	// Timeout bounds the connection and each call without a deadline of its
 	// own. Default 10s.
 	Timeout time.Duration
+	// MaxPacketSize is announced to the broker as this client's MQTT
+	// Maximum Packet Size (0: none); the broker then never sends a reply
+	// larger than it (lists come in smaller pages).
+	MaxPacketSize uint32
+	// NoRetry returns a rate_limited refusal to the caller. By default a
+	// call refused as rate limited waits the time the broker names and is
+	// sent again, as long as its context allows.
+	NoRetry bool
 }
 
 // RemoteError is a request the broker refused.
 type RemoteError struct {
 	Action  string
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// RetryAfterMS comes with "rate_limited".
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+	// Size and Limit come with "too_large".
+	Size  int `json:"size,omitempty"`
+	Limit int `json:"limit,omitempty"`
+	// Refused lists the refused items of a batch.
+	Refused []Refusal `json:"refused,omitempty"`
+	// Candidates are the releases a release reference might have meant.
+	Candidates []string `json:"candidates,omitempty"`
+}
+
+// Refusal is one refused item of a batch request.
+type Refusal struct {
+	Index   int    `json:"index"`
+	ID      string `json:"id,omitempty"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
 }
@@ -95,8 +122,8 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
 	}
-	if cfg.ClientID == "" {
-		cfg.ClientID = cfg.Username
+	if cfg.ClientID == "" && cfg.Username != "" {
+		cfg.ClientID = cfg.Username + "~" + nonce(6)
 	}
 	if cfg.ClientID == "" {
 		return nil, errors.New("no client ID or user: set OTAMQ_USER or --user")
@@ -119,6 +146,10 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		},
 	})
 	cp := &paho.Connect{ClientID: cfg.ClientID, KeepAlive: 30, CleanStart: true}
+	if cfg.MaxPacketSize > 0 {
+		mp := cfg.MaxPacketSize
+		cp.Properties = &paho.ConnectProperties{MaximumPacketSize: &mp}
+	}
 	if cfg.Username != "" {
 		cp.Username, cp.UsernameFlag = cfg.Username, true
 	}
@@ -254,13 +285,36 @@ func (c *Client) CallRaw(ctx context.Context, action string, req any) (json.RawM
 }
 
 // CallBody sends body, of the given content type, as action and returns the
-// result as raw JSON (replies are always JSON).
+// result as raw JSON (replies are always JSON). A refusal as rate limited is
+// sent again after the time the broker names, unless Config.NoRetry is set
+// or the context ends first.
 func (c *Client) CallBody(ctx context.Context, action string, body []byte, contentType string) (json.RawMessage, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
 		defer cancel()
 	}
+	for {
+		raw, err := c.callOnce(ctx, action, body, contentType)
+		var re *RemoteError
+		if c.cfg.NoRetry || !errors.As(err, &re) || re.Code != "rate_limited" || re.RetryAfterMS <= 0 {
+			return raw, err
+		}
+		wait := time.Duration(re.RetryAfterMS) * time.Millisecond
+		if dl, _ := ctx.Deadline(); time.Until(dl) < wait {
+			return raw, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return raw, err
+		}
+	}
+}
+
+func (c *Client) callOnce(ctx context.Context, action string, body []byte, contentType string) (json.RawMessage, error) {
 	corr := nonce(16)
 	ch := make(chan []byte, 1)
 	c.mu.Lock()
