@@ -546,6 +546,7 @@ static void after_reset(fake_dev_t *d, int why)
     d->connected = false;
     d->nin = 0;
     d->nout = 0; /* what was not sent is gone with the RAM */
+    d->has_unacked = false;
     d->writing = false;
     if (d->offline_after_reset) {
         d->offline_after_reset = false;
@@ -632,6 +633,9 @@ void fd_connect(fake_dev_t *d)
     if (!d->link_up || d->connected || d->running < 0)
         return;
     d->connected = true;
+    if (d->has_unacked && !d->no_lib_resend && d->nout < FD_MAX_OUT)
+        d->out[d->nout++] = d->unacked; /* the client's DUP resend */
+    d->has_unacked = false;
     FD_CALL(d, ota_agent_on_connect(&d->agent));
 }
 
@@ -742,8 +746,12 @@ static void take_event(fake_dev_t *d, const fd_out_t *o)
     if (d->ev_publishes < FD_MAX_EVENTS)
         d->ev_times[d->ev_publishes] = d->now;
     d->ev_publishes++;
-    if (d->ev_no_puback)
+    if (d->ev_no_puback) {
+        d->unacked = *o; /* until a PUBACK, the client may send it again */
+        d->has_unacked = true;
         return;
+    }
+    d->has_unacked = false;
     if (d->ev_fail > 0) {
         d->ev_fail--;
         reason = d->ev_fail_code;

@@ -113,6 +113,13 @@ typedef struct fake_dev {
     bool ev_no_puback;  /* events get no PUBACK (MQTT 3.1.1 broker that could
                            not record them) */
     int ev_publishes;   /* events published (each attempt) */
+    /* The MQTT client's own QoS 1 resend: an event published and not
+     * acknowledged when the connection ends is sent again, with the same
+     * message ID, after the next connect (libmosquitto and esp-mqtt do;
+     * esp-mqtt gives up on it after 30 s: no_lib_resend). */
+    bool no_lib_resend;
+    fd_out_t unacked;
+    bool has_unacked;
     uint64_t ev_times[FD_MAX_EVENTS]; /* when each attempt was published */
 
     /* broker peer */

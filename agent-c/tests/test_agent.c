@@ -1012,8 +1012,8 @@ static void test_event_dropped_when_refused(void **state)
 }
 
 /* An MQTT 3.1.1 broker that could not record an event sends no PUBACK: the
- * event stays queued, goes out again after a reconnect, and after
- * OTA_CFG_EVENT_ACK_MS on the same connection. */
+ * event stays queued, goes out again after a reconnect (the client's own
+ * resend), and after OTA_CFG_EVENT_ACK_MS on the same connection. */
 static void test_event_without_puback_is_resent(void **state)
 {
     int before;
@@ -1027,12 +1027,32 @@ static void test_event_without_puback_is_resent(void **state)
     assert_int_equal(dev->ev_publishes, 1); /* one at a time, not acknowledged */
     fd_disconnect(dev);
     fd_run_for(dev, 200);
-    assert_int_equal(dev->ev_publishes, 2); /* again after the reconnect */
+    /* the client sent it again after the reconnect (same message ID): the
+     * agent waits for that one's PUBACK instead of publishing a copy */
+    assert_int_equal(dev->ev_publishes, 2);
     before = dev->ev_publishes;
     fd_run_for(dev, OTA_CFG_EVENT_ACK_MS + 1000);
-    assert_int_equal(dev->ev_publishes, before + 1); /* and after the ack timeout */
+    assert_int_equal(dev->ev_publishes, before + 1); /* again after the ack timeout */
     dev->ev_no_puback = false;
     fd_run_for(dev, OTA_CFG_EVENT_ACK_MS + 5000);
+    assert_int_equal(fd_count_event(dev, OTA_EV_DOWNLOAD_STARTED), 1);
+    assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_COMPLETED, 0));
+
+    /* a client that dropped it at the disconnect (esp-mqtt after 30 s): the
+     * agent publishes it again OTA_CFG_EVENT_ACK_MS after it went out */
+    fd_init(dev, "1.0.0");
+    fd_boot(dev);
+    fd_run_for(dev, 1000);
+    dev->ev_no_puback = true;
+    dev->no_lib_resend = true;
+    fd_offer_image(dev, img, 20000, "1.1.0", "r-1", 1, 5, 1);
+    assert_true(fd_run_until(dev, is_verified, 100000));
+    dev->ev_no_puback = false;
+    fd_disconnect(dev);
+    fd_run_for(dev, 1000);
+    assert_int_equal(dev->ev_publishes, 1);
+    assert_int_equal(dev->nev, 0);
+    fd_run_for(dev, OTA_CFG_EVENT_ACK_MS);
     assert_int_equal(fd_count_event(dev, OTA_EV_DOWNLOAD_STARTED), 1);
     assert_true(fd_has_event(dev, OTA_EV_DOWNLOAD_COMPLETED, 0));
 }

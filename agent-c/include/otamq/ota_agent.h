@@ -205,7 +205,8 @@ int ota_agent_on_boot(ota_agent_t *a);
  * and resumes a download. */
 void ota_agent_on_connect(ota_agent_t *a);
 
-/* The MQTT session is down (the port reconnects on its own). */
+/* The MQTT session is down (the port reconnects on its own). An event in
+ * flight stays in flight: the client sends it again after the reconnect. */
 void ota_agent_on_disconnect(ota_agent_t *a);
 
 /* A PUBLISH arrived. topic is NUL-terminated; payload is complete (ports

@@ -101,8 +101,9 @@
  * "implementation specific error" (0x83) or "quota exceeded" (0x97) - it
  * could not record it now - is sent again after EVENT_RETRY_MS, doubling
  * with every further such answer up to EVENT_RETRY_MAX_MS. An event with
- * no PUBACK after EVENT_ACK_MS (the client library lost it), or in flight
- * when the connection drops, is sent again as a new PUBLISH. */
+ * no PUBACK EVENT_ACK_MS after it was published (an MQTT 3.1.1 broker that
+ * could not record it, or a client that lost it) is sent again as a new
+ * PUBLISH; across a reconnect the client's own resend comes first. */
 #ifndef OTA_CFG_EVENT_RETRY_MS
 #define OTA_CFG_EVENT_RETRY_MS 5000u
 #endif

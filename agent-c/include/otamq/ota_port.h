@@ -102,9 +102,14 @@ typedef struct ota_port {
      * returns its message ID (>= 0; for QoS 1 the MQTT packet identifier,
      * never 0, that the PUBACK will carry). Returns OTA_ERR_IO when not
      * connected or the client refused: the port must not keep a message
-     * for a later connection (the core resends what matters itself). Must
-     * not block on the network for long (queue and return). The payload
-     * may be reused by the core after return. */
+     * published while disconnected for a later connection (the core
+     * resends what matters itself). A QoS 1 message the client sent and
+     * that was not acknowledged when the connection ended may be sent
+     * again by the client after the reconnect, with the same message ID
+     * (libmosquitto and esp-mqtt do): the core waits for its PUBACK, up to
+     * OTA_CFG_EVENT_ACK_MS after it published it. Must not block on the
+     * network for long (queue and return). The payload may be reused by
+     * the core after return. */
     int (*mqtt_publish)(void *ctx, const char *topic, const uint8_t *payload,
                         size_t len, int qos);
 

@@ -1231,10 +1231,10 @@ void ota_agent_on_disconnect(ota_agent_t *a)
     a->connected = false;
     stop_requests(a);
     a->offline_since_ms = NOW(a);
-    if (a->ev_inflight) {
-        a->ev_inflight = false; /* its PUBACK will not come: again after connect */
-        a->ev_at_ms = a->offline_since_ms;
-    }
+    /* An event in flight stays so: the client sends it again after the
+     * reconnect with the same message ID, and its PUBACK drops it; if the
+     * client dropped it instead, OTA_CFG_EVENT_ACK_MS after it was
+     * published the agent publishes it again. */
 }
 
 /* ---- init -------------------------------------------------------------- */
