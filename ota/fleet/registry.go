@@ -87,8 +87,10 @@ type Registry struct {
 	log    *slog.Logger
 	events Notifier
 	flush  time.Duration
-	// throttle admits operator password checks.
-	throttle *throttle
+	// throttle admits operator password checks; checkTime is their moving
+	// average duration in nanoseconds.
+	throttle  *throttle
+	checkTime atomic.Int64
 
 	// byID indexes the entries. It is sharded because every message of
 	// every device looks its sender up (twice: ACL and status), and one
@@ -315,13 +317,36 @@ func (r *Registry) checkPassword(c Credentials, secret string) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	ok := verifySecret(secret, c.Password)
+	r.notePasswordCheck(time.Since(start))
 	a.done(ok, r.now())
 	if !ok {
 		return ErrBadCredentials
 	}
 	return nil
 }
+
+// notePasswordCheck folds one password check's duration into the moving
+// average PasswordCheckTime reports (weight 1/4 for the newest).
+func (r *Registry) notePasswordCheck(d time.Duration) {
+	for {
+		old := r.checkTime.Load()
+		avg := d.Nanoseconds()
+		if old != 0 {
+			avg = old + (avg-old)/4
+		}
+		if r.checkTime.CompareAndSwap(old, avg) {
+			return
+		}
+	}
+}
+
+// PasswordCheckTime returns the moving average of how long an operator
+// password check takes now (0 before the first). A refusal that needs no
+// check can be held this long, so that it looks like one that did, however
+// loaded the machine is.
+func (r *Registry) PasswordCheckTime() time.Duration { return time.Duration(r.checkTime.Load()) }
 
 // addressKey is the throttling scope of a remote address: the IP, or for
 // IPv6 its /64 (one subscriber's network).
