@@ -11,24 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
 	"github.com/otamq/otamq/ota/wire"
 )
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 type sent struct {
 	mu     sync.Mutex
@@ -48,7 +37,7 @@ type env struct {
 	reg   *fleet.Registry
 	cat   *release.Catalog
 	svc   *Service
-	clk   *clock
+	clk   *clock.Fake
 	sent  *sent
 	image []byte
 	rel   release.Release
@@ -63,9 +52,9 @@ func setup(t *testing.T, size int, o Options) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	reg, _ := fleet.Open(db, &fleet.Options{Now: clk.now})
-	cat, _ := release.Open(db, &release.Options{Now: clk.now})
+	clk := clock.NewFake(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	reg, _ := fleet.Open(db, &fleet.Options{Clock: clk})
+	cat, _ := release.Open(db, &release.Options{Clock: clk})
 	key, _ := manifest.GenerateKey()
 	pub, _ := manifest.MarshalPublicKey(&key.PublicKey)
 	img := make([]byte, size)
@@ -102,7 +91,7 @@ func setup(t *testing.T, size int, o Options) *env {
 		t.Fatal(err)
 	}
 	s := &sent{offers: map[string][][]byte{}}
-	o.Now, o.Sender = clk.now, s
+	o.Clock, o.Sender = clk, s
 	svc, err := New(db, cat, reg, &o)
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +199,7 @@ func TestRateLimits(t *testing.T) {
 	if bs, _ := decodeAll(t, blocks(e.svc, "d2", req, 0)); len(bs) != 2 {
 		t.Fatal("d2 limited by d1's use")
 	}
-	e.clk.add(2 * time.Second)
+	e.clk.Advance(2 * time.Second)
 	if bs, _ := decodeAll(t, blocks(e.svc, "d1", req, 0)); len(bs) != 2 {
 		t.Fatal("not served after waiting as told")
 	}
@@ -235,7 +224,7 @@ func TestTimelineAndEvents(t *testing.T) {
 		t.Fatalf("event for an unknown rollout: %v", err)
 	}
 	for i := range 8 {
-		e.clk.add(time.Second)
+		e.clk.Advance(time.Second)
 		if err := e.svc.Event("d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(10 * i)}); err != nil {
 			t.Fatal(err)
 		}
