@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/hooks"
-	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"

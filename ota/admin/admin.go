@@ -34,8 +34,8 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/audit"
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"

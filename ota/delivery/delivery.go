@@ -87,7 +87,7 @@ func (nopRecorder) EventDropped(string)     {}
 // Options configure New. The zero value means all defaults.
 type Options struct {
 	// Clock is the time. Default clock.System().
-	Clock clock.Clock
+	Clock  clock.Clock
 	Logger *slog.Logger
 	// Sender reaches devices. Default: messages go nowhere.
 	Sender Sender

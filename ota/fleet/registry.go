@@ -84,8 +84,8 @@ const (
 type Registry struct {
 	db     *store.DB
 	clock  clock.Clock
-	system bool // clock is the system clock: now reads the coarse one
-	coarse atomic.Int64     // Unix nanoseconds, kept by Run; 0 when Run is not running
+	system bool         // clock is the system clock: now reads the coarse one
+	coarse atomic.Int64 // Unix nanoseconds, kept by Run; 0 when Run is not running
 	log    *slog.Logger
 	events Notifier
 	flush  time.Duration
