@@ -142,11 +142,11 @@ func New(opts Options) (_ *Broker, err error) {
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
 	undo = append(undo, b.events.Close)
 
-	b.fleet, err = fleet.Open(b.db, &fleet.Options{Now: opts.Now, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
+	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
 	if err != nil {
 		return nil, err
 	}
-	b.catalog, err = release.Open(b.db, &release.Options{Now: o.Now, MaxImageSize: o.MaxImageSize})
+	b.catalog, err = release.Open(b.db, &release.Options{Clock: o.Clock, MaxImageSize: o.MaxImageSize})
 	if err != nil {
 		return nil, err
 	}
@@ -156,14 +156,14 @@ func New(opts Options) (_ *Broker, err error) {
 		Rules: o.Rules, Recorder: rec, Logger: o.Logger})
 	sender := hooks.NewSender(b.srv, topics, acl, rec, o.Logger)
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
-		Now: o.Now, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
+		Clock: o.Clock, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
 		EventFault: o.EventStoreFault,
 	})
 	if err != nil {
 		return nil, err
 	}
-	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Now: o.Now,
+	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock,
 		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
 		Catalog:      b.catalog, Delivery: b.delivery,
 		Rate: o.AdminRate, Burst: o.AdminBurst, Audit: audit.Retention{MaxRecords: o.AuditMaxRecords, MaxAge: o.AuditMaxAge}})
@@ -243,7 +243,7 @@ func (b *Broker) bootstrap() error {
 	if c.Generated {
 		c.Password = fleet.NewPassword()
 		body := fmt.Sprintf("# otamq first operator, created %s. Delete this file once the password is stored elsewhere.\nOTAMQ_USER=%s\nOTAMQ_PASSWORD=%s\n",
-			o.Now().UTC().Format(time.RFC3339), c.ID, c.Password)
+			o.Clock.Now().UTC().Format(time.RFC3339), c.ID, c.Password)
 		f, err := os.CreateTemp(o.DataDir, firstOperatorFile+".*") // mode 0600
 		if err != nil {
 			return setting(fmt.Errorf("data directory %s: %w", o.DataDir, sysReason(err)), "data_dir")

@@ -12,6 +12,7 @@ import (
 	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -174,8 +175,10 @@ type Options struct {
 	NoSync bool
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
-	// Now is the clock. Default time.Now.
-	Now func() time.Time
+	// Clock is the domain's time (registry, releases, delivery, admin, and
+	// later the rollout engine). Default clock.System(); tests give a
+	// clock.Fake.
+	Clock clock.Clock
 }
 
 // withDefaults returns o with every zero field set to its default.
@@ -262,8 +265,8 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.System()
 	}
 	return o
 }
@@ -389,7 +392,7 @@ func hasWildcardOrSlash(s string) bool {
 // clock), for logs and for comparing configurations.
 func Effective(o Options) string {
 	o = o.withDefaults()
-	o.Logger, o.Now, o.EventStoreFault = nil, nil, nil
+	o.Logger, o.Clock, o.EventStoreFault = nil, nil, nil
 	if o.FirstOperatorPassword != "" {
 		o.FirstOperatorPassword = "(set)"
 	}

@@ -23,11 +23,13 @@ import (
 // error, which makes mochi close the connection without a CONNACK of its
 // own. OnConnectAuthenticate then only confirms what OnConnect let through.
 //
-// Every refusal is answered RefusalDelay after the CONNECT arrived, whatever
-// its reason: an unknown ID is refused at once, a wrong operator password
-// after a 20 ms hash and a wrong device token after a microsecond, and
-// without the delay the time of the answer would tell which IDs are
-// operators or devices. (The delay is a parked goroutine, no CPU.)
+// Every refusal is answered RefusalDelay after the CONNECT arrived (or, on
+// a machine so loaded that a password check takes longer, a little more than
+// a check takes now), whatever its reason: an unknown ID is refused at once,
+// a wrong operator password after a 20 ms hash and a wrong device token
+// after a microsecond, and without the delay the time of the answer would
+// tell which IDs are operators or devices. (The delay is a parked goroutine,
+// no CPU.)
 type Auth struct {
 	mqtt.HookBase
 	srv   *mqtt.Server
@@ -49,8 +51,15 @@ type Auth struct {
 var reservedAnonymous = []string{"inline", "admin", "fleet"}
 
 // DefaultRefusalDelay is well above an operator password check (about
-// 20 ms, 50 ms under the race detector).
+// 20 ms, 50 ms under the race detector) on an idle machine.
 const DefaultRefusalDelay = 200 * time.Millisecond
+
+// refusalDelay is the time a refusal takes at least: RefusalDelay, or more
+// when password checks take longer now (a loaded machine), so that a
+// refusal without a check still looks like one with.
+func (a *Auth) refusalDelay() time.Duration {
+	return max(a.RefusalDelay, a.fleet.PasswordCheckTime()*5/4)
+}
 
 // NewAuth returns the authentication hook. acl judges Last Will topics.
 func NewAuth(srv *mqtt.Server, reg *fleet.Registry, acl *ACL, rec Recorder, log *slog.Logger) *Auth {
@@ -154,7 +163,7 @@ func (a *Auth) refuse(cl *mqtt.Client, start time.Time, reason string, err error
 		// authorized".
 		code = packets.ErrBadUsernameOrPassword
 	}
-	time.Sleep(time.Until(start.Add(a.RefusalDelay)))
+	time.Sleep(time.Until(start.Add(a.refusalDelay())))
 	if werr := a.srv.SendConnack(cl, code, false, nil); werr != nil {
 		a.log.Debug("refusal connack not sent", "client", cl.ID, "err", werr)
 	}

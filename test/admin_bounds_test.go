@@ -15,6 +15,7 @@ import (
 
 	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/cmd/otactl/rpc"
+	"github.com/otamq/otamq/ota/clock"
 )
 
 // dial connects an admin client as id, without retrying rate-limited calls.
@@ -160,32 +161,12 @@ func TestAdminObserverFloodBounded(t *testing.T) {
 	}
 }
 
-// clock is a settable clock for a broker.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Now()} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // TestAdminRateLimit: beyond its burst an observer's requests are refused
 // with rate_limited and retry_after_ms; another operator is not affected;
 // after the wait it is served again, and the refusals are in the audit log.
 func TestAdminRateLimit(t *testing.T) {
-	clk := newClock()
-	b := startBroker(t, func(o *broker.Options) { o.Now, o.AdminRate, o.AdminBurst = clk.Now, 1, 5 })
+	clk := clock.NewFake(time.Now())
+	b := startBroker(t, func(o *broker.Options) { o.Clock, o.AdminRate, o.AdminBurst = clk, 1, 5 })
 	b.addOperator("olga", "observer", "observer password 1")
 	olga := b.dial("olga", "observer password 1")
 	call := func() error { return olga.Call(context.Background(), "device/list", nil, nil) }
@@ -204,7 +185,7 @@ func TestAdminRateLimit(t *testing.T) {
 	if err := b.admin().Call(context.Background(), "device/list", nil, nil); err != nil {
 		t.Fatalf("operator while the observer is limited: %v", err)
 	}
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	if err := call(); err != nil {
 		t.Fatalf("after retry_after: %v", err)
 	}

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "cbor_util.h"
 #include "otamq/ota_cbor.h"
 
 static void walk(ota_cbor_reader_t *r, int depth)

@@ -8,6 +8,7 @@
 
 #include <cmocka.h>
 
+#include "cbor_util.h"
 #include "otamq/ota_cbor.h"
 
 static size_t hex(const char *s, uint8_t *out)
@@ -181,10 +182,10 @@ static void test_strerror(void **state)
     assert_string_equal(ota_strerror(5), "unknown status");
     assert_string_equal(ota_strerror(OTA_ERR_TIMEOUT - 1), "unknown status");
     assert_string_equal(ota_strerror(OTA_OK), "ok");
-    assert_string_equal(ota_strerror(OTA_ERR_ARG), "invalid argument");
-    assert_string_equal(ota_strerror(OTA_ERR_COSE), "invalid COSE_Sign1");
+    assert_string_equal(ota_strerror(OTA_ERR_ARG), "bad argument");
+    assert_string_equal(ota_strerror(OTA_ERR_COSE), "bad COSE_Sign1");
     assert_string_equal(ota_strerror(OTA_ERR_STATE), "wrong state");
-    assert_string_equal(ota_strerror(OTA_ERR_CRYPTO), "crypto failure");
+    assert_string_equal(ota_strerror(OTA_ERR_CRYPTO), "crypto error");
     assert_string_equal(ota_strerror(OTA_ERR_TIMEOUT), "timeout");
 }
 

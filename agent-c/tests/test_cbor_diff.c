@@ -22,6 +22,7 @@
 #include <cbor.h>
 #include <cmocka.h>
 
+#include "cbor_util.h"
 #include "otamq/ota_cbor.h"
 
 static uint32_t rng = 12345u;

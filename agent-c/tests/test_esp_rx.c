@@ -1,5 +1,6 @@
-/* test_esp_rx.c - the ESP-IDF port's reassembly of fragmented
- * MQTT_EVENT_DATA (esp-mqtt: only the first fragment has the topic). */
+/* test_esp_rx.c - the ESP-IDF port's host-testable parts: reassembly of
+ * fragmented MQTT_EVENT_DATA (esp-mqtt: only the first fragment has the
+ * topic) and the mapping of ESP-IDF's reset reasons. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "otamq/ota_port.h"
+#include "otamq_reset.h"
 #include "otamq_rx.h"
 
 static uint8_t store[64];
@@ -71,9 +74,49 @@ static void test_refusals(void **state)
     assert_int_equal(otamq_rx_first(&buf, "t", 1, NULL, 0, 0), OTAMQ_RX_COMPLETE);
 }
 
+/* Every reset reason of ESP-IDF 5.3 to 6.0 (esp_system.h) counts toward
+ * the trigger it belongs to (otamq_reset.h), and has its name. */
+static void test_reset_reasons(void **state)
+{
+    static const struct {
+        esp_reset_reason_t r;
+        uint8_t boot;
+        const char *name;
+    } want[] = {
+        {ESP_RST_UNKNOWN, OTA_BOOT_PANIC, "UNKNOWN"},
+        {ESP_RST_POWERON, OTA_BOOT_POWER_ON, "POWERON"},
+        {ESP_RST_EXT, OTA_BOOT_POWER_ON, "EXT"},
+        {ESP_RST_SW, OTA_BOOT_SOFTWARE, "SW"},
+        {ESP_RST_PANIC, OTA_BOOT_PANIC, "PANIC"},
+        {ESP_RST_INT_WDT, OTA_BOOT_WATCHDOG, "INT_WDT"},
+        {ESP_RST_TASK_WDT, OTA_BOOT_WATCHDOG, "TASK_WDT"},
+        {ESP_RST_WDT, OTA_BOOT_WATCHDOG, "WDT"},
+        {ESP_RST_DEEPSLEEP, OTA_BOOT_SOFTWARE, "DEEPSLEEP"},
+        {ESP_RST_BROWNOUT, OTA_BOOT_BROWNOUT, "BROWNOUT"},
+        {ESP_RST_SDIO, OTA_BOOT_POWER_ON, "SDIO"},
+        {ESP_RST_USB, OTA_BOOT_POWER_ON, "USB"},
+        {ESP_RST_JTAG, OTA_BOOT_POWER_ON, "JTAG"},
+        {ESP_RST_EFUSE, OTA_BOOT_PANIC, "EFUSE"},
+        {ESP_RST_PWR_GLITCH, OTA_BOOT_BROWNOUT, "PWR_GLITCH"},
+        {ESP_RST_CPU_LOCKUP, OTA_BOOT_PANIC, "CPU_LOCKUP"},
+    };
+    size_t i;
+    (void)state;
+    for (i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        assert_int_equal(want[i].r, (esp_reset_reason_t)i); /* every value, in order */
+        assert_int_equal(otamq_boot_reason(want[i].r), want[i].boot);
+        assert_string_equal(otamq_reset_name(want[i].r), want[i].name);
+    }
+    /* a reason a later ESP-IDF adds is blamed on the image, and named "?" */
+    assert_int_equal(otamq_boot_reason((esp_reset_reason_t)(ESP_RST_CPU_LOCKUP + 1)),
+                     OTA_BOOT_PANIC);
+    assert_string_equal(otamq_reset_name((esp_reset_reason_t)(ESP_RST_CPU_LOCKUP + 1)), "?");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reset_reasons),
         cmocka_unit_test_setup(test_single_fragment, setup),
         cmocka_unit_test_setup(test_three_fragments, setup),
         cmocka_unit_test_setup(test_refusals, setup),

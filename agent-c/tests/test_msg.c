@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "cbor_util.h"
 #include "crypto_mbedtls.h"
 #include "testkit.h"
 
@@ -40,15 +41,22 @@ static void assert_hex(const uint8_t *got, size_t n, const char *want_hex)
 
 static void test_birth_example(void **state)
 {
-    ota_birth_t b = {"1.2.3", "esp32-v2", "2.1.0", 0, 5, 1, 5, "0.3.0", 0, 60, 2};
+    ota_birth_t b = {"1.2.3", "esp32-v2", "2.1.0", 0, 5, 1, 5, "0.3.0", 0, 60, 2, 0};
     uint8_t buf[256];
     size_t n;
     (void)state;
+    /* no replay guard (0): DESIGN's example exactly */
     assert_int_equal(ota_msg_encode_birth(&b, buf, sizeof(buf), &n), OTA_OK);
     assert_hex(buf, n,
                "ab0165312e322e33026865737033322d76320365322e312e3004000505060107050865302e332e30"
                "09000a183c0b02");
     assert_int_equal(ota_msg_encode_birth(&b, buf, 10, &n), OTA_ERR_NOSPACE);
+    /* with one, key 12 (otamq extension) after the contract's keys */
+    b.guard = 17;
+    assert_int_equal(ota_msg_encode_birth(&b, buf, sizeof(buf), &n), OTA_OK);
+    assert_hex(buf, n,
+               "ac0165312e322e33026865737033322d76320365322e312e3004000505060107050865302e332e30"
+               "09000a183c0b020c11");
 }
 
 static void test_heartbeat_example(void **state)
@@ -189,6 +197,9 @@ static void test_decoder_rules(void **state)
     assert_int_equal(offer_hex("a1016172"), OTA_ERR_MSG);
     /* install mode 2 refused */
     assert_int_equal(offer_hex("a30161720241000302"), OTA_ERR_MSG);
+    /* key 6 (otamq extension, the broker's window) is known: a uint */
+    assert_int_equal(offer_hex("a30161720241000602"), OTA_OK);
+    assert_int_equal(offer_hex("a30161720241000660"), OTA_ERR_CBOR_TYPE);
     /* trailing bytes refused */
     assert_int_equal(offer_hex("a1016000"), OTA_ERR_CBOR);
     /* not a map */

@@ -24,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "cbor_util.h"
 #include "crypto_mbedtls.h"
 #include "otamq/ota_msg.h"
 

@@ -1,4 +1,5 @@
 /* testkit.c - see testkit.h. */
+#include "cbor_util.h"
 #include "testkit.h"
 
 #include <stdio.h>
@@ -193,12 +194,13 @@ size_t tk_sign(const tk_key_t *k, const uint8_t *payload, size_t plen, uint8_t *
     return ota_cbor_writer_status(&w) == OTA_OK ? w.len : 0;
 }
 
-size_t tk_offer(uint8_t *buf, size_t cap, const char *rollout, const uint8_t *manifest,
-                size_t mlen, unsigned mode, uint32_t block_size, uint64_t deadline)
+size_t tk_offer_window(uint8_t *buf, size_t cap, const char *rollout, const uint8_t *manifest,
+                       size_t mlen, unsigned mode, uint32_t block_size, uint64_t deadline,
+                       uint32_t max_window)
 {
     ota_cbor_writer_t w;
     ota_cbor_writer_init(&w, buf, cap);
-    ota_cbor_put_head(&w, OTA_CBOR_MAP, manifest ? 5u : 1u);
+    ota_cbor_put_head(&w, OTA_CBOR_MAP, manifest ? (max_window ? 6u : 5u) : 1u);
     ota_cbor_put_uint(&w, 1);
     ota_cbor_put_cstr(&w, rollout);
     if (manifest) {
@@ -210,8 +212,18 @@ size_t tk_offer(uint8_t *buf, size_t cap, const char *rollout, const uint8_t *ma
         ota_cbor_put_uint(&w, block_size);
         ota_cbor_put_uint(&w, 5);
         ota_cbor_put_uint(&w, deadline);
+        if (max_window) {
+            ota_cbor_put_uint(&w, 6);
+            ota_cbor_put_uint(&w, max_window);
+        }
     }
     return ota_cbor_writer_status(&w) == OTA_OK ? w.len : 0;
+}
+
+size_t tk_offer(uint8_t *buf, size_t cap, const char *rollout, const uint8_t *manifest,
+                size_t mlen, unsigned mode, uint32_t block_size, uint64_t deadline)
+{
+    return tk_offer_window(buf, cap, rollout, manifest, mlen, mode, block_size, deadline, 0);
 }
 
 size_t tk_block(uint8_t *buf, size_t cap, uint32_t req_id, uint32_t offset, uint32_t image_size,

@@ -42,6 +42,10 @@ size_t tk_sign(const tk_key_t *k, const uint8_t *payload, size_t plen, uint8_t *
 
 size_t tk_offer(uint8_t *buf, size_t cap, const char *rollout, const uint8_t *manifest,
                 size_t mlen, unsigned mode, uint32_t block_size, uint64_t deadline);
+/* An offer with key 6 (the broker's window) when max_window is not 0. */
+size_t tk_offer_window(uint8_t *buf, size_t cap, const char *rollout, const uint8_t *manifest,
+                       size_t mlen, unsigned mode, uint32_t block_size, uint64_t deadline,
+                       uint32_t max_window);
 size_t tk_block(uint8_t *buf, size_t cap, uint32_t req_id, uint32_t offset, uint32_t image_size,
                 const uint8_t *data, size_t len);
 size_t tk_block_error(uint8_t *buf, size_t cap, uint32_t req_id, uint32_t offset, unsigned err,

@@ -16,6 +16,7 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
+#include "cbor_util.h"
 #include "testkit.h"
 
 static volatile sig_atomic_t stop;

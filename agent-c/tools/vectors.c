@@ -70,6 +70,8 @@ static void birth(const char *name, const ota_birth_t *b)
     js(f, b->agent_version);
     fprintf(f, ", \"9\": %u, \"10\": %d, \"11\": %u", b->connectivity, b->utc_offset_min,
             b->secure_version);
+    if (b->guard != 0u)
+        fprintf(f, ", \"12\": %llu", (unsigned long long)b->guard);
     close_json(f);
 }
 
@@ -158,11 +160,13 @@ int main(int argc, char **argv)
     for (i = 0; i < 32; i++)
         digest[i] = (uint8_t)(i * 7 + 1);
     {
-        ota_birth_t b = {"1.2.3", "esp32-v2", "2.1.0", 0, 5, 1, 5, "0.3.0", 0, 60, 2};
+        ota_birth_t b = {"1.2.3", "esp32-v2", "2.1.0", 0, 5, 1, 5, "0.3.0", 0, 60, 2, 0};
         birth("birth-design-example", &b);
-        ota_birth_t c = {"1.0.0", "esp32-v3", "2.0.0-rc.1", 1, 0, 0, 0, OTA_AGENT_VERSION, 2, -300, 0};
+        ota_birth_t c = {"1.0.0", "esp32-v3", "2.0.0-rc.1", 1, 0, 0, 0, OTA_AGENT_VERSION, 2, -300, 0, 0};
         birth("birth-power-on", &c);
-        ota_birth_t d = {"1.0.0+build.7", "esp32-v2", "2.1.0", 0, 6, 4, 7, "0.1.0", 3, 0, 70000};
+        /* key 12, the replay guard: a sequence number of a real release */
+        ota_birth_t d = {"1.0.0+build.7", "esp32-v2", "2.1.0", 0, 6, 4, 7, "0.1.0", 3, 0, 70000,
+                         1764000000123456789ull};
         birth("birth-rolled-back", &d);
     }
     {

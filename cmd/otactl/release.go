@@ -371,7 +371,12 @@ func printResults(e *env, rs []delivery.OfferResult, okWord string) error {
 	failed := 0
 	for _, r := range rs {
 		if r.OK {
-			fmt.Fprintf(tw, "%s\t%s\n", r.Device, okWord)
+			if r.Warning != "" {
+				// Offered, but the device is known to refuse it.
+				fmt.Fprintf(tw, "%s\t%s, but warning: %s\n", r.Device, okWord, r.Warning)
+			} else {
+				fmt.Fprintf(tw, "%s\t%s\n", r.Device, okWord)
+			}
 		} else {
 			failed++
 			fmt.Fprintf(tw, "%s\tnot %s: %s\n", r.Device, okWord, r.Error)

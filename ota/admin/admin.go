@@ -35,6 +35,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/otamq/otamq/ota/audit"
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -148,7 +149,8 @@ const (
 // Options configure New. The zero value means all defaults.
 type Options struct {
 	Logger *slog.Logger
-	Now    func() time.Time
+	// Clock is the time. Default clock.System().
+	Clock clock.Clock
 	// Disconnector is told about revoked clients. Default: nobody.
 	Disconnector Disconnector
 	// Catalog and Delivery enable the key, release, offer and command
@@ -228,8 +230,8 @@ func New(db *store.DB, reg *fleet.Registry, opts *Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.System()
 	}
 	if o.Disconnector == nil {
 		o.Disconnector = nopDisconnector{}
@@ -244,7 +246,7 @@ func New(db *store.DB, reg *fleet.Registry, opts *Options) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery,
+	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Clock.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery,
 		audit: log, limit: newLimiter(o.Rate, o.Burst), ops: make(chan struct{}, 1)}
 	s.handlers = map[string]handler{
 		"device/register": {run: deviceRegister},

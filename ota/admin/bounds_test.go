@@ -4,11 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/otamq/otamq/ota/audit"
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
@@ -102,31 +102,13 @@ func TestMessagesQuoteBoundedInput(t *testing.T) {
 	}
 }
 
-// clock is a settable clock.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // TestRateLimitPerCaller: beyond its burst a caller is refused with
 // rate_limited and the time to wait, refusals cost no audit record each
 // but are recorded together before its next accepted request, and other
 // callers are not affected.
 func TestRateLimitPerCaller(t *testing.T) {
-	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	e := newEnv(t, func(o *Options) { o.Rate, o.Burst, o.Now = 2, 5, clk.Now })
+	clk := clock.NewFake(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	e := newEnv(t, func(o *Options) { o.Rate, o.Burst, o.Clock = 2, 5, clk })
 	for i := range 5 {
 		if _, code := e.do(observer, "device/list", nil); code != "" {
 			t.Fatalf("request %d of the burst: %s", i+1, code)
@@ -150,7 +132,7 @@ func TestRateLimitPerCaller(t *testing.T) {
 	if _, code := e.do(op, "device/list", nil); code != "" {
 		t.Fatalf("another caller: %s", code)
 	}
-	clk.add(500 * time.Millisecond)
+	clk.Advance(500 * time.Millisecond)
 	if _, code := e.do(observer, "device/list", nil); code != "" {
 		t.Fatalf("after the wait: %s", code)
 	}

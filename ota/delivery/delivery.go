@@ -16,6 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/Masterminds/semver/v3"
+
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
@@ -83,7 +86,8 @@ func (nopRecorder) EventDropped(string)     {}
 
 // Options configure New. The zero value means all defaults.
 type Options struct {
-	Now    func() time.Time
+	// Clock is the time. Default clock.System().
+	Clock  clock.Clock
 	Logger *slog.Logger
 	// Sender reaches devices. Default: messages go nowhere.
 	Sender Sender
@@ -186,8 +190,8 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 	if opts != nil {
 		o = *opts
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.System()
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -213,7 +217,7 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 	}
 	s := &Service{db: db, cat: cat, fleet: reg, o: o, offers: map[string]*Offer{}, devs: map[string]*devState{}}
 	if o.GlobalRate > 0 {
-		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Now()}
+		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Clock.Now()}
 	}
 	err := db.View(func(tx *store.Tx) error {
 		return tx.Scan(bucketOffers, nil, false, func(_, v []byte) error {
@@ -290,6 +294,9 @@ type OfferResult struct {
 	Device string `json:"device"`
 	OK     bool   `json:"ok"`
 	Error  string `json:"error,omitempty"`
+	// Warning, on an offer made, says why the device is known to refuse
+	// the manifest (from what its last birth reported); the offer stands.
+	Warning string `json:"warning,omitempty"`
 }
 
 // NewRolloutID returns a fresh ID for an offer made by hand.
@@ -320,7 +327,7 @@ func (s *Service) Offer(tx *store.Tx, ids []string, spec OfferSpec, actor string
 	if spec.BlockSize == 0 || int(spec.BlockSize) > s.o.MaxBlockSize {
 		spec.BlockSize = uint32(s.o.MaxBlockSize)
 	}
-	now := s.o.Now().UTC()
+	now := s.o.Clock.Now().UTC()
 	results := make([]OfferResult, 0, len(ids))
 	for _, id := range ids {
 		res := OfferResult{Device: id}
@@ -340,9 +347,39 @@ func (s *Service) Offer(tx *store.Tx, ids []string, spec OfferSpec, actor string
 			return nil, err
 		}
 		res.OK = true
+		if res.Warning = s.refusal(id, r); res.Warning != "" {
+			s.o.Logger.Warn("offer the device will refuse", "device", id, "release", r.ID,
+				"rollout", spec.RolloutID, "reason", res.Warning)
+		}
 		results = append(results, res)
 	}
 	return results, nil
+}
+
+// refusal says why device id will refuse the manifest of r, as far as its
+// last birth tells (the policy of the C agent, docs/PROTOCOL.md): a
+// sequence number below its replay guard, a secure version below its own,
+// a version not newer than the one it runs (unless it allows downgrades).
+// "" when nothing is known against it. Configurations and feature flags
+// have their own versions and guards, which a birth does not carry.
+func (s *Service) refusal(id string, r release.Release) string {
+	v, ok := s.fleet.Get(id)
+	if !ok || r.Kind != manifest.KindFirmware || v.Status.BirthAt.IsZero() {
+		return ""
+	}
+	st := v.Status
+	switch {
+	case r.Sequence < st.ReplayGuard:
+		return fmt.Sprintf("manifest sequence %d is below the device's replay guard %d (the sequence of the manifest it runs): it refuses the manifest", r.Sequence, st.ReplayGuard)
+	case r.SecureVersion < st.SecureVersion:
+		return fmt.Sprintf("secure version %d is below the device's %d: it refuses the manifest", r.SecureVersion, st.SecureVersion)
+	}
+	have, err1 := semver.StrictNewVersion(st.Firmware)
+	want, err2 := semver.StrictNewVersion(r.Version)
+	if err1 == nil && err2 == nil && !want.GreaterThan(have) {
+		return fmt.Sprintf("version %s is not newer than the %s it runs: it refuses the manifest unless it allows downgrades", r.Version, st.Firmware)
+	}
+	return ""
 }
 
 // eligible checks that device id may be offered r.
@@ -405,7 +442,7 @@ func (s *Service) putOffer(tx *store.Tx, of *Offer) error {
 // Cancel withdraws the offers of ids (a device without one is fine). Push
 // the empty offers after the transaction commits.
 func (s *Service) Cancel(tx *store.Tx, ids []string, actor string) ([]OfferResult, error) {
-	now := s.o.Now().UTC()
+	now := s.o.Clock.Now().UTC()
 	var out []OfferResult
 	for _, id := range ids {
 		v := tx.Get(bucketOffers, []byte(id))
@@ -603,7 +640,7 @@ func (s *Service) begin(id string, req wire.BlockRequest, maxData int, emit func
 	count = min(count, int((left+uint64(size)-1)/uint64(size)))
 	total := float64(min(uint64(count)*uint64(size), left))
 
-	now := s.o.Now()
+	now := s.o.Clock.Now()
 	st := s.dev(id, now)
 	st.mu.Lock()
 	wait := st.bucket.take(total, now)
@@ -766,7 +803,7 @@ func (s *Service) Event(id string, ev wire.Event) error {
 		s.o.Recorder.EventDropped("unknown_rollout")
 		return fmt.Errorf("%w: %s sent %s for rollout %q", ErrUnknownRun, id, ev.Code, ev.RolloutID)
 	}
-	now := s.o.Now().UTC()
+	now := s.o.Clock.Now().UTC()
 	e := Entry{Time: now, Source: "device", Type: ev.Code.String(), RolloutID: ev.RolloutID, Version: ev.TargetVersion,
 		Progress: ev.Progress, Detail: ev.Detail, DeviceTime: ev.DeviceTime}
 	if ev.Error != 0 {
@@ -794,7 +831,7 @@ func (s *Service) Event(id string, ev wire.Event) error {
 			st.mu.Unlock()
 		}
 		if !started.IsZero() {
-			s.o.Recorder.DownloadSeconds(s.o.Now().Sub(started).Seconds())
+			s.o.Recorder.DownloadSeconds(s.o.Clock.Now().Sub(started).Seconds())
 		}
 	}
 	if s.o.Events != nil {

@@ -6,28 +6,18 @@ import (
 	"crypto/rand"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
 	"github.com/otamq/otamq/ota/wire"
 )
-
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 type sent struct {
 	mu     sync.Mutex
@@ -47,7 +37,7 @@ type env struct {
 	reg   *fleet.Registry
 	cat   *release.Catalog
 	svc   *Service
-	clk   *clock
+	clk   *clock.Fake
 	sent  *sent
 	image []byte
 	rel   release.Release
@@ -62,9 +52,9 @@ func setup(t *testing.T, size int, o Options) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = db.Close() })
-	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	reg, _ := fleet.Open(db, &fleet.Options{Now: clk.now})
-	cat, _ := release.Open(db, &release.Options{Now: clk.now})
+	clk := clock.NewFake(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	reg, _ := fleet.Open(db, &fleet.Options{Clock: clk})
+	cat, _ := release.Open(db, &release.Options{Clock: clk})
 	key, _ := manifest.GenerateKey()
 	pub, _ := manifest.MarshalPublicKey(&key.PublicKey)
 	img := make([]byte, size)
@@ -101,7 +91,7 @@ func setup(t *testing.T, size int, o Options) *env {
 		t.Fatal(err)
 	}
 	s := &sent{offers: map[string][][]byte{}}
-	o.Now, o.Sender = clk.now, s
+	o.Clock, o.Sender = clk, s
 	svc, err := New(db, cat, reg, &o)
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +199,7 @@ func TestRateLimits(t *testing.T) {
 	if bs, _ := decodeAll(t, blocks(e.svc, "d2", req, 0)); len(bs) != 2 {
 		t.Fatal("d2 limited by d1's use")
 	}
-	e.clk.add(2 * time.Second)
+	e.clk.Advance(2 * time.Second)
 	if bs, _ := decodeAll(t, blocks(e.svc, "d1", req, 0)); len(bs) != 2 {
 		t.Fatal("not served after waiting as told")
 	}
@@ -234,7 +224,7 @@ func TestTimelineAndEvents(t *testing.T) {
 		t.Fatalf("event for an unknown rollout: %v", err)
 	}
 	for i := range 8 {
-		e.clk.add(time.Second)
+		e.clk.Advance(time.Second)
 		if err := e.svc.Event("d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(10 * i)}); err != nil {
 			t.Fatal(err)
 		}
@@ -273,5 +263,66 @@ func TestTimelineAndEvents(t *testing.T) {
 	}
 	if !svc2.knownRollout("d1", "r2") {
 		t.Fatal("rollouts not reloaded")
+	}
+}
+
+// An offer a device is known to refuse (from its last birth) is made, with
+// a warning that says why; one it takes, or to a device that never sent a
+// birth, has none.
+func TestOfferWarnsOfRefusal(t *testing.T) {
+	e := setup(t, 1000, Options{}) // release 1.0.0, sequence 1, secure version 0
+	if res := e.offer("d1"); !res[0].OK || res[0].Warning != "" {
+		t.Fatalf("no birth yet: %+v", res)
+	}
+	for _, c := range []struct {
+		birth wire.Birth
+		want  string // in the warning; "" none
+	}{
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2"}, ""},
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2", ReplayGuard: 1}, ""},
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2", ReplayGuard: 2}, "replay guard 2"},
+		{wire.Birth{FirmwareVersion: "0.9.0", Hardware: "esp32-v2", SecureVersion: 3}, "secure version 0 is below the device's 3"},
+		{wire.Birth{FirmwareVersion: "1.0.0", Hardware: "esp32-v2"}, "not newer than the 1.0.0"},
+		{wire.Birth{FirmwareVersion: "1.2.0", Hardware: "esp32-v2"}, "not newer than the 1.2.0"},
+	} {
+		if err := e.reg.Birth("d2", c.birth); err != nil {
+			t.Fatal(err)
+		}
+		res := e.offer("d2")
+		if !res[0].OK || !strings.Contains(res[0].Warning, c.want) || (c.want == "") != (res[0].Warning == "") {
+			t.Errorf("birth %+v: result %+v, want a warning with %q", c.birth, res[0], c.want)
+		}
+	}
+}
+
+// The test hook makes recording an event fail as a store failure would:
+// nothing is written, the caller gets an error (the hooks answer PUBACK
+// 0x80 so the device sends it again).
+func TestEventFault(t *testing.T) {
+	fail := true
+	e := setup(t, 1000, Options{EventFault: func() error {
+		if fail {
+			return errors.New("disk on fire")
+		}
+		return nil
+	}})
+	e.offer("d1")
+	ev := wire.Event{Code: wire.EvRebootCompleted, RolloutID: "r1", TargetVersion: "1.0.0"}
+	if err := e.svc.Event("d1", ev); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+		t.Fatalf("Event with a failing store: %v", err)
+	}
+	tl, _ := e.svc.Timeline("d1", 0)
+	for _, x := range tl {
+		if x.Source == "device" {
+			t.Fatalf("a failed event was recorded: %+v", x)
+		}
+	}
+	fail = false
+	if err := e.svc.Event("d1", ev); err != nil {
+		t.Fatal(err)
+	}
+	tl, _ = e.svc.Timeline("d1", 0)
+	if tl[0].Source != "device" || tl[0].Type != wire.EvRebootCompleted.String() {
+		t.Fatalf("timeline %+v", tl)
 	}
 }

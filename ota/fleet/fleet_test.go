@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/store"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -34,19 +35,7 @@ func (e *events) types() []string {
 	return out
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func setup(t *testing.T) (*store.DB, *Registry, *events, *clock) {
+func setup(t *testing.T) (*store.DB, *Registry, *events, *clock.Fake) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "otamq.db")
 	db, err := store.Open(path, nil)
@@ -55,8 +44,8 @@ func setup(t *testing.T) (*store.DB, *Registry, *events, *clock) {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	ev := &events{}
-	clk := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
-	r, err := Open(db, &Options{Events: ev, Now: clk.now})
+	clk := clock.NewFake(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
+	r, err := Open(db, &Options{Events: ev, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,16 +141,16 @@ func TestBirthHeartbeatFlushReload(t *testing.T) {
 	db, r, ev, clk := setup(t)
 	register(t, db, r, Registration{ID: "dev-1", Attributes: Attributes{Hardware: "esp32-v2"}}, TokenSecret(NewToken()))
 	r.Connected("dev-1", Conn{Protocol: 5})
-	clk.add(time.Second)
-	if err := r.Birth("dev-1", wire.Birth{FirmwareVersion: "1.2.3", Hardware: "esp32-v2", Slot: 1, BootReason: wire.BootRollback, OTAState: wire.StateRolledBack}); err != nil {
+	clk.Advance(time.Second)
+	if err := r.Birth("dev-1", wire.Birth{FirmwareVersion: "1.2.3", Hardware: "esp32-v2", Slot: 1, BootReason: wire.BootRollback, OTAState: wire.StateRolledBack, ReplayGuard: 17}); err != nil {
 		t.Fatal(err)
 	}
 	off := uint64(4096)
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	if err := r.Heartbeat("dev-1", wire.Heartbeat{UptimeSeconds: 60, HealthFlags: wire.HealthAllOK, OTAState: wire.StateDownloading, DownloadOffset: &off}); err != nil {
 		t.Fatal(err)
 	}
-	clk.add(time.Second)
+	clk.Advance(time.Second)
 	if err := r.Heartbeat("dev-1", wire.Heartbeat{UptimeSeconds: 70, HealthFlags: wire.HealthAppOK}); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +180,7 @@ func TestBirthHeartbeatFlushReload(t *testing.T) {
 	st := v.Status
 	if st.Online || st.DisconnectReason != ReasonRestart || st.Firmware != "1.2.3" || st.Slot != 1 ||
 		st.BootReason != "rollback" || st.Heartbeats != 2 || st.Uptime != 70 || st.HealthFlags != wire.HealthAppOK ||
-		st.DownloadOffset != nil || !st.LastSeen.Equal(clk.now()) {
+		st.DownloadOffset != nil || !st.LastSeen.Equal(clk.Now()) || st.ReplayGuard != 17 {
 		t.Fatalf("reloaded status %+v", st)
 	}
 }

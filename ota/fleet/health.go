@@ -137,6 +137,7 @@ func (r *Registry) Birth(id string, b wire.Birth) error {
 	st.slot, st.bootReason, st.bootsSinceCommit = b.Slot, b.BootReason, b.BootsSinceCommit
 	st.otaState, st.hasOTAState = b.OTAState, true
 	st.link, st.utcOffset, st.secureVersion = b.Connectivity, b.UTCOffsetMinutes, b.SecureVersion
+	st.replayGuard = b.ReplayGuard
 	r.markDirty(e)
 	e.mu.Unlock()
 	r.events.Notify(Event{Type: EventBirth, ID: id, Time: now, Firmware: b.FirmwareVersion, Reason: b.BootReason.String()})

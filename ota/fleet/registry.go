@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -26,11 +27,11 @@ const DefaultFlushInterval = 2 * time.Second
 
 // Options configure Open. The zero value means all defaults.
 type Options struct {
-	// Now is the clock. Default: the system clock, read every 50 ms by Run
-	// (a device's last-seen time needs no finer resolution, and the clock
-	// read was a measurable part of every heartbeat's cost), or at every
-	// call when Run is not running.
-	Now func() time.Time
+	// Clock is the time. Default clock.System(), which Run reads every
+	// 50 ms (a device's last-seen time needs no finer resolution, and the
+	// clock read was a measurable part of every heartbeat's cost), or at
+	// every call when Run is not running. Run's flush ticks on Clock.
+	Clock clock.Clock
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
 	// Events receives fleet events (online, offline, registered...). Notify
@@ -82,13 +83,16 @@ const (
 // concurrent use.
 type Registry struct {
 	db     *store.DB
-	clock  func() time.Time // nil: the coarse clock
-	coarse atomic.Int64     // Unix nanoseconds, kept by Run; 0 when Run is not running
+	clock  clock.Clock
+	system bool         // clock is the system clock: now reads the coarse one
+	coarse atomic.Int64 // Unix nanoseconds, kept by Run; 0 when Run is not running
 	log    *slog.Logger
 	events Notifier
 	flush  time.Duration
-	// throttle admits operator password checks.
-	throttle *throttle
+	// throttle admits operator password checks; checkTime is their moving
+	// average duration in nanoseconds.
+	throttle  *throttle
+	checkTime atomic.Int64
 
 	// byID indexes the entries. It is sharded because every message of
 	// every device looks its sender up (twice: ACL and status), and one
@@ -126,6 +130,9 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Clock == nil {
+		o.Clock = clock.System()
+	}
 	if o.Events == nil {
 		o.Events = nopNotifier{}
 	}
@@ -136,7 +143,7 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 		o.PasswordChecks = 2
 	}
 	r := &Registry{
-		db: db, clock: o.Now, log: o.Logger, events: o.Events, flush: o.FlushInterval,
+		db: db, clock: o.Clock, system: clock.IsSystem(o.Clock), log: o.Logger, events: o.Events, flush: o.FlushInterval,
 		throttle: newThrottle(o.PasswordChecks),
 		intern:   &interner{},
 	}
@@ -315,13 +322,36 @@ func (r *Registry) checkPassword(c Credentials, secret string) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	ok := verifySecret(secret, c.Password)
+	r.notePasswordCheck(time.Since(start))
 	a.done(ok, r.now())
 	if !ok {
 		return ErrBadCredentials
 	}
 	return nil
 }
+
+// notePasswordCheck folds one password check's duration into the moving
+// average PasswordCheckTime reports (weight 1/4 for the newest).
+func (r *Registry) notePasswordCheck(d time.Duration) {
+	for {
+		old := r.checkTime.Load()
+		avg := d.Nanoseconds()
+		if old != 0 {
+			avg = old + (avg-old)/4
+		}
+		if r.checkTime.CompareAndSwap(old, avg) {
+			return
+		}
+	}
+}
+
+// PasswordCheckTime returns the moving average of how long an operator
+// password check takes now (0 before the first). A refusal that needs no
+// check can be held this long, so that it looks like one that did, however
+// loaded the machine is.
+func (r *Registry) PasswordCheckTime() time.Duration { return time.Duration(r.checkTime.Load()) }
 
 // addressKey is the throttling scope of a remote address: the IP, or for
 // IPv6 its /64 (one subscriber's network).
@@ -444,8 +474,8 @@ const coarseTick = 50 * time.Millisecond
 
 // now is the registry's clock.
 func (r *Registry) now() time.Time {
-	if r.clock != nil {
-		return r.clock()
+	if !r.system {
+		return r.clock.Now()
 	}
 	if n := r.coarse.Load(); n != 0 {
 		return time.Unix(0, n)
@@ -457,22 +487,26 @@ func (r *Registry) now() time.Time {
 // flushes once more and returns. While it runs it also keeps the coarse
 // clock.
 func (r *Registry) Run(ctx context.Context) {
-	t := time.NewTicker(r.flush)
+	t := r.clock.NewTicker(r.flush)
 	defer t.Stop()
-	tick := time.NewTicker(coarseTick)
-	defer tick.Stop()
-	r.coarse.Store(time.Now().UnixNano())
-	defer r.coarse.Store(0)
+	var coarse <-chan time.Time
+	if r.system {
+		tick := time.NewTicker(coarseTick)
+		defer tick.Stop()
+		coarse = tick.C
+		r.coarse.Store(time.Now().UnixNano())
+		defer r.coarse.Store(0)
+	}
 	for {
 		select {
-		case now := <-tick.C:
+		case now := <-coarse:
 			r.coarse.Store(now.UnixNano())
 		case <-ctx.Done():
 			if err := r.Flush(context.Background()); err != nil {
 				r.log.Error("final status flush failed", "err", err)
 			}
 			return
-		case <-t.C:
+		case <-t.C():
 			if err := r.Flush(ctx); err != nil {
 				r.log.Error("status flush failed", "err", err)
 			}

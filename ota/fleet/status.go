@@ -35,7 +35,10 @@ type Status struct {
 	Link             string    `json:"link,omitempty"` // connectivity the device reported
 	UTCOffsetMinutes int16     `json:"utc_offset_minutes"`
 	SecureVersion    uint32    `json:"secure_version"`
-	OTAState         string    `json:"ota_state,omitempty"`
+	// ReplayGuard is the lowest firmware manifest sequence number the device
+	// takes (birth key 12; 0: not known).
+	ReplayGuard uint64 `json:"replay_guard,omitempty"`
+	OTAState    string `json:"ota_state,omitempty"`
 
 	// From the last heartbeat.
 	HeartbeatAt    time.Time `json:"heartbeat_at,omitzero"`
@@ -65,6 +68,7 @@ type status struct {
 
 	connects, wills, heartbeats, uptime, downloadOffset uint64
 	heartbeatsRun                                       uint64 // since this process started
+	replayGuard                                         uint64
 
 	firmware, reportedHardware, bootloader, agentVersion string
 	remote                                               string
@@ -112,6 +116,7 @@ func (s *status) export() Status {
 		st.Firmware, st.ReportedHardware, st.Bootloader, st.AgentVersion = s.firmware, s.reportedHardware, s.bootloader, s.agentVersion
 		st.Slot, st.BootReason, st.BootsSinceCommit = s.slot, s.bootReason.String(), s.bootsSinceCommit
 		st.Link, st.UTCOffsetMinutes, st.SecureVersion = s.link.String(), s.utcOffset, s.secureVersion
+		st.ReplayGuard = s.replayGuard
 	}
 	if s.hasOTAState {
 		st.OTAState = s.otaState.String()
@@ -137,6 +142,7 @@ func importStatus(st Status, in *interner) status {
 		s.firmware, s.reportedHardware = in.get(st.Firmware), in.get(st.ReportedHardware)
 		s.bootloader, s.agentVersion = in.get(st.Bootloader), in.get(st.AgentVersion)
 		s.slot, s.bootsSinceCommit, s.utcOffset, s.secureVersion = st.Slot, st.BootsSinceCommit, st.UTCOffsetMinutes, st.SecureVersion
+		s.replayGuard = st.ReplayGuard
 		s.bootReason = parseEnum(st.BootReason, func(i uint8) string { return wire.BootReason(i).String() }, wire.BootReason(0))
 		s.link = parseEnum(st.Link, func(i uint8) string { return wire.Connectivity(i).String() }, wire.Connectivity(0))
 	}

@@ -149,15 +149,15 @@ func (t *throttle) begin(id, addr string, clock func() time.Time) (*attempt, err
 		if wait == nil {
 			wait = time.NewTimer(LoginInflightWait)
 		}
+		scope := ThrottleID // what the attempt waits for, read under the lock
+		if fid.inflight < LoginInflightID {
+			scope = ThrottleAddress
+		}
 		changed := t.changed
 		t.mu.Unlock()
 		select {
 		case <-changed:
 		case <-wait.C:
-			scope := ThrottleID
-			if fid.inflight < LoginInflightID {
-				scope = ThrottleAddress
-			}
 			return nil, &ThrottledError{Scope: scope}
 		}
 		t.mu.Lock()

@@ -6,11 +6,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/otamq/otamq/ota/clock"
 )
 
 const opPW = "a long operator password"
 
-func throttleSetup(t *testing.T, checks int) (*Registry, *clock) {
+func throttleSetup(t *testing.T, checks int) (*Registry, *clock.Fake) {
 	t.Helper()
 	db, r, _, clk := setup(t)
 	if checks > 0 {
@@ -68,17 +70,17 @@ func TestThrottleBacksOffPerID(t *testing.T) {
 	// Each failure after a backoff doubles it, up to the cap.
 	for i, d := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second,
 		16 * time.Second, 32 * time.Second, time.Minute, time.Minute} {
-		clk.add(d - time.Millisecond)
+		clk.Advance(d - time.Millisecond)
 		if err := login(r, "ops", "wrong", "10.0.3.1:1"); !errors.Is(err, ErrThrottled) {
 			t.Fatalf("backoff %d: still within %v: %v", i, d, err)
 		}
-		clk.add(time.Millisecond)
+		clk.Advance(time.Millisecond)
 		if err := login(r, "ops", "wrong", fmt.Sprintf("10.0.3.%d:1", i+2)); !errors.Is(err, ErrBadCredentials) {
 			t.Fatalf("backoff %d: after %v the attempt is checked again: %v", i, d, err)
 		}
 	}
 	// A good login clears the ID's record.
-	clk.add(2 * time.Minute)
+	clk.Advance(2 * time.Minute)
 	if err := login(r, "ops", opPW, "10.0.4.1:1"); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +96,7 @@ func TestThrottleForgets(t *testing.T) {
 	for i := range LoginFreeFailuresID + 1 {
 		_ = login(r, "ops", "wrong", fmt.Sprintf("10.1.0.%d:1", i))
 	}
-	clk.add(LoginForget + time.Second)
+	clk.Advance(LoginForget + time.Second)
 	for i := range LoginFreeFailuresID + 1 {
 		if err := login(r, "ops", "wrong", fmt.Sprintf("10.1.1.%d:1", i)); !errors.Is(err, ErrBadCredentials) {
 			t.Fatalf("after %v the record starts over; failure %d: %v", LoginForget, i, err)

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/store"
 )
@@ -111,7 +112,7 @@ type Upload struct {
 
 // Options configure Open. The zero value means all defaults.
 type Options struct {
-	Now func() time.Time
+	Clock clock.Clock
 	// MaxImageSize bounds an image. Default DefaultMaxImageSize.
 	MaxImageSize uint64
 }
@@ -134,13 +135,13 @@ func Open(db *store.DB, opts *Options) (*Catalog, error) {
 	if opts != nil {
 		o = *opts
 	}
-	if o.Now == nil {
-		o.Now = time.Now
+	if o.Clock == nil {
+		o.Clock = clock.System()
 	}
 	if o.MaxImageSize == 0 {
 		o.MaxImageSize = DefaultMaxImageSize
 	}
-	c := &Catalog{db: db, now: o.Now, maxSize: o.MaxImageSize,
+	c := &Catalog{db: db, now: o.Clock.Now, maxSize: o.MaxImageSize,
 		keys: map[manifest.KeyID]*Key{}, releases: map[string]*Release{}, byDigest: map[manifest.Digest]*Release{}}
 	err := db.View(func(tx *store.Tx) error {
 		if err := tx.Scan(bucketKeys, nil, false, func(_, v []byte) error {

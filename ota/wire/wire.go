@@ -143,6 +143,11 @@ type Birth struct {
 	Connectivity     Connectivity `cbor:"9,keyasint"`
 	UTCOffsetMinutes int16        `cbor:"10,keyasint"`
 	SecureVersion    uint32       `cbor:"11,keyasint"`
+	// ReplayGuard (key 12, an otamq extension) is the lowest firmware
+	// manifest sequence number the device takes: the sequence number of the
+	// manifest of the image it runs (docs/PROTOCOL.md, "Sequence numbers").
+	// 0 (or absent, from devices that do not send it): none known.
+	ReplayGuard uint64 `cbor:"12,keyasint,omitempty"`
 }
 
 // DecodeBirth decodes and validates a birth message.

@@ -36,6 +36,17 @@ func TestDesignExamples(t *testing.T) {
 		t.Errorf("DecodeBirth = %+v, %v", gotBirth, err)
 	}
 
+	// key 12 (the replay guard, an otamq extension) after the contract's
+	// keys, as the C agent sends it; absent when 0
+	guarded := birth
+	guarded.ReplayGuard = 17
+	if got := hex.EncodeToString(guarded.Encode()); got != "ac"+designBirth[2:]+"0c11" {
+		t.Errorf("birth with a replay guard encodes as %s", got)
+	}
+	if b, err := DecodeBirth(guarded.Encode()); err != nil || b.ReplayGuard != 17 {
+		t.Errorf("DecodeBirth(key 12) = %+v, %v", b, err)
+	}
+
 	hb := Heartbeat{UptimeSeconds: 3600, HealthFlags: 7, WatchdogResets: 0, FreeHeap: 120000, RSSI: -61, OTAState: StateIdle}
 	if got := hex.EncodeToString(hb.Encode()); got != designHeartbeat {
 		t.Errorf("heartbeat encodes as %s, want %s", got, designHeartbeat)
@@ -153,9 +164,9 @@ func TestDecodeRefuses(t *testing.T) {
 }
 
 func TestDecodeAcceptsAnyOrderAndUnknownKeys(t *testing.T) {
-	// {12: "future", 2: "esp32-v2", 1: "1.0.0"}: unordered, with a key from a
+	// {40: "future", 2: "esp32-v2", 1: "1.0.0"}: unordered, with a key from a
 	// later contract version.
-	in := unhex(t, "a3 0c66667574757265 026865737033322d7632 0165312e302e30")
+	in := unhex(t, "a3 182866667574757265 026865737033322d7632 0165312e302e30")
 	b, err := DecodeBirth(in)
 	if err != nil {
 		t.Fatal(err)

@@ -11,7 +11,10 @@
  * accepted only when skipped (ota_cbor_skip), never as message fields.
  *
  * Writer: appends shortest-form heads into a caller buffer; an overflow is
- * sticky (ota_cbor_writer_status reports it once at the end).
+ * sticky (w.overflow says it once at the end).
+ *
+ * Only what the agent uses is here; tests and tools have more helpers
+ * (tests/cbor_util.h).
  */
 #ifndef OTAMQ_OTA_CBOR_H
 #define OTAMQ_OTA_CBOR_H
@@ -50,20 +53,24 @@ void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len);
  * arrays/maps against the bytes left (each item needs at least one byte). */
 int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg);
 
-/* Typed helpers; each returns OTA_ERR_CBOR_TYPE when the next item has
- * another type (the reader is then left at an unspecified position). */
-int ota_cbor_read_uint(ota_cbor_reader_t *r, uint64_t *v);
-int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v); /* uint or nint */
-int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n);
-int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n);
-int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count);
-int ota_cbor_read_map(ota_cbor_reader_t *r, uint64_t *pairs);
+/* Reads a head of major type major (its argument into *arg), or returns
+ * OTA_ERR_CBOR_TYPE when the next item has another type (the reader is then
+ * left at an unspecified position). */
+int ota_cbor_expect(ota_cbor_reader_t *r, uint8_t major, uint64_t *arg);
+
+/* Reads a byte string (major OTA_CBOR_BSTR) or a text string
+ * (OTA_CBOR_TSTR, checked to be UTF-8): *p points at its bytes in the
+ * reader's buffer, *n is its length. OTA_ERR_CBOR_TYPE for another type. */
+int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n);
+
+/* Typed helpers (macros over the two above). */
+#define ota_cbor_read_uint(r, v) ota_cbor_expect((r), OTA_CBOR_UINT, (v))
+#define ota_cbor_read_array(r, count) ota_cbor_expect((r), OTA_CBOR_ARRAY, (count))
+#define ota_cbor_read_map(r, pairs) ota_cbor_expect((r), OTA_CBOR_MAP, (pairs))
+#define ota_cbor_read_bstr(r, p, n) ota_cbor_read_str((r), OTA_CBOR_BSTR, (p), (n))
 
 /* Skips one complete data item (with everything nested in it). */
 int ota_cbor_skip(ota_cbor_reader_t *r);
-
-/* Checks that buf holds exactly one well-formed data item. */
-int ota_cbor_validate(const uint8_t *buf, size_t len);
 
 /*
  * Map walk with duplicate detection, for the int-keyed maps of the wire
@@ -91,14 +98,12 @@ typedef struct ota_cbor_writer {
 
 void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap);
 void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg);
-void ota_cbor_put_uint(ota_cbor_writer_t *w, uint64_t v);
-void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v);
-void ota_cbor_put_bstr(ota_cbor_writer_t *w, const uint8_t *p, size_t n);
-void ota_cbor_put_tstr(ota_cbor_writer_t *w, const char *p, size_t n);
-void ota_cbor_put_cstr(ota_cbor_writer_t *w, const char *s); /* NUL-terminated */
+/* A byte or text string (major OTA_CBOR_BSTR / OTA_CBOR_TSTR) of n bytes. */
+void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);
 void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n);
-/* OTA_OK, or OTA_ERR_NOSPACE if anything did not fit. */
-int ota_cbor_writer_status(const ota_cbor_writer_t *w);
+#define ota_cbor_put_uint(w, v) ota_cbor_put_head((w), OTA_CBOR_UINT, (v))
+#define ota_cbor_put_bstr(w, p, n) ota_cbor_put_str((w), OTA_CBOR_BSTR, (p), (n))
+#define ota_cbor_put_tstr(w, p, n) ota_cbor_put_str((w), OTA_CBOR_TSTR, (p), (n))
 
 /* Encodes just a head into out (at most 9 bytes); returns its length. */
 size_t ota_cbor_encode_head(uint8_t out[9], uint8_t major, uint64_t arg);

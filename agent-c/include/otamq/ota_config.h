@@ -69,21 +69,56 @@
 #define OTA_CFG_BLOCK_OVERHEAD 192
 #endif
 
-/* Blocks asked for per request (the window, block request key 4). */
+/* Blocks asked for per request (the window, block request key 4), at most:
+ * the agent asks for fewer when the offer says the broker serves fewer
+ * (offer key 6), or after a request timed out with part of its window
+ * received, and grows back by one block after each request answered in
+ * full. */
 #ifndef OTA_CFG_WINDOW
 #define OTA_CFG_WINDOW 4
 #endif
 
 /* Buffer in which outgoing messages (birth, heartbeat, event, block
  * request) and the persisted state record are encoded. Also used as the
- * scratch buffer when the image hash is recomputed after a reset. */
+ * scratch buffer when the image hash is recomputed after a reset. The
+ * largest state record (64-byte rollout ID, three 32-byte versions, full
+ * boot logs) takes 400 bytes (tests/test_agent.c checks it fits). */
 #ifndef OTA_CFG_TX_BUF
-#define OTA_CFG_TX_BUF 320
+#define OTA_CFG_TX_BUF 384
 #endif
 
-/* Events queued while the broker is unreachable (oldest dropped first). */
+/* Events waiting for the broker's PUBACK, about 96 bytes each (the queue
+ * holds OTA_CFG_EVENT_QUEUE * 96 bytes of encoded events). When it is
+ * full, the oldest event that is not a result is dropped first, then the
+ * oldest result. Results (install completed, reboot completed, health
+ * ok/failed, rollback triggered/completed, rejected) are also kept in the
+ * kv store until acknowledged, so they survive a reset. */
 #ifndef OTA_CFG_EVENT_QUEUE
 #define OTA_CFG_EVENT_QUEUE 6
+#endif
+
+/* An event the broker answered with PUBACK "unspecified error" (0x80),
+ * "implementation specific error" (0x83) or "quota exceeded" (0x97) - it
+ * could not record it now - is sent again after EVENT_RETRY_MS, doubling
+ * with every further such answer up to EVENT_RETRY_MAX_MS. An event with
+ * no PUBACK EVENT_ACK_MS after it was published (an MQTT 3.1.1 broker that
+ * could not record it, or a client that lost it) is sent again as a new
+ * PUBLISH; across a reconnect the client's own resend comes first. */
+#ifndef OTA_CFG_EVENT_RETRY_MS
+#define OTA_CFG_EVENT_RETRY_MS 5000u
+#endif
+#ifndef OTA_CFG_EVENT_RETRY_MAX_MS
+#define OTA_CFG_EVENT_RETRY_MAX_MS 60000u
+#endif
+#ifndef OTA_CFG_EVENT_ACK_MS
+#define OTA_CFG_EVENT_ACK_MS 60000u
+#endif
+
+/* A downloaded image whose digest does not match is fetched again from
+ * offset 0 this many times before the download is given up (event 6,
+ * error 2). */
+#ifndef OTA_CFG_DIGEST_RETRIES
+#define OTA_CFG_DIGEST_RETRIES 3u
 #endif
 
 /* Boot times remembered for the reboot / watchdog rollback triggers.
@@ -98,9 +133,10 @@
 #endif
 
 /* Most pairs in one CBOR map the decoders accept (duplicate detection keeps
- * every key of the map being decoded on the stack: 8 bytes each). */
+ * every key of the map being decoded on the stack: 8 bytes each). As the
+ * broker's decoders (ota/wire: 32); the agent's own state record has 26. */
 #ifndef OTA_CFG_CBOR_MAX_PAIRS
-#define OTA_CFG_CBOR_MAX_PAIRS 24
+#define OTA_CFG_CBOR_MAX_PAIRS 32
 #endif
 
 /* Most entries in the manifest's target hardware array. */
@@ -140,7 +176,9 @@
 #endif
 
 /* Consecutive failed requests (no progress) before the download is given up
- * (event update.download.failed, error 6). */
+ * (event update.download.failed, error 6). Block errors "rate limited" and
+ * "internal" do not count: the broker asked the device to wait (its
+ * retry-after, capped at BACKOFF_MAX, is honoured). */
 #ifndef OTA_CFG_MAX_RETRIES
 #define OTA_CFG_MAX_RETRIES 10u
 #endif
@@ -192,7 +230,10 @@
 #endif
 
 /* The download offset is persisted each time this many bytes more have been
- * written (and always at the end of a window). 0 = after every block. */
+ * written (and always at the end of a window). 0 = after every block. The
+ * offset persisted is rounded down to a multiple of 16: with flash
+ * encryption, esp_ota_write keeps a partial 16-byte block in RAM, lost by a
+ * reset. */
 #ifndef OTA_CFG_PERSIST_EVERY
 #define OTA_CFG_PERSIST_EVERY 16384u
 #endif
@@ -202,8 +243,8 @@
 #if OTA_CFG_BOOT_LOG <= OTA_CFG_MAX_REBOOTS || OTA_CFG_BOOT_LOG <= OTA_CFG_MAX_WDT_RESETS
 #error "OTA_CFG_BOOT_LOG must exceed OTA_CFG_MAX_REBOOTS and OTA_CFG_MAX_WDT_RESETS"
 #endif
-#if OTA_CFG_TX_BUF < 256
-#error "OTA_CFG_TX_BUF must be at least 256"
+#if OTA_CFG_TX_BUF < 384
+#error "OTA_CFG_TX_BUF must be at least 384"
 #endif
 #if OTA_CFG_WINDOW < 1
 #error "OTA_CFG_WINDOW must be at least 1"

@@ -105,6 +105,9 @@ typedef struct ota_birth {
     uint8_t connectivity;      /* 9 */
     int32_t utc_offset_min;    /* 10 */
     uint32_t secure_version;   /* 11 */
+    uint64_t guard;            /* 12 (otamq extension): the replay guard, the
+                                  lowest firmware manifest sequence number the
+                                  device takes */
 } ota_birth_t;
 
 typedef struct ota_heartbeat {
@@ -160,6 +163,8 @@ typedef struct ota_offer {
     uint8_t install_mode;      /* 3: 0 immediate, 1 on command */
     uint32_t block_size;       /* 4: 0 = not given */
     uint64_t deadline;         /* 5: 0 = none */
+    uint32_t max_window;       /* 6 (otamq extension): most blocks the broker
+                                  serves per request, 0 = not given */
 } ota_offer_t;
 
 typedef struct ota_block {

@@ -25,9 +25,25 @@
 extern "C" {
 #endif
 
+/* What an update changes (manifest key 10). Firmware lives in the two A/B
+ * application slots the bootloader starts; a configuration and a set of
+ * feature flags each live in two slots of their own that the port keeps
+ * (a small blob store, a dedicated partition), so that one can be swapped
+ * for the other and back without touching the firmware. */
+typedef enum ota_kind {
+    OTA_KIND_FIRMWARE = 0,
+    OTA_KIND_CONFIG = 1,
+    OTA_KIND_FLAGS = 2
+} ota_kind_t;
+#define OTA_KINDS 3
+
 /* Why the running image was started (birth key 5). The port reports what the
- * hardware saw; the core itself turns a software reset into OTA_BOOT_OTA or
- * OTA_BOOT_ROLLBACK when its persisted state says so. */
+ * hardware saw, mapped onto these (ESP-IDF's many reset reasons: see the
+ * ESP-IDF port); the core itself turns a software reset into OTA_BOOT_OTA or
+ * OTA_BOOT_ROLLBACK when its persisted state says so. Every boot counts
+ * toward the reboot trigger, OTA_BOOT_WATCHDOG boots also toward the
+ * watchdog trigger, and a revert of an unconfirmed image after
+ * OTA_BOOT_POWER_ON or OTA_BOOT_BROWNOUT is not blamed on the image. */
 typedef enum ota_boot_reason {
     OTA_BOOT_POWER_ON = 0,
     OTA_BOOT_SOFTWARE = 1,
@@ -38,22 +54,27 @@ typedef enum ota_boot_reason {
     OTA_BOOT_ROLLBACK = 6
 } ota_boot_reason_t;
 
-/* State of the running image as the bootloader sees it (ESP-IDF's
- * esp_ota_img_states_t, reduced to what the core needs). */
+/* State of a running slot as the bootloader (or the port's configuration
+ * store) sees it: ESP-IDF's esp_ota_img_states_t, reduced to what the core
+ * needs. */
 typedef enum ota_img_state {
     OTA_IMG_VALID = 0,          /* confirmed (or rollback not in use) */
-    OTA_IMG_PENDING_VERIFY = 1, /* first boot of a new image: unless confirm()
-                                   is called, the next reset reverts */
+    OTA_IMG_PENDING_VERIFY = 1, /* started once and not confirmed: unless
+                                   confirm() is called, the next reset
+                                   reverts it */
     OTA_IMG_UNDEFINED = 2       /* no state recorded (e.g. factory image) */
 } ota_img_state_t;
 
 typedef struct ota_boot_info {
-    uint8_t running_slot;     /* 0 or 1 */
-    uint8_t img_state;        /* ota_img_state_t of the running slot */
-    uint8_t reason;           /* ota_boot_reason_t as seen by the hardware */
-    bool other_slot_bootable; /* the inactive slot holds a valid image that
-                                 rollback() may switch to */
+    uint8_t running_slot; /* 0 or 1: the slot in use (for a configuration
+                             kind with none in use: 1, so that the first
+                             one goes to slot 0) */
+    uint8_t img_state;    /* ota_img_state_t of the running slot */
+    uint8_t reason;       /* ota_boot_reason_t as seen by the hardware */
 } ota_boot_info_t;
+
+/* slot_activate's "in use at the next start" answer. */
+#define OTA_ACTIVATE_RESTART 1
 
 /* Opaque storage for one running SHA-256 computation. A port stores its own
  * context (e.g. mbedtls_sha256_context) inside and must check at compile
@@ -68,13 +89,27 @@ typedef struct ota_sha256 {
 typedef struct ota_port {
     void *ctx; /* passed as the first argument of every member */
 
-    /* ---- MQTT (the port owns the connection and reconnects by itself;
-     * it tells the core with ota_agent_on_connect/on_disconnect) ---- */
+    /* Bit k set: the port keeps slots for kind k besides firmware
+     * (1 << OTA_KIND_CONFIG, 1 << OTA_KIND_FLAGS). Offers of a kind the port
+     * does not keep are refused ("unsupported kind"). */
+    uint8_t kinds;
 
-    /* Queues a PUBLISH of payload[0..len) on topic with QoS 0 or 1.
-     * Returns OTA_OK when queued, OTA_ERR_IO when not connected or the
-     * client refused. Must not block on the network for long (queue and
-     * return). The payload may be reused by the core after return. */
+    /* ---- MQTT (the port owns the connection and reconnects by itself;
+     * it tells the core with ota_agent_on_connect/on_disconnect, and passes
+     * every PUBACK of a QoS 1 publish to ota_agent_on_puback) ---- */
+
+    /* Queues a PUBLISH of payload[0..len) on topic with QoS 0 or 1 and
+     * returns its message ID (>= 0; for QoS 1 the MQTT packet identifier,
+     * never 0, that the PUBACK will carry). Returns OTA_ERR_IO when not
+     * connected or the client refused: the port must not keep a message
+     * published while disconnected for a later connection (the core
+     * resends what matters itself). A QoS 1 message the client sent and
+     * that was not acknowledged when the connection ended may be sent
+     * again by the client after the reconnect, with the same message ID
+     * (libmosquitto and esp-mqtt do): the core waits for its PUBACK, up to
+     * OTA_CFG_EVENT_ACK_MS after it published it. Must not block on the
+     * network for long (queue and return). The payload may be reused by
+     * the core after return. */
     int (*mqtt_publish)(void *ctx, const char *topic, const uint8_t *payload,
                         size_t len, int qos);
 
@@ -82,65 +117,94 @@ typedef struct ota_port {
      * QoS 0 or 1. OTA_OK or OTA_ERR_IO. Must not block for long. */
     int (*mqtt_subscribe)(void *ctx, const char *topic, int qos);
 
-    /* ---- inactive slot ---- */
+    /* ---- slots of each kind (kind is an ota_kind_t the port keeps) ---- */
 
-    /* Prepares the inactive slot for an image of image_size bytes.
+    /* Prepares the inactive slot of kind for image_size bytes.
      * resume_offset 0 starts afresh (the slot may be erased); a non-zero
-     * resume_offset keeps bytes [0, resume_offset) already written by an
-     * earlier, interrupted download and continues after them.
-     * OTA_OK, OTA_ERR_NOSPACE (image larger than the slot), OTA_ERR_STATE
-     * (e.g. running image not yet confirmed), OTA_ERR_FLASH. May block
-     * (erasing). */
-    int (*slot_begin)(void *ctx, uint32_t image_size, uint32_t resume_offset);
+     * resume_offset (a multiple of 16) keeps bytes [0, resume_offset)
+     * already written by an earlier, interrupted download and continues
+     * after them. OTA_OK, OTA_ERR_NOSPACE (image larger than the slot),
+     * OTA_ERR_STATE (e.g. running image not yet confirmed), OTA_ERR_FLASH.
+     * May block (erasing). */
+    int (*slot_begin)(void *ctx, uint8_t kind, uint32_t image_size, uint32_t resume_offset);
 
-    /* Writes data at offset of the inactive slot. The core writes strictly
-     * in order: offset is always the end of the previous write.
-     * OTA_OK or OTA_ERR_FLASH. May block. */
-    int (*slot_write)(void *ctx, uint32_t offset, const uint8_t *data, size_t len);
+    /* Writes data at offset of the slot begun. The core writes strictly in
+     * order: offset is always the end of the previous write. OTA_OK or
+     * OTA_ERR_FLASH. May block. */
+    int (*slot_write)(void *ctx, uint8_t kind, uint32_t offset, const uint8_t *data, size_t len);
 
-    /* Reads back len bytes at offset of the inactive slot (used to recompute
-     * the image hash after a reset). OTA_OK or OTA_ERR_FLASH. May block. */
-    int (*slot_read)(void *ctx, uint32_t offset, uint8_t *buf, size_t len);
+    /* Reads back len bytes at offset of the inactive slot of kind (used to
+     * recompute the image hash after a reset). OTA_OK or OTA_ERR_FLASH. May
+     * block. */
+    int (*slot_read)(void *ctx, uint8_t kind, uint32_t offset, uint8_t *buf, size_t len);
 
     /* All image_size bytes are written and their digest checked: close the
      * slot (ESP-IDF: esp_ota_end, which also validates the image format).
      * OTA_OK or OTA_ERR_FLASH (image refused). May block. */
-    int (*slot_finish)(void *ctx);
+    int (*slot_finish)(void *ctx, uint8_t kind);
 
     /* Abandons a slot begun with slot_begin (cancel, failure). Optional. */
-    void (*slot_abort)(void *ctx);
+    void (*slot_abort)(void *ctx, uint8_t kind);
 
-    /* Makes the finished slot the one booted next, in the bootloader's
-     * "new, not yet verified" state. OTA_OK or OTA_ERR_FLASH. May block. */
-    int (*slot_activate)(void *ctx);
+    /* Makes the finished slot the one used next. Firmware: booted next, in
+     * the bootloader's "new, not yet verified" state; OTA_OK (the core then
+     * reboots). Configuration and feature flags: in use at once, not yet
+     * confirmed (the application is told), OTA_OK; or, when the application
+     * asks to restart for it, in use from the next start:
+     * OTA_ACTIVATE_RESTART (the core then reboots). A swap is atomic: after
+     * a power loss the old or the new slot is in use, never a mix.
+     * OTA_ERR_FLASH on failure. May block. */
+    int (*slot_activate)(void *ctx, uint8_t kind);
 
     /* ---- boot ---- */
 
-    /* Fills *info about the running image. OTA_OK or OTA_ERR_IO. */
-    int (*boot_state)(void *ctx, ota_boot_info_t *info);
+    /* Fills *info about the running slot of kind. OTA_OK or OTA_ERR_IO. */
+    int (*boot_state)(void *ctx, uint8_t kind, ota_boot_info_t *info);
 
-    /* Marks the running image valid: the bootloader will no longer revert
-     * it (esp_ota_mark_app_valid_cancel_rollback). OTA_OK or OTA_ERR_IO. */
-    int (*confirm)(void *ctx);
+    /* Marks the running slot of kind valid: it is no longer reverted
+     * (firmware: esp_ota_mark_app_valid_cancel_rollback). OTA_OK or
+     * OTA_ERR_IO. */
+    int (*confirm)(void *ctx, uint8_t kind);
 
-    /* Makes the other slot the boot slot and restarts. Used both before
-     * confirm (the pending image is marked invalid) and after (the
-     * confirmed image is abandoned for the previous one, which must still
-     * be bootable). Does not return on success; returns OTA_ERR_STATE when
-     * there is nothing to roll back to, OTA_ERR_IO on failure. */
-    int (*rollback)(void *ctx);
+    /* Goes back to the other slot of kind. Used both before confirm (the
+     * pending slot is marked invalid) and after (the confirmed slot is
+     * abandoned for the previous one, which must still be usable).
+     * Firmware: makes the other slot the boot slot and restarts; does not
+     * return on success (ESP-IDF: after confirm, esp_ota_set_boot_partition,
+     * so the old image starts PENDING_VERIFY like a new one). Configuration
+     * and feature flags: the previous slot (or none, if there was none) is
+     * in use when it returns OTA_OK, and the abandoned one is never used
+     * again. OTA_ERR_STATE when there is nothing to roll back to, OTA_ERR_IO
+     * on failure. */
+    int (*rollback)(void *ctx, uint8_t kind);
 
-    /* Restarts the device. May first flush queued MQTT messages for a short,
-     * bounded time. Does not return. */
+    /* After a completed firmware rollback: makes sure the bootloader can no
+     * longer start the abandoned image, even if the running one fails later
+     * (ESP-IDF >= 5.5: esp_ota_invalidate_inactive_ota_data_slot). OTA_OK
+     * or OTA_ERR_IO. Optional: without it, an image that was rolled back to
+     * and then fails its own trial lets the bootloader fall back to the
+     * abandoned one. */
+    int (*invalidate_other)(void *ctx);
+
+    /* Restarts the device. Does not return. It need not flush queued MQTT
+     * messages: the core keeps the events not yet acknowledged in the kv
+     * store before it calls reboot (or rollback) and sends them after the
+     * restart (flushing would only deliver some of them twice). */
     void (*reboot)(void *ctx);
 
     /* ---- crypto ---- */
 
     /* Incremental SHA-256. start/update/finish return OTA_OK or
-     * OTA_ERR_CRYPTO. Do not block (beyond computing). */
+     * OTA_ERR_CRYPTO. A started hash ends with finish (which releases it,
+     * also when it fails) or with abort, which the core calls for every
+     * hash it abandons (a cancelled, failed or superseded download, an
+     * update error); a port whose context holds resources (ESP-IDF 6:
+     * psa_hash_setup allocates with hardware SHA) releases them there.
+     * Do not block (beyond computing). */
     int (*sha256_start)(void *ctx, ota_sha256_t *h);
     int (*sha256_update)(void *ctx, ota_sha256_t *h, const uint8_t *data, size_t len);
     int (*sha256_finish)(void *ctx, ota_sha256_t *h, uint8_t digest[32]);
+    void (*sha256_abort)(void *ctx, ota_sha256_t *h);
 
     /* Verifies an ECDSA P-256 signature (raw r||s, 32 bytes each, big
      * endian) of the SHA-256 digest hash with the public key pub

@@ -35,6 +35,12 @@ int ota_mbedtls_sha256_finish(void *ctx, ota_sha256_t *h, uint8_t digest[32])
     return rc == 0 ? OTA_OK : OTA_ERR_CRYPTO;
 }
 
+void ota_mbedtls_sha256_abort(void *ctx, ota_sha256_t *h)
+{
+    (void)ctx;
+    mbedtls_sha256_free((mbedtls_sha256_context *)(void *)h->opaque);
+}
+
 int ota_mbedtls_ecdsa_p256_verify(void *ctx, const uint8_t pub[65], const uint8_t hash[32],
                                   const uint8_t sig[64])
 {

@@ -7,6 +7,7 @@
 int ota_mbedtls_sha256_start(void *ctx, ota_sha256_t *h);
 int ota_mbedtls_sha256_update(void *ctx, ota_sha256_t *h, const uint8_t *data, size_t len);
 int ota_mbedtls_sha256_finish(void *ctx, ota_sha256_t *h, uint8_t digest[32]);
+void ota_mbedtls_sha256_abort(void *ctx, ota_sha256_t *h);
 int ota_mbedtls_ecdsa_p256_verify(void *ctx, const uint8_t pub[65], const uint8_t hash[32],
                                   const uint8_t sig[64]);
 

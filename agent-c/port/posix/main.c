@@ -32,21 +32,44 @@ typedef struct app {
     ota_agent_t agent;
     struct ota_mq *mq;
     uint32_t watchdog_ms;
+    bool image_health_failing; /* the image's own behaviour */
 } app_t;
+
+/* Log lines: info always, debug with --verbose. */
+#define LOG_INFO(...) (fprintf(stderr, "otamq-agent: " __VA_ARGS__), fputc('\n', stderr))
+#define LOG_DEBUG(a, ...) ((a)->px.verbose ? (void)LOG_INFO(__VA_ARGS__) : (void)0)
+
+static const char *const state_names[] = {"idle",       "downloading", "verified",
+                                          "installing", "rebooting",   "trial",
+                                          "committed",  "rolled back", "failed"};
+static const char *const reason_names[] = {"power-on", "software", "watchdog", "panic",
+                                           "brownout", "ota-reboot", "rollback"};
+
+static const char *state_name(ota_state_t st)
+{
+    return (unsigned)st <= OTA_STATE_FAILED ? state_names[st] : "?";
+}
+
+/* Normal policy decisions about an offer, worth an info line; anything
+ * else (stale blocks, malformed messages) is debug. */
+static bool policy_status(int rc)
+{
+    return rc == OTA_ERR_SIGNATURE || rc == OTA_ERR_UNKNOWN_KEY || rc == OTA_ERR_HARDWARE ||
+           rc == OTA_ERR_BOOTLOADER || rc == OTA_ERR_VERSION || rc == OTA_ERR_SEQUENCE ||
+           rc == OTA_ERR_SECURE_VERSION || rc == OTA_ERR_TIMEOUT || rc == OTA_ERR_COSE;
+}
 
 static void cb_connect(void *user)
 {
     app_t *a = (app_t *)user;
-    if (a->px.verbose)
-        fprintf(stderr, "otamq-agent: connected\n");
+    LOG_DEBUG(a, "connected");
     ota_agent_on_connect(&a->agent);
 }
 
 static void cb_disconnect(void *user)
 {
     app_t *a = (app_t *)user;
-    if (a->px.verbose)
-        fprintf(stderr, "otamq-agent: disconnected\n");
+    LOG_DEBUG(a, "disconnected");
     ota_agent_on_disconnect(&a->agent);
 }
 
@@ -54,8 +77,84 @@ static void cb_message(void *user, const char *topic, const uint8_t *p, size_t n
 {
     app_t *a = (app_t *)user;
     int rc = ota_agent_on_message(&a->agent, topic, p, n);
-    if (a->px.verbose && rc != OTA_OK)
-        fprintf(stderr, "otamq-agent: %s: %s\n", topic, ota_strerror(rc));
+    const char *t = strrchr(topic, '/');
+    bool offer = t != NULL && strcmp(t, "/manifest") == 0;
+    if (offer && policy_status(rc))
+        LOG_INFO("offer refused: %s", ota_strerror(rc));
+    else if (offer && rc == OTA_ERR_STATE)
+        LOG_INFO("offer not taken now: an update is in state %s",
+                 state_name(ota_agent_state(&a->agent)));
+    else if (rc != OTA_OK)
+        LOG_DEBUG(a, "%s: %s", topic, ota_strerror(rc));
+}
+
+static void cb_puback(void *user, int mid, int reason)
+{
+    app_t *a = (app_t *)user;
+    int rc = ota_agent_on_puback(&a->agent, mid, (uint8_t)reason);
+    if (rc == OTA_ERR_MSG)
+        LOG_INFO("warning: the broker refused an event (PUBACK 0x%02x): dropped", reason);
+    else if (rc == OTA_ERR_IO)
+        LOG_INFO("the broker could not record an event now (PUBACK 0x%02x): kept, sent again later",
+                 reason);
+}
+
+/* ---- the simulated application's configuration ------------------------ */
+
+/* The simulated application: a configuration or feature-flag blob that
+ * begins with "#fail-health" makes its health check fail while it is in
+ * use, one that begins with "#restart" needs a restart to be used (README,
+ * "Simulated configurations"). */
+static bool blob_says(const uint8_t *b, size_t n, const char *what)
+{
+    size_t m = strlen(what);
+    return n >= m && memcmp(b, what, m) == 0;
+}
+
+static void update_health(app_t *a)
+{
+    static uint8_t buf[OTA_POSIX_CFG_MAX];
+    uint8_t k;
+    bool bad = a->image_health_failing;
+    for (k = 1; k < OTA_KINDS; k++) {
+        long n = ota_posix_config(&a->px, k, buf, sizeof(buf));
+        if (n > 0 && blob_says(buf, (size_t)n, "#fail-health"))
+            bad = true;
+    }
+    a->px.health_failing = bad;
+}
+
+static void cb_config_changed(void *user, uint8_t kind)
+{
+    app_t *a = (app_t *)user;
+    static uint8_t buf[OTA_POSIX_CFG_MAX];
+    long n = ota_posix_config(&a->px, kind, buf, sizeof(buf));
+    LOG_INFO("%s now in use: %ld bytes", kind == OTA_KIND_CONFIG ? "configuration" : "feature flags",
+             n);
+    update_health(a);
+}
+
+static bool cb_needs_restart(void *user, uint8_t kind, const uint8_t *cfg, size_t len)
+{
+    (void)user;
+    (void)kind;
+    return blob_says(cfg, len, "#restart");
+}
+
+/* A secret read from a file (trailing newline dropped); NULL on error. */
+static char *read_secret(const char *path)
+{
+    static char buf[512];
+    FILE *f = fopen(path, "r");
+    size_t n;
+    if (f == NULL)
+        return NULL;
+    n = fread(buf, 1, sizeof(buf) - 1u, f);
+    fclose(f);
+    while (n > 0u && (buf[n - 1u] == '\n' || buf[n - 1u] == '\r'))
+        n--;
+    buf[n] = '\0';
+    return n > 0u ? buf : NULL;
 }
 
 static void usage(FILE *f)
@@ -63,7 +162,9 @@ static void usage(FILE *f)
     fputs("usage: otamq-agent --broker URL --id DEVICE --key PUB.pem [options]\n"
           "  --broker URL           mqtt://host:port or mqtts://host:port\n"
           "  --id ID                device ID (MQTT client ID and username)\n"
-          "  --token TOKEN          device token (MQTT password)\n"
+          "  --token TOKEN          device token (MQTT password; visible in ps: prefer\n"
+          "                         --token-file or the environment variable OTAMQ_TOKEN)\n"
+          "  --token-file FILE      read the device token from FILE\n"
           "  --data-dir DIR         simulated flash (default ./otamq-data)\n"
           "  --hardware HW          hardware string (default esp32-v2)\n"
           "  --key FILE             trusted manifest key, PEM (repeatable)\n"
@@ -71,12 +172,18 @@ static void usage(FILE *f)
           "  --initial-version VER  version of the factory image (default 1.0.0)\n"
           "  --secure-version N     secure version of the factory image (default 0)\n"
           "  --cafile FILE          CA bundle for mqtts://\n"
+          "  --cert FILE, --cert-key FILE\n"
+          "                         client certificate and its private key (PEM) for\n"
+          "                         mqtts://: log in with a certificate of the fleet CA\n"
+          "                         whose CN is the device ID (no token needed)\n"
           "  --mqtt-v3              use MQTT 3.1.1 instead of 5\n"
           "  --supervise            restart after reboots, crashes and watchdog\n"
           "                         resets, like a bootloader\n"
           "  --watchdog-ms MS       simulated watchdog timeout (default 5000)\n"
           "  --allow-downgrade      accept lower versions\n"
-          "  --verbose              log to stderr\n"
+          "  --no-invalidate        simulate ESP-IDF < 5.5 (no\n"
+          "                         esp_ota_invalidate_inactive_ota_data_slot)\n"
+          "  --verbose              debug log lines too (info lines always go to stderr)\n"
           "  --version              print the agent version and exit\n"
           "  timing overrides (ms unless noted, 0 = default):\n"
           "  --heartbeat-ms --request-timeout-ms --backoff-min-ms --backoff-max-ms\n"
@@ -88,14 +195,18 @@ static void usage(FILE *f)
 }
 
 enum {
-    O_BROKER = 256, O_ID, O_TOKEN, O_DIR, O_HW, O_KEY, O_BL, O_INIT, O_SV, O_CAFILE, O_V3,
-    O_SUPERVISE, O_WDT, O_DOWNGRADE, O_VERBOSE, O_HB, O_RTO, O_BMIN, O_BMAX, O_RETRIES,
-    O_TRIAL, O_PROB, O_MAXRB, O_RBWIN, O_MAXWDT, O_WDTWIN, O_HFAIL, O_NOBROKER, O_BS, O_WIN,
-    O_HELP, O_VERSION
+    O_BROKER = 256, O_ID, O_TOKEN, O_TOKEN_FILE, O_CERT, O_KEYFILE, O_DIR, O_HW, O_KEY, O_BL,
+    O_INIT, O_CAFILE, O_V3, O_SUPERVISE, O_DOWNGRADE, O_VERBOSE, O_NOINVAL, O_HELP,
+    O_VERSION,
+    /* the numeric ones */
+    O_SV, O_WDT, O_HB, O_RTO, O_BMIN, O_BMAX, O_RETRIES, O_TRIAL, O_PROB, O_MAXRB, O_RBWIN,
+    O_MAXWDT, O_WDTWIN, O_HFAIL, O_NOBROKER, O_BS, O_WIN
 };
 
 static const struct option opts[] = {
     {"broker", 1, 0, O_BROKER}, {"id", 1, 0, O_ID}, {"token", 1, 0, O_TOKEN},
+    {"token-file", 1, 0, O_TOKEN_FILE}, {"cert", 1, 0, O_CERT}, {"cert-key", 1, 0, O_KEYFILE},
+    {"no-invalidate", 0, 0, O_NOINVAL},
     {"data-dir", 1, 0, O_DIR}, {"hardware", 1, 0, O_HW}, {"key", 1, 0, O_KEY},
     {"bootloader", 1, 0, O_BL}, {"initial-version", 1, 0, O_INIT},
     {"secure-version", 1, 0, O_SV}, {"cafile", 1, 0, O_CAFILE}, {"mqtt-v3", 0, 0, O_V3},
@@ -166,6 +277,7 @@ int main(int argc, char **argv)
     ota_mq_config_t mc;
     const char *broker = NULL, *id = NULL, *token = NULL, *dir = "./otamq-data";
     const char *hw = "esp32-v2", *bl = "2.1.0", *initv = "1.0.0", *cafile = NULL;
+    const char *token_file = NULL, *certfile = NULL, *keyfile = NULL, *missing = NULL;
     const char *keyfiles[MAX_KEYS];
     uint32_t nkeys = 0, isv = 0;
     bool v3 = false, sup = false;
@@ -178,8 +290,7 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         uint32_t v = 0;
         ota_settings_t *s = &cfg.settings;
-        if (c >= O_SV && c != O_CAFILE && c != O_V3 && c != O_SUPERVISE && c != O_DOWNGRADE &&
-            c != O_VERBOSE && c != O_HELP && c != O_VERSION && num(optarg, &v) != 0) {
+        if (c >= O_SV && num(optarg, &v) != 0) {
             fprintf(stderr, "otamq-agent: bad number %s\n", optarg);
             return OTA_EXIT_ERROR;
         }
@@ -187,6 +298,10 @@ int main(int argc, char **argv)
         case O_BROKER: broker = optarg; break;
         case O_ID: id = optarg; break;
         case O_TOKEN: token = optarg; break;
+        case O_TOKEN_FILE: token_file = optarg; break;
+        case O_CERT: certfile = optarg; break;
+        case O_KEYFILE: keyfile = optarg; break;
+        case O_NOINVAL: app.px.no_invalidate = true; break;
         case O_DIR: dir = optarg; break;
         case O_HW: hw = optarg; break;
         case O_KEY:
@@ -225,9 +340,27 @@ int main(int argc, char **argv)
         default: usage(stderr); return OTA_EXIT_ERROR;
         }
     }
-    if (broker == NULL || id == NULL || nkeys == 0u || optind != argc) {
+    if (optind != argc) {
+        fprintf(stderr, "otamq-agent: unexpected argument %s\n", argv[optind]);
         usage(stderr);
         return OTA_EXIT_ERROR;
+    }
+    missing = broker == NULL ? "--broker URL" : id == NULL ? "--id DEVICE" : nkeys == 0u ? "--key PUB.pem" : NULL;
+    if (missing == NULL && (certfile == NULL) != (keyfile == NULL))
+        missing = certfile == NULL ? "--cert FILE (with --cert-key)" : "--cert-key FILE (with --cert)";
+    if (missing != NULL) {
+        fprintf(stderr, "otamq-agent: missing required flag %s\n", missing);
+        usage(stderr);
+        return OTA_EXIT_ERROR;
+    }
+    if (token_file != NULL) {
+        token = read_secret(token_file);
+        if (token == NULL) {
+            fprintf(stderr, "otamq-agent: cannot read a token from --token-file %s\n", token_file);
+            return OTA_EXIT_ERROR;
+        }
+    } else if (token == NULL) {
+        token = getenv("OTAMQ_TOKEN");
     }
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
@@ -256,9 +389,9 @@ int main(int argc, char **argv)
     }
     if (ota_posix_boot(&app.px, dir, initv, isv) != OTA_OK)
         return OTA_EXIT_ERROR;
-    if (app.px.verbose)
-        fprintf(stderr, "otamq-agent: booted slot %d version %s behaviour %u reason %u\n",
-                app.px.running, app.px.hdr.version, app.px.hdr.behaviour, app.px.reason);
+    LOG_INFO("booted slot %d version %s (simulated behaviour %u), reset reason %s",
+             app.px.running, app.px.hdr.version, app.px.hdr.behaviour,
+             reason_names[app.px.reason]);
 
     /* the simulated firmware's behaviour before the agent gets to run */
     if (app.px.hdr.behaviour == OTA_SIM_CRASH)
@@ -273,7 +406,11 @@ int main(int argc, char **argv)
             return OTA_EXIT_OK;
         ota_posix_reset(&app.px, OTA_BOOT_WATCHDOG, OTA_EXIT_WATCHDOG);
     }
-    app.px.health_failing = app.px.hdr.behaviour == OTA_SIM_HEALTH_FAIL;
+    app.image_health_failing = app.px.hdr.behaviour == OTA_SIM_HEALTH_FAIL;
+    app.px.user = &app;
+    app.px.config_changed = cb_config_changed;
+    app.px.needs_restart = cb_needs_restart;
+    update_health(&app);
 
     ota_posix_port(&app.px, &app.port);
     cfg.port = &app.port;
@@ -295,6 +432,8 @@ int main(int argc, char **argv)
     mc.client_id = id;
     mc.password = token;
     mc.cafile = cafile;
+    mc.certfile = certfile;
+    mc.keyfile = keyfile;
     mc.v311 = v3;
     mc.max_packet = OTA_CFG_BLOCK_SIZE + OTA_CFG_BLOCK_OVERHEAD;
     mc.keepalive_s = 30;
@@ -303,6 +442,7 @@ int main(int argc, char **argv)
     mc.on_connect = cb_connect;
     mc.on_disconnect = cb_disconnect;
     mc.on_message = cb_message;
+    mc.on_puback = cb_puback;
     app.mq = ota_mq_new(&mc);
     if (app.mq == NULL)
         return OTA_EXIT_ERROR;
@@ -320,15 +460,17 @@ int main(int argc, char **argv)
         ota_state_t before = ota_agent_state(&app.agent);
         ota_mq_loop(app.mq, 50);
         ota_agent_tick(&app.agent);
-        if (app.px.verbose && ota_agent_state(&app.agent) != before)
-            fprintf(stderr, "otamq-agent: state %d -> %d\n", before,
-                    ota_agent_state(&app.agent));
+        if (ota_agent_state(&app.agent) != before)
+            LOG_DEBUG(&app, "state %s -> %s", state_name(before),
+                      state_name(ota_agent_state(&app.agent)));
         if (app.px.hdr.delay_s != 0u &&
             ota_posix_mono_ms() - boot_ms >= (uint64_t)app.px.hdr.delay_s * 1000u) {
             if (app.px.hdr.behaviour == OTA_SIM_CRASH_LATER)
                 ota_posix_reset(&app.px, OTA_BOOT_PANIC, OTA_EXIT_PANIC);
-            if (app.px.hdr.behaviour == OTA_SIM_HEALTH_FAIL_LATER)
-                app.px.health_failing = true;
+            if (app.px.hdr.behaviour == OTA_SIM_HEALTH_FAIL_LATER && !app.image_health_failing) {
+                app.image_health_failing = true;
+                update_health(&app);
+            }
         }
     }
     ota_mq_destroy(app.mq);

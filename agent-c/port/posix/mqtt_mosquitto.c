@@ -15,10 +15,11 @@
 #define MQ_QUEUE 64
 
 typedef struct mq_item {
-    int kind; /* 1 connect, 2 disconnect, 3 message */
+    int kind; /* 1 connect, 2 disconnect, 3 message, 4 PUBACK */
     char *topic;
     uint8_t *payload;
     size_t len;
+    int mid, reason; /* PUBACK */
 } mq_item_t;
 
 struct ota_mq {
@@ -30,21 +31,23 @@ struct ota_mq {
     bool connecting;
     uint64_t next_try_ms;
     uint32_t backoff_ms;
-    int inflight; /* QoS 1 publishes not yet acknowledged */
     mq_item_t q[MQ_QUEUE];
     int qn;
 };
 
-static void enqueue(struct ota_mq *mq, int kind, const char *topic, const void *p, size_t n)
+static mq_item_t *enqueue(struct ota_mq *mq, int kind, const char *topic, const void *p, size_t n)
 {
     mq_item_t *it;
+    int i;
     if (mq->qn >= MQ_QUEUE) {
         if (kind == 3)
-            return; /* like a full receive queue: the message is lost */
-        /* keep connection events: drop the oldest message instead */
-        free(mq->q[0].topic);
-        free(mq->q[0].payload);
-        memmove(mq->q, mq->q + 1, sizeof(mq->q[0]) * (MQ_QUEUE - 1));
+            return NULL; /* like a full receive queue: the message is lost */
+        /* keep connection events and PUBACKs: drop the oldest message */
+        for (i = 0; i < MQ_QUEUE - 1 && mq->q[i].kind != 3; i++)
+            ;
+        free(mq->q[i].topic);
+        free(mq->q[i].payload);
+        memmove(mq->q + i, mq->q + i + 1, sizeof(mq->q[0]) * (size_t)(MQ_QUEUE - 1 - i));
         mq->qn--;
     }
     it = &mq->q[mq->qn++];
@@ -57,11 +60,12 @@ static void enqueue(struct ota_mq *mq, int kind, const char *topic, const void *
             free(it->topic);
             free(it->payload);
             mq->qn--;
-            return;
+            return NULL;
         }
         memcpy(it->payload, p, n);
         it->len = n;
     }
+    return it;
 }
 
 static void cb_connect(struct mosquitto *m, void *obj, int rc, int flags,
@@ -79,7 +83,6 @@ static void cb_connect(struct mosquitto *m, void *obj, int rc, int flags,
     }
     mq->connected = true;
     mq->backoff_ms = 0;
-    mq->inflight = 0;
     enqueue(mq, 1, NULL, NULL, 0);
 }
 
@@ -104,16 +107,18 @@ static void cb_message(struct mosquitto *m, void *obj, const struct mosquitto_me
     enqueue((struct ota_mq *)obj, 3, msg->topic, msg->payload, (size_t)msg->payloadlen);
 }
 
-static void cb_publish(struct mosquitto *m, void *obj, int mid, int rc,
+/* libmosquitto 2.0 calls this for the PUBACK of a QoS 1 publish, with the
+ * MQTT v5 reason code (0 on MQTT 3.1.1). */
+static void cb_publish(struct mosquitto *m, void *obj, int mid, int reason,
                        const mosquitto_property *props)
 {
-    struct ota_mq *mq = (struct ota_mq *)obj;
+    mq_item_t *it = enqueue((struct ota_mq *)obj, 4, NULL, NULL, 0);
     (void)m;
-    (void)mid;
-    (void)rc;
     (void)props;
-    if (mq->inflight > 0)
-        mq->inflight--;
+    if (it != NULL) {
+        it->mid = mid;
+        it->reason = reason;
+    }
 }
 
 static int parse_url(struct ota_mq *mq, const char *url, bool *tls)
@@ -170,8 +175,9 @@ struct ota_mq *ota_mq_new(const ota_mq_config_t *cfg)
     mosquitto_int_option(mq->m, MOSQ_OPT_PROTOCOL_VERSION,
                          cfg->v311 ? MQTT_PROTOCOL_V311 : MQTT_PROTOCOL_V5);
     mosquitto_username_pw_set(mq->m, cfg->client_id, cfg->password);
-    if (tls && mosquitto_tls_set(mq->m, cfg->cafile, NULL, NULL, NULL, NULL) != MOSQ_ERR_SUCCESS) {
-        fprintf(stderr, "otamq-agent: TLS setup failed (--cafile?)\n");
+    if (tls && mosquitto_tls_set(mq->m, cfg->cafile, NULL, cfg->certfile, cfg->keyfile, NULL) !=
+                   MOSQ_ERR_SUCCESS) {
+        fprintf(stderr, "otamq-agent: TLS setup failed (--cafile, --cert, --key?)\n");
         mosquitto_destroy(mq->m);
         free(mq);
         return NULL;
@@ -232,6 +238,8 @@ void ota_mq_loop(struct ota_mq *mq, int timeout_ms)
             mq->cfg.on_disconnect(mq->cfg.user);
         else if (it.kind == 3 && mq->cfg.on_message)
             mq->cfg.on_message(mq->cfg.user, it.topic, it.payload, it.len);
+        else if (it.kind == 4 && mq->cfg.on_puback)
+            mq->cfg.on_puback(mq->cfg.user, it.mid, it.reason);
         free(it.topic);
         free(it.payload);
         mq->q[i].topic = NULL;
@@ -242,15 +250,12 @@ void ota_mq_loop(struct ota_mq *mq, int timeout_ms)
 
 int ota_mq_publish(struct ota_mq *mq, const char *topic, const uint8_t *p, size_t n, int qos)
 {
-    int rc;
+    int mid = 0;
     if (!mq->connected || n > 0x7fffffffu)
         return OTA_ERR_IO;
-    rc = mosquitto_publish_v5(mq->m, NULL, topic, (int)n, p, qos, false, NULL);
-    if (rc != MOSQ_ERR_SUCCESS)
+    if (mosquitto_publish_v5(mq->m, &mid, topic, (int)n, p, qos, false, NULL) != MOSQ_ERR_SUCCESS)
         return OTA_ERR_IO;
-    if (qos > 0)
-        mq->inflight++;
-    return OTA_OK;
+    return mid;
 }
 
 int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos)
@@ -260,16 +265,6 @@ int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos)
     return mosquitto_subscribe_v5(mq->m, NULL, topic, qos, 0, NULL) == MOSQ_ERR_SUCCESS
                ? OTA_OK
                : OTA_ERR_IO;
-}
-
-void ota_mq_flush(struct ota_mq *mq, int ms)
-{
-    uint64_t end = ota_posix_mono_ms() + (uint64_t)ms;
-    while (mq->connected && (mq->inflight > 0 || mosquitto_want_write(mq->m)) &&
-           ota_posix_mono_ms() < end) {
-        if (mosquitto_loop(mq->m, 50, 1) != MOSQ_ERR_SUCCESS)
-            break;
-    }
 }
 
 void ota_mq_destroy(struct ota_mq *mq)

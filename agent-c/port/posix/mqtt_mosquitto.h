@@ -16,6 +16,8 @@ typedef struct ota_mq_config {
     const char *client_id; /* also the username */
     const char *password;  /* the device token (may be NULL) */
     const char *cafile;    /* for mqtts:// */
+    const char *certfile;  /* client certificate (PEM) for mqtts://, or NULL */
+    const char *keyfile;   /* its private key (PEM) */
     bool v311;             /* MQTT 3.1.1 instead of 5 */
     uint32_t max_packet;   /* v5 Maximum Packet Size announced on CONNECT */
     int keepalive_s;
@@ -24,6 +26,9 @@ typedef struct ota_mq_config {
     void (*on_connect)(void *user);
     void (*on_disconnect)(void *user);
     void (*on_message)(void *user, const char *topic, const uint8_t *payload, size_t len);
+    /* PUBACK of the QoS 1 publish mid: its MQTT v5 reason code (0 on
+     * MQTT 3.1.1), as libmosquitto's on_publish_v5 callback gives it. */
+    void (*on_puback)(void *user, int mid, int reason);
 } ota_mq_config_t;
 
 struct ota_mq;
@@ -33,11 +38,12 @@ struct ota_mq *ota_mq_new(const ota_mq_config_t *cfg);
 /* Runs the network for up to timeout_ms, reconnects with backoff, then
  * delivers queued events to the callbacks. */
 void ota_mq_loop(struct ota_mq *mq, int timeout_ms);
-/* OTA_OK or OTA_ERR_IO (not connected / refused). */
+/* The message ID (>= 0; for QoS 1 the packet identifier its PUBACK names)
+ * or OTA_ERR_IO (not connected / refused): nothing is queued while the
+ * connection is down. */
 int ota_mq_publish(struct ota_mq *mq, const char *topic, const uint8_t *p, size_t n, int qos);
+/* OTA_OK or OTA_ERR_IO. */
 int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos);
-/* Runs the network until every QoS 1 publish is acknowledged, at most ms. */
-void ota_mq_flush(struct ota_mq *mq, int ms);
 void ota_mq_destroy(struct ota_mq *mq);
 
 #endif

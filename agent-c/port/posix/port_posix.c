@@ -106,9 +106,18 @@ static int read_file(const char *dir, const char *name, void *buf, size_t cap, s
 
 static int save_otadata(ota_posix_t *p)
 {
-    uint8_t b[8];
-    ota_otadata_encode(&p->od, b);
+    uint8_t b[64];
+    ota_od_encode(&p->od, b);
     return ota_posix_write_atomic(p->dir, "otadata", b, sizeof(b)) == 0 ? OTA_OK : OTA_ERR_IO;
+}
+
+static int save_cfgdata(ota_posix_t *p, uint8_t kind)
+{
+    char name[32];
+    uint8_t b[12];
+    snprintf(name, sizeof(name), "cfgdata-%u", (unsigned)kind);
+    ota_cfgdata_encode(&p->cd[kind - 1u], b);
+    return ota_posix_write_atomic(p->dir, name, b, sizeof(b)) == 0 ? OTA_OK : OTA_ERR_IO;
 }
 
 static bool slot_header(const char *dir, int s, ota_sim_header_t *h)
@@ -125,6 +134,45 @@ static bool slot_header(const char *dir, int s, ota_sim_header_t *h)
     n = pread(fd, b, sizeof(b), 0);
     close(fd);
     return n == (ssize_t)sizeof(b) && ota_sim_header_parse(b, sizeof(b), h);
+}
+
+static void images_ok(const ota_posix_t *p, bool ok[2])
+{
+    ota_sim_header_t h;
+    ok[0] = slot_header(p->dir, 0, &h);
+    ok[1] = slot_header(p->dir, 1, &h);
+}
+
+/* The name of slot s of kind: slotN.bin or cfgK-slotN.bin (".part" while
+ * being written). */
+static void slot_name(char *out, size_t cap, uint8_t kind, int s, bool part)
+{
+    if (kind == 0u)
+        snprintf(out, cap, "slot%d.%s", s, part ? "part" : "bin");
+    else
+        snprintf(out, cap, "cfg%u-slot%d.%s", (unsigned)kind, s, part ? "part" : "bin");
+}
+
+static int cfg_target(const ota_posix_t *p, uint8_t kind)
+{
+    const ota_cfgdata_t *c = &p->cd[kind - 1u];
+    return c->active == OTA_CFG_NONE ? 0 : c->active ^ 1;
+}
+
+long ota_posix_config(const ota_posix_t *p, uint8_t kind, uint8_t *buf, size_t cap)
+{
+    const ota_cfgdata_t *c;
+    char name[32];
+    size_t n;
+    if (kind < 1u || kind >= OTA_KINDS)
+        return -1;
+    c = &p->cd[kind - 1u];
+    if (c->active == OTA_CFG_NONE)
+        return 0;
+    slot_name(name, sizeof(name), kind, c->active, false);
+    if (read_file(p->dir, name, buf, cap, &n) != OTA_OK || n != c->size[c->active])
+        return -1;
+    return (long)n;
 }
 
 /* ---- boot ------------------------------------------------------------------ */
@@ -144,10 +192,12 @@ int ota_posix_boot(ota_posix_t *p, const char *dir, const char *initial_version,
                    uint32_t initial_secure_version)
 {
     uint8_t b[OTA_SIM_HDR_SIZE + 4096];
-    char txt[32];
+    char txt[32], name[32];
     size_t n;
     bool ok[2];
     ota_sim_header_t h;
+    unsigned written;
+    uint8_t k;
     int s;
 
     p->part_fd = -1;
@@ -169,20 +219,30 @@ int ota_posix_boot(ota_posix_t *p, const char *dir, const char *initial_version,
         if (ota_posix_write_atomic(dir, "slot0.bin", b, sizeof(b)) != 0)
             return OTA_ERR_IO;
     }
-    if (read_file(dir, "otadata", b, 8, &n) != OTA_OK || n != 8u ||
-        !ota_otadata_decode(&p->od, b)) {
-        memset(&p->od, 0, sizeof(p->od));
-    }
-    ok[0] = slot_header(dir, 0, &h);
-    ok[1] = slot_header(dir, 1, &h);
-    s = ota_otadata_select(&p->od, ok);
+    if (read_file(dir, "otadata", b, 64, &n) == OTA_OK && n == 64u)
+        ota_od_decode(&p->od, b);
+    else
+        ota_od_init(&p->od); /* erased */
+    images_ok(p, ok);
+    s = ota_od_boot(&p->od, ok, &written);
+    if (written != 0u && save_otadata(p) != OTA_OK)
+        return OTA_ERR_IO;
     if (s < 0) {
         fprintf(stderr, "otamq-agent: no bootable slot\n");
         return OTA_ERR_IO;
     }
     p->running = s;
-    if (save_otadata(p) != OTA_OK || !slot_header(dir, s, &p->hdr))
+    if (!slot_header(dir, s, &p->hdr))
         return OTA_ERR_IO;
+    /* the configurations start with the image, by the same rules */
+    for (k = 1; k < OTA_KINDS; k++) {
+        snprintf(name, sizeof(name), "cfgdata-%u", (unsigned)k);
+        if (read_file(dir, name, b, 12, &n) != OTA_OK || n != 12u ||
+            !ota_cfgdata_decode(&p->cd[k - 1u], b))
+            ota_cfgdata_init(&p->cd[k - 1u]);
+        if (ota_cfgdata_boot(&p->cd[k - 1u]) && save_cfgdata(p, k) != OTA_OK)
+            return OTA_ERR_IO;
+    }
     p->reason = OTA_BOOT_POWER_ON;
     memset(txt, 0, sizeof(txt));
     if (read_file(dir, "reset-reason", txt, sizeof(txt) - 1u, &n) == OTA_OK) {
@@ -219,24 +279,34 @@ static int pp_subscribe(void *ctx, const char *topic, int qos)
     return ota_mq_subscribe(P(ctx)->mq, topic, qos);
 }
 
-static void part_name(char *out, size_t cap, int s)
+static uint32_t running_state(const ota_posix_t *p)
 {
-    snprintf(out, cap, "slot%d.part", s);
+    uint32_t st = OTA_OD_UNDEFINED;
+    (void)ota_od_state(&p->od, p->running, &st);
+    return st;
 }
 
-static int pp_slot_begin(void *ctx, uint32_t size, uint32_t resume)
+static int pp_slot_begin(void *ctx, uint8_t kind, uint32_t size, uint32_t resume)
 {
     ota_posix_t *p = P(ctx);
     char name[32], fp[600];
     struct stat st;
-    if (p->od.state[p->running] == OTA_SLOT_PENDING_VERIFY)
-        return OTA_ERR_STATE; /* as esp_ota_begin: finish the trial first */
-    if (size > p->slot_max)
-        return OTA_ERR_NOSPACE;
+    unsigned written;
+    if (kind == 0u) {
+        if (running_state(p) == OTA_OD_PENDING_VERIFY)
+            return OTA_ERR_STATE; /* as esp_ota_begin: finish the trial first */
+        if (size > p->slot_max)
+            return OTA_ERR_NOSPACE;
+        p->target = p->running ^ 1;
+    } else {
+        if (size > OTA_POSIX_CFG_MAX)
+            return OTA_ERR_NOSPACE;
+        p->target = cfg_target(p, kind);
+    }
     if (p->part_fd >= 0)
         close(p->part_fd);
-    p->target = p->running ^ 1;
-    part_name(name, sizeof(name), p->target);
+    p->wkind = kind;
+    slot_name(name, sizeof(name), kind, p->target, true);
     path(fp, sizeof(fp), p->dir, name);
     p->part_fd = open(fp, O_RDWR | O_CREAT | (resume == 0u ? O_TRUNC : 0), 0644);
     if (p->part_fd < 0)
@@ -249,13 +319,18 @@ static int pp_slot_begin(void *ctx, uint32_t size, uint32_t resume)
     }
     p->write_size = size;
     fsync_dir(p->dir);
+    /* esp_ota_begin (ESP-IDF >= 5.5, rollback enabled): the bootloader may
+     * no longer fall back to the slot being overwritten */
+    if (kind == 0u && resume == 0u && !p->no_invalidate &&
+        ota_od_invalidate_inactive(&p->od, p->running, &written) && save_otadata(p) != OTA_OK)
+        return OTA_ERR_FLASH;
     return OTA_OK;
 }
 
-static int pp_slot_write(void *ctx, uint32_t off, const uint8_t *data, size_t len)
+static int pp_slot_write(void *ctx, uint8_t kind, uint32_t off, const uint8_t *data, size_t len)
 {
     ota_posix_t *p = P(ctx);
-    if (p->part_fd < 0 || (uint64_t)off + len > p->write_size)
+    if (p->part_fd < 0 || kind != p->wkind || (uint64_t)off + len > p->write_size)
         return OTA_ERR_FLASH;
     /* durable before the agent persists the new offset */
     if (write_all(p->part_fd, data, len, (off_t)off) != 0 || fdatasync(p->part_fd) != 0)
@@ -263,13 +338,14 @@ static int pp_slot_write(void *ctx, uint32_t off, const uint8_t *data, size_t le
     return OTA_OK;
 }
 
-static int pp_slot_read(void *ctx, uint32_t off, uint8_t *buf, size_t len)
+static int pp_slot_read(void *ctx, uint8_t kind, uint32_t off, uint8_t *buf, size_t len)
 {
     ota_posix_t *p = P(ctx);
     char name[32], fp[600];
     int fd = p->part_fd, rc = OTA_OK;
-    if (fd < 0) {
-        snprintf(name, sizeof(name), "slot%d.bin", p->running ^ 1);
+    if (fd < 0 || kind != p->wkind) {
+        slot_name(name, sizeof(name), kind, kind == 0u ? p->running ^ 1 : cfg_target(p, kind),
+                  false);
         path(fp, sizeof(fp), p->dir, name);
         fd = open(fp, O_RDONLY);
         if (fd < 0)
@@ -282,97 +358,154 @@ static int pp_slot_read(void *ctx, uint32_t off, uint8_t *buf, size_t len)
     return rc;
 }
 
-static int pp_slot_finish(void *ctx)
+static int pp_slot_finish(void *ctx, uint8_t kind)
 {
     ota_posix_t *p = P(ctx);
     char from[600], to[600], name[32];
     uint8_t b[OTA_SIM_HDR_SIZE];
     ota_sim_header_t h;
-    if (p->part_fd < 0)
+    if (p->part_fd < 0 || kind != p->wkind)
         return OTA_ERR_FLASH;
     /* like esp_ota_end: refuse what is not an image */
-    if (pread(p->part_fd, b, sizeof(b), 0) != (ssize_t)sizeof(b) ||
-        !ota_sim_header_parse(b, sizeof(b), &h) || fsync(p->part_fd) != 0) {
+    if ((kind == 0u && (pread(p->part_fd, b, sizeof(b), 0) != (ssize_t)sizeof(b) ||
+                        !ota_sim_header_parse(b, sizeof(b), &h))) ||
+        fsync(p->part_fd) != 0)
         return OTA_ERR_FLASH;
-    }
     close(p->part_fd);
     p->part_fd = -1;
-    part_name(name, sizeof(name), p->target);
+    slot_name(name, sizeof(name), kind, p->target, true);
     path(from, sizeof(from), p->dir, name);
-    snprintf(name, sizeof(name), "slot%d.bin", p->target);
+    slot_name(name, sizeof(name), kind, p->target, false);
     path(to, sizeof(to), p->dir, name);
-    /* the slot's old otadata state no longer describes its content */
-    p->od.state[p->target] = OTA_SLOT_INVALID;
-    if (save_otadata(p) != OTA_OK || rename(from, to) != 0 || fsync_dir(p->dir) != 0)
+    if (rename(from, to) != 0 || fsync_dir(p->dir) != 0)
         return OTA_ERR_FLASH;
     return OTA_OK;
 }
 
-static void pp_slot_abort(void *ctx)
+static void pp_slot_abort(void *ctx, uint8_t kind)
 {
     ota_posix_t *p = P(ctx);
+    (void)kind;
     if (p->part_fd >= 0) {
         close(p->part_fd);
         p->part_fd = -1;
     }
 }
 
-static int pp_slot_activate(void *ctx)
-{
-    ota_posix_t *p = P(ctx);
-    int t = p->running ^ 1;
-    p->od.state[t] = OTA_SLOT_NEW;
-    p->od.boot_slot = (uint8_t)t;
-    return save_otadata(p) == OTA_OK ? OTA_OK : OTA_ERR_FLASH;
-}
-
-static int pp_boot_state(void *ctx, ota_boot_info_t *bi)
+static int pp_slot_activate(void *ctx, uint8_t kind)
 {
     ota_posix_t *p = P(ctx);
     ota_sim_header_t h;
-    uint8_t st = p->od.state[p->running], other = p->od.state[p->running ^ 1];
-    bi->running_slot = (uint8_t)p->running;
-    bi->img_state = st == OTA_SLOT_PENDING_VERIFY ? OTA_IMG_PENDING_VERIFY
-                    : st == OTA_SLOT_VALID        ? OTA_IMG_VALID
-                                                  : OTA_IMG_UNDEFINED;
-    bi->reason = p->reason;
-    bi->other_slot_bootable = (other == OTA_SLOT_VALID || other == OTA_SLOT_UNDEFINED) &&
-                              slot_header(p->dir, p->running ^ 1, &h);
+    unsigned written;
+    uint8_t *buf;
+    char name[32];
+    size_t n;
+    bool restart;
+    ota_cfgdata_t old;
+    if (kind == 0u) {
+        /* esp_ota_set_boot_partition validates the image, then writes NEW */
+        if (!slot_header(p->dir, p->running ^ 1, &h))
+            return OTA_ERR_FLASH;
+        ota_od_set_boot(&p->od, p->running ^ 1, &written);
+        return save_otadata(p) == OTA_OK ? OTA_OK : OTA_ERR_FLASH;
+    }
+    old = p->cd[kind - 1u];
+    buf = malloc(OTA_POSIX_CFG_MAX);
+    slot_name(name, sizeof(name), kind, cfg_target(p, kind), false);
+    if (buf == NULL || read_file(p->dir, name, buf, OTA_POSIX_CFG_MAX, &n) != OTA_OK) {
+        free(buf);
+        return OTA_ERR_FLASH;
+    }
+    restart = p->needs_restart != NULL && p->needs_restart(p->user, kind, buf, n);
+    free(buf);
+    ota_cfgdata_activate(&p->cd[kind - 1u], (uint8_t)cfg_target(p, kind), (uint32_t)n, restart);
+    if (save_cfgdata(p, kind) != OTA_OK) {
+        p->cd[kind - 1u] = old;
+        return OTA_ERR_FLASH;
+    }
+    if (restart)
+        return OTA_ACTIVATE_RESTART;
+    if (p->config_changed != NULL)
+        p->config_changed(p->user, kind);
     return OTA_OK;
 }
 
-static int pp_confirm(void *ctx)
+static int pp_boot_state(void *ctx, uint8_t kind, ota_boot_info_t *bi)
 {
     ota_posix_t *p = P(ctx);
-    p->od.state[p->running] = OTA_SLOT_VALID;
-    return save_otadata(p);
+    uint32_t st;
+    bi->reason = p->reason;
+    if (kind == 0u) {
+        bi->running_slot = (uint8_t)p->running;
+        st = running_state(p);
+    } else {
+        const ota_cfgdata_t *c = &p->cd[kind - 1u];
+        bi->running_slot = c->active == OTA_CFG_NONE ? 1u : c->active;
+        st = c->state;
+    }
+    bi->img_state = st == OTA_OD_PENDING_VERIFY ? OTA_IMG_PENDING_VERIFY
+                    : st == OTA_OD_VALID        ? OTA_IMG_VALID
+                                                : OTA_IMG_UNDEFINED;
+    return OTA_OK;
 }
 
-static int pp_rollback(void *ctx)
+static int pp_confirm(void *ctx, uint8_t kind)
 {
     ota_posix_t *p = P(ctx);
-    ota_sim_header_t h;
-    int o = p->running ^ 1;
-    uint8_t st = p->od.state[o];
-    if (p->od.state[p->running] != OTA_SLOT_PENDING_VERIFY &&
-        !((st == OTA_SLOT_VALID || st == OTA_SLOT_UNDEFINED) && slot_header(p->dir, o, &h)))
-        return OTA_ERR_STATE;
-    p->od.state[p->running] = OTA_SLOT_INVALID;
-    p->od.boot_slot = (uint8_t)o;
+    unsigned written;
+    if (kind != 0u) {
+        p->cd[kind - 1u].state = OTA_OD_VALID;
+        return save_cfgdata(p, kind);
+    }
+    if (!ota_od_mark_valid(&p->od, &written))
+        return OTA_ERR_IO;
+    return written != 0u ? save_otadata(p) : OTA_OK;
+}
+
+/* Unconfirmed: esp_ota_mark_app_invalid_rollback_and_reboot. Confirmed:
+ * esp_ota_set_boot_partition of the other slot (which makes the old image
+ * NEW again) and a restart, as the ESP-IDF port does. */
+static int pp_rollback(void *ctx, uint8_t kind)
+{
+    ota_posix_t *p = P(ctx);
+    bool ok[2];
+    unsigned written;
+    if (kind != 0u) {
+        ota_cfgdata_rollback(&p->cd[kind - 1u]);
+        if (save_cfgdata(p, kind) != OTA_OK)
+            return OTA_ERR_IO;
+        if (p->config_changed != NULL)
+            p->config_changed(p->user, kind);
+        return OTA_OK;
+    }
+    images_ok(p, ok);
+    if (running_state(p) == OTA_OD_PENDING_VERIFY) {
+        if (!ota_od_mark_invalid(&p->od, ok, &written))
+            return OTA_ERR_STATE;
+    } else {
+        /* esp_ota_set_boot_partition validates the other image */
+        if (!ok[p->running ^ 1])
+            return OTA_ERR_STATE;
+        ota_od_set_boot(&p->od, p->running ^ 1, &written);
+    }
     if (save_otadata(p) != OTA_OK)
         return OTA_ERR_IO;
-    if (p->mq != NULL)
-        ota_mq_flush(p->mq, 1000);
     ota_posix_reset(p, OTA_BOOT_SOFTWARE, OTA_EXIT_REBOOT);
     return OTA_OK;
+}
+
+static int pp_invalidate_other(void *ctx)
+{
+    ota_posix_t *p = P(ctx);
+    unsigned written;
+    if (!ota_od_invalidate_inactive(&p->od, p->running, &written))
+        return OTA_ERR_IO;
+    return save_otadata(p);
 }
 
 static void pp_reboot(void *ctx)
 {
-    ota_posix_t *p = P(ctx);
-    if (p->mq != NULL)
-        ota_mq_flush(p->mq, 1000);
-    ota_posix_reset(p, OTA_BOOT_SOFTWARE, OTA_EXIT_REBOOT);
+    ota_posix_reset(P(ctx), OTA_BOOT_SOFTWARE, OTA_EXIT_REBOOT);
 }
 
 static int kv_name(char *out, size_t cap, const char *key)
@@ -421,6 +554,7 @@ void ota_posix_port(ota_posix_t *p, ota_port_t *port)
 {
     memset(port, 0, sizeof(*port));
     port->ctx = p;
+    port->kinds = 1u << OTA_KIND_CONFIG | 1u << OTA_KIND_FLAGS;
     port->mqtt_publish = pp_publish;
     port->mqtt_subscribe = pp_subscribe;
     port->slot_begin = pp_slot_begin;
@@ -432,10 +566,12 @@ void ota_posix_port(ota_posix_t *p, ota_port_t *port)
     port->boot_state = pp_boot_state;
     port->confirm = pp_confirm;
     port->rollback = pp_rollback;
+    port->invalidate_other = p->no_invalidate ? NULL : pp_invalidate_other;
     port->reboot = pp_reboot;
     port->sha256_start = ota_mbedtls_sha256_start;
     port->sha256_update = ota_mbedtls_sha256_update;
     port->sha256_finish = ota_mbedtls_sha256_finish;
+    port->sha256_abort = ota_mbedtls_sha256_abort;
     port->ecdsa_p256_verify = ota_mbedtls_ecdsa_p256_verify;
     port->kv_get = pp_kv_get;
     port->kv_set = pp_kv_set;

@@ -62,31 +62,13 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
     return OTA_OK;
 }
 
-static int expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
+int ota_cbor_expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
 {
     uint8_t major;
     int rc = ota_cbor_read_head(r, &major, arg);
     if (rc == OTA_OK && major != want)
         rc = OTA_ERR_CBOR_TYPE;
     return rc;
-}
-
-int ota_cbor_read_uint(ota_cbor_reader_t *r, uint64_t *v)
-{
-    return expect(r, OTA_CBOR_UINT, v);
-}
-
-int ota_cbor_read_int(ota_cbor_reader_t *r, int64_t *v)
-{
-    uint8_t major;
-    uint64_t arg;
-    int rc = ota_cbor_read_head(r, &major, &arg);
-    if (rc != OTA_OK)
-        return rc;
-    if (major > OTA_CBOR_NINT || arg > (uint64_t)INT64_MAX)
-        return OTA_ERR_CBOR_TYPE;
-    *v = major == OTA_CBOR_UINT ? (int64_t)arg : -1 - (int64_t)arg;
-    return OTA_OK;
 }
 
 /* Well-formed UTF-8 (RFC 3629): no overlongs, surrogates or > U+10FFFF. */
@@ -119,7 +101,7 @@ static bool utf8_ok(const uint8_t *s, size_t n)
 int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
 {
     uint64_t len;
-    int rc = expect(r, major, &len);
+    int rc = ota_cbor_expect(r, major, &len);
     if (rc != OTA_OK)
         return rc;
     if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)len))
@@ -128,30 +110,6 @@ int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, si
     *n = (size_t)len;
     r->p += len;
     return OTA_OK;
-}
-
-int ota_cbor_read_bstr(ota_cbor_reader_t *r, const uint8_t **p, size_t *n)
-{
-    return ota_cbor_read_str(r, OTA_CBOR_BSTR, p, n);
-}
-
-int ota_cbor_read_tstr(ota_cbor_reader_t *r, const char **p, size_t *n)
-{
-    const uint8_t *s;
-    int rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &s, n);
-    if (rc == OTA_OK)
-        *p = (const char *)s;
-    return rc;
-}
-
-int ota_cbor_read_array(ota_cbor_reader_t *r, uint64_t *count)
-{
-    return expect(r, OTA_CBOR_ARRAY, count);
-}
-
-int ota_cbor_read_map(ota_cbor_reader_t *r, uint64_t *pairs)
-{
-    return expect(r, OTA_CBOR_MAP, pairs);
 }
 
 static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
@@ -187,19 +145,6 @@ static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
 int ota_cbor_skip(ota_cbor_reader_t *r)
 {
     return skip_depth(r, 1u);
-}
-
-int ota_cbor_validate(const uint8_t *buf, size_t len)
-{
-    ota_cbor_reader_t r;
-    int rc;
-    if (buf == NULL && len != 0u)
-        return OTA_ERR_ARG;
-    ota_cbor_reader_init(&r, buf, len);
-    rc = ota_cbor_skip(&r);
-    if (rc == OTA_OK && r.p != r.end)
-        rc = OTA_ERR_CBOR;
-    return rc;
 }
 
 int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
@@ -273,41 +218,9 @@ void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg)
     ota_cbor_put_raw(w, h, ota_cbor_encode_head(h, major, arg));
 }
 
-void ota_cbor_put_uint(ota_cbor_writer_t *w, uint64_t v)
-{
-    ota_cbor_put_head(w, OTA_CBOR_UINT, v);
-}
-
-void ota_cbor_put_int(ota_cbor_writer_t *w, int64_t v)
-{
-    if (v >= 0)
-        ota_cbor_put_head(w, OTA_CBOR_UINT, (uint64_t)v);
-    else
-        ota_cbor_put_head(w, OTA_CBOR_NINT, (uint64_t)(-1 - v));
-}
-
 void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n)
 {
     ota_cbor_put_head(w, major, n);
     ota_cbor_put_raw(w, (const uint8_t *)p, n);
 }
 
-void ota_cbor_put_bstr(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
-{
-    ota_cbor_put_str(w, OTA_CBOR_BSTR, p, n);
-}
-
-void ota_cbor_put_tstr(ota_cbor_writer_t *w, const char *p, size_t n)
-{
-    ota_cbor_put_str(w, OTA_CBOR_TSTR, p, n);
-}
-
-void ota_cbor_put_cstr(ota_cbor_writer_t *w, const char *s)
-{
-    ota_cbor_put_tstr(w, s, strlen(s));
-}
-
-int ota_cbor_writer_status(const ota_cbor_writer_t *w)
-{
-    return w->overflow ? OTA_ERR_NOSPACE : OTA_OK;
-}

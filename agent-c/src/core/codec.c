@@ -21,7 +21,7 @@ static int read_u32(ota_cbor_reader_t *r, uint32_t *v)
 
 static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
 {
-    uint8_t *dst = out + f->off, t = f->type;
+    uint8_t *dst = out + OTA_F_OFF(f), t = OTA_F_TYPE(f);
     const uint8_t *p;
     size_t n;
     uint64_t u;
@@ -93,7 +93,7 @@ int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size
             *have |= 1u << key;
         if (f == end)
             rc = key > max_key ? ota_cbor_skip(&r) : OTA_ERR_MSG;
-        else if (f->type == OTA_F_CUSTOM)
+        else if (OTA_F_TYPE(f) == OTA_F_CUSTOM)
             rc = custom(&r, f->key, out);
         else
             rc = read_field(&r, f, (uint8_t *)out);
@@ -121,27 +121,30 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     const uint8_t *s = (const uint8_t *)src;
     ota_cbor_writer_t w;
     unsigned pairs = 0;
+    bool wide = nrows > 23u;
 
     if (buf == NULL || len == NULL)
         return OTA_ERR_ARG;
     ota_cbor_writer_init(&w, buf, cap);
-    ota_cbor_put_raw(&w, (const uint8_t *)"", 1); /* the map head, set below */
+    /* the map head, set below: 2 bytes for the state record's 24 or more
+     * rows, which are always all there */
+    ota_cbor_put_raw(&w, (const uint8_t *)"\0", wide ? 2u : 1u);
     for (; nrows > 0u; nrows--, rows++) {
-        const void *p = s + rows->off;
-        uint8_t major = OTA_CBOR_UINT, i;
+        const void *p = s + OTA_F_OFF(rows);
+        uint8_t major = OTA_CBOR_UINT, i, t = OTA_F_TYPE(rows);
         uint64_t v;
 
-        if (rows->type == OTA_F_CSTR || rows->type == OTA_F_PDIGEST)
+        if (t == OTA_F_CSTR || t == OTA_F_PDIGEST)
             memcpy(&p, p, sizeof(p)); /* the member is a pointer */
         if ((omit >> rows->key & 1u) || p == NULL)
             continue;
         pairs++;
         ota_cbor_put_uint(&w, rows->key);
-        switch (rows->type) {
+        switch (t) {
         case OTA_F_CSTR:
         case OTA_F_TEXT:
             put_text(&w, (const char *)p,
-                     rows->type == OTA_F_CSTR && rows->len_off != 0u
+                     t == OTA_F_CSTR && rows->len_off != 0u
                          ? *(const size_t *)(const void *)(s + rows->len_off)
                          : 0u);
             continue;
@@ -175,7 +178,12 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     }
     if (w.overflow)
         return OTA_ERR_NOSPACE;
-    buf[0] = (uint8_t)(0xa0u | pairs);
+    if (wide) {
+        buf[0] = 0xb8u;
+        buf[1] = (uint8_t)pairs;
+    } else {
+        buf[0] = (uint8_t)(0xa0u | pairs);
+    }
     *len = w.len;
     return OTA_OK;
 }

@@ -31,16 +31,9 @@ enum {
     OTA_F_CUSTOM  /* decode only: the decoder's callback reads the value */
 };
 
-/* A byte (major 2) or text (major 3, UTF-8 checked) string, returned in
- * place: ota_cbor_read_bstr / ota_cbor_read_tstr by major type. */
-int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n);
-
-/* Writes a byte or text string: ota_cbor_put_bstr / ota_cbor_put_tstr by
- * major type. */
-void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);
-
-/* Offsets and lengths are bytes: every struct the rows describe keeps its
- * members below 256 (checked at compile time by OTA_BYTE). */
+/* Offsets and lengths are bytes: a member at offset 256..510 (only the
+ * persisted state has any) must be at an even offset and is kept halved,
+ * with OTA_F_HALF set in its type (checked at compile time by OTA_OFF). */
 typedef struct ota_field {
     uint8_t key;
     uint8_t type;
@@ -48,9 +41,19 @@ typedef struct ota_field {
     uint8_t len_off;
 } ota_field_t;
 
+#define OTA_F_HALF 0x80u
+#define OTA_F_TYPE(f) ((uint8_t)((f)->type & 0x7fu))
+#define OTA_F_OFF(f) ((size_t)(f)->off << ((f)->type >> 7))
+
 #define OTA_BYTE(v) ((uint8_t)((v) * sizeof(char[(v) < 256u ? 1 : -1])))
-#define OTA_ROW(k, t, type, m) {k, t, OTA_BYTE(offsetof(type, m)), 0}
-#define OTA_ROW2(k, t, type, m, l) {k, t, OTA_BYTE(offsetof(type, m)), OTA_BYTE(l)}
+#define OTA_OFF(v)                                                                      \
+    ((uint8_t)(((v) < 256u ? (v) : (v) / 2u) *                                          \
+               sizeof(char[(v) < 256u || ((v) % 2u == 0u && (v) < 512u) ? 1 : -1])))
+#define OTA_HALF_IF(t, v) ((uint8_t)((t) | ((v) < 256u ? 0u : OTA_F_HALF)))
+#define OTA_ROW(k, t, type, m) \
+    {k, OTA_HALF_IF(t, offsetof(type, m)), OTA_OFF(offsetof(type, m)), 0}
+#define OTA_ROW2(k, t, type, m, l) \
+    {k, OTA_HALF_IF(t, offsetof(type, m)), OTA_OFF(offsetof(type, m)), OTA_BYTE(l)}
 
 typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 
@@ -66,7 +69,8 @@ int ota_decode_map(const uint8_t *buf, size_t len, const ota_field_t *rows, size
  * by key, so the map is in deterministic order), leaving out every key k
  * whose bit (1 << k) is set in omit and text pointers that are NULL. Text
  * is cut to 128 bytes (DESIGN §3's longest text) at a character boundary.
- * Fewer than 24 pairs. OTA_OK, OTA_ERR_ARG (buf or len NULL) or
+ * At most 255 pairs; a table of more than 23 rows must not omit any (its
+ * map head is then 2 bytes). OTA_OK, OTA_ERR_ARG (buf or len NULL) or
  * OTA_ERR_NOSPACE. */
 int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint32_t omit,
                    uint8_t *buf, size_t cap, size_t *len);

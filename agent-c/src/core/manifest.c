@@ -67,16 +67,20 @@ int ota_cose_verify(const ota_cose_sign1_t *s, const ota_port_t *port, const ota
         return OTA_ERR_UNKNOWN_KEY;
 
     rc = port->sha256_start(port->ctx, &h);
-    if (rc == OTA_OK)
-        rc = port->sha256_update(port->ctx, &h, sig1, sizeof(sig1));
+    if (rc != OTA_OK)
+        return OTA_ERR_CRYPTO;
+    rc = port->sha256_update(port->ctx, &h, sig1, sizeof(sig1));
     if (rc == OTA_OK)
         rc = hash_bstr(port, &h, s->protected_hdr, s->protected_len);
     if (rc == OTA_OK)
         rc = hash_bstr(port, &h, NULL, 0);
     if (rc == OTA_OK)
         rc = hash_bstr(port, &h, s->payload, s->payload_len);
-    if (rc == OTA_OK)
-        rc = port->sha256_finish(port->ctx, &h, digest);
+    if (rc != OTA_OK) {
+        port->sha256_abort(port->ctx, &h); /* started, not finished */
+        return OTA_ERR_CRYPTO;
+    }
+    rc = port->sha256_finish(port->ctx, &h, digest);
     if (rc == OTA_OK)
         rc = port->ecdsa_p256_verify(port->ctx, key->pub, digest, s->sig);
     return rc == OTA_OK || rc == OTA_ERR_SIGNATURE ? rc : OTA_ERR_CRYPTO;
@@ -88,9 +92,13 @@ int ota_key_id(const ota_port_t *port, const uint8_t pub[65], uint8_t kid[8])
     uint8_t d[32];
     if (port == NULL || pub == NULL || kid == NULL)
         return OTA_ERR_ARG;
-    if (port->sha256_start(port->ctx, &h) != OTA_OK ||
-        port->sha256_update(port->ctx, &h, pub, 65) != OTA_OK ||
-        port->sha256_finish(port->ctx, &h, d) != OTA_OK)
+    if (port->sha256_start(port->ctx, &h) != OTA_OK)
+        return OTA_ERR_CRYPTO;
+    if (port->sha256_update(port->ctx, &h, pub, 65) != OTA_OK) {
+        port->sha256_abort(port->ctx, &h);
+        return OTA_ERR_CRYPTO;
+    }
+    if (port->sha256_finish(port->ctx, &h, d) != OTA_OK)
         return OTA_ERR_CRYPTO;
     memcpy(kid, d, 8);
     return OTA_OK;

@@ -22,6 +22,7 @@ static const ota_field_t birth_rows[] = {
     OTA_ROW(9, OTA_F_U8, ota_birth_t, connectivity),
     OTA_ROW(10, OTA_F_I32, ota_birth_t, utc_offset_min),
     OTA_ROW(11, OTA_F_U32, ota_birth_t, secure_version),
+    OTA_ROW(12, OTA_F_U64, ota_birth_t, guard),
 };
 
 int ota_msg_encode_birth(const ota_birth_t *m, uint8_t *buf, size_t cap, size_t *len)
@@ -29,7 +30,9 @@ int ota_msg_encode_birth(const ota_birth_t *m, uint8_t *buf, size_t cap, size_t 
     if (m == NULL || m->fw_version == NULL || m->hardware == NULL || m->bootloader == NULL ||
         m->agent_version == NULL)
         return OTA_ERR_ARG;
-    return ota_encode_map(m, birth_rows, NROWS(birth_rows), 0, buf, cap, len);
+    /* key 12 only when there is a guard: DESIGN's births stay as they were */
+    return ota_encode_map(m, birth_rows, NROWS(birth_rows), m->guard == 0u ? 1u << 12 : 0u, buf,
+                          cap, len);
 }
 
 static const ota_field_t heartbeat_rows[] = {
@@ -98,13 +101,14 @@ static const ota_field_t offer_rows[] = {
     OTA_ROW(3, OTA_F_U8, ota_offer_t, install_mode),
     OTA_ROW(4, OTA_F_U32, ota_offer_t, block_size),
     OTA_ROW(5, OTA_F_U64, ota_offer_t, deadline),
+    OTA_ROW(6, OTA_F_U32, ota_offer_t, max_window),
 };
 
 int ota_msg_decode_offer(const uint8_t *buf, size_t len, ota_offer_t *o)
 {
     uint32_t have;
     int rc;
-    rc = ota_decode_map(buf, len, offer_rows, NROWS(offer_rows), 5, o, sizeof(*o), NULL, &have);
+    rc = ota_decode_map(buf, len, offer_rows, NROWS(offer_rows), 6, o, sizeof(*o), NULL, &have);
     /* rollout required; a non-empty rollout needs a manifest */
     if (rc == OTA_OK &&
         (!(have & 2u) || (o->rollout_len != 0u && !(have & 4u)) || o->install_mode > 1u))

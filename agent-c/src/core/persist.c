@@ -8,7 +8,8 @@
 enum {
     PK_STATE = 1, PK_ROLLOUT, PK_VERSION, PK_DIGEST, PK_SIZE, PK_OFFSET, PK_BLOCK,
     PK_MODE, PK_SEQ, PK_SV, PK_TSV, PK_SLOT, PK_ERROR, PK_FLAGS, PK_BOOTS, PK_WDT,
-    PK_TRIAL, PK_BOOTLOG, PK_WDTLOG, PK_MAX = PK_WDTLOG
+    PK_TRIAL, PK_BOOTLOG, PK_WDTLOG, PK_KIND, PK_REFETCH, PK_GUARD0, PK_GUARD1, PK_GUARD2,
+    PK_KVER1, PK_KVER2, PK_WINDOW, PK_MAX = PK_WINDOW
 };
 
 #define F(k, t, m) OTA_ROW(k, t, ota_persist_t, m)
@@ -16,8 +17,8 @@ enum {
 
 static const ota_field_t persist_rows[] = {
     F(PK_STATE, OTA_F_U32, state),
-    A(PK_ROLLOUT, OTA_F_TEXT, rollout, sizeof(((ota_persist_t *)0)->rollout)),
-    A(PK_VERSION, OTA_F_TEXT, version, sizeof(((ota_persist_t *)0)->version)),
+    A(PK_ROLLOUT, OTA_F_TEXT, rollout, OTA_CFG_ROLLOUT_MAX + 1u),
+    A(PK_VERSION, OTA_F_TEXT, version, OTA_CFG_VERSION_MAX + 1u),
     F(PK_DIGEST, OTA_F_DIGEST, digest),
     F(PK_SIZE, OTA_F_U32, size),
     F(PK_OFFSET, OTA_F_U32, offset),
@@ -34,6 +35,14 @@ static const ota_field_t persist_rows[] = {
     F(PK_TRIAL, OTA_F_U32, trial_ms),
     A(PK_BOOTLOG, OTA_F_LOG, boot_log, offsetof(ota_persist_t, nboots)),
     A(PK_WDTLOG, OTA_F_LOG, wdt_log, offsetof(ota_persist_t, nwdt)),
+    F(PK_KIND, OTA_F_U32, kind),
+    F(PK_REFETCH, OTA_F_U8, refetches),
+    F(PK_GUARD0, OTA_F_U64, guard[0]),
+    F(PK_GUARD1, OTA_F_U64, guard[1]),
+    F(PK_GUARD2, OTA_F_U64, guard[2]),
+    A(PK_KVER1, OTA_F_TEXT, kind_version[0], OTA_CFG_VERSION_MAX + 1u),
+    A(PK_KVER2, OTA_F_TEXT, kind_version[1], OTA_CFG_VERSION_MAX + 1u),
+    F(PK_WINDOW, OTA_F_U8, window),
 };
 
 int ota_persist_encode(const ota_persist_t *ps, uint8_t *buf, size_t cap, size_t *len)
@@ -48,9 +57,11 @@ int ota_persist_decode(ota_persist_t *ps, const uint8_t *buf, size_t len)
     int rc;
     rc = ota_decode_map(buf, len, persist_rows, sizeof(persist_rows) / sizeof(persist_rows[0]),
                         PK_MAX, ps, sizeof(*ps), NULL, &have);
+    /* a download needs a block size (send_request divides by it) */
     if (rc == OTA_OK && (ps->state > OTA_STATE_FAILED || ps->install_mode > 1u ||
                          ps->target_slot > 1u || ps->offset > ps->size ||
-                         ps->block_size > OTA_CFG_BLOCK_SIZE))
+                         ps->block_size > OTA_CFG_BLOCK_SIZE || ps->kind >= OTA_KINDS ||
+                         (ps->block_size == 0u && ps->state == OTA_STATE_DOWNLOADING)))
         rc = OTA_ERR_MSG;
     return rc;
 }

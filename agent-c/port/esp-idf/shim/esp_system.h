@@ -15,6 +15,11 @@ typedef enum {
     ESP_RST_DEEPSLEEP,
     ESP_RST_BROWNOUT,
     ESP_RST_SDIO,
+    ESP_RST_USB,
+    ESP_RST_JTAG,
+    ESP_RST_EFUSE,
+    ESP_RST_PWR_GLITCH,
+    ESP_RST_CPU_LOCKUP,
 } esp_reset_reason_t;
 esp_reset_reason_t esp_reset_reason(void);
 void esp_restart(void) __attribute__((noreturn));

@@ -1,5 +1,8 @@
-/* shim: mqtt_client.h of esp-mqtt (subset; config struct reduced to the
- * members used, with the real nesting and names) */
+/* shim: mqtt_client.h of esp-mqtt (subset; the config struct reduced to the
+ * members used, with the real nesting and names). As the real header, the
+ * MQTT 5 parts are there only with CONFIG_MQTT_PROTOCOL_5 (esp-mqtt's
+ * default is off): mqtt5_client.h is included and the event carries its
+ * property member only then. make test compiles the port both ways. */
 #ifndef SHIM_MQTT_CLIENT_H
 #define SHIM_MQTT_CLIENT_H
 #include <stdbool.h>
@@ -7,8 +10,10 @@
 #include <stdint.h>
 #include "esp_err.h"
 #include "esp_event.h"
+#ifdef CONFIG_MQTT_PROTOCOL_5
+#include "mqtt5_client.h"
+#endif
 typedef struct esp_mqtt_client *esp_mqtt_client_handle_t;
-typedef struct esp_mqtt_client *esp_mqtt5_client_handle_t;
 typedef enum esp_mqtt_event_id_t {
     MQTT_EVENT_ANY = -1,
     MQTT_EVENT_ERROR = 0,
@@ -20,6 +25,7 @@ typedef enum esp_mqtt_event_id_t {
     MQTT_EVENT_DATA,
     MQTT_EVENT_BEFORE_CONNECT,
     MQTT_EVENT_DELETED,
+    MQTT_USER_EVENT,
 } esp_mqtt_event_id_t;
 typedef enum esp_mqtt_protocol_ver_t {
     MQTT_PROTOCOL_UNDEFINED = 0,
@@ -44,6 +50,9 @@ typedef struct esp_mqtt_event_t {
     int qos;
     bool dup;
     esp_mqtt_protocol_ver_t protocol_ver;
+#ifdef CONFIG_MQTT_PROTOCOL_5
+    esp_mqtt5_event_property_t *property;
+#endif
 } esp_mqtt_event_t;
 typedef esp_mqtt_event_t *esp_mqtt_event_handle_t;
 typedef struct esp_mqtt_client_config_t {
@@ -53,6 +62,7 @@ typedef struct esp_mqtt_client_config_t {
         } address;
         struct verification_t {
             const char *certificate;
+            size_t certificate_len;
         } verification;
     } broker;
     struct credentials_t {
@@ -60,6 +70,10 @@ typedef struct esp_mqtt_client_config_t {
         const char *client_id;
         struct authentication_t {
             const char *password;
+            const char *certificate;
+            size_t certificate_len;
+            const char *key;
+            size_t key_len;
         } authentication;
     } credentials;
     struct session_t {
@@ -71,14 +85,6 @@ typedef struct esp_mqtt_client_config_t {
         int out_size;
     } buffer;
 } esp_mqtt_client_config_t;
-typedef struct esp_mqtt5_connection_property_config_t {
-    uint32_t session_expiry_interval;
-    uint32_t maximum_packet_size;
-    uint16_t receive_maximum;
-    uint16_t topic_alias_maximum;
-    bool request_resp_info;
-    bool request_problem_info;
-} esp_mqtt5_connection_property_config_t;
 esp_mqtt_client_handle_t esp_mqtt_client_init(const esp_mqtt_client_config_t *config);
 esp_err_t esp_mqtt_client_start(esp_mqtt_client_handle_t client);
 esp_err_t esp_mqtt_client_register_event(esp_mqtt_client_handle_t client,
@@ -90,7 +96,4 @@ int esp_mqtt_client_subscribe_single(esp_mqtt_client_handle_t client, const char
 int esp_mqtt_client_enqueue(esp_mqtt_client_handle_t client, const char *topic,
                             const char *data, int len, int qos, int retain, bool store);
 int esp_mqtt_client_get_outbox_size(esp_mqtt_client_handle_t client);
-esp_err_t esp_mqtt5_client_set_connect_property(
-    esp_mqtt5_client_handle_t client,
-    const esp_mqtt5_connection_property_config_t *connect_property);
 #endif

@@ -7,4 +7,5 @@ QueueHandle_t xQueueCreate(UBaseType_t uxQueueLength, UBaseType_t uxItemSize);
 BaseType_t xQueueSend(QueueHandle_t xQueue, const void *const pvItemToQueue,
                       TickType_t xTicksToWait);
 BaseType_t xQueueReceive(QueueHandle_t xQueue, void *const pvBuffer, TickType_t xTicksToWait);
+UBaseType_t uxQueueMessagesWaiting(const QueueHandle_t xQueue);
 #endif

@@ -8,4 +8,5 @@ BaseType_t xTaskCreate(TaskFunction_t pxTaskCode, const char *const pcName,
                        const uint32_t usStackDepth, void *const pvParameters,
                        UBaseType_t uxPriority, TaskHandle_t *const pxCreatedTask);
 void vTaskDelay(const TickType_t xTicksToDelay);
+UBaseType_t uxTaskGetStackHighWaterMark(TaskHandle_t xTask);
 #endif
