@@ -168,30 +168,55 @@ func onVersion(version, state, bootReason string, slot uint8) func(string, fleet
 	}
 }
 
-// deviceEvents returns device id's event types in its timeline for rollout,
-// oldest first, each "type" or "type:error".
+// deviceEvents returns device id's events in its timeline for rollout (""
+// for all), oldest first, each "type" or "type:error" without the
+// "update." prefix. Progress (4) is left out and an event repeated at once
+// is counted once: the agent sends one event at a time, so its events
+// arrive in order, but at least once (one in flight at a reset or a cut
+// comes again), and progress is not queued behind a waiting event. A
+// download started again after a digest mismatch is "download.refetch".
 func (w *simWorld) deviceEvents(id, rollout string) []string {
 	var out []string
 	for _, e := range w.timeline(id) {
-		if e.Source != "device" || rollout != "" && e.RolloutID != rollout {
+		if e.Source != "device" || rollout != "" && e.RolloutID != rollout || e.Type == "update.download.progress" {
 			continue
 		}
 		s := strings.TrimPrefix(e.Type, "update.")
+		if s == "download.started" && e.Detail == "refetching" {
+			s = "download.refetch"
+		}
 		if e.Error != "" {
 			s += ":" + e.Error
 		}
-		out = append(out, s)
+		if len(out) == 0 || out[len(out)-1] != s {
+			out = append(out, s)
+		}
 	}
 	return out
 }
 
-// healthyEvents is what a device reports for an update that succeeds:
-// download started, its progress in tenths (a 40 KiB image in 4 KiB
-// blocks reaches 10 % to 90 %), completed, install, reboot, health ok.
-var healthyEvents = []string{"download.started", "download.progress", "download.progress", "download.progress",
-	"download.progress", "download.progress", "download.progress", "download.progress", "download.progress",
-	"download.progress", "download.completed", "install.started", "install.completed", "reboot.started",
-	"reboot.completed", "health.ok"}
+// progressEvents counts device id's progress events for rollout.
+func (w *simWorld) progressEvents(id, rollout string) int {
+	n := 0
+	for _, e := range w.timeline(id) {
+		if e.Source == "device" && e.RolloutID == rollout && e.Type == "update.download.progress" {
+			n++
+		}
+	}
+	return n
+}
+
+// healthyEvents is what a device reports for an update that succeeds
+// (deviceEvents' way): download started, completed, install, reboot,
+// health ok.
+var healthyEvents = []string{"download.started", "download.completed", "install.started", "install.completed",
+	"reboot.started", "reboot.completed", "health.ok"}
+
+// Parts of healthyEvents.
+var (
+	downloadedEvents = healthyEvents[:2] // up to download.completed
+	rebootEvents     = healthyEvents[:5] // up to reboot.started
+)
 
 func ids(prefix string, n int) []string {
 	out := make([]string, n)
@@ -218,6 +243,9 @@ func TestDevsimHealthyFleet(t *testing.T) {
 	for _, id := range devs {
 		if got := w.deviceEvents(id, rollout); !slices.Equal(got, healthyEvents) {
 			t.Errorf("%s reported %v\nwant %v", id, got, healthyEvents)
+		}
+		if n := w.progressEvents(id, rollout); n < 1 || n > 9 {
+			t.Errorf("%s reported progress %d times", id, n)
 		}
 		// after the commit the agent checks for the next update, and the
 		// offer it gets again (the broker still has it) completes the check
@@ -340,7 +368,7 @@ func TestDevsimProfiles(t *testing.T) {
 	for _, id := range []string{"p-healthy", "p-slow", "p-too-old"} {
 		w.waitEvents(t, 10*time.Second, id, rollout, healthyEvents...)
 	}
-	reboot := healthyEvents[:14] // up to reboot.started
+	reboot := rebootEvents
 	// The new image fails its application check: the trial times out.
 	w.waitEvents(t, 10*time.Second, "p-bad-health", rollout, append(slices.Clone(reboot), "reboot.completed",
 		"health.failed:health_check", "rollback.triggered:health_check", "rollback.completed:health_check")...)
@@ -349,10 +377,10 @@ func TestDevsimProfiles(t *testing.T) {
 		"rollback.triggered:boot_failure", "rollback.completed:boot_failure")...)
 	// The new image crash-loops: it comes up in trial again and again
 	// (a birth each time), until the agent's reboot trigger rolls it back
-	// at boot; the 12 and 13 it queued then are lost with its RAM, as on
-	// the agent, so the broker sees the reconnects and event 14.
+	// at boot; the 12 and 13 it queued then are kept in its kv store and
+	// sent after the rolled-back image connects, with 14.
 	w.waitEvents(t, 10*time.Second, "p-boot-loop", rollout, append(slices.Clone(reboot), "reboot.completed",
-		"rollback.completed:boot_failure")...)
+		"health.failed:boot_failure", "rollback.triggered:boot_failure", "rollback.completed:boot_failure")...)
 	st := w.status("p-boot-loop")
 	t.Logf("boot-loop: %d connects", st.Connects)
 	if st.Connects < 4 {
@@ -368,9 +396,20 @@ func TestDevsimProfiles(t *testing.T) {
 	}
 
 	// Silent never comes back after its reboot; mute comes back on a
-	// new connection and sends nothing, not even a birth.
-	w.waitEvents(t, 10*time.Second, "p-silent", rollout, reboot...)
-	w.waitEvents(t, 10*time.Second, "p-mute", rollout, reboot...)
+	// new connection and sends nothing, not even a birth. Both were last
+	// heard of in state rebooting (the heartbeat of that state change);
+	// the events still queued at the reboot never come.
+	for _, id := range []string{"p-silent", "p-mute"} {
+		eventually(t, 20*time.Second, func() error {
+			if st := w.status(id); st.OTAState != "rebooting" {
+				return fmt.Errorf("%s: state %q", id, st.OTAState)
+			}
+			return nil
+		})
+		if got := w.deviceEvents(id, rollout); len(got) == 0 || len(got) > len(reboot) || !slices.Equal(got, reboot[:len(got)]) {
+			t.Errorf("%s reported %v, want a beginning of %v", id, got, reboot)
+		}
+	}
 	var muteBeats uint64
 	eventually(t, 20*time.Second, func() error {
 		st := w.status("p-mute")
@@ -506,7 +545,7 @@ func TestDevsimOfferChecks(t *testing.T) {
 		{"chk-down", older, nil, []string{"rejected:version_policy"}, "downgrade"},
 		{"chk-secure", newer, nil, []string{"rejected:secure_version"}, ""},
 		{"chk-boot", bootNew, nil, []string{"rejected:hardware_mismatch"}, "bootloader too old"},
-		{"chk-late", newer, map[string]any{"deadline": uint64(time.Now().Add(-time.Minute).Unix())}, []string{"rejected"}, "deadline passed"},
+		{"chk-late", newer, map[string]any{"deadline": uint64(time.Now().Add(-time.Minute).Unix())}, []string{"rejected"}, "deadline"},
 	} {
 		rollout := w.offerWith(t, c.release, []string{c.id}, c.extra)
 		w.waitEvents(t, 20*time.Second, c.id, rollout, c.want...)
@@ -550,7 +589,7 @@ func TestDevsimInstallOnCommand(t *testing.T) {
 	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, size)).ID
 	rollout := w.offerWith(t, rel, devs, map[string]any{"install_mode": "on_command"})
 
-	downloaded := healthyEvents[:11] // up to download.completed
+	downloaded := downloadedEvents
 	w.waitDevices(t, 30*time.Second, devs[:1], func(_ string, st fleet.Status) error {
 		if st.OTAState != "verified" {
 			return fmt.Errorf("state %q", st.OTAState)
@@ -634,7 +673,7 @@ func TestDevsimCancel(t *testing.T) {
 	if err := w.admin().Call(context.Background(), "offer/cancel", map[string]any{"devices": []string{"can-verified"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	for id, detail := range map[string]string{"can-dl": "offer withdrawn", "can-cmd": "cancel command", "can-verified": "offer withdrawn"} {
+	for id, detail := range map[string]string{"can-dl": "withdrawn", "can-cmd": "command", "can-verified": "withdrawn"} {
 		eventually(t, 20*time.Second, func() error {
 			tl := w.timeline(id)
 			last := tl[len(tl)-1]
@@ -644,7 +683,7 @@ func TestDevsimCancel(t *testing.T) {
 			return nil
 		})
 	}
-	w.waitEvents(t, 10*time.Second, "can-cmd", rollout, append(slices.Clone(healthyEvents[:11]), "download.failed:cancelled")...)
+	w.waitEvents(t, 10*time.Second, "can-cmd", rollout, append(slices.Clone(downloadedEvents), "download.failed:cancelled")...)
 	w.waitDevices(t, 20*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
 	for _, id := range devs {
 		if d, _ := f.Device(id); d.OTAState != wire.StateIdle || d.Version != "1.0.0" || d.Slot != 0 {
@@ -683,18 +722,20 @@ func TestDevsimCommands(t *testing.T) {
 		"check.started", "check.completed", "rejected:version_policy")
 }
 
-// blockTamper rewrites the n-th block message the broker writes to one
-// client: it drops it (another topic, which the device ignores) or flips
-// the last byte of its data.
+// blockTamper rewrites block messages the broker writes to one client: the
+// n-th it drops (another topic, which the device ignores) or flips (the
+// last byte of its data), or with every set, each block at offset every
+// it flips.
 type blockTamper struct {
 	mqtt.HookBase
 	client string
 	n      int
 	flip   bool
+	every  int64 // -1: none
 
 	mu   sync.Mutex
 	seen int
-	done bool
+	done int
 }
 
 func (h *blockTamper) ID() string           { return "test-block-tamper" }
@@ -708,10 +749,14 @@ func (h *blockTamper) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.seen++
-	if h.seen != h.n {
+	if h.every >= 0 {
+		if b, _, err := wire.DecodeBlock(pk.Payload, 1<<20); err != nil || b == nil || int64(b.Offset) != h.every {
+			return pk
+		}
+	} else if h.seen != h.n {
 		return pk
 	}
-	h.done = true
+	h.done++
 	if h.flip {
 		p := slices.Clone(pk.Payload)
 		p[len(p)-1] ^= 0xff
@@ -722,10 +767,21 @@ func (h *blockTamper) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 	return pk
 }
 
-func (h *blockTamper) tampered() bool {
+func (h *blockTamper) tampered() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.done
+}
+
+// refetches counts device id's downloads started again for rollout.
+func (w *simWorld) refetches(id, rollout string) int {
+	n := 0
+	for _, e := range w.timeline(id) {
+		if e.Source == "device" && e.RolloutID == rollout && e.Type == "update.download.started" && e.Detail == "refetching" {
+			n++
+		}
+	}
+	return n
 }
 
 // TestDevsimBlocks: the windowed block fetch against what the broker does
@@ -783,39 +839,67 @@ func TestDevsimBlocks(t *testing.T) {
 
 	t.Run("lost-block", func(t *testing.T) {
 		t.Parallel()
-		drop := &blockTamper{client: "blk-1", n: 3}
+		drop := &blockTamper{client: "blk-1", n: 3, every: -1}
 		w, rel, id := start(t, nil)
 		if err := w.Server().AddHook(drop, nil); err != nil {
 			t.Fatal(err)
 		}
 		w.offer(rel, id)
 		w.waitDevices(t, 60*time.Second, []string{id}, onVersion("1.1.0", "committed", "ota_reboot", 1))
-		if !drop.tampered() {
+		if drop.tampered() != 1 {
 			t.Fatal("no block was dropped")
 		}
 		// 4 blocks asked for, the third lost: after the timeout the device
-		// asks again from the third, 2 at a time from then on
+		// asks again from the third, for 2; each full answer grows the
+		// window back by one, up to its 4
 		reqs := w.gets.requests(id)
-		if len(reqs) < 2 || reqs[0].offset != 0 || reqs[0].count != 4 || reqs[1].offset != 2*4096 || reqs[1].count != 2 {
+		if len(reqs) < 3 || reqs[0].offset != 0 || reqs[0].count != 4 || reqs[1].offset != 2*4096 || reqs[1].count != 2 || reqs[2].count != 3 {
 			t.Fatalf("requests %+v", reqs)
 		}
+		grown := false
 		for _, r := range reqs[1:] {
-			if r.count > 2 {
-				t.Fatalf("asked for %d blocks after a window brought 2: %+v", r.count, reqs)
+			if r.count > 4 {
+				t.Fatalf("asked for %d blocks, more than its window: %+v", r.count, reqs)
 			}
+			grown = grown || r.count == 4
+		}
+		if !grown {
+			t.Fatalf("the window did not grow back: %+v", reqs)
 		}
 	})
 
+	// A corrupted block goes into the hash: the digest is wrong at the
+	// end, nothing is installed, and the image is fetched again (event 3,
+	// "refetching").
 	t.Run("corrupt-block", func(t *testing.T) {
 		t.Parallel()
-		flip := &blockTamper{client: "blk-1", n: 5, flip: true}
+		flip := &blockTamper{client: "blk-1", n: 5, flip: true, every: -1}
 		w, rel, id := start(t, nil)
 		if err := w.Server().AddHook(flip, nil); err != nil {
 			t.Fatal(err)
 		}
 		rollout := w.offer(rel, id)
-		w.waitEvents(t, 30*time.Second, id, rollout, append(slices.Clone(healthyEvents[:10]), "download.failed:digest_mismatch")...)
+		w.waitDevices(t, 60*time.Second, []string{id}, onVersion("1.1.0", "committed", "ota_reboot", 1))
+		w.waitEvents(t, 10*time.Second, id, rollout, append([]string{"download.started", "download.refetch"}, healthyEvents[1:]...)...)
+		if n := w.refetches(id, rollout); n != 1 || flip.tampered() != 1 {
+			t.Fatalf("%d refetches for %d corrupted blocks", n, flip.tampered())
+		}
+	})
+
+	// Corrupted every time: three refetches, then the download fails.
+	t.Run("corrupt-always", func(t *testing.T) {
+		t.Parallel()
+		flip := &blockTamper{client: "blk-1", flip: true, every: 4 * 4096}
+		w, rel, id := start(t, nil)
+		if err := w.Server().AddHook(flip, nil); err != nil {
+			t.Fatal(err)
+		}
+		rollout := w.offer(rel, id)
+		w.waitEvents(t, 30*time.Second, id, rollout, "download.started", "download.refetch", "download.failed:digest_mismatch")
 		w.waitDevices(t, 20*time.Second, []string{id}, onVersion("1.0.0", "failed", "power_on", 0))
+		if n := w.refetches(id, rollout); n != sim.DefaultDigestRetries || flip.tampered() != sim.DefaultDigestRetries+1 {
+			t.Fatalf("%d refetches for %d corrupted blocks", n, flip.tampered())
+		}
 	})
 }
 
@@ -844,7 +928,7 @@ func TestDevsimBadImage(t *testing.T) {
 			rollout := w.offer(w.release(simFirmware(t, w.key, "1.1.0", c.behaviour, 40*1024)).ID, devs...)
 			w.waitDevices(t, 60*time.Second, devs, onVersion("1.0.0", "rolled_back", "rollback", 0))
 			for _, id := range devs {
-				w.waitEvents(t, 10*time.Second, id, rollout, append(slices.Clone(healthyEvents[:14]), c.events...)...)
+				w.waitEvents(t, 10*time.Second, id, rollout, append(slices.Clone(rebootEvents), c.events...)...)
 			}
 		})
 	}
@@ -1291,5 +1375,94 @@ func TestDevsimUsage(t *testing.T) {
 	_, errOut, code := runBinary(t, devsim, nil, "--help")
 	if code != 0 || !strings.Contains(errOut, "Usage: devsim") || !strings.Contains(errOut, "-profile") {
 		t.Errorf("--help: exit %d\n%s", code, errOut)
+	}
+}
+
+// TestDevsimConfiguration: configurations and feature flags take the
+// firmware's path into a configuration slot and are swapped in without a
+// reboot (unless the blob asks for one, "#restart"); one the application's
+// health check fails on ("#fail-health") is rolled back to the previous
+// one at once; the firmware stays as it was. As the C agent does
+// (TestAgentConfigurationUpdates).
+func TestDevsimConfiguration(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"cfg-1"}
+	f := w.simFleet(t, w.registerSims(t, devs, nil))
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	update := func(kind manifest.Kind, version, blob string) string {
+		return w.offer(w.release(simRelease(t, w.key, simSpec{kind: kind, version: version, blob: blob})).ID, "cfg-1")
+	}
+	noReboot := []string{"download.started", "download.completed", "install.started", "install.completed",
+		"reboot.completed", "health.ok"}
+
+	r := update(manifest.KindConfig, "5.0.0", "wifi.ssid=lab-2\n")
+	w.waitEvents(t, 30*time.Second, "cfg-1", r, noReboot...)
+	w.waitDevices(t, 20*time.Second, devs, onVersion("1.0.0", "committed", "power_on", 0))
+	r = update(manifest.KindFeatureFlags, "7.0.0", "feature.fast-scan=on\n")
+	w.waitEvents(t, 30*time.Second, "cfg-1", r, noReboot...)
+	eventually(t, 20*time.Second, func() error {
+		if d, _ := f.Device("cfg-1"); d.ConfigVersion != "5.0.0" || d.FlagsVersion != "7.0.0" || d.OTAState != wire.StateCommitted {
+			return fmt.Errorf("%+v", d)
+		}
+		return nil
+	})
+	if st := w.status("cfg-1"); st.Connects != 1 {
+		t.Errorf("%d connects: a configuration rebooted the device", st.Connects)
+	}
+
+	// the application's health check fails with this one: back to 5.0.0
+	r = update(manifest.KindConfig, "5.1.0", "#fail-health\nwifi.ssid=nowhere\n")
+	w.waitEvents(t, 30*time.Second, "cfg-1", r, "download.started", "download.completed", "install.started", "install.completed",
+		"reboot.completed", "health.failed:health_check", "rollback.triggered:health_check", "rollback.completed:health_check")
+	w.waitDevices(t, 20*time.Second, devs, onVersion("1.0.0", "rolled_back", "power_on", 0))
+	if d, _ := f.Device("cfg-1"); d.ConfigVersion != "5.0.0" {
+		t.Errorf("configuration %q after the rollback", d.ConfigVersion)
+	}
+
+	// one that needs a restart
+	r = update(manifest.KindConfig, "5.2.0", "#restart\nwifi.ssid=lab-3\n")
+	w.waitEvents(t, 30*time.Second, "cfg-1", r, healthyEvents...)
+	w.waitDevices(t, 20*time.Second, devs, onVersion("1.0.0", "committed", "software", 0))
+	if d, _ := f.Device("cfg-1"); d.ConfigVersion != "5.2.0" || d.FlagsVersion != "7.0.0" || d.Version != "1.0.0" {
+		t.Errorf("%+v", d)
+	}
+	w.noRefusals()
+}
+
+// TestDevsimReplayGuard: the replay guard is the sequence number of what
+// runs committed, reported in the birth (key 12): a release that rolled
+// back does not raise it, so one signed before it is still taken; one
+// below what runs committed is refused.
+func TestDevsimReplayGuard(t *testing.T) {
+	t.Parallel()
+	w := newSimWorld(t)
+	devs := []string{"guard-1"}
+	specs := w.registerSims(t, devs, nil)
+	specs[0].Profile, specs[0].FaultVersions = sim.BadHealth, []string{"1.5.0"}
+	w.simFleet(t, specs)
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "idle", "power_on", 0))
+	rel := func(version string, seq uint64) string {
+		return w.release(signedFirmware(t, w.key, manifest.Manifest{Version: version, Sequence: seq}, 8*1024)).ID
+	}
+	bad, before, older := rel("1.5.0", 3_000_000_000), rel("1.4.0", 2_500_000_000), rel("1.6.0", 2_000_000_000)
+
+	w.offer(bad, "guard-1")
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.0.0", "rolled_back", "rollback", 0))
+	if st := w.status("guard-1"); st.ReplayGuard != 0 {
+		t.Fatalf("replay guard %d after a rollback", st.ReplayGuard)
+	}
+	w.offer(before, "guard-1") // signed before the bad one: still taken
+	w.waitDevices(t, 30*time.Second, devs, onVersion("1.4.0", "committed", "ota_reboot", 1))
+	eventually(t, 10*time.Second, func() error {
+		if st := w.status("guard-1"); st.ReplayGuard != 2_500_000_000 {
+			return fmt.Errorf("replay guard %d", st.ReplayGuard)
+		}
+		return nil
+	})
+	rollout := w.offer(older, "guard-1") // a newer version, but below the guard
+	w.waitEvents(t, 20*time.Second, "guard-1", rollout, "rejected:version_policy")
+	if tl := w.timeline("guard-1"); tl[len(tl)-1].Detail != "sequence" {
+		t.Errorf("refused with %+v", tl[len(tl)-1])
 	}
 }

@@ -34,8 +34,20 @@ const (
 	DefaultWDTWindow      = 10 * time.Minute
 	DefaultHealthFail     = 2 * time.Minute
 	DefaultNoBroker       = 5 * time.Minute
-	DefaultBlockSize      = 4096
-	DefaultWindow         = 4
+	DefaultTrialPersist   = 30 * time.Second
+	// DefaultEventAck is how long an event in flight waits for its PUBACK
+	// before it is published again (OTA_CFG_EVENT_ACK_MS).
+	DefaultEventAck = 60 * time.Second
+	// DefaultEventRetry is the first wait before an event the broker could
+	// not record is sent again, doubling to DefaultEventRetryMax
+	// (OTA_CFG_EVENT_RETRY_MS, OTA_CFG_EVENT_RETRY_MAX_MS).
+	DefaultEventRetry    = 5 * time.Second
+	DefaultEventRetryMax = 60 * time.Second
+	// DefaultDigestRetries is how often a download whose digest is wrong is
+	// fetched again (OTA_CFG_DIGEST_RETRIES).
+	DefaultDigestRetries = 3
+	DefaultBlockSize     = 4096
+	DefaultWindow        = 4
 	// DefaultBoot is how long a simulated reboot keeps a device off.
 	DefaultBoot = time.Second
 	// DefaultCrashAfter is how long a crash-looping image runs.
@@ -67,6 +79,16 @@ type Timing struct {
 	WDTWindow      time.Duration
 	HealthFail     time.Duration
 	NoBroker       time.Duration
+	// TrialPersist is how often the trial clock is persisted in probation
+	// (what a reset keeps of it).
+	TrialPersist time.Duration
+	// EventAck, EventRetry, EventRetryMax: the event queue's timers.
+	EventAck      time.Duration
+	EventRetry    time.Duration
+	EventRetryMax time.Duration
+	// DigestRetries is how often a download is fetched again after a
+	// digest mismatch; negative: never.
+	DigestRetries int
 	// BlockSize and Window are what the device asks for; an offer's
 	// suggested block size and the broker's window (offer key 6) lower them.
 	BlockSize uint32
@@ -109,6 +131,16 @@ func (t Timing) withDefaults() Timing {
 	d(&t.WDTWindow, DefaultWDTWindow)
 	d(&t.HealthFail, DefaultHealthFail)
 	d(&t.NoBroker, DefaultNoBroker)
+	d(&t.TrialPersist, DefaultTrialPersist)
+	d(&t.EventAck, DefaultEventAck)
+	d(&t.EventRetry, DefaultEventRetry)
+	d(&t.EventRetryMax, DefaultEventRetryMax)
+	switch {
+	case t.DigestRetries == 0:
+		t.DigestRetries = DefaultDigestRetries
+	case t.DigestRetries < 0:
+		t.DigestRetries = 0
+	}
 	d(&t.Boot, DefaultBoot)
 	d(&t.CrashAfter, DefaultCrashAfter)
 	d(&t.ConnectBackoffMin, DefaultConnectBackoffMin)
@@ -129,6 +161,9 @@ func (t Timing) withDefaults() Timing {
 	}
 	if t.BackoffMax < t.BackoffMin {
 		t.BackoffMax = t.BackoffMin
+	}
+	if t.EventRetryMax < t.EventRetry {
+		t.EventRetryMax = t.EventRetry
 	}
 	if t.ConnectBackoffMax < t.ConnectBackoffMin {
 		t.ConnectBackoffMax = t.ConnectBackoffMin

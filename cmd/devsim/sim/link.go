@@ -16,11 +16,12 @@ import (
 
 // link is one MQTT connection of a device.
 type link interface {
-	// publish sends a message. QoS 1 does not wait for the PUBACK (like
-	// the agent, which hands a message to its MQTT library and goes on).
+	// publish sends a message and returns its packet identifier (QoS 1).
+	// It does not wait for the PUBACK (the agent hands a message to its
+	// MQTT library and goes on; the PUBACK comes to linkHandler.puback).
 	// It may be called with the device's mutex held: it only writes to the
 	// socket.
-	publish(topic string, payload []byte, qos byte) error
+	publish(topic string, payload []byte, qos byte) (uint16, error)
 	// subscribe subscribes to one filter and waits for the SUBACK. Never
 	// called with the device's mutex held.
 	subscribe(ctx context.Context, filter string, qos byte) error
@@ -30,21 +31,19 @@ type link interface {
 	// disconnect sends a DISCONNECT and closes; it waits for the client's
 	// goroutines, so it is never called with the device's mutex held.
 	disconnect()
-	// flush waits until every QoS 1 message published has its PUBACK, the
-	// link has closed or ctx ends (the agent's POSIX port flushes its
-	// MQTT client this way before a software reset). Never called with
-	// the device's mutex held.
-	flush(ctx context.Context)
 	// done is closed when every goroutine of the link has ended.
 	done() <-chan struct{}
 }
 
-// linkHandler receives what a link reads. Both functions are called from
+// linkHandler receives what a link reads. The functions are called from
 // the link's goroutines, never with a lock of the link held; lost may be
 // called more than once, also after abort or disconnect.
 type linkHandler struct {
 	message func(topic string, payload []byte)
-	lost    func(err error)
+	// puback: the PUBACK of a QoS 1 publish, with its reason code (0 on
+	// MQTT 3.1.1).
+	puback func(id uint16, code byte)
+	lost   func(err error)
 }
 
 // dialConfig is what a connection needs.
@@ -77,7 +76,7 @@ func dialV5(ctx context.Context, c dialConfig, h linkHandler) (link, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &pahoLink{conn: conn, timeout: c.timeout, sess: &countingSession{SessionManager: state.NewInMemory()}}
+	l := &pahoLink{conn: conn, timeout: c.timeout, sess: &pubackSession{SessionManager: state.NewInMemory(), puback: h.puback}}
 	l.cli = paho.NewClient(paho.ClientConfig{
 		ClientID: c.id,
 		Conn:     conn,
@@ -124,79 +123,56 @@ type pahoLink struct {
 	cli     *paho.Client
 	conn    net.Conn
 	timeout time.Duration
-	sess    *countingSession
+	sess    *pubackSession
 }
 
-// countingSession is paho's in-memory session that also counts the QoS 1
-// messages published and not yet acknowledged, for flush.
-type countingSession struct {
+// pubackSession is paho's in-memory session that also tells the packet
+// identifier of each PUBLISH it takes and the reason code of each PUBACK:
+// paho's asynchronous publish reports neither.
+type pubackSession struct {
 	session.SessionManager
+	puback func(id uint16, code byte)
 
-	mu       sync.Mutex // guards inflight, idle
-	inflight int
-	idle     chan struct{} // closed when inflight drops to 0
+	mu     sync.Mutex // guards lastID
+	lastID uint16
 }
 
-func (s *countingSession) AddToSession(ctx context.Context, p session.Packet, resp chan<- packets.ControlPacket) error {
+func (s *pubackSession) AddToSession(ctx context.Context, p session.Packet, resp chan<- packets.ControlPacket) error {
 	err := s.SessionManager.AddToSession(ctx, p, resp)
-	if err == nil && p.Type() == packets.PUBLISH {
+	if pb, ok := p.(*packets.Publish); ok && err == nil {
 		s.mu.Lock()
-		s.inflight++
+		s.lastID = pb.PacketID
 		s.mu.Unlock()
 	}
 	return err
 }
 
-func (s *countingSession) PacketReceived(recv *packets.ControlPacket, pubs chan<- *packets.Publish) error {
-	if recv.Type == packets.PUBACK {
-		s.mu.Lock()
-		if s.inflight > 0 {
-			s.inflight--
-		}
-		if s.inflight == 0 && s.idle != nil {
-			close(s.idle)
-			s.idle = nil
-		}
-		s.mu.Unlock()
+func (s *pubackSession) PacketReceived(recv *packets.ControlPacket, pubs chan<- *packets.Publish) error {
+	err := s.SessionManager.PacketReceived(recv, pubs)
+	if pa, ok := recv.Content.(*packets.Puback); ok {
+		s.puback(pa.PacketID, pa.ReasonCode)
 	}
-	return s.SessionManager.PacketReceived(recv, pubs)
+	return err
 }
 
-// wait returns a channel closed once nothing is in flight.
-func (s *countingSession) wait() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.inflight == 0 {
-		c := make(chan struct{})
-		close(c)
-		return c
-	}
-	if s.idle == nil {
-		s.idle = make(chan struct{})
-	}
-	return s.idle
-}
-
-func (l *pahoLink) flush(ctx context.Context) {
-	select {
-	case <-l.sess.wait():
-	case <-l.cli.Done():
-	case <-ctx.Done():
-	}
-}
-
-func (l *pahoLink) publish(topic string, payload []byte, qos byte) error {
+func (l *pahoLink) publish(topic string, payload []byte, qos byte) (uint16, error) {
 	p := &paho.Publish{Topic: topic, QoS: qos, Payload: payload}
 	if qos == 0 {
 		_, err := l.cli.Publish(context.Background(), p)
-		return err
+		return 0, err
 	}
 	// AsyncSend only waits for a packet identifier, which is there unless
 	// the broker's Receive Maximum of unacknowledged messages is reached.
+	// The device's publishes are serialised by its mutex, so lastID is this
+	// one's.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	_, err := l.cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
-	return err
+	if _, err := l.cli.PublishWithOptions(ctx, p, paho.PublishOptions{Method: paho.PublishMethod_AsyncSend}); err != nil {
+		return 0, err
+	}
+	l.sess.mu.Lock()
+	defer l.sess.mu.Unlock()
+	return l.sess.lastID, nil
 }
 
 func (l *pahoLink) subscribe(ctx context.Context, filter string, qos byte) error {

@@ -27,12 +27,10 @@ type link311 struct {
 	wmu  sync.Mutex  // guards writes to conn
 	ping *time.Timer // sends the keepalive pings
 
-	mu       sync.Mutex // guards nextID, subacks, closed, inflight, idle
-	nextID   uint16
-	subacks  map[uint16]chan byte
-	closed   bool
-	inflight int           // QoS 1 publishes without their PUBACK
-	idle     chan struct{} // closed when inflight drops to 0
+	mu      sync.Mutex // guards nextID, subacks, closed
+	nextID  uint16
+	subacks map[uint16]chan byte
+	closed  bool
 }
 
 // maxPacket311 bounds what the v3.1.1 client reads: v3.1.1 has no Maximum
@@ -147,15 +145,7 @@ func (l *link311) read(r *bufio.Reader) {
 			}
 			l.h.message(pk.TopicName, pk.Payload)
 		case packets.Puback:
-			l.mu.Lock()
-			if l.inflight > 0 {
-				l.inflight--
-			}
-			if l.inflight == 0 && l.idle != nil {
-				close(l.idle)
-				l.idle = nil
-			}
-			l.mu.Unlock()
+			l.h.puback(pk.PacketID, 0) // no reason code in MQTT 3.1.1
 		case packets.Suback:
 			l.mu.Lock()
 			ch := l.subacks[pk.PacketID]
@@ -206,40 +196,13 @@ func (l *link311) id() uint16 {
 	return l.nextID
 }
 
-func (l *link311) publish(topic string, payload []byte, qos byte) error {
+func (l *link311) publish(topic string, payload []byte, qos byte) (uint16, error) {
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic,
 		Payload: payload, ProtocolVersion: 4}
 	if qos > 0 {
 		pk.PacketID = l.id()
-		l.mu.Lock()
-		l.inflight++ // before the write: the PUBACK may come at once
-		l.mu.Unlock()
 	}
-	err := l.write(func(b *bytes.Buffer) error { return pk.PublishEncode(b) })
-	if err != nil && qos > 0 {
-		l.mu.Lock()
-		l.inflight--
-		l.mu.Unlock()
-	}
-	return err
-}
-
-func (l *link311) flush(ctx context.Context) {
-	l.mu.Lock()
-	if l.inflight == 0 {
-		l.mu.Unlock()
-		return
-	}
-	if l.idle == nil {
-		l.idle = make(chan struct{})
-	}
-	idle := l.idle
-	l.mu.Unlock()
-	select {
-	case <-idle:
-	case <-l.doneCh:
-	case <-ctx.Done():
-	}
+	return pk.PacketID, l.write(func(b *bytes.Buffer) error { return pk.PublishEncode(b) })
 }
 
 func (l *link311) subscribe(ctx context.Context, filter string, qos byte) error {

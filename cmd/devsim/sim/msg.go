@@ -47,8 +47,9 @@ func encode(v any) []byte {
 type reason uint8
 
 const (
-	rNone reason = iota
-	rPS          // the error recorded in the persisted state, no detail
+	rNone    reason = iota
+	rPS             // the error recorded in the persisted state, no detail
+	rRefetch        // a download fetched again after a digest mismatch
 	rNotAssigned
 	rUnknownImage
 	rOffset
@@ -59,7 +60,6 @@ const (
 	rWithdrawn
 	rSuperseded
 	rCancelCmd
-	rTooLarge
 	rBadOffer
 	rDeadline
 	rBadCOSE
@@ -80,10 +80,12 @@ const (
 	rAppCheck
 	rHealthFailing
 	rNoBroker
+	rConfirm
 	rReboots
 	rWDT
 	rPowerLost
 	rNotConfirmed
+	rAbandoned
 	rRetried
 	rNoTarget
 	reasonCount
@@ -98,42 +100,44 @@ var reasons = [reasonCount]struct {
 }{
 	rNone:          {0, ""},
 	rPS:            {errPS, ""},
+	rRefetch:       {0, "refetching"},
 	rNotAssigned:   {wire.ErrCodeRetriesExhausted, "not assigned"},
 	rUnknownImage:  {wire.ErrCodeRetriesExhausted, "unknown image"},
-	rOffset:        {wire.ErrCodeRetriesExhausted, "offset out of range"},
-	rBrokerRefused: {wire.ErrCodeRetriesExhausted, "refused by broker"},
+	rOffset:        {wire.ErrCodeRetriesExhausted, "bad offset"},
+	rBrokerRefused: {wire.ErrCodeRetriesExhausted, "refused"},
 	rRetries:       {wire.ErrCodeRetriesExhausted, ""},
 	rDigest:        {wire.ErrCodeDigest, ""},
-	rSize:          {wire.ErrCodeDigest, "image size mismatch"},
-	rWithdrawn:     {wire.ErrCodeCancelled, "offer withdrawn"},
+	rSize:          {wire.ErrCodeDigest, "size mismatch"},
+	rWithdrawn:     {wire.ErrCodeCancelled, "withdrawn"},
 	rSuperseded:    {wire.ErrCodeCancelled, "superseded"},
-	rCancelCmd:     {wire.ErrCodeCancelled, "cancel command"},
-	rTooLarge:      {wire.ErrCodeNoSpace, ""},
+	rCancelCmd:     {wire.ErrCodeCancelled, "command"},
 	rBadOffer:      {0, "bad offer"},
-	rDeadline:      {0, "deadline passed"},
-	rBadCOSE:       {wire.ErrCodeSignature, "bad COSE_Sign1"},
+	rDeadline:      {0, "deadline"},
+	rBadCOSE:       {wire.ErrCodeSignature, "bad COSE"},
 	rUnknownKey:    {wire.ErrCodeSignature, "unknown key"},
 	rBadSignature:  {wire.ErrCodeSignature, ""},
 	rBadManifest:   {wire.ErrCodeVersionPolicy, "bad manifest"},
 	rHardware:      {wire.ErrCodeHardware, ""},
 	rBootloader:    {wire.ErrCodeHardware, "bootloader too old"},
-	rKind:          {wire.ErrCodeVersionPolicy, "unsupported kind"},
-	rVersionLong:   {wire.ErrCodeVersionPolicy, "version longer than 32 bytes"},
+	rKind:          {wire.ErrCodeVersionPolicy, "unknown kind"},
+	rVersionLong:   {wire.ErrCodeVersionPolicy, "version too long"},
 	rBadVersion:    {wire.ErrCodeVersionPolicy, "bad version"},
 	rSameVersion:   {wire.ErrCodeVersionPolicy, "same version"},
 	rDowngrade:     {wire.ErrCodeVersionPolicy, "downgrade"},
 	rSequence:      {wire.ErrCodeVersionPolicy, "sequence"},
 	rSecureVersion: {wire.ErrCodeSecureVersion, ""},
 	rNotReached:    {wire.ErrCodeHealthCheck, "broker not reached"},
-	rNoHeartbeat:   {wire.ErrCodeHealthCheck, "heartbeat not sent"},
-	rAppCheck:      {wire.ErrCodeHealthCheck, "application check failed"},
+	rNoHeartbeat:   {wire.ErrCodeHealthCheck, "no heartbeat"},
+	rAppCheck:      {wire.ErrCodeHealthCheck, "app check failed"},
 	rHealthFailing: {wire.ErrCodeHealthCheck, "health failing"},
 	rNoBroker:      {wire.ErrCodeHealthCheck, "no broker"},
-	rReboots:       {wire.ErrCodeBootFailure, "too many reboots"},
-	rWDT:           {wire.ErrCodeBootFailure, "too many watchdog resets"},
-	rPowerLost:     {wire.ErrCodeBootFailure, "power lost before confirm"},
-	rNotConfirmed:  {wire.ErrCodeBootFailure, "new image did not confirm"},
-	rRetried:       {errPS, "rollback retried"},
+	rConfirm:       {wire.ErrCodeBootFailure, "confirm failed"},
+	rReboots:       {wire.ErrCodeBootFailure, "reboot loop"},
+	rWDT:           {wire.ErrCodeBootFailure, "watchdog resets"},
+	rPowerLost:     {wire.ErrCodeBootFailure, "power lost"},
+	rNotConfirmed:  {wire.ErrCodeBootFailure, "not confirmed"},
+	rAbandoned:     {wire.ErrCodeBootFailure, "abandoned image"},
+	rRetried:       {errPS, "retried"},
 	rNoTarget:      {errPS, "no rollback target"},
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"reflect"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -243,16 +244,15 @@ type fakeLink struct {
 	dc   chan struct{}
 }
 
-func (l *fakeLink) publish(topic string, _ []byte, _ byte) error {
+func (l *fakeLink) publish(topic string, _ []byte, _ byte) (uint16, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.pubs = append(l.pubs, topic)
-	return nil
+	return uint16(len(l.pubs)), nil
 }
 func (l *fakeLink) subscribe(context.Context, string, byte) error { return nil }
 func (l *fakeLink) abort()                                        {}
 func (l *fakeLink) disconnect()                                   {}
-func (l *fakeLink) flush(context.Context)                         {}
 func (l *fakeLink) done() <-chan struct{}                         { return l.dc }
 
 var fuzzKey = sync.OnceValues(func() (manifest.KeySet, []byte) {
@@ -284,8 +284,12 @@ func connectedDevice(t testing.TB) (*device, *fakeLink) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := f.Stop(context.Background()); err != nil {
-			t.Error(err)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := f.Stop(ctx); err != nil {
+			var buf bytes.Buffer
+			_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+			t.Errorf("%v\n%s", err, buf.String())
 		}
 	})
 	d := f.byID["fz"]
@@ -305,47 +309,56 @@ func connectedDevice(t testing.TB) (*device, *fakeLink) {
 // publishes anything a decoder of the broker refuses.
 func FuzzDeviceMessage(f *testing.F) {
 	_, offer := fuzzKey()
-	f.Add(byte(0), false, offer)
-	f.Add(byte(0), false, wire.Offer{}.Encode())
-	f.Add(byte(1), true, wire.AppendBlock(nil, 1, 0, 10000, bytes.Repeat([]byte{0xe9}, 1024)))
-	f.Add(byte(1), true, wire.BlockError{RequestID: 1, Code: wire.BlockRateLimited, RetryAfterMS: 10}.Encode())
-	f.Add(byte(1), true, wire.BlockError{RequestID: 1, Code: wire.BlockNotAssigned}.Encode())
-	f.Add(byte(1), true, wire.AppendBlock(nil, 1, 0, 99, []byte{1}))
-	f.Add(byte(2), true, wire.Command{Verb: wire.VerbInstall, RolloutID: "r-1"}.Encode())
-	f.Add(byte(2), false, wire.Command{Verb: wire.VerbCheck}.Encode())
-	f.Add(byte(2), true, wire.Command{Verb: wire.VerbReboot}.Encode())
-	f.Add(byte(2), true, wire.Command{Verb: wire.VerbCancel}.Encode())
-	f.Add(byte(0), true, []byte{0xa1, 0x01, 0x60})
-	f.Fuzz(func(t *testing.T, topic byte, downloading bool, payload []byte) {
-		d, l := connectedDevice(t)
-		d.mu.Lock()
-		defer d.mu.Unlock()
-		now := d.f.now()
-		if downloading {
-			d.handle(now, d.base+"ota/manifest", offer)
-			if d.ps.state != wire.StateDownloading {
-				t.Fatalf("the seed offer did not start a download: state %s", d.ps.state)
-			}
+	f.Add(byte(0), false, byte(0), offer)
+	f.Add(byte(0), false, byte(0), wire.Offer{}.Encode())
+	f.Add(byte(1), true, byte(0), wire.AppendBlock(nil, 1, 0, 10000, bytes.Repeat([]byte{0xe9}, 1024)))
+	f.Add(byte(1), true, byte(0), wire.BlockError{RequestID: 1, Code: wire.BlockRateLimited, RetryAfterMS: 10}.Encode())
+	f.Add(byte(1), true, byte(0), wire.BlockError{RequestID: 1, Code: wire.BlockNotAssigned}.Encode())
+	f.Add(byte(1), true, byte(0), wire.AppendBlock(nil, 1, 0, 99, []byte{1}))
+	f.Add(byte(2), true, byte(0), wire.Command{Verb: wire.VerbInstall, RolloutID: "r-1"}.Encode())
+	f.Add(byte(2), false, byte(0), wire.Command{Verb: wire.VerbCheck}.Encode())
+	f.Add(byte(2), true, byte(0), wire.Command{Verb: wire.VerbReboot}.Encode())
+	f.Add(byte(2), true, byte(0), wire.Command{Verb: wire.VerbCancel}.Encode())
+	f.Add(byte(0), true, byte(0), []byte{0xa1, 0x01, 0x60})
+	f.Add(byte(1), true, byte(0x80), wire.AppendBlock(nil, 1, 0, 10000, bytes.Repeat([]byte{0xe9}, 1024)))
+	f.Add(byte(2), false, byte(0x99), wire.Command{Verb: wire.VerbCheck}.Encode())
+	f.Fuzz(fuzzBody)
+}
+
+func fuzzBody(t *testing.T, topic byte, downloading bool, ack byte, payload []byte) {
+	_, offer := fuzzKey()
+	d, l := connectedDevice(t)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.f.now()
+	if downloading {
+		d.handle(now, d.base+"ota/manifest", offer)
+		if d.ps.state != wire.StateDownloading {
+			t.Fatalf("the seed offer did not start a download: state %s", d.ps.state)
 		}
-		suffix := [...]string{"ota/manifest", "ota/blk", "cmd", "other"}[topic%4]
-		d.handle(now, d.base+suffix, payload)
-		d.tick(now.Add(2 * time.Hour))
-		if !d.ps.state.Valid() {
-			t.Fatalf("state %d", d.ps.state)
+	}
+	suffix := [...]string{"ota/manifest", "ota/blk", "cmd", "other"}[topic%4]
+	d.handle(now, d.base+suffix, payload)
+	d.onPuback(now, d.evID, ack) // whatever the broker says of the event in flight
+	d.tick(now.Add(2 * time.Hour))
+	if d.evqBytes < 0 || d.evqBytes > eventQueueBytes {
+		t.Fatalf("event queue of %d bytes", d.evqBytes)
+	}
+	if !d.ps.state.Valid() {
+		t.Fatalf("state %d", d.ps.state)
+	}
+	for _, q := range d.history {
+		if !q.Code.Valid() {
+			t.Fatalf("event code %d", q.Code)
 		}
-		for _, q := range d.history {
-			if !q.Code.Valid() {
-				t.Fatalf("event code %d", q.Code)
-			}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.pubs {
+		if !strings.HasPrefix(p, d.base) {
+			t.Fatalf("published on %s", p)
 		}
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		for _, p := range l.pubs {
-			if !strings.HasPrefix(p, d.base) {
-				t.Fatalf("published on %s", p)
-			}
-		}
-	})
+	}
 }
 
 // FuzzReadPacket: the MQTT 3.1.1 reader takes any bytes from the network
