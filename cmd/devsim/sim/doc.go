@@ -6,26 +6,31 @@
 // # Model
 //
 // Each simulated device is agent-c's state machine (agent-c/src/core/agent.c)
-// translated to Go, over a simulated board: two A/B slots with ESP-IDF's
-// otadata rules (a new image boots pending-verify; a reset before it is
-// confirmed boots the other slot again), a persisted agent record that
-// survives reboots, and RAM state (the event queue, the request in flight)
-// that a reboot loses, as on the real device. A reboot is the end of the MQTT
-// connection without a DISCONNECT (the device's process is gone), a pause of
-// Timing.Boot, and a new connection whose birth reports the new slot,
-// version and boot reason.
+// translated to Go, over a simulated board modelled as agent-c's POSIX port
+// does: two application slots under ESP-IDF's otadata rules (a new image
+// boots pending-verify; a reset before it is confirmed boots the other
+// slot; a rollback after the confirmation makes the old image new again),
+// two slots per configuration kind, the agent's persisted state record and
+// its kv copy of the events not yet acknowledged, both surviving resets,
+// and RAM state (the event queue, the request in flight) that a reset
+// loses. A reboot is the end of the MQTT connection without a DISCONNECT
+// (the device's process is gone), a pause of Timing.Boot, and a new
+// connection whose birth reports the new slot, version and boot reason.
 //
 // What a device sends, and when, follows the agent: a birth after every
-// connect (all eleven keys), then its subscriptions (ota/blk, ota/manifest,
-// cmd), the events it queued while offline, and a heartbeat; heartbeats
-// every Timing.Heartbeat with the download offset while downloading; on an
-// offer the checks in the agent's order (signature over the received
-// bytes with a trusted key, hardware, minimum bootloader, kind, version
-// policy, sequence, secure version), then windowed block requests from the
-// first missing offset, the image hashed as it arrives and its digest
-// checked; events with the contract's codes, error codes and detail texts
-// in the agent's order. Images are not kept, only hashed: a simulated
-// device costs a few kilobytes, most of them the MQTT client's.
+// connect (all its keys, the replay guard included) and after a commit,
+// then its subscriptions (ota/blk, ota/manifest, cmd), its queued events
+// one at a time, each until its PUBACK, and a heartbeat; heartbeats every
+// Timing.Heartbeat and at every change of OTA state, with the download
+// offset while downloading; on an offer the checks in the agent's order
+// (signature over the received bytes with a trusted key, hardware, minimum
+// bootloader, kind, version policy, replay guard, secure version), then
+// windowed block requests from the first missing offset within the
+// broker's window, the image hashed as it arrives and its digest checked
+// (and fetched again after a mismatch); events with the contract's codes,
+// error codes and the agent's detail texts, in its order. Images are not
+// kept, only hashed: a simulated device costs a few kilobytes, most of
+// them the MQTT client's.
 //
 // # Profiles
 //

@@ -30,10 +30,10 @@ const (
 	// check ever passing; its bootloader boots an unconfirmed image again
 	// instead of reverting at once (a boot counter, as U-Boot's bootlimit),
 	// so the agent's reboot trigger fires: more than Timing.MaxReboots boots
-	// roll it back. As on the agent, that rollback is decided at boot,
-	// before the device is online, so events 12 and 13 are lost with the
-	// RAM queue; the broker sees the reconnects and then event 14 (boot
-	// failure) with boot reason rollback.
+	// roll it back. That rollback is decided at boot, before the device is
+	// online; events 12 and 13 wait in its kv store and go out, with 14
+	// (boot failure, "reboot loop"), once the old image is connected, its
+	// boot reason rollback.
 	BootLoop
 	// Rollback: the new image crashes before the agent runs; the
 	// bootloader goes back to the old slot. Events 13 and 14 (boot failure,
