@@ -36,6 +36,7 @@ import (
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
@@ -52,6 +53,7 @@ type Broker struct {
 	admin    *admin.Service
 	srv      *mqtt.Server
 	events   *hooks.Events
+	feed     *event.Feed
 	device   *hooks.Device
 
 	tcp, tls, httpLn net.Listener
@@ -141,8 +143,13 @@ func New(opts Options) (_ *Broker, err error) {
 	rec := newRecorder(b.metrics)
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
 	undo = append(undo, b.events.Close)
+	// The domain's events, typed: the dashboard stream is one subscriber
+	// (best effort); the rollout engine will be another (in the
+	// transaction that records a device's event).
+	b.feed = &event.Feed{}
+	b.feed.Subscribe(b.events)
 
-	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
+	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Feed: b.feed, FlushInterval: o.FlushInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +163,7 @@ func New(opts Options) (_ *Broker, err error) {
 		Rules: o.Rules, Recorder: rec, Logger: o.Logger})
 	sender := hooks.NewSender(b.srv, topics, acl, rec, o.Logger)
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
-		Clock: o.Clock, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
+		Clock: o.Clock, Logger: o.Logger, Sender: sender, Recorder: rec, Feed: b.feed,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
 		EventFault: o.EventStoreFault,
 	})

@@ -19,6 +19,7 @@ import (
 	"github.com/Masterminds/semver/v3"
 
 	"github.com/otamq/otamq/ota/clock"
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
@@ -93,8 +94,9 @@ type Options struct {
 	Sender Sender
 	// Recorder counts. Default: nothing is counted.
 	Recorder Recorder
-	// Events receives fleet events about updates. Default: none.
-	Events fleet.Notifier
+	// Feed gets each device update event inside the transaction that
+	// records it (event.Update), and after it. Default: none.
+	Feed *event.Feed
 	// MaxBlockSize caps the block size a device may ask for. Default
 	// DefaultMaxBlockSize.
 	MaxBlockSize int
@@ -815,7 +817,10 @@ func (s *Service) Event(id string, ev wire.Event) error {
 				return err
 			}
 		}
-		return s.appendTimeline(tx, id, e)
+		if err := s.appendTimeline(tx, id, e); err != nil {
+			return err
+		}
+		return s.o.Feed.PublishTx(tx, event.Update{Base: event.Base{ID: id, At: now}, Event: ev})
 	}); err != nil {
 		return fmt.Errorf("timeline of %s: %w", id, err)
 	}
@@ -833,14 +838,6 @@ func (s *Service) Event(id string, ev wire.Event) error {
 		if !started.IsZero() {
 			s.o.Recorder.DownloadSeconds(s.o.Clock.Now().Sub(started).Seconds())
 		}
-	}
-	if s.o.Events != nil {
-		fe := fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error, Rollout: ev.RolloutID}
-		if ev.Progress > 0 || ev.Code == wire.EvDownloadProgress {
-			p := ev.Progress
-			fe.Progress = &p
-		}
-		s.o.Events.Notify(fe)
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -116,7 +117,9 @@ func loadRecord(tx *store.Tx, id string) (*record, error) {
 	return &rec, nil
 }
 
-func (r *Registry) put(tx *store.Tx, rec *record, event Event) error {
+// put writes rec in tx, makes it the registry's once tx commits, and
+// publishes ev (nil: none) in tx.
+func (r *Registry) put(tx *store.Tx, rec *record, ev event.Event) error {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", rec.ID, err)
@@ -127,11 +130,11 @@ func (r *Registry) put(tx *store.Tx, rec *record, event Event) error {
 	tx.OnCommit(func() {
 		r.internRecord(rec)
 		r.byID.upsert(rec.ID, func(e *entry) { e.rec.Store(rec) })
-		if event.Type != "" {
-			r.events.Notify(event)
-		}
 	})
-	return nil
+	if ev == nil {
+		return nil
+	}
+	return r.feed.PublishTx(tx, ev)
 }
 
 // Register adds a client. Device and gateway tokens and operator passwords
@@ -157,7 +160,7 @@ func (r *Registry) Register(tx *store.Tx, reg Registration, secret Secret, actor
 		},
 		Secret: secret.hash,
 	}
-	ev := Event{Type: EventRegistered, ID: reg.ID, Time: now, Role: reg.Role, Actor: actor}
+	ev := event.Registered{Base: event.Base{ID: reg.ID, At: now}, Role: string(reg.Role), Actor: actor}
 	if err := r.put(tx, rec, ev); err != nil {
 		return Device{}, err
 	}
@@ -237,7 +240,7 @@ func (r *Registry) Update(tx *store.Tx, id string, ch Change, secret Secret, act
 	}
 	now := r.now().UTC()
 	rec.Updated = now
-	if err := r.put(tx, &rec, Event{Type: EventUpdated, ID: id, Time: now, Role: rec.Role, Actor: actor}); err != nil {
+	if err := r.put(tx, &rec, event.Updated{Base: event.Base{ID: id, At: now}, Role: string(rec.Role), Actor: actor}); err != nil {
 		return Device{}, err
 	}
 	return rec.Device, nil
@@ -260,7 +263,8 @@ func (r *Registry) Revoke(tx *store.Tx, id, reason, actor string) (Device, error
 	rec := *old
 	now := r.now().UTC()
 	rec.Revoked, rec.RevokedAt, rec.RevokeReason, rec.Updated = true, &now, strings.TrimSpace(reason), now
-	if err := r.put(tx, &rec, Event{Type: EventRevoked, ID: id, Time: now, Role: rec.Role, Reason: rec.RevokeReason, Actor: actor}); err != nil {
+	if err := r.put(tx, &rec, event.Revoked{Base: event.Base{ID: id, At: now}, Role: string(rec.Role), Actor: actor,
+		Reason: rec.RevokeReason}); err != nil {
 		return Device{}, err
 	}
 	return rec.Device, nil
