@@ -87,7 +87,6 @@ type entry struct {
 	dirty  bool   // status changed since the last flush
 }
 
-
 // Open loads the registry from db.
 func Open(db *store.DB, opts *Options) (*Registry, error) {
 	var o Options
