@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
@@ -138,7 +139,7 @@ func New(opts Options) (_ *Broker, err error) {
 		InlineClient:             true,
 	})
 
-	topics := hooks.Topics{Prefix: o.Prefix}
+	topics := access.Topics{Prefix: o.Prefix}
 	b.metrics = newRegistry()
 	rec := newRecorder(b.metrics)
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
@@ -181,7 +182,7 @@ func New(opts Options) (_ *Broker, err error) {
 
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests.
-	blocks := hooks.NewBlocks(b.srv, b.delivery, acl, topics, o.Logger)
+	blocks := hooks.NewBlocks(sender, b.delivery, acl, topics, o.Logger)
 	undo = append(undo, func() { _ = blocks.Stop() })
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 		Delivery: b.delivery, Sender: sender, Blocks: blocks})

@@ -10,6 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -108,7 +109,7 @@ type Events struct {
 }
 
 // NewEvents starts the publisher. Close stops it.
-func NewEvents(srv *mqtt.Server, t Topics, rec Recorder, log *slog.Logger) *Events {
+func NewEvents(srv *mqtt.Server, t access.Topics, rec Recorder, log *slog.Logger) *Events {
 	if rec == nil {
 		rec = NopRecorder{}
 	}

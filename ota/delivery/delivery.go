@@ -267,6 +267,15 @@ func (s *Service) Offers() []Offer {
 	return out
 }
 
+// ManifestSubscribed is told that device id (or its gateway) subscribed
+// to id's manifest topic: the device gets its current offer at once, so it
+// never needs retained messages.
+func (s *Service) ManifestSubscribed(id string) {
+	if _, has := s.Current(id); has {
+		s.o.Sender.SendOffer(id, s.OfferMessage(id))
+	}
+}
+
 // OfferMessage returns the encoded offer device id should have: its current
 // offer, or the empty offer (nothing to do).
 func (s *Service) OfferMessage(id string) []byte {
