@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"time"
@@ -197,7 +198,7 @@ func (b *Blocks) sendWindow(cl *mqtt.Client, j *blockJob) {
 		}
 	}
 	for j.w.Left() > 0 && !(j.direct && cl.Closed()) {
-		if !b.dlv.Next(j.w, blocksPerRead, write) {
+		if !b.dlv.Next(context.Background(), j.w, blocksPerRead, write) {
 			return
 		}
 	}

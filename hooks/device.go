@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -294,7 +295,7 @@ func (d *Device) apply(id, kind string, payload []byte) error {
 		if err != nil || d.dlv == nil {
 			return err
 		}
-		if err = d.dlv.Event(id, ev); err != nil && !errors.Is(err, delivery.ErrUnknownRun) {
+		if err = d.dlv.Event(context.Background(), id, ev); err != nil && !errors.Is(err, delivery.ErrUnknownRun) {
 			return &notRecorded{err}
 		}
 		return err

@@ -139,7 +139,7 @@ type Subscriber interface {
 // TxSubscriber gets transactional events inside their transaction. An
 // error aborts it. OnEventTx must not keep tx beyond the call.
 type TxSubscriber interface {
-	OnEventTx(tx *store.Tx, ev Event) error
+	OnEventTx(tx store.Tx, ev Event) error
 }
 
 // SubscriberFunc adapts a function to Subscriber.
@@ -197,7 +197,7 @@ func (f *Feed) Publish(ev Event) {
 // PublishTx gives ev to every TxSubscriber inside tx, and arranges for it
 // to reach every Subscriber after tx commits. The first error aborts (tx's
 // function should return it).
-func (f *Feed) PublishTx(tx *store.Tx, ev Event) error {
+func (f *Feed) PublishTx(tx store.Tx, ev Event) error {
 	if f == nil {
 		return nil
 	}

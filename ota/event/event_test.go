@@ -24,14 +24,14 @@ func (s *seen) n() int           { s.mu.Lock(); defer s.mu.Unlock(); return len(
 // transaction, and fails for device "bad".
 type txRecorder struct{}
 
-func (txRecorder) OnEventTx(tx *store.Tx, ev Event) error {
+func (txRecorder) OnEventTx(tx store.Tx, ev Event) error {
 	if ev.DeviceID() == "bad" {
 		return errors.New("engine refuses")
 	}
 	return tx.Put("engine", []byte(ev.DeviceID()), []byte("decided"))
 }
 
-func openStore(t *testing.T) *store.DB {
+func openStore(t *testing.T) store.Store {
 	t.Helper()
 	db, err := store.Open(filepath.Join(t.TempDir(), "x.db"), nil)
 	if err != nil {
@@ -53,7 +53,7 @@ func TestPublishTx(t *testing.T) {
 	f.Subscribe(after)
 	f.SubscribeTx(txRecorder{})
 	ev := Update{Base: Base{ID: "dev-1", At: time.Now()}, Event: wire.Event{Code: wire.EvHealthOK}}
-	err := db.Update(context.Background(), func(tx *store.Tx) error {
+	err := db.Update(context.Background(), func(tx store.Tx) error {
 		if err := tx.Put("timeline", []byte("dev-1"), []byte("health ok")); err != nil {
 			return err
 		}
@@ -71,7 +71,7 @@ func TestPublishTx(t *testing.T) {
 	if after.n() != 1 {
 		t.Fatalf("%d events after the commit, want 1", after.n())
 	}
-	_ = db.View(func(tx *store.Tx) error {
+	_ = db.View(context.Background(), func(tx store.Tx) error {
 		if tx.Get("engine", []byte("dev-1")) == nil || tx.Get("timeline", []byte("dev-1")) == nil {
 			t.Error("the event and the decision were not committed together")
 		}
@@ -79,7 +79,7 @@ func TestPublishTx(t *testing.T) {
 	})
 
 	bad := Update{Base: Base{ID: "bad", At: time.Now()}}
-	err = db.Update(context.Background(), func(tx *store.Tx) error {
+	err = db.Update(context.Background(), func(tx store.Tx) error {
 		if err := tx.Put("timeline", []byte("bad"), []byte("x")); err != nil {
 			return err
 		}
@@ -88,7 +88,7 @@ func TestPublishTx(t *testing.T) {
 	if err == nil {
 		t.Fatal("the TxSubscriber's error did not fail the transaction")
 	}
-	_ = db.View(func(tx *store.Tx) error {
+	_ = db.View(context.Background(), func(tx store.Tx) error {
 		if tx.Get("timeline", []byte("bad")) != nil {
 			t.Error("an aborted event's write was committed")
 		}
@@ -111,7 +111,7 @@ func TestPublishOrderAndNil(t *testing.T) {
 	var none *Feed
 	none.Publish(Connected{})
 	db := openStore(t)
-	if err := db.Update(context.Background(), func(tx *store.Tx) error { return none.PublishTx(tx, Connected{}) }); err != nil {
+	if err := db.Update(context.Background(), func(tx store.Tx) error { return none.PublishTx(tx, Connected{}) }); err != nil {
 		t.Fatal(err)
 	}
 }

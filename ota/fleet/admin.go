@@ -49,7 +49,7 @@ func PasswordSecret(password string) (Secret, error) {
 // IsZero reports whether s holds no credential.
 func (s Secret) IsZero() bool { return s.kind == "" }
 
-func (r *Registry) validateRegistration(tx *store.Tx, reg *Registration) error {
+func (r *Registry) validateRegistration(tx store.Tx, reg *Registration) error {
 	if err := ValidID(reg.ID); err != nil {
 		return err
 	}
@@ -82,7 +82,7 @@ func (r *Registry) validateRegistration(tx *store.Tx, reg *Registration) error {
 
 // checkParent verifies that parent, if set, is a registered, unrevoked
 // gateway, and that a gateway itself has no parent.
-func (r *Registry) checkParent(tx *store.Tx, id string, role Role, parent string) error {
+func (r *Registry) checkParent(tx store.Tx, id string, role Role, parent string) error {
 	if parent == "" {
 		return nil
 	}
@@ -105,7 +105,7 @@ func (r *Registry) checkParent(tx *store.Tx, id string, role Role, parent string
 	return nil
 }
 
-func loadRecord(tx *store.Tx, id string) (*record, error) {
+func loadRecord(tx store.Tx, id string) (*record, error) {
 	v := tx.Get(bucketClients, []byte(id))
 	if v == nil {
 		return nil, ErrNotFound
@@ -119,7 +119,7 @@ func loadRecord(tx *store.Tx, id string) (*record, error) {
 
 // put writes rec in tx, makes it the registry's once tx commits, and
 // publishes ev (nil: none) in tx.
-func (r *Registry) put(tx *store.Tx, rec *record, ev event.Event) error {
+func (r *Registry) put(tx store.Tx, rec *record, ev event.Event) error {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", rec.ID, err)
@@ -140,7 +140,7 @@ func (r *Registry) put(tx *store.Tx, rec *record, ev event.Event) error {
 // Register adds a client. Device and gateway tokens and operator passwords
 // come in secret; a certificate-only client has none. Errors wrap
 // ErrInvalid, ErrExists or (for a bad parent) ErrNotFound.
-func (r *Registry) Register(tx *store.Tx, reg Registration, secret Secret, actor string) (Device, error) {
+func (r *Registry) Register(tx store.Tx, reg Registration, secret Secret, actor string) (Device, error) {
 	if err := r.validateRegistration(tx, &reg); err != nil {
 		return Device{}, err
 	}
@@ -181,7 +181,7 @@ type Change struct {
 
 // Update applies ch to id and, if secret holds a token or password, replaces
 // the credential. Errors wrap ErrNotFound or ErrInvalid.
-func (r *Registry) Update(tx *store.Tx, id string, ch Change, secret Secret, actor string) (Device, error) {
+func (r *Registry) Update(tx store.Tx, id string, ch Change, secret Secret, actor string) (Device, error) {
 	old, err := loadRecord(tx, id)
 	if err != nil {
 		return Device{}, fmt.Errorf("%s: %w", id, err)
@@ -249,7 +249,7 @@ func (r *Registry) Update(tx *store.Tx, id string, ch Change, secret Secret, act
 // Revoke marks id revoked: it can no longer connect, and the caller should
 // disconnect it. Revoking twice is not an error (the first time and reason
 // are kept).
-func (r *Registry) Revoke(tx *store.Tx, id, reason, actor string) (Device, error) {
+func (r *Registry) Revoke(tx store.Tx, id, reason, actor string) (Device, error) {
 	old, err := loadRecord(tx, id)
 	if err != nil {
 		return Device{}, fmt.Errorf("%s: %w", id, err)
@@ -272,7 +272,7 @@ func (r *Registry) Revoke(tx *store.Tx, id, reason, actor string) (Device, error
 
 // HasRole reports whether any unrevoked client of role is registered,
 // reading the transaction (used to decide whether to bootstrap an operator).
-func HasRole(tx *store.Tx, role Role) (bool, error) {
+func HasRole(tx store.Tx, role Role) (bool, error) {
 	found := false
 	err := tx.Scan(bucketClients, nil, false, func(_, v []byte) error {
 		var rec record

@@ -40,7 +40,7 @@ func (e *events) types() []string {
 	return out
 }
 
-func setup(t *testing.T) (*store.DB, *Registry, *events, *clock.Fake) {
+func setup(t *testing.T) (store.Store, *Registry, *events, *clock.Fake) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "otamq.db")
 	db, err := store.Open(path, nil)
@@ -59,9 +59,9 @@ func setup(t *testing.T) (*store.DB, *Registry, *events, *clock.Fake) {
 	return db, r, ev, clk
 }
 
-func register(t *testing.T, db *store.DB, r *Registry, reg Registration, secret Secret) {
+func register(t *testing.T, db store.Store, r *Registry, reg Registration, secret Secret) {
 	t.Helper()
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		_, err := r.Register(tx, reg, secret, "test")
 		return err
 	}); err != nil {
@@ -80,7 +80,7 @@ func TestAuthenticate(t *testing.T) {
 	}
 	register(t, db, r, Registration{ID: "ops", Role: RoleOperator}, pw)
 	register(t, db, r, Registration{ID: "dev-rev"}, TokenSecret(token))
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		_, err := r.Revoke(tx, "dev-rev", "test", "test")
 		return err
 	}); err != nil {

@@ -205,7 +205,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 		ids[i] = []byte(e.rec.Load().ID)
 		vals[i] = v
 	}
-	err := r.db.Update(ctx, func(tx *store.Tx) error {
+	err := r.db.Update(ctx, func(tx store.Tx) error {
 		for i := range ids {
 			if err := tx.Put(bucketStatus, ids[i], vals[i]); err != nil {
 				return err

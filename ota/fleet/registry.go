@@ -52,7 +52,7 @@ type Options struct {
 // Registry holds every registered client. Its methods are safe for
 // concurrent use.
 type Registry struct {
-	db     *store.DB
+	db     store.Store
 	clock  clock.Clock
 	system bool         // clock is the system clock: now reads the coarse one
 	coarse atomic.Int64 // Unix nanoseconds, kept by Run; 0 when Run is not running
@@ -88,7 +88,7 @@ type entry struct {
 }
 
 // Open loads the registry from db.
-func Open(db *store.DB, opts *Options) (*Registry, error) {
+func Open(db store.Store, opts *Options) (*Registry, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -110,7 +110,7 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 		throttle: newThrottle(o.PasswordChecks),
 		intern:   &interner{},
 	}
-	err := db.View(func(tx *store.Tx) error {
+	err := db.View(context.Background(), func(tx store.Tx) error {
 		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
 			var rec record
 			if err := json.Unmarshal(v, &rec); err != nil {
