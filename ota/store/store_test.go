@@ -10,16 +10,6 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-func open(t *testing.T) *DB {
-	t.Helper()
-	db, err := Open(filepath.Join(t.TempDir(), "otamq.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
-}
-
 func get(t *testing.T, db *DB, bucket, key string) []byte {
 	t.Helper()
 	var out []byte
