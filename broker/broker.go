@@ -33,9 +33,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
@@ -52,6 +54,7 @@ type Broker struct {
 	admin    *admin.Service
 	srv      *mqtt.Server
 	events   *hooks.Events
+	feed     *event.Feed
 	device   *hooks.Device
 
 	tcp, tls, httpLn net.Listener
@@ -136,13 +139,18 @@ func New(opts Options) (_ *Broker, err error) {
 		InlineClient:             true,
 	})
 
-	topics := hooks.Topics{Prefix: o.Prefix}
+	topics := access.Topics{Prefix: o.Prefix}
 	b.metrics = newRegistry()
 	rec := newRecorder(b.metrics)
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
 	undo = append(undo, b.events.Close)
+	// The domain's events, typed: the dashboard stream is one subscriber
+	// (best effort); the rollout engine will be another (in the
+	// transaction that records a device's event).
+	b.feed = &event.Feed{}
+	b.feed.Subscribe(b.events)
 
-	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Events: b.events, FlushInterval: o.FlushInterval})
+	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Feed: b.feed, FlushInterval: o.FlushInterval})
 	if err != nil {
 		return nil, err
 	}
@@ -156,7 +164,7 @@ func New(opts Options) (_ *Broker, err error) {
 		Rules: o.Rules, Recorder: rec, Logger: o.Logger})
 	sender := hooks.NewSender(b.srv, topics, acl, rec, o.Logger)
 	b.delivery, err = delivery.New(b.db, b.catalog, b.fleet, &delivery.Options{
-		Clock: o.Clock, Logger: o.Logger, Sender: sender, Recorder: rec, Events: b.events,
+		Clock: o.Clock, Logger: o.Logger, Sender: sender, Recorder: rec, Feed: b.feed,
 		MaxBlockSize: o.MaxBlockSize, MaxWindow: o.MaxWindow, DeviceRate: o.DeviceRate, GlobalRate: o.GlobalRate,
 		EventFault: o.EventStoreFault,
 	})
@@ -174,7 +182,7 @@ func New(opts Options) (_ *Broker, err error) {
 
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests.
-	blocks := hooks.NewBlocks(b.srv, b.delivery, acl, topics, o.Logger)
+	blocks := hooks.NewBlocks(sender, b.delivery, acl, topics, o.Logger)
 	undo = append(undo, func() { _ = blocks.Stop() })
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 		Delivery: b.delivery, Sender: sender, Blocks: blocks})
@@ -384,7 +392,7 @@ func (b *Broker) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(b.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := b.db.View(func(*store.Tx) error { return nil }); err != nil {
+		if err := b.db.View(context.Background(), func(store.Tx) error { return nil }); err != nil {
 			http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/clock"
@@ -21,7 +22,7 @@ import (
 // Defaults of Options. A zero field of Options means the default here.
 const (
 	DefaultDataDir         = "./data"
-	DefaultPrefix          = hooks.DefaultPrefix
+	DefaultPrefix          = access.DefaultPrefix
 	DefaultTCPAddr         = "127.0.0.1:1883"
 	DefaultHTTPAddr        = "127.0.0.1:9100"
 	DefaultConnectTimeout  = 10 * time.Second
@@ -162,7 +163,7 @@ type Options struct {
 
 	// Rules grant access to topics outside the prefix. Default none: devices
 	// may use only their contract topics.
-	Rules []hooks.Rule
+	Rules []access.Rule
 
 	// EventStoreFault, when set, is called in the transaction that records
 	// each device event, and an error from it fails that transaction as a

@@ -17,20 +17,20 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/otamq/otamq/broker"
-	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/access"
 )
 
 // File is the configuration file.
 type File struct {
-	DataDir string       `yaml:"data_dir"`
-	Prefix  string       `yaml:"prefix"`
-	MQTT    MQTT         `yaml:"mqtt"`
-	HTTP    HTTP         `yaml:"http"`
-	Fleet   Fleet        `yaml:"fleet"`
-	Admin   Admin        `yaml:"admin"`
-	OTA     OTA          `yaml:"ota"`
-	Rules   []hooks.Rule `yaml:"rules"`
-	Log     Log          `yaml:"log"`
+	DataDir string        `yaml:"data_dir"`
+	Prefix  string        `yaml:"prefix"`
+	MQTT    MQTT          `yaml:"mqtt"`
+	HTTP    HTTP          `yaml:"http"`
+	Fleet   Fleet         `yaml:"fleet"`
+	Admin   Admin         `yaml:"admin"`
+	OTA     OTA           `yaml:"ota"`
+	Rules   []access.Rule `yaml:"rules"`
+	Log     Log           `yaml:"log"`
 }
 
 // MQTT configures the listeners and the MQTT server's limits.

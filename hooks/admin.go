@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/fleet"
 )
@@ -26,7 +27,7 @@ type Admin struct {
 	mqtt.HookBase
 	srv    *mqtt.Server
 	inline *mqtt.Client
-	topics Topics
+	topics access.Topics
 	fleet  *fleet.Registry
 	svc    *admin.Service
 	rec    Recorder
@@ -62,7 +63,7 @@ const replyContentType = "application/json"
 // AdminOptions configure NewAdmin.
 type AdminOptions struct {
 	Server   *mqtt.Server
-	Topics   Topics
+	Topics   access.Topics
 	Fleet    *fleet.Registry
 	Service  *admin.Service
 	Recorder Recorder
@@ -133,7 +134,7 @@ func (a *Admin) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		return pk, packets.CodeSuccessIgnore
 	}
 	reply := pk.Properties.ResponseTopic
-	if reply == "" || !bytes.HasPrefix([]byte(reply), []byte(a.topics.ReplyPrefix(cl.ID))) || hasWildcard(reply) {
+	if reply == "" || !bytes.HasPrefix([]byte(reply), []byte(a.topics.ReplyPrefix(cl.ID))) || access.HasWildcard(reply) {
 		a.rec.Rejected(RejectAdminNoReply)
 		a.log.Info("admin request without a usable response topic", "client", cl.ID, "topic", clip(pk.TopicName), "response_topic", clip(reply))
 		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {

@@ -112,7 +112,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			if !a.acl.Allowed(cl.ID, w.TopicName, true) {
 				reason = RejectWillTopic
 				err = fmt.Errorf("last will topic %.128q is not one the client may publish to", w.TopicName)
-			} else if werr := checkWill(a.acl.topics, w.TopicName, w.Payload); werr != nil {
+			} else if werr := checkWill(a.acl.policy.Topics, w.TopicName, w.Payload); werr != nil {
 				reason, err = RejectWillPayload, werr
 			}
 		}
@@ -139,7 +139,7 @@ func (a *Auth) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 
 // anonymous lets cl in as an anonymous client, or refuses its Will.
 func (a *Auth) anonymous(cl *mqtt.Client, start time.Time) error {
-	if w := &cl.Properties.Will; w.Flag == 1 && !a.acl.AllowedAnonymous(w.TopicName, true) {
+	if w := &cl.Properties.Will; w.Flag == 1 && !a.acl.policy.AllowedAnonymous(w.TopicName, true) {
 		return a.refuse(cl, start, RejectWillTopic, fmt.Errorf("last will topic %.128q is not one an anonymous client may publish to", w.TopicName))
 	}
 	a.acl.markAnonymous(cl)

@@ -1,13 +1,14 @@
 package hooks
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -50,10 +51,10 @@ const blocksPerRead = 4
 // another) is published on the topic through mochi as before.
 type Blocks struct {
 	mqtt.HookBase
-	srv    *mqtt.Server
+	sender *Sender
 	dlv    *delivery.Service
 	acl    *ACL
-	topics Topics
+	topics access.Topics
 	log    *slog.Logger
 
 	// senders maps a client with windows to send to its *sender.
@@ -83,11 +84,11 @@ type blockJob struct {
 
 // NewBlocks returns the block serving hook; acl decides whether the
 // requester may read the block topic. Stop waits for the senders.
-func NewBlocks(srv *mqtt.Server, dlv *delivery.Service, acl *ACL, t Topics, log *slog.Logger) *Blocks {
+func NewBlocks(sender *Sender, dlv *delivery.Service, acl *ACL, t access.Topics, log *slog.Logger) *Blocks {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Blocks{srv: srv, dlv: dlv, acl: acl, topics: t, log: log}
+	return &Blocks{sender: sender, dlv: dlv, acl: acl, topics: t, log: log}
 }
 
 // ID implements mqtt.Hook.
@@ -114,12 +115,8 @@ func (b *Blocks) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { b.senders.Dele
 // published from here), and hands an accepted window to cl's sender.
 // maxData caps the data of a block as for delivery.Service.Serve.
 func (b *Blocks) Request(cl *mqtt.Client, id string, req wire.BlockRequest, maxData int) {
-	topic := b.topics.Device(id, KindBlock)
-	publish := func(msg []byte) {
-		if err := b.srv.Publish(topic, msg, false, 0); err != nil {
-			b.log.Warn("block message not published", "device", id, "err", err)
-		}
-	}
+	topic := b.topics.Device(id, access.KindBlock)
+	publish := func(msg []byte) { b.sender.PublishBlock(id, msg) }
 	v, ok := b.senders.Load(cl)
 	if !ok {
 		v, _ = b.senders.LoadOrStore(cl, &sender{cl: cl})
@@ -190,26 +187,18 @@ func (b *Blocks) send(s *sender) {
 }
 
 // sendWindow sends every block of j, reading blocksPerRead at a time.
+// Next emits after its read transaction has ended: a write that waits for
+// the client never holds the store.
 func (b *Blocks) sendWindow(cl *mqtt.Client, j *blockJob) {
 	write := func(msg []byte) {
-		if !j.direct {
-			if err := b.srv.Publish(j.topic, msg, false, 0); err != nil {
-				b.log.Warn("block not published", "device", j.id, "err", err)
-			}
-			return
-		}
-		if cl.Closed() {
-			return
-		}
-		// Next emits after its read transaction has ended: a write that
-		// waits for the client never holds the store.
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: j.topic, Payload: msg}
-		if err := cl.WritePacket(pk); err != nil {
-			b.log.Debug("block not written", "client", cl.ID, "device", j.id, "err", err)
+		if j.direct {
+			b.sender.WriteBlock(cl, j.id, msg)
+		} else {
+			b.sender.PublishBlock(j.id, msg)
 		}
 	}
 	for j.w.Left() > 0 && !(j.direct && cl.Closed()) {
-		if !b.dlv.Next(j.w, blocksPerRead, write) {
+		if !b.dlv.Next(context.Background(), j.w, blocksPerRead, write) {
 			return
 		}
 	}

@@ -1,6 +1,7 @@
 package hooks
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/wire"
@@ -23,7 +25,7 @@ import (
 type Device struct {
 	mqtt.HookBase
 	srv    *mqtt.Server
-	topics Topics
+	topics access.Topics
 	fleet  *fleet.Registry
 	dlv    *delivery.Service // nil: no OTA (events and block requests are only checked)
 	sender *Sender
@@ -45,7 +47,7 @@ type Device struct {
 type DeviceOptions struct {
 	// Server is the server the hook is added to.
 	Server   *mqtt.Server
-	Topics   Topics
+	Topics   access.Topics
 	Fleet    *fleet.Registry
 	Recorder Recorder
 	Logger   *slog.Logger
@@ -241,10 +243,10 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		return pk, nil
 	}
 	switch kind {
-	case KindGet:
+	case access.KindGet:
 		d.serveBlocks(cl, id, pk.Payload)
 		return pk, packets.CodeSuccessIgnore
-	case KindBirth, KindHB, KindEvent:
+	case access.KindBirth, access.KindHB, access.KindEvent:
 	default:
 		return pk, nil // a topic towards devices: routed as usual
 	}
@@ -274,7 +276,7 @@ func (e *notRecorded) Unwrap() error { return e.err }
 // a *notRecorded.
 func (d *Device) apply(id, kind string, payload []byte) error {
 	switch kind {
-	case KindBirth:
+	case access.KindBirth:
 		b, err := wire.DecodeBirth(payload)
 		if err == nil {
 			if err = d.fleet.Birth(id, b); err == nil {
@@ -282,18 +284,18 @@ func (d *Device) apply(id, kind string, payload []byte) error {
 			}
 		}
 		return err
-	case KindHB:
+	case access.KindHB:
 		h, err := wire.DecodeHeartbeat(payload)
 		if err == nil {
 			err = d.fleet.Heartbeat(id, h) // counted by the registry
 		}
 		return err
-	case KindEvent:
+	case access.KindEvent:
 		ev, err := wire.DecodeEvent(payload)
 		if err != nil || d.dlv == nil {
 			return err
 		}
-		if err = d.dlv.Event(id, ev); err != nil && !errors.Is(err, delivery.ErrUnknownRun) {
+		if err = d.dlv.Event(context.Background(), id, ev); err != nil && !errors.Is(err, delivery.ErrUnknownRun) {
 			return &notRecorded{err}
 		}
 		return err
@@ -309,16 +311,12 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 	if d.dlv == nil {
 		return
 	}
-	topic := d.topics.Device(id, KindBlock)
+	topic := d.topics.Device(id, access.KindBlock)
 	req, err := wire.DecodeBlockRequest(payload)
 	if err != nil {
 		d.rec.Rejected(RejectMalformed)
 		d.log.Warn("block request refused", "client", cl.ID, "device", id, "err", err)
-		d.dlv.BadRequest(err.Error(), func(m []byte) {
-			if err := d.sender.srv.Publish(topic, m, false, 0); err != nil {
-				d.log.Warn("block error not published", "device", id, "err", err)
-			}
-		})
+		d.dlv.BadRequest(err.Error(), func(m []byte) { d.sender.PublishBlock(id, m) })
 		return
 	}
 	maxData := 0
@@ -342,12 +340,10 @@ func (d *Device) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) 
 			continue
 		}
 		id, kind, ok := d.topics.ParseDevice(sub.Filter)
-		if !ok || kind != KindManifest {
+		if !ok || kind != access.KindManifest {
 			continue
 		}
-		if _, has := d.dlv.Current(id); has {
-			d.sender.SendOffer(id, d.dlv.OfferMessage(id))
-		}
+		d.dlv.ManifestSubscribed(id)
 	}
 }
 

@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -9,11 +10,82 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/access"
+	"github.com/otamq/otamq/ota/event"
+	"github.com/otamq/otamq/ota/wire"
 )
 
+// FleetEvent is a fleet event as dashboards and `mosquitto_sub -t
+// dm/fleet/events` get it (JSON; docs/METRICS.md, "Fleet events").
+type FleetEvent struct {
+	Type     string    `json:"type"`
+	ID       string    `json:"id"`
+	Time     time.Time `json:"time"`
+	Role     string    `json:"role,omitempty"`
+	Firmware string    `json:"firmware,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Actor    string    `json:"actor,omitempty"`
+	// Rollout and Progress are set on update events: the rollout the
+	// device reports on and, for download progress, the percentage.
+	Rollout  string `json:"rollout,omitempty"`
+	Progress *uint8 `json:"progress,omitempty"`
+}
+
+// Fleet event types besides the update events, which are named by their
+// code (update.download.completed, ...).
+const (
+	EventRegistered = "device.registered"
+	EventUpdated    = "device.updated"
+	EventRevoked    = "device.revoked"
+	EventOnline     = "device.online"
+	EventOffline    = "device.offline"
+	EventBirth      = "device.birth"
+	EventWill       = "device.will"
+	EventHealth     = "device.health"
+	EventOTAState   = "device.ota_state"
+)
+
+// fleetEvent renders a domain event for the fleet events topic.
+func fleetEvent(ev event.Event) FleetEvent {
+	fe := FleetEvent{ID: ev.DeviceID(), Time: ev.Time()}
+	switch x := ev.(type) {
+	case event.Registered:
+		fe.Type, fe.Role, fe.Actor = EventRegistered, x.Role, x.Actor
+	case event.Updated:
+		fe.Type, fe.Role, fe.Actor = EventUpdated, x.Role, x.Actor
+	case event.Revoked:
+		fe.Type, fe.Role, fe.Actor, fe.Reason = EventRevoked, x.Role, x.Actor, x.Reason
+	case event.Connected:
+		fe.Type, fe.Role = EventOnline, x.Role
+	case event.Disconnected:
+		fe.Type, fe.Reason = EventOffline, x.Reason
+	case event.WillFired:
+		fe.Type = EventWill
+	case event.Birth:
+		fe.Type, fe.Firmware, fe.Reason = EventBirth, x.Birth.FirmwareVersion, x.Birth.BootReason.String()
+	case event.Health:
+		fe.Type, fe.Reason = EventHealth, "healthy"
+		if !x.Healthy {
+			fe.Reason = fmt.Sprintf("health flags %03b", x.Flags)
+		}
+	case event.OTAState:
+		fe.Type, fe.Reason = EventOTAState, x.To.String()
+	case event.Update:
+		e := x.Event
+		fe.Type, fe.Firmware, fe.Rollout = e.Code.String(), e.TargetVersion, e.RolloutID
+		if e.Error != 0 {
+			fe.Reason = e.Error.String()
+		}
+		if e.Progress > 0 || e.Code == wire.EvDownloadProgress {
+			p := e.Progress
+			fe.Progress = &p
+		}
+	}
+	return fe
+}
+
 // Events publishes fleet events as JSON on the fleet events topic, from its
-// own goroutine: Notify is called on clients' read goroutines and only
+// own goroutine: OnEvent is called on clients' read goroutines and only
 // queues. When the queue is full the event is dropped and counted; fleet
 // events are for dashboards, the registry keeps the state.
 //
@@ -29,7 +101,7 @@ type Events struct {
 	orderMu sync.Mutex
 	last    time.Time
 
-	ch       chan fleet.Event
+	ch       chan FleetEvent
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
@@ -37,7 +109,7 @@ type Events struct {
 }
 
 // NewEvents starts the publisher. Close stops it.
-func NewEvents(srv *mqtt.Server, t Topics, rec Recorder, log *slog.Logger) *Events {
+func NewEvents(srv *mqtt.Server, t access.Topics, rec Recorder, log *slog.Logger) *Events {
 	if rec == nil {
 		rec = NopRecorder{}
 	}
@@ -45,24 +117,25 @@ func NewEvents(srv *mqtt.Server, t Topics, rec Recorder, log *slog.Logger) *Even
 		log = slog.Default()
 	}
 	e := &Events{srv: srv, topic: t.FleetEvents(), rec: rec, log: log,
-		ch: make(chan fleet.Event, 4096), stop: make(chan struct{}), done: make(chan struct{})}
+		ch: make(chan FleetEvent, 4096), stop: make(chan struct{}), done: make(chan struct{})}
 	go e.run()
 	return e
 }
 
-// Notify implements fleet.Notifier. It never blocks.
+// OnEvent implements event.Subscriber. It never blocks.
 //
 // Events are published in the order of their times: producers stamp an
 // event before their own work (a durable write, say) and notify after, so
-// two events can arrive out of order. Notify queues under a lock and moves
+// two events can arrive out of order. OnEvent queues under a lock and moves
 // an event's time up to the last one queued when it would go back, so the
 // queue, and the topic, are in time order.
-func (e *Events) Notify(ev fleet.Event) {
+func (e *Events) OnEvent(dev event.Event) {
 	select {
 	case <-e.stop:
 		return
 	default:
 	}
+	ev := fleetEvent(dev)
 	e.orderMu.Lock()
 	defer e.orderMu.Unlock()
 	if ev.Time.Before(e.last) {
@@ -95,7 +168,7 @@ func (e *Events) run() {
 	}
 }
 
-func (e *Events) publish(ev fleet.Event) {
+func (e *Events) publish(ev FleetEvent) {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		e.log.Error("fleet event encode", "err", err)

@@ -5,7 +5,9 @@ import (
 	"log/slog"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/delivery"
 )
 
@@ -23,7 +25,7 @@ import (
 // former gateway, say, neither blocks an offer nor counts as its delivery.
 type Sender struct {
 	srv    *mqtt.Server
-	topics Topics
+	topics access.Topics
 	acl    *ACL
 	rec    Recorder
 	log    *slog.Logger
@@ -31,7 +33,7 @@ type Sender struct {
 
 // NewSender returns a Sender publishing through srv; acl decides which
 // subscribers receive.
-func NewSender(srv *mqtt.Server, t Topics, acl *ACL, rec Recorder, log *slog.Logger) *Sender {
+func NewSender(srv *mqtt.Server, t access.Topics, acl *ACL, rec Recorder, log *slog.Logger) *Sender {
 	if rec == nil {
 		rec = NopRecorder{}
 	}
@@ -89,10 +91,34 @@ func (s *Sender) publish(topic string, payload []byte, qos byte) error {
 
 // SendOffer implements delivery.Sender.
 func (s *Sender) SendOffer(id string, payload []byte) {
-	_ = s.publish(s.topics.Device(id, KindManifest), payload, 1)
+	_ = s.publish(s.topics.Device(id, access.KindManifest), payload, 1)
+}
+
+// PublishBlock publishes a block message (or block error) of device id on
+// its block topic through mochi, to whoever is subscribed.
+func (s *Sender) PublishBlock(id string, msg []byte) {
+	// Publish copies the payload for each subscriber, so the caller may
+	// reuse msg.
+	if err := s.srv.Publish(s.topics.Device(id, access.KindBlock), msg, false, 0); err != nil {
+		s.log.Warn("block message not published", "device", id, "err", err)
+	}
+}
+
+// WriteBlock writes a block message of device id to client cl, the
+// requester, at once (mochi's WritePacket: one encoding copy, nothing
+// queued). It blocks while cl's socket is full; it never writes to a
+// closed connection.
+func (s *Sender) WriteBlock(cl *mqtt.Client, id string, msg []byte) {
+	if cl.Closed() {
+		return
+	}
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: s.topics.Device(id, access.KindBlock), Payload: msg}
+	if err := cl.WritePacket(pk); err != nil {
+		s.log.Debug("block not written", "client", cl.ID, "device", id, "err", err)
+	}
 }
 
 // SendCommand implements delivery.Sender.
 func (s *Sender) SendCommand(id string, payload []byte) error {
-	return s.publish(s.topics.Device(id, KindCmd), payload, 1)
+	return s.publish(s.topics.Device(id, access.KindCmd), payload, 1)
 }

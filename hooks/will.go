@@ -6,6 +6,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/wire"
 )
 
@@ -24,20 +25,20 @@ import (
 var errWillKind = errors.New("a block request cannot be a Last Will")
 
 // checkWill validates a Will's payload for the device topic it is on.
-func checkWill(t Topics, topic string, payload []byte) error {
+func checkWill(t access.Topics, topic string, payload []byte) error {
 	_, kind, ok := t.ParseDevice(topic)
 	if !ok {
 		return nil
 	}
 	var err error
 	switch kind {
-	case KindBirth:
+	case access.KindBirth:
 		_, err = wire.DecodeBirth(payload)
-	case KindHB:
+	case access.KindHB:
 		_, err = wire.DecodeHeartbeat(payload)
-	case KindEvent:
+	case access.KindEvent:
 		_, err = wire.DecodeEvent(payload)
-	case KindGet:
+	case access.KindGet:
 		err = errWillKind
 	}
 	if err != nil {
@@ -57,7 +58,7 @@ func (d *Device) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 		return will, nil
 	}
 	switch kind {
-	case KindBirth, KindHB, KindEvent:
+	case access.KindBirth, access.KindHB, access.KindEvent:
 		if err := d.apply(id, kind, will.Payload); err != nil {
 			d.log.Warn("last will not applied", "client", cl.ID, "device", id, "kind", kind, "err", err)
 		}

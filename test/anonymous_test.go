@@ -11,7 +11,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/otamq/otamq/broker"
-	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/fleet"
 )
 
@@ -19,10 +19,10 @@ func anonymousBroker(t *testing.T) *tb {
 	t.Helper()
 	return startBroker(t, func(o *broker.Options) {
 		o.AnonymousTCP = true
-		o.Rules = append(append([]hooks.Rule(nil), testRules...),
-			hooks.Rule{Filter: "public/#", Roles: []fleet.Role{hooks.RoleAnonymous}, Access: "readwrite"},
-			hooks.Rule{Filter: "mine/{id}/#", Roles: []fleet.Role{hooks.RoleAnonymous, fleet.RoleDevice}, Access: "readwrite"},
-			hooks.Rule{Filter: "everyone/#", Access: "readwrite"}, // no roles: registered clients only
+		o.Rules = append(append([]access.Rule(nil), testRules...),
+			access.Rule{Filter: "public/#", Roles: []fleet.Role{access.RoleAnonymous}, Access: "readwrite"},
+			access.Rule{Filter: "mine/{id}/#", Roles: []fleet.Role{access.RoleAnonymous, fleet.RoleDevice}, Access: "readwrite"},
+			access.Rule{Filter: "everyone/#", Access: "readwrite"}, // no roles: registered clients only
 		)
 	})
 }

@@ -24,7 +24,7 @@ import (
 
 	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/cmd/otactl/rpc"
-	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/fleet"
 )
 
@@ -102,7 +102,7 @@ func testLogger() *slog.Logger {
 
 // testRules grant a telemetry tree outside the prefix, so the ACL tests can
 // see delivery (or its absence) on topics devices publish to.
-var testRules = []hooks.Rule{
+var testRules = []access.Rule{
 	{Filter: "telemetry/{id}/#", Roles: []fleet.Role{fleet.RoleDevice, fleet.RoleGateway}, Access: "write"},
 	{Filter: "telemetry/#", Roles: []fleet.Role{fleet.RoleOperator, fleet.RoleObserver}, Access: "read"},
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -64,15 +65,15 @@ func (b *tb) waitMetricAtLeast(series string, min int) {
 }
 
 // fleetEvents collects what an observer receives on the fleet events topic.
-func fleetEventsOf(c *client) []fleet.Event {
+func fleetEventsOf(c *client) []hooks.FleetEvent {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []fleet.Event
+	var out []hooks.FleetEvent
 	for _, m := range c.msgs {
 		if m.Topic != "dm/fleet/events" {
 			continue
 		}
-		var e fleet.Event
+		var e hooks.FleetEvent
 		if json.Unmarshal(m.Payload, &e) == nil {
 			out = append(out, e)
 		}
@@ -80,7 +81,7 @@ func fleetEventsOf(c *client) []fleet.Event {
 	return out
 }
 
-func hasEvent(evs []fleet.Event, typ, id, reason string) bool {
+func hasEvent(evs []hooks.FleetEvent, typ, id, reason string) bool {
 	for _, e := range evs {
 		if e.Type == typ && e.ID == id && (reason == "" || e.Reason == reason) {
 			return true
@@ -205,15 +206,15 @@ func TestHealthLifecycle(t *testing.T) {
 	eventually(t, 10*time.Second, func() error {
 		evs := fleetEventsOf(ob)
 		for _, want := range [][3]string{
-			{fleet.EventOnline, "d1", ""}, {fleet.EventBirth, "d1", ""}, {fleet.EventHealth, "d1", ""},
-			{fleet.EventWill, "d1", ""}, {fleet.EventOffline, "d1", fleet.ReasonLost},
-			{fleet.EventOffline, "d1", fleet.ReasonNormal}, {fleet.EventOffline, "d1", fleet.ReasonKeepalive},
+			{hooks.EventOnline, "d1", ""}, {hooks.EventBirth, "d1", ""}, {hooks.EventHealth, "d1", ""},
+			{hooks.EventWill, "d1", ""}, {hooks.EventOffline, "d1", fleet.ReasonLost},
+			{hooks.EventOffline, "d1", fleet.ReasonNormal}, {hooks.EventOffline, "d1", fleet.ReasonKeepalive},
 		} {
 			if !hasEvent(evs, want[0], want[1], want[2]) {
 				return fmt.Errorf("no fleet event %v in %d events", want, len(evs))
 			}
 		}
-		if hasEvent(evs, fleet.EventOffline, "d1", fleet.ReasonTakeover) {
+		if hasEvent(evs, hooks.EventOffline, "d1", fleet.ReasonTakeover) {
 			return fmt.Errorf("takeover reported as offline")
 		}
 		return nil

@@ -90,7 +90,7 @@ func seedFleet(t *testing.T, dir string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		for i := range n {
 			id := fmt.Sprintf("s%05d", i)
 			if _, err := reg.Register(tx, fleet.Registration{ID: id}, fleet.TokenSecret("token-"+id), "test"); err != nil {

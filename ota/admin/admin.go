@@ -171,7 +171,7 @@ type Options struct {
 
 // Service handles admin requests. Its methods are safe for concurrent use.
 type Service struct {
-	db       *store.DB
+	db       store.Store
 	fleet    *fleet.Registry
 	log      *slog.Logger
 	now      func() time.Time
@@ -204,7 +204,7 @@ type call struct {
 	target string
 	args   any // the decoded request, for the audit record (secrets removed)
 	// commit runs fn and the audit record in one durable transaction.
-	commit    func(fn func(tx *store.Tx) error) error
+	commit    func(fn func(tx store.Tx) error) error
 	committed bool // commit wrote the change and the audit record
 	// unaudited is set by a handler whose request another request's
 	// record covers: the parts of an upload between its beginning and its
@@ -222,7 +222,7 @@ func (nopDisconnector) Disconnect(string, string) {}
 
 // New returns a service over db and reg. It opens the audit log, which
 // indexes a log written by an older version first.
-func New(db *store.DB, reg *fleet.Registry, opts *Options) (*Service, error) {
+func New(db store.Store, reg *fleet.Registry, opts *Options) (*Service, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -301,7 +301,7 @@ func (s *Service) Handle(ctx context.Context, req Request) (Response, string) {
 		// alone. If even that cannot be written the request fails, because
 		// every request must be on the record, and none of its effects
 		// happen.
-		if err = s.db.Update(ctx, func(tx *store.Tx) error { return s.appendAudit(tx, c, nil) }); err != nil {
+		if err = s.db.Update(ctx, func(tx store.Tx) error { return s.appendAudit(tx, c, nil) }); err != nil {
 			s.log.Error("audit write failed", "action", clip(req.Action()), "actor", req.Caller.ID, "err", err)
 			err = fail(CodeUnavailable, "audit log unavailable: %v", err)
 		}
@@ -317,7 +317,7 @@ func (s *Service) Handle(ctx context.Context, req Request) (Response, string) {
 		if !c.unaudited {
 			// The refused request changed nothing; only its audit record
 			// is written.
-			if werr := s.db.Update(ctx, func(tx *store.Tx) error { return s.appendAudit(tx, c, aerr) }); werr != nil {
+			if werr := s.db.Update(ctx, func(tx store.Tx) error { return s.appendAudit(tx, c, aerr) }); werr != nil {
 				s.log.Error("audit write failed", "action", clip(req.Action()), "actor", req.Caller.ID, "err", werr)
 			}
 		}
@@ -336,7 +336,7 @@ func clip(s string) string {
 }
 
 // appendAudit writes the audit record of c, with its error if it failed.
-func (s *Service) appendAudit(tx *store.Tx, c *call, aerr *Error) error {
+func (s *Service) appendAudit(tx store.Tx, c *call, aerr *Error) error {
 	req := c.req
 	rec := audit.Record{
 		Time: s.now().UTC(), Actor: req.Caller.ID, Role: string(req.Caller.Role), Remote: req.Caller.Remote,
@@ -383,8 +383,8 @@ func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 		return nil, e
 	}
 	if !h.readOnly {
-		c.commit = func(fn func(tx *store.Tx) error) error {
-			err := s.db.Update(ctx, func(tx *store.Tx) error {
+		c.commit = func(fn func(tx store.Tx) error) error {
+			err := s.db.Update(ctx, func(tx store.Tx) error {
 				if err := fn(tx); err != nil {
 					return err
 				}

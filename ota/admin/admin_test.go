@@ -29,7 +29,7 @@ func (k *kicks) Disconnect(id, keep string) {
 
 type env struct {
 	t     testing.TB
-	db    *store.DB
+	db    store.Store
 	reg   *fleet.Registry
 	svc   *Service
 	kicks *kicks
@@ -103,7 +103,7 @@ func (e *env) ok(c Caller, action string, body any) map[string]any {
 // request changed nothing.
 func (e *env) snapshot() string {
 	var b strings.Builder
-	_ = e.db.View(func(tx *store.Tx) error {
+	_ = e.db.View(context.Background(), func(tx store.Tx) error {
 		for _, bucket := range []string{"clients", "status", "meta"} {
 			_ = tx.Scan(bucket, nil, false, func(k, v []byte) error {
 				fmt.Fprintf(&b, "%s/%s=%s\n", bucket, k, v)

@@ -163,7 +163,7 @@ func deviceUpdate(_ context.Context, s *Service, c *call) (any, error) {
 		secret = fleet.TokenSecret(token)
 	}
 	var dev fleet.Device
-	err := c.commit(func(tx *store.Tx) error {
+	err := c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Update(tx, req.ID, req.Change, secret, c.req.Caller.ID)
 		dev = d
 		return err
@@ -197,7 +197,7 @@ func deviceRevoke(_ context.Context, s *Service, c *call) (any, error) {
 
 func (s *Service) revoke(c *call, req revokeRequest) (any, error) {
 	var dev fleet.Device
-	err := c.commit(func(tx *store.Tx) error {
+	err := c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Revoke(tx, req.ID, req.Reason, c.req.Caller.ID)
 		dev = d
 		return err

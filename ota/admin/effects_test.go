@@ -18,7 +18,7 @@ import (
 // store for the audit record of the request that caused it.
 type witness struct {
 	mu     sync.Mutex
-	db     *store.DB
+	db     store.Store
 	action string // the request in flight
 	seen   map[string]bool
 	kinds  []string

@@ -110,7 +110,7 @@ func (s *Service) recordRefusals(ctx context.Context, c Caller, r *refusals) {
 	cl := &call{req: &req, args: r}
 	msg := fmt.Sprintf("%d request(s) refused as rate limited from %s to %s", r.Count,
 		r.First.UTC().Format(time.RFC3339Nano), r.Last.UTC().Format(time.RFC3339Nano))
-	err := s.db.Update(ctx, func(tx *store.Tx) error {
+	err := s.db.Update(ctx, func(tx store.Tx) error {
 		return s.appendAudit(tx, cl, &Error{Code: CodeRateLimited, Message: msg})
 	})
 	if err != nil {

@@ -55,7 +55,7 @@ func operatorAdd(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, fail(CodeBadRequest, "auth %s takes no password", quote(string(req.Auth)))
 	}
 	var dev fleet.Device
-	err := c.commit(func(tx *store.Tx) error {
+	err := c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Register(tx, fleet.Registration{ID: req.ID, Role: req.Role, Auth: req.Auth}, secret, c.req.Caller.ID)
 		dev = d
 		return err
@@ -130,7 +130,7 @@ func operatorUpdate(_ context.Context, s *Service, c *call) (any, error) {
 		}
 	}
 	var dev fleet.Device
-	err := c.commit(func(tx *store.Tx) error {
+	err := c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Update(tx, req.ID, fleet.Change{Reinstate: req.Reinstate}, secret, c.req.Caller.ID)
 		dev = d
 		return err
@@ -200,7 +200,7 @@ func operatorRevoke(ctx context.Context, s *Service, c *call) (any, error) {
 // created the operator, and the password it used.
 func (s *Service) EnsureOperator(ctx context.Context, id, password string) (bool, string, error) {
 	var exists bool
-	if err := s.db.View(func(tx *store.Tx) error {
+	if err := s.db.View(context.Background(), func(tx store.Tx) error {
 		var err error
 		exists, err = fleet.HasRole(tx, fleet.RoleOperator)
 		return err
@@ -220,7 +220,7 @@ func (s *Service) EnsureOperator(ctx context.Context, id, password string) (bool
 	req := Request{Caller: Caller{ID: "otamq", Role: fleet.RoleOperator, Remote: "bootstrap"}, Resource: "operator", Verb: "add"}
 	c := &call{req: &req, target: id, args: map[string]any{"id": id, "role": fleet.RoleOperator, "bootstrap": true}}
 	created := false
-	err = s.db.Update(ctx, func(tx *store.Tx) error {
+	err = s.db.Update(ctx, func(tx store.Tx) error {
 		created = false
 		if ok, err := fleet.HasRole(tx, fleet.RoleOperator); err != nil || ok {
 			return err

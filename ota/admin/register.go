@@ -80,7 +80,7 @@ func deviceRegister(ctx context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	var dev fleet.Device
-	err = c.commit(func(tx *store.Tx) error {
+	err = c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Register(tx, fleet.Registration{ID: r.ID, Role: r.Role, Auth: r.Auth, Attributes: r.Attributes}, secret, c.req.Caller.ID)
 		dev = d
 		return err
@@ -173,7 +173,7 @@ func (s *Service) registerBatch(ctx context.Context, c *call, req registerReques
 		return nil, err
 	}
 	actor := c.req.Caller.ID
-	register := func(tx *store.Tx) error {
+	register := func(tx store.Tx) error {
 		refused = append(refused[:0], early...) // the function may run more than once
 		for i, r := range regs {
 			if pre[i] {

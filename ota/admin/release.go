@@ -95,7 +95,7 @@ func keyAdd(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	c.args = map[string]any{"name": req.Name}
 	var k release.Key
-	err := c.commit(func(tx *store.Tx) error {
+	err := c.commit(func(tx store.Tx) error {
 		var err error
 		k, err = s.cat.AddKey(tx, req.Name, []byte(req.PEM), c.req.Caller.ID)
 		c.target = k.ID.String()
@@ -151,7 +151,7 @@ func keyRevoke(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	var k release.Key
 	var affected []release.Release
-	if err := c.commit(func(tx *store.Tx) error {
+	if err := c.commit(func(tx store.Tx) error {
 		var err error
 		k, affected, err = s.cat.RevokeKey(tx, kid, c.req.Caller.ID)
 		return err
@@ -277,7 +277,7 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 		c.args = map[string]any{"begin": true, "manifest_bytes": len(p.Manifest)}
 		var u release.Upload
 		var existing *release.Release
-		err := c.commit(func(tx *store.Tx) error {
+		err := c.commit(func(tx store.Tx) error {
 			var err error
 			u, existing, err = s.cat.BeginUpload(tx, p.Manifest, c.req.Caller.ID)
 			if err == nil && existing != nil {
@@ -321,7 +321,7 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 	c.target = p.Upload
 	var u release.Upload
 	var r *release.Release
-	err = c.commit(func(tx *store.Tx) error {
+	err = c.commit(func(tx store.Tx) error {
 		var err error
 		u, r, err = s.cat.AppendUpload(tx, p.Upload, p.Offset, p.Data, c.req.Caller.ID)
 		c.unaudited = err != nil || r == nil
@@ -342,7 +342,7 @@ func releaseUpload(ctx context.Context, s *Service, c *call) (any, error) {
 			c.target = release.ReleaseID(u.Version, u.Digest)
 			c.args = map[string]any{"upload": p.Upload, "parts": u.Parts, "size": u.Size, "removed": true}
 			c.unaudited = false
-			if werr := s.db.Update(ctx, func(tx *store.Tx) error {
+			if werr := s.db.Update(ctx, func(tx store.Tx) error {
 				if err := s.cat.AbortUpload(tx, p.Upload); err != nil {
 					return err
 				}
@@ -380,7 +380,7 @@ func releaseAbort(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	c.target = release.ReleaseID(u.Version, u.Digest)
 	c.args = map[string]any{"upload": u.ID, "parts": u.Parts, "offset": u.Offset, "size": u.Size}
-	if err := c.commit(func(tx *store.Tx) error { return s.cat.AbortUpload(tx, req.ID) }); err != nil {
+	if err := c.commit(func(tx store.Tx) error { return s.cat.AbortUpload(tx, req.ID) }); err != nil {
 		return nil, err
 	}
 	return map[string]any{"aborted": req.ID}, nil
@@ -525,7 +525,7 @@ func offerCreate(_ context.Context, s *Service, c *call) (any, error) {
 		spec.RolloutID = delivery.NewRolloutID(s.now())
 	}
 	var results []delivery.OfferResult
-	if err := c.commit(func(tx *store.Tx) error {
+	if err := c.commit(func(tx store.Tx) error {
 		var err error
 		results, err = s.dlv.Offer(tx, req.Devices, spec, c.req.Caller.ID)
 		return err
@@ -556,7 +556,7 @@ func offerCancel(_ context.Context, s *Service, c *call) (any, error) {
 		return nil, err
 	}
 	var results []delivery.OfferResult
-	if err := c.commit(func(tx *store.Tx) error {
+	if err := c.commit(func(tx store.Tx) error {
 		var err error
 		results, err = s.dlv.Cancel(tx, req.Devices, c.req.Caller.ID)
 		return err
@@ -657,7 +657,7 @@ func commandSend(_ context.Context, s *Service, c *call) (any, error) {
 	// record is made durable first, and the commands are sent after it
 	// (its result says the request was accepted; the reply says which
 	// devices were reached).
-	if err := c.commit(func(*store.Tx) error { return nil }); err != nil {
+	if err := c.commit(func(store.Tx) error { return nil }); err != nil {
 		return nil, err
 	}
 	res := &commandResult{Results: []delivery.OfferResult{}}

@@ -109,10 +109,10 @@ type Log struct {
 // Open returns the log of db. It indexes the records of a log written by a
 // version without indexes, in transactions of bounded size; the broker
 // calls it before it serves anything.
-func Open(ctx context.Context, db *store.DB, ret Retention) (*Log, error) {
+func Open(ctx context.Context, db store.Store, ret Retention) (*Log, error) {
 	l := &Log{ret: ret.withDefaults()}
 	var indexed bool
-	if err := db.View(func(tx *store.Tx) error {
+	if err := db.View(context.Background(), func(tx store.Tx) error {
 		v := tx.Get(bucketMeta, indexKey)
 		indexed = len(v) == 8 && binary.BigEndian.Uint64(v) >= indexVersion
 		return nil
@@ -126,7 +126,7 @@ func Open(ctx context.Context, db *store.DB, ret Retention) (*Log, error) {
 	var from []byte
 	for {
 		var next []byte
-		err := db.Update(ctx, func(tx *store.Tx) error {
+		err := db.Update(ctx, func(tx store.Tx) error {
 			next = nil
 			n := 0
 			return tx.Scan(bucket, from, false, func(k, v []byte) error {
@@ -150,7 +150,7 @@ func Open(ctx context.Context, db *store.DB, ret Retention) (*Log, error) {
 		}
 		from = next
 	}
-	err := db.Update(ctx, func(tx *store.Tx) error {
+	err := db.Update(ctx, func(tx store.Tx) error {
 		return tx.Put(bucketMeta, indexKey, binary.BigEndian.AppendUint64(nil, indexVersion))
 	})
 	if err != nil {
@@ -164,7 +164,7 @@ func key(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
 // Append adds rec to the log in tx, assigning its sequence number. It
 // bounds every field (recording which were cut), indexes the record and
 // removes up to a few records that are past the retention limits.
-func (l *Log) Append(tx *store.Tx, rec Record) error {
+func (l *Log) Append(tx store.Tx, rec Record) error {
 	seq, err := tx.NextSequence(bucket)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -188,7 +188,7 @@ func (l *Log) Append(tx *store.Tx, rec Record) error {
 // MaxRecords or its oldest record is older than MaxAge before now, at most
 // pruneBatch of them: since every Append removes up to that many and adds
 // one, a log over its limits shrinks back to them.
-func (l *Log) prune(tx *store.Tx, newest uint64, now time.Time) error {
+func (l *Log) prune(tx store.Tx, newest uint64, now time.Time) error {
 	for range pruneBatch {
 		k, v := first(tx)
 		if k == nil {
@@ -217,7 +217,7 @@ func (l *Log) prune(tx *store.Tx, newest uint64, now time.Time) error {
 // first returns the oldest record's key and value (nil if the log is
 // empty). The sequence numbers have no gaps except at the old end, so the
 // count of records is newest - first + 1.
-func first(tx *store.Tx) (k, v []byte) {
+func first(tx store.Tx) (k, v []byte) {
 	_ = tx.Scan(bucket, nil, false, func(kk, vv []byte) error {
 		k, v = kk, vv
 		return store.ErrStop
@@ -225,7 +225,7 @@ func first(tx *store.Tx) (k, v []byte) {
 	return k, v
 }
 
-func deleteRecord(tx *store.Tx, r *Record) error {
+func deleteRecord(tx store.Tx, r *Record) error {
 	for _, ix := range indexesOf(r) {
 		if err := tx.Delete(ix.bucket, indexEntry(ix.value, r.Seq)); err != nil {
 			return fmt.Errorf("audit: %w", err)
@@ -273,7 +273,7 @@ const (
 // List returns matching records, newest first, and the cursor of the next
 // page (0 when there is none). With filters it reads the indexes, and only
 // the records that match.
-func List(db *store.DB, q Query) ([]Record, uint64, error) {
+func List(db store.Store, q Query) ([]Record, uint64, error) {
 	limit := q.Limit
 	if limit <= 0 {
 		limit = DefaultLimit
@@ -286,7 +286,7 @@ func List(db *store.DB, q Query) ([]Record, uint64, error) {
 	ixs := queryIndexes(q)
 	var out []Record
 	var next uint64
-	err := db.View(func(tx *store.Tx) error {
+	err := db.View(context.Background(), func(tx store.Tx) error {
 		if len(ixs) == 0 {
 			return tx.Scan(bucket, key(bound), true, func(_, v []byte) error {
 				if len(out) == limit {

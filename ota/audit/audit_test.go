@@ -17,7 +17,7 @@ import (
 	"github.com/otamq/otamq/ota/store"
 )
 
-func openDB(t testing.TB) *store.DB {
+func openDB(t testing.TB) store.Store {
 	t.Helper()
 	db, err := store.Open(filepath.Join(t.TempDir(), "audit.db"), &store.Options{NoSync: true})
 	if err != nil {
@@ -27,7 +27,7 @@ func openDB(t testing.TB) *store.DB {
 	return db
 }
 
-func openLog(t testing.TB, db *store.DB, ret Retention) *Log {
+func openLog(t testing.TB, db store.Store, ret Retention) *Log {
 	t.Helper()
 	l, err := Open(context.Background(), db, ret)
 	if err != nil {
@@ -38,9 +38,9 @@ func openLog(t testing.TB, db *store.DB, ret Retention) *Log {
 
 var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
-func appendAll(t testing.TB, db *store.DB, l *Log, recs ...Record) {
+func appendAll(t testing.TB, db store.Store, l *Log, recs ...Record) {
 	t.Helper()
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		for _, r := range recs {
 			if err := l.Append(tx, r); err != nil {
 				return err
@@ -52,10 +52,10 @@ func appendAll(t testing.TB, db *store.DB, l *Log, recs ...Record) {
 	}
 }
 
-func count(t testing.TB, db *store.DB, bucket string) int {
+func count(t testing.TB, db store.Store, bucket string) int {
 	t.Helper()
 	n := 0
-	_ = db.View(func(tx *store.Tx) error { n = tx.Count(bucket); return nil })
+	_ = db.View(context.Background(), func(tx store.Tx) error { n = tx.Count(bucket); return nil })
 	return n
 }
 
@@ -289,7 +289,7 @@ func TestFilteredQueryReadsOnlyMatches(t *testing.T) {
 func TestOpenIndexesAnOldLog(t *testing.T) {
 	db := openDB(t)
 	long := strings.Repeat("y", 40_000)
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		for i := 1; i <= 25_000; i++ {
 			r := Record{Seq: uint64(i), Time: t0, Actor: "old", Action: "device/get", Target: fmt.Sprint(i % 7), Result: ResultOK}
 			if i == 3 {

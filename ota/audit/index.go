@@ -61,7 +61,7 @@ func queryIndexes(q Query) []index {
 	return ixs
 }
 
-func putIndex(tx *store.Tx, r *Record) error {
+func putIndex(tx store.Tx, r *Record) error {
 	for _, ix := range indexesOf(r) {
 		if err := tx.Put(ix.bucket, indexEntry(ix.value, r.Seq), []byte{}); err != nil {
 			return fmt.Errorf("audit: index: %w", err)
@@ -71,7 +71,7 @@ func putIndex(tx *store.Tx, r *Record) error {
 }
 
 // seekLE returns the largest sequence number ≤ at that ix holds.
-func seekLE(tx *store.Tx, ix index, at uint64) (uint64, bool, error) {
+func seekLE(tx store.Tx, ix index, at uint64) (uint64, bool, error) {
 	prefix := indexPrefix(ix.value)
 	var seq uint64
 	found := false
@@ -97,7 +97,7 @@ func seekLE(tx *store.Tx, ix index, at uint64) (uint64, bool, error) {
 // index is sought to the candidate, and the lowest answer becomes the next
 // candidate, so it reads about as many entries as the rarest value has in
 // the range rather than the whole log.
-func intersect(tx *store.Tx, ixs []index, at uint64, emit func(seq uint64) (bool, error)) error {
+func intersect(tx store.Tx, ixs []index, at uint64, emit func(seq uint64) (bool, error)) error {
 	cand := at
 	for {
 		low, agree := cand, true

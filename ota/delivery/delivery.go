@@ -19,6 +19,7 @@ import (
 	"github.com/Masterminds/semver/v3"
 
 	"github.com/otamq/otamq/ota/clock"
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
@@ -93,8 +94,9 @@ type Options struct {
 	Sender Sender
 	// Recorder counts. Default: nothing is counted.
 	Recorder Recorder
-	// Events receives fleet events about updates. Default: none.
-	Events fleet.Notifier
+	// Feed gets each device update event inside the transaction that
+	// records it (event.Update), and after it. Default: none.
+	Feed *event.Feed
 	// MaxBlockSize caps the block size a device may ask for. Default
 	// DefaultMaxBlockSize.
 	MaxBlockSize int
@@ -139,7 +141,7 @@ type Offer struct {
 // Service is the delivery of releases to devices. Its methods are safe for
 // concurrent use.
 type Service struct {
-	db    *store.DB
+	db    store.Store
 	cat   *release.Catalog
 	fleet *fleet.Registry
 	o     Options
@@ -185,7 +187,7 @@ func (s *Service) dev(id string, now time.Time) *devState {
 }
 
 // New loads the offers from db.
-func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options) (*Service, error) {
+func New(db store.Store, cat *release.Catalog, reg *fleet.Registry, opts *Options) (*Service, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -219,7 +221,7 @@ func New(db *store.DB, cat *release.Catalog, reg *fleet.Registry, opts *Options)
 	if o.GlobalRate > 0 {
 		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Clock.Now()}
 	}
-	err := db.View(func(tx *store.Tx) error {
+	err := db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Scan(bucketOffers, nil, false, func(_, v []byte) error {
 			var of Offer
 			if err := json.Unmarshal(v, &of); err != nil {
@@ -263,6 +265,15 @@ func (s *Service) Offers() []Offer {
 	s.mu.RUnlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
 	return out
+}
+
+// ManifestSubscribed is told that device id (or its gateway) subscribed
+// to id's manifest topic: the device gets its current offer at once, so it
+// never needs retained messages.
+func (s *Service) ManifestSubscribed(id string) {
+	if _, has := s.Current(id); has {
+		s.o.Sender.SendOffer(id, s.OfferMessage(id))
+	}
 }
 
 // OfferMessage returns the encoded offer device id should have: its current
@@ -310,7 +321,7 @@ func NewRolloutID(now time.Time) string {
 // cannot take the release (unknown, not a device, revoked, other hardware)
 // is skipped with its reason; the others are offered. Push the offers after
 // the transaction commits.
-func (s *Service) Offer(tx *store.Tx, ids []string, spec OfferSpec, actor string) ([]OfferResult, error) {
+func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string) ([]OfferResult, error) {
 	r, ok := s.cat.Release(spec.Release)
 	if !ok {
 		return nil, fmt.Errorf("release %q: %w", spec.Release, ErrNotFound)
@@ -408,7 +419,7 @@ func (s *Service) eligible(id string, r release.Release) error {
 
 // recent returns the rollout IDs device id was offered, newest first,
 // starting with rolloutID.
-func (s *Service) recent(tx *store.Tx, id, rolloutID string) []string {
+func (s *Service) recent(tx store.Tx, id, rolloutID string) []string {
 	out := []string{rolloutID}
 	if v := tx.Get(bucketOffers, []byte(id)); v != nil {
 		var old Offer
@@ -423,7 +434,7 @@ func (s *Service) recent(tx *store.Tx, id, rolloutID string) []string {
 	return out
 }
 
-func (s *Service) putOffer(tx *store.Tx, of *Offer) error {
+func (s *Service) putOffer(tx store.Tx, of *Offer) error {
 	v, err := json.Marshal(of)
 	if err != nil {
 		return err
@@ -441,7 +452,7 @@ func (s *Service) putOffer(tx *store.Tx, of *Offer) error {
 
 // Cancel withdraws the offers of ids (a device without one is fine). Push
 // the empty offers after the transaction commits.
-func (s *Service) Cancel(tx *store.Tx, ids []string, actor string) ([]OfferResult, error) {
+func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult, error) {
 	now := s.o.Clock.Now().UTC()
 	var out []OfferResult
 	for _, id := range ids {
@@ -544,9 +555,9 @@ var BlockResults = []string{ResultServed, ResultNotAssigned, ResultUnknown, Resu
 // it). maxData caps each block's data (what the requesting client can
 // receive): 0 means no cap beyond the service's, a negative value that no
 // data fits. It is Begin and Next for the whole window.
-func (s *Service) Serve(id string, req wire.BlockRequest, maxData int, emit func(msg []byte)) {
+func (s *Service) Serve(ctx context.Context, id string, req wire.BlockRequest, maxData int, emit func(msg []byte)) {
 	if w := s.Begin(id, req, maxData, emit); w != nil {
-		s.Next(w, w.left, emit)
+		s.Next(ctx, w, w.left, emit)
 	}
 }
 
@@ -679,7 +690,7 @@ const maxWindowLimit = 256
 // left open keeps the store from growing its file, which stalls every
 // write. If the image cannot be read it emits an "internal" block error,
 // counts it, ends the window and returns false.
-func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
+func (s *Service) Next(ctx context.Context, w *Window, n int, emit func(msg []byte)) bool {
 	n = min(n, w.left, max(1, MaxReadBytes/w.size)) // w.left <= maxWindowLimit
 	if n <= 0 {
 		return true
@@ -692,7 +703,7 @@ func (s *Service) Next(w *Window, n int, emit func(msg []byte)) bool {
 	var ends, sizes [maxWindowLimit]int32 // each message's end in *buf, and its data size
 	msgs := (*buf)[:0]
 	next, count := w.next, 0
-	err := s.cat.ReadBlocks(w.digest, w.next, w.size, n, func(off uint64, data []byte) error {
+	err := s.cat.ReadBlocks(ctx, w.digest, w.next, w.size, n, func(off uint64, data []byte) error {
 		msgs = wire.AppendBlock(msgs, w.requestID, off, w.imageSize, data)
 		ends[count], sizes[count] = int32(len(msgs)), int32(len(data))
 		count++
@@ -741,7 +752,7 @@ func timelineKey(id string, t time.Time, seq uint64) []byte {
 }
 
 // appendTimeline adds e to id's timeline and trims it.
-func (s *Service) appendTimeline(tx *store.Tx, id string, e Entry) error {
+func (s *Service) appendTimeline(tx store.Tx, id string, e Entry) error {
 	seq := s.timeSeq.Add(1)
 	v, err := json.Marshal(e)
 	if err != nil {
@@ -779,7 +790,7 @@ func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
 	prefix := append([]byte(id), 0)
 	from := append(append([]byte(id), 0), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
 	out := []Entry{}
-	err := s.db.View(func(tx *store.Tx) error {
+	err := s.db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Scan(bucketTimeline, from, true, func(k, v []byte) error {
 			if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) || len(out) == limit {
 				return store.ErrStop
@@ -798,7 +809,7 @@ func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
 // Event records an event device id sent. It is durable when Event
 // returns. An event naming a rollout the device was never offered is
 // refused (ErrUnknownRun) and counted.
-func (s *Service) Event(id string, ev wire.Event) error {
+func (s *Service) Event(ctx context.Context, id string, ev wire.Event) error {
 	if ev.RolloutID != "" && !s.knownRollout(id, ev.RolloutID) {
 		s.o.Recorder.EventDropped("unknown_rollout")
 		return fmt.Errorf("%w: %s sent %s for rollout %q", ErrUnknownRun, id, ev.Code, ev.RolloutID)
@@ -809,13 +820,16 @@ func (s *Service) Event(id string, ev wire.Event) error {
 	if ev.Error != 0 {
 		e.Error = ev.Error.String()
 	}
-	if err := s.db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := s.db.Update(ctx, func(tx store.Tx) error {
 		if s.o.EventFault != nil {
 			if err := s.o.EventFault(); err != nil {
 				return err
 			}
 		}
-		return s.appendTimeline(tx, id, e)
+		if err := s.appendTimeline(tx, id, e); err != nil {
+			return err
+		}
+		return s.o.Feed.PublishTx(tx, event.Update{Base: event.Base{ID: id, At: now}, Event: ev})
 	}); err != nil {
 		return fmt.Errorf("timeline of %s: %w", id, err)
 	}
@@ -833,14 +847,6 @@ func (s *Service) Event(id string, ev wire.Event) error {
 		if !started.IsZero() {
 			s.o.Recorder.DownloadSeconds(s.o.Clock.Now().Sub(started).Seconds())
 		}
-	}
-	if s.o.Events != nil {
-		fe := fleet.Event{Type: ev.Code.String(), ID: id, Time: now, Firmware: ev.TargetVersion, Reason: e.Error, Rollout: ev.RolloutID}
-		if ev.Progress > 0 || ev.Code == wire.EvDownloadProgress {
-			p := ev.Progress
-			fe.Progress = &p
-		}
-		s.o.Events.Notify(fe)
 	}
 	return nil
 }

@@ -33,7 +33,7 @@ func (s *sent) SendCommand(string, []byte) error { return nil }
 
 type env struct {
 	t     *testing.T
-	db    *store.DB
+	db    store.Store
 	reg   *fleet.Registry
 	cat   *release.Catalog
 	svc   *Service
@@ -66,7 +66,7 @@ func setup(t *testing.T, size int, o Options) *env {
 	}
 	ctx := context.Background()
 	var rel *release.Release
-	if err := db.Update(ctx, func(tx *store.Tx) error {
+	if err := db.Update(ctx, func(tx store.Tx) error {
 		if _, err := cat.AddKey(tx, "k", pub, "t"); err != nil {
 			return err
 		}
@@ -80,10 +80,10 @@ func setup(t *testing.T, size int, o Options) *env {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(ctx, func(tx *store.Tx) error { _, _, err := cat.BeginUpload(tx, signed, "t"); return err }); err != nil {
+	if err := db.Update(ctx, func(tx store.Tx) error { _, _, err := cat.BeginUpload(tx, signed, "t"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(ctx, func(tx *store.Tx) error {
+	if err := db.Update(ctx, func(tx store.Tx) error {
 		var err error
 		_, rel, err = cat.AppendUpload(tx, d.String(), 0, img, "t")
 		return err
@@ -102,7 +102,7 @@ func setup(t *testing.T, size int, o Options) *env {
 func (e *env) offer(ids ...string) []OfferResult {
 	e.t.Helper()
 	var res []OfferResult
-	if err := e.db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
 		var err error
 		res, err = e.svc.Offer(tx, ids, OfferSpec{Release: e.rel.ID, RolloutID: "r1"}, "t")
 		return err
@@ -115,7 +115,7 @@ func (e *env) offer(ids ...string) []OfferResult {
 // blocks serves a request and collects copies of the messages.
 func blocks(svc *Service, id string, req wire.BlockRequest, maxData int) [][]byte {
 	var out [][]byte
-	svc.Serve(id, req, maxData, func(m []byte) { out = append(out, bytes.Clone(m)) })
+	svc.Serve(context.Background(), id, req, maxData, func(m []byte) { out = append(out, bytes.Clone(m)) })
 	return out
 }
 
@@ -220,12 +220,12 @@ func TestRateLimits(t *testing.T) {
 func TestTimelineAndEvents(t *testing.T) {
 	e := setup(t, 1000, Options{TimelineLength: 5})
 	e.offer("d1")
-	if err := e.svc.Event("d1", wire.Event{Code: wire.EvCheckStarted, RolloutID: "nope"}); !errors.Is(err, ErrUnknownRun) {
+	if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvCheckStarted, RolloutID: "nope"}); !errors.Is(err, ErrUnknownRun) {
 		t.Fatalf("event for an unknown rollout: %v", err)
 	}
 	for i := range 8 {
 		e.clk.Advance(time.Second)
-		if err := e.svc.Event("d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(10 * i)}); err != nil {
+		if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(10 * i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -238,16 +238,16 @@ func TestTimelineAndEvents(t *testing.T) {
 	}
 	// Events of an older rollout stay acceptable after a new offer, and
 	// after a cancel.
-	if err := e.db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
 		_, err := e.svc.Offer(tx, []string{"d1"}, OfferSpec{Release: e.rel.ID, RolloutID: "r2"}, "t")
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.db.Update(context.Background(), func(tx *store.Tx) error { _, err := e.svc.Cancel(tx, []string{"d1"}, "t"); return err }); err != nil {
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error { _, err := e.svc.Cancel(tx, []string{"d1"}, "t"); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.svc.Event("d1", wire.Event{Code: wire.EvRollbackCompleted, RolloutID: "r1"}); err != nil {
+	if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvRollbackCompleted, RolloutID: "r1"}); err != nil {
 		t.Fatalf("late event of an older rollout: %v", err)
 	}
 	if _, ok := e.svc.Current("d1"); ok {
@@ -308,7 +308,7 @@ func TestEventFault(t *testing.T) {
 	}})
 	e.offer("d1")
 	ev := wire.Event{Code: wire.EvRebootCompleted, RolloutID: "r1", TargetVersion: "1.0.0"}
-	if err := e.svc.Event("d1", ev); err == nil || !strings.Contains(err.Error(), "disk on fire") {
+	if err := e.svc.Event(context.Background(), "d1", ev); err == nil || !strings.Contains(err.Error(), "disk on fire") {
 		t.Fatalf("Event with a failing store: %v", err)
 	}
 	tl, _ := e.svc.Timeline("d1", 0)
@@ -318,7 +318,7 @@ func TestEventFault(t *testing.T) {
 		}
 	}
 	fail = false
-	if err := e.svc.Event("d1", ev); err != nil {
+	if err := e.svc.Event(context.Background(), "d1", ev); err != nil {
 		t.Fatal(err)
 	}
 	tl, _ = e.svc.Timeline("d1", 0)

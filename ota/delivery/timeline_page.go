@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -27,7 +28,7 @@ func (s *Service) TimelinePage(id, before string, limit int) (entries []Entry, c
 		from = append(bytes.Clone(prefix), c...)
 	}
 	entries = []Entry{}
-	err = s.db.View(func(tx *store.Tx) error {
+	err = s.db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Scan(bucketTimeline, from, true, func(k, v []byte) error {
 			if !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 {
 				return store.ErrStop

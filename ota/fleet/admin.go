@@ -6,6 +6,7 @@ import (
 	"maps"
 	"strings"
 
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -48,7 +49,7 @@ func PasswordSecret(password string) (Secret, error) {
 // IsZero reports whether s holds no credential.
 func (s Secret) IsZero() bool { return s.kind == "" }
 
-func (r *Registry) validateRegistration(tx *store.Tx, reg *Registration) error {
+func (r *Registry) validateRegistration(tx store.Tx, reg *Registration) error {
 	if err := ValidID(reg.ID); err != nil {
 		return err
 	}
@@ -81,7 +82,7 @@ func (r *Registry) validateRegistration(tx *store.Tx, reg *Registration) error {
 
 // checkParent verifies that parent, if set, is a registered, unrevoked
 // gateway, and that a gateway itself has no parent.
-func (r *Registry) checkParent(tx *store.Tx, id string, role Role, parent string) error {
+func (r *Registry) checkParent(tx store.Tx, id string, role Role, parent string) error {
 	if parent == "" {
 		return nil
 	}
@@ -104,7 +105,7 @@ func (r *Registry) checkParent(tx *store.Tx, id string, role Role, parent string
 	return nil
 }
 
-func loadRecord(tx *store.Tx, id string) (*record, error) {
+func loadRecord(tx store.Tx, id string) (*record, error) {
 	v := tx.Get(bucketClients, []byte(id))
 	if v == nil {
 		return nil, ErrNotFound
@@ -116,7 +117,9 @@ func loadRecord(tx *store.Tx, id string) (*record, error) {
 	return &rec, nil
 }
 
-func (r *Registry) put(tx *store.Tx, rec *record, event Event) error {
+// put writes rec in tx, makes it the registry's once tx commits, and
+// publishes ev (nil: none) in tx.
+func (r *Registry) put(tx store.Tx, rec *record, ev event.Event) error {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", rec.ID, err)
@@ -127,17 +130,17 @@ func (r *Registry) put(tx *store.Tx, rec *record, event Event) error {
 	tx.OnCommit(func() {
 		r.internRecord(rec)
 		r.byID.upsert(rec.ID, func(e *entry) { e.rec.Store(rec) })
-		if event.Type != "" {
-			r.events.Notify(event)
-		}
 	})
-	return nil
+	if ev == nil {
+		return nil
+	}
+	return r.feed.PublishTx(tx, ev)
 }
 
 // Register adds a client. Device and gateway tokens and operator passwords
 // come in secret; a certificate-only client has none. Errors wrap
 // ErrInvalid, ErrExists or (for a bad parent) ErrNotFound.
-func (r *Registry) Register(tx *store.Tx, reg Registration, secret Secret, actor string) (Device, error) {
+func (r *Registry) Register(tx store.Tx, reg Registration, secret Secret, actor string) (Device, error) {
 	if err := r.validateRegistration(tx, &reg); err != nil {
 		return Device{}, err
 	}
@@ -157,7 +160,7 @@ func (r *Registry) Register(tx *store.Tx, reg Registration, secret Secret, actor
 		},
 		Secret: secret.hash,
 	}
-	ev := Event{Type: EventRegistered, ID: reg.ID, Time: now, Role: reg.Role, Actor: actor}
+	ev := event.Registered{Base: event.Base{ID: reg.ID, At: now}, Role: string(reg.Role), Actor: actor}
 	if err := r.put(tx, rec, ev); err != nil {
 		return Device{}, err
 	}
@@ -178,7 +181,7 @@ type Change struct {
 
 // Update applies ch to id and, if secret holds a token or password, replaces
 // the credential. Errors wrap ErrNotFound or ErrInvalid.
-func (r *Registry) Update(tx *store.Tx, id string, ch Change, secret Secret, actor string) (Device, error) {
+func (r *Registry) Update(tx store.Tx, id string, ch Change, secret Secret, actor string) (Device, error) {
 	old, err := loadRecord(tx, id)
 	if err != nil {
 		return Device{}, fmt.Errorf("%s: %w", id, err)
@@ -237,7 +240,7 @@ func (r *Registry) Update(tx *store.Tx, id string, ch Change, secret Secret, act
 	}
 	now := r.now().UTC()
 	rec.Updated = now
-	if err := r.put(tx, &rec, Event{Type: EventUpdated, ID: id, Time: now, Role: rec.Role, Actor: actor}); err != nil {
+	if err := r.put(tx, &rec, event.Updated{Base: event.Base{ID: id, At: now}, Role: string(rec.Role), Actor: actor}); err != nil {
 		return Device{}, err
 	}
 	return rec.Device, nil
@@ -246,7 +249,7 @@ func (r *Registry) Update(tx *store.Tx, id string, ch Change, secret Secret, act
 // Revoke marks id revoked: it can no longer connect, and the caller should
 // disconnect it. Revoking twice is not an error (the first time and reason
 // are kept).
-func (r *Registry) Revoke(tx *store.Tx, id, reason, actor string) (Device, error) {
+func (r *Registry) Revoke(tx store.Tx, id, reason, actor string) (Device, error) {
 	old, err := loadRecord(tx, id)
 	if err != nil {
 		return Device{}, fmt.Errorf("%s: %w", id, err)
@@ -260,7 +263,8 @@ func (r *Registry) Revoke(tx *store.Tx, id, reason, actor string) (Device, error
 	rec := *old
 	now := r.now().UTC()
 	rec.Revoked, rec.RevokedAt, rec.RevokeReason, rec.Updated = true, &now, strings.TrimSpace(reason), now
-	if err := r.put(tx, &rec, Event{Type: EventRevoked, ID: id, Time: now, Role: rec.Role, Reason: rec.RevokeReason, Actor: actor}); err != nil {
+	if err := r.put(tx, &rec, event.Revoked{Base: event.Base{ID: id, At: now}, Role: string(rec.Role), Actor: actor,
+		Reason: rec.RevokeReason}); err != nil {
 		return Device{}, err
 	}
 	return rec.Device, nil
@@ -268,7 +272,7 @@ func (r *Registry) Revoke(tx *store.Tx, id, reason, actor string) (Device, error
 
 // HasRole reports whether any unrevoked client of role is registered,
 // reading the transaction (used to decide whether to bootstrap an operator).
-func HasRole(tx *store.Tx, role Role) (bool, error) {
+func HasRole(tx store.Tx, role Role) (bool, error) {
 	found := false
 	err := tx.Scan(bucketClients, nil, false, func(_, v []byte) error {
 		var rec record

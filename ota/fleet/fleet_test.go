@@ -3,39 +3,44 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/otamq/otamq/ota/clock"
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/store"
 	"github.com/otamq/otamq/ota/wire"
 )
 
+// events records what the registry publishes.
 type events struct {
 	mu  sync.Mutex
-	evs []Event
+	evs []event.Event
 }
 
-func (e *events) Notify(ev Event) {
+func (e *events) OnEvent(ev event.Event) {
 	e.mu.Lock()
 	e.evs = append(e.evs, ev)
 	e.mu.Unlock()
 }
 
+// types returns the events' type names ("Registered", ...).
 func (e *events) types() []string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var out []string
 	for _, ev := range e.evs {
-		out = append(out, ev.Type)
+		out = append(out, strings.TrimPrefix(fmt.Sprintf("%T", ev), "event."))
 	}
 	return out
 }
 
-func setup(t *testing.T) (*store.DB, *Registry, *events, *clock.Fake) {
+func setup(t *testing.T) (store.Store, *Registry, *events, *clock.Fake) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "otamq.db")
 	db, err := store.Open(path, nil)
@@ -44,17 +49,19 @@ func setup(t *testing.T) (*store.DB, *Registry, *events, *clock.Fake) {
 	}
 	t.Cleanup(func() { _ = db.Close() })
 	ev := &events{}
+	feed := &event.Feed{}
+	feed.Subscribe(ev)
 	clk := clock.NewFake(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
-	r, err := Open(db, &Options{Events: ev, Clock: clk})
+	r, err := Open(db, &Options{Feed: feed, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return db, r, ev, clk
 }
 
-func register(t *testing.T, db *store.DB, r *Registry, reg Registration, secret Secret) {
+func register(t *testing.T, db store.Store, r *Registry, reg Registration, secret Secret) {
 	t.Helper()
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		_, err := r.Register(tx, reg, secret, "test")
 		return err
 	}); err != nil {
@@ -73,7 +80,7 @@ func TestAuthenticate(t *testing.T) {
 	}
 	register(t, db, r, Registration{ID: "ops", Role: RoleOperator}, pw)
 	register(t, db, r, Registration{ID: "dev-rev"}, TokenSecret(token))
-	if err := db.Update(context.Background(), func(tx *store.Tx) error {
+	if err := db.Update(context.Background(), func(tx store.Tx) error {
 		_, err := r.Revoke(tx, "dev-rev", "test", "test")
 		return err
 	}); err != nil {
@@ -131,8 +138,8 @@ func TestTakeoverNeverMarksOffline(t *testing.T) {
 	if v.Status.Online || v.Status.DisconnectReason != ReasonKeepalive || v.Status.Wills != 1 {
 		t.Fatalf("after disconnect: %+v", v.Status)
 	}
-	want := []string{EventRegistered, EventOnline, EventOnline, EventWill, EventOffline}
-	if got := ev.types(); len(got) != len(want) {
+	want := []string{"Registered", "Connected", "Connected", "WillFired", "Disconnected"}
+	if got := ev.types(); !slices.Equal(got, want) {
 		t.Fatalf("events %v, want %v", got, want)
 	}
 }
@@ -157,8 +164,19 @@ func TestBirthHeartbeatFlushReload(t *testing.T) {
 	if err := r.Heartbeat("ghost", wire.Heartbeat{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("heartbeat of unknown: %v", err)
 	}
-	if got := ev.types(); got[len(got)-1] != EventHealth {
-		t.Fatalf("no health event when flags dropped: %v", got)
+	// The health flags dropped, and the OTA state went from rolled back
+	// to downloading to idle: typed events for both.
+	if got := ev.types(); !slices.Equal(got[len(got)-4:], []string{"Birth", "OTAState", "Health", "OTAState"}) {
+		t.Fatalf("events %v", got)
+	}
+	ev.mu.Lock()
+	h, _ := ev.evs[len(ev.evs)-2].(event.Health)
+	os, _ := ev.evs[len(ev.evs)-3].(event.OTAState)
+	b, _ := ev.evs[len(ev.evs)-4].(event.Birth)
+	ev.mu.Unlock()
+	if h.Healthy || h.Flags != wire.HealthAppOK || os.From != wire.StateRolledBack || os.To != wire.StateDownloading ||
+		os.Offset == nil || *os.Offset != 4096 || b.Birth.ReplayGuard != 17 || b.Birth.Slot != 1 {
+		t.Fatalf("event values: %+v %+v %+v", h, os, b)
 	}
 	c := r.Counts()
 	if c.Online != 1 || c.Registered["esp32-v2"] != 1 || c.ByVersion[[2]string{"1.2.3", "esp32-v2"}] != 1 {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/store"
 	"github.com/otamq/otamq/ota/wire"
 )
@@ -66,7 +67,7 @@ func (r *Registry) Connected(id string, c Conn) uint64 {
 	if role := e.rec.Load().Role; role.IsDevice() {
 		// Operators' comings and goings (every otactl command) are not
 		// fleet events.
-		r.events.Notify(Event{Type: EventOnline, ID: id, Time: now, Role: role})
+		r.feed.Publish(event.Connected{Base: event.Base{ID: id, At: now}, Role: string(role), Gen: gen, Remote: c.Remote, Protocol: c.Protocol})
 	}
 	return gen
 }
@@ -92,8 +93,8 @@ func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
 	st.reason = reasonCode(reason)
 	r.markDirty(e)
 	e.mu.Unlock()
-	if e.rec.Load().Role.IsDevice() {
-		r.events.Notify(Event{Type: EventOffline, ID: id, Time: now, Reason: reason})
+	if role := e.rec.Load().Role; role.IsDevice() {
+		r.feed.Publish(event.Disconnected{Base: event.Base{ID: id, At: now}, Role: string(role), Gen: gen, Reason: reason})
 	}
 	return true
 }
@@ -116,7 +117,7 @@ func (r *Registry) WillFired(id string, gen uint64) bool {
 	e.status.wills++
 	r.markDirty(e)
 	e.mu.Unlock()
-	r.events.Notify(Event{Type: EventWill, ID: id, Time: now})
+	r.feed.Publish(event.WillFired{Base: event.Base{ID: id, At: now}, Gen: gen})
 	return true
 }
 
@@ -140,7 +141,7 @@ func (r *Registry) Birth(id string, b wire.Birth) error {
 	st.replayGuard = b.ReplayGuard
 	r.markDirty(e)
 	e.mu.Unlock()
-	r.events.Notify(Event{Type: EventBirth, ID: id, Time: now, Firmware: b.FirmwareVersion, Reason: b.BootReason.String()})
+	r.feed.Publish(event.Birth{Base: event.Base{ID: id, At: now}, Birth: b})
 	return nil
 }
 
@@ -157,6 +158,7 @@ func (r *Registry) Heartbeat(id string, h wire.Heartbeat) error {
 	e.mu.Lock()
 	st := &e.status
 	wasHealthy := st.heartbeats == 0 || healthy(st.health)
+	wasState, hadState := st.otaState, st.hasOTAState
 	st.heartbeatAt, st.lastSeen = now.UnixNano(), now.UnixNano()
 	st.heartbeats++
 	st.heartbeatsRun++
@@ -171,11 +173,10 @@ func (r *Registry) Heartbeat(id string, h wire.Heartbeat) error {
 	r.markDirty(e)
 	e.mu.Unlock()
 	if isHealthy != wasHealthy {
-		reason := "healthy"
-		if !isHealthy {
-			reason = fmt.Sprintf("health flags %03b", h.HealthFlags)
-		}
-		r.events.Notify(Event{Type: EventHealth, ID: id, Time: now, Reason: reason})
+		r.feed.Publish(event.Health{Base: event.Base{ID: id, At: now}, Flags: h.HealthFlags, Healthy: isHealthy})
+	}
+	if hadState && h.OTAState != wasState {
+		r.feed.Publish(event.OTAState{Base: event.Base{ID: id, At: now}, From: wasState, To: h.OTAState, Offset: h.DownloadOffset})
 	}
 	return nil
 }
@@ -204,7 +205,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 		ids[i] = []byte(e.rec.Load().ID)
 		vals[i] = v
 	}
-	err := r.db.Update(ctx, func(tx *store.Tx) error {
+	err := r.db.Update(ctx, func(tx store.Tx) error {
 		for i := range ids {
 			if err := tx.Put(bucketStatus, ids[i], vals[i]); err != nil {
 				return err

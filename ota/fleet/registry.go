@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/ota/clock"
+	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -34,9 +35,11 @@ type Options struct {
 	Clock clock.Clock
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
-	// Events receives fleet events (online, offline, registered...). Notify
-	// must not block. Default: events are dropped.
-	Events Notifier
+	// Feed gets the registry's events: registrations, updates and
+	// revocations inside their transaction, connects, disconnects, births,
+	// Last Wills, health and OTA-state changes right after they happened.
+	// Default: none.
+	Feed *event.Feed
 	// FlushInterval is the period of Run's status flush. Default
 	// DefaultFlushInterval.
 	FlushInterval time.Duration
@@ -46,48 +49,15 @@ type Options struct {
 	PasswordChecks int
 }
 
-// Notifier receives fleet events. Notify is called from many goroutines and
-// must not block.
-type Notifier interface {
-	Notify(Event)
-}
-
-// Event is a fleet event, published for dashboards and `otactl watch`.
-type Event struct {
-	Type     string    `json:"type"`
-	ID       string    `json:"id"`
-	Time     time.Time `json:"time"`
-	Role     Role      `json:"role,omitempty"`
-	Firmware string    `json:"firmware,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
-	Actor    string    `json:"actor,omitempty"`
-	// Rollout and Progress are set on update events: the rollout the
-	// device reports on and, for download progress, the percentage.
-	Rollout  string `json:"rollout,omitempty"`
-	Progress *uint8 `json:"progress,omitempty"`
-}
-
-// Fleet event types.
-const (
-	EventRegistered = "device.registered"
-	EventUpdated    = "device.updated"
-	EventRevoked    = "device.revoked"
-	EventOnline     = "device.online"
-	EventOffline    = "device.offline"
-	EventBirth      = "device.birth"
-	EventWill       = "device.will"
-	EventHealth     = "device.health"
-)
-
 // Registry holds every registered client. Its methods are safe for
 // concurrent use.
 type Registry struct {
-	db     *store.DB
+	db     store.Store
 	clock  clock.Clock
 	system bool         // clock is the system clock: now reads the coarse one
 	coarse atomic.Int64 // Unix nanoseconds, kept by Run; 0 when Run is not running
 	log    *slog.Logger
-	events Notifier
+	feed   *event.Feed
 	flush  time.Duration
 	// throttle admits operator password checks; checkTime is their moving
 	// average duration in nanoseconds.
@@ -117,12 +87,8 @@ type entry struct {
 	dirty  bool   // status changed since the last flush
 }
 
-type nopNotifier struct{}
-
-func (nopNotifier) Notify(Event) {}
-
 // Open loads the registry from db.
-func Open(db *store.DB, opts *Options) (*Registry, error) {
+func Open(db store.Store, opts *Options) (*Registry, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -133,9 +99,6 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 	if o.Clock == nil {
 		o.Clock = clock.System()
 	}
-	if o.Events == nil {
-		o.Events = nopNotifier{}
-	}
 	if o.FlushInterval <= 0 {
 		o.FlushInterval = DefaultFlushInterval
 	}
@@ -143,11 +106,11 @@ func Open(db *store.DB, opts *Options) (*Registry, error) {
 		o.PasswordChecks = 2
 	}
 	r := &Registry{
-		db: db, clock: o.Clock, system: clock.IsSystem(o.Clock), log: o.Logger, events: o.Events, flush: o.FlushInterval,
+		db: db, clock: o.Clock, system: clock.IsSystem(o.Clock), log: o.Logger, feed: o.Feed, flush: o.FlushInterval,
 		throttle: newThrottle(o.PasswordChecks),
 		intern:   &interner{},
 	}
-	err := db.View(func(tx *store.Tx) error {
+	err := db.View(context.Background(), func(tx store.Tx) error {
 		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
 			var rec record
 			if err := json.Unmarshal(v, &rec); err != nil {

@@ -2,10 +2,10 @@ package release
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/sha256"
 	"encoding"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,14 +112,19 @@ type Upload struct {
 
 // Options configure Open. The zero value means all defaults.
 type Options struct {
+	// Clock is the time. Default clock.System().
 	Clock clock.Clock
+	// Blobs keeps the images' bytes. Default StoreBlobs: in the store's own
+	// file, in the upload's transactions.
+	Blobs Blobs
 	// MaxImageSize bounds an image. Default DefaultMaxImageSize.
 	MaxImageSize uint64
 }
 
 // Catalog is the set of keys, releases and uploads.
 type Catalog struct {
-	db      *store.DB
+	db      store.Store
+	blobs   Blobs
 	now     func() time.Time
 	maxSize uint64
 
@@ -130,7 +135,7 @@ type Catalog struct {
 }
 
 // Open loads the catalog from db.
-func Open(db *store.DB, opts *Options) (*Catalog, error) {
+func Open(db store.Store, opts *Options) (*Catalog, error) {
 	var o Options
 	if opts != nil {
 		o = *opts
@@ -138,12 +143,15 @@ func Open(db *store.DB, opts *Options) (*Catalog, error) {
 	if o.Clock == nil {
 		o.Clock = clock.System()
 	}
+	if o.Blobs == nil {
+		o.Blobs = StoreBlobs{}
+	}
 	if o.MaxImageSize == 0 {
 		o.MaxImageSize = DefaultMaxImageSize
 	}
-	c := &Catalog{db: db, now: o.Clock.Now, maxSize: o.MaxImageSize,
+	c := &Catalog{db: db, blobs: o.Blobs, now: o.Clock.Now, maxSize: o.MaxImageSize,
 		keys: map[manifest.KeyID]*Key{}, releases: map[string]*Release{}, byDigest: map[manifest.Digest]*Release{}}
-	err := db.View(func(tx *store.Tx) error {
+	err := db.View(context.Background(), func(tx store.Tx) error {
 		if err := tx.Scan(bucketKeys, nil, false, func(_, v []byte) error {
 			k, err := decodeKey(v)
 			if err != nil {
@@ -215,7 +223,7 @@ func (c *Catalog) KeyStatus(id manifest.KeyID) (known, revoked bool) {
 
 // txKeys reads keys from a transaction (so that checks within a batch see
 // the batch's earlier writes).
-type txKeys struct{ tx *store.Tx }
+type txKeys struct{ tx store.Tx }
 
 func (t txKeys) Lookup(id manifest.KeyID) (*ecdsa.PublicKey, bool) {
 	v := t.tx.Get(bucketKeys, id[:])
@@ -230,7 +238,7 @@ func (t txKeys) Lookup(id manifest.KeyID) (*ecdsa.PublicKey, bool) {
 }
 
 // AddKey trusts the public key in pemData (PEM "PUBLIC KEY", ECDSA P-256).
-func (c *Catalog) AddKey(tx *store.Tx, name string, pemData []byte, actor string) (Key, error) {
+func (c *Catalog) AddKey(tx store.Tx, name string, pemData []byte, actor string) (Key, error) {
 	if len(name) > MaxKeyNameLen {
 		return Key{}, fmt.Errorf("%w: key name is %d bytes, limit %d", ErrInvalid, len(name), MaxKeyNameLen)
 	}
@@ -260,7 +268,7 @@ func (c *Catalog) AddKey(tx *store.Tx, name string, pemData []byte, actor string
 	return *k, nil
 }
 
-func (c *Catalog) putKey(tx *store.Tx, k *Key) error {
+func (c *Catalog) putKey(tx store.Tx, k *Key) error {
 	v, err := json.Marshal(k)
 	if err != nil {
 		return err
@@ -278,7 +286,7 @@ func (c *Catalog) putKey(tx *store.Tx, k *Key) error {
 
 // RevokeKey stops trusting id and returns the releases it signed: they can
 // no longer be offered.
-func (c *Catalog) RevokeKey(tx *store.Tx, id manifest.KeyID, actor string) (Key, []Release, error) {
+func (c *Catalog) RevokeKey(tx store.Tx, id manifest.KeyID, actor string) (Key, []Release, error) {
 	v := tx.Get(bucketKeys, id[:])
 	if v == nil {
 		return Key{}, nil, fmt.Errorf("key %s: %w", id, ErrNotFound)
@@ -384,7 +392,7 @@ func (c *Catalog) Offerable(r Release) error {
 // already, it is returned (the upload is done). Errors wrap
 // manifest.ErrMalformed, manifest.ErrUnknownKey, manifest.ErrBadSignature,
 // ErrConflict or ErrTooLarge.
-func (c *Catalog) BeginUpload(tx *store.Tx, signed []byte, actor string) (Upload, *Release, error) {
+func (c *Catalog) BeginUpload(tx store.Tx, signed []byte, actor string) (Upload, *Release, error) {
 	s, err := c.verify(tx, signed)
 	if err != nil {
 		return Upload{}, nil, err
@@ -422,7 +430,7 @@ func (c *Catalog) BeginUpload(tx *store.Tx, signed []byte, actor string) (Upload
 // release again returns it; the same version for an overlapping hardware
 // with other bytes, or the same image under another manifest, is a
 // conflict.
-func (c *Catalog) conflicts(tx *store.Tx, s *manifest.Signed) (*Release, error) {
+func (c *Catalog) conflicts(tx store.Tx, s *manifest.Signed) (*Release, error) {
 	m := &s.Manifest
 	var found *Release
 	err := tx.Scan(bucketReleases, nil, false, func(_, v []byte) error {
@@ -448,7 +456,7 @@ func (c *Catalog) conflicts(tx *store.Tx, s *manifest.Signed) (*Release, error) 
 // verify checks a signed manifest against the keys trusted in tx, telling
 // a revoked key (ErrKeyRevoked) from one never trusted
 // (manifest.ErrUnknownKey).
-func (c *Catalog) verify(tx *store.Tx, signed []byte) (*manifest.Signed, error) {
+func (c *Catalog) verify(tx store.Tx, signed []byte) (*manifest.Signed, error) {
 	s, err := manifest.Verify(signed, txKeys{tx})
 	if errors.Is(err, manifest.ErrUnknownKey) {
 		if p, perr := manifest.Parse(signed); perr == nil {
@@ -474,7 +482,7 @@ func intersect(a, b []string) []string {
 	return out
 }
 
-func putUpload(tx *store.Tx, u *Upload) error {
+func putUpload(tx store.Tx, u *Upload) error {
 	v, err := json.Marshal(u)
 	if err != nil {
 		return err
@@ -486,16 +494,12 @@ func marshalHash(h hash.Hash) ([]byte, error) {
 	return h.(encoding.BinaryMarshaler).MarshalBinary()
 }
 
-func chunkKey(d manifest.Digest, i uint32) []byte {
-	return binary.BigEndian.AppendUint32(append(make([]byte, 0, len(d)+4), d[:]...), i)
-}
-
 // AppendUpload writes data at offset of upload id. offset must be what the
 // upload has so far (ErrOffset says which). When the last byte arrives the
 // digest is checked and the release created in the same transaction; a
 // digest mismatch returns manifest.ErrDigestMismatch and the caller should
 // AbortUpload.
-func (c *Catalog) AppendUpload(tx *store.Tx, id string, offset uint64, data []byte, actor string) (Upload, *Release, error) {
+func (c *Catalog) AppendUpload(tx store.Tx, id string, offset uint64, data []byte, actor string) (Upload, *Release, error) {
 	v := tx.Get(bucketUploads, []byte(id))
 	if v == nil {
 		return Upload{}, nil, fmt.Errorf("upload %s: %w (send the manifest first)", id, ErrNotFound)
@@ -519,7 +523,7 @@ func (c *Catalog) AppendUpload(tx *store.Tx, id string, offset uint64, data []by
 		return u, nil, fmt.Errorf("upload %s: hash state: %w", id, err)
 	}
 	h.Write(data)
-	if err := writeChunks(tx, u.Digest, offset, data); err != nil {
+	if err := c.blobs.Append(tx, u.Digest, offset, data); err != nil {
 		return u, nil, err
 	}
 	var err error
@@ -571,32 +575,9 @@ func (c *Catalog) AppendUpload(tx *store.Tx, id string, offset uint64, data []by
 	return u, r, nil
 }
 
-// writeChunks stores data at offset of the image d, filling the last,
-// partial chunk first.
-func writeChunks(tx *store.Tx, d manifest.Digest, offset uint64, data []byte) error {
-	for len(data) > 0 {
-		i := uint32(offset / ChunkSize)
-		pos := int(offset % ChunkSize)
-		key := chunkKey(d, i)
-		old := tx.Get(bucketBlobs, key)
-		if len(old) != pos {
-			return fmt.Errorf("image %s chunk %d holds %d bytes, expected %d", d, i, len(old), pos)
-		}
-		n := min(ChunkSize-pos, len(data))
-		chunk := make([]byte, 0, pos+n)
-		chunk = append(append(chunk, old...), data[:n]...)
-		if err := tx.Put(bucketBlobs, key, chunk); err != nil {
-			return err
-		}
-		offset += uint64(n)
-		data = data[n:]
-	}
-	return nil
-}
-
 // AbortUpload removes upload id and every byte it stored. A missing upload
 // is not an error.
-func (c *Catalog) AbortUpload(tx *store.Tx, id string) error {
+func (c *Catalog) AbortUpload(tx store.Tx, id string) error {
 	v := tx.Get(bucketUploads, []byte(id))
 	if v == nil {
 		return nil
@@ -605,20 +586,8 @@ func (c *Catalog) AbortUpload(tx *store.Tx, id string) error {
 	if err := json.Unmarshal(v, &u); err != nil {
 		return err
 	}
-	var keys [][]byte
-	if err := tx.Scan(bucketBlobs, u.Digest[:], false, func(k, _ []byte) error {
-		if !bytes.HasPrefix(k, u.Digest[:]) {
-			return store.ErrStop
-		}
-		keys = append(keys, bytes.Clone(k))
-		return nil
-	}); err != nil {
+	if err := c.blobs.Delete(tx, u.Digest); err != nil {
 		return err
-	}
-	for _, k := range keys {
-		if err := tx.Delete(bucketBlobs, k); err != nil {
-			return err
-		}
 	}
 	return tx.Delete(bucketUploads, []byte(id))
 }
@@ -627,7 +596,7 @@ func (c *Catalog) AbortUpload(tx *store.Tx, id string) error {
 func (c *Catalog) Upload(id string) (Upload, bool, error) {
 	var u Upload
 	found := false
-	err := c.db.View(func(tx *store.Tx) error {
+	err := c.db.View(context.Background(), func(tx store.Tx) error {
 		v := tx.Get(bucketUploads, []byte(id))
 		if v == nil {
 			return nil
@@ -641,7 +610,7 @@ func (c *Catalog) Upload(id string) (Upload, bool, error) {
 // Uploads returns the uploads in progress.
 func (c *Catalog) Uploads() ([]Upload, error) {
 	var out []Upload
-	err := c.db.View(func(tx *store.Tx) error {
+	err := c.db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Scan(bucketUploads, nil, false, func(_, v []byte) error {
 			var u Upload
 			if err := json.Unmarshal(v, &u); err != nil {
@@ -659,7 +628,7 @@ func (c *Catalog) Uploads() ([]Upload, error) {
 // transaction, and calls fn with each block's offset and data. data is only
 // valid during the call, and fn must not use the store. It stops at fn's
 // first error and returns it.
-func (c *Catalog) ReadBlocks(d manifest.Digest, offset uint64, size, count int, fn func(off uint64, data []byte) error) error {
+func (c *Catalog) ReadBlocks(ctx context.Context, d manifest.Digest, offset uint64, size, count int, fn func(off uint64, data []byte) error) error {
 	r, ok := c.ByDigest(d)
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrNoSuchImage, d)
@@ -669,10 +638,10 @@ func (c *Catalog) ReadBlocks(d manifest.Digest, offset uint64, size, count int, 
 	}
 	buf := blockBufs.get(size)
 	defer blockBufs.put(buf)
-	return c.db.View(func(tx *store.Tx) error {
+	return c.db.View(ctx, func(tx store.Tx) error {
 		for i := 0; i < count && offset < r.Size; i++ {
 			n := int(min(uint64(size), r.Size-offset))
-			if err := readRange(tx, d, offset, buf[:n]); err != nil {
+			if err := c.blobs.ReadAt(tx, d, offset, buf[:n]); err != nil {
 				return err
 			}
 			if err := fn(offset, buf[:n]); err != nil {
@@ -682,20 +651,6 @@ func (c *Catalog) ReadBlocks(d manifest.Digest, offset uint64, size, count int, 
 		}
 		return nil
 	})
-}
-
-// readRange fills dst from the image d at offset.
-func readRange(tx *store.Tx, d manifest.Digest, offset uint64, dst []byte) error {
-	for n := 0; n < len(dst); {
-		off := offset + uint64(n)
-		chunk := tx.Get(bucketBlobs, chunkKey(d, uint32(off/ChunkSize)))
-		pos := int(off % ChunkSize)
-		if pos >= len(chunk) {
-			return fmt.Errorf("image %s: chunk %d missing or short", d, off/ChunkSize)
-		}
-		n += copy(dst[n:], chunk[pos:])
-	}
-	return nil
 }
 
 // blockBufs recycles ReadBlocks' scratch buffers.

@@ -15,7 +15,7 @@ import (
 
 type env struct {
 	t   *testing.T
-	db  *store.DB
+	db  store.Store
 	cat *Catalog
 	key *ecdsa.PrivateKey
 	pub []byte
@@ -35,11 +35,11 @@ func setup(t *testing.T) *env {
 	key, _ := manifest.GenerateKey()
 	pub, _ := manifest.MarshalPublicKey(&key.PublicKey)
 	e := &env{t: t, db: db, cat: cat, key: key, pub: pub}
-	e.update(func(tx *store.Tx) error { _, err := cat.AddKey(tx, "k", pub, "t"); return err })
+	e.update(func(tx store.Tx) error { _, err := cat.AddKey(tx, "k", pub, "t"); return err })
 	return e
 }
 
-func (e *env) update(fn func(tx *store.Tx) error) error {
+func (e *env) update(fn func(tx store.Tx) error) error {
 	return e.db.Update(context.Background(), fn)
 }
 
@@ -63,7 +63,7 @@ func random(n int) []byte {
 func (e *env) upload(signed, img []byte, part int) (*Release, error) {
 	var u Upload
 	var r *Release
-	if err := e.update(func(tx *store.Tx) error {
+	if err := e.update(func(tx store.Tx) error {
 		var err error
 		u, r, err = e.cat.BeginUpload(tx, signed, "t")
 		return err
@@ -72,7 +72,7 @@ func (e *env) upload(signed, img []byte, part int) (*Release, error) {
 	}
 	for off := u.Offset; off < uint64(len(img)); {
 		end := min(off+uint64(part), uint64(len(img)))
-		if err := e.update(func(tx *store.Tx) error {
+		if err := e.update(func(tx store.Tx) error {
 			var err error
 			u, r, err = e.cat.AppendUpload(tx, u.ID, off, img[off:end], "t")
 			return err
@@ -94,7 +94,7 @@ func TestUploadAndReadAcrossChunks(t *testing.T) {
 	}
 	for _, c := range []struct{ off, n int }{{0, 10}, {ChunkSize - 5, 10}, {ChunkSize, ChunkSize}, {3 * ChunkSize, 5000}, {len(img) - 1, 1}} {
 		var got []byte
-		err := e.cat.ReadBlocks(r.Digest, uint64(c.off), c.n, 1, func(_ uint64, data []byte) error {
+		err := e.cat.ReadBlocks(context.Background(), r.Digest, uint64(c.off), c.n, 1, func(_ uint64, data []byte) error {
 			got = bytes.Clone(data)
 			return nil
 		})
@@ -106,14 +106,14 @@ func TestUploadAndReadAcrossChunks(t *testing.T) {
 	// Several blocks in one read, the last one short.
 	var offs []uint64
 	var all []byte
-	if err := e.cat.ReadBlocks(r.Digest, uint64(len(img)-2500), 1000, 5, func(off uint64, data []byte) error {
+	if err := e.cat.ReadBlocks(context.Background(), r.Digest, uint64(len(img)-2500), 1000, 5, func(off uint64, data []byte) error {
 		offs = append(offs, off)
 		all = append(all, data...)
 		return nil
 	}); err != nil || len(offs) != 3 || !bytes.Equal(all, img[len(img)-2500:]) {
 		t.Errorf("blocks to the end: offsets %v, %d bytes, %v", offs, len(all), err)
 	}
-	if err := e.cat.ReadBlocks(r.Digest, uint64(len(img)), 1, 1, func(uint64, []byte) error { return nil }); !errors.Is(err, ErrInvalid) {
+	if err := e.cat.ReadBlocks(context.Background(), r.Digest, uint64(len(img)), 1, 1, func(uint64, []byte) error { return nil }); !errors.Is(err, ErrInvalid) {
 		t.Errorf("read past the end: %v", err)
 	}
 	// The catalog reloads from the store.
@@ -155,26 +155,26 @@ func TestUploadRules(t *testing.T) {
 	// A part at the wrong offset, and past the end.
 	img3 := random(10_000)
 	var u Upload
-	_ = e.update(func(tx *store.Tx) error {
+	_ = e.update(func(tx store.Tx) error {
 		var err error
 		u, _, err = e.cat.BeginUpload(tx, e.signed("4.0.0", []string{"a"}, img3), "t")
 		return err
 	})
-	if err := e.update(func(tx *store.Tx) error { _, _, err := e.cat.AppendUpload(tx, u.ID, 5, img3[:10], "t"); return err }); !errors.Is(err, ErrOffset) {
+	if err := e.update(func(tx store.Tx) error { _, _, err := e.cat.AppendUpload(tx, u.ID, 5, img3[:10], "t"); return err }); !errors.Is(err, ErrOffset) {
 		t.Fatalf("wrong offset: %v", err)
 	}
-	if err := e.update(func(tx *store.Tx) error {
+	if err := e.update(func(tx store.Tx) error {
 		_, _, err := e.cat.AppendUpload(tx, u.ID, 0, random(10_001), "t")
 		return err
 	}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("past the end: %v", err)
 	}
 	// Abort removes every trace.
-	_ = e.update(func(tx *store.Tx) error { _, _, err := e.cat.AppendUpload(tx, u.ID, 0, img3[:7000], "t"); return err })
-	if err := e.update(func(tx *store.Tx) error { return e.cat.AbortUpload(tx, u.ID) }); err != nil {
+	_ = e.update(func(tx store.Tx) error { _, _, err := e.cat.AppendUpload(tx, u.ID, 0, img3[:7000], "t"); return err })
+	if err := e.update(func(tx store.Tx) error { return e.cat.AbortUpload(tx, u.ID) }); err != nil {
 		t.Fatal(err)
 	}
-	_ = e.db.View(func(tx *store.Tx) error {
+	_ = e.db.View(context.Background(), func(tx store.Tx) error {
 		if tx.Get(bucketUploads, []byte(u.ID)) != nil || tx.Get(bucketBlobs, chunkKey(u.Digest, 0)) != nil {
 			t.Error("aborted upload left data")
 		}
@@ -185,16 +185,16 @@ func TestUploadRules(t *testing.T) {
 func TestKeys(t *testing.T) {
 	e := setup(t)
 	kid := manifest.KeyIDOf(&e.key.PublicKey)
-	if err := e.update(func(tx *store.Tx) error { _, err := e.cat.AddKey(tx, "again", e.pub, "t"); return err }); !errors.Is(err, ErrKeyExists) {
+	if err := e.update(func(tx store.Tx) error { _, err := e.cat.AddKey(tx, "again", e.pub, "t"); return err }); !errors.Is(err, ErrKeyExists) {
 		t.Fatalf("adding a key twice: %v", err)
 	}
-	if err := e.update(func(tx *store.Tx) error { _, err := e.cat.AddKey(tx, "bad", []byte("not pem"), "t"); return err }); !errors.Is(err, ErrInvalid) {
+	if err := e.update(func(tx store.Tx) error { _, err := e.cat.AddKey(tx, "bad", []byte("not pem"), "t"); return err }); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("garbage key: %v", err)
 	}
 	img := random(100)
 	r, _ := e.upload(e.signed("1.0.0", []string{"a"}, img), img, 100)
 	var affected []Release
-	if err := e.update(func(tx *store.Tx) error { var err error; _, affected, err = e.cat.RevokeKey(tx, kid, "t"); return err }); err != nil {
+	if err := e.update(func(tx store.Tx) error { var err error; _, affected, err = e.cat.RevokeKey(tx, kid, "t"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if len(affected) != 1 || affected[0].ID != r.ID {
@@ -206,7 +206,7 @@ func TestKeys(t *testing.T) {
 	if _, ok := e.cat.Lookup(kid); ok {
 		t.Fatal("revoked key still trusted")
 	}
-	if err := e.update(func(tx *store.Tx) error { _, err := e.cat.AddKey(tx, "back", e.pub, "t"); return err }); !errors.Is(err, ErrKeyRevoked) {
+	if err := e.update(func(tx store.Tx) error { _, err := e.cat.AddKey(tx, "back", e.pub, "t"); return err }); !errors.Is(err, ErrKeyRevoked) {
 		t.Fatalf("re-adding a revoked key: %v", err)
 	}
 	img2 := random(100)

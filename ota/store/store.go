@@ -45,7 +45,8 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// DB is an open store. Its methods may be called concurrently.
+// DB is the bbolt store, the default Store. Its methods may be called
+// concurrently.
 type DB struct {
 	bolt *bolt.DB
 	log  *slog.Logger
@@ -60,7 +61,7 @@ type DB struct {
 }
 
 type request struct {
-	fn  func(*Tx) error
+	fn  func(Tx) error
 	err chan error // buffered, capacity 1
 }
 
@@ -140,7 +141,7 @@ func (db *DB) Path() string { return db.bolt.Path() }
 // If ctx ends before the writer has taken the request, Update returns
 // ctx.Err() and fn never runs. Once taken, Update waits for the commit: it
 // never reports a write as failed that may have reached the disk.
-func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
+func (db *DB) Update(ctx context.Context, fn func(Tx) error) error {
 	r := &request{fn: fn, err: make(chan error, 1)}
 	db.mu.RLock()
 	if db.closed {
@@ -160,24 +161,25 @@ func (db *DB) Update(ctx context.Context, fn func(*Tx) error) error {
 // UpdateNow runs fn in its own read-write transaction with its own fsync,
 // bypassing the group-commit writer. It exists as the baseline that
 // benchmarks compare Update against; production code uses Update.
-func (db *DB) UpdateNow(fn func(*Tx) error) error {
+func (db *DB) UpdateNow(fn func(Tx) error) error {
 	db.mu.RLock()
 	defer db.mu.RUnlock()
 	if db.closed {
 		return ErrClosed
 	}
-	return db.bolt.Update(func(btx *bolt.Tx) error { return call(fn, &Tx{b: btx}) })
+	return db.bolt.Update(func(btx *bolt.Tx) error { return call(fn, &boltTx{b: btx}) })
 }
 
 // View runs fn in a read-only transaction. Views run concurrently with each
-// other and with the writer.
-func (db *DB) View(fn func(*Tx) error) error {
+// other and with the writer. ctx is not consulted by bbolt (a read of the
+// local file does not wait on anything a context could end).
+func (db *DB) View(_ context.Context, fn func(Tx) error) error {
 	db.mu.RLock()
 	defer db.mu.RUnlock()
 	if db.closed {
 		return ErrClosed
 	}
-	return db.bolt.View(func(btx *bolt.Tx) error { return call(fn, &Tx{b: btx}) })
+	return db.bolt.View(func(btx *bolt.Tx) error { return call(fn, &boltTx{b: btx}) })
 }
 
 // Close waits for every accepted Update to commit, stops the writer and
@@ -225,7 +227,7 @@ func (db *DB) commit(batch []*request) {
 	for len(batch) > 0 {
 		failed := -1
 		err := db.bolt.Update(func(btx *bolt.Tx) error {
-			tx := &Tx{b: btx}
+			tx := &boltTx{b: btx}
 			for i, r := range batch {
 				if err := call(r.fn, tx); err != nil {
 					failed = i
@@ -262,7 +264,7 @@ func (db *DB) commit(batch []*request) {
 
 // call runs fn, turning a panic into an error so that one bad function
 // cannot take down the writer goroutine.
-func call(fn func(*Tx) error, tx *Tx) (err error) {
+func call(fn func(Tx) error, tx Tx) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("%w: %v", ErrPanic, p)
@@ -271,14 +273,15 @@ func call(fn func(*Tx) error, tx *Tx) (err error) {
 	return fn(tx)
 }
 
-// Tx is a transaction handed to Update and View functions. It is valid only
-// during the call.
-type Tx struct {
+// boltTx is a Tx of the bbolt store.
+type boltTx struct {
 	b *bolt.Tx
 }
 
+var _ Tx = (*boltTx)(nil)
+
 // Get returns the value at key in bucket, or nil if either is missing.
-func (tx *Tx) Get(bucket string, key []byte) []byte {
+func (tx *boltTx) Get(bucket string, key []byte) []byte {
 	bk := tx.b.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil
@@ -294,7 +297,7 @@ func (tx *Tx) Get(bucket string, key []byte) []byte {
 const fillPercent = 0.9
 
 // Put stores value at key in bucket, creating the bucket on first use.
-func (tx *Tx) Put(bucket string, key, value []byte) error {
+func (tx *boltTx) Put(bucket string, key, value []byte) error {
 	bk, err := tx.b.CreateBucketIfNotExists([]byte(bucket))
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", bucket, err)
@@ -304,7 +307,7 @@ func (tx *Tx) Put(bucket string, key, value []byte) error {
 }
 
 // Delete removes key from bucket. A missing key or bucket is not an error.
-func (tx *Tx) Delete(bucket string, key []byte) error {
+func (tx *boltTx) Delete(bucket string, key []byte) error {
 	bk := tx.b.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil
@@ -314,7 +317,7 @@ func (tx *Tx) Delete(bucket string, key []byte) error {
 
 // NextSequence returns the next value of bucket's monotonic counter (first
 // value 1), creating the bucket on first use.
-func (tx *Tx) NextSequence(bucket string) (uint64, error) {
+func (tx *boltTx) NextSequence(bucket string) (uint64, error) {
 	bk, err := tx.b.CreateBucketIfNotExists([]byte(bucket))
 	if err != nil {
 		return 0, fmt.Errorf("bucket %s: %w", bucket, err)
@@ -323,7 +326,7 @@ func (tx *Tx) NextSequence(bucket string) (uint64, error) {
 }
 
 // Count returns the number of keys in bucket.
-func (tx *Tx) Count(bucket string) int {
+func (tx *boltTx) Count(bucket string) int {
 	bk := tx.b.Bucket([]byte(bucket))
 	if bk == nil {
 		return 0
@@ -331,14 +334,10 @@ func (tx *Tx) Count(bucket string) int {
 	return bk.Stats().KeyN
 }
 
-// ErrStop may be returned by a Scan callback to end the scan early without
-// an error.
-var ErrStop = errors.New("store: stop scan")
-
 // Scan calls fn for the keys of bucket in byte order, starting at the first
 // key >= from (or <= from when reverse is set; an empty from means the first
 // or last key). Returning ErrStop ends the scan with a nil error.
-func (tx *Tx) Scan(bucket string, from []byte, reverse bool, fn func(k, v []byte) error) error {
+func (tx *boltTx) Scan(bucket string, from []byte, reverse bool, fn func(k, v []byte) error) error {
 	bk := tx.b.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil
@@ -383,4 +382,4 @@ func step(c *bolt.Cursor, reverse bool) ([]byte, []byte) {
 // is the place to apply a committed change to in-memory state, so that
 // memory and disk change in the same order. fn must be quick and must not
 // call back into the DB.
-func (tx *Tx) OnCommit(fn func()) { tx.b.OnCommit(fn) }
+func (tx *boltTx) OnCommit(fn func()) { tx.b.OnCommit(fn) }

@@ -32,8 +32,8 @@ func benchAdmin() error {
 	open := func(name string) (*store.DB, error) {
 		return store.Open(filepath.Join(dir, name), &store.Options{Logger: quiet})
 	}
-	put := func(i int64) func(tx *store.Tx) error {
-		return func(tx *store.Tx) error { return tx.Put("bench", fmt.Appendf(nil, "%012d", i), value) }
+	put := func(i int64) func(tx store.Tx) error {
+		return func(tx store.Tx) error { return tx.Put("bench", fmt.Appendf(nil, "%012d", i), value) }
 	}
 
 	// Baseline: one writer, one transaction per write.

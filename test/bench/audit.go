@@ -50,7 +50,7 @@ func benchAudit() error {
 	start := time.Now()
 	const perTx = 10_000
 	for base := 0; base < n; base += perTx {
-		err := db.Update(context.Background(), func(tx *store.Tx) error {
+		err := db.Update(context.Background(), func(tx store.Tx) error {
 			for i := base; i < min(base+perTx, n); i++ {
 				actor := fmt.Sprintf("op-%02d", i%20)
 				if i%10_000 == 4321 {
@@ -123,7 +123,7 @@ func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond
 // record from the newest and keep the matching ones, up to the limit.
 func fullScan(db *store.DB, q audit.Query) (int, error) {
 	n := 0
-	err := db.View(func(tx *store.Tx) error {
+	err := db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Scan("audit", nil, true, func(_, v []byte) error {
 			var r audit.Record
 			if err := json.Unmarshal(v, &r); err != nil {

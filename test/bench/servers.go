@@ -78,7 +78,7 @@ func seedDevices(dataDir string, n int) error {
 	}
 	const batch = 1000
 	for start := 0; start < n; start += batch {
-		err := db.Update(context.Background(), func(tx *store.Tx) error {
+		err := db.Update(context.Background(), func(tx store.Tx) error {
 			for i := start; i < min(start+batch, n); i++ {
 				id := deviceID(i)
 				if _, err := reg.Register(tx, fleet.Registration{ID: id, Attributes: fleet.Attributes{Hardware: "esp32-v2", Region: "eu"}},

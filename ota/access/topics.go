@@ -1,4 +1,4 @@
-package hooks
+package access
 
 import (
 	"strings"
@@ -15,11 +15,11 @@ const (
 	KindCmd      = "cmd"
 )
 
-// devicePublishes and deviceSubscribes are what a device may do on its own
+// DevicePublishes and DeviceSubscribes are what a device may do on its own
 // topics.
 var (
-	devicePublishes  = []string{KindBirth, KindHB, KindEvent, KindGet}
-	deviceSubscribes = []string{KindManifest, KindBlock, KindCmd}
+	DevicePublishes  = []string{KindBirth, KindHB, KindEvent, KindGet}
+	DeviceSubscribes = []string{KindManifest, KindBlock, KindCmd}
 )
 
 // DefaultPrefix is the topic prefix of the contract.
@@ -96,8 +96,8 @@ func cutLevel(topic, first string) (string, bool) {
 	return "", false
 }
 
-// hasWildcard reports whether filter contains + or #.
-func hasWildcard(filter string) bool {
+// HasWildcard reports whether filter contains + or #.
+func HasWildcard(filter string) bool {
 	for i := 0; i < len(filter); i++ {
 		if c := filter[i]; c == '+' || c == '#' {
 			return true
@@ -106,14 +106,14 @@ func hasWildcard(filter string) bool {
 	return false
 }
 
-// covers reports whether every topic that filter f can match is also matched
+// Covers reports whether every topic that filter f can match is also matched
 // by filter r. With f a topic name (no wildcards) it is plain matching.
 //
 // The rules, level by level: r's "#" covers whatever follows (including
 // nothing); r's "+" covers one level of f that is a name or "+", not "#";
 // a name in r covers only the same name. f may not be longer than r unless r
 // ends in "#".
-func covers(r, f string) bool {
+func Covers(r, f string) bool {
 	rl := strings.Split(r, "/")
 	fl := strings.Split(f, "/")
 	for i, rv := range rl {

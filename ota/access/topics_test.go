@@ -1,4 +1,4 @@
-package hooks
+package access
 
 import (
 	"strings"
@@ -30,8 +30,8 @@ func TestCovers(t *testing.T) {
 		{"dm/admin/reply/alice/#", "dm/admin/reply/alicex/y", false},
 	}
 	for _, c := range cases {
-		if got := covers(c.rule, c.filter); got != c.want {
-			t.Errorf("covers(%q, %q) = %v, want %v", c.rule, c.filter, got, c.want)
+		if got := Covers(c.rule, c.filter); got != c.want {
+			t.Errorf("Covers(%q, %q) = %v, want %v", c.rule, c.filter, got, c.want)
 		}
 	}
 }
