@@ -40,6 +40,7 @@ import (
 	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
+	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -51,6 +52,7 @@ type Broker struct {
 	fleet    *fleet.Registry
 	catalog  *release.Catalog
 	delivery *delivery.Service
+	rollouts *rollout.Engine
 	admin    *admin.Service
 	srv      *mqtt.Server
 	events   *hooks.Events
@@ -67,6 +69,7 @@ type Broker struct {
 
 	flushCancel context.CancelFunc
 	flushDone   chan struct{}
+	rolloutDone chan struct{}
 
 	stopOnce sync.Once
 	stopErr  error
@@ -145,8 +148,8 @@ func New(opts Options) (_ *Broker, err error) {
 	b.events = hooks.NewEvents(b.srv, topics, rec, o.Logger)
 	undo = append(undo, b.events.Close)
 	// The domain's events, typed: the dashboard stream is one subscriber
-	// (best effort); the rollout engine will be another (in the
-	// transaction that records a device's event).
+	// (best effort); the rollout engine, which subscribes itself, another
+	// (in the transaction that records a device's event).
 	b.feed = &event.Feed{}
 	b.feed.Subscribe(b.events)
 
@@ -171,14 +174,19 @@ func New(opts Options) (_ *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
+	b.rollouts, err = rollout.New(b.db, b.fleet, b.catalog, b.delivery, &rollout.Options{Clock: o.Clock, Logger: o.Logger,
+		Feed: b.feed, Recorder: rec, Tick: o.RolloutTick})
+	if err != nil {
+		return nil, err
+	}
 	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock,
 		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
-		Catalog:      b.catalog, Delivery: b.delivery,
+		Catalog:      b.catalog, Delivery: b.delivery, Rollouts: b.rollouts,
 		Rate: o.AdminRate, Burst: o.AdminBurst, Audit: audit.Retention{MaxRecords: o.AuditMaxRecords, MaxAge: o.AuditMaxAge}})
 	if err != nil {
 		return nil, err
 	}
-	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog))
+	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog, b.rollouts))
 
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests.
@@ -425,6 +433,11 @@ func (b *Broker) Start() error {
 		defer close(b.flushDone)
 		b.fleet.Run(ctx)
 	}()
+	b.rolloutDone = make(chan struct{})
+	go func() {
+		defer close(b.rolloutDone)
+		b.rollouts.Run(ctx)
+	}()
 	b.log.Info("otamq started", "mqtt", b.Addr(), "mqtt_tls", b.TLSAddr(), "http", b.HTTPAddr(), "data", b.opts.DataDir)
 	return nil
 }
@@ -462,6 +475,7 @@ func (b *Broker) shutdown() error {
 	b.events.Close()
 	if b.flushCancel != nil {
 		b.flushCancel()
+		<-b.rolloutDone
 		<-b.flushDone
 	} else if err := b.fleet.Flush(context.Background()); err != nil {
 		errs = append(errs, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
+	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/ota/wire"
 )
 
@@ -42,11 +43,15 @@ type recorder struct {
 	uploadsRejected *prometheus.CounterVec
 	loginsThrottled *prometheus.CounterVec
 	anonymous       prometheus.Counter
+
+	updates   *prometheus.CounterVec
+	rollbacks *prometheus.CounterVec
 }
 
 var (
 	_ hooks.Recorder    = (*recorder)(nil)
 	_ delivery.Recorder = (*recorder)(nil)
+	_ rollout.Recorder  = (*recorder)(nil)
 )
 
 func newRecorder(reg prometheus.Registerer) *recorder {
@@ -83,9 +88,16 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Clients let in anonymously on a listener that allows them."}),
 		loginsThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_logins_throttled_total",
 			Help: "Operator logins refused without a password check after failed attempts, by scope (client_id, address, busy)."}, []string{"scope"}),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_updates_total",
+			Help: "Devices' results in rollouts, by result (succeeded, failed, rolled_back, timed_out, cancelled), hardware, region and the rollout's release version."},
+			[]string{"result", "hardware", "region", "version"}),
+		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_rollbacks_total",
+			Help: "Devices in rollouts that rolled back, by hardware, region and the rollout's release version."},
+			[]string{"hardware", "region", "version"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
-		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous} {
+		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous,
+		r.updates, r.rollbacks} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -124,6 +136,14 @@ func (r *recorder) UploadRejected(reason string)       { r.uploadsRejected.WithL
 func (r *recorder) LoginThrottled(scope string)        { r.loginsThrottled.WithLabelValues(scope).Inc() }
 func (r *recorder) Anonymous()                         { r.anonymous.Inc() }
 
+// The rollout.Recorder side.
+func (r *recorder) Result(result, hardware, region, version string) {
+	r.updates.WithLabelValues(result, orUnknown(hardware), orUnknown(region), orUnknown(version)).Inc()
+}
+func (r *recorder) Rollback(hardware, region, version string) {
+	r.rollbacks.WithLabelValues(orUnknown(hardware), orUnknown(region), orUnknown(version)).Inc()
+}
+
 // The delivery.Recorder side.
 func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }
 func (r *recorder) BlockBytes(n int)           { r.blockBytes.Add(float64(n)) }
@@ -134,9 +154,12 @@ func (r *recorder) EventDropped(reason string) { r.eventsRefused.WithLabelValues
 // stateCollector reads the fleet aggregates and mochi's counters at scrape
 // time, so nothing is counted twice and the hot path pays nothing.
 type stateCollector struct {
-	fleet   *fleet.Registry
-	info    *mqtt.Server
-	catalog *release.Catalog
+	fleet    *fleet.Registry
+	info     *mqtt.Server
+	catalog  *release.Catalog
+	rollouts *rollout.Engine
+
+	rolloutDevices, rolloutState *prometheus.Desc
 
 	connected, registered, byVersion, heartbeats, releases *prometheus.Desc
 	mqttGauges                                             []gaugeDesc
@@ -150,17 +173,19 @@ type gaugeDesc struct {
 
 func load(p *int64) float64 { return float64(atomic.LoadInt64(p)) }
 
-func newStateCollector(reg *fleet.Registry, srv *mqtt.Server, cat *release.Catalog) *stateCollector {
+func newStateCollector(reg *fleet.Registry, srv *mqtt.Server, cat *release.Catalog, ro *rollout.Engine) *stateCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &stateCollector{
-		fleet: reg, info: srv, catalog: cat,
-		releases:   d("otamq_releases", "Releases uploaded and verified."),
-		connected:  d("otamq_devices_connected", "Devices and gateways connected now."),
-		heartbeats: d("otamq_heartbeats_total", "Heartbeats accepted since the broker started."),
-		registered: d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware (\"unknown\" if none).", "hardware"),
-		byVersion:  d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (\"unknown\": never reported or declared).", "version", "hardware"),
+		fleet: reg, info: srv, catalog: cat, rollouts: ro,
+		rolloutDevices: d("otamq_rollout_devices", "Devices of a rollout by wave and state (every state; rollouts in memory: active and recently finished).", "rollout", "wave", "state"),
+		rolloutState:   d("otamq_rollout_state", "1 for a rollout's current state, 0 for the others.", "rollout", "state"),
+		releases:       d("otamq_releases", "Releases uploaded and verified."),
+		connected:      d("otamq_devices_connected", "Devices and gateways connected now."),
+		heartbeats:     d("otamq_heartbeats_total", "Heartbeats accepted since the broker started."),
+		registered:     d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware (\"unknown\" if none).", "hardware"),
+		byVersion:      d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (\"unknown\": never reported or declared).", "version", "hardware"),
 		mqttGauges: []gaugeDesc{
 			{d("otamq_mqtt_clients_connected", "MQTT clients connected (all roles)."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsConnected) }},
 			{d("otamq_mqtt_inflight", "QoS 1/2 messages in flight to clients."), func(s *mqtt.Server) float64 { return load(&s.Info.Inflight) }},
@@ -188,6 +213,8 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.releases
 	ch <- c.registered
 	ch <- c.byVersion
+	ch <- c.rolloutDevices
+	ch <- c.rolloutState
 	for _, g := range c.mqttGauges {
 		ch <- g.desc
 	}
@@ -220,6 +247,22 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for k, n := range versions {
 		ch <- prometheus.MustNewConstMetric(c.byVersion, prometheus.GaugeValue, float64(n), orUnknown(k[0]), orUnknown(k[1]))
+	}
+	if c.rollouts != nil {
+		for _, r := range c.rollouts.Metrics() {
+			for _, st := range rollout.RolloutStates {
+				v := 0.0
+				if st == r.State {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(c.rolloutState, prometheus.GaugeValue, v, r.ID, st)
+			}
+			for _, w := range r.Waves {
+				for i, n := range w.Counts {
+					ch <- prometheus.MustNewConstMetric(c.rolloutDevices, prometheus.GaugeValue, float64(n), r.ID, w.Name, rollout.States()[i])
+				}
+			}
+		}
 	}
 	for _, g := range c.mqttGauges {
 		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.GaugeValue, g.val(c.info))

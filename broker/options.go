@@ -118,6 +118,9 @@ type Options struct {
 	// FlushInterval is how often device status (heartbeats, last seen) is
 	// written. Default fleet.DefaultFlushInterval.
 	FlushInterval time.Duration
+	// RolloutTick is the period of the rollout engine's evaluation pass
+	// (it also runs when devices report). Default rollout.DefaultTick.
+	RolloutTick time.Duration
 	// AdminWorkers run admin requests concurrently. Default
 	// DefaultAdminWorkers.
 	AdminWorkers int

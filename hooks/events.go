@@ -29,6 +29,16 @@ type FleetEvent struct {
 	// device reports on and, for download progress, the percentage.
 	Rollout  string `json:"rollout,omitempty"`
 	Progress *uint8 `json:"progress,omitempty"`
+	// Wave and State are set on rollout events ("rollout.*"): the wave
+	// concerned, and the device's state (rollout.device) or the
+	// rollout's.
+	Wave  string `json:"wave,omitempty"`
+	State string `json:"state,omitempty"`
+
+	// topic and raw, when set, make this no fleet event but a message of
+	// its own (a rollout summary on its rollout's topic).
+	topic string
+	raw   []byte
 }
 
 // Fleet event types besides the update events, which are named by their
@@ -70,6 +80,11 @@ func fleetEvent(ev event.Event) FleetEvent {
 		}
 	case event.OTAState:
 		fe.Type, fe.Reason = EventOTAState, x.To.String()
+	case event.Rollout:
+		fe.Type, fe.Rollout, fe.Wave, fe.State, fe.Reason, fe.Actor = "rollout."+x.Kind, x.Rollout, x.Wave, x.State, x.Reason, x.Actor
+		if fe.ID == "" {
+			fe.ID = x.Rollout
+		}
 	case event.Update:
 		e := x.Event
 		fe.Type, fe.Firmware, fe.Rollout = e.Code.String(), e.TargetVersion, e.RolloutID
@@ -91,10 +106,11 @@ func fleetEvent(ev event.Event) FleetEvent {
 //
 // Events also implements admin.Disconnector.
 type Events struct {
-	srv   *mqtt.Server
-	topic string
-	rec   Recorder
-	log   *slog.Logger
+	srv    *mqtt.Server
+	topic  string
+	topics access.Topics
+	rec    Recorder
+	log    *slog.Logger
 
 	// orderMu guards last, the time of the last event queued, and makes
 	// queueing and stamping one step.
@@ -116,7 +132,7 @@ func NewEvents(srv *mqtt.Server, t access.Topics, rec Recorder, log *slog.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	e := &Events{srv: srv, topic: t.FleetEvents(), rec: rec, log: log,
+	e := &Events{srv: srv, topic: t.FleetEvents(), topics: t, rec: rec, log: log,
 		ch: make(chan FleetEvent, 4096), stop: make(chan struct{}), done: make(chan struct{})}
 	go e.run()
 	return e
@@ -135,7 +151,12 @@ func (e *Events) OnEvent(dev event.Event) {
 		return
 	default:
 	}
-	ev := fleetEvent(dev)
+	var ev FleetEvent
+	if sum, ok := dev.(event.RolloutSummary); ok {
+		ev = FleetEvent{Time: sum.Time(), topic: e.topics.RolloutSummary(sum.Rollout), raw: sum.JSON}
+	} else {
+		ev = fleetEvent(dev)
+	}
 	e.orderMu.Lock()
 	defer e.orderMu.Unlock()
 	if ev.Time.Before(e.last) {
@@ -169,6 +190,12 @@ func (e *Events) run() {
 }
 
 func (e *Events) publish(ev FleetEvent) {
+	if ev.topic != "" {
+		if err := e.srv.Publish(ev.topic, ev.raw, false, 0); err != nil {
+			e.log.Debug("rollout summary not published", "err", err)
+		}
+		return
+	}
 	b, err := json.Marshal(ev)
 	if err != nil {
 		e.log.Error("fleet event encode", "err", err)

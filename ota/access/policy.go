@@ -156,7 +156,8 @@ func (p *Policy) operatorAllowed(d *fleet.Device, clientID, filter string, write
 		}
 		return d.Role == fleet.RoleOperator || p.ReadOnly != nil && p.ReadOnly(res+"/"+verb)
 	}
-	return filter == p.Topics.FleetEvents() || Covers(p.Topics.ReplyPrefix(clientID)+"#", filter)
+	return filter == p.Topics.FleetEvents() || Covers(p.Topics.RolloutSummary("#"), filter) ||
+		Covers(p.Topics.ReplyPrefix(clientID)+"#", filter)
 }
 
 // anonymousDevice is what an anonymous client is to the rules.

@@ -36,6 +36,10 @@ func (t Topics) Device(id, kind string) string { return t.Prefix + "/" + id + "/
 // FleetEvents is the topic of fleet events.
 func (t Topics) FleetEvents() string { return t.Prefix + "/fleet/events" }
 
+// RolloutSummary is the topic of rollout id's summaries (otactl rollout
+// watch): its whole state, when it changed, about once a second at most.
+func (t Topics) RolloutSummary(id string) string { return t.Prefix + "/fleet/rollouts/" + id }
+
 // AdminRequest is the topic of an admin request.
 func (t Topics) AdminRequest(resource, verb string) string {
 	return t.Prefix + "/admin/" + resource + "/" + verb

@@ -39,6 +39,7 @@ import (
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
+	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -108,6 +109,9 @@ type Error struct {
 	// Candidates are, for a release reference that names none or several,
 	// the IDs of releases it might have meant (at most ten).
 	Candidates []string `json:"candidates,omitempty"`
+	// Problems lists, for a refused rollout spec, everything wrong with
+	// it and where.
+	Problems []rollout.Problem `json:"problems,omitempty"`
 }
 
 // Refusal is one refused item of a batch.
@@ -157,6 +161,9 @@ type Options struct {
 	// verbs. Default: those verbs do not exist.
 	Catalog  *release.Catalog
 	Delivery *delivery.Service
+	// Rollouts enables the rollout verbs, and keeps manual offers away
+	// from the devices a rollout holds. Default: no rollout verbs.
+	Rollouts *rollout.Engine
 	// Rate is how many requests per second one caller (operator or
 	// observer, all its sessions together) may send, with bursts of
 	// Burst; beyond it requests are refused with CodeRateLimited and
@@ -178,6 +185,7 @@ type Service struct {
 	kick     Disconnector
 	cat      *release.Catalog
 	dlv      *delivery.Service
+	rollouts *rollout.Engine
 	audit    *audit.Log
 	limit    *limiter
 	handlers map[string]handler
@@ -247,7 +255,7 @@ func New(db store.Store, reg *fleet.Registry, opts *Options) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Clock.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery,
-		audit: log, limit: newLimiter(o.Rate, o.Burst), ops: make(chan struct{}, 1)}
+		rollouts: o.Rollouts, audit: log, limit: newLimiter(o.Rate, o.Burst), ops: make(chan struct{}, 1)}
 	s.handlers = map[string]handler{
 		"device/register": {run: deviceRegister},
 		"device/get":      {readOnly: true, run: deviceGet},
@@ -263,6 +271,11 @@ func New(db store.Store, reg *fleet.Registry, opts *Options) (*Service, error) {
 	}
 	for a, h := range s.releaseHandlers() {
 		s.handlers[a] = h
+	}
+	if s.rollouts != nil {
+		for a, h := range s.rolloutHandlers() {
+			s.handlers[a] = h
+		}
 	}
 	return s, nil
 }
@@ -440,6 +453,9 @@ func decodeMessage(err error) string {
 // classify maps a domain error to a reply error.
 func classify(err error) *Error {
 	if e := classifyRelease(err); e != nil {
+		return e
+	}
+	if e := classifyRollout(err); e != nil {
 		return e
 	}
 	switch {

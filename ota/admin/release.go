@@ -524,14 +524,16 @@ func offerCreate(_ context.Context, s *Service, c *call) (any, error) {
 	if spec.RolloutID == "" {
 		spec.RolloutID = delivery.NewRolloutID(s.now())
 	}
+	free, held := s.unheld(req.Devices)
 	var results []delivery.OfferResult
 	if err := c.commit(func(tx store.Tx) error {
 		var err error
-		results, err = s.dlv.Offer(tx, req.Devices, spec, c.req.Caller.ID)
+		results, err = s.dlv.Offer(tx, free, spec, c.req.Caller.ID)
 		return err
 	}); err != nil {
 		return nil, err
 	}
+	results = append(results, held...)
 	var sent []string
 	for _, r := range results {
 		if r.OK {
@@ -540,6 +542,25 @@ func offerCreate(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	c.after = append(c.after, func() { s.dlv.Push(sent) })
 	return map[string]any{"rollout_id": spec.RolloutID, "results": results}, nil
+}
+
+// unheld splits ids into the devices no rollout holds and refusals for
+// those one does: a manual offer or cancel would compete with it.
+func (s *Service) unheld(ids []string) ([]string, []delivery.OfferResult) {
+	if s.rollouts == nil {
+		return ids, nil
+	}
+	free := make([]string, 0, len(ids))
+	var held []delivery.OfferResult
+	for _, id := range ids {
+		if r, ok := s.rollouts.Holder(id); ok {
+			held = append(held, delivery.OfferResult{Device: id,
+				Error: fmt.Sprintf("%s takes part in rollout %s: pause or abort it, or let it finish, to offer by hand", id, r)})
+			continue
+		}
+		free = append(free, id)
+	}
+	return free, held
 }
 
 type devicesRequest struct {
@@ -555,14 +576,16 @@ func offerCancel(_ context.Context, s *Service, c *call) (any, error) {
 	if err := checkDevices(req.Devices); err != nil {
 		return nil, err
 	}
+	free, held := s.unheld(req.Devices)
 	var results []delivery.OfferResult
 	if err := c.commit(func(tx store.Tx) error {
 		var err error
-		results, err = s.dlv.Cancel(tx, req.Devices, c.req.Caller.ID)
+		results, err = s.dlv.Cancel(tx, free, c.req.Caller.ID)
 		return err
 	}); err != nil {
 		return nil, err
 	}
+	results = append(results, held...)
 	var cancelled []string
 	for _, r := range results {
 		if r.OK {

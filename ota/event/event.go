@@ -131,6 +131,31 @@ type Update struct {
 	Event wire.Event
 }
 
+// Rollout: something happened to a rollout. DeviceID is the device for
+// Kind "device" (a device's result), empty otherwise.
+type Rollout struct {
+	Base
+	Rollout string
+	// Kind: started, wave_started, wave_reached, wave_passed, warned,
+	// paused, resumed, completed, aborted, ended, approved, device.
+	Kind string
+	Wave string
+	// State is the device's state for Kind "device", else the rollout's.
+	State  string
+	Reason string
+	Actor  string
+}
+
+// RolloutSummary is a rollout's whole state for live views (otactl rollout
+// watch), published when it changed, at most about once a second. DeviceID
+// is empty.
+type RolloutSummary struct {
+	Base
+	Rollout string
+	// JSON is the summary as the admin API's rollout/get returns it.
+	JSON []byte
+}
+
 // Subscriber gets events after they happened. OnEvent must not block.
 type Subscriber interface {
 	OnEvent(Event)

@@ -179,6 +179,17 @@ func (e *entry) view() View {
 	return View{Device: e.rec.Load().Device, Status: st}
 }
 
+// Each calls f with every registered client, in no order. It collects the
+// entries first, so f may call the registry; the views are snapshots.
+func (r *Registry) Each(f func(v *View)) {
+	entries := make([]*entry, 0, r.byID.len())
+	r.byID.each(func(_ string, e *entry) { entries = append(entries, e) })
+	for _, e := range entries {
+		v := e.view()
+		f(&v)
+	}
+}
+
 // Len returns the number of registered clients.
 func (r *Registry) Len() int {
 	return r.byID.len()
