@@ -44,8 +44,9 @@ type recorder struct {
 	loginsThrottled *prometheus.CounterVec
 	anonymous       prometheus.Counter
 
-	updates   *prometheus.CounterVec
-	rollbacks *prometheus.CounterVec
+	updates        *prometheus.CounterVec
+	rollbacks      *prometheus.CounterVec
+	healthFailures *prometheus.CounterVec
 }
 
 var (
@@ -94,10 +95,13 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		rollbacks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_rollbacks_total",
 			Help: "Devices in rollouts that rolled back, by hardware, region and the rollout's release version."},
 			[]string{"hardware", "region", "version"}),
+		healthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_update_health_failures_total",
+			Help: "Devices in rollouts whose result is a health failure (reported, or judged by the broker: reconnect loop, silence after the reboot, Last Will in trial), by hardware, region and the rollout's release version."},
+			[]string{"hardware", "region", "version"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
 		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous,
-		r.updates, r.rollbacks} {
+		r.updates, r.rollbacks, r.healthFailures} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -143,6 +147,9 @@ func (r *recorder) Result(result, hardware, region, version string) {
 func (r *recorder) Rollback(hardware, region, version string) {
 	r.rollbacks.WithLabelValues(orUnknown(hardware), orUnknown(region), orUnknown(version)).Inc()
 }
+func (r *recorder) HealthFailure(hardware, region, version string) {
+	r.healthFailures.WithLabelValues(orUnknown(hardware), orUnknown(region), orUnknown(version)).Inc()
+}
 
 // The delivery.Recorder side.
 func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }
@@ -159,7 +166,7 @@ type stateCollector struct {
 	catalog  *release.Catalog
 	rollouts *rollout.Engine
 
-	rolloutDevices, rolloutState *prometheus.Desc
+	rolloutDevices, rolloutState, rolloutHealth *prometheus.Desc
 
 	connected, registered, byVersion, heartbeats, releases *prometheus.Desc
 	mqttGauges                                             []gaugeDesc
@@ -181,6 +188,7 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server, cat *release.Catal
 		fleet: reg, info: srv, catalog: cat, rollouts: ro,
 		rolloutDevices: d("otamq_rollout_devices", "Devices of a rollout by wave and state (every state; rollouts in memory: active and recently finished).", "rollout", "wave", "state"),
 		rolloutState:   d("otamq_rollout_state", "1 for a rollout's current state, 0 for the others.", "rollout", "state"),
+		rolloutHealth:  d("otamq_rollout_health_failures", "Devices of a rollout's wave whose result is a health failure.", "rollout", "wave"),
 		releases:       d("otamq_releases", "Releases uploaded and verified."),
 		connected:      d("otamq_devices_connected", "Devices and gateways connected now."),
 		heartbeats:     d("otamq_heartbeats_total", "Heartbeats accepted since the broker started."),
@@ -215,6 +223,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.byVersion
 	ch <- c.rolloutDevices
 	ch <- c.rolloutState
+	ch <- c.rolloutHealth
 	for _, g := range c.mqttGauges {
 		ch <- g.desc
 	}
@@ -261,6 +270,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				for i, n := range w.Counts {
 					ch <- prometheus.MustNewConstMetric(c.rolloutDevices, prometheus.GaugeValue, float64(n), r.ID, w.Name, rollout.States()[i])
 				}
+				ch <- prometheus.MustNewConstMetric(c.rolloutHealth, prometheus.GaugeValue, float64(w.HealthFailures), r.ID, w.Name)
 			}
 		}
 	}

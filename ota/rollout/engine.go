@@ -37,12 +37,16 @@ type Recorder interface {
 	Result(result, hardware, region, version string)
 	// Rollback counts a rollback.
 	Rollback(hardware, region, version string)
+	// HealthFailure counts a result that is a health failure (reported,
+	// or judged by the broker; a rollback after failing health is both).
+	HealthFailure(hardware, region, version string)
 }
 
 type nopRecorder struct{}
 
 func (nopRecorder) Result(string, string, string, string) {}
 func (nopRecorder) Rollback(string, string, string)       {}
+func (nopRecorder) HealthFailure(string, string, string)  {}
 
 // Defaults of Options.
 const (
@@ -515,6 +519,9 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 		e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
 		if m.state == RolledBack {
 			e.o.Recorder.Rollback(hw, region, r.rel.Version)
+		}
+		if m.flags&fHealth != 0 {
+			e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
 		}
 	}
 	if m.state != old.state {

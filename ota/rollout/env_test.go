@@ -146,6 +146,7 @@ type results struct {
 	mu        sync.Mutex
 	results   map[string]int
 	rollbacks int
+	health    int
 }
 
 func (r *results) Result(result, hw, region, version string) {
@@ -157,6 +158,12 @@ func (r *results) Result(result, hw, region, version string) {
 func (r *results) Rollback(string, string, string) {
 	r.mu.Lock()
 	r.rollbacks++
+	r.mu.Unlock()
+}
+
+func (r *results) HealthFailure(string, string, string) {
+	r.mu.Lock()
+	r.health++
 	r.mu.Unlock()
 }
 

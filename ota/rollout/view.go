@@ -180,10 +180,12 @@ type Metrics struct {
 	Waves []WaveMetrics
 }
 
-// WaveMetrics counts a wave's devices by state (every state).
+// WaveMetrics counts a wave's devices by state (every state), and its
+// health failures (among its results).
 type WaveMetrics struct {
-	Name   string
-	Counts [numStates]int
+	Name           string
+	Counts         [numStates]int
+	HealthFailures int
 }
 
 // Metrics returns the rollouts in memory (the active ones and the most
@@ -198,6 +200,7 @@ func (e *Engine) Metrics() []Metrics {
 			wm := WaveMetrics{Name: w.Name}
 			if i < len(r.counts) {
 				copy(wm.Counts[:], r.counts[i][:numStates])
+				wm.HealthFailures = r.counts[i][healthIdx]
 			}
 			m.Waves = append(m.Waves, wm)
 		}
