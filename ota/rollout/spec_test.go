@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -232,3 +233,24 @@ func FuzzParse(f *testing.F) {
 }
 
 func mustVersion(s string) *semver.Version { return semver.MustParse(s) }
+
+// The commented example in config/ parses, and says what Parse fills in.
+func TestExampleSpec(t *testing.T) {
+	b, err := os.ReadFile("../../config/rollout.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, err := Parse([]byte("release: x\nwaves: [{percent: [100]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The values the example calls defaults are the defaults.
+	if s.Success != def.Success || s.Thresholds != def.Thresholds || s.Probation != def.Probation ||
+		s.Deadline != def.Deadline || *s.Retries != *def.Retries || s.Silence != def.Silence || s.Reconnects != def.Reconnects {
+		t.Fatalf("example %+v\ndefaults %+v", s, def)
+	}
+}
