@@ -9,11 +9,15 @@
 #define P(a) ((a)->port)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 #define KIND(a) ((uint8_t)(a)->ps.kind)
-/* Helpers GCC would copy into each caller, at a cost in size. */
+/* Helpers GCC would copy into each caller, at a cost in size (NOINLINE),
+ * and small ones it would keep out of line though a copy in each caller
+ * costs less than the calls (INLINE; FOOTPRINT.md). */
 #ifdef __GNUC__
 #define NOINLINE __attribute__((noinline))
+#define INLINE inline __attribute__((always_inline))
 #else
 #define NOINLINE
+#define INLINE
 #endif
 #define STR_(x) #x
 #define STR(x) STR_(x)
@@ -124,6 +128,12 @@ static const char *reason_text(uint8_t why)
 
 /* ---- small helpers ----------------------------------------------------- */
 
+/* The topics the agent subscribes to at every connect, after
+ * "<prefix>/<id>/": blocks at QoS 0, offers and commands at QoS 1. */
+static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
+#define TOPIC_MANIFEST (inbox + sizeof("ota/blk"))
+#define TOPIC_CMD (TOPIC_MANIFEST + sizeof("ota/manifest"))
+
 static uint64_t unix_now(const ota_agent_t *a)
 {
     return P(a)->unix_time != NULL ? P(a)->unix_time(P(a)->ctx) : 0u;
@@ -159,7 +169,7 @@ static void persist(ota_agent_t *a)
     a->persist_failed = rc != OTA_OK;
 }
 
-static uint32_t trial_clock(const ota_agent_t *a)
+static INLINE uint32_t trial_clock(const ota_agent_t *a)
 {
     return a->trial_base_ms + (NOW(a) - a->trial_start_ms);
 }
@@ -176,7 +186,7 @@ static uint32_t min_u32(uint32_t x, uint32_t y)
 }
 
 /* Ends the image hash if it is under way. */
-static void hash_abort(ota_agent_t *a)
+static INLINE void hash_abort(ota_agent_t *a)
 {
     if (a->hashing)
         P(a)->sha256_abort(P(a)->ctx, &a->img_hash);
@@ -394,7 +404,7 @@ static void stop_requests(ota_agent_t *a)
     a->retry_wait = false;
 }
 
-static void abort_slot(ota_agent_t *a)
+static INLINE void abort_slot(ota_agent_t *a)
 {
     if (P(a)->slot_abort != NULL)
         P(a)->slot_abort(P(a)->ctx, KIND(a));
@@ -443,7 +453,7 @@ static int rehash(ota_agent_t *a, uint32_t n)
 }
 
 /* The hash of the image so far (which this ends) is the manifest's digest. */
-static bool digest_ok(ota_agent_t *a)
+static INLINE bool digest_ok(ota_agent_t *a)
 {
     uint8_t d[32];
     a->hashing = false;
@@ -815,7 +825,7 @@ static void check_now(ota_agent_t *a)
     a->check_pending = true;
     event_plain(a, OTA_EV_CHECK_STARTED, R_NONE);
     if (a->connected)
-        (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/manifest"), 1);
+        (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, TOPIC_MANIFEST), 1);
 }
 
 static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
@@ -853,10 +863,6 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
     return OTA_OK;
 }
 
-/* The topics the agent subscribes to at every connect, after
- * "<prefix>/<id>/": blocks at QoS 0, offers and commands at QoS 1. */
-static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
-
 int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, size_t len)
 {
     if (a == NULL || t == NULL || (payload == NULL && len != 0u) || !a->booted)
@@ -867,9 +873,9 @@ int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, 
     t += a->topic_len;
     if (strcmp(t, inbox) == 0)
         return on_block(a, payload, len);
-    if (strcmp(t, inbox + sizeof("ota/blk")) == 0)
+    if (strcmp(t, TOPIC_MANIFEST) == 0)
         return on_offer(a, payload, len);
-    if (strcmp(t, inbox + sizeof("ota/blk") + sizeof("ota/manifest")) == 0)
+    if (strcmp(t, TOPIC_CMD) == 0)
         return on_command(a, payload, len);
     return OTA_OK;
 }
@@ -1271,9 +1277,8 @@ static size_t id_len(const char *id)
 {
     size_t n = 0;
     for (; id[n] != '\0'; n++) {
-        char c = id[n], l = (char)(c | 0x20);
-        if (!((l >= 'a' && l <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-'))
+        unsigned c = (unsigned char)id[n];
+        if ((c | 0x20u) - 'a' > 'z' - 'a' && c - '0' > 9u && c != '.' && c != '_' && c != '-')
             return 0;
     }
     return n <= OTA_CFG_DEVICE_ID_MAX ? n : 0u;
