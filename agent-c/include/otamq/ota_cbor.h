@@ -45,7 +45,11 @@ typedef struct ota_cbor_reader {
     const uint8_t *end; /* one past the last byte */
 } ota_cbor_reader_t;
 
-void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len);
+static inline void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len)
+{
+    r->p = buf;
+    r->end = buf + len;
+}
 
 /* Reads one head. For major types 0..6 *arg is the value, length, count or
  * tag number; for major type 7 it is the simple value or the raw float bits.
@@ -96,7 +100,13 @@ typedef struct ota_cbor_writer {
     bool overflow;
 } ota_cbor_writer_t;
 
-void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap);
+static inline void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap)
+{
+    w->buf = buf;
+    w->cap = cap;
+    w->len = 0;
+    w->overflow = false;
+}
 void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg);
 /* A byte or text string (major OTA_CBOR_BSTR / OTA_CBOR_TSTR) of n bytes. */
 void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);

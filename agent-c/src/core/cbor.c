@@ -9,12 +9,6 @@
 
 #include "internal.h"
 
-void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len)
-{
-    r->p = buf;
-    r->end = buf + len;
-}
-
 int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
 {
     const uint8_t *p = r->p;
@@ -177,14 +171,6 @@ int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key)
 }
 
 /* ---- writer ------------------------------------------------------------ */
-
-void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap)
-{
-    w->buf = buf;
-    w->cap = cap;
-    w->len = 0;
-    w->overflow = false;
-}
 
 void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
 {

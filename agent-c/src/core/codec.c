@@ -9,14 +9,23 @@
 
 #include "internal.h"
 
-static int read_u32(ota_cbor_reader_t *r, uint32_t *v)
+/* An unsigned integer into the member of type t (OTA_F_U8, OTA_F_U32 or
+ * OTA_F_U64) at dst, which it must fit. */
+static int read_num(ota_cbor_reader_t *r, uint8_t t, uint8_t *dst)
 {
     uint64_t u;
     int rc = ota_cbor_read_uint(r, &u);
-    if (rc == OTA_OK && u > 0xffffffffu)
-        rc = OTA_ERR_MSG;
-    *v = (uint32_t)u;
-    return rc;
+    if (rc != OTA_OK)
+        return rc;
+    if (t == OTA_F_U64)
+        *(uint64_t *)(void *)dst = u;
+    else if (u > (t == OTA_F_U8 ? 0xffu : 0xffffffffu))
+        return OTA_ERR_MSG;
+    else if (t == OTA_F_U8)
+        *dst = (uint8_t)u;
+    else
+        *(uint32_t *)(void *)dst = (uint32_t)u;
+    return OTA_OK;
 }
 
 static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
@@ -25,28 +34,18 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
     const uint8_t *p;
     size_t n;
     uint64_t u;
-    uint32_t v, i;
+    uint32_t i;
     int rc;
 
-    if (t == OTA_F_U64)
-        return ota_cbor_read_uint(r, (uint64_t *)(void *)dst);
+    if (t <= OTA_F_U64)
+        return read_num(r, t, dst);
     if (t == OTA_F_LOG) {
         rc = ota_cbor_read_array(r, &u);
         if (rc == OTA_OK && u > OTA_CFG_BOOT_LOG)
             rc = OTA_ERR_MSG;
         out[f->len_off] = (uint8_t)u;
         for (i = 0; rc == OTA_OK && i < (uint32_t)u; i++)
-            rc = read_u32(r, (uint32_t *)(void *)dst + i);
-        return rc;
-    }
-    if (t <= OTA_F_U32) { /* OTA_F_U8, OTA_F_U32 */
-        rc = read_u32(r, &v);
-        if (t == OTA_F_U32)
-            *(uint32_t *)(void *)dst = v;
-        else if (v > 0xffu)
-            rc = OTA_ERR_MSG;
-        else
-            *dst = (uint8_t)v;
+            rc = read_num(r, OTA_F_U32, dst + i * sizeof(uint32_t));
         return rc;
     }
     /* strings: TSTR, TEXT as text; BSTR, DIGEST, PDIGEST as bytes */
@@ -140,39 +139,30 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
             continue;
         pairs++;
         ota_cbor_put_uint(&w, rows->key);
-        switch (t) {
-        case OTA_F_CSTR:
-        case OTA_F_TEXT:
+        if (t == OTA_F_CSTR || t == OTA_F_TEXT) {
             put_text(&w, (const char *)p,
                      t == OTA_F_CSTR && rows->len_off != 0u
                          ? *(const size_t *)(const void *)(s + rows->len_off)
                          : 0u);
             continue;
-        case OTA_F_DIGEST:
-        case OTA_F_PDIGEST:
+        }
+        if (t == OTA_F_DIGEST || t == OTA_F_PDIGEST) {
             ota_cbor_put_bstr(&w, (const uint8_t *)p, 32);
             continue;
-        case OTA_F_LOG:
+        }
+        if (t == OTA_F_LOG) {
             ota_cbor_put_head(&w, OTA_CBOR_ARRAY, s[rows->len_off]);
             for (i = 0; i < s[rows->len_off]; i++)
                 ota_cbor_put_uint(&w, ((const uint32_t *)p)[i]);
             continue;
-        case OTA_F_U8:
-            v = *(const uint8_t *)p;
-            break;
-        case OTA_F_U32:
-            v = *(const uint32_t *)p;
-            break;
-        case OTA_F_I32:
-            v = (uint32_t)*(const int32_t *)p;
-            if (*(const int32_t *)p < 0) {
-                major = OTA_CBOR_NINT;
-                v = (uint32_t)~v;
-            }
-            break;
-        default: /* OTA_F_U64 */
-            v = *(const uint64_t *)p;
-            break;
+        }
+        /* numbers: OTA_F_U8, OTA_F_U32, OTA_F_U64, OTA_F_I32 */
+        v = t == OTA_F_U8    ? *(const uint8_t *)p
+            : t == OTA_F_U64 ? *(const uint64_t *)p
+                             : *(const uint32_t *)p;
+        if (t == OTA_F_I32 && *(const int32_t *)p < 0) {
+            major = OTA_CBOR_NINT;
+            v = (uint32_t)~v;
         }
         ota_cbor_put_head(&w, major, v);
     }
