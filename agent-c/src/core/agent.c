@@ -108,7 +108,7 @@ typedef char refusal_rows[sizeof(refusal_status) == R_SECURE_VERSION - R_BAD_OFF
 static const char reason_texts[] = REASONS(AS_TEXT);
 
 /* The detail text of why, NULL when it has none. */
-static const char *reason_text(uint8_t why)
+static const char *reason_text(unsigned why)
 {
     const char *t = reason_texts;
     for (; why > 0u; why--)
@@ -235,7 +235,7 @@ static void flush_events(ota_agent_t *a)
  * oldest events. The rollout ID and version (NULL:
  * none) are rollout_len and version_len bytes long, or NUL-terminated when
  * that is 0. */
-static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rollout,
+static void event_for(ota_agent_t *a, unsigned code, unsigned why, const char *rollout,
                       size_t rollout_len, const char *version, size_t version_len)
 {
     ota_event_t ev;
@@ -244,7 +244,7 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
 
     if (code == OTA_EV_DOWNLOAD_PROGRESS && a->evq_len > 1u + a->evq[0])
         return; /* others wait: progress now would be old when it goes */
-    ev.code = code;
+    ev.code = (uint8_t)code;
     ev.rollout = rollout;
     ev.rollout_len = rollout_len;
     ev.target_version = version;
@@ -272,14 +272,14 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
 }
 
 /* An event about the current update: its rollout and target version. */
-static void event(ota_agent_t *a, uint8_t code, uint8_t why)
+static void event(ota_agent_t *a, unsigned code, unsigned why)
 {
     event_for(a, code, why, a->ps.rollout[0] ? a->ps.rollout : NULL, 0,
               a->ps.version[0] ? a->ps.version : NULL, 0);
 }
 
 /* An event about no update in particular. */
-static void event_plain(ota_agent_t *a, uint8_t code, uint8_t why)
+static void event_plain(ota_agent_t *a, unsigned code, unsigned why)
 {
     event_for(a, code, why, NULL, 0, NULL, 0);
 }
@@ -300,7 +300,7 @@ static void set_state(ota_agent_t *a, uint32_t st)
 /* Enters state st and reports code with why (st may be the current state:
  * persist and report). The event is queued (a result: saved) before the
  * state is persisted, so a reset between reports it twice, never not. */
-static void step(ota_agent_t *a, uint32_t st, uint8_t code, uint8_t why)
+static void step(ota_agent_t *a, uint32_t st, unsigned code, unsigned why)
 {
     event(a, code, why);
     set_state(a, st);
@@ -413,7 +413,7 @@ static INLINE void abort_slot(ota_agent_t *a)
 /* The current download or verified image is given up and reported (event
  * 6, or 8 when activation failed). Cancelled: back to idle. Failed: state
  * FAILED, and the same rollout+digest is not retried when offered again. */
-static void give_up(ota_agent_t *a, uint8_t why)
+static void give_up(ota_agent_t *a, unsigned why)
 {
     uint8_t err = reason_err[why];
     stop_requests(a);
@@ -505,7 +505,7 @@ static void install(ota_agent_t *a)
     }
     event(a, OTA_EV_INSTALL_COMPLETED, R_NONE);
     new_trial(a);
-    if (KIND(a) != OTA_KIND_FIRMWARE && rc != OTA_ACTIVATE_RESTART) {
+    if (a->ps.kind != OTA_KIND_FIRMWARE && rc != OTA_ACTIVATE_RESTART) {
         trial_start(a); /* in use now, no reboot */
         return;
     }
@@ -537,7 +537,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_block_t b;
     uint32_t dec;
-    uint8_t why;
+    unsigned why;
     int rc = ota_msg_decode_block(payload, len, &b);
     if (rc != OTA_OK)
         return rc;
@@ -548,7 +548,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             retry_later(a, b.retry_ms, false); /* the broker asked to wait */
             return OTA_OK;
         }
-        why = b.error <= OTA_BLKERR_OFFSET ? (uint8_t)(R_NOT_ASSIGNED - 1u + b.error)
+        why = b.error <= OTA_BLKERR_OFFSET ? R_NOT_ASSIGNED - 1u + b.error
                                            : R_BROKER_REFUSED;
     } else if (b.offset != a->next_off) {
         return OTA_ERR_STATE; /* duplicate or out of order: wait / re-request */
@@ -650,7 +650,7 @@ static bool current_rollout(const ota_agent_t *a, const char *s, size_t n)
 /* Reports a refused offer (event 15) with its own rollout ID and, when it
  * was readable, its manifest's version, as far as they are within the
  * limits the broker takes. */
-static void reject(ota_agent_t *a, const ota_offer_t *o, uint8_t why, const ota_manifest_t *m)
+static void reject(ota_agent_t *a, const ota_offer_t *o, unsigned why, const ota_manifest_t *m)
 {
     event_for(a, OTA_EV_REJECTED, why, o->rollout_len <= OTA_CFG_ROLLOUT_MAX ? o->rollout : NULL,
               o->rollout_len, m->version_len <= OTA_CFG_VERSION_MAX ? m->version : NULL,
@@ -719,7 +719,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     ota_offer_t o;
     ota_cose_sign1_t s;
     ota_manifest_t m;
-    uint8_t why;
+    unsigned why;
     uint32_t st = a->ps.state;
     int cose, decoded = OTA_ERR_MSG, rc = ota_msg_decode_offer(payload, len, &o);
 
@@ -906,7 +906,7 @@ static void rolled_back(ota_agent_t *a);
 
 /* Goes back to the update's previous slot. Firmware: the port restarts
  * into it (does not return when it can). */
-static void roll_back(ota_agent_t *a, uint8_t why)
+static void roll_back(ota_agent_t *a, unsigned why)
 {
     if (reason_err[why] != ERR_PS)
         a->ps.error = reason_err[why];
@@ -915,11 +915,11 @@ static void roll_back(ota_agent_t *a, uint8_t why)
     step(a, a->ps.state, OTA_EV_ROLLBACK_TRIGGERED, why);
     keep_events(a);
     if (P(a)->rollback(P(a)->ctx, KIND(a)) == OTA_OK) {
-        if (KIND(a) != OTA_KIND_FIRMWARE)
+        if (a->ps.kind != OTA_KIND_FIRMWARE)
             rolled_back(a); /* the previous one is in use already */
         return;             /* a port whose rollback returns restarts later by itself */
     }
-    if (KIND(a) == OTA_KIND_FIRMWARE && a->boot.img_state == OTA_IMG_PENDING_VERIFY) {
+    if (a->ps.kind == OTA_KIND_FIRMWARE && a->boot.img_state == OTA_IMG_PENDING_VERIFY) {
         restart(a); /* unconfirmed: the bootloader reverts */
         return;
     }
@@ -929,13 +929,13 @@ static void roll_back(ota_agent_t *a, uint8_t why)
 }
 
 /* A health check or rollback trigger failed: report it and roll back. */
-static void fail_trial(ota_agent_t *a, uint8_t why)
+static void fail_trial(ota_agent_t *a, unsigned why)
 {
     event(a, OTA_EV_HEALTH_FAILED, why);
     roll_back(a, why);
 }
 
-NOINLINE static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
+NOINLINE static unsigned count_since(const uint32_t *log, unsigned n, uint32_t now_ms, uint32_t window_ms)
 {
     unsigned c = 0;
     while (n-- > 0u)
@@ -947,11 +947,11 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
 {
     bool healthy = (health_bits(a) & 3u) == 3u; /* app and resources ok */
     uint32_t clock = trial_clock(a);
-    uint8_t k = KIND(a);
+    uint32_t k = a->ps.kind;
 
     if (!(a->ps.flags & OTA_PF_CONFIRMED)) {
         if (a->broker_seen && a->hb_sent && healthy) {
-            if (P(a)->confirm(P(a)->ctx, k) != OTA_OK) {
+            if (P(a)->confirm(P(a)->ctx, KIND(a)) != OTA_OK) {
                 roll_back(a, R_CONFIRM);
                 return;
             }
@@ -964,8 +964,7 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
         } else if (clock >= a->cfg.settings.trial_timeout_ms) {
             /* R_NOT_REACHED, R_NO_HEARTBEAT or R_APP_CHECK: the first
              * check that did not pass (the flags are 0 or 1) */
-            fail_trial(a, (uint8_t)(R_NOT_REACHED + a->broker_seen +
-                                    (a->broker_seen & a->hb_sent)));
+            fail_trial(a, R_NOT_REACHED + a->broker_seen + (a->broker_seen & a->hb_sent));
         }
         return;
     }
@@ -1061,7 +1060,7 @@ static void rolled_back(ota_agent_t *a)
         a->ps.error = OTA_E_BOOT;
         event(a, OTA_EV_ROLLBACK_TRIGGERED, power ? R_POWER_LOST : R_NOT_CONFIRMED);
     }
-    if (KIND(a) == OTA_KIND_FIRMWARE) {
+    if (a->ps.kind == OTA_KIND_FIRMWARE) {
         /* After a rollback from a confirmed image, esp_ota_set_boot_partition
          * made the old image NEW, so it runs PENDING_VERIFY like an update:
          * confirm it at once, or its next reset would revert to the
@@ -1138,7 +1137,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         a->ps.wdt_since_commit++;
     st = a->ps.state;
     flags = a->ps.flags;
-    if (KIND(a) != OTA_KIND_FIRMWARE) {
+    if (a->ps.kind != OTA_KIND_FIRMWARE) {
         bi = &kb;
         rc = P(a)->boot_state(P(a)->ctx, KIND(a), bi);
         if (rc != OTA_OK)
@@ -1147,7 +1146,7 @@ int ota_agent_on_boot(ota_agent_t *a)
     moved = bi->running_slot != a->ps.target_slot; /* not the update's slot */
     busy = st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL;
 
-    if (KIND(a) == OTA_KIND_FIRMWARE && moved &&
+    if (a->ps.kind == OTA_KIND_FIRMWARE && moved &&
         ((flags & OTA_PF_ROLLBACK_REQ) || (st == OTA_STATE_TRIAL && (flags & OTA_PF_CONFIRMED)))) {
         /* back on the old image after a rollback asked for or after the
          * new image was confirmed (also when the bootloader starts it
@@ -1156,7 +1155,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         return OTA_OK;
     }
     if (a->boot.img_state == OTA_IMG_PENDING_VERIFY &&
-        !(KIND(a) == OTA_KIND_FIRMWARE && busy && !moved)) {
+        !(a->ps.kind == OTA_KIND_FIRMWARE && busy && !moved)) {
         /* firmware waiting for confirmation that we know nothing about */
         a->ps.kind = OTA_KIND_FIRMWARE;
         a->ps.target_slot = a->boot.running_slot;
@@ -1178,12 +1177,12 @@ int ota_agent_on_boot(ota_agent_t *a)
             return OTA_OK;
         } else {
             /* the slot's first start */
-            if (KIND(a) == OTA_KIND_FIRMWARE)
+            if (a->ps.kind == OTA_KIND_FIRMWARE)
                 a->boot_reason = OTA_BOOT_OTA;
             trial_start(a);
             return OTA_OK;
         }
-    } else if (st == OTA_STATE_ROLLED_BACK && KIND(a) == OTA_KIND_FIRMWARE && !moved) {
+    } else if (st == OTA_STATE_ROLLED_BACK && a->ps.kind == OTA_KIND_FIRMWARE && !moved) {
         /* the bootloader started the image rolled back from again (it fell
          * back to it: the image rolled back to was never confirmed, or no
          * longer loads) */
