@@ -14,11 +14,12 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
     const uint8_t *p = r->p;
     size_t left = (size_t)(r->end - p);
     uint32_t hi = 0, lo;
-    unsigned ai, n, i;
+    unsigned mt, ai, n, i;
 
     if (left == 0u)
         return OTA_ERR_CBOR;
-    *major = (uint8_t)(*p >> 5);
+    mt = *p >> 5;
+    *major = (uint8_t)mt;
     ai = *p++ & 0x1fu;
     left--;
     lo = ai;
@@ -37,19 +38,19 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
         /* Shortest form only: the value must need its n bytes. Floats
          * (major 7, ai 25..27) carry bits, not a value, and are left alone;
          * a one-byte simple value is unassigned or not well-formed. */
-        if (*major != OTA_CBOR_SIMPLE) {
+        if (mt != OTA_CBOR_SIMPLE) {
             if (n == 8u ? hi == 0u : n == 1u ? lo < 24u : (lo >> (4u * n)) == 0u)
                 return OTA_ERR_CBOR;
         } else if (n == 1u) {
             return OTA_ERR_CBOR;
         }
-    } else if (*major == OTA_CBOR_SIMPLE && ai < 20u) {
+    } else if (mt == OTA_CBOR_SIMPLE && ai < 20u) {
         return OTA_ERR_CBOR; /* unassigned simple values */
     }
     /* Lengths against the bytes left; each array item needs at least one
      * byte, each map pair two. hi != 0 is more than any buffer here. */
-    if (*major >= OTA_CBOR_BSTR && *major <= OTA_CBOR_MAP &&
-        (hi != 0u || lo > (*major == OTA_CBOR_MAP ? left / 2u : left)))
+    if (mt >= OTA_CBOR_BSTR && mt <= OTA_CBOR_MAP &&
+        (hi != 0u || lo > (mt == OTA_CBOR_MAP ? left / 2u : left)))
         return OTA_ERR_CBOR;
     r->p = p;
     *arg = (uint64_t)hi << 32 | lo;
@@ -65,31 +66,34 @@ int ota_cbor_expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
     return rc;
 }
 
-/* Well-formed UTF-8 (RFC 3629): no overlongs, surrogates or > U+10FFFF. */
-static bool utf8_ok(const uint8_t *s, size_t n)
+/* Moves past the string of len bytes after its head; a text string
+ * (major OTA_CBOR_TSTR) must be well-formed UTF-8 (RFC 3629): no overlongs,
+ * surrogates or > U+10FFFF. */
+static int take_str(ota_cbor_reader_t *r, unsigned major, uint64_t len)
 {
-    const uint8_t *end = s + n;
-    while (s < end) {
+    const uint8_t *s = r->p, *end = s + len;
+    r->p = end;
+    while (major == OTA_CBOR_TSTR && s < end) {
         uint32_t c = *s++;
         unsigned k, i;
         if (c < 0x80u)
             continue;
         if (c < 0xc2u || c > 0xf4u)
-            return false; /* continuation byte, overlong lead, beyond U+10FFFF */
+            return OTA_ERR_CBOR; /* continuation byte, overlong lead, beyond U+10FFFF */
         k = c >= 0xf0u ? 3u : c >= 0xe0u ? 2u : 1u; /* continuation bytes */
         if ((size_t)(end - s) < k)
-            return false;
+            return OTA_ERR_CBOR;
         c &= 0x3fu >> k;
         for (i = 0; i < k; i++, s++) {
             if ((*s & 0xc0u) != 0x80u)
-                return false;
+                return OTA_ERR_CBOR;
             c = c << 6 | (*s & 0x3fu);
         }
         /* shortest form (0x800, 0x10000), no surrogates, at most U+10FFFF */
         if (c < 1u << (5u * k + 1u) || c >> 11 == 0x1bu || c > 0x10ffffu)
-            return false;
+            return OTA_ERR_CBOR;
     }
-    return true;
+    return OTA_OK;
 }
 
 int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
@@ -98,12 +102,9 @@ int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, si
     int rc = ota_cbor_expect(r, major, &len);
     if (rc != OTA_OK)
         return rc;
-    if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)len))
-        return OTA_ERR_CBOR;
     *p = r->p;
     *n = (size_t)len;
-    r->p += len;
-    return OTA_OK;
+    return take_str(r, major, len);
 }
 
 static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
@@ -118,12 +119,8 @@ static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
     rc = ota_cbor_read_head(r, &major, &arg);
     if (rc != OTA_OK)
         return rc;
-    if (major == OTA_CBOR_BSTR || major == OTA_CBOR_TSTR) {
-        if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)arg))
-            return OTA_ERR_CBOR;
-        r->p += arg;
-        return OTA_OK;
-    }
+    if (major == OTA_CBOR_BSTR || major == OTA_CBOR_TSTR)
+        return take_str(r, major, arg);
     /* arrays and maps are bounded by the bytes left (read_head), so their
      * item counts fit 32 bits; a tag has one item; numbers and simple
      * values none */

@@ -11,7 +11,7 @@
 
 /* An unsigned integer into the member of type t (OTA_F_U8, OTA_F_U32 or
  * OTA_F_U64) at dst, which it must fit. */
-static int read_num(ota_cbor_reader_t *r, uint8_t t, uint8_t *dst)
+static int read_num(ota_cbor_reader_t *r, unsigned t, uint8_t *dst)
 {
     uint64_t u;
     int rc = ota_cbor_read_uint(r, &u);
@@ -30,7 +30,8 @@ static int read_num(ota_cbor_reader_t *r, uint8_t t, uint8_t *dst)
 
 static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
 {
-    uint8_t *dst = out + OTA_F_OFF(f), t = OTA_F_TYPE(f);
+    uint8_t *dst = out + OTA_F_OFF(f);
+    unsigned t = OTA_F_TYPE(f);
     const uint8_t *p;
     size_t n;
     uint64_t u;
@@ -130,7 +131,8 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     ota_cbor_put_raw(&w, (const uint8_t *)"\0", wide ? 2u : 1u);
     for (; nrows > 0u; nrows--, rows++) {
         const void *p = s + OTA_F_OFF(rows);
-        uint8_t major = OTA_CBOR_UINT, i, t = OTA_F_TYPE(rows);
+        uint8_t major = OTA_CBOR_UINT;
+        unsigned i, t = OTA_F_TYPE(rows);
         uint64_t v;
 
         if (t == OTA_F_CSTR || t == OTA_F_PDIGEST)
