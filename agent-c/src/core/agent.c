@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "internal.h"
 #include "persist.h"
 
 #define P(a) ((a)->port)
@@ -1295,7 +1296,7 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
         return OTA_ERR_ARG;
     for (i = 0; i < sizeof(required); i++) {
         void (*f)(void);
-        memcpy(&f, (const uint8_t *)p + required[i], sizeof(f));
+        memcpy(&f, OTA_PTR_MEMBER((const uint8_t *)p + required[i]), sizeof(f));
         if (f == NULL)
             return OTA_ERR_ARG;
     }

@@ -61,7 +61,7 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
         if (t == OTA_F_TEXT)
             dst[n] = '\0';
     } else {
-        memcpy(dst, &p, sizeof(p));
+        memcpy(OTA_PTR_MEMBER(dst), &p, sizeof(p));
         if (t != OTA_F_PDIGEST)
             *(size_t *)(void *)(out + f->len_off) = n;
     }
@@ -136,7 +136,7 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
         uint64_t v;
 
         if (t == OTA_F_CSTR || t == OTA_F_PDIGEST)
-            memcpy(&p, p, sizeof(p)); /* the member is a pointer */
+            memcpy(&p, OTA_PTR_MEMBER(p), sizeof(p)); /* the member is a pointer */
         if ((omit >> rows->key & 1u) || p == NULL)
             continue;
         pairs++;

@@ -55,6 +55,15 @@ typedef struct ota_field {
 #define OTA_ROW2(k, t, type, m, l) \
     {k, OTA_HALF_IF(t, offsetof(type, m)), OTA_OFF(offsetof(type, m)), OTA_BYTE(l)}
 
+/* p, which points at a pointer member of a struct (aligned as one): GCC
+ * then copies the member with a load and a store instead of a call to
+ * memcpy. */
+#ifdef __GNUC__
+#define OTA_PTR_MEMBER(p) __builtin_assume_aligned((p), sizeof(void *))
+#else
+#define OTA_PTR_MEMBER(p) (p)
+#endif
+
 typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 
 /* Zeroes out (out_size bytes), then decodes buf (exactly one map) into it.
