@@ -10,18 +10,6 @@
 #define P(a) ((a)->port)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 #define KIND(a) ((uint8_t)(a)->ps.kind)
-/* Helpers GCC would copy into each caller, at a cost in size (NOINLINE),
- * and small ones it would keep out of line though a copy in each caller
- * costs less than the calls (INLINE; FOOTPRINT.md). */
-#ifdef __GNUC__
-#define NOINLINE __attribute__((noinline))
-#define INLINE inline __attribute__((always_inline))
-#else
-#define NOINLINE
-#define INLINE
-#endif
-#define STR_(x) #x
-#define STR(x) STR_(x)
 
 /* ---- what the agent reports ------------------------------------------- */
 

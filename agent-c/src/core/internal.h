@@ -55,6 +55,17 @@ typedef struct ota_field {
 #define OTA_ROW2(k, t, type, m, l) \
     {k, OTA_HALF_IF(t, offsetof(type, m)), OTA_OFF(offsetof(type, m)), OTA_BYTE(l)}
 
+/* Helpers GCC would copy into each caller, at a cost in size (NOINLINE),
+ * and ones it would keep out of line though a copy in each caller costs
+ * less than the calls (INLINE; FOOTPRINT.md). */
+#ifdef __GNUC__
+#define NOINLINE __attribute__((noinline))
+#define INLINE inline __attribute__((always_inline))
+#else
+#define NOINLINE
+#define INLINE
+#endif
+
 /* p, which points at a pointer member of a struct (aligned as one): GCC
  * then copies the member with a load and a store instead of a call to
  * memcpy. */

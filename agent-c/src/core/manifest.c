@@ -37,7 +37,7 @@ int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *s)
 
 /* The SHA-256 of the n pieces p[i] of len[i] bytes, through the port.
  * OTA_OK or OTA_ERR_CRYPTO; a started hash always ends (finish or abort). */
-static int sha256_of(const ota_port_t *port, const uint8_t *const p[], const size_t len[],
+static INLINE int sha256_of(const ota_port_t *port, const uint8_t *const p[], const size_t len[],
                      unsigned n, uint8_t digest[32])
 {
     ota_sha256_t h;
