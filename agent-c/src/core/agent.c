@@ -311,13 +311,13 @@ static void restart(ota_agent_t *a)
 
 /* ---- outgoing messages ------------------------------------------------- */
 
-static uint8_t health_bits(ota_agent_t *a)
+static unsigned health_bits(ota_agent_t *a)
 {
-    uint8_t h = P(a)->app_health != NULL ? (uint8_t)(P(a)->app_health(P(a)->ctx) & 3u)
-                                         : (uint8_t)(OTA_HEALTH_APP | OTA_HEALTH_RESOURCES);
+    unsigned h = P(a)->app_health != NULL ? P(a)->app_health(P(a)->ctx) & 3u
+                                          : OTA_HEALTH_APP | OTA_HEALTH_RESOURCES;
     if (a->persist_failed)
-        h &= (uint8_t)~OTA_HEALTH_RESOURCES;
-    return (uint8_t)(h | (a->connected ? OTA_HEALTH_MESSAGING : 0u));
+        h &= ~OTA_HEALTH_RESOURCES;
+    return h | (a->connected ? OTA_HEALTH_MESSAGING : 0u);
 }
 
 static void send_birth(ota_agent_t *a)
@@ -347,7 +347,7 @@ static void send_heartbeat(ota_agent_t *a)
     uint64_t now = P(a)->now_ms(P(a)->ctx);
     memset(&hb, 0, sizeof(hb));
     hb.uptime_s = (uint32_t)(now / 1000u);
-    hb.health = health_bits(a);
+    hb.health = (uint8_t)health_bits(a);
     hb.wdt_resets = a->ps.wdt_since_commit;
     if (P(a)->free_heap != NULL) {
         hb.has_free_heap = true;
@@ -650,7 +650,7 @@ static void reject(ota_agent_t *a, const ota_offer_t *o, unsigned why, const ota
  * whose signature is verified. Returns the reason of the first that fails,
  * R_NONE when all pass. Each kind has its own version and replay guard;
  * the secure version is the firmware's. */
-static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
+static unsigned check_manifest(ota_agent_t *a, const ota_manifest_t *m)
 {
     const char *cur;
     int cmp;
