@@ -10,8 +10,9 @@
 #include "internal.h"
 
 /* An unsigned integer into the member of type t (OTA_F_U8, OTA_F_U32 or
- * OTA_F_U64) at dst, which it must fit. */
-static int read_num(ota_cbor_reader_t *r, unsigned t, uint8_t *dst)
+ * OTA_F_U64) at dst, which it must fit, and be at most max when that is
+ * not 0. */
+static int read_num(ota_cbor_reader_t *r, unsigned t, uint8_t *dst, unsigned max)
 {
     uint64_t u;
     int rc = ota_cbor_read_uint(r, &u);
@@ -19,7 +20,7 @@ static int read_num(ota_cbor_reader_t *r, unsigned t, uint8_t *dst)
         return rc;
     if (t == OTA_F_U64)
         *(uint64_t *)(void *)dst = u;
-    else if (u > (t == OTA_F_U8 ? 0xffu : 0xffffffffu))
+    else if (u > (max != 0u ? max : t == OTA_F_U8 ? 0xffu : 0xffffffffu))
         return OTA_ERR_MSG;
     else if (t == OTA_F_U8)
         *dst = (uint8_t)u;
@@ -39,14 +40,14 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
     int rc;
 
     if (t <= OTA_F_U64)
-        return read_num(r, t, dst);
+        return read_num(r, t, dst, f->len_off);
     if (t == OTA_F_LOG) {
         rc = ota_cbor_read_array(r, &u);
         if (rc == OTA_OK && u > OTA_CFG_BOOT_LOG)
             rc = OTA_ERR_MSG;
         out[f->len_off] = (uint8_t)u;
         for (i = 0; rc == OTA_OK && i < (uint32_t)u; i++)
-            rc = read_num(r, OTA_F_U32, dst + i * sizeof(uint32_t));
+            rc = read_num(r, OTA_F_U32, dst + i * sizeof(uint32_t), 0);
         return rc;
     }
     /* strings: TSTR, TEXT as text; BSTR, DIGEST, PDIGEST as bytes */

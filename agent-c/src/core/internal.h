@@ -11,8 +11,9 @@
  * lives in a struct and what it is. One loop instead of a hand-written
  * function per message, which matters on the device (FOOTPRINT.md). */
 enum {
-    OTA_F_U8,     /* uint <= 255: uint8_t */
-    OTA_F_U32,    /* uint <= 2^32-1: uint32_t */
+    OTA_F_U8,     /* uint <= 255: uint8_t; decoding refuses values above
+                     len_off when that is not 0 */
+    OTA_F_U32,    /* uint <= 2^32-1: uint32_t; as OTA_F_U8 */
     OTA_F_U64,    /* uint: uint64_t */
     OTA_F_I32,    /* int: int32_t, encode only */
     OTA_F_TSTR,   /* text, decode only: const char * at off, size_t at len_off,
