@@ -160,7 +160,7 @@ typedef struct ota_agent {
     uint32_t hb_sent;          /* a heartbeat went out since the trial began */
     uint32_t hashing;          /* img_hash is started */
     ota_persist_t ps;
-    uint32_t unhealthy;        /* health checks failing since unhealthy_since_ms */
+    uint32_t healthy_ms;       /* probation: when the health checks last passed */
     uint32_t req_id;
     uint32_t req_deadline_ms;
     uint32_t last_hb_ms;
@@ -170,7 +170,6 @@ typedef struct ota_agent {
     uint32_t retry_at_ms;
     uint32_t trial_base_ms;    /* trial clock at trial_start_ms */
     uint32_t trial_start_ms;   /* now_ms when this boot's trial clock began */
-    uint32_t unhealthy_since_ms;
     bool check_pending;        /* a check is under way: report the next offer */
     uint8_t boot_reason;       /* reported in the birth */
     uint8_t topic_len;         /* of "<prefix>/<id>/" at the start of topic */

@@ -948,7 +948,7 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
                 a->boot.img_state = OTA_IMG_VALID;
             a->ps.flags |= OTA_PF_CONFIRMED;
             a->ps.trial_ms = clock;
-            a->trial_saved_ms = now;
+            a->trial_saved_ms = a->healthy_ms = now;
             step(a, OTA_STATE_TRIAL, OTA_EV_HEALTH_OK, R_NONE);
         } else if (clock >= a->cfg.settings.trial_timeout_ms) {
             /* R_NOT_REACHED, R_NO_HEARTBEAT or R_APP_CHECK: the first
@@ -959,12 +959,9 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
     }
     /* probation: triggers armed */
     if (healthy) {
-        a->unhealthy = false;
-    } else if (!a->unhealthy) {
-        a->unhealthy = true;
-        a->unhealthy_since_ms = now;
-    } else if (now - a->unhealthy_since_ms >= a->cfg.settings.health_fail_ms) {
-        fail_trial(a, R_HEALTH_FAILING);
+        a->healthy_ms = now;
+    } else if (now - a->healthy_ms >= a->cfg.settings.health_fail_ms) {
+        fail_trial(a, R_HEALTH_FAILING); /* failing all that time */
         return;
     }
     if (!a->connected && now - a->offline_since_ms >= a->cfg.settings.no_broker_ms) {
@@ -1113,7 +1110,8 @@ int ota_agent_on_boot(ota_agent_t *a)
     rc = P(a)->boot_state(P(a)->ctx, OTA_KIND_FIRMWARE, &a->boot);
     if (rc != OTA_OK)
         return rc;
-    a->offline_since_ms = a->trial_saved_ms = a->trial_start_ms = a->ev_at_ms = NOW(a);
+    a->offline_since_ms = a->trial_saved_ms = a->trial_start_ms = a->healthy_ms = a->ev_at_ms =
+        NOW(a);
     a->boot_reason = a->boot.reason;
     a->booted = true;
     if (P(a)->kv_get(P(a)->ctx, OTA_KV_STATE, a->tx, &len) != OTA_OK ||
