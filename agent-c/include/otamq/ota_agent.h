@@ -144,14 +144,14 @@ typedef struct ota_agent {
     uint32_t next_off;         /* download: bytes written so far */
     uint32_t ev_inflight;      /* the first queued event is published */
     uint32_t window;           /* blocks per request now */
-    uint32_t req_active;       /* a block request is outstanding */
+    uint32_t req;              /* block requests: none, one outstanding, or
+                                  waiting for retry_at_ms to ask again */
     uint32_t ev_at_ms;         /* when it was published / may be again */
     uint32_t window_max;       /* the settings' window, or the broker's */
     uint32_t booted;
-    uint32_t retry_wait;       /* waiting for retry_at_ms to ask again */
     uint32_t retries;
     uint32_t req_got;          /* blocks received for the request */
-    uint32_t req_count;        /* blocks still expected from the request */
+    uint32_t req_n;            /* blocks asked for by the request */
     uint32_t pct_reported;     /* download progress last reported, percent */
     uint32_t ev_backoff_ms;    /* after a "retry" PUBACK, 0 = none */
     uint32_t broker_seen;      /* connected since the trial began */

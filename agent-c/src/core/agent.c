@@ -117,6 +117,8 @@ static const char *reason_text(unsigned why)
 
 /* ---- small helpers ----------------------------------------------------- */
 
+enum { REQ_NONE, REQ_ACTIVE, REQ_WAIT }; /* a->req */
+
 /* The topics the agent subscribes to at every connect, after
  * "<prefix>/<id>/": blocks at QoS 0, offers and commands at QoS 1. */
 static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
@@ -372,14 +374,13 @@ static void send_request(ota_agent_t *a)
     size_t len;
     uint32_t blocks = (a->ps.size - a->next_off + a->ps.block_size - 1u) / a->ps.block_size;
 
-    a->retry_wait = false;
     rq.digest = a->ps.digest;
     rq.offset = a->next_off;
     rq.size = a->ps.block_size;
-    rq.count = a->req_count = min_u32(blocks, a->window);
+    rq.count = a->req_n = min_u32(blocks, a->window);
     a->req_got = 0;
     rq.req_id = ++a->req_id;
-    a->req_active = true;
+    a->req = REQ_ACTIVE;
     a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
     if (ota_msg_encode_block_request(&rq, a->tx, sizeof(a->tx), &len) == OTA_OK)
         (void)publish(a, "ota/get", a->tx, len, 0);
@@ -389,8 +390,7 @@ static void send_request(ota_agent_t *a)
 
 static void stop_requests(ota_agent_t *a)
 {
-    a->req_active = false;
-    a->retry_wait = false;
+    a->req = REQ_NONE;
 }
 
 static INLINE void abort_slot(ota_agent_t *a)
@@ -507,7 +507,7 @@ static void install(ota_agent_t *a)
 static void retry_later(ota_agent_t *a, uint32_t at_least_ms, bool counts)
 {
     uint32_t max = a->cfg.settings.backoff_max_ms, backoff = a->cfg.settings.backoff_min_ms, i;
-    a->req_active = false;
+    a->req = REQ_NONE;
     if (counts && ++a->retries > a->cfg.settings.max_retries) {
         give_up(a, R_RETRIES);
         return;
@@ -516,7 +516,7 @@ static void retry_later(ota_agent_t *a, uint32_t at_least_ms, bool counts)
         backoff *= 2u;
     if (backoff < at_least_ms)
         backoff = at_least_ms;
-    a->retry_wait = true;
+    a->req = REQ_WAIT;
     a->retry_at_ms = NOW(a) + min_u32(backoff, max);
 }
 
@@ -530,7 +530,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
     int rc = ota_msg_decode_block(payload, len, &b);
     if (rc != OTA_OK)
         return rc;
-    if (a->ps.state != OTA_STATE_DOWNLOADING || !a->req_active || b.req_id != a->req_id)
+    if (a->ps.state != OTA_STATE_DOWNLOADING || a->req != REQ_ACTIVE || b.req_id != a->req_id)
         return OTA_ERR_STATE; /* stale or unrequested: ignore */
     if (b.is_error) {
         if (b.error == OTA_BLKERR_RATE_LIMITED || b.error == OTA_BLKERR_INTERNAL) {
@@ -555,29 +555,27 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
         a->retries = 0;
         a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
         a->req_got++;
-        if (a->req_count > 0u)
-            a->req_count--;
         if (a->next_off != a->ps.size) {
             dec = decile(a->next_off, a->ps.size);
             if (dec > a->pct_reported) {
                 a->pct_reported = dec;
                 event(a, OTA_EV_DOWNLOAD_PROGRESS, R_NONE);
             }
-            if (a->req_count == 0u || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
+            if (a->req_got == a->req_n || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
                 a->ps.offset = a->next_off & ~15u; /* see OTA_CFG_PERSIST_EVERY */
                 persist(a);
             }
-            if (a->req_count == 0u) {
-                /* the whole window came: grow back towards the most */
+            if (a->req_got == a->req_n) {
+                /* the whole window came: grow back towards the most;
+                 * connected, or there would be no request */
                 if (a->window < a->window_max)
                     a->window++;
-                if (a->connected)
-                    send_request(a);
+                send_request(a);
             }
             return OTA_OK;
         }
         /* complete: the digest decides before anything is installed */
-        a->req_active = false;
+        a->req = REQ_NONE;
         why = !digest_ok(a)                                  ? R_DIGEST
               : P(a)->slot_finish(P(a)->ctx, KIND(a)) != OTA_OK ? R_IMAGE_REFUSED
                                                              : R_NONE;
@@ -595,8 +593,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             a->ps.offset = 0;
             if (start_download(a) == OTA_OK) {
                 step(a, OTA_STATE_DOWNLOADING, OTA_EV_DOWNLOAD_STARTED, R_REFETCH);
-                if (a->connected)
-                    send_request(a);
+                send_request(a); /* connected, as above */
                 return OTA_OK;
             }
             why = R_BEGIN;
@@ -750,7 +747,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
                 if (st == OTA_STATE_VERIFIED) {
                     if (o.install_mode == 0u)
                         install(a);
-                } else if (!a->req_active && !a->retry_wait && a->connected) {
+                } else if (a->req == REQ_NONE && a->connected) {
                     send_request(a);
                 }
                 return OTA_OK;
@@ -1005,7 +1002,7 @@ void ota_agent_tick(ota_agent_t *a)
     if (a->connected && now - a->last_hb_ms >= a->cfg.settings.heartbeat_ms)
         send_heartbeat(a);
     if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected) {
-        if (a->req_active && due(now, a->req_deadline_ms)) {
+        if (a->req == REQ_ACTIVE && due(now, a->req_deadline_ms)) {
             if (a->req_got != 0u) {
                 /* Part of the window came, then nothing: the rest was lost,
                  * or the broker serves fewer blocks per request than asked
@@ -1021,7 +1018,7 @@ void ota_agent_tick(ota_agent_t *a)
                 retry_later(a, 0, true);
             }
         }
-        if (a->ps.state == OTA_STATE_DOWNLOADING && a->retry_wait && due(now, a->retry_at_ms))
+        if (a->ps.state == OTA_STATE_DOWNLOADING && a->req == REQ_WAIT && due(now, a->retry_at_ms))
             send_request(a);
     }
     if (a->ps.state == OTA_STATE_TRIAL)
