@@ -96,12 +96,13 @@ typedef struct ota_persist {
     uint32_t boots_since_commit;
     uint32_t wdt_since_commit;
     uint32_t target_secure_version;
-    uint8_t install_mode;
+    /* bytes cleared together in pairs */
     uint8_t error;           /* last ota_error_code_t */
-    uint8_t target_slot;
     uint8_t refetches;       /* full downloads again after a digest mismatch */
+    uint8_t nboots, nwdt;    /* entries in boot_log, wdt_log */
+    uint8_t install_mode;
+    uint8_t target_slot;
     uint8_t window;          /* the broker's window (offer key 6), 0: not told */
-    uint8_t nboots, nwdt;
     uint64_t seq;            /* sequence number of the current update */
     /* The replay guard of each kind: the sequence number of the manifest
      * of what runs (committed); a manifest with a lower one is refused. */
