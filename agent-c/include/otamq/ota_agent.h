@@ -145,8 +145,9 @@ typedef struct ota_agent {
     uint32_t next_off;         /* download: bytes written so far */
     uint32_t ev_inflight;      /* the first queued event is published */
     uint32_t window;           /* blocks per request now */
-    uint32_t req;              /* block requests: none, one outstanding, or
-                                  waiting for retry_at_ms to ask again */
+    uint32_t req;              /* block requests: none, one outstanding (until
+                                  req_at_ms), or waiting until req_at_ms to
+                                  ask again */
     uint32_t ev_at_ms;         /* when it was published / may be again */
     uint32_t window_max;       /* the settings' window, or the broker's */
     uint32_t booted;
@@ -163,12 +164,11 @@ typedef struct ota_agent {
     ota_persist_t ps;
     uint32_t healthy_ms;       /* probation: when the health checks last passed */
     uint32_t req_id;
-    uint32_t req_deadline_ms;
+    uint32_t req_at_ms;
     uint32_t last_hb_ms;
     uint32_t ev_id;            /* the published event's message ID */
     uint32_t ev_saved;         /* the queue is in the kv store */
     uint32_t persist_failed;   /* the last persist failed (health bit 1) */
-    uint32_t retry_at_ms;
     uint32_t trial_base_ms;    /* trial clock at trial_start_ms */
     uint32_t trial_start_ms;   /* now_ms when this boot's trial clock began */
     bool check_pending;        /* a check is under way: report the next offer */

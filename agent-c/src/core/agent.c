@@ -381,7 +381,7 @@ static void send_request(ota_agent_t *a)
     a->req_got = 0;
     rq.req_id = ++a->req_id;
     a->req = REQ_ACTIVE;
-    a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
+    a->req_at_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
     if (ota_msg_encode_block_request(&rq, a->tx, sizeof(a->tx), &len) == OTA_OK)
         (void)publish(a, "ota/get", a->tx, len, 0);
 }
@@ -517,7 +517,7 @@ static void retry_later(ota_agent_t *a, uint32_t at_least_ms, bool counts)
     if (backoff < at_least_ms)
         backoff = at_least_ms;
     a->req = REQ_WAIT;
-    a->retry_at_ms = NOW(a) + min_u32(backoff, max);
+    a->req_at_ms = NOW(a) + min_u32(backoff, max);
 }
 
 static int start_download(ota_agent_t *a);
@@ -553,7 +553,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
     } else {
         a->next_off += (uint32_t)b.data_len;
         a->retries = 0;
-        a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
+        a->req_at_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
         a->req_got++;
         if (a->next_off != a->ps.size) {
             dec = decile(a->next_off, a->ps.size);
@@ -1001,25 +1001,24 @@ void ota_agent_tick(ota_agent_t *a)
     now = NOW(a);
     if (a->connected && now - a->last_hb_ms >= a->cfg.settings.heartbeat_ms)
         send_heartbeat(a);
-    if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected) {
-        if (a->req == REQ_ACTIVE && due(now, a->req_deadline_ms)) {
-            if (a->req_got != 0u) {
-                /* Part of the window came, then nothing: the rest was lost,
-                 * or the broker serves fewer blocks per request than asked
-                 * (DESIGN §3 allows it: "up to count"). Ask for as many as
-                 * came, at once. Full answers grow the window back, unless
-                 * the broker did not say its window (offer key 6): then
-                 * this may be it. */
+    if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected && a->req != REQ_NONE &&
+        due(now, a->req_at_ms)) {
+        if (a->req == REQ_ACTIVE && a->req_got == 0u) {
+            retry_later(a, 0, true); /* no answer */
+        } else {
+            if (a->req == REQ_ACTIVE) {
+                /* Part of the window came, then nothing: the rest was
+                 * lost, or the broker serves fewer blocks per request than
+                 * asked (DESIGN §3 allows it: "up to count"). Ask for as
+                 * many as came, at once. Full answers grow the window
+                 * back, unless the broker did not say its window (offer
+                 * key 6): then this may be it. */
                 a->window = a->req_got;
                 if (a->ps.window == 0u)
                     a->window_max = a->req_got;
-                send_request(a);
-            } else {
-                retry_later(a, 0, true);
             }
+            send_request(a); /* or the wait is over */
         }
-        if (a->ps.state == OTA_STATE_DOWNLOADING && a->req == REQ_WAIT && due(now, a->retry_at_ms))
-            send_request(a);
     }
     if (a->ps.state == OTA_STATE_TRIAL)
         trial_tick(a, now);
