@@ -169,8 +169,7 @@ typedef struct ota_agent {
     uint32_t ev_id;            /* the published event's message ID */
     uint32_t ev_saved;         /* the queue is in the kv store */
     uint32_t persist_failed;   /* the last persist failed (health bit 1) */
-    uint32_t trial_base_ms;    /* trial clock at trial_start_ms */
-    uint32_t trial_start_ms;   /* now_ms when this boot's trial clock began */
+    uint32_t trial_zero_ms;    /* now_ms when the trial clock was 0 (wraps) */
     bool check_pending;        /* a check is under way: report the next offer */
     uint8_t boot_reason;       /* reported in the birth */
     uint8_t topic_len;         /* of "<prefix>/<id>/" at the start of topic */

@@ -162,7 +162,7 @@ static void persist(ota_agent_t *a)
 
 static INLINE uint32_t trial_clock(const ota_agent_t *a)
 {
-    return a->trial_base_ms + (NOW(a) - a->trial_start_ms);
+    return NOW(a) - a->trial_zero_ms;
 }
 
 static uint32_t device_secure_version(const ota_agent_t *a)
@@ -475,8 +475,7 @@ static void log_push(uint32_t *log, uint8_t *n, uint32_t t)
 static void trial_start(ota_agent_t *a)
 {
     log_push(a->ps.boot_log, &a->ps.nboots, 0);
-    a->trial_base_ms = 0;
-    a->trial_start_ms = NOW(a);
+    a->trial_zero_ms = NOW(a);
     a->broker_seen = a->connected;
     a->hb_sent = false;
     step(a, OTA_STATE_TRIAL, OTA_EV_REBOOT_COMPLETED, R_NONE);
@@ -1063,7 +1062,7 @@ static void rolled_back(ota_agent_t *a)
 static void trial_boot(ota_agent_t *a)
 {
     uint32_t t = a->ps.trial_ms / 1000u;
-    a->trial_base_ms = a->ps.trial_ms;
+    a->trial_zero_ms -= a->ps.trial_ms; /* the clock goes on from there */
     if (a->ps.flags & OTA_PF_ROLLBACK_REQ) {
         /* the rollback did not happen (reset before it took effect) */
         roll_back(a, R_RETRIED);
@@ -1106,7 +1105,7 @@ int ota_agent_on_boot(ota_agent_t *a)
     rc = P(a)->boot_state(P(a)->ctx, OTA_KIND_FIRMWARE, &a->boot);
     if (rc != OTA_OK)
         return rc;
-    a->offline_since_ms = a->trial_saved_ms = a->trial_start_ms = a->healthy_ms = a->ev_at_ms =
+    a->offline_since_ms = a->trial_saved_ms = a->trial_zero_ms = a->healthy_ms = a->ev_at_ms =
         NOW(a);
     a->boot_reason = a->boot.reason;
     a->booted = true;
