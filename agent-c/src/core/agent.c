@@ -347,16 +347,14 @@ static void send_heartbeat(ota_agent_t *a)
     ota_heartbeat_t hb;
     size_t len;
     uint64_t now = P(a)->now_ms(P(a)->ctx);
-    memset(&hb, 0, sizeof(hb));
     hb.uptime_s = (uint32_t)(now / 1000u);
     hb.health = (uint8_t)health_bits(a);
     hb.wdt_resets = a->ps.wdt_since_commit;
-    if (P(a)->free_heap != NULL) {
-        hb.has_free_heap = true;
+    /* the optional members are set when they are there */
+    hb.has_free_heap = P(a)->free_heap != NULL;
+    if (hb.has_free_heap)
         hb.free_heap = P(a)->free_heap(P(a)->ctx);
-    }
-    if (P(a)->rssi != NULL)
-        hb.has_rssi = P(a)->rssi(P(a)->ctx, &hb.rssi);
+    hb.has_rssi = P(a)->rssi != NULL && P(a)->rssi(P(a)->ctx, &hb.rssi);
     hb.ota_state = (uint8_t)a->ps.state;
     hb.has_offset = a->ps.state == OTA_STATE_DOWNLOADING;
     hb.offset = a->next_off;
@@ -506,7 +504,6 @@ static void install(ota_agent_t *a)
 static void retry_later(ota_agent_t *a, uint32_t at_least_ms, bool counts)
 {
     uint32_t max = a->cfg.settings.backoff_max_ms, backoff = a->cfg.settings.backoff_min_ms, i;
-    a->req = REQ_NONE;
     if (counts && ++a->retries > a->cfg.settings.max_retries) {
         give_up(a, R_RETRIES);
         return;
