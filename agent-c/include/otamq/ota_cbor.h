@@ -90,8 +90,37 @@ typedef struct ota_cbor_map {
     uint64_t keys[OTA_CFG_CBOR_MAX_PAIRS];
 } ota_cbor_map_t;
 
-int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r);
-int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key); /* 1 key, 0 end */
+/* Inline: the core has one map walk (its table-driven decoder), and a call
+ * costs more than the code (FOOTPRINT.md). */
+static inline int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
+{
+    uint64_t pairs;
+    int rc = ota_cbor_expect(r, OTA_CBOR_MAP, &pairs);
+    if (rc == OTA_OK && pairs > OTA_CFG_CBOR_MAX_PAIRS)
+        rc = OTA_ERR_MSG;
+    m->r = r;
+    m->left = (uint32_t)pairs;
+    m->seen = 0;
+    return rc;
+}
+
+/* 1 and *key the next key, 0 at the end of the map, or a negative status. */
+static inline int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key)
+{
+    uint32_t i;
+    int rc;
+    if (m->left == 0u)
+        return 0;
+    rc = ota_cbor_expect(m->r, OTA_CBOR_UINT, key);
+    if (rc != OTA_OK)
+        return rc;
+    for (i = 0; i < m->seen; i++)
+        if (m->keys[i] == *key)
+            return OTA_ERR_CBOR_DUP;
+    m->keys[m->seen++] = *key;
+    m->left--;
+    return 1;
+}
 
 typedef struct ota_cbor_writer {
     uint8_t *buf;

@@ -138,35 +138,6 @@ int ota_cbor_skip(ota_cbor_reader_t *r)
     return skip_depth(r, 1u);
 }
 
-int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
-{
-    uint64_t pairs;
-    int rc = ota_cbor_read_map(r, &pairs);
-    if (rc == OTA_OK && pairs > OTA_CFG_CBOR_MAX_PAIRS)
-        rc = OTA_ERR_MSG;
-    m->r = r;
-    m->left = (uint32_t)pairs;
-    m->seen = 0;
-    return rc;
-}
-
-int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key)
-{
-    uint32_t i;
-    int rc;
-    if (m->left == 0u)
-        return 0;
-    rc = ota_cbor_read_uint(m->r, key);
-    if (rc != OTA_OK)
-        return rc;
-    for (i = 0; i < m->seen; i++)
-        if (m->keys[i] == *key)
-            return OTA_ERR_CBOR_DUP;
-    m->keys[m->seen++] = *key;
-    m->left--;
-    return 1;
-}
-
 /* ---- writer ------------------------------------------------------------ */
 
 void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
