@@ -137,9 +137,14 @@ static inline void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size
     w->overflow = false;
 }
 void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg);
-/* A byte or text string (major OTA_CBOR_BSTR / OTA_CBOR_TSTR) of n bytes. */
-void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);
 void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n);
+/* A byte or text string (major OTA_CBOR_BSTR / OTA_CBOR_TSTR) of n bytes. */
+static inline void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p,
+                                    size_t n)
+{
+    ota_cbor_put_head(w, major, n);
+    ota_cbor_put_raw(w, (const uint8_t *)p, n);
+}
 #define ota_cbor_put_uint(w, v) ota_cbor_put_head((w), OTA_CBOR_UINT, (v))
 #define ota_cbor_put_bstr(w, p, n) ota_cbor_put_str((w), OTA_CBOR_BSTR, (p), (n))
 #define ota_cbor_put_tstr(w, p, n) ota_cbor_put_str((w), OTA_CBOR_TSTR, (p), (n))

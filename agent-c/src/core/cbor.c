@@ -172,9 +172,3 @@ void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg)
     ota_cbor_put_raw(w, h, ota_cbor_encode_head(h, major, arg));
 }
 
-void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n)
-{
-    ota_cbor_put_head(w, major, n);
-    ota_cbor_put_raw(w, (const uint8_t *)p, n);
-}
-
