@@ -460,11 +460,12 @@ static void new_trial(ota_agent_t *a)
 
 static void log_push(uint32_t *log, uint8_t *n, uint32_t t)
 {
-    if (*n == OTA_CFG_BOOT_LOG) {
-        memmove(log, log + 1, sizeof(log[0]) * (OTA_CFG_BOOT_LOG - 1u));
-        (*n)--;
-    }
-    log[(*n)++] = t;
+    unsigned i = *n;
+    if (i == OTA_CFG_BOOT_LOG) /* full: the oldest goes */
+        for (i = 0; i + 1u < OTA_CFG_BOOT_LOG; i++)
+            log[i] = log[i + 1u];
+    log[i] = t;
+    *n = (uint8_t)(i + 1u);
 }
 
 /* The update's slot has just been started (the new image booted, or a
