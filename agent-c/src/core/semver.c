@@ -16,19 +16,21 @@ enum { CORE, PRE, BUILD, END }; /* the parts of a version, in order */
 
 typedef struct ver {
     const char *p, *end;
-    unsigned part; /* of the identifier at p; END: none left */
+    unsigned part;  /* of the identifier at p; END: none left */
+    const char *id; /* the identifier read last, of n bytes */
+    size_t n;
 } ver_t;
 
 #define ID_NUMERIC 1u /* all digits */
 #define ID_BAD 2u     /* a character other than [0-9A-Za-z-] */
 
-/* Reads the identifier at v->p into *id and *n, and moves past it and the
- * separator after it ('.' stays in the part, '-' ends the core, '+' the
+/* Reads the identifier at v->p into v->id and v->n, and moves past it and
+ * the separator after it ('.' stays in the part, '-' ends the core, '+' the
  * core or the prerelease), into the part that follows. Returns ID_* bits. */
-static unsigned next_ident(ver_t *v, const char **id, size_t *n)
+static unsigned next_ident(ver_t *v)
 {
     unsigned kind = ID_NUMERIC, part = END;
-    *id = v->p;
+    v->id = v->p;
     for (; v->p < v->end; v->p++) {
         unsigned c = (unsigned char)*v->p;
         if (c == '.' || (c == '-' && v->part == CORE) || (c == '+' && v->part != BUILD)) {
@@ -38,7 +40,7 @@ static unsigned next_ident(ver_t *v, const char **id, size_t *n)
         if (c - '0' > 9u)
             kind = (c | 0x20u) - 'a' <= 'z' - 'a' || c == '-' ? kind & ID_BAD : ID_BAD;
     }
-    *n = (size_t)(v->p - *id);
+    v->n = (size_t)(v->p - v->id);
     if (v->p < v->end)
         v->p++;
     v->part = part;
@@ -51,29 +53,25 @@ static unsigned next_ident(ver_t *v, const char **id, size_t *n)
  * core, all numeric. */
 static bool start(ver_t *v, const char *s, size_t len)
 {
-    ver_t w;
     unsigned kind, part, core = 0;
-    const char *id;
-    size_t n;
-    v->p = s;
     v->end = s + len;
-    v->part = CORE;
     if (len > 0u && (*s | 0x20) == 'v')
-        v->p++;
-    for (w = *v; w.part != END; core += part == CORE) {
-        part = w.part;
-        kind = next_ident(&w, &id, &n);
-        if (n == 0u || (kind & ID_BAD) || (part == CORE && kind == 0u) ||
-            (part != BUILD && kind == ID_NUMERIC && n > 1u && *id == '0'))
+        s++;
+    for (v->p = s, v->part = CORE; v->part != END; core += part == CORE) {
+        part = v->part;
+        kind = next_ident(v);
+        if (v->n == 0u || (kind & ID_BAD) || (part == CORE && kind == 0u) ||
+            (part != BUILD && kind == ID_NUMERIC && v->n > 1u && *v->id == '0'))
             return false;
     }
+    v->p = s; /* checked: read it again from the start */
+    v->part = CORE;
     return core == 3u;
 }
 
 int ota_semver_cmp(const char *a, size_t alen, const char *b, size_t blen, int *cmp)
 {
     ver_t va, vb;
-    const char *ia, *ib;
     size_t na, nb;
     unsigned i, da, db;
     int c;
@@ -91,13 +89,15 @@ int ota_semver_cmp(const char *a, size_t alen, const char *b, size_t blen, int *
                 c = -c;
             break;
         }
-        da = next_ident(&va, &ia, &na);
-        db = next_ident(&vb, &ib, &nb);
+        da = next_ident(&va);
+        db = next_ident(&vb);
+        na = va.n;
+        nb = vb.n;
         if (da != db) {
             c = (int)db - (int)da; /* numeric < alphanumeric */
             break;
         }
-        c = da != 0u && na != nb ? 0 : memcmp(ia, ib, na < nb ? na : nb);
+        c = da != 0u && na != nb ? 0 : memcmp(va.id, vb.id, na < nb ? na : nb);
         if (c == 0)
             c = (na > nb) - (na < nb); /* numbers: the longer is larger */
         if (c != 0)
