@@ -114,24 +114,23 @@ int ota_key_id(const ota_port_t *port, const uint8_t pub[65], uint8_t kid[8])
  * [name tstr, version tstr, digest bstr], checked and counted. */
 static int manifest_custom(ota_cbor_reader_t *r, uint8_t key, void *out)
 {
+    /* the strings of a component; a target is one like its name */
     static const uint8_t component[] = {OTA_CBOR_TSTR, OTA_CBOR_TSTR, OTA_CBOR_BSTR};
     ota_manifest_t *m = (ota_manifest_t *)out;
     const uint8_t *start = r->p, *p;
     uint64_t n, k;
-    uint32_t i, j;
+    uint32_t i, j, strs = key == 5 ? 1u : 3u;
     size_t len;
     int rc = ota_cbor_read_array(r, &n);
     if (rc == OTA_OK && key == 5 && (n == 0u || n > OTA_CFG_MAX_TARGETS))
         rc = OTA_ERR_MSG;
     for (i = 0; rc == OTA_OK && i < (uint32_t)n; i++) {
-        if (key == 5) {
-            rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &p, &len);
-            continue;
+        if (strs == 3u) {
+            rc = ota_cbor_read_array(r, &k);
+            if (rc == OTA_OK && k != 3u)
+                rc = OTA_ERR_MSG;
         }
-        rc = ota_cbor_read_array(r, &k);
-        if (rc == OTA_OK && k != 3u)
-            rc = OTA_ERR_MSG;
-        for (j = 0; rc == OTA_OK && j < 3u; j++)
+        for (j = 0; rc == OTA_OK && j < strs; j++)
             rc = ota_cbor_read_str(r, component[j], &p, &len);
     }
     if (key == 5) {
