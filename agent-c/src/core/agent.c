@@ -473,7 +473,8 @@ static void log_push(uint32_t *log, uint8_t *n, uint32_t t)
  * boot. The health checks need the broker and a heartbeat from now on. */
 static void trial_start(ota_agent_t *a)
 {
-    log_push(a->ps.boot_log, &a->ps.nboots, 0);
+    a->ps.boot_log[0] = 0; /* the trial clock of its first boot */
+    a->ps.nboots = 1;
     a->trial_zero_ms = NOW(a);
     a->broker_seen = a->connected;
     a->hb_sent = false;
