@@ -313,7 +313,7 @@ static void restart(ota_agent_t *a)
 
 /* ---- outgoing messages ------------------------------------------------- */
 
-static unsigned health_bits(ota_agent_t *a)
+static INLINE unsigned health_bits(ota_agent_t *a)
 {
     unsigned h = P(a)->app_health != NULL ? P(a)->app_health(P(a)->ctx) & 3u
                                           : OTA_HEALTH_APP | OTA_HEALTH_RESOURCES;
@@ -634,7 +634,8 @@ static bool current_rollout(const ota_agent_t *a, const char *s, size_t n)
 /* Reports a refused offer (event 15) with its own rollout ID and, when it
  * was readable, its manifest's version, as far as they are within the
  * limits the broker takes. */
-static void reject(ota_agent_t *a, const ota_offer_t *o, unsigned why, const ota_manifest_t *m)
+static INLINE void reject(ota_agent_t *a, const ota_offer_t *o, unsigned why,
+                          const ota_manifest_t *m)
 {
     event_for(a, OTA_EV_REJECTED, why, o->rollout_len <= OTA_CFG_ROLLOUT_MAX ? o->rollout : NULL,
               o->rollout_len, m->version_len <= OTA_CFG_VERSION_MAX ? m->version : NULL,

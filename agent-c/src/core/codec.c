@@ -29,7 +29,7 @@ static int read_num(ota_cbor_reader_t *r, unsigned t, uint8_t *dst, unsigned max
     return OTA_OK;
 }
 
-static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
+static INLINE int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
 {
     uint8_t *dst = out + OTA_F_OFF(f);
     unsigned t = OTA_F_TYPE(f);
