@@ -920,7 +920,8 @@ static void fail_trial(ota_agent_t *a, unsigned why)
     roll_back(a, why);
 }
 
-NOINLINE static unsigned count_since(const uint32_t *log, unsigned n, uint32_t now_ms, uint32_t window_ms)
+NOINLINE static unsigned count_since(const uint32_t *log, unsigned n, uint32_t now_ms,
+                                     uint32_t window_ms)
 {
     unsigned c = 0;
     while (n-- > 0u)

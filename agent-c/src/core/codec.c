@@ -127,9 +127,9 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     if (buf == NULL || len == NULL)
         return OTA_ERR_ARG;
     ota_cbor_writer_init(&w, buf, cap);
-    /* the map head, set below: 2 bytes for the state record's 24 or more
-     * rows, which are always all there */
-    ota_cbor_put_raw(&w, (const uint8_t *)"\0", wide ? 2u : 1u);
+    /* the map head, its count set below: 2 bytes (0xb8, count) for the
+     * state record's 24 or more rows, which are always all there */
+    ota_cbor_put_raw(&w, (const uint8_t *)"\xb8", wide ? 2u : 1u);
     for (; nrows > 0u; nrows--, rows++) {
         const void *p = s + OTA_F_OFF(rows);
         uint8_t major = OTA_CBOR_UINT;
@@ -171,12 +171,10 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     }
     if (w.overflow)
         return OTA_ERR_NOSPACE;
-    if (wide) {
-        buf[0] = 0xb8u;
+    if (wide)
         buf[1] = (uint8_t)pairs;
-    } else {
+    else
         buf[0] = (uint8_t)(0xa0u | pairs);
-    }
     *len = w.len;
     return OTA_OK;
 }
