@@ -196,7 +196,7 @@ static void save_events(ota_agent_t *a)
 }
 
 /* Drops the first event of the queue; the next may go at once. */
-static void evq_drop(ota_agent_t *a)
+static INLINE void evq_drop(ota_agent_t *a)
 {
     a->ev_inflight = false; /* a late PUBACK for it is ignored */
     a->ev_at_ms = NOW(a);
@@ -305,7 +305,7 @@ static void keep_events(ota_agent_t *a)
         save_events(a);
 }
 
-static void restart(ota_agent_t *a)
+static INLINE void restart(ota_agent_t *a)
 {
     keep_events(a);
     P(a)->reboot(P(a)->ctx);
