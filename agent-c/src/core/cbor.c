@@ -154,10 +154,10 @@ void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
 size_t ota_cbor_encode_head(uint8_t out[9], uint8_t major, uint64_t arg)
 {
     uint32_t hi = (uint32_t)(arg >> 32), lo = (uint32_t)arg;
-    unsigned n = hi != 0u ? 8u : lo > 0xffffu ? 4u : lo > 0xffu ? 2u : lo >= 24u ? 1u : 0u;
-    unsigned i;
     /* additional info: the value itself, or 24..27 for 1, 2, 4, 8 bytes */
-    out[0] = (uint8_t)((unsigned)major << 5 | (n == 0u ? lo : 24u + (n >> 1) - (n >> 3)));
+    unsigned ai = hi != 0u ? 27u : lo > 0xffffu ? 26u : lo > 0xffu ? 25u : lo >= 24u ? 24u : lo;
+    unsigned n = ai < 24u ? 0u : 1u << (ai - 24u), i;
+    out[0] = (uint8_t)((unsigned)major << 5 | ai);
     for (i = n; i > 0u; i--) {
         out[i] = (uint8_t)lo;
         lo = lo >> 8 | hi << 24;
