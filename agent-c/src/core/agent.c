@@ -657,7 +657,7 @@ static unsigned check_manifest(ota_agent_t *a, const ota_manifest_t *m)
                         m->min_bootloader, m->min_bootloader_len, &cmp) != OTA_OK ||
          cmp < 0))
         return R_BOOTLOADER;
-    if (m->kind >= OTA_KINDS || (m->kind != 0u && !(P(a)->kinds >> m->kind & 1u)))
+    if (m->kind >= OTA_KINDS || !((P(a)->kinds | 1u << OTA_KIND_FIRMWARE) >> m->kind & 1u))
         return R_KIND;
     if (m->version_len > OTA_CFG_VERSION_MAX)
         return R_VERSION_LONG;

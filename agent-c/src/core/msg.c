@@ -135,11 +135,9 @@ int ota_msg_decode_block(const uint8_t *buf, size_t len, ota_block_t *b)
         return rc;
     b->is_error = (have & 1u << 5) != 0u;
     /* 1 and 2 always; a block has image size and data (3, 4) and none of
-     * the error keys (5..7); a block error has a non-zero error and no
-     * data keys */
-    if ((have & 0x6u) != 0x6u ||
-        (b->is_error ? (have & 0x18u) != 0u || b->error == 0u
-                     : (have & 0x18u) != 0x18u || (have & 0xc0u) != 0u))
+     * the error keys (5..7); a block error has a non-zero error (5), maybe
+     * 6 and 7, and no data keys */
+    if (b->is_error ? (have & 0x1eu) != 0x06u || b->error == 0u : (have & 0xfeu) != 0x1eu)
         return OTA_ERR_MSG;
     return OTA_OK;
 }
