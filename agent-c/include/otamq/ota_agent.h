@@ -145,9 +145,9 @@ typedef struct ota_agent {
     uint32_t next_off;         /* download: bytes written so far */
     uint32_t ev_inflight;      /* the first queued event is published */
     uint32_t window;           /* blocks per request now */
-    uint32_t req;              /* block requests: none, one outstanding (until
-                                  req_at_ms), or waiting until req_at_ms to
-                                  ask again */
+    uint32_t req;              /* block requests while downloading: none, one
+                                  outstanding (until req_at_ms), or waiting
+                                  until req_at_ms to ask again */
     uint32_t ev_at_ms;         /* when it was published / may be again */
     uint32_t window_max;       /* the settings' window, or the broker's */
     uint32_t booted;

@@ -572,8 +572,8 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             }
             return OTA_OK;
         }
-        /* complete: the digest decides before anything is installed */
-        a->req = REQ_NONE;
+        /* complete: the digest decides before anything is installed (the
+         * request is done; a->req counts only while downloading) */
         why = !digest_ok(a)                                  ? R_DIGEST
               : P(a)->slot_finish(P(a)->ctx, KIND(a)) != OTA_OK ? R_IMAGE_REFUSED
                                                              : R_NONE;
