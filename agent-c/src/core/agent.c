@@ -71,6 +71,7 @@
     X(R_CONFIRM, OTA_E_BOOT, "confirm failed")                                   \
     X(R_REBOOTS, OTA_E_BOOT, "reboot loop")                                 \
     X(R_WDT, OTA_E_BOOT, "watchdog resets")                             \
+    /* a revert by the bootloader: these two in this order */                   \
     X(R_POWER_LOST, OTA_E_BOOT, "power lost")                     \
     X(R_NOT_CONFIRMED, OTA_E_BOOT, "not confirmed")                  \
     X(R_ABANDONED, OTA_E_BOOT, "abandoned image")                        \
@@ -90,6 +91,7 @@ static const uint8_t refusal_status[] = {
     -OTA_ERR_BOOTLOADER, -OTA_ERR_VERSION, -OTA_ERR_VERSION,  -OTA_ERR_VERSION,
     -OTA_ERR_VERSION,  -OTA_ERR_VERSION, -OTA_ERR_SEQUENCE,   -OTA_ERR_SECURE_VERSION,
 };
+typedef char power_lost_then_not_confirmed[R_NOT_CONFIRMED == R_POWER_LOST + 1 ? 1 : -1];
 typedef char refusal_rows[sizeof(refusal_status) == R_SECURE_VERSION - R_BAD_OFFER + 1 ? 1 : -1];
 
 #if OTA_CFG_TEXT
@@ -1040,7 +1042,8 @@ static void rolled_back(ota_agent_t *a)
                             a->boot.reason == OTA_BOOT_BROWNOUT);
     if (!asked) {
         a->ps.error = OTA_E_BOOT;
-        event(a, OTA_EV_ROLLBACK_TRIGGERED, power ? R_POWER_LOST : R_NOT_CONFIRMED);
+        /* R_POWER_LOST or R_NOT_CONFIRMED, the row after it */
+        event(a, OTA_EV_ROLLBACK_TRIGGERED, R_NOT_CONFIRMED - power);
     }
     if (a->ps.kind == OTA_KIND_FIRMWARE) {
         /* After a rollback from a confirmed image, esp_ota_set_boot_partition
