@@ -907,7 +907,7 @@ static void roll_back(ota_agent_t *a, unsigned why)
         return;             /* a port whose rollback returns restarts later by itself */
     }
     if (a->ps.kind == OTA_KIND_FIRMWARE && a->boot.img_state == OTA_IMG_PENDING_VERIFY) {
-        restart(a); /* unconfirmed: the bootloader reverts */
+        P(a)->reboot(P(a)->ctx); /* unconfirmed: the bootloader reverts (events kept above) */
         return;
     }
     /* confirmed and no way back: stay on this image, report it */
