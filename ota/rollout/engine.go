@@ -62,7 +62,8 @@ type Options struct {
 	Clock  clock.Clock
 	Logger *slog.Logger
 	// Feed carries the devices' events to the engine (it subscribes) and
-	// the engine's rollout events to everyone else.
+	// the engine's rollout events to everyone else. It must be the feed of
+	// the registry and the delivery service.
 	Feed     *event.Feed
 	Recorder Recorder
 	// Tick is the period of the engine's evaluation pass (it also runs
@@ -159,6 +160,9 @@ func New(db store.Store, reg *fleet.Registry, cat *release.Catalog, dlv *deliver
 	}
 	if o.Recorder == nil {
 		o.Recorder = nopRecorder{}
+	}
+	if o.Feed == nil {
+		o.Feed = &event.Feed{} // it hears nothing of the devices: only for tests of the operations
 	}
 	if o.Tick <= 0 {
 		o.Tick = DefaultTick
