@@ -163,6 +163,7 @@ func (e *Engine) Pass(ctx context.Context) error {
 		}
 	}
 	e.summaries(now)
+	e.evict()
 	return first
 }
 
@@ -217,6 +218,7 @@ type pending struct{ kind, wave, reason, actor string }
 func (e *Engine) stepRollout(ctx context.Context, r *run, now time.Time) error {
 	e.mu.RLock()
 	rec := r.rec.clone()
+	updated := rec.Updated
 	evs := e.decideRollout(r, rec, now)
 	e.mu.RUnlock()
 	if len(evs) == 0 {
@@ -235,7 +237,7 @@ func (e *Engine) stepRollout(ctx context.Context, r *run, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		if cur.Updated != r.rec.Updated {
+		if !cur.Updated.Equal(updated) {
 			return errStale // an operator changed it meanwhile: decide again next pass
 		}
 		if err := e.putRecord(tx, r, rec); err != nil {

@@ -895,3 +895,36 @@ func (e *env) reconnectAll() {
 		e.heartbeat(v.ID, wire.HealthAllOK, wire.StateIdle)
 	})
 }
+
+// Finished rollouts beyond KeepFinished leave memory (and the metrics)
+// but not the store: get, list and devices still answer from it.
+func TestKeepFinished(t *testing.T) {
+	e := newEnv(t)
+	e.eng.o.KeepFinished = 1
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 2})
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("r%d", i)
+		e.create("id: " + id + "\nrelease: 1.1.0\nwaves: [{percent: [100]}]\n")
+		e.clk.Advance(time.Second)
+		if _, err := e.eng.Abort("alice", id, "", e.commit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.pass()
+	if m := e.eng.Metrics(); len(m) != 1 || m[0].ID != "r3" {
+		t.Fatalf("in memory: %+v", m)
+	}
+	if v := e.get("r1"); v.State != StateAborted {
+		t.Fatal(v.State)
+	}
+	if states := e.states("r1"); len(states) != 2 || states["rest-000"] != "cancelled" {
+		t.Fatal(states)
+	}
+	if vs, _, _ := e.eng.List(ListFilter{}); len(vs) != 3 || vs[0].ID != "r3" {
+		t.Fatalf("%+v", vs)
+	}
+	if _, err := e.eng.Resume("alice", "r1", e.commit); !errors.Is(err, ErrState) {
+		t.Fatal(err)
+	}
+}
