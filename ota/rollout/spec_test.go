@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"bytes"
 	"os"
 	"strings"
 	"testing"
@@ -253,4 +254,21 @@ func TestExampleSpec(t *testing.T) {
 		s.Deadline != def.Deadline || *s.Retries != *def.Retries || s.Silence != def.Silence || s.Reconnects != def.Reconnects {
 		t.Fatalf("example %+v\ndefaults %+v", s, def)
 	}
+}
+
+// FuzzDecodeMember: a stored device record of any bytes decodes or is
+// refused, and what decodes encodes back to the same bytes.
+func FuzzDecodeMember(f *testing.F) {
+	m := &member{id: "d", wave: 2, state: Trial, need: 1, tries: 1, flags: fHealth, hw: 3, region: 4, at: 5, offered: 6, okAt: 7, connects: 8, wills: 9}
+	f.Add(m.encode("a reason"))
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, reason, err := decodeMember("d", b)
+		if err != nil {
+			return
+		}
+		if got := m.encode(reason); len(reason) <= maxReason && !bytes.Equal(got, b) {
+			t.Fatalf("%x decodes to %+v, which encodes to %x", b, m, got)
+		}
+	})
 }
