@@ -40,6 +40,9 @@ type Recorder interface {
 	// HealthFailure counts a result that is a health failure (reported,
 	// or judged by the broker; a rollback after failing health is both).
 	HealthFailure(hardware, region, version string)
+	// Alarm counts a threshold warned ("warn") or crossed ("pause"), of
+	// kind "rollback" or "health".
+	Alarm(kind, level string)
 }
 
 type nopRecorder struct{}
@@ -47,6 +50,7 @@ type nopRecorder struct{}
 func (nopRecorder) Result(string, string, string, string) {}
 func (nopRecorder) Rollback(string, string, string)       {}
 func (nopRecorder) HealthFailure(string, string, string)  {}
+func (nopRecorder) Alarm(string, string)                  {}
 
 // Defaults of Options.
 const (

@@ -248,8 +248,8 @@ thresholds: {min_sample: 10, rollback: {warn: 10%, pause: 30%}}
 	if !warned {
 		t.Fatalf("the whole wave's 15%% did not warn: %+v", v.Alarms)
 	}
-	if e.rec.rollbacks != 6 {
-		t.Fatalf("%d rollbacks recorded", e.rec.rollbacks)
+	if e.rec.rollbacks != 6 || e.rec.results["alarm/rollback/warn"] != 2 /* the wave and region eu, all of it */ || e.rec.results["alarm/rollback/pause"] != 1 {
+		t.Fatalf("%d rollbacks recorded; %v", e.rec.rollbacks, e.rec.results)
 	}
 }
 
