@@ -27,7 +27,6 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -60,6 +59,7 @@ type Broker struct {
 	device   *hooks.Device
 
 	tcp, tls, httpLn net.Listener
+	mqttLns          []*mqttListener // what mochi serves, to end their connections
 	httpSrv          *http.Server
 	metrics          *prometheus.Registry
 
@@ -342,14 +342,18 @@ func (b *Broker) listen(tlsCfg *tls.Config) error {
 		return &connectDeadline{Listener: l, timeout: o.ConnectTimeout, log: o.Logger}
 	}
 	if b.tcp != nil {
-		if err := b.srv.AddListener(listeners.NewNet("tcp", wrap(b.tcp))); err != nil {
+		l := newMQTTListener("tcp", wrap(b.tcp))
+		if err := b.srv.AddListener(l); err != nil {
 			return err
 		}
+		b.mqttLns = append(b.mqttLns, l)
 	}
 	if b.tls != nil {
-		if err := b.srv.AddListener(listeners.NewNet("tls", tls.NewListener(wrap(b.tls), tlsCfg))); err != nil {
+		l := newMQTTListener("tls", tls.NewListener(wrap(b.tls), tlsCfg))
+		if err := b.srv.AddListener(l); err != nil {
 			return err
 		}
+		b.mqttLns = append(b.mqttLns, l)
 	}
 	if b.httpLn != nil {
 		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
@@ -524,12 +528,21 @@ func (b *Broker) disconnectAll() {
 	// its own goroutine, so a Wait that blocks while connections end is a
 	// WaitGroup misuse the race detector reports; Close waits on it later,
 	// when there is nothing left to wait for.
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if b.device.Sessions() == 0 && !b.anyOpenClient() {
-			return
+			break
+		}
+		if !time.Now().Before(deadline) {
+			b.log.Warn("clients still connected after the shutdown disconnect")
+			break
 		}
 	}
-	b.log.Warn("clients still connected after the shutdown disconnect")
+	// Sockets that never sent CONNECT are in no client list; close them
+	// (and any stuck one) and wait until mochi's goroutines are done, so
+	// that Close waits for nothing.
+	for _, l := range b.mqttLns {
+		l.CloseConns()
+	}
 }
 
 // anyOpenClient reports whether a client other than the inline one is still

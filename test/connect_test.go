@@ -1,6 +1,7 @@
 package test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -41,4 +42,41 @@ func TestSilentSocketClosedAfterDeadline(t *testing.T) {
 	// A client that does speak still connects.
 	tok := b.register("d1", "device", "")
 	b.device("d1", tok)
+}
+
+// A socket still silent when the broker shuts down (accepted, no CONNECT
+// yet, so in no client list) is closed by the shutdown, which does not wait
+// for its connect deadline. It used to run mochi's Close into a WaitGroup
+// the connection's goroutine was still adding to (a race the detector
+// reports), and to hold Shutdown until the deadline.
+func TestShutdownClosesSilentSockets(t *testing.T) {
+	b := startBroker(t, func(o *broker.Options) { o.ConnectTimeout = 10 * time.Minute })
+	var conns []net.Conn
+	for range 5 {
+		c, err := net.Dial("tcp", b.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	// A session that does connect, so that the shutdown has a client to
+	// end as well.
+	tok := b.register("d1", "device", "")
+	b.device("d1", tok)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with silent sockets open: %v", err)
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("silent socket %d still open after the shutdown", i)
+			}
+		}
+	}
 }
