@@ -188,7 +188,7 @@ func (m *watchModel) render() string {
 			if a.Level == "pause" {
 				st = stAlarm
 			}
-			line(st.Render(" " + strings.ToUpper(a.Level) + " ") + " " + alarmText(a))
+			line(st.Render(" "+strings.ToUpper(a.Level)+" ") + " " + alarmText(a))
 		}
 	}
 	line("")
