@@ -222,7 +222,7 @@ func printChanged(e *env, done string, v *rollout.View) error {
 	}
 	fmt.Fprintln(e.out, line)
 	if v.Next != nil {
-		fmt.Fprintln(e.out, nextText(v.Next, time.Now()))
+		fmt.Fprintln(e.out, nextText(v, time.Now()))
 	}
 	return nil
 }
@@ -471,16 +471,46 @@ func countsText(counts map[string]int) string {
 	return strings.Join(parts, ", ")
 }
 
+// segments splits width cells among the devices that succeeded, failed,
+// are under way and are still to do, in proportion (rounded so that the
+// four add up to width, and a non-zero share gets a cell when it can).
+func segments(counts map[string]int, devices, width int) [4]int {
+	var out [4]int
+	if devices <= 0 || width <= 0 {
+		return out
+	}
+	shares := [3]int{sum(counts, stateDone), sum(counts, stateFailed), sum(counts, stateMoving)}
+	cum, edge := 0, 0
+	for i, n := range shares {
+		cum += n
+		next := min((cum*width+devices/2)/devices, width)
+		if n > 0 && next == edge && edge < width {
+			next++
+		}
+		out[i] = max(next-edge, 0)
+		edge = max(edge, next)
+	}
+	out[3] = width - edge
+	return out
+}
+
 // bar is a wave's progress in width cells: succeeded '#', failed 'x', under
 // way '>', still to do '.'.
 func bar(counts map[string]int, devices, width int) string {
-	if devices <= 0 {
-		return strings.Repeat(" ", width)
+	s := segments(counts, devices, width)
+	return strings.Repeat("#", s[0]) + strings.Repeat("x", s[1]) + strings.Repeat(">", s[2]) + strings.Repeat(".", s[3])
+}
+
+// failedText lists the results that are failures, by state: "1 failed, 2
+// rolled_back" ("" none).
+func failedText(counts map[string]int) string {
+	var parts []string
+	for _, s := range stateFailed {
+		if n := counts[s]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s))
+		}
 	}
-	cells := func(n int) int { return n * width / devices }
-	ok, bad, moving := cells(sum(counts, stateDone)), cells(sum(counts, stateFailed)), cells(sum(counts, stateMoving))
-	rest := max(width-ok-bad-moving, 0)
-	return strings.Repeat("#", ok) + strings.Repeat("x", bad) + strings.Repeat(">", moving) + strings.Repeat(".", rest)
+	return strings.Join(parts, ", ")
 }
 
 // untilText is "in 4m10s", or "now" once t has passed.
@@ -492,29 +522,44 @@ func untilText(t, now time.Time) string {
 	return "in " + d.String()
 }
 
-// nextText says what the rollout waits for.
-func nextText(n *rollout.Next, now time.Time) string {
-	at := n.At.Local().Format("2006-01-02 15:04:05")
+// nextText says what rollout v waits for (v.Next is set): "next: the bake
+// of wave pilot ends in 4m10s (10:32:00), then the next wave starts".
+func nextText(v *rollout.View, now time.Time) string {
+	n := v.Next
+	at := n.At.Local().Format("15:04:05")
+	if n.At.Local().YearDay() != now.Local().YearDay() || n.At.Year() != now.Year() {
+		at = n.At.Local().Format("2006-01-02 15:04:05")
+	}
 	switch n.What {
 	case "start":
-		return fmt.Sprintf("next: the schedule starts it at %s (%s)", at, untilText(n.At, now))
+		return fmt.Sprintf("next: the schedule starts it %s (%s)", untilText(n.At, now), at)
 	case "wave":
-		return fmt.Sprintf("next: wave %s is judged when its bake ends at %s (%s); then the next wave starts", n.Wave, at, untilText(n.At, now))
+		then := "the next wave starts"
+		if len(v.Waves) > 0 && v.Waves[len(v.Waves)-1].Name == n.Wave {
+			then = "the rollout completes"
+		}
+		return fmt.Sprintf("next: the bake of wave %s ends %s (%s), then %s", n.Wave, untilText(n.At, now), at, then)
 	case "end":
-		return fmt.Sprintf("next: the schedule ends at %s (%s)", at, untilText(n.At, now))
+		return fmt.Sprintf("next: the schedule ends it %s (%s)", untilText(n.At, now), at)
 	}
-	return fmt.Sprintf("next: %s %s at %s (%s)", n.What, n.Wave, at, untilText(n.At, now))
+	return fmt.Sprintf("next: %s %s %s (%s)", n.What, n.Wave, untilText(n.At, now), at)
 }
 
-// alarmText is one alarm: "10:20:03 WARN canary rollback 3% (1 of 30
-// judged) in hardware esp32-v3: MESSAGE".
-func alarmText(a *rollout.Alarm) string {
+// alarmText is one alarm without its time: "WARN wave canary, hardware
+// esp32-v3: rollbacks 3% (1 of 30) passed the warning threshold 1%".
+func alarmText(a *rollout.Alarm) string { return strings.ToUpper(a.Level) + " " + alarmMessage(a) }
+
+// alarmMessage is what an alarm says (the broker's message, or one made of
+// its fields).
+func alarmMessage(a *rollout.Alarm) string {
+	if a.Message != "" {
+		return a.Message
+	}
 	where := a.Wave
 	if a.Slice != "" {
 		where += ", " + a.Slice
 	}
-	return fmt.Sprintf("%s %s %s %s %s (%d of %d judged): %s", a.Time.Local().Format("15:04:05"), strings.ToUpper(a.Level),
-		where, a.Kind, a.Rate, a.Count, a.Judged, a.Message)
+	return fmt.Sprintf("wave %s: %s %s (%d of %d judged)", where, a.Kind, a.Rate, a.Count, a.Judged)
 }
 
 // printStatus writes a human summary of a rollout: its state and reason,
@@ -576,10 +621,11 @@ func printStatus(w io.Writer, v *rollout.View, now time.Time) {
 	if len(v.Alarms) > 0 {
 		fmt.Fprint(w, "\nalarms:\n")
 		for i := range v.Alarms {
-			fmt.Fprintf(w, "  %s\n", alarmText(&v.Alarms[i]))
+			a := &v.Alarms[i]
+			fmt.Fprintf(w, "  %s %s\n", a.Time.Local().Format("15:04:05"), alarmText(a))
 		}
 	}
 	if v.Next != nil {
-		fmt.Fprintf(w, "\n%s\n", nextText(v.Next, now))
+		fmt.Fprintf(w, "\n%s\n", nextText(v, now))
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	tea "charm.land/bubbletea/v2"
 	"github.com/charmbracelet/x/term"
 
 	"github.com/otamq/otamq/cmd/otactl/rpc"
@@ -258,12 +259,14 @@ func plainLine(v *rollout.View) string {
 	if v.Reason != "" {
 		fmt.Fprintf(&b, " (%s)", v.Reason)
 	}
-	fmt.Fprintf(&b, ": %d/%d succeeded, %d under way, %d failed", v.Counts["succeeded"], v.Devices, sum(v.Counts, stateMoving),
-		sum(v.Counts, stateFailed))
+	fmt.Fprintf(&b, ": %d/%d succeeded, %d under way", v.Counts["succeeded"], v.Devices, sum(v.Counts, stateMoving))
+	if f := failedText(v.Counts); f != "" {
+		b.WriteString(", " + f)
+	}
 	for _, w := range v.Waves {
 		fmt.Fprintf(&b, " | %s %s %d/%d", w.Name, w.State, w.Counts["succeeded"], w.Devices)
-		if n := sum(w.Counts, stateFailed); n > 0 {
-			fmt.Fprintf(&b, " %d failed", n)
+		if f := failedText(w.Counts); f != "" {
+			b.WriteString(" " + f)
 		}
 	}
 	return b.String()
@@ -290,11 +293,12 @@ func watchPlain(ctx context.Context, e *env, id string) (*rollout.View, error) {
 			prev = line
 		}
 		for ; alarms < len(v.Alarms); alarms++ {
-			fmt.Fprintf(e.out, "%s ALARM %s\n", stamp, alarmText(&v.Alarms[alarms]))
+			a := &v.Alarms[alarms]
+			fmt.Fprintf(e.out, "%s ALARM %s\n", a.Time.Local().Format("15:04:05"), alarmText(a))
 		}
 		if n := nextPlain(v.Next); n != next {
 			if n != "" {
-				fmt.Fprintf(e.out, "%s %s\n", stamp, nextText(v.Next, now))
+				fmt.Fprintf(e.out, "%s %s\n", stamp, nextText(v, now))
 			}
 			next = n
 		}
@@ -316,37 +320,33 @@ func nextPlain(n *rollout.Next) string {
 
 // watchTerminal runs the live view (watchModel) while a goroutine follows
 // the rollout; it returns once the rollout is finished, or the operator
-// stops watching.
+// stops watching (context.Canceled).
 func watchTerminal(ctx context.Context, e *env, id string) (*rollout.View, error) {
-	ctx, cancel := context.WithCancel(ctx)
+	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m := newWatchModel(id)
-	p := newWatchProgram(m, e.out)
+	p := newWatchProgram(m, tea.WithOutput(e.out))
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := follow(ctx, e.g, id, func(msg watchMsg) { p.Send(msg) })
+		err := follow(fctx, e.g, id, func(msg watchMsg) { p.Send(msg) })
 		p.Send(doneMsg{err: err})
 	}()
 	res, runErr := p.Run()
 	cancel()
 	wg.Wait()
-	wm, _ := res.(*watchModel)
-	if wm == nil {
-		wm = m
+	if wm, ok := res.(*watchModel); ok {
+		m = wm
 	}
-	if runErr != nil {
-		return wm.view, fmt.Errorf("terminal: %w", runErr)
+	switch {
+	case runErr != nil:
+		return m.view, fmt.Errorf("terminal: %w", runErr)
+	case m.err != nil:
+		return m.view, m.err
+	case m.view == nil || !finished(m.view.State):
+		return m.view, context.Canceled // q, Ctrl-C, SIGINT or SIGTERM
 	}
-	if wm.stopped {
-		return wm.view, context.Canceled
-	}
-	if wm.err != nil {
-		return wm.view, wm.err
-	}
-	if v := wm.view; v != nil {
-		fmt.Fprintf(e.out, "rollout %s %s: %s\n", v.ID, v.State, countsText(v.Counts))
-	}
-	return wm.view, nil
+	fmt.Fprintf(e.out, "rollout %s %s: %s\n", m.view.ID, m.view.State, countsText(m.view.Counts))
+	return m.view, nil
 }

@@ -2,13 +2,13 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
 
 	tea "charm.land/bubbletea/v2"
 	"charm.land/lipgloss/v2"
+	"github.com/charmbracelet/x/ansi"
 
 	"github.com/otamq/otamq/ota/rollout"
 )
@@ -41,16 +41,17 @@ type watchModel struct {
 func newWatchModel(id string) *watchModel { return &watchModel{id: id, width: 100, now: time.Now()} }
 
 // newWatchProgram runs m inline (no alternate screen: the last frame stays
-// when it ends). An interrupt (Ctrl-C when the input is not a terminal,
-// SIGINT) ends it like q does, with its last frame drawn.
-func newWatchProgram(m *watchModel, out io.Writer) *tea.Program {
-	return tea.NewProgram(m, tea.WithOutput(out), tea.WithFilter(func(_ tea.Model, msg tea.Msg) tea.Msg {
-		switch msg.(type) {
-		case tea.InterruptMsg, tea.QuitMsg:
+// when it ends). An interrupt (SIGINT, or Ctrl-C when the input is not a
+// terminal) ends it like q does, with its last frame drawn, rather than
+// killing it.
+func newWatchProgram(m *watchModel, opts ...tea.ProgramOption) *tea.Program {
+	opts = append(opts, tea.WithFilter(func(_ tea.Model, msg tea.Msg) tea.Msg {
+		if _, ok := msg.(tea.InterruptMsg); ok {
 			return stopMsg{}
 		}
 		return msg
 	}))
+	return tea.NewProgram(m, opts...)
 }
 
 func tick() tea.Cmd { return tea.Tick(time.Second, func(t time.Time) tea.Msg { return tickMsg(t) }) }
@@ -120,7 +121,7 @@ func (m *watchModel) View() tea.View { return tea.NewView(m.render()) }
 // render draws the view as text with styles.
 func (m *watchModel) render() string {
 	var b strings.Builder
-	line := func(s string) { b.WriteString(s + "\n") }
+	line := func(s string) { b.WriteString(ansi.Truncate(s, max(m.width-1, 20), "…") + "\n") }
 	v := m.view
 	if v == nil {
 		line(stFaint.Render("rollout " + m.id + ": waiting for the broker..."))
@@ -165,8 +166,8 @@ func (m *watchModel) render() string {
 		if n := sum(w.Counts, stateMoving); n > 0 {
 			notes = append(notes, stMoving.Render(fmt.Sprintf("%d under way", n)))
 		}
-		if n := sum(w.Counts, stateFailed); n > 0 {
-			notes = append(notes, stBad.Render(fmt.Sprintf("%d failed", n)))
+		if f := failedText(w.Counts); f != "" {
+			notes = append(notes, stBad.Render(f))
 		}
 		if w.Judged > 0 {
 			notes = append(notes, stFaint.Render(fmt.Sprintf("rollbacks %s, health %s", w.RollbackRate, w.HealthRate)))
@@ -180,7 +181,7 @@ func (m *watchModel) render() string {
 		line("")
 		first := max(len(v.Alarms)-5, 0)
 		if first > 0 {
-			line(stFaint.Render(fmt.Sprintf("%d earlier alarms (otactl rollout status %s)", first, v.ID)))
+			line(stFaint.Render(fmt.Sprintf("%d earlier alarm%s (otactl rollout status %s)", first, plural(first), v.ID)))
 		}
 		for i := first; i < len(v.Alarms); i++ {
 			a := &v.Alarms[i]
@@ -188,17 +189,22 @@ func (m *watchModel) render() string {
 			if a.Level == "pause" {
 				st = stAlarm
 			}
-			line(st.Render(" "+strings.ToUpper(a.Level)+" ") + " " + alarmText(a))
+			line(st.Render(" "+strings.ToUpper(a.Level)+" ") + " " + a.Time.Local().Format("15:04:05") + " " + alarmMessage(a))
 		}
 	}
 	line("")
 	if v.Next != nil {
-		line(stBold.Render(nextText(v.Next, m.now)))
+		line(stBold.Render(nextText(v, m.now)))
+	}
+	if v.State == rollout.StatePaused {
+		line(stWarn.Render("paused: nothing new is offered; otactl rollout resume " + v.ID + " goes on"))
 	}
 	if m.link != "" {
 		line(stBad.Render("link: " + m.link))
 	}
-	line(stFaint.Render("q: stop watching (the rollout goes on)"))
+	if !finished(v.State) {
+		line(stFaint.Render("q: stop watching (the rollout goes on)"))
+	}
 	return b.String()
 }
 
@@ -233,9 +239,7 @@ func colourBar(counts map[string]int, devices, width int) string {
 	if devices <= 0 {
 		return stTodo.Render(strings.Repeat("─", width))
 	}
-	cells := func(n int) int { return n * width / devices }
-	ok, bad, moving := cells(sum(counts, stateDone)), cells(sum(counts, stateFailed)), cells(sum(counts, stateMoving))
-	rest := max(width-ok-bad-moving, 0)
-	return stOK.Render(strings.Repeat("█", ok)) + stBad.Render(strings.Repeat("█", bad)) +
-		stMoving.Render(strings.Repeat("▒", moving)) + stTodo.Render(strings.Repeat("░", rest))
+	s := segments(counts, devices, width)
+	return stOK.Render(strings.Repeat("█", s[0])) + stBad.Render(strings.Repeat("█", s[1])) +
+		stMoving.Render(strings.Repeat("▒", s[2])) + stTodo.Render(strings.Repeat("░", s[3]))
 }
