@@ -278,7 +278,7 @@ var rolloutAbortCmd = command{
 		}
 		v := &res.Rollout
 		fmt.Fprintf(e.out, "aborted rollout %s: %s\n", v.ID, v.Reason)
-		fmt.Fprintf(e.out, "%d devices that had not begun to install got the cancel\n", res.Cancelled)
+		fmt.Fprintf(e.out, "%d devices that had not begun to install are cancelled (those offered got the empty offer)\n", res.Cancelled)
 		if len(res.Installing) == 0 {
 			fmt.Fprintln(e.out, "no device was installing")
 			return nil
@@ -306,13 +306,26 @@ var rolloutStatusCmd = command{
 			_, err := io.WriteString(e.out, v.Spec)
 			return err
 		}
-		v.Spec = "" // the View as the summaries carry it
 		if e.g.json {
-			return e.printJSON(&v)
+			return e.printJSON(jsonView(&v))
 		}
 		printStatus(e.out, &v, time.Now())
 		return nil
 	},
+}
+
+// outView is a View as otactl prints it in JSON (status, watch): as the
+// broker's summaries carry it, without the spec, and with "reason" even
+// when it is empty, so that scripts find every key of the shape.
+type outView struct {
+	rollout.View
+	Reason string `json:"reason"`
+}
+
+func jsonView(v *rollout.View) *outView {
+	o := &outView{View: *v, Reason: v.Reason}
+	o.Spec = ""
+	return o
 }
 
 // stateFlag checks a --state value against names (a usage mistake

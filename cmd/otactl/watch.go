@@ -238,7 +238,7 @@ func watchJSON(ctx context.Context, e *env, id string) (*rollout.View, error) {
 		switch {
 		case m.view != nil:
 			last = m.view
-			if err := enc.Encode(m.view); err != nil && werr == nil {
+			if err := enc.Encode(jsonView(m.view)); err != nil && werr == nil {
 				werr = err
 			}
 		case *m.link != "":
