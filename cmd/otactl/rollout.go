@@ -496,12 +496,12 @@ func segments(counts map[string]int, devices, width int) [4]int {
 	cum, edge := 0, 0
 	for i, n := range shares {
 		cum += n
-		next := min((cum*width+devices/2)/devices, width)
+		next := max(min((cum*width+devices/2)/devices, width), edge)
 		if n > 0 && next == edge && edge < width {
 			next++
 		}
-		out[i] = max(next-edge, 0)
-		edge = max(edge, next)
+		out[i] = next - edge
+		edge = next
 	}
 	out[3] = width - edge
 	return out
