@@ -269,6 +269,12 @@ func TestOtactlRolloutLifecycle(t *testing.T) {
 			t.Errorf("plan lacks %q:\n%s", want, out)
 		}
 	}
+	// The broker takes specs of up to 32 KiB: a longer file is not sent.
+	noID := strings.Replace(spec, "id: lc1\n", "", 1)
+	long := noID + "#" + strings.Repeat("x", rollout.MaxSpecSize-len(noID)-2) + "\n"
+	w.must(t, "rollout", "plan", w.spec(t, "long.yaml", long))
+	big := w.spec(t, "big.yaml", long+"#\n")
+	w.refused(t, 2, []string{"more than 32768 bytes, the most a rollout spec may have"}, "rollout", "create", big)
 	// Without an id the cohorts are provisional, and the plan says so.
 	out, errOut, code := w.otactlAs(t, opID, opPassword, strings.Replace(spec, "id: lc1\n", "", 1), "rollout", "plan", "-", "--json")
 	var plan rollout.PlanView
@@ -383,8 +389,6 @@ func TestOtactlRolloutLifecycle(t *testing.T) {
 	} {
 		w.refused(t, 2, []string{c.want}, c.args...)
 	}
-	big := w.spec(t, "big.yaml", spec+"# "+strings.Repeat("x", 70*1024)+"\n")
-	w.refused(t, 2, []string{"more than 65536 bytes"}, "rollout", "create", big)
 }
 
 // TestOtactlRolloutPauseAbort: a rollout baking its canary says when the

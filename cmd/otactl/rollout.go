@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/cmd/otactl/rpc"
-	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/rollout"
 )
 
@@ -22,8 +21,8 @@ import (
 // for the spec, docs/OPERATORS.md "Rollouts" for these commands).
 
 // readSpec reads the spec file named by the one argument ("-": standard
-// input). A file that cannot be a spec (missing, empty, larger than an
-// admin request may be) is a usage mistake: nothing is sent.
+// input). A file that cannot be a spec (missing, empty, larger than
+// rollout.MaxSpecSize) is a usage mistake: nothing is sent.
 func readSpec(e *env, args []string) (text []byte, name string, err error) {
 	if len(args) != 1 {
 		return nil, "", usagef("want the rollout spec, FILE.yaml or - for standard input (docs/ROLLOUTS.md)")
@@ -40,12 +39,12 @@ func readSpec(e *env, args []string) (text []byte, name string, err error) {
 		defer f.Close()
 		r = f
 	}
-	text, err = io.ReadAll(io.LimitReader(r, admin.MaxBodySize+1))
+	text, err = io.ReadAll(io.LimitReader(r, rollout.MaxSpecSize+1))
 	switch {
 	case err != nil:
 		return nil, "", fmt.Errorf("read %s: %w", name, err)
-	case len(text) > admin.MaxBodySize:
-		return nil, "", usagef("%s: more than %d bytes; an admin request carries at most %d", name, admin.MaxBodySize, admin.MaxBodySize)
+	case len(text) > rollout.MaxSpecSize:
+		return nil, "", usagef("%s: more than %d bytes, the most a rollout spec may have", name, rollout.MaxSpecSize)
 	case len(strings.TrimSpace(string(text))) == 0:
 		return nil, "", usagef("%s is empty: want a rollout spec (docs/ROLLOUTS.md)", name)
 	}
