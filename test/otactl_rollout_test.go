@@ -326,7 +326,7 @@ func TestOtactlRolloutLifecycle(t *testing.T) {
 
 	// status: the human summary and the JSON shape.
 	out = w.must(t, "rollout", "status", "lc1")
-	for _, want := range []string{"rollout lc1 (lifecycle): COMPLETED", "approved by ann", "devices: 10: 10 succeeded",
+	for _, want := range []string{"rollout lc1 (lifecycle): COMPLETED", "approved by ann", "devices: 10 taking part: 10 succeeded\n",
 		"canary  passed", "[####################]  2/2", "pilot   passed", "100%    passed"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
@@ -388,6 +388,12 @@ func TestOtactlRolloutLifecycle(t *testing.T) {
 		{[]string{"rollout", "devices", "lc1", "--limit", "-1"}, "--limit -1"},
 	} {
 		w.refused(t, 2, []string{c.want}, c.args...)
+	}
+	// watch gives up when it cannot reach the broker the first time.
+	_, errOut, code = runBinary(t, binary(t, "otactl"), []string{"OTAMQ_URL=mqtt://127.0.0.1:1", "OTAMQ_USER=ops", "OTAMQ_PASSWORD=x"},
+		"rollout", "watch", "lc1")
+	if code != 1 || !strings.Contains(errOut, "is otamq running") {
+		t.Errorf("watch without a broker: exit %d\n%s", code, errOut)
 	}
 }
 

@@ -607,7 +607,19 @@ func printStatus(w io.Writer, v *rollout.View, now time.Time) {
 		line += fmt.Sprintf(", ended %s", v.Ended.Local().Format("2006-01-02 15:04:05"))
 	}
 	fmt.Fprintln(w, line)
-	fmt.Fprintf(w, "devices: %d: %s\n", v.Devices, countsText(v.Counts))
+	part, out := map[string]int{}, map[string]int{}
+	for s, n := range v.Counts {
+		if s == "skipped" || s == "cancelled" {
+			out[s] = n
+		} else {
+			part[s] = n
+		}
+	}
+	line = fmt.Sprintf("devices: %d taking part: %s", v.Devices, countsText(part))
+	if c := countsText(out); c != "none" {
+		line += "; " + c
+	}
+	fmt.Fprintln(w, line)
 	if r := v.Rate; r.PerMinute > 0 || r.InFlightLimit > 0 {
 		var parts []string
 		if r.PerMinute > 0 {

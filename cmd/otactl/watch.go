@@ -273,7 +273,8 @@ func plainLine(v *rollout.View) string {
 }
 
 // watchPlain prints a line for each change (not a terminal: a log, a
-// pipe), each alarm once, and the link's state.
+// pipe), each alarm once and what comes next; the link's state goes to
+// standard error.
 func watchPlain(ctx context.Context, e *env, id string) (*rollout.View, error) {
 	var last *rollout.View
 	prev, alarms, next := "", 0, ""
@@ -282,7 +283,7 @@ func watchPlain(ctx context.Context, e *env, id string) (*rollout.View, error) {
 		stamp := now.Format("15:04:05")
 		if m.link != nil {
 			if *m.link != "" {
-				fmt.Fprintf(e.out, "%s %s\n", stamp, *m.link)
+				fmt.Fprintf(e.errOut, "%s %s\n", stamp, *m.link)
 			}
 			return
 		}
