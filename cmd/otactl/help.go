@@ -32,6 +32,7 @@ const (
 	secDevices  = "Devices and gateways"
 	secOps      = "Operators, observers and the audit log"
 	secReleases = "Keys, releases, offers and commands"
+	secRollouts = "Rollouts: staged waves with health gates (the spec: docs/ROLLOUTS.md)"
 	secOffline  = "Release signing (offline: no broker, the private key stays here)"
 )
 
@@ -103,6 +104,38 @@ var helps = []helpText{
 		examples: []string{"otactl offer list --device dev-7"}},
 	{name: "command send", section: secReleases, args: "VERB DEVICE...", summary: "send install, cancel, check or reboot to connected devices",
 		examples: []string{"otactl command send install dev-9 --rollout r-2026-11-26", "otactl command send check dev-7"}},
+
+	{name: "rollout create", section: secRollouts, args: "FILE.yaml", summary: "create a rollout from its spec (- reads standard input) and print its plan; nothing is offered before start",
+		about: "The spec is YAML (docs/ROLLOUTS.md). The rollout is a draft, or awaits approval when the spec says\n" +
+			"approval: true. A refused spec prints every problem, one \"field: message\" a line, and creates nothing.",
+		examples: []string{"otactl rollout create rollout.yaml", "otactl rollout create - < rollout.yaml"}},
+	{name: "rollout plan", section: secRollouts, args: "FILE.yaml", summary: "dry run: devices per wave, who is skipped and why, stepping stones; nothing is stored",
+		about: "FILE.yaml (- for standard input) plans a spec; --id ID shows the plan of a rollout that exists instead.\n" +
+			"Percentage waves draw their devices by the rollout ID: for a spec without an id the plan is provisional.",
+		examples: []string{"otactl rollout plan rollout.yaml", "otactl rollout plan --id r-2026-12-eu"}},
+	{name: "rollout approve", section: secRollouts, args: "ID", summary: "approve a rollout that needs it (approval: true); not by the operator who created it",
+		examples: []string{"otactl rollout approve r-2026-12-eu"}},
+	{name: "rollout start", section: secRollouts, args: "ID", summary: "start a draft: its first wave is offered (or it waits for the schedule's start)",
+		examples: []string{"otactl rollout start r-2026-12-eu"}},
+	{name: "rollout pause", section: secRollouts, args: "ID", summary: "pause: no new offers or install commands; devices under way go on",
+		examples: []string{`otactl rollout pause r-2026-12-eu --reason "support calls from plant 2"`}},
+	{name: "rollout resume", section: secRollouts, args: "ID", summary: "resume a paused rollout; its thresholds count again from here",
+		examples: []string{"otactl rollout resume r-2026-12-eu"}},
+	{name: "rollout abort", section: secRollouts, args: "ID", summary: "end a rollout: devices not yet installing get the cancel; those installing are listed",
+		examples: []string{`otactl rollout abort r-2026-12-eu --reason "bad build"`}},
+	{name: "rollout status", section: secRollouts, args: "ID", summary: "a rollout's state and reason, each wave's progress and counts, alarms, what comes next",
+		about:    "With --json: the rollout's View (docs/ROLLOUTS.md), as the broker's live summaries carry it.",
+		examples: []string{"otactl rollout status r-2026-12-eu", "otactl rollout status r-2026-12-eu --json", "otactl rollout status r-2026-12-eu --spec"}},
+	{name: "rollout list", section: secRollouts, summary: "list rollouts, newest first",
+		examples: []string{"otactl rollout list --state running"}},
+	{name: "rollout devices", section: secRollouts, args: "ID", summary: "a rollout's devices with state, reason and target; every page unless --limit",
+		examples: []string{"otactl rollout devices r-2026-12-eu --state rolled_back", "otactl rollout devices r-2026-12-eu --wave canary --json"}},
+	{name: "rollout watch", section: secRollouts, args: "ID", summary: "follow a rollout live: a bar per wave, counts, alarms, the time to the next wave",
+		about: "It gets the rollout once, then follows the summaries the broker pushes when it changes (at most one a\n" +
+			"second, never a request per device: fine over a slow link), and connects again by itself after a lost\n" +
+			"connection. On a terminal a live view; otherwise a line per change; --json one View per line. It ends\n" +
+			"when the rollout is completed, aborted or ended (exit status 0), or with q or Ctrl-C (also 0).",
+		examples: []string{"otactl rollout watch r-2026-12-eu", "otactl rollout watch r-2026-12-eu --json"}},
 
 	{name: "keygen", section: secOffline, summary: "create a release signing key pair: NAME.key (mode 0600) and NAME.pub; prints the public key as key show does",
 		examples: []string{"otactl keygen --name release", "otactl keygen --out keys --name release-2027"}},

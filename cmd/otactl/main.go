@@ -1,6 +1,6 @@
 // Command otactl is the operator's tool for otamq: it manages devices,
-// operators and the audit log over the broker's admin topics (MQTT v5
-// request/response), and signs releases offline.
+// operators, releases, rollouts and the audit log over the broker's admin
+// topics (MQTT v5 request/response), and signs releases offline.
 package main
 
 import (
@@ -198,6 +198,17 @@ func commands() map[string]command {
 		"offer cancel":    offerCancel,
 		"offer list":      offerList,
 		"command send":    commandSend,
+		"rollout create":  rolloutCreateCmd,
+		"rollout plan":    rolloutPlanCmd,
+		"rollout approve": rolloutVerb("rollout/approve", "approved"),
+		"rollout start":   rolloutVerb("rollout/start", "started"),
+		"rollout pause":   rolloutPauseCmd,
+		"rollout resume":  rolloutVerb("rollout/resume", "resumed"),
+		"rollout abort":   rolloutAbortCmd,
+		"rollout status":  rolloutStatusCmd,
+		"rollout list":    rolloutListCmd,
+		"rollout devices": rolloutDevicesCmd,
+		"rollout watch":   rolloutWatchCmd,
 		"device timeline": deviceTimeline,
 		"keygen":          keygenCmd,
 		"sign":            signCmd,

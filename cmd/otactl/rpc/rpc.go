@@ -8,7 +8,9 @@
 // made once the connection is up.
 //
 // A Client is one connection and does not reconnect: a lost connection fails
-// every pending and later call with ErrConnectionLost. Its client ID is an
+// every pending and later call with ErrConnectionLost and closes Done; a
+// caller that wants to go on dials again (and subscribes again). Besides
+// replies it can receive what it subscribes to (Subscribe). Its client ID is an
 // operator session, "OPERATOR~SUFFIX" with a random suffix, which the
 // broker ties to the operator: clients of the same operator run side by
 // side instead of taking over each other's connection.
@@ -25,10 +27,13 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/otamq/otamq/ota/access"
 )
 
 // ErrConnectionLost is returned by calls after the connection dropped.
@@ -75,6 +80,16 @@ type RemoteError struct {
 	Refused []Refusal `json:"refused,omitempty"`
 	// Candidates are the releases a release reference might have meant.
 	Candidates []string `json:"candidates,omitempty"`
+	// Problems lists everything wrong with a refused rollout spec.
+	Problems []Problem `json:"problems,omitempty"`
+}
+
+// Problem is one thing wrong with a refused request (a rollout spec):
+// where (a field path such as "waves[2].percent"; empty for the whole) and
+// what.
+type Problem struct {
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
 }
 
 // Refusal is one refused item of a batch request.
@@ -109,9 +124,17 @@ type Client struct {
 	cli   *paho.Client
 	reply string // this session's reply topic
 
-	mu      sync.Mutex // guards pending and lost
+	mu      sync.Mutex // guards pending, lost and subs
 	pending map[string]chan []byte
 	lost    bool
+	subs    []subscription
+	done    chan struct{} // closed by the first fail
+}
+
+// subscription is a filter and what receives its messages.
+type subscription struct {
+	filter string
+	fn     func(topic string, payload []byte)
 }
 
 // Dial connects, subscribes to the reply topic and returns the client.
@@ -134,7 +157,7 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, pending: map[string]chan []byte{},
+	c := &Client{cfg: cfg, pending: map[string]chan []byte{}, done: make(chan struct{}),
 		reply: cfg.Prefix + "/admin/reply/" + cfg.ClientID + "/" + nonce(8)}
 	c.cli = paho.NewClient(paho.ClientConfig{
 		ClientID:          cfg.ClientID,
@@ -231,7 +254,7 @@ func nonce(n int) string {
 func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	if p.Properties == nil || len(p.Properties.CorrelationData) == 0 {
-		return false, nil
+		return c.deliver(p), nil
 	}
 	key := string(p.Properties.CorrelationData)
 	c.mu.Lock()
@@ -245,10 +268,71 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	return true, nil
 }
 
+// deliver hands a message that is no reply to the subscriptions whose
+// filter matches its topic.
+func (c *Client) deliver(p *paho.Publish) bool {
+	c.mu.Lock()
+	var fns []func(string, []byte)
+	for _, s := range c.subs {
+		if access.Covers(s.filter, p.Topic) {
+			fns = append(fns, s.fn)
+		}
+	}
+	c.mu.Unlock()
+	for _, fn := range fns {
+		fn(p.Topic, bytes.Clone(p.Payload))
+	}
+	return len(fns) > 0
+}
+
+// Subscribe subscribes to filter at QoS 0 and calls fn with the topic and
+// payload of every message that arrives on it, in the order they arrive.
+// fn runs on the connection's receive goroutine: it must return at once
+// (hand the message on, never wait on this Client). fn owns the payload.
+// A subscription lives as long as the connection: after a reconnect,
+// subscribe again on the new Client.
+func (c *Client) Subscribe(ctx context.Context, filter string, fn func(topic string, payload []byte)) error {
+	c.mu.Lock()
+	if c.lost {
+		c.mu.Unlock()
+		return ErrConnectionLost
+	}
+	// Registered before the SUBSCRIBE so that nothing sent right after
+	// the SUBACK is missed.
+	c.subs = append(c.subs, subscription{filter: filter, fn: fn})
+	c.mu.Unlock()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
+		defer cancel()
+	}
+	sa, err := c.cli.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 0}}})
+	if sa != nil && len(sa.Reasons) == 1 && sa.Reasons[0] >= 0x80 {
+		err = fmt.Errorf("refused (reason code 0x%02x): may %s read it?", sa.Reasons[0], c.cfg.ClientID)
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.subs = slices.DeleteFunc(c.subs, func(s subscription) bool { return s.filter == filter })
+		lost := c.lost
+		c.mu.Unlock()
+		if lost {
+			return fmt.Errorf("subscribe to %s: %w", filter, ErrConnectionLost)
+		}
+		return fmt.Errorf("subscribe to %s: %w", filter, err)
+	}
+	return nil
+}
+
+// Done is closed when the connection is lost or closed.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
 // fail ends every pending call: the connection is gone.
 func (c *Client) fail() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.lost {
+		close(c.done)
+	}
 	c.lost = true
 	for k, ch := range c.pending {
 		close(ch)
