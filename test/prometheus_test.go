@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 )
 
 // promServer is a real Prometheus scraping the broker.
@@ -147,60 +149,204 @@ func TestMetricsScrapedByPrometheus(t *testing.T) {
 		})
 	}
 
-	// The dashboard and the alert rules speak the broker's metric names:
-	// every otamq_ name they use is exported, and every expression of the
-	// dashboard evaluates in Prometheus.
-	exported, err := httpGet("http://" + b.HTTPAddr() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dash, err := os.ReadFile(filepath.Join(repoRoot(), "config", "grafana", "otamq-fleet.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	alerts, err := os.ReadFile(filepath.Join(repoRoot(), "config", "prometheus", "alerts.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := regexp.MustCompile(`otamq_[a-z_]+`)
-	for _, src := range [][]byte{dash, alerts} {
-		for _, n := range names.FindAllString(string(src), -1) {
-			if n == "otamq_fleet" {
-				continue // the dashboard's uid, not a metric
-			}
-			if !strings.Contains(exported, "\n"+n+" ") && !strings.Contains(exported, "\n"+n+"{") {
-				t.Errorf("%s is used by the dashboard or alerts but not exported", n)
-			}
-		}
-	}
-	var d2 struct {
-		Panels []struct {
-			Title   string `json:"title"`
-			Targets []struct {
-				Expr string `json:"expr"`
-			} `json:"targets"`
-		} `json:"panels"`
-	}
-	if err := json.Unmarshal(dash, &d2); err != nil {
-		t.Fatal(err)
-	}
-	for _, pn := range d2.Panels {
+	// Every expression of the dashboard evaluates in Prometheus, and the
+	// alert rules load and evaluate. A broker without a rollout has no
+	// rollout series: TestPrometheusMidRollout checks that every panel
+	// returns data and that every name the dashboard and the rules use is
+	// exported.
+	for _, pn := range loadDashboard(t).allPanels() {
 		for _, tg := range pn.Targets {
-			expr := strings.ReplaceAll(tg.Expr, "$__rate_interval", "1m")
-			if _, err := p.query(expr); err != nil {
+			if _, err := p.query(grafanaExpr(tg.Expr, nil)); err != nil {
 				t.Errorf("panel %q: %v", pn.Title, err)
 			}
 		}
 	}
-	// The alert rules load and evaluate.
+	rulesHealthy(t, p)
+}
+
+// rulesHealthy waits until Prometheus evaluated every rule without an
+// error.
+func rulesHealthy(t *testing.T, p *promServer) {
+	t.Helper()
 	eventually(t, 30*time.Second, func() error {
 		body, err := httpGet("http://" + p.addr + "/api/v1/rules")
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(body, `"health":"ok"`) || strings.Contains(body, `"health":"err"`) {
-			return fmt.Errorf("rules not healthy yet: %.300s", body)
+		var r struct {
+			Data struct {
+				Groups []struct {
+					Rules []struct {
+						Name      string `json:"name"`
+						Health    string `json:"health"`
+						LastError string `json:"lastError"`
+					} `json:"rules"`
+				} `json:"groups"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal([]byte(body), &r); err != nil {
+			return err
+		}
+		n := 0
+		for _, g := range r.Data.Groups {
+			for _, rule := range g.Rules {
+				if rule.Health != "ok" {
+					return fmt.Errorf("rule %s: health %q %s", rule.Name, rule.Health, rule.LastError)
+				}
+				n++
+			}
+		}
+		if want := len(loadRules(t).all()); n != want {
+			return fmt.Errorf("%d rules loaded, alerts.yml has %d", n, want)
 		}
 		return nil
 	})
+}
+
+// dashboard is what the tests read of config/grafana/otamq-fleet.json.
+type dashboard struct {
+	Panels     []dashPanel `json:"panels"`
+	Templating struct {
+		List []struct {
+			Name  string `json:"name"`
+			Query string `json:"query"`
+		} `json:"list"`
+	} `json:"templating"`
+}
+
+type dashPanel struct {
+	Title   string `json:"title"`
+	Type    string `json:"type"`
+	Targets []struct {
+		Expr string `json:"expr"`
+	} `json:"targets"`
+	Panels []dashPanel `json:"panels"` // a collapsed row's
+}
+
+func loadDashboard(t testing.TB) dashboard {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "config", "grafana", "otamq-fleet.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d dashboard
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("otamq-fleet.json: %v", err)
+	}
+	return d
+}
+
+// allPanels returns the panels, those of collapsed rows included.
+func (d dashboard) allPanels() []dashPanel {
+	var out []dashPanel
+	var walk func([]dashPanel)
+	walk = func(ps []dashPanel) {
+		for _, p := range ps {
+			out = append(out, p)
+			walk(p.Panels)
+		}
+	}
+	walk(d.Panels)
+	return out
+}
+
+// grafanaExpr replaces what Grafana replaces in a query: $__rate_interval
+// (1m), and the template variables (vars, else their "All" value ".*").
+func grafanaExpr(expr string, vars map[string]string) string {
+	expr = strings.ReplaceAll(expr, "$__rate_interval", "1m")
+	return regexp.MustCompile(`\$\{?([a-z_]+)\}?`).ReplaceAllStringFunc(expr, func(m string) string {
+		name := strings.Trim(m, "${}")
+		if v, ok := vars[name]; ok {
+			return v
+		}
+		return ".*"
+	})
+}
+
+// labelValues parses a Grafana variable query label_values(METRIC, LABEL).
+func labelValues(q string) (metric, label string, ok bool) {
+	m := regexp.MustCompile(`^label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s*,\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)$`).FindStringSubmatch(q)
+	if m == nil {
+		return "", "", false
+	}
+	return m[1], m[2], true
+}
+
+// ruleFile is what the tests read of config/prometheus/alerts.yml.
+type ruleFile struct {
+	Groups []struct {
+		Name  string `yaml:"name"`
+		Rules []rule `yaml:"rules"`
+	} `yaml:"groups"`
+}
+
+type rule struct {
+	Record string `yaml:"record"`
+	Alert  string `yaml:"alert"`
+	Expr   string `yaml:"expr"`
+}
+
+func loadRules(t testing.TB) ruleFile {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "config", "prometheus", "alerts.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f ruleFile
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatalf("alerts.yml: %v", err)
+	}
+	return f
+}
+
+func (f ruleFile) all() []rule {
+	var out []rule
+	for _, g := range f.Groups {
+		out = append(out, g.Rules...)
+	}
+	return out
+}
+
+// records returns the names the recording rules record.
+func (f ruleFile) records() []string {
+	var out []string
+	for _, r := range f.all() {
+		if r.Record != "" {
+			out = append(out, r.Record)
+		}
+	}
+	return out
+}
+
+// usedNames returns the otamq_ metric names that the dashboard's queries
+// and the rules' expressions use, without the recorded ones.
+func usedNames(t testing.TB, rules ruleFile) []string {
+	t.Helper()
+	var exprs []string
+	dash := loadDashboard(t)
+	for _, v := range dash.Templating.List {
+		exprs = append(exprs, v.Query)
+	}
+	for _, p := range dash.allPanels() {
+		for _, tg := range p.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	for _, r := range rules.all() {
+		exprs = append(exprs, r.Expr)
+	}
+	text := strings.Join(exprs, "\n")
+	for _, rec := range rules.records() {
+		text = strings.ReplaceAll(text, rec, "")
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, n := range regexp.MustCompile(`otamq_[a-z_]+`).FindAllString(text, -1) {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

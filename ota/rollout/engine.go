@@ -33,9 +33,11 @@ var (
 // region, release version).
 type Recorder interface {
 	// Result counts a device's result: succeeded, failed, rolled_back,
-	// timed_out, cancelled.
+	// timed_out, cancelled; once per device, its first (a rollback after
+	// failing health is counted as failed).
 	Result(result, hardware, region, version string)
-	// Rollback counts a rollback.
+	// Rollback counts a device that rolled back, also after another
+	// result.
 	Rollback(hardware, region, version string)
 	// HealthFailure counts a result that is a health failure (reported,
 	// or judged by the broker; a rollback after failing health is both).
@@ -561,11 +563,16 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 	id, hw, region := r.rec.ID, r.sliceName(false, m.hw), r.sliceName(true, m.region)
 	e.mu.Unlock()
 	if m.state != old.state && m.state.Done() && m.state != Skipped {
-		e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
+		// A device counts once in each: a result may follow another
+		// (failed health, then rolled back), and counters cannot take
+		// the first back.
+		if !old.state.Done() {
+			e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
+		}
 		if m.state == RolledBack {
 			e.o.Recorder.Rollback(hw, region, r.rel.Version)
 		}
-		if m.flags&fHealth != 0 {
+		if m.flags&fHealth != 0 && (!old.state.Done() || old.flags&fHealth == 0) {
 			e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
 		}
 	}
