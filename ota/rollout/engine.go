@@ -516,11 +516,16 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 	id, hw, region := r.rec.ID, r.sliceName(false, m.hw), r.sliceName(true, m.region)
 	e.mu.Unlock()
 	if m.state != old.state && m.state.Done() && m.state != Skipped {
-		e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
+		// A result may follow another (failed health, then rolled back):
+		// each device counts once as a result and once as a health
+		// failure, by its first; a rollback counts when it happens.
+		if !old.state.Done() {
+			e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
+		}
 		if m.state == RolledBack {
 			e.o.Recorder.Rollback(hw, region, r.rel.Version)
 		}
-		if m.flags&fHealth != 0 {
+		if m.flags&fHealth != 0 && (!old.state.Done() || old.flags&fHealth == 0) {
 			e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
 		}
 	}
