@@ -15,6 +15,7 @@ import (
 	"github.com/otamq/otamq/cmd/devsim/sim"
 	"github.com/otamq/otamq/cmd/otactl/rpc"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/manifest"
 )
 
 // Rollouts (issue 9) end to end: a real broker on loopback, simulated
@@ -290,20 +291,69 @@ func nonzero(m map[string]int) map[string]int {
 	return out
 }
 
+// roEntry is a timeline entry with its time (device/timeline).
+type roEntry struct {
+	Time      time.Time `json:"time"`
+	Source    string    `json:"source"`
+	Type      string    `json:"type"`
+	RolloutID string    `json:"rollout_id"`
+	Version   string    `json:"version"`
+	Error     string    `json:"error"`
+	Detail    string    `json:"detail"`
+}
+
+// entries returns device id's timeline entries about rollout (its own
+// offers, and those of its retries and stepping stones: the rollout ID
+// followed by "~"), oldest first.
+func (w *rolloutWorld) entries(t testing.TB, id, rollout string) []roEntry {
+	t.Helper()
+	var res struct {
+		Entries []roEntry `json:"entries"`
+	}
+	w.call(t, "device/timeline", map[string]any{"id": id}, &res)
+	var out []roEntry
+	for i := len(res.Entries) - 1; i >= 0; i-- {
+		e := res.Entries[i]
+		if e.RolloutID == rollout || strings.HasPrefix(e.RolloutID, rollout+"~") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // offers returns the broker's offer entries in device id's timeline for
-// rollout (an offer ID, or its prefix followed by "~" for retries and
-// stepping stones), oldest first.
-func (w *rolloutWorld) offers(id, rollout string) []timelineEntry {
+// rollout, oldest first.
+func (w *rolloutWorld) offers(id, rollout string) []roEntry {
 	return w.brokerEntries(id, rollout, "offer")
 }
 
 // brokerEntries are device id's timeline entries of type typ written by
-// the broker for rollout's offers.
-func (w *rolloutWorld) brokerEntries(id, rollout, typ string) []timelineEntry {
-	var out []timelineEntry
-	for _, e := range w.timeline(id) {
-		if e.Source == "broker" && e.Type == typ && (e.RolloutID == rollout || strings.HasPrefix(e.RolloutID, rollout+"~")) {
+// the broker (offer, cancel) for rollout.
+func (w *rolloutWorld) brokerEntries(id, rollout, typ string) []roEntry {
+	var out []roEntry
+	for _, e := range w.entries(w.t, id, rollout) {
+		if e.Source == "broker" && e.Type == typ {
 			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// deviceCodes are device id's own events about rollout, "type" or
+// "type:error" without "update.", progress left out and an event
+// repeated at once counted once (deviceEvents' way).
+func (w *rolloutWorld) deviceCodes(t testing.TB, id, rollout string) []string {
+	var out []string
+	for _, e := range w.entries(t, id, rollout) {
+		if e.Source != "device" || e.Type == "update.download.progress" {
+			continue
+		}
+		s := strings.TrimPrefix(e.Type, "update.")
+		if e.Error != "" {
+			s += ":" + e.Error
+		}
+		if len(out) == 0 || out[len(out)-1] != s {
+			out = append(out, s)
 		}
 	}
 	return out
@@ -829,4 +879,475 @@ probation: 1s
 	}
 	checkWavesInOrder(t, done)
 	w.waitDevices(t, 10*time.Second, all, onVersion("1.1.1", "committed", "ota_reboot", 1))
+}
+
+// TestRolloutHardwareSlice: one hardware variant of the canary fails
+// health on the release, the other is fine. The wave as a whole stays
+// under the pause threshold; the slice of that hardware passes it, and
+// the pause reason and the alarm name "hardware esp32-v3"; nothing names
+// the healthy variant. After the canary's results are in, the operator
+// resumes (accepting them): the rollout proceeds through the next wave
+// and completes.
+func TestRolloutHardwareSlice(t *testing.T) {
+	t.Parallel()
+	w := newRolloutWorld(t)
+	v3 := func(r *sim.Registration) { r.Hardware = "esp32-v3" }
+	v3dev := func(d *sim.DeviceSpec) { d.Hardware = "esp32-v3" }
+	specs, all := w.addFleet(t,
+		fleetSpec{prefix: "hw-a-", n: 20, groups: []string{"canary"}},
+		fleetSpec{prefix: "hw-b-", n: 3, groups: []string{"canary"}, reg: v3, dev: v3dev},
+		fleetSpec{prefix: "hw-bad-", n: 3, groups: []string{"canary"}, reg: v3, dev: func(d *sim.DeviceSpec) {
+			v3dev(d)
+			d.Profile, d.FaultVersions = sim.BadHealth, []string{"1.1.0"}
+		}},
+		fleetSpec{prefix: "hw-field-a-", n: 4},
+		fleetSpec{prefix: "hw-field-b-", n: 4, reg: v3, dev: v3dev},
+	)
+	// The bad image fails its trial after 6 s, well after the healthy
+	// ones succeed (1 s of probation): the slice is judged on a sample
+	// with both.
+	w.simFleet(t, specs, func(c *sim.Config) { c.Timing.TrialTimeout = 6 * time.Second })
+	w.waitBirths(t, all)
+	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2", "esp32-v3"}, 8*1024))
+	w.create(t, `
+id: hw-1
+release: `+rel.ID+`
+waves:
+  - {name: canary, groups: [canary]}
+  - {percent: [100]}
+thresholds: {min_sample: 5}
+bake: 1s
+probation: 1s
+`)
+	w.start(t, "hw-1")
+	v := w.waitRollout(t, 60*time.Second, "hw-1", inState("paused"))
+	if v.PausedBy != "threshold" || !strings.HasPrefix(v.Reason, "wave canary, hardware esp32-v3: health failures") {
+		t.Fatalf("paused by %q: %q", v.PausedBy, v.Reason)
+	}
+	found := false
+	for _, a := range v.Alarms {
+		if strings.Contains(a.Message, "esp32-v2") || a.Slice == "hardware esp32-v2" {
+			t.Errorf("an alarm names the healthy variant: %+v", a)
+		}
+		if a.Level == "pause" && a.Kind == "health" && a.Slice == "hardware esp32-v3" && a.Wave == "canary" && a.Judged >= 5 {
+			found = true
+		}
+		if a.Level == "pause" && a.Slice == "" {
+			t.Errorf("the whole wave passed the pause threshold: %+v", a)
+		}
+	}
+	if !found {
+		t.Fatalf("no pause alarm of the slice: %+v", v.Alarms)
+	}
+	// The canary's results come in; the operator resumes.
+	v = w.waitRollout(t, 60*time.Second, "hw-1", func(v roView) error {
+		if c := v.Waves[0].Counts; c["succeeded"] != 23 || c["rolled_back"] != 3 {
+			return fmt.Errorf("canary %v", nonzero(c))
+		}
+		return nil
+	})
+	if v.State != "paused" || v.Waves[1].State != "pending" || v.Waves[1].Counts["eligible"] != 8 {
+		t.Fatalf("before the resume: %s, next wave %+v", v.State, v.Waves[1])
+	}
+	for _, d := range w.devices(t, "hw-1", "", "canary") {
+		if bad := strings.HasPrefix(d.Device, "hw-bad-"); bad != (d.State == "rolled_back") || d.Hardware != map[bool]string{true: "esp32-v3", false: d.Hardware}[bad] {
+			t.Errorf("%+v", d)
+		}
+	}
+	var rv roView
+	w.call(t, "rollout/resume", map[string]any{"id": "hw-1"}, &rv)
+	if rv.State != "running" || rv.Reason != "" {
+		t.Fatalf("resumed: %s (%s)", rv.State, rv.Reason)
+	}
+	done := w.waitRollout(t, 60*time.Second, "hw-1", inState("completed"))
+	checkWavesInOrder(t, done)
+	if c := done.Waves[1].Counts; c["succeeded"] != 8 {
+		t.Fatalf("the wave after the resume: %v", nonzero(c))
+	}
+}
+
+// TestRolloutBrokerObserved: devices that fail without saying so are
+// counted as failing from what the broker sees: a boot loop (more
+// connections after its reboot than `reconnects`), a device that never
+// comes back after its reboot (silent past `silence`), one that comes
+// back and sends nothing (mute: no result within its deadline). Each is
+// a health failure judged by the broker in rollout/devices, in the
+// wave's counts and in the metrics; a healthy device beside them
+// succeeds.
+func TestRolloutBrokerObserved(t *testing.T) {
+	t.Parallel()
+	w := newRolloutWorld(t)
+	profiles := map[string]sim.Profile{"bo-ok": sim.Healthy, "bo-loop": sim.BootLoop, "bo-silent": sim.Silent, "bo-mute": sim.Mute}
+	var devs []string
+	for id := range profiles {
+		devs = append(devs, id)
+	}
+	slices.Sort(devs)
+	specs := w.registerSims(t, devs, nil)
+	for i := range specs {
+		specs[i].Profile = profiles[specs[i].ID]
+	}
+	// The boot loop goes on long enough for the broker to see it: the
+	// agent's own reboot trigger would roll it back after 7 boots.
+	w.simFleet(t, specs, func(c *sim.Config) { c.Timing.MaxReboots = 7 })
+	w.waitBirths(t, devs)
+	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 8*1024))
+	fw := w.watch(t)
+	w.create(t, `
+id: bo-1
+release: `+rel.ID+`
+waves: [{name: all, devices: [bo-loop, bo-mute, bo-ok, bo-silent]}]
+thresholds: {health: {warn: 100%, pause: 100%}, rollback: {warn: 100%, pause: 100%}}
+reconnects: 2
+silence: 2s
+deadline: 20s
+probation: 1s
+`)
+	w.start(t, "bo-1")
+	v := w.waitRollout(t, 60*time.Second, "bo-1", func(v roView) error {
+		if n := v.Counts["offered"] + v.Counts["downloading"] + v.Counts["verified"] + v.Counts["installing"] +
+			v.Counts["rebooting"] + v.Counts["trial"] + v.Counts["eligible"]; n != 0 {
+			return fmt.Errorf("%d without a result", n)
+		}
+		return nil
+	})
+	ds := byDevice(w.devices(t, "bo-1", "", ""))
+	if d := ds["bo-ok"]; d.State != "succeeded" || d.Health || d.Broker {
+		t.Errorf("healthy: %+v", d)
+	}
+	// Silent: offline since its reboot.
+	if d := ds["bo-silent"]; d.State != "failed" || !d.Health || !d.Broker || !strings.HasPrefix(d.Reason, "silent for 2s after its reboot") {
+		t.Errorf("silent: %+v", d)
+	}
+	// Mute: connected, but never a birth, an event or a heartbeat again.
+	if d := ds["bo-mute"]; d.State != "timed_out" || !d.Health || !d.Broker || !strings.Contains(d.Reason, "(it was rebooting)") {
+		t.Errorf("mute: %+v", d)
+	}
+	// The boot loop: judged by the broker from its reconnects; the
+	// rollback it reports later makes it rolled back, still a failure the
+	// broker saw.
+	if d := ds["bo-loop"]; (d.State != "failed" && d.State != "rolled_back") || !d.Health || !d.Broker {
+		t.Errorf("boot loop: %+v", d)
+	}
+	eventually(t, 10*time.Second, func() error {
+		for _, e := range fw.events("bo-1") {
+			if e.Type == "rollout.device" && e.ID == "bo-loop" && e.State == "failed" && strings.HasPrefix(e.Reason, "reconnect loop:") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no event of the boot loop judged by its reconnects: %+v", fw.events("bo-1"))
+	})
+	if wv := v.Waves[0]; wv.HealthFailures != 3 || wv.Judged != 4 || wv.HealthRate != "75%" {
+		t.Errorf("wave: %d health failures of %d judged (%s)", wv.HealthFailures, wv.Judged, wv.HealthRate)
+	}
+	m := w.metricsText(t)
+	if got := metricSum(m, "otamq_update_health_failures_total", `version="1.1.0"`); got != 3 {
+		t.Errorf("otamq_update_health_failures_total = %d", got)
+	}
+	if got := metricSum(m, "otamq_rollout_health_failures", `rollout="bo-1"`, `wave="all"`); got != 3 {
+		t.Errorf("otamq_rollout_health_failures = %d", got)
+	}
+	if got := metricSum(m, "otamq_updates_total", `version="1.1.0"`); got != 4 {
+		t.Errorf("otamq_updates_total sums to %d, want one result per device", got)
+	}
+}
+
+// TestRolloutApproval: a rollout that requires approval cannot start
+// before it is approved, its creator cannot approve it, an observer
+// cannot either; another operator can, and then it starts and completes.
+// The audit log has every attempt with its result.
+func TestRolloutApproval(t *testing.T) {
+	t.Parallel()
+	w := newRolloutWorld(t)
+	specs, devs := w.addFleet(t, fleetSpec{prefix: "ap-", n: 3})
+	w.simFleet(t, specs)
+	w.waitBirths(t, devs)
+	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 8*1024))
+	w.addOperator("olga", "operator", "olga's password 1")
+	w.addOperator("otto", "observer", "otto's password 1")
+	olga := w.dial("olga", "olga's password 1")
+	otto := w.dial("otto", "otto's password 1")
+
+	v, _ := w.create(t, `
+id: ap-1
+release: `+rel.ID+`
+waves: [{percent: [100]}]
+approval: true
+probation: 1s
+`)
+	if v.State != "awaiting_approval" || !v.Approval || v.Approved != nil || v.CreatedBy != opID {
+		t.Fatalf("created %+v", v)
+	}
+	re := w.refused(t, w.admin(), "rollout/start", map[string]any{"id": "ap-1"}, "conflict")
+	if !strings.Contains(re.Message, "needs approval by an operator other than ops") {
+		t.Errorf("start before the approval: %s", re.Message)
+	}
+	re = w.refused(t, w.admin(), "rollout/approve", map[string]any{"id": "ap-1"}, "forbidden")
+	if !strings.Contains(re.Message, "another operator must approve it") {
+		t.Errorf("approved by its creator: %s", re.Message)
+	}
+	// An observer may not even send it: the broker refuses the publish.
+	w.refused(t, otto, "rollout/approve", map[string]any{"id": "ap-1"}, "mqtt_0x87")
+	if v := w.get(t, "ap-1"); v.State != "awaiting_approval" || v.Approved != nil {
+		t.Fatalf("after the refusals: %s, approved %+v", v.State, v.Approved)
+	}
+	for _, d := range devs {
+		if o := w.offers(d, "ap-1"); len(o) != 0 {
+			t.Fatalf("%s offered before the approval", d)
+		}
+	}
+	if err := olga.Call(context.Background(), "rollout/approve", map[string]any{"id": "ap-1"}, &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.State != "draft" || v.Approved == nil || v.Approved.By != "olga" {
+		t.Fatalf("approved: %s %+v", v.State, v.Approved)
+	}
+	w.refused(t, olga, "rollout/approve", map[string]any{"id": "ap-1"}, "conflict") // once
+	if v = w.start(t, "ap-1"); v.State != "running" || v.StartedBy != opID {
+		t.Fatalf("started: %s by %s", v.State, v.StartedBy)
+	}
+	w.waitRollout(t, 60*time.Second, "ap-1", inState("completed"))
+	var got []string
+	for _, r := range auditAll(t, w.admin(), map[string]any{"target": "ap-1"}) {
+		if r.Action == "rollout/approve" || r.Action == "rollout/start" {
+			got = append(got, r.Actor+" "+r.Action+" "+r.Result)
+		}
+	}
+	slices.Reverse(got) // newest first
+	want := []string{"ops rollout/start conflict", "ops rollout/approve forbidden",
+		"olga rollout/approve ok", "olga rollout/approve conflict", "ops rollout/start ok"}
+	if !slices.Equal(got, want) {
+		t.Errorf("audit:\n%v\nwant\n%v", got, want)
+	}
+}
+
+// TestRolloutAbort: an abort in the middle of a wave. Devices that had
+// not begun to install (slow downloads, and the next wave's devices not
+// yet offered) are cancelled: those with an offer get the cancel (the
+// empty offer), stop their download and stay on their version; those
+// past the install are listed in the reply, finish, and their results
+// are still recorded.
+func TestRolloutAbort(t *testing.T) {
+	t.Parallel()
+	w := newRolloutWorld(t)
+	specs, all := w.addFleet(t,
+		fleetSpec{prefix: "ab-fast-", n: 3, groups: []string{"first"}},
+		fleetSpec{prefix: "ab-slow-", n: 3, groups: []string{"first"}, dev: func(d *sim.DeviceSpec) {
+			d.Profile, d.SlowRate = sim.Slow, 1024 // 32 KiB in 32 s
+		}},
+		fleetSpec{prefix: "ab-next-", n: 4},
+	)
+	fast, slow, next := all[:3], all[3:6], all[6:]
+	w.simFleet(t, specs)
+	w.waitBirths(t, all)
+	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 32*1024))
+	w.create(t, `
+id: ab-1
+release: `+rel.ID+`
+waves:
+  - {name: first, groups: [first]}
+  - {percent: [100]}
+probation: 8s
+`)
+	w.start(t, "ab-1")
+	// The fast ones reach their trial (8 s of probation ahead), the slow
+	// ones are downloading.
+	eventually(t, 30*time.Second, func() error {
+		ds := byDevice(w.devices(t, "ab-1", "", "first"))
+		for _, id := range fast {
+			if ds[id].State != "trial" {
+				return fmt.Errorf("%s is %s", id, ds[id].State)
+			}
+		}
+		for _, id := range slow {
+			if ds[id].State != "downloading" {
+				return fmt.Errorf("%s is %s", id, ds[id].State)
+			}
+		}
+		return nil
+	})
+	var ab struct {
+		Rollout    roView     `json:"rollout"`
+		Cancelled  int        `json:"cancelled"`
+		Installing []roDevice `json:"installing"`
+	}
+	w.call(t, "rollout/abort", map[string]any{"id": "ab-1"}, &ab)
+	var installing []string
+	for _, d := range ab.Installing {
+		installing = append(installing, d.Device)
+		if d.State != "trial" {
+			t.Errorf("installing %+v", d)
+		}
+	}
+	if ab.Rollout.State != "aborted" || ab.Rollout.Reason != "aborted by ops" || ab.Cancelled != 7 || !slices.Equal(installing, fast) {
+		t.Fatalf("abort: %s (%s), %d cancelled, installing %v", ab.Rollout.State, ab.Rollout.Reason, ab.Cancelled, installing)
+	}
+	for _, wv := range ab.Rollout.Waves {
+		if wv.State != "stopped" {
+			t.Errorf("wave %s is %s", wv.Name, wv.State)
+		}
+	}
+	// The slow ones get the cancel and stop.
+	for _, id := range slow {
+		if c := w.brokerEntries(id, "ab-1", "cancel"); len(c) != 1 {
+			t.Errorf("%s: %d cancels", id, len(c))
+		}
+		w.waitEvents(t, 20*time.Second, id, "ab-1", "download.started", "download.failed:cancelled")
+	}
+	// The next wave's devices were never offered: nothing to withdraw.
+	for _, id := range next {
+		if o, c := w.offers(id, "ab-1"), w.brokerEntries(id, "ab-1", "cancel"); len(o) != 0 || len(c) != 0 {
+			t.Errorf("%s: %d offers, %d cancels", id, len(o), len(c))
+		}
+	}
+	// The installed ones finish and are reported.
+	w.waitDevices(t, 30*time.Second, fast, onVersion("1.1.0", "committed", "ota_reboot", 1))
+	v := w.waitRollout(t, 30*time.Second, "ab-1", func(v roView) error {
+		if v.Counts["succeeded"] != 3 {
+			return fmt.Errorf("want 3 succeeded")
+		}
+		return nil
+	})
+	if v.State != "aborted" || v.Counts["cancelled"] != 7 {
+		t.Fatalf("%s %v", v.State, nonzero(v.Counts))
+	}
+	ds := byDevice(w.devices(t, "ab-1", "", ""))
+	for _, id := range append(slices.Clone(slow), next...) {
+		if d := ds[id]; d.State != "cancelled" || d.Reason != "aborted by ops" {
+			t.Errorf("%+v", d)
+		}
+	}
+	w.waitDevices(t, 10*time.Second, append(slices.Clone(slow), next...), onVersion("1.0.0", "idle", "power_on", 0))
+	m := w.metricsText(t)
+	if c, s := metricSum(m, "otamq_updates_total", `result="cancelled"`), metricSum(m, "otamq_updates_total", `result="succeeded"`); c != 7 || s != 3 {
+		t.Errorf("otamq_updates_total: %d cancelled, %d succeeded", c, s)
+	}
+}
+
+// TestRolloutVersionRules: each device the version rules refuse is
+// skipped with its reason, in the dry run, in the rollout's plan and in
+// rollout/devices (already on the version, a downgrade, a secure version
+// above the release's, the wrong hardware; with major upgrades not
+// allowed, the old device too). The old device takes the stepping stone
+// first, then the release: two offers, in that order.
+func TestRolloutVersionRules(t *testing.T) {
+	t.Parallel()
+	w := newRolloutWorld(t)
+	ids := []string{"vr-ok", "vr-old", "vr-same", "vr-newer", "vr-secure", "vr-hw"}
+	regs := map[string]func(*sim.Registration){"vr-hw": func(r *sim.Registration) { r.Hardware = "" }}
+	specs := w.registerSims(t, ids, func(r *sim.Registration) {
+		if f := regs[r.ID]; f != nil {
+			f(r)
+		}
+	})
+	set := map[string]func(*sim.DeviceSpec){
+		"vr-ok":     func(d *sim.DeviceSpec) { d.Version = "1.1.5" },
+		"vr-old":    func(d *sim.DeviceSpec) { d.Profile = sim.TooOld },
+		"vr-same":   func(d *sim.DeviceSpec) { d.Version = "1.2.0" },
+		"vr-newer":  func(d *sim.DeviceSpec) { d.Version = "1.2.1" },
+		"vr-secure": func(d *sim.DeviceSpec) { d.Version, d.SecureVersion = "1.1.5", 3 },
+		"vr-hw":     func(d *sim.DeviceSpec) { d.Profile = sim.WrongHardware },
+	}
+	for i := range specs {
+		set[specs[i].ID](&specs[i])
+	}
+	w.simFleet(t, specs)
+	w.waitBirths(t, ids)
+	stone := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 8*1024))
+	rel := w.release(signedFirmware(t, w.key, manifestFor("1.2.0", 2), 8*1024))
+	spec := func(id, versions string) string {
+		return `
+` + id + `
+release: ` + rel.ID + `
+waves: [{name: all, devices: [` + strings.Join(ids, ", ") + `]}]
+versions: ` + versions + `
+upgrade_path: [` + stone.ID + `]
+probation: 1s
+`
+	}
+	wantSkips := map[string]string{
+		"vr-same":   "already runs 1.2.0",
+		"vr-newer":  "version rule: 1.2.1 to 1.2.0 is a downgrade (versions.downgrade is false)",
+		"vr-secure": "secure version: the release has 2, the device 3 (it would refuse it)",
+		"vr-hw":     "wrong hardware: the release targets esp32-v2, not esp32-c3",
+	}
+	checkSkips := func(what string, p roPlan, want map[string]string) {
+		t.Helper()
+		got := map[string]string{}
+		for _, g := range p.Skipped {
+			if g.Devices != len(g.Examples) {
+				t.Errorf("%s: %d devices, examples %v", what, g.Devices, g.Examples)
+			}
+			for _, d := range g.Examples {
+				got[d] = g.Reason
+			}
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("%s: skipped %v\nwant %v", what, got, want)
+		}
+		if p.Selected != 6 || p.Devices != 6-len(want) || len(p.Waves) != 1 || p.Waves[0].Skipped != len(want) {
+			t.Errorf("%s: selected %d, devices %d, waves %+v", what, p.Selected, p.Devices, p.Waves)
+		}
+	}
+	// Dry runs: as it will run, and with major upgrades forbidden.
+	var dry roPlan
+	w.call(t, "rollout/plan", map[string]any{"yaml": spec("", "{major: true}")}, &dry)
+	checkSkips("dry run", dry, wantSkips)
+	if !dry.Provisional || !maps.Equal(dry.Steps, map[string]int{stone.ID: 1}) || !slices.Equal(dry.UpgradePath, []string{stone.ID}) {
+		t.Errorf("dry run: provisional %v, steps %v, path %v", dry.Provisional, dry.Steps, dry.UpgradePath)
+	}
+	noMajor := maps.Clone(wantSkips)
+	noMajor["vr-old"] = "version rule: 0.9.0 to 1.1.0 is a major upgrade (versions.major is false)"
+	w.call(t, "rollout/plan", map[string]any{"yaml": spec("", "{major: false}")}, &dry)
+	checkSkips("dry run without major upgrades", dry, noMajor)
+
+	_, plan := w.create(t, spec("id: vr-1", "{major: true}"))
+	checkSkips("create", plan, wantSkips)
+	w.call(t, "rollout/plan", map[string]any{"id": "vr-1"}, &plan)
+	checkSkips("plan of the rollout", plan, wantSkips)
+	ds := byDevice(w.devices(t, "vr-1", "skipped", ""))
+	for id, reason := range wantSkips {
+		if ds[id].Reason != reason || !ds[id].Offered.IsZero() {
+			t.Errorf("%s: %+v, want skipped: %s", id, ds[id], reason)
+		}
+		if o := w.offers(id, "vr-1"); len(o) != 0 {
+			t.Errorf("skipped %s was offered %+v", id, o)
+		}
+	}
+	if d := byDevice(w.devices(t, "vr-1", "", ""))["vr-old"]; d.Target != stone.ID {
+		t.Errorf("the old device's first target: %+v", d)
+	}
+	w.start(t, "vr-1")
+	done := w.waitRollout(t, 60*time.Second, "vr-1", inState("completed"))
+	if done.Counts["succeeded"] != 2 || done.Counts["skipped"] != 4 || done.Devices != 2 {
+		t.Fatalf("counts %v, devices %d", nonzero(done.Counts), done.Devices)
+	}
+	w.waitDevices(t, 10*time.Second, []string{"vr-ok"}, onVersion("1.2.0", "committed", "ota_reboot", 1))
+	w.waitDevices(t, 10*time.Second, []string{"vr-old"}, onVersion("1.2.0", "committed", "ota_reboot", 0)) // two updates
+	// The old device: the stone (offer vr-1~s0, 1.1.0) and its whole
+	// update, then the release (vr-1, 1.2.0).
+	var offers []string
+	for _, o := range w.offers("vr-old", "vr-1") {
+		offers = append(offers, o.RolloutID+" "+o.Version)
+	}
+	if want := []string{"vr-1~s0 1.1.0", "vr-1 1.2.0"}; !slices.Equal(offers, want) {
+		t.Errorf("old device's offers %v, want %v", offers, want)
+	}
+	var steps []string
+	for _, e := range w.entries(t, "vr-old", "vr-1") {
+		if e.Type == "offer" || e.Type == "update.health.ok" {
+			steps = append(steps, e.RolloutID+" "+e.Type)
+		}
+	}
+	if want := []string{"vr-1~s0 offer", "vr-1~s0 update.health.ok", "vr-1 offer", "vr-1 update.health.ok"}; !slices.Equal(steps, want) {
+		t.Errorf("old device's steps %v, want %v", steps, want)
+	}
+	if o := w.offers("vr-ok", "vr-1"); len(o) != 1 || o[0].RolloutID != "vr-1" || o[0].Version != "1.2.0" {
+		t.Errorf("vr-ok offers %+v", o)
+	}
+}
+
+// manifestFor is a firmware manifest of version with a secure version.
+func manifestFor(version string, secure uint32) manifest.Manifest {
+	return manifest.Manifest{Version: version, BuildID: "test", Kind: manifest.KindFirmware, SecureVersion: secure}
 }

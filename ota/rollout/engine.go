@@ -18,6 +18,7 @@ import (
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // Errors of the engine's operations.
@@ -113,6 +114,9 @@ const (
 	dDisconnect
 	dWill
 	dUnhealthy
+	// dRebooting: a heartbeat said the device is rebooting (its events of
+	// the install may be queued behind the reboot, or never come).
+	dRebooting
 )
 
 // run is a loaded rollout.
@@ -402,6 +406,11 @@ func (e *Engine) OnEvent(ev event.Event) {
 			return
 		}
 		bit = dUnhealthy
+	case event.OTAState:
+		if x.To != wire.StateRebooting {
+			return
+		}
+		bit = dRebooting
 	default:
 		return
 	}
