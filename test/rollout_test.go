@@ -179,7 +179,12 @@ func newRolloutWorld(t *testing.T, mods ...func(*broker.Options)) *rolloutWorld 
 // a refusal.
 func (w *rolloutWorld) call(t testing.TB, verb string, req, out any) {
 	t.Helper()
-	if err := w.admin().Call(context.Background(), verb, req, out); err != nil {
+	mustCall(t, w.admin(), verb, req, out)
+}
+
+func mustCall(t testing.TB, c *rpc.Client, verb string, req, out any) {
+	t.Helper()
+	if err := c.Call(context.Background(), verb, req, out); err != nil {
 		t.Fatalf("%s: %v", verb, err)
 	}
 }
@@ -216,14 +221,24 @@ func (w *rolloutWorld) start(t testing.TB, id string) roView {
 
 func (w *rolloutWorld) get(t testing.TB, id string) roView {
 	t.Helper()
+	return rolloutGet(t, w.admin(), id)
+}
+
+func rolloutGet(t testing.TB, c *rpc.Client, id string) roView {
+	t.Helper()
 	var v roView
-	w.call(t, "rollout/get", map[string]any{"id": id}, &v)
+	mustCall(t, c, "rollout/get", map[string]any{"id": id}, &v)
 	return v
 }
 
 // devices returns every device of rollout id (all pages), with the
 // filter's state or wave ("" any).
 func (w *rolloutWorld) devices(t testing.TB, id, state, wave string) []roDevice {
+	t.Helper()
+	return rolloutDevices(t, w.admin(), id, state, wave)
+}
+
+func rolloutDevices(t testing.TB, c *rpc.Client, id, state, wave string) []roDevice {
 	t.Helper()
 	var out []roDevice
 	after := ""
@@ -239,7 +254,7 @@ func (w *rolloutWorld) devices(t testing.TB, id, state, wave string) []roDevice 
 		if wave != "" {
 			req["wave"] = wave
 		}
-		w.call(t, "rollout/devices", req, &res)
+		mustCall(t, c, "rollout/devices", req, &res)
 		out = append(out, res.Devices...)
 		if res.Next == "" {
 			return out
@@ -307,10 +322,15 @@ type roEntry struct {
 // followed by "~"), oldest first.
 func (w *rolloutWorld) entries(t testing.TB, id, rollout string) []roEntry {
 	t.Helper()
+	return timelineOf(t, w.admin(), id, rollout)
+}
+
+func timelineOf(t testing.TB, c *rpc.Client, id, rollout string) []roEntry {
+	t.Helper()
 	var res struct {
 		Entries []roEntry `json:"entries"`
 	}
-	w.call(t, "device/timeline", map[string]any{"id": id}, &res)
+	mustCall(t, c, "device/timeline", map[string]any{"id": id}, &res)
 	var out []roEntry
 	for i := len(res.Entries) - 1; i >= 0; i-- {
 		e := res.Entries[i]
