@@ -688,6 +688,14 @@ func (e *Engine) observed(r *run, m *member, v *fleet.View, bits uint8, now time
 		n.state, n.at, c.reason = Failed, nowNS, reason
 		return c
 	}
+	// A device whose heartbeat says it is rebooting is rebooting, even
+	// when the events that tell its install have not come (they wait
+	// behind the reboot, and never come if it does not come back).
+	if bits&dRebooting != 0 && m.state >= Offered && m.state < Rebooting && st.OTAState == wire.StateRebooting.String() {
+		e.baseline(n)
+		n.state, n.at, c.reason = Rebooting, nowNS, "rebooting (seen in its heartbeat)"
+		return c
+	}
 	if bits&dBirth != 0 && m.state >= Installing {
 		switch {
 		case st.Firmware == target.Version && m.state < Trial:

@@ -18,6 +18,7 @@ import (
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // Errors of the engine's operations.
@@ -120,6 +121,9 @@ const (
 	dDisconnect
 	dWill
 	dUnhealthy
+	// dRebooting: a heartbeat said the device is rebooting (its events of
+	// the install may be queued behind the reboot, or never come).
+	dRebooting
 )
 
 // run is a loaded rollout.
@@ -449,6 +453,11 @@ func (e *Engine) OnEvent(ev event.Event) {
 			return
 		}
 		bit = dUnhealthy
+	case event.OTAState:
+		if x.To != wire.StateRebooting {
+			return
+		}
+		bit = dRebooting
 	default:
 		return
 	}
@@ -563,9 +572,9 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 	id, hw, region := r.rec.ID, r.sliceName(false, m.hw), r.sliceName(true, m.region)
 	e.mu.Unlock()
 	if m.state != old.state && m.state.Done() && m.state != Skipped {
-		// A device counts once in each: a result may follow another
-		// (failed health, then rolled back), and counters cannot take
-		// the first back.
+		// A result may follow another (failed health, then rolled back):
+		// each device counts once as a result and once as a health
+		// failure, by its first; a rollback counts when it happens.
 		if !old.state.Done() {
 			e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
 		}
