@@ -65,7 +65,8 @@ func main() {
 		runtime.NumCPU(), runtime.Version())
 	fmt.Printf("command: go run ./test/bench %s\n\n", strings.Join(os.Args[1:], " "))
 	run := func(name string, f func() error) {
-		if *only != "" && *only != name {
+		// -only rollout runs every rollout-* part.
+		if *only != "" && *only != name && !(*only == "rollout" && strings.HasPrefix(name, "rollout-")) {
 			return
 		}
 		if err := f(); err != nil {
@@ -82,4 +83,6 @@ func main() {
 	run("idle", benchIdle)
 	run("audit", benchAudit)
 	run("import", benchImport)
+	run("rollout-plan", benchRolloutPlan)
+	run("rollout-events", benchRolloutEvents)
 }
