@@ -85,4 +85,5 @@ func main() {
 	run("import", benchImport)
 	run("rollout-plan", benchRolloutPlan)
 	run("rollout-events", benchRolloutEvents)
+	run("rollout-memory", benchRolloutMemory)
 }
