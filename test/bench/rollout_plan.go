@@ -30,7 +30,6 @@ func benchRolloutPlan() error {
 		return err
 	}
 	defer e.close()
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	med := func(ds []time.Duration) time.Duration { s := slices.Clone(ds); slices.Sort(s); return s[len(s)/2] }
 
 	// The realistic rollout: named waves, then percentages.
