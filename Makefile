@@ -8,7 +8,7 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION   ?= $(shell git describe --always --dirty --tags 2>/dev/null)
 LDFLAGS   := -X github.com/otamq/otamq/internal/version.version=$(VERSION)
 
-GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest
+GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest ./ota/rollout ./cmd/devsim/sim
 
 .PHONY: all build run test test-go test-c deps lint fmt vet staticcheck fuzz bench clean
 
@@ -55,7 +55,7 @@ fuzz:
 	@for pkg in $(GO_FUZZ_PKGS); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
 	    echo "== $$pkg $$f"; \
-	    $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) || exit 1; \
+	    $(GO) test $$pkg -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 1x || exit 1; \
 	  done; \
 	done
 	$(MAKE) -C agent-c fuzz

@@ -47,6 +47,7 @@ type recorder struct {
 	updates        *prometheus.CounterVec
 	rollbacks      *prometheus.CounterVec
 	healthFailures *prometheus.CounterVec
+	alarms         *prometheus.CounterVec
 }
 
 var (
@@ -98,10 +99,13 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		healthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_update_health_failures_total",
 			Help: "Devices in rollouts whose result is a health failure (reported, or judged by the broker: reconnect loop, silence after the reboot, Last Will in trial), by hardware, region and the rollout's release version."},
 			[]string{"hardware", "region", "version"}),
+		alarms: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "otamq_rollout_alarms_total",
+			Help: "Rollout thresholds passed, by kind (rollback, health) and level (warn: an alarm; pause: the rollout paused)."},
+			[]string{"kind", "level"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
 		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous,
-		r.updates, r.rollbacks, r.healthFailures} {
+		r.updates, r.rollbacks, r.healthFailures, r.alarms} {
 		f(c)
 	}
 	// Known label values start at 0, so dashboards and rate() see them
@@ -116,6 +120,11 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 		r.blockRequests.WithLabelValues(result)
 	}
 	r.eventsRefused.WithLabelValues("unknown_rollout")
+	for _, kind := range []string{"rollback", "health"} {
+		for _, level := range []string{"warn", "pause"} {
+			r.alarms.WithLabelValues(kind, level)
+		}
+	}
 	for _, scope := range fleet.ThrottleScopes {
 		r.loginsThrottled.WithLabelValues(scope)
 	}
@@ -147,6 +156,7 @@ func (r *recorder) Result(result, hardware, region, version string) {
 func (r *recorder) Rollback(hardware, region, version string) {
 	r.rollbacks.WithLabelValues(orUnknown(hardware), orUnknown(region), orUnknown(version)).Inc()
 }
+func (r *recorder) Alarm(kind, level string) { r.alarms.WithLabelValues(kind, level).Inc() }
 func (r *recorder) HealthFailure(hardware, region, version string) {
 	r.healthFailures.WithLabelValues(orUnknown(hardware), orUnknown(region), orUnknown(version)).Inc()
 }

@@ -163,6 +163,7 @@ func (e *Engine) Pass(ctx context.Context) error {
 		}
 	}
 	e.summaries(now)
+	e.evict()
 	return first
 }
 
@@ -211,12 +212,16 @@ const (
 )
 
 // pending is a rollout event to publish once its decision is committed.
-type pending struct{ kind, wave, reason, actor string }
+type pending struct {
+	kind, wave, reason, actor string
+	alarm                     *Alarm // a threshold warned or crossed
+}
 
 // stepRollout moves the rollout itself: schedule, waves, thresholds.
 func (e *Engine) stepRollout(ctx context.Context, r *run, now time.Time) error {
 	e.mu.RLock()
 	rec := r.rec.clone()
+	updated := rec.Updated
 	evs := e.decideRollout(r, rec, now)
 	e.mu.RUnlock()
 	if len(evs) == 0 {
@@ -235,7 +240,7 @@ func (e *Engine) stepRollout(ctx context.Context, r *run, now time.Time) error {
 		if err != nil {
 			return err
 		}
-		if cur.Updated != r.rec.Updated {
+		if !cur.Updated.Equal(updated) {
 			return errStale // an operator changed it meanwhile: decide again next pass
 		}
 		if err := e.putRecord(tx, r, rec); err != nil {
@@ -252,6 +257,9 @@ func (e *Engine) stepRollout(ctx context.Context, r *run, now time.Time) error {
 	}
 	e.dlv.Push(pushed)
 	for _, p := range evs {
+		if p.alarm != nil {
+			e.o.Recorder.Alarm(p.alarm.Kind, p.alarm.Level)
+		}
 		e.publish(rec, p.kind, p.wave, p.reason, p.actor)
 	}
 	return nil
@@ -287,6 +295,7 @@ func (e *Engine) decideRollout(r *run, rec *record, now time.Time) []pending {
 	autoResumable := rec.State == StatePaused && rec.PausedBy == PauseThreshold && sp.AutoResume
 	if rec.State == StateRunning || autoResumable {
 		breach := ""
+		var crossed *Alarm
 		for wi := range rec.Waves {
 			w := &rec.Waves[wi]
 			if w.State == WavePending {
@@ -299,6 +308,7 @@ func (e *Engine) decideRollout(r *run, rec *record, now time.Time) []pending {
 						breach = a.Message
 						if rec.State == StateRunning {
 							rec.Alarms = appendAlarm(rec.Alarms, a)
+							crossed = &a
 						}
 					}
 					continue
@@ -306,14 +316,14 @@ func (e *Engine) decideRollout(r *run, rec *record, now time.Time) []pending {
 				if !containsStr(w.Warned, key) {
 					w.Warned = append(w.Warned, key)
 					rec.Alarms = appendAlarm(rec.Alarms, a)
-					evs = append(evs, pending{kind: "warned", wave: w.Name, reason: a.Message})
+					evs = append(evs, pending{kind: "warned", wave: w.Name, reason: a.Message, alarm: &a})
 				}
 			}
 		}
 		switch {
 		case breach != "" && rec.State == StateRunning:
 			rec.State, rec.PausedBy, rec.Reason = StatePaused, PauseThreshold, breach
-			return append(evs, pending{kind: "paused", reason: breach})
+			return append(evs, pending{kind: "paused", reason: breach, alarm: crossed})
 		case breach == "" && autoResumable:
 			rec.State, rec.PausedBy, rec.Reason = StateRunning, "", ""
 			evs = append(evs, pending{kind: "resumed", reason: "the threshold is no longer crossed (auto_resume)", actor: "auto"})

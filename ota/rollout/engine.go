@@ -40,6 +40,9 @@ type Recorder interface {
 	// HealthFailure counts a result that is a health failure (reported,
 	// or judged by the broker; a rollback after failing health is both).
 	HealthFailure(hardware, region, version string)
+	// Alarm counts a threshold warned ("warn") or crossed ("pause"), of
+	// kind "rollback" or "health".
+	Alarm(kind, level string)
 }
 
 type nopRecorder struct{}
@@ -47,6 +50,7 @@ type nopRecorder struct{}
 func (nopRecorder) Result(string, string, string, string) {}
 func (nopRecorder) Rollback(string, string, string)       {}
 func (nopRecorder) HealthFailure(string, string, string)  {}
+func (nopRecorder) Alarm(string, string)                  {}
 
 // Defaults of Options.
 const (
@@ -62,7 +66,8 @@ type Options struct {
 	Clock  clock.Clock
 	Logger *slog.Logger
 	// Feed carries the devices' events to the engine (it subscribes) and
-	// the engine's rollout events to everyone else.
+	// the engine's rollout events to everyone else. It must be the feed of
+	// the registry and the delivery service.
 	Feed     *event.Feed
 	Recorder Recorder
 	// Tick is the period of the engine's evaluation pass (it also runs
@@ -160,6 +165,9 @@ func New(db store.Store, reg *fleet.Registry, cat *release.Catalog, dlv *deliver
 	if o.Recorder == nil {
 		o.Recorder = nopRecorder{}
 	}
+	if o.Feed == nil {
+		o.Feed = &event.Feed{} // it hears nothing of the devices: only for tests of the operations
+	}
 	if o.Tick <= 0 {
 		o.Tick = DefaultTick
 	}
@@ -222,29 +230,66 @@ func (e *Engine) load() error {
 			}
 			kept++
 		}
-		r, err := e.open(rec)
+		r, err := e.loadRun(rec)
 		if err != nil {
 			return err
-		}
-		if err := e.db.View(context.Background(), func(tx store.Tx) error {
-			prefix := memberKey(rec.ID, "")
-			return tx.Scan(bucketMembers, prefix, false, func(k, v []byte) error {
-				if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) {
-					return store.ErrStop
-				}
-				m, _, err := decodeMember(string(k[len(prefix):]), v)
-				if err != nil {
-					return err
-				}
-				r.add(m)
-				return nil
-			})
-		}); err != nil {
-			return fmt.Errorf("load rollout %s: %w", rec.ID, err)
 		}
 		e.install(r)
 	}
 	return nil
+}
+
+// loadRun builds the run of a stored rollout with its members.
+func (e *Engine) loadRun(rec *record) (*run, error) {
+	r, err := e.open(rec)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.db.View(context.Background(), func(tx store.Tx) error {
+		prefix := memberKey(rec.ID, "")
+		return tx.Scan(bucketMembers, prefix, false, func(k, v []byte) error {
+			if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) {
+				return store.ErrStop
+			}
+			m, _, err := decodeMember(string(k[len(prefix):]), v)
+			if err != nil {
+				return err
+			}
+			r.add(m)
+			return nil
+		})
+	}); err != nil {
+		return nil, fmt.Errorf("load rollout %s: %w", rec.ID, err)
+	}
+	sort.Slice(r.members, func(i, j int) bool { return r.members[i].id < r.members[j].id })
+	return r, nil
+}
+
+// evict drops from memory the finished rollouts without devices in
+// flight beyond the KeepFinished most recent (they stay in the store).
+func (e *Engine) evict() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var done []*run
+	for _, r := range e.runs {
+		if finished(r.rec.State) && !r.hasInFlight() {
+			done = append(done, r)
+		}
+	}
+	if len(done) <= e.o.KeepFinished {
+		return
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i].rec.Created.After(done[j].rec.Created) })
+	for _, r := range done[e.o.KeepFinished:] {
+		delete(e.runs, r.rec.ID)
+		e.hmu.Lock()
+		for _, m := range r.members {
+			if e.holders[m.id] == r {
+				delete(e.holders, m.id)
+			}
+		}
+		e.hmu.Unlock()
+	}
 }
 
 // open builds the run of a stored rollout, without members.
@@ -289,7 +334,7 @@ func (e *Engine) install(r *run) {
 		if !finished(r.rec.State) || !m.state.Done() {
 			e.holders[m.id] = r
 		}
-		if m.offered > minute {
+		if m.offered > minute && r.spec.Rate.PerMinute > 0 {
 			r.starts = append(r.starts, m.offered)
 		}
 	}
@@ -506,7 +551,7 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 	if m.state == Succeeded {
 		r.succeeded++
 	}
-	if m.offered != old.offered && old.state == Eligible {
+	if m.offered != old.offered && old.state == Eligible && r.spec.Rate.PerMinute > 0 {
 		r.starts = append(r.starts, m.offered)
 	}
 	if finished(r.rec.State) && m.state.Done() {

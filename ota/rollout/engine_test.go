@@ -1,12 +1,14 @@
 package rollout
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/wire"
 )
 
@@ -246,8 +248,8 @@ thresholds: {min_sample: 10, rollback: {warn: 10%, pause: 30%}}
 	if !warned {
 		t.Fatalf("the whole wave's 15%% did not warn: %+v", v.Alarms)
 	}
-	if e.rec.rollbacks != 6 {
-		t.Fatalf("%d rollbacks recorded", e.rec.rollbacks)
+	if e.rec.rollbacks != 6 || e.rec.results["alarm/rollback/warn"] != 2 /* the wave and region eu, all of it */ || e.rec.results["alarm/rollback/pause"] != 1 {
+		t.Fatalf("%d rollbacks recorded; %v", e.rec.rollbacks, e.rec.results)
 	}
 }
 
@@ -353,5 +355,576 @@ deadline: 3d
 	e.advance(24*time.Hour, 10*time.Minute)
 	if len(e.snd.commandsTo("ny")) != n {
 		t.Fatal("install commands outside the window days")
+	}
+}
+
+// The schedule: nothing before its start; at its end with stop no new
+// offers; with cancel, devices that have not installed get the cancel.
+func TestSchedule(t *testing.T) {
+	for _, atEnd := range []string{AtEndStop, AtEndCancel} {
+		t.Run(atEnd, func(t *testing.T) {
+			e := newEnv(t)
+			e.release("1.1.0", 0, "esp32-v2")
+			e.fleetOf(map[string]int{"rest": 10})
+			start, end := t0.Add(time.Hour), t0.Add(2*time.Hour)
+			e.create(fmt.Sprintf("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nrate: {per_minute: 2}\nschedule: {start: %q, end: %q, at_end: %s}\n",
+				start.Format(time.RFC3339), end.Format(time.RFC3339), atEnd))
+			if v := e.start("r1"); v.State != StateScheduled || v.Next == nil || v.Next.What != "start" {
+				t.Fatalf("started %+v", v)
+			}
+			e.advance(59*time.Minute, time.Minute)
+			if n := len(e.snd.offered()); n != 0 {
+				t.Fatalf("%d offered before the start", n)
+			}
+			e.advance(time.Minute, time.Minute)
+			if v := e.get("r1"); v.State != StateRunning || len(e.snd.offered()) != 2 {
+				t.Fatalf("at the start: %s, %d offered", v.State, len(e.snd.offered()))
+			}
+			// Two a minute: by the end some have installed, some are
+			// downloading, some not offered.
+			walked := map[string]bool{}
+			for e.clk.Now().Before(end.Add(-time.Minute)) {
+				e.clk.Advance(time.Minute)
+				e.pass()
+				for _, id := range e.snd.offered() {
+					if !walked[id] && len(walked) < 4 {
+						walked[id] = true
+						e.walk(id, healthy, true)
+					} else if !walked[id] && !walked[id+"-dl"] {
+						walked[id+"-dl"] = true
+						e.event(id, wire.EvDownloadStarted, 0)
+					}
+				}
+			}
+			offered := len(e.snd.offered())
+			e.advance(2*time.Minute, time.Minute)
+			v := e.get("r1")
+			if v.State != StateEnded || !strings.Contains(v.Reason, "at_end: "+atEnd) {
+				t.Fatalf("at the end: %s %s", v.State, v.Reason)
+			}
+			e.advance(10*time.Minute, time.Minute)
+			states := e.states("r1")
+			installed := 0
+			for id, st := range states {
+				o, _ := e.snd.lastOffer(id)
+				switch {
+				case walked[id]:
+					installed++
+					if st == "cancelled" || o.RolloutID == "" {
+						t.Errorf("%s had installed and was cancelled", id)
+					}
+				case atEnd == AtEndCancel && st != "cancelled":
+					t.Errorf("%s is %s after the end with cancel", id, st)
+				case atEnd == AtEndCancel && len(e.snd.offers[id]) > 0 && o.RolloutID != "":
+					t.Errorf("%s was offered and got no empty offer", id)
+				case atEnd == AtEndStop && (st == "cancelled" || len(e.snd.offers[id]) > 1):
+					t.Errorf("%s: %s with stop", id, st)
+				}
+			}
+			if installed != 4 || len(e.snd.offered()) > offered {
+				t.Fatalf("%d installed; %d offered after the end (%d before)", installed, len(e.snd.offered()), offered)
+			}
+		})
+	}
+}
+
+// A rollout that needs approval cannot start until another operator
+// approves it.
+func TestApproval(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 3})
+	if v := e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\napproval: true\n"); v.State != StateAwaitingApproval {
+		t.Fatal(v.State)
+	}
+	if _, err := e.eng.Start("alice", "r1", e.commit); !errors.Is(err, ErrState) || !strings.Contains(err.Error(), "needs approval") {
+		t.Fatalf("start before approval: %v", err)
+	}
+	if _, err := e.eng.Approve("alice", "r1", e.commit); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("approval by the creator: %v", err)
+	}
+	e.pass()
+	if len(e.snd.offered()) != 0 {
+		t.Fatal("offered before approval")
+	}
+	v, err := e.eng.Approve("bob", "r1", e.commit)
+	if err != nil || v.State != StateDraft || v.Approved == nil || v.Approved.By != "bob" {
+		t.Fatalf("approve: %+v %v", v, err)
+	}
+	if _, err := e.eng.Approve("carol", "r1", e.commit); !errors.Is(err, ErrState) {
+		t.Fatalf("second approval: %v", err)
+	}
+	e.start("r1")
+	e.pass()
+	if len(e.snd.offered()) != 3 {
+		t.Fatal(e.snd.offered())
+	}
+}
+
+// Abort: devices that had not installed get the cancel; the others are
+// reported and their results still recorded.
+func TestAbort(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 6})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nrate: {per_minute: 5}\nprobation: 1m\n")
+	e.start("r1")
+	e.pass()
+	offered := e.snd.offered()                       // 5 of 6
+	e.walk(offered[0], healthy, true)                // trial
+	e.event(offered[1], wire.EvDownloadStarted, 0)   // downloading
+	e.event(offered[2], wire.EvDownloadStarted, 0)   // installing
+	e.event(offered[2], wire.EvDownloadCompleted, 0) //
+	e.event(offered[2], wire.EvInstallStarted, 0)    //
+	res, err := e.eng.Abort("alice", "r1", "", e.commit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.View.State != StateAborted || res.Cancelled != 4 || len(res.Installing) != 2 {
+		t.Fatalf("abort: %s cancelled %d installing %+v", res.View.State, res.Cancelled, res.Installing)
+	}
+	for _, id := range offered[1:2] {
+		if o, _ := e.snd.lastOffer(id); o.RolloutID != "" {
+			t.Errorf("%s got no cancel", id)
+		}
+	}
+	if o, _ := e.snd.lastOffer(offered[0]); o.RolloutID != "r1" {
+		t.Errorf("%s, in its trial, was cancelled", offered[0])
+	}
+	// The one in its trial finishes and is recorded; no new offers.
+	e.advance(5*time.Minute, time.Minute)
+	if d := e.device("r1", offered[0]); d.State != "succeeded" {
+		t.Errorf("%+v", d)
+	}
+	if len(e.snd.offers) != 5 {
+		t.Errorf("offers after the abort: %d devices", len(e.snd.offers))
+	}
+	if _, err := e.eng.Abort("alice", "r1", "", e.commit); !errors.Is(err, ErrState) {
+		t.Fatalf("second abort: %v", err)
+	}
+	// The devices are free for another rollout once the aborted one is done with them.
+	if h, ok := e.eng.Holder(offered[1]); ok {
+		t.Fatalf("%s still held by %s", offered[1], h)
+	}
+	if h, ok := e.eng.Holder(offered[2]); !ok || h != "r1" {
+		t.Fatalf("%s, installing, not held: %q", offered[2], h)
+	}
+}
+
+// Rate: never more than per_minute started in any minute nor in_flight at
+// once; the ramp raises the rate as devices succeed.
+func TestRate(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 200})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nprobation: 1s\nrate: {per_minute: 4, in_flight: 30, ramp: {factor: 2, every_succeeded: 8, max: 25}}\n")
+	e.start("r1")
+	var starts []time.Time
+	seen := map[string]bool{}
+	maxInFlight := 0
+	for i := 0; i < 200 && e.get("r1").State != StateCompleted; i++ {
+		e.pass()
+		for _, id := range e.snd.offered() {
+			if !seen[id] {
+				seen[id] = true
+				starts = append(starts, e.clk.Now())
+			}
+		}
+		v := e.get("r1")
+		maxInFlight = max(maxInFlight, v.Rate.InFlight)
+		if v.Rate.InFlight > 30 {
+			t.Fatalf("%d in flight", v.Rate.InFlight)
+		}
+		// Five devices finish every 20 s: the in-flight limit binds.
+		n := 0
+		for _, id := range e.snd.offered() {
+			if d := e.device("r1", id); d.State == "offered" && n < 5 {
+				n++
+				e.walk(id, healthy, true)
+			}
+		}
+		e.clk.Advance(20 * time.Second)
+	}
+	// No 60-second window holds more starts than the largest rate (25).
+	perMinute := map[int]int{}
+	for i, s := range starts {
+		n := 0
+		for _, u := range starts[i:] {
+			if u.Sub(s) < time.Minute {
+				n++
+			}
+		}
+		if n > 25 {
+			t.Fatalf("%d started within a minute from %s", n, s)
+		}
+		perMinute[int(s.Sub(t0)/time.Minute)]++
+	}
+	if perMinute[0] != 4 {
+		t.Fatalf("first minute: %d started, want 4", perMinute[0])
+	}
+	// The ramp: later minutes start more than the first.
+	most := 0
+	for _, n := range perMinute {
+		most = max(most, n)
+	}
+	if most <= 4 || maxInFlight != 30 || e.get("r1").State != StateCompleted {
+		t.Fatalf("the ramp did not raise the rate: per minute %v, in flight at most %d", perMinute, maxInFlight)
+	}
+}
+
+// Version rules skip devices with their reason; an old device takes the
+// stepping stone first, then the release.
+func TestVersionRulesAndUpgradePath(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 1, "esp32-v2")
+	e.release("1.2.4", 1, "esp32-v2")
+	e.devices(
+		dev{id: "old", hw: "esp32-v2", firmware: "1.0.3"},
+		dev{id: "mid", hw: "esp32-v2", firmware: "1.1.5"},
+		dev{id: "current", hw: "esp32-v2", firmware: "1.2.4"},
+		dev{id: "newer", hw: "esp32-v2", firmware: "1.2.5"},
+		dev{id: "major", hw: "esp32-v2", firmware: "0.9.0"},
+		dev{id: "secure", hw: "esp32-v2", firmware: "1.1.9", secure: 2},
+		dev{id: "other-hw", hw: "rp2040", firmware: "1.0.0"},
+		dev{id: "unborn", hw: "esp32-v2"},
+	)
+	spec := "id: r1\nrelease: 1.2.4\nwaves: [{percent: [100]}]\nupgrade_path: [1.1.0]\nprobation: 1m\n"
+	p, err := e.eng.PlanSpec([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reasons := map[string]string{}
+	for _, g := range p.Skipped {
+		for _, id := range g.Examples {
+			reasons[id] = g.Reason
+		}
+	}
+	for id, want := range map[string]string{
+		"current":  "already runs 1.2.4",
+		"newer":    "downgrade",
+		"major":    "major upgrade",
+		"secure":   "secure version",
+		"other-hw": "wrong hardware",
+	} {
+		if !strings.Contains(reasons[id], want) {
+			t.Errorf("%s skipped for %q, want %q", id, reasons[id], want)
+		}
+	}
+	if p.Devices != 3 || p.Steps[e.rels["1.1.0"].ID] != 1 {
+		t.Fatalf("plan %+v", p)
+	}
+	e.create(spec)
+	e.start("r1")
+	e.pass()
+	if got := e.target("old"); got != "1.1.0" {
+		t.Fatalf("old offered %s first", got)
+	}
+	if o, _ := e.snd.lastOffer("old"); o.RolloutID != "r1~s0" {
+		t.Fatalf("stepping stone offered as %q", o.RolloutID)
+	}
+	if got := e.target("mid"); got != "1.2.4" {
+		t.Fatalf("mid offered %s", got)
+	}
+	// unborn had no version when planned; it is offered and judged by the
+	// device itself.
+	if _, ok := e.snd.lastOffer("unborn"); !ok {
+		t.Fatal("unborn not offered")
+	}
+	e.walk("old", healthy, true)
+	e.walk("mid", healthy, true)
+	e.walk("unborn", rollsBack, true)
+	e.advance(2*time.Minute, time.Minute)
+	if d := e.device("r1", "old"); d.State != "offered" || d.Target != e.rels["1.2.4"].ID || d.OfferID != "r1" {
+		t.Fatalf("old after the stone: %+v", d)
+	}
+	e.walk("old", healthy, true)
+	e.advance(2*time.Minute, time.Minute)
+	for id, want := range map[string]string{"old": "succeeded", "mid": "succeeded", "unborn": "rolled_back", "current": "skipped"} {
+		if d := e.device("r1", id); d.State != want {
+			t.Errorf("%s: %+v", id, d)
+		}
+	}
+	if v, _ := e.reg.Get("old"); v.Status.Firmware != "1.2.4" {
+		t.Errorf("old runs %s", v.Status.Firmware)
+	}
+}
+
+// A failed download is offered again under a new rollout ID (the agent
+// does not retry the same rollout and image) until the retries run out.
+func TestRetries(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 1})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nretries: 2\n")
+	e.start("r1")
+	var ids []string
+	for i := 0; i < 3; i++ {
+		e.pass()
+		o, _ := e.snd.lastOffer("rest-000")
+		ids = append(ids, o.RolloutID)
+		e.event("rest-000", wire.EvDownloadStarted, 0)
+		e.event("rest-000", wire.EvDownloadFailed, wire.ErrCodeRetriesExhausted)
+	}
+	e.pass()
+	if !slices.Equal(ids, []string{"r1", "r1~t1", "r1~t2"}) {
+		t.Fatalf("offers %v", ids)
+	}
+	d := e.device("r1", "rest-000")
+	if d.State != "failed" || !strings.Contains(d.Reason, "no retries left") {
+		t.Fatalf("%+v", d)
+	}
+	// An event about an earlier offer changes nothing.
+	if err := e.dlv.Event(t.Context(), "rest-000", wire.Event{Code: wire.EvHealthOK, RolloutID: "r1~t1"}); err != nil {
+		t.Fatal(err)
+	}
+	if d := e.device("r1", "rest-000"); d.State != "failed" {
+		t.Fatalf("%+v", d)
+	}
+}
+
+// A device takes part in one active rollout at a time.
+func TestConflicts(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"canary": 2, "rest": 3})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{groups: [canary]}]\n")
+	_, _, err := e.eng.Create("alice", []byte("id: r2\nrelease: 1.1.0\nwaves: [{percent: [100]}]\n"), e.commit)
+	se := specErr(t, err)
+	if !hasProblem(se, "selector", "canary-000 (in rollout r1)") {
+		t.Fatalf("%v", se)
+	}
+	// A rollout of the others is fine; once r1 is aborted its devices are free.
+	e.create("id: r2\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nselector: {devices: [rest-000, rest-001, rest-002]}\n")
+	if _, err := e.eng.Abort("alice", "r1", "", e.commit); err != nil {
+		t.Fatal(err)
+	}
+	e.create("id: r3\nrelease: 1.1.0\nwaves: [{groups: [canary]}]\n") // the others are in no wave: not members, no conflict
+	if h, _ := e.eng.Holder("canary-001"); h != "r3" {
+		t.Fatalf("holder %q", h)
+	}
+	// The same ID twice.
+	_, _, err = e.eng.Create("alice", []byte("id: r3\nrelease: 1.1.0\nwaves: [{groups: [canary]}]\n"), e.commit)
+	if se := specErr(t, err); !hasProblem(se, "id", "exists") {
+		t.Fatal(se)
+	}
+}
+
+// Plans that cannot work are refused with every problem, and nothing is
+// stored.
+func TestImpossiblePlans(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "rp2040")
+	e.release("1.2.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"canary": 2, "rest": 3})
+	for name, tc := range map[string]struct {
+		spec string
+		want map[string]string
+	}{
+		"group selects nobody": {"release: 1.2.0\nwaves: [{groups: [nosuch]}, {name: c, groups: [canary]}]\n",
+			map[string]string{"waves[0]": "selects no device"}},
+		"release nobody can take": {"release: 1.1.0\nwaves: [{percent: [100]}]\n",
+			map[string]string{"release": "wrong hardware"}},
+		"unknown release and stone": {"release: 9.9.9\nwaves: [{percent: [100]}]\nupgrade_path: [8.8.8]\n",
+			map[string]string{"release": "no such release", "upgrade_path[0]": "no such release"}},
+		"stone not older": {"release: 1.2.0\nwaves: [{percent: [100]}]\nupgrade_path: [1.2.0]\n",
+			map[string]string{"upgrade_path[0]": "not older"}},
+		"unknown devices": {"release: 1.2.0\nwaves: [{name: x, devices: [ghost]}]\nselector: {devices: [ghost2]}\n",
+			map[string]string{"selector.devices": "ghost2 is not registered", "waves[0].devices": "ghost is not selected"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			for _, run := range []func() error{
+				func() error { _, err := e.eng.PlanSpec([]byte(tc.spec)); return err },
+				func() error { _, _, err := e.eng.Create("alice", []byte(tc.spec), e.commit); return err },
+			} {
+				se := specErr(t, run())
+				for field, msg := range tc.want {
+					if !hasProblem(se, field, msg) {
+						t.Errorf("no %q at %q: %v", msg, field, se.Problems)
+					}
+				}
+			}
+			if vs, _, _ := e.eng.List(ListFilter{}); len(vs) != 0 {
+				t.Fatalf("stored %+v", vs)
+			}
+		})
+	}
+}
+
+// Timeouts: a device that does not finish within its deadline.
+func TestDeadline(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 2})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\ndeadline: 1h\nsilence: 2h\nthresholds: {health: {warn: 100%, pause: 100%}}\n")
+	e.start("r1")
+	e.pass()
+	e.event("rest-000", wire.EvDownloadStarted, 0) // never finishes
+	e.walk("rest-001", staysAway, true)            // reboots and stays away (silence is longer than the deadline)
+	e.advance(61*time.Minute, 5*time.Minute)
+	d0, d1 := e.device("r1", "rest-000"), e.device("r1", "rest-001")
+	if d0.State != "timed_out" || d0.Health || d1.State != "timed_out" || !d1.Health {
+		t.Fatalf("%+v\n%+v", d0, d1)
+	}
+	if v := e.get("r1"); v.State != StatePaused || v.PausedBy != PauseSuccess {
+		t.Fatalf("%s %s: %s", v.State, v.PausedBy, v.Reason)
+	}
+}
+
+// auto_resume: a rollout paused by a threshold resumes by itself once
+// later results bring the rate under it.
+func TestAutoResume(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 12})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nauto_resume: true\nprobation: 1m\nthresholds: {min_sample: 2, rollback: {pause: 20%}}\nrate: {in_flight: 6}\n")
+	e.start("r1")
+	e.pass()
+	first := e.snd.offered()
+	e.walk(first[0], rollsBack, true)
+	e.walk(first[1], healthy, true)
+	e.advance(2*time.Minute, time.Minute)
+	if v := e.get("r1"); v.State != StatePaused || v.PausedBy != PauseThreshold {
+		t.Fatalf("%s: %s", v.State, v.Reason)
+	}
+	for _, id := range first[2:] {
+		e.walk(id, healthy, true)
+	}
+	e.advance(2*time.Minute, time.Minute)
+	v := e.get("r1")
+	if v.State != StateRunning {
+		t.Fatalf("%s: %s", v.State, v.Reason)
+	}
+	if !slices.Contains(e.evs.kinds(), "resumed") {
+		t.Fatal(e.evs.kinds())
+	}
+}
+
+// After a restart (the store is all that is left) the rollout goes on where
+// it was: no device offered twice, none forgotten, no wave skipped, the
+// bake and probation timers from their stored times.
+func TestRestartContinues(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"canary": 3, "rest": 20})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{groups: [canary]}, {percent: [50, 100]}]\nbake: 30m\nprobation: 10m\nsuccess: 100%\nrate: {per_minute: 5}\n")
+	e.start("r1")
+	e.pass()
+	for _, id := range e.snd.offered() {
+		e.walk(id, healthy, true)
+	}
+	e.advance(12*time.Minute, time.Minute) // probation over: baking
+	if w := e.get("r1").Waves[0]; w.State != WaveBaking {
+		t.Fatalf("%+v", w)
+	}
+	offers := func() map[string]int {
+		out := map[string]int{}
+		var ids []string
+		e.reg.Each(func(v *fleet.View) { ids = append(ids, v.ID) })
+		for _, id := range ids {
+			tl, _ := e.dlv.Timeline(id, 100)
+			for _, en := range tl {
+				if en.Type == "offer" {
+					out[id]++
+				}
+			}
+		}
+		return out
+	}
+	e.restart()
+	e.reconnectAll()
+	// The bake began at 10:10 (the last canary's probation ended): the
+	// wave passes at 10:40, 28 minutes after the restart, not 30.
+	e.advance(27*time.Minute, time.Minute)
+	if w := e.get("r1").Waves[0]; w.State != WaveBaking {
+		t.Fatalf("bake after restart %+v", w)
+	}
+	e.advance(2*time.Minute, time.Minute)
+	if w := e.get("r1").Waves[0]; w.State != WavePassed {
+		t.Fatalf("bake after restart %+v", w)
+	}
+	// The rest, with a restart after every few minutes; devices walk
+	// whatever they were offered.
+	walked := map[string]bool{"canary-000": true, "canary-001": true, "canary-002": true}
+	for i := 0; i < 40 && e.get("r1").State != StateCompleted; i++ {
+		for _, id := range e.snd.offered() {
+			if !walked[id] {
+				walked[id] = true
+				e.walk(id, healthy, true)
+			}
+		}
+		e.advance(3*time.Minute, time.Minute)
+		if i%3 == 0 {
+			e.restart()
+			e.reconnectAll()
+			// Devices in the trial before the restart keep their offer;
+			// the env's sender is new, so it knows them from the store.
+			for _, o := range e.dlv.Offers() {
+				if _, ok := e.snd.lastOffer(o.Device); !ok {
+					e.snd.offers[o.Device] = []wire.Offer{{RolloutID: o.RolloutID, Manifest: e.rels["1.1.0"].Manifest}}
+				}
+			}
+		}
+	}
+	v := e.get("r1")
+	if v.State != StateCompleted || v.Counts["succeeded"] != 23 {
+		t.Fatalf("%s %+v", v.State, v.Counts)
+	}
+	for id, n := range offers() {
+		if n != 1 {
+			t.Errorf("%s offered %d times", id, n)
+		}
+	}
+	if len(offers()) != 23 {
+		t.Errorf("%d devices offered", len(offers()))
+	}
+	var passed []time.Time
+	for _, w := range v.Waves {
+		passed = append(passed, w.Passed)
+	}
+	if !slices.IsSortedFunc(passed, func(a, b time.Time) int { return a.Compare(b) }) {
+		t.Errorf("waves passed out of order: %v", passed)
+	}
+}
+
+// reconnectAll is what devices do when the broker is back: connect, birth,
+// heartbeat.
+func (e *env) reconnectAll() {
+	e.reg.Each(func(v *fleet.View) {
+		e.connect(v.ID)
+		e.birth(v.ID, v.Status.Firmware, wire.BootPowerOn, wire.StateIdle, 0, 0)
+		e.heartbeat(v.ID, wire.HealthAllOK, wire.StateIdle)
+	})
+}
+
+// Finished rollouts beyond KeepFinished leave memory (and the metrics)
+// but not the store: get, list and devices still answer from it.
+func TestKeepFinished(t *testing.T) {
+	e := newEnv(t)
+	e.eng.o.KeepFinished = 1
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 2})
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("r%d", i)
+		e.create("id: " + id + "\nrelease: 1.1.0\nwaves: [{percent: [100]}]\n")
+		e.clk.Advance(time.Second)
+		if _, err := e.eng.Abort("alice", id, "", e.commit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.pass()
+	if m := e.eng.Metrics(); len(m) != 1 || m[0].ID != "r3" {
+		t.Fatalf("in memory: %+v", m)
+	}
+	if v := e.get("r1"); v.State != StateAborted {
+		t.Fatal(v.State)
+	}
+	if states := e.states("r1"); len(states) != 2 || states["rest-000"] != "cancelled" {
+		t.Fatal(states)
+	}
+	if vs, _, _ := e.eng.List(ListFilter{}); len(vs) != 3 || vs[0].ID != "r3" {
+		t.Fatalf("%+v", vs)
+	}
+	if _, err := e.eng.Resume("alice", "r1", e.commit); !errors.Is(err, ErrState) {
+		t.Fatal(err)
 	}
 }

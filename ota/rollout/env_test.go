@@ -161,6 +161,12 @@ func (r *results) Rollback(string, string, string) {
 	r.mu.Unlock()
 }
 
+func (r *results) Alarm(kind, level string) {
+	r.mu.Lock()
+	r.results["alarm/"+kind+"/"+level]++
+	r.mu.Unlock()
+}
+
 func (r *results) HealthFailure(string, string, string) {
 	r.mu.Lock()
 	r.health++

@@ -476,11 +476,22 @@ func (e *Engine) Devices(id string, f DeviceFilter) ([]DeviceView, string, error
 	e.mu.RLock()
 	r := e.runs[id]
 	if r == nil {
+		// A rollout finished long ago: from the store.
 		e.mu.RUnlock()
-		if e.exists(id) {
-			return nil, "", fmt.Errorf("%w: rollout %s has finished and is no longer in memory", ErrState, quote(id))
+		var rec *record
+		if err := e.db.View(context.Background(), func(tx store.Tx) error {
+			var err error
+			rec, err = readRecord(tx, id)
+			return err
+		}); err != nil {
+			return nil, "", err
 		}
-		return nil, "", fmt.Errorf("%w: %s", ErrNotFound, quote(id))
+		lr, err := e.loadRun(rec)
+		if err != nil {
+			return nil, "", err
+		}
+		r = lr
+		e.mu.RLock()
 	}
 	wave := -1
 	if f.Wave != "" {

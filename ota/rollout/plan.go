@@ -238,9 +238,6 @@ func (pl *planner) plan(spec *Spec, id string) (*plan, error) {
 		}
 		seen[d.ID] = true
 		p.selected++
-		if h := pl.holder(d.ID); h != "" {
-			conflicts = append(conflicts, fmt.Sprintf("%s (in rollout %s)", d.ID, h))
-		}
 		m := planned{id: d.ID, hw: hardwareOf(v), region: d.Region, wave: -1}
 		if wi, ok := inWave[d.ID]; ok {
 			m.wave = wi
@@ -268,6 +265,9 @@ func (pl *planner) plan(spec *Spec, id string) (*plan, error) {
 		if m.wave < 0 {
 			p.unassigned++
 			return
+		}
+		if h := pl.holder(d.ID); h != "" {
+			conflicts = append(conflicts, fmt.Sprintf("%s (in rollout %s)", d.ID, h))
 		}
 		m.need, m.skip = pl.eligible(p, v)
 		if _, known := pl.zones.local(v).in(time.Time{}); !known && m.skip == "" {

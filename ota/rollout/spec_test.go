@@ -1,6 +1,8 @@
 package rollout
 
 import (
+	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -232,3 +234,41 @@ func FuzzParse(f *testing.F) {
 }
 
 func mustVersion(s string) *semver.Version { return semver.MustParse(s) }
+
+// The commented example in config/ parses, and says what Parse fills in.
+func TestExampleSpec(t *testing.T) {
+	b, err := os.ReadFile("../../config/rollout.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def, err := Parse([]byte("release: x\nwaves: [{percent: [100]}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The values the example calls defaults are the defaults.
+	if s.Success != def.Success || s.Thresholds != def.Thresholds || s.Probation != def.Probation ||
+		s.Deadline != def.Deadline || *s.Retries != *def.Retries || s.Silence != def.Silence || s.Reconnects != def.Reconnects {
+		t.Fatalf("example %+v\ndefaults %+v", s, def)
+	}
+}
+
+// FuzzDecodeMember: a stored device record of any bytes decodes or is
+// refused, and what decodes encodes back to the same bytes.
+func FuzzDecodeMember(f *testing.F) {
+	m := &member{id: "d", wave: 2, state: Trial, need: 1, tries: 1, flags: fHealth, hw: 3, region: 4, at: 5, offered: 6, okAt: 7, connects: 8, wills: 9}
+	f.Add(m.encode("a reason"))
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, reason, err := decodeMember("d", b)
+		if err != nil {
+			return
+		}
+		if got := m.encode(reason); len(reason) <= maxReason && !bytes.Equal(got, b) {
+			t.Fatalf("%x decodes to %+v, which encodes to %x", b, m, got)
+		}
+	})
+}

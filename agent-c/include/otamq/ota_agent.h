@@ -96,12 +96,13 @@ typedef struct ota_persist {
     uint32_t boots_since_commit;
     uint32_t wdt_since_commit;
     uint32_t target_secure_version;
-    uint8_t install_mode;
+    /* bytes cleared together in pairs */
     uint8_t error;           /* last ota_error_code_t */
-    uint8_t target_slot;
     uint8_t refetches;       /* full downloads again after a digest mismatch */
+    uint8_t nboots, nwdt;    /* entries in boot_log, wdt_log */
+    uint8_t install_mode;
+    uint8_t target_slot;
     uint8_t window;          /* the broker's window (offer key 6), 0: not told */
-    uint8_t nboots, nwdt;
     uint64_t seq;            /* sequence number of the current update */
     /* The replay guard of each kind: the sequence number of the manifest
      * of what runs (committed); a manifest with a lower one is refused. */
@@ -144,14 +145,15 @@ typedef struct ota_agent {
     uint32_t next_off;         /* download: bytes written so far */
     uint32_t ev_inflight;      /* the first queued event is published */
     uint32_t window;           /* blocks per request now */
-    uint32_t req_active;       /* a block request is outstanding */
+    uint32_t req;              /* block requests while downloading: none, one
+                                  outstanding (until req_at_ms), or waiting
+                                  until req_at_ms to ask again */
     uint32_t ev_at_ms;         /* when it was published / may be again */
     uint32_t window_max;       /* the settings' window, or the broker's */
     uint32_t booted;
-    uint32_t retry_wait;       /* waiting for retry_at_ms to ask again */
     uint32_t retries;
     uint32_t req_got;          /* blocks received for the request */
-    uint32_t req_count;        /* blocks still expected from the request */
+    uint32_t req_n;            /* blocks asked for by the request */
     uint32_t pct_reported;     /* download progress last reported, percent */
     uint32_t ev_backoff_ms;    /* after a "retry" PUBACK, 0 = none */
     uint32_t broker_seen;      /* connected since the trial began */
@@ -160,17 +162,14 @@ typedef struct ota_agent {
     uint32_t hb_sent;          /* a heartbeat went out since the trial began */
     uint32_t hashing;          /* img_hash is started */
     ota_persist_t ps;
-    uint32_t unhealthy;        /* health checks failing since unhealthy_since_ms */
+    uint32_t healthy_ms;       /* probation: when the health checks last passed */
     uint32_t req_id;
-    uint32_t req_deadline_ms;
+    uint32_t req_at_ms;
     uint32_t last_hb_ms;
     uint32_t ev_id;            /* the published event's message ID */
     uint32_t ev_saved;         /* the queue is in the kv store */
     uint32_t persist_failed;   /* the last persist failed (health bit 1) */
-    uint32_t retry_at_ms;
-    uint32_t trial_base_ms;    /* trial clock at trial_start_ms */
-    uint32_t trial_start_ms;   /* now_ms when this boot's trial clock began */
-    uint32_t unhealthy_since_ms;
+    uint32_t trial_zero_ms;    /* now_ms when the trial clock was 0 (wraps) */
     bool check_pending;        /* a check is under way: report the next offer */
     uint8_t boot_reason;       /* reported in the birth */
     uint8_t topic_len;         /* of "<prefix>/<id>/" at the start of topic */

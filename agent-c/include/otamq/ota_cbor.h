@@ -45,7 +45,11 @@ typedef struct ota_cbor_reader {
     const uint8_t *end; /* one past the last byte */
 } ota_cbor_reader_t;
 
-void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len);
+static inline void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len)
+{
+    r->p = buf;
+    r->end = buf + len;
+}
 
 /* Reads one head. For major types 0..6 *arg is the value, length, count or
  * tag number; for major type 7 it is the simple value or the raw float bits.
@@ -86,8 +90,37 @@ typedef struct ota_cbor_map {
     uint64_t keys[OTA_CFG_CBOR_MAX_PAIRS];
 } ota_cbor_map_t;
 
-int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r);
-int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key); /* 1 key, 0 end */
+/* Inline: the core has one map walk (its table-driven decoder), and a call
+ * costs more than the code (FOOTPRINT.md). */
+static inline int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
+{
+    uint64_t pairs;
+    int rc = ota_cbor_expect(r, OTA_CBOR_MAP, &pairs);
+    if (rc == OTA_OK && pairs > OTA_CFG_CBOR_MAX_PAIRS)
+        rc = OTA_ERR_MSG;
+    m->r = r;
+    m->left = (uint32_t)pairs;
+    m->seen = 0;
+    return rc;
+}
+
+/* 1 and *key the next key, 0 at the end of the map, or a negative status. */
+static inline int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key)
+{
+    uint32_t i;
+    int rc;
+    if (m->left == 0u)
+        return 0;
+    rc = ota_cbor_expect(m->r, OTA_CBOR_UINT, key);
+    if (rc != OTA_OK)
+        return rc;
+    for (i = 0; i < m->seen; i++)
+        if (m->keys[i] == *key)
+            return OTA_ERR_CBOR_DUP;
+    m->keys[m->seen++] = *key;
+    m->left--;
+    return 1;
+}
 
 typedef struct ota_cbor_writer {
     uint8_t *buf;
@@ -96,11 +129,22 @@ typedef struct ota_cbor_writer {
     bool overflow;
 } ota_cbor_writer_t;
 
-void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap);
+static inline void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap)
+{
+    w->buf = buf;
+    w->cap = cap;
+    w->len = 0;
+    w->overflow = false;
+}
 void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg);
-/* A byte or text string (major OTA_CBOR_BSTR / OTA_CBOR_TSTR) of n bytes. */
-void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n);
 void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n);
+/* A byte or text string (major OTA_CBOR_BSTR / OTA_CBOR_TSTR) of n bytes. */
+static inline void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p,
+                                    size_t n)
+{
+    ota_cbor_put_head(w, major, n);
+    ota_cbor_put_raw(w, (const uint8_t *)p, n);
+}
 #define ota_cbor_put_uint(w, v) ota_cbor_put_head((w), OTA_CBOR_UINT, (v))
 #define ota_cbor_put_bstr(w, p, n) ota_cbor_put_str((w), OTA_CBOR_BSTR, (p), (n))
 #define ota_cbor_put_tstr(w, p, n) ota_cbor_put_str((w), OTA_CBOR_TSTR, (p), (n))

@@ -145,8 +145,8 @@
 #endif
 
 /* Human-readable texts: event details (event key 6, e.g. "downgrade",
- * "too many reboots") and ota_strerror()'s descriptions. 0 leaves them out
- * of the image (about 1.1 KB on rv32): events then carry only their codes
+ * "reboot loop") and ota_strerror()'s descriptions. 0 leaves them out
+ * of the image (about 950 B on rv32): events then carry only their codes
  * and ota_strerror() returns "". */
 #ifndef OTA_CFG_TEXT
 #define OTA_CFG_TEXT 1

@@ -4,19 +4,12 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "internal.h"
 #include "persist.h"
 
 #define P(a) ((a)->port)
 #define NOW(a) ((uint32_t)P(a)->now_ms(P(a)->ctx))
 #define KIND(a) ((uint8_t)(a)->ps.kind)
-/* Helpers GCC would copy into each caller, at a cost in size. */
-#ifdef __GNUC__
-#define NOINLINE __attribute__((noinline))
-#else
-#define NOINLINE
-#endif
-#define STR_(x) #x
-#define STR(x) STR_(x)
 
 /* ---- what the agent reports ------------------------------------------- */
 
@@ -78,6 +71,7 @@
     X(R_CONFIRM, OTA_E_BOOT, "confirm failed")                                   \
     X(R_REBOOTS, OTA_E_BOOT, "reboot loop")                                 \
     X(R_WDT, OTA_E_BOOT, "watchdog resets")                             \
+    /* a revert by the bootloader: these two in this order */                   \
     X(R_POWER_LOST, OTA_E_BOOT, "power lost")                     \
     X(R_NOT_CONFIRMED, OTA_E_BOOT, "not confirmed")                  \
     X(R_ABANDONED, OTA_E_BOOT, "abandoned image")                        \
@@ -97,6 +91,7 @@ static const uint8_t refusal_status[] = {
     -OTA_ERR_BOOTLOADER, -OTA_ERR_VERSION, -OTA_ERR_VERSION,  -OTA_ERR_VERSION,
     -OTA_ERR_VERSION,  -OTA_ERR_VERSION, -OTA_ERR_SEQUENCE,   -OTA_ERR_SECURE_VERSION,
 };
+typedef char power_lost_then_not_confirmed[R_NOT_CONFIRMED == R_POWER_LOST + 1 ? 1 : -1];
 typedef char refusal_rows[sizeof(refusal_status) == R_SECURE_VERSION - R_BAD_OFFER + 1 ? 1 : -1];
 
 #if OTA_CFG_TEXT
@@ -104,7 +99,7 @@ typedef char refusal_rows[sizeof(refusal_status) == R_SECURE_VERSION - R_BAD_OFF
 static const char reason_texts[] = REASONS(AS_TEXT);
 
 /* The detail text of why, NULL when it has none. */
-static const char *reason_text(uint8_t why)
+static const char *reason_text(unsigned why)
 {
     const char *t = reason_texts;
     for (; why > 0u; why--)
@@ -123,6 +118,14 @@ static const char *reason_text(uint8_t why)
      1u << OTA_EV_ROLLBACK_COMPLETED | 1u << OTA_EV_REJECTED)
 
 /* ---- small helpers ----------------------------------------------------- */
+
+enum { REQ_NONE, REQ_ACTIVE, REQ_WAIT }; /* a->req */
+
+/* The topics the agent subscribes to at every connect, after
+ * "<prefix>/<id>/": blocks at QoS 0, offers and commands at QoS 1. */
+static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
+#define TOPIC_MANIFEST (inbox + sizeof("ota/blk"))
+#define TOPIC_CMD (TOPIC_MANIFEST + sizeof("ota/manifest"))
 
 static uint64_t unix_now(const ota_agent_t *a)
 {
@@ -159,9 +162,9 @@ static void persist(ota_agent_t *a)
     a->persist_failed = rc != OTA_OK;
 }
 
-static uint32_t trial_clock(const ota_agent_t *a)
+static INLINE uint32_t trial_clock(const ota_agent_t *a)
 {
-    return a->trial_base_ms + (NOW(a) - a->trial_start_ms);
+    return NOW(a) - a->trial_zero_ms;
 }
 
 static uint32_t device_secure_version(const ota_agent_t *a)
@@ -176,7 +179,7 @@ static uint32_t min_u32(uint32_t x, uint32_t y)
 }
 
 /* Ends the image hash if it is under way. */
-static void hash_abort(ota_agent_t *a)
+static INLINE void hash_abort(ota_agent_t *a)
 {
     if (a->hashing)
         P(a)->sha256_abort(P(a)->ctx, &a->img_hash);
@@ -195,7 +198,7 @@ static void save_events(ota_agent_t *a)
 }
 
 /* Drops the first event of the queue; the next may go at once. */
-static void evq_drop(ota_agent_t *a)
+static INLINE void evq_drop(ota_agent_t *a)
 {
     a->ev_inflight = false; /* a late PUBACK for it is ignored */
     a->ev_at_ms = NOW(a);
@@ -225,7 +228,7 @@ static void flush_events(ota_agent_t *a)
  * oldest events. The rollout ID and version (NULL:
  * none) are rollout_len and version_len bytes long, or NUL-terminated when
  * that is 0. */
-static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rollout,
+static void event_for(ota_agent_t *a, unsigned code, unsigned why, const char *rollout,
                       size_t rollout_len, const char *version, size_t version_len)
 {
     ota_event_t ev;
@@ -234,7 +237,7 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
 
     if (code == OTA_EV_DOWNLOAD_PROGRESS && a->evq_len > 1u + a->evq[0])
         return; /* others wait: progress now would be old when it goes */
-    ev.code = code;
+    ev.code = (uint8_t)code;
     ev.rollout = rollout;
     ev.rollout_len = rollout_len;
     ev.target_version = version;
@@ -262,14 +265,14 @@ static void event_for(ota_agent_t *a, uint8_t code, uint8_t why, const char *rol
 }
 
 /* An event about the current update: its rollout and target version. */
-static void event(ota_agent_t *a, uint8_t code, uint8_t why)
+static void event(ota_agent_t *a, unsigned code, unsigned why)
 {
     event_for(a, code, why, a->ps.rollout[0] ? a->ps.rollout : NULL, 0,
               a->ps.version[0] ? a->ps.version : NULL, 0);
 }
 
 /* An event about no update in particular. */
-static void event_plain(ota_agent_t *a, uint8_t code, uint8_t why)
+static void event_plain(ota_agent_t *a, unsigned code, unsigned why)
 {
     event_for(a, code, why, NULL, 0, NULL, 0);
 }
@@ -290,7 +293,7 @@ static void set_state(ota_agent_t *a, uint32_t st)
 /* Enters state st and reports code with why (st may be the current state:
  * persist and report). The event is queued (a result: saved) before the
  * state is persisted, so a reset between reports it twice, never not. */
-static void step(ota_agent_t *a, uint32_t st, uint8_t code, uint8_t why)
+static void step(ota_agent_t *a, uint32_t st, unsigned code, unsigned why)
 {
     event(a, code, why);
     set_state(a, st);
@@ -304,7 +307,7 @@ static void keep_events(ota_agent_t *a)
         save_events(a);
 }
 
-static void restart(ota_agent_t *a)
+static INLINE void restart(ota_agent_t *a)
 {
     keep_events(a);
     P(a)->reboot(P(a)->ctx);
@@ -312,13 +315,13 @@ static void restart(ota_agent_t *a)
 
 /* ---- outgoing messages ------------------------------------------------- */
 
-static uint8_t health_bits(ota_agent_t *a)
+static INLINE unsigned health_bits(ota_agent_t *a)
 {
-    uint8_t h = P(a)->app_health != NULL ? (uint8_t)(P(a)->app_health(P(a)->ctx) & 3u)
-                                         : (uint8_t)(OTA_HEALTH_APP | OTA_HEALTH_RESOURCES);
+    unsigned h = P(a)->app_health != NULL ? P(a)->app_health(P(a)->ctx) & 3u
+                                          : OTA_HEALTH_APP | OTA_HEALTH_RESOURCES;
     if (a->persist_failed)
-        h &= (uint8_t)~OTA_HEALTH_RESOURCES;
-    return (uint8_t)(h | (a->connected ? OTA_HEALTH_MESSAGING : 0u));
+        h &= ~OTA_HEALTH_RESOURCES;
+    return h | (a->connected ? OTA_HEALTH_MESSAGING : 0u);
 }
 
 static void send_birth(ota_agent_t *a)
@@ -346,16 +349,14 @@ static void send_heartbeat(ota_agent_t *a)
     ota_heartbeat_t hb;
     size_t len;
     uint64_t now = P(a)->now_ms(P(a)->ctx);
-    memset(&hb, 0, sizeof(hb));
     hb.uptime_s = (uint32_t)(now / 1000u);
-    hb.health = health_bits(a);
+    hb.health = (uint8_t)health_bits(a);
     hb.wdt_resets = a->ps.wdt_since_commit;
-    if (P(a)->free_heap != NULL) {
-        hb.has_free_heap = true;
+    /* the optional members are set when they are there */
+    hb.has_free_heap = P(a)->free_heap != NULL;
+    if (hb.has_free_heap)
         hb.free_heap = P(a)->free_heap(P(a)->ctx);
-    }
-    if (P(a)->rssi != NULL)
-        hb.has_rssi = P(a)->rssi(P(a)->ctx, &hb.rssi);
+    hb.has_rssi = P(a)->rssi != NULL && P(a)->rssi(P(a)->ctx, &hb.rssi);
     hb.ota_state = (uint8_t)a->ps.state;
     hb.has_offset = a->ps.state == OTA_STATE_DOWNLOADING;
     hb.offset = a->next_off;
@@ -373,15 +374,14 @@ static void send_request(ota_agent_t *a)
     size_t len;
     uint32_t blocks = (a->ps.size - a->next_off + a->ps.block_size - 1u) / a->ps.block_size;
 
-    a->retry_wait = false;
     rq.digest = a->ps.digest;
     rq.offset = a->next_off;
     rq.size = a->ps.block_size;
-    rq.count = a->req_count = min_u32(blocks, a->window);
+    rq.count = a->req_n = min_u32(blocks, a->window);
     a->req_got = 0;
     rq.req_id = ++a->req_id;
-    a->req_active = true;
-    a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
+    a->req = REQ_ACTIVE;
+    a->req_at_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
     if (ota_msg_encode_block_request(&rq, a->tx, sizeof(a->tx), &len) == OTA_OK)
         (void)publish(a, "ota/get", a->tx, len, 0);
 }
@@ -390,11 +390,10 @@ static void send_request(ota_agent_t *a)
 
 static void stop_requests(ota_agent_t *a)
 {
-    a->req_active = false;
-    a->retry_wait = false;
+    a->req = REQ_NONE;
 }
 
-static void abort_slot(ota_agent_t *a)
+static INLINE void abort_slot(ota_agent_t *a)
 {
     if (P(a)->slot_abort != NULL)
         P(a)->slot_abort(P(a)->ctx, KIND(a));
@@ -403,7 +402,7 @@ static void abort_slot(ota_agent_t *a)
 /* The current download or verified image is given up and reported (event
  * 6, or 8 when activation failed). Cancelled: back to idle. Failed: state
  * FAILED, and the same rollout+digest is not retried when offered again. */
-static void give_up(ota_agent_t *a, uint8_t why)
+static void give_up(ota_agent_t *a, unsigned why)
 {
     uint8_t err = reason_err[why];
     stop_requests(a);
@@ -443,7 +442,7 @@ static int rehash(ota_agent_t *a, uint32_t n)
 }
 
 /* The hash of the image so far (which this ends) is the manifest's digest. */
-static bool digest_ok(ota_agent_t *a)
+static INLINE bool digest_ok(ota_agent_t *a)
 {
     uint8_t d[32];
     a->hashing = false;
@@ -463,11 +462,12 @@ static void new_trial(ota_agent_t *a)
 
 static void log_push(uint32_t *log, uint8_t *n, uint32_t t)
 {
-    if (*n == OTA_CFG_BOOT_LOG) {
-        memmove(log, log + 1, sizeof(log[0]) * (OTA_CFG_BOOT_LOG - 1u));
-        (*n)--;
-    }
-    log[(*n)++] = t;
+    unsigned i = *n;
+    if (i == OTA_CFG_BOOT_LOG) /* full: the oldest goes */
+        for (i = 0; i + 1u < OTA_CFG_BOOT_LOG; i++)
+            log[i] = log[i + 1u];
+    log[i] = t;
+    *n = (uint8_t)(i + 1u);
 }
 
 /* The update's slot has just been started (the new image booted, or a
@@ -475,9 +475,9 @@ static void log_push(uint32_t *log, uint8_t *n, uint32_t t)
  * boot. The health checks need the broker and a heartbeat from now on. */
 static void trial_start(ota_agent_t *a)
 {
-    log_push(a->ps.boot_log, &a->ps.nboots, 0);
-    a->trial_base_ms = 0;
-    a->trial_start_ms = NOW(a);
+    a->ps.boot_log[0] = 0; /* the trial clock of its first boot */
+    a->ps.nboots = 1;
+    a->trial_zero_ms = NOW(a);
     a->broker_seen = a->connected;
     a->hb_sent = false;
     step(a, OTA_STATE_TRIAL, OTA_EV_REBOOT_COMPLETED, R_NONE);
@@ -495,7 +495,7 @@ static void install(ota_agent_t *a)
     }
     event(a, OTA_EV_INSTALL_COMPLETED, R_NONE);
     new_trial(a);
-    if (KIND(a) != OTA_KIND_FIRMWARE && rc != OTA_ACTIVATE_RESTART) {
+    if (a->ps.kind != OTA_KIND_FIRMWARE && rc != OTA_ACTIVATE_RESTART) {
         trial_start(a); /* in use now, no reboot */
         return;
     }
@@ -508,7 +508,6 @@ static void install(ota_agent_t *a)
 static void retry_later(ota_agent_t *a, uint32_t at_least_ms, bool counts)
 {
     uint32_t max = a->cfg.settings.backoff_max_ms, backoff = a->cfg.settings.backoff_min_ms, i;
-    a->req_active = false;
     if (counts && ++a->retries > a->cfg.settings.max_retries) {
         give_up(a, R_RETRIES);
         return;
@@ -517,8 +516,8 @@ static void retry_later(ota_agent_t *a, uint32_t at_least_ms, bool counts)
         backoff *= 2u;
     if (backoff < at_least_ms)
         backoff = at_least_ms;
-    a->retry_wait = true;
-    a->retry_at_ms = NOW(a) + min_u32(backoff, max);
+    a->req = REQ_WAIT;
+    a->req_at_ms = NOW(a) + min_u32(backoff, max);
 }
 
 static int start_download(ota_agent_t *a);
@@ -527,18 +526,18 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
 {
     ota_block_t b;
     uint32_t dec;
-    uint8_t why;
+    unsigned why;
     int rc = ota_msg_decode_block(payload, len, &b);
     if (rc != OTA_OK)
         return rc;
-    if (a->ps.state != OTA_STATE_DOWNLOADING || !a->req_active || b.req_id != a->req_id)
+    if (a->ps.state != OTA_STATE_DOWNLOADING || a->req != REQ_ACTIVE || b.req_id != a->req_id)
         return OTA_ERR_STATE; /* stale or unrequested: ignore */
     if (b.is_error) {
         if (b.error == OTA_BLKERR_RATE_LIMITED || b.error == OTA_BLKERR_INTERNAL) {
             retry_later(a, b.retry_ms, false); /* the broker asked to wait */
             return OTA_OK;
         }
-        why = b.error <= OTA_BLKERR_OFFSET ? (uint8_t)(R_NOT_ASSIGNED - 1u + b.error)
+        why = b.error <= OTA_BLKERR_OFFSET ? R_NOT_ASSIGNED - 1u + b.error
                                            : R_BROKER_REFUSED;
     } else if (b.offset != a->next_off) {
         return OTA_ERR_STATE; /* duplicate or out of order: wait / re-request */
@@ -554,31 +553,29 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
     } else {
         a->next_off += (uint32_t)b.data_len;
         a->retries = 0;
-        a->req_deadline_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
+        a->req_at_ms = NOW(a) + a->cfg.settings.request_timeout_ms;
         a->req_got++;
-        if (a->req_count > 0u)
-            a->req_count--;
         if (a->next_off != a->ps.size) {
             dec = decile(a->next_off, a->ps.size);
             if (dec > a->pct_reported) {
                 a->pct_reported = dec;
                 event(a, OTA_EV_DOWNLOAD_PROGRESS, R_NONE);
             }
-            if (a->req_count == 0u || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
+            if (a->req_got == a->req_n || a->next_off - a->ps.offset >= OTA_CFG_PERSIST_EVERY) {
                 a->ps.offset = a->next_off & ~15u; /* see OTA_CFG_PERSIST_EVERY */
                 persist(a);
             }
-            if (a->req_count == 0u) {
-                /* the whole window came: grow back towards the most */
+            if (a->req_got == a->req_n) {
+                /* the whole window came: grow back towards the most;
+                 * connected, or there would be no request */
                 if (a->window < a->window_max)
                     a->window++;
-                if (a->connected)
-                    send_request(a);
+                send_request(a);
             }
             return OTA_OK;
         }
-        /* complete: the digest decides before anything is installed */
-        a->req_active = false;
+        /* complete: the digest decides before anything is installed (the
+         * request is done; a->req counts only while downloading) */
         why = !digest_ok(a)                                  ? R_DIGEST
               : P(a)->slot_finish(P(a)->ctx, KIND(a)) != OTA_OK ? R_IMAGE_REFUSED
                                                              : R_NONE;
@@ -596,8 +593,7 @@ static int on_block(ota_agent_t *a, const uint8_t *payload, size_t len)
             a->ps.offset = 0;
             if (start_download(a) == OTA_OK) {
                 step(a, OTA_STATE_DOWNLOADING, OTA_EV_DOWNLOAD_STARTED, R_REFETCH);
-                if (a->connected)
-                    send_request(a);
+                send_request(a); /* connected, as above */
                 return OTA_OK;
             }
             why = R_BEGIN;
@@ -640,7 +636,8 @@ static bool current_rollout(const ota_agent_t *a, const char *s, size_t n)
 /* Reports a refused offer (event 15) with its own rollout ID and, when it
  * was readable, its manifest's version, as far as they are within the
  * limits the broker takes. */
-static void reject(ota_agent_t *a, const ota_offer_t *o, uint8_t why, const ota_manifest_t *m)
+static INLINE void reject(ota_agent_t *a, const ota_offer_t *o, unsigned why,
+                          const ota_manifest_t *m)
 {
     event_for(a, OTA_EV_REJECTED, why, o->rollout_len <= OTA_CFG_ROLLOUT_MAX ? o->rollout : NULL,
               o->rollout_len, m->version_len <= OTA_CFG_VERSION_MAX ? m->version : NULL,
@@ -651,7 +648,7 @@ static void reject(ota_agent_t *a, const ota_offer_t *o, uint8_t why, const ota_
  * whose signature is verified. Returns the reason of the first that fails,
  * R_NONE when all pass. Each kind has its own version and replay guard;
  * the secure version is the firmware's. */
-static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
+static unsigned check_manifest(ota_agent_t *a, const ota_manifest_t *m)
 {
     const char *cur;
     int cmp;
@@ -662,7 +659,7 @@ static uint8_t check_manifest(ota_agent_t *a, const ota_manifest_t *m)
                         m->min_bootloader, m->min_bootloader_len, &cmp) != OTA_OK ||
          cmp < 0))
         return R_BOOTLOADER;
-    if (m->kind >= OTA_KINDS || (m->kind != 0u && !(P(a)->kinds >> m->kind & 1u)))
+    if (m->kind >= OTA_KINDS || !((P(a)->kinds | 1u << OTA_KIND_FIRMWARE) >> m->kind & 1u))
         return R_KIND;
     if (m->version_len > OTA_CFG_VERSION_MAX)
         return R_VERSION_LONG;
@@ -709,7 +706,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
     ota_offer_t o;
     ota_cose_sign1_t s;
     ota_manifest_t m;
-    uint8_t why;
+    unsigned why;
     uint32_t st = a->ps.state;
     int cose, decoded = OTA_ERR_MSG, rc = ota_msg_decode_offer(payload, len, &o);
 
@@ -751,7 +748,7 @@ static int on_offer(ota_agent_t *a, const uint8_t *payload, size_t len)
                 if (st == OTA_STATE_VERIFIED) {
                     if (o.install_mode == 0u)
                         install(a);
-                } else if (!a->req_active && !a->retry_wait && a->connected) {
+                } else if (a->req == REQ_NONE && a->connected) {
                     send_request(a);
                 }
                 return OTA_OK;
@@ -815,7 +812,7 @@ static void check_now(ota_agent_t *a)
     a->check_pending = true;
     event_plain(a, OTA_EV_CHECK_STARTED, R_NONE);
     if (a->connected)
-        (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, "ota/manifest"), 1);
+        (void)P(a)->mqtt_subscribe(P(a)->ctx, topic(a, TOPIC_MANIFEST), 1);
 }
 
 static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
@@ -853,10 +850,6 @@ static int on_command(ota_agent_t *a, const uint8_t *payload, size_t len)
     return OTA_OK;
 }
 
-/* The topics the agent subscribes to at every connect, after
- * "<prefix>/<id>/": blocks at QoS 0, offers and commands at QoS 1. */
-static const char inbox[] = "ota/blk\0ota/manifest\0cmd";
-
 int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, size_t len)
 {
     if (a == NULL || t == NULL || (payload == NULL && len != 0u) || !a->booted)
@@ -867,9 +860,9 @@ int ota_agent_on_message(ota_agent_t *a, const char *t, const uint8_t *payload, 
     t += a->topic_len;
     if (strcmp(t, inbox) == 0)
         return on_block(a, payload, len);
-    if (strcmp(t, inbox + sizeof("ota/blk")) == 0)
+    if (strcmp(t, TOPIC_MANIFEST) == 0)
         return on_offer(a, payload, len);
-    if (strcmp(t, inbox + sizeof("ota/blk") + sizeof("ota/manifest")) == 0)
+    if (strcmp(t, TOPIC_CMD) == 0)
         return on_command(a, payload, len);
     return OTA_OK;
 }
@@ -900,7 +893,7 @@ static void rolled_back(ota_agent_t *a);
 
 /* Goes back to the update's previous slot. Firmware: the port restarts
  * into it (does not return when it can). */
-static void roll_back(ota_agent_t *a, uint8_t why)
+static void roll_back(ota_agent_t *a, unsigned why)
 {
     if (reason_err[why] != ERR_PS)
         a->ps.error = reason_err[why];
@@ -909,12 +902,12 @@ static void roll_back(ota_agent_t *a, uint8_t why)
     step(a, a->ps.state, OTA_EV_ROLLBACK_TRIGGERED, why);
     keep_events(a);
     if (P(a)->rollback(P(a)->ctx, KIND(a)) == OTA_OK) {
-        if (KIND(a) != OTA_KIND_FIRMWARE)
+        if (a->ps.kind != OTA_KIND_FIRMWARE)
             rolled_back(a); /* the previous one is in use already */
         return;             /* a port whose rollback returns restarts later by itself */
     }
-    if (KIND(a) == OTA_KIND_FIRMWARE && a->boot.img_state == OTA_IMG_PENDING_VERIFY) {
-        restart(a); /* unconfirmed: the bootloader reverts */
+    if (a->ps.kind == OTA_KIND_FIRMWARE && a->boot.img_state == OTA_IMG_PENDING_VERIFY) {
+        P(a)->reboot(P(a)->ctx); /* unconfirmed: the bootloader reverts (events kept above) */
         return;
     }
     /* confirmed and no way back: stay on this image, report it */
@@ -923,13 +916,14 @@ static void roll_back(ota_agent_t *a, uint8_t why)
 }
 
 /* A health check or rollback trigger failed: report it and roll back. */
-static void fail_trial(ota_agent_t *a, uint8_t why)
+static void fail_trial(ota_agent_t *a, unsigned why)
 {
     event(a, OTA_EV_HEALTH_FAILED, why);
     roll_back(a, why);
 }
 
-NOINLINE static unsigned count_since(const uint32_t *log, uint8_t n, uint32_t now_ms, uint32_t window_ms)
+NOINLINE static unsigned count_since(const uint32_t *log, unsigned n, uint32_t now_ms,
+                                     uint32_t window_ms)
 {
     unsigned c = 0;
     while (n-- > 0u)
@@ -941,11 +935,11 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
 {
     bool healthy = (health_bits(a) & 3u) == 3u; /* app and resources ok */
     uint32_t clock = trial_clock(a);
-    uint8_t k = KIND(a);
+    uint32_t k = a->ps.kind;
 
     if (!(a->ps.flags & OTA_PF_CONFIRMED)) {
         if (a->broker_seen && a->hb_sent && healthy) {
-            if (P(a)->confirm(P(a)->ctx, k) != OTA_OK) {
+            if (P(a)->confirm(P(a)->ctx, KIND(a)) != OTA_OK) {
                 roll_back(a, R_CONFIRM);
                 return;
             }
@@ -953,24 +947,20 @@ static void trial_tick(ota_agent_t *a, uint32_t now)
                 a->boot.img_state = OTA_IMG_VALID;
             a->ps.flags |= OTA_PF_CONFIRMED;
             a->ps.trial_ms = clock;
-            a->trial_saved_ms = now;
+            a->trial_saved_ms = a->healthy_ms = now;
             step(a, OTA_STATE_TRIAL, OTA_EV_HEALTH_OK, R_NONE);
         } else if (clock >= a->cfg.settings.trial_timeout_ms) {
             /* R_NOT_REACHED, R_NO_HEARTBEAT or R_APP_CHECK: the first
              * check that did not pass (the flags are 0 or 1) */
-            fail_trial(a, (uint8_t)(R_NOT_REACHED + a->broker_seen +
-                                    (a->broker_seen & a->hb_sent)));
+            fail_trial(a, R_NOT_REACHED + a->broker_seen + (a->broker_seen & a->hb_sent));
         }
         return;
     }
     /* probation: triggers armed */
     if (healthy) {
-        a->unhealthy = false;
-    } else if (!a->unhealthy) {
-        a->unhealthy = true;
-        a->unhealthy_since_ms = now;
-    } else if (now - a->unhealthy_since_ms >= a->cfg.settings.health_fail_ms) {
-        fail_trial(a, R_HEALTH_FAILING);
+        a->healthy_ms = now;
+    } else if (now - a->healthy_ms >= a->cfg.settings.health_fail_ms) {
+        fail_trial(a, R_HEALTH_FAILING); /* failing all that time */
         return;
     }
     if (!a->connected && now - a->offline_since_ms >= a->cfg.settings.no_broker_ms) {
@@ -1013,25 +1003,24 @@ void ota_agent_tick(ota_agent_t *a)
     now = NOW(a);
     if (a->connected && now - a->last_hb_ms >= a->cfg.settings.heartbeat_ms)
         send_heartbeat(a);
-    if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected) {
-        if (a->req_active && due(now, a->req_deadline_ms)) {
-            if (a->req_got != 0u) {
-                /* Part of the window came, then nothing: the rest was lost,
-                 * or the broker serves fewer blocks per request than asked
-                 * (DESIGN §3 allows it: "up to count"). Ask for as many as
-                 * came, at once. Full answers grow the window back, unless
-                 * the broker did not say its window (offer key 6): then
-                 * this may be it. */
+    if (a->ps.state == OTA_STATE_DOWNLOADING && a->connected && a->req != REQ_NONE &&
+        due(now, a->req_at_ms)) {
+        if (a->req == REQ_ACTIVE && a->req_got == 0u) {
+            retry_later(a, 0, true); /* no answer */
+        } else {
+            if (a->req == REQ_ACTIVE) {
+                /* Part of the window came, then nothing: the rest was
+                 * lost, or the broker serves fewer blocks per request than
+                 * asked (DESIGN §3 allows it: "up to count"). Ask for as
+                 * many as came, at once. Full answers grow the window
+                 * back, unless the broker did not say its window (offer
+                 * key 6): then this may be it. */
                 a->window = a->req_got;
                 if (a->ps.window == 0u)
                     a->window_max = a->req_got;
-                send_request(a);
-            } else {
-                retry_later(a, 0, true);
             }
+            send_request(a); /* or the wait is over */
         }
-        if (a->ps.state == OTA_STATE_DOWNLOADING && a->retry_wait && due(now, a->retry_at_ms))
-            send_request(a);
     }
     if (a->ps.state == OTA_STATE_TRIAL)
         trial_tick(a, now);
@@ -1053,9 +1042,10 @@ static void rolled_back(ota_agent_t *a)
                             a->boot.reason == OTA_BOOT_BROWNOUT);
     if (!asked) {
         a->ps.error = OTA_E_BOOT;
-        event(a, OTA_EV_ROLLBACK_TRIGGERED, power ? R_POWER_LOST : R_NOT_CONFIRMED);
+        /* R_POWER_LOST or R_NOT_CONFIRMED, the row after it */
+        event(a, OTA_EV_ROLLBACK_TRIGGERED, R_NOT_CONFIRMED - power);
     }
-    if (KIND(a) == OTA_KIND_FIRMWARE) {
+    if (a->ps.kind == OTA_KIND_FIRMWARE) {
         /* After a rollback from a confirmed image, esp_ota_set_boot_partition
          * made the old image NEW, so it runs PENDING_VERIFY like an update:
          * confirm it at once, or its next reset would revert to the
@@ -1076,7 +1066,7 @@ static void rolled_back(ota_agent_t *a)
 static void trial_boot(ota_agent_t *a)
 {
     uint32_t t = a->ps.trial_ms / 1000u;
-    a->trial_base_ms = a->ps.trial_ms;
+    a->trial_zero_ms -= a->ps.trial_ms; /* the clock goes on from there */
     if (a->ps.flags & OTA_PF_ROLLBACK_REQ) {
         /* the rollback did not happen (reset before it took effect) */
         roll_back(a, R_RETRIED);
@@ -1119,7 +1109,8 @@ int ota_agent_on_boot(ota_agent_t *a)
     rc = P(a)->boot_state(P(a)->ctx, OTA_KIND_FIRMWARE, &a->boot);
     if (rc != OTA_OK)
         return rc;
-    a->offline_since_ms = a->trial_saved_ms = a->trial_start_ms = a->ev_at_ms = NOW(a);
+    a->offline_since_ms = a->trial_saved_ms = a->trial_zero_ms = a->healthy_ms = a->ev_at_ms =
+        NOW(a);
     a->boot_reason = a->boot.reason;
     a->booted = true;
     if (P(a)->kv_get(P(a)->ctx, OTA_KV_STATE, a->tx, &len) != OTA_OK ||
@@ -1132,7 +1123,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         a->ps.wdt_since_commit++;
     st = a->ps.state;
     flags = a->ps.flags;
-    if (KIND(a) != OTA_KIND_FIRMWARE) {
+    if (a->ps.kind != OTA_KIND_FIRMWARE) {
         bi = &kb;
         rc = P(a)->boot_state(P(a)->ctx, KIND(a), bi);
         if (rc != OTA_OK)
@@ -1141,7 +1132,7 @@ int ota_agent_on_boot(ota_agent_t *a)
     moved = bi->running_slot != a->ps.target_slot; /* not the update's slot */
     busy = st == OTA_STATE_INSTALLING || st == OTA_STATE_REBOOTING || st == OTA_STATE_TRIAL;
 
-    if (KIND(a) == OTA_KIND_FIRMWARE && moved &&
+    if (a->ps.kind == OTA_KIND_FIRMWARE && moved &&
         ((flags & OTA_PF_ROLLBACK_REQ) || (st == OTA_STATE_TRIAL && (flags & OTA_PF_CONFIRMED)))) {
         /* back on the old image after a rollback asked for or after the
          * new image was confirmed (also when the bootloader starts it
@@ -1150,7 +1141,7 @@ int ota_agent_on_boot(ota_agent_t *a)
         return OTA_OK;
     }
     if (a->boot.img_state == OTA_IMG_PENDING_VERIFY &&
-        !(KIND(a) == OTA_KIND_FIRMWARE && busy && !moved)) {
+        !(a->ps.kind == OTA_KIND_FIRMWARE && busy && !moved)) {
         /* firmware waiting for confirmation that we know nothing about */
         a->ps.kind = OTA_KIND_FIRMWARE;
         a->ps.target_slot = a->boot.running_slot;
@@ -1172,12 +1163,12 @@ int ota_agent_on_boot(ota_agent_t *a)
             return OTA_OK;
         } else {
             /* the slot's first start */
-            if (KIND(a) == OTA_KIND_FIRMWARE)
+            if (a->ps.kind == OTA_KIND_FIRMWARE)
                 a->boot_reason = OTA_BOOT_OTA;
             trial_start(a);
             return OTA_OK;
         }
-    } else if (st == OTA_STATE_ROLLED_BACK && KIND(a) == OTA_KIND_FIRMWARE && !moved) {
+    } else if (st == OTA_STATE_ROLLED_BACK && a->ps.kind == OTA_KIND_FIRMWARE && !moved) {
         /* the bootloader started the image rolled back from again (it fell
          * back to it: the image rolled back to was never confirmed, or no
          * longer loads) */
@@ -1271,9 +1262,8 @@ static size_t id_len(const char *id)
 {
     size_t n = 0;
     for (; id[n] != '\0'; n++) {
-        char c = id[n], l = (char)(c | 0x20);
-        if (!((l >= 'a' && l <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-'))
+        unsigned c = (unsigned char)id[n];
+        if ((c | 0x20u) - 'a' > 'z' - 'a' && c - '0' > 9u && c != '.' && c != '_' && c != '-')
             return 0;
     }
     return n <= OTA_CFG_DEVICE_ID_MAX ? n : 0u;
@@ -1291,7 +1281,7 @@ int ota_agent_init(ota_agent_t *a, const ota_agent_config_t *cfg)
         return OTA_ERR_ARG;
     for (i = 0; i < sizeof(required); i++) {
         void (*f)(void);
-        memcpy(&f, (const uint8_t *)p + required[i], sizeof(f));
+        memcpy(&f, OTA_PTR_MEMBER((const uint8_t *)p + required[i]), sizeof(f));
         if (f == NULL)
             return OTA_ERR_ARG;
     }

@@ -9,22 +9,17 @@
 
 #include "internal.h"
 
-void ota_cbor_reader_init(ota_cbor_reader_t *r, const uint8_t *buf, size_t len)
-{
-    r->p = buf;
-    r->end = buf + len;
-}
-
 int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
 {
     const uint8_t *p = r->p;
     size_t left = (size_t)(r->end - p);
     uint32_t hi = 0, lo;
-    unsigned ai, n, i;
+    unsigned mt, ai, n, i;
 
     if (left == 0u)
         return OTA_ERR_CBOR;
-    *major = (uint8_t)(*p >> 5);
+    mt = *p >> 5;
+    *major = (uint8_t)mt;
     ai = *p++ & 0x1fu;
     left--;
     lo = ai;
@@ -43,19 +38,19 @@ int ota_cbor_read_head(ota_cbor_reader_t *r, uint8_t *major, uint64_t *arg)
         /* Shortest form only: the value must need its n bytes. Floats
          * (major 7, ai 25..27) carry bits, not a value, and are left alone;
          * a one-byte simple value is unassigned or not well-formed. */
-        if (*major != OTA_CBOR_SIMPLE) {
+        if (mt != OTA_CBOR_SIMPLE) {
             if (n == 8u ? hi == 0u : n == 1u ? lo < 24u : (lo >> (4u * n)) == 0u)
                 return OTA_ERR_CBOR;
         } else if (n == 1u) {
             return OTA_ERR_CBOR;
         }
-    } else if (*major == OTA_CBOR_SIMPLE && ai < 20u) {
+    } else if (mt == OTA_CBOR_SIMPLE && ai < 20u) {
         return OTA_ERR_CBOR; /* unassigned simple values */
     }
     /* Lengths against the bytes left; each array item needs at least one
      * byte, each map pair two. hi != 0 is more than any buffer here. */
-    if (*major >= OTA_CBOR_BSTR && *major <= OTA_CBOR_MAP &&
-        (hi != 0u || lo > (*major == OTA_CBOR_MAP ? left / 2u : left)))
+    if (mt >= OTA_CBOR_BSTR && mt <= OTA_CBOR_MAP &&
+        (hi != 0u || lo > (mt == OTA_CBOR_MAP ? left / 2u : left)))
         return OTA_ERR_CBOR;
     r->p = p;
     *arg = (uint64_t)hi << 32 | lo;
@@ -71,31 +66,34 @@ int ota_cbor_expect(ota_cbor_reader_t *r, uint8_t want, uint64_t *arg)
     return rc;
 }
 
-/* Well-formed UTF-8 (RFC 3629): no overlongs, surrogates or > U+10FFFF. */
-static bool utf8_ok(const uint8_t *s, size_t n)
+/* Moves past the string of len bytes after its head; a text string
+ * (major OTA_CBOR_TSTR) must be well-formed UTF-8 (RFC 3629): no overlongs,
+ * surrogates or > U+10FFFF. */
+static int take_str(ota_cbor_reader_t *r, unsigned major, uint64_t len)
 {
-    const uint8_t *end = s + n;
-    while (s < end) {
+    const uint8_t *s = r->p, *end = s + len;
+    r->p = end;
+    while (major == OTA_CBOR_TSTR && s < end) {
         uint32_t c = *s++;
         unsigned k, i;
         if (c < 0x80u)
             continue;
         if (c < 0xc2u || c > 0xf4u)
-            return false; /* continuation byte, overlong lead, beyond U+10FFFF */
+            return OTA_ERR_CBOR; /* continuation byte, overlong lead, beyond U+10FFFF */
         k = c >= 0xf0u ? 3u : c >= 0xe0u ? 2u : 1u; /* continuation bytes */
         if ((size_t)(end - s) < k)
-            return false;
+            return OTA_ERR_CBOR;
         c &= 0x3fu >> k;
         for (i = 0; i < k; i++, s++) {
             if ((*s & 0xc0u) != 0x80u)
-                return false;
+                return OTA_ERR_CBOR;
             c = c << 6 | (*s & 0x3fu);
         }
         /* shortest form (0x800, 0x10000), no surrogates, at most U+10FFFF */
         if (c < 1u << (5u * k + 1u) || c >> 11 == 0x1bu || c > 0x10ffffu)
-            return false;
+            return OTA_ERR_CBOR;
     }
-    return true;
+    return OTA_OK;
 }
 
 int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, size_t *n)
@@ -104,12 +102,9 @@ int ota_cbor_read_str(ota_cbor_reader_t *r, uint8_t major, const uint8_t **p, si
     int rc = ota_cbor_expect(r, major, &len);
     if (rc != OTA_OK)
         return rc;
-    if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)len))
-        return OTA_ERR_CBOR;
     *p = r->p;
     *n = (size_t)len;
-    r->p += len;
-    return OTA_OK;
+    return take_str(r, major, len);
 }
 
 static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
@@ -124,12 +119,8 @@ static int skip_depth(ota_cbor_reader_t *r, unsigned depth)
     rc = ota_cbor_read_head(r, &major, &arg);
     if (rc != OTA_OK)
         return rc;
-    if (major == OTA_CBOR_BSTR || major == OTA_CBOR_TSTR) {
-        if (major == OTA_CBOR_TSTR && !utf8_ok(r->p, (size_t)arg))
-            return OTA_ERR_CBOR;
-        r->p += arg;
-        return OTA_OK;
-    }
+    if (major == OTA_CBOR_BSTR || major == OTA_CBOR_TSTR)
+        return take_str(r, major, arg);
     /* arrays and maps are bounded by the bytes left (read_head), so their
      * item counts fit 32 bits; a tag has one item; numbers and simple
      * values none */
@@ -147,44 +138,7 @@ int ota_cbor_skip(ota_cbor_reader_t *r)
     return skip_depth(r, 1u);
 }
 
-int ota_cbor_map_begin(ota_cbor_map_t *m, ota_cbor_reader_t *r)
-{
-    uint64_t pairs;
-    int rc = ota_cbor_read_map(r, &pairs);
-    if (rc == OTA_OK && pairs > OTA_CFG_CBOR_MAX_PAIRS)
-        rc = OTA_ERR_MSG;
-    m->r = r;
-    m->left = (uint32_t)pairs;
-    m->seen = 0;
-    return rc;
-}
-
-int ota_cbor_map_next(ota_cbor_map_t *m, uint64_t *key)
-{
-    uint32_t i;
-    int rc;
-    if (m->left == 0u)
-        return 0;
-    rc = ota_cbor_read_uint(m->r, key);
-    if (rc != OTA_OK)
-        return rc;
-    for (i = 0; i < m->seen; i++)
-        if (m->keys[i] == *key)
-            return OTA_ERR_CBOR_DUP;
-    m->keys[m->seen++] = *key;
-    m->left--;
-    return 1;
-}
-
 /* ---- writer ------------------------------------------------------------ */
-
-void ota_cbor_writer_init(ota_cbor_writer_t *w, uint8_t *buf, size_t cap)
-{
-    w->buf = buf;
-    w->cap = cap;
-    w->len = 0;
-    w->overflow = false;
-}
 
 void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
 {
@@ -200,10 +154,10 @@ void ota_cbor_put_raw(ota_cbor_writer_t *w, const uint8_t *p, size_t n)
 size_t ota_cbor_encode_head(uint8_t out[9], uint8_t major, uint64_t arg)
 {
     uint32_t hi = (uint32_t)(arg >> 32), lo = (uint32_t)arg;
-    unsigned n = hi != 0u ? 8u : lo > 0xffffu ? 4u : lo > 0xffu ? 2u : lo >= 24u ? 1u : 0u;
-    unsigned i;
     /* additional info: the value itself, or 24..27 for 1, 2, 4, 8 bytes */
-    out[0] = (uint8_t)((unsigned)major << 5 | (n == 0u ? lo : 24u + (n >> 1) - (n >> 3)));
+    unsigned ai = hi != 0u ? 27u : lo > 0xffffu ? 26u : lo > 0xffu ? 25u : lo >= 24u ? 24u : lo;
+    unsigned n = ai < 24u ? 0u : 1u << (ai - 24u), i;
+    out[0] = (uint8_t)((unsigned)major << 5 | ai);
     for (i = n; i > 0u; i--) {
         out[i] = (uint8_t)lo;
         lo = lo >> 8 | hi << 24;
@@ -216,11 +170,5 @@ void ota_cbor_put_head(ota_cbor_writer_t *w, uint8_t major, uint64_t arg)
 {
     uint8_t h[9];
     ota_cbor_put_raw(w, h, ota_cbor_encode_head(h, major, arg));
-}
-
-void ota_cbor_put_str(ota_cbor_writer_t *w, uint8_t major, const void *p, size_t n)
-{
-    ota_cbor_put_head(w, major, n);
-    ota_cbor_put_raw(w, (const uint8_t *)p, n);
 }
 

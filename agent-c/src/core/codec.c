@@ -9,44 +9,45 @@
 
 #include "internal.h"
 
-static int read_u32(ota_cbor_reader_t *r, uint32_t *v)
+/* An unsigned integer into the member of type t (OTA_F_U8, OTA_F_U32 or
+ * OTA_F_U64) at dst, which it must fit, and be at most max when that is
+ * not 0. */
+static int read_num(ota_cbor_reader_t *r, unsigned t, uint8_t *dst, unsigned max)
 {
     uint64_t u;
     int rc = ota_cbor_read_uint(r, &u);
-    if (rc == OTA_OK && u > 0xffffffffu)
-        rc = OTA_ERR_MSG;
-    *v = (uint32_t)u;
-    return rc;
+    if (rc != OTA_OK)
+        return rc;
+    if (t == OTA_F_U64)
+        *(uint64_t *)(void *)dst = u;
+    else if (u > (max != 0u ? max : t == OTA_F_U8 ? 0xffu : 0xffffffffu))
+        return OTA_ERR_MSG;
+    else if (t == OTA_F_U8)
+        *dst = (uint8_t)u;
+    else
+        *(uint32_t *)(void *)dst = (uint32_t)u;
+    return OTA_OK;
 }
 
-static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
+static INLINE int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
 {
-    uint8_t *dst = out + OTA_F_OFF(f), t = OTA_F_TYPE(f);
+    uint8_t *dst = out + OTA_F_OFF(f);
+    unsigned t = OTA_F_TYPE(f);
     const uint8_t *p;
     size_t n;
     uint64_t u;
-    uint32_t v, i;
+    uint32_t i;
     int rc;
 
-    if (t == OTA_F_U64)
-        return ota_cbor_read_uint(r, (uint64_t *)(void *)dst);
+    if (t <= OTA_F_U64)
+        return read_num(r, t, dst, f->len_off);
     if (t == OTA_F_LOG) {
         rc = ota_cbor_read_array(r, &u);
         if (rc == OTA_OK && u > OTA_CFG_BOOT_LOG)
             rc = OTA_ERR_MSG;
         out[f->len_off] = (uint8_t)u;
         for (i = 0; rc == OTA_OK && i < (uint32_t)u; i++)
-            rc = read_u32(r, (uint32_t *)(void *)dst + i);
-        return rc;
-    }
-    if (t <= OTA_F_U32) { /* OTA_F_U8, OTA_F_U32 */
-        rc = read_u32(r, &v);
-        if (t == OTA_F_U32)
-            *(uint32_t *)(void *)dst = v;
-        else if (v > 0xffu)
-            rc = OTA_ERR_MSG;
-        else
-            *dst = (uint8_t)v;
+            rc = read_num(r, OTA_F_U32, dst + i * sizeof(uint32_t), 0);
         return rc;
     }
     /* strings: TSTR, TEXT as text; BSTR, DIGEST, PDIGEST as bytes */
@@ -61,7 +62,7 @@ static int read_field(ota_cbor_reader_t *r, const ota_field_t *f, uint8_t *out)
         if (t == OTA_F_TEXT)
             dst[n] = '\0';
     } else {
-        memcpy(dst, &p, sizeof(p));
+        memcpy(OTA_PTR_MEMBER(dst), &p, sizeof(p));
         if (t != OTA_F_PDIGEST)
             *(size_t *)(void *)(out + f->len_off) = n;
     }
@@ -126,64 +127,54 @@ int ota_encode_map(const void *src, const ota_field_t *rows, size_t nrows, uint3
     if (buf == NULL || len == NULL)
         return OTA_ERR_ARG;
     ota_cbor_writer_init(&w, buf, cap);
-    /* the map head, set below: 2 bytes for the state record's 24 or more
-     * rows, which are always all there */
-    ota_cbor_put_raw(&w, (const uint8_t *)"\0", wide ? 2u : 1u);
+    /* the map head, its count set below: 2 bytes (0xb8, count) for the
+     * state record's 24 or more rows, which are always all there */
+    ota_cbor_put_raw(&w, (const uint8_t *)"\xb8", wide ? 2u : 1u);
     for (; nrows > 0u; nrows--, rows++) {
         const void *p = s + OTA_F_OFF(rows);
-        uint8_t major = OTA_CBOR_UINT, i, t = OTA_F_TYPE(rows);
+        uint8_t major = OTA_CBOR_UINT;
+        unsigned i, t = OTA_F_TYPE(rows);
         uint64_t v;
 
         if (t == OTA_F_CSTR || t == OTA_F_PDIGEST)
-            memcpy(&p, p, sizeof(p)); /* the member is a pointer */
+            memcpy(&p, OTA_PTR_MEMBER(p), sizeof(p)); /* the member is a pointer */
         if ((omit >> rows->key & 1u) || p == NULL)
             continue;
         pairs++;
         ota_cbor_put_uint(&w, rows->key);
-        switch (t) {
-        case OTA_F_CSTR:
-        case OTA_F_TEXT:
+        if (t == OTA_F_CSTR || t == OTA_F_TEXT) {
             put_text(&w, (const char *)p,
                      t == OTA_F_CSTR && rows->len_off != 0u
                          ? *(const size_t *)(const void *)(s + rows->len_off)
                          : 0u);
             continue;
-        case OTA_F_DIGEST:
-        case OTA_F_PDIGEST:
+        }
+        if (t == OTA_F_DIGEST || t == OTA_F_PDIGEST) {
             ota_cbor_put_bstr(&w, (const uint8_t *)p, 32);
             continue;
-        case OTA_F_LOG:
+        }
+        if (t == OTA_F_LOG) {
             ota_cbor_put_head(&w, OTA_CBOR_ARRAY, s[rows->len_off]);
             for (i = 0; i < s[rows->len_off]; i++)
                 ota_cbor_put_uint(&w, ((const uint32_t *)p)[i]);
             continue;
-        case OTA_F_U8:
-            v = *(const uint8_t *)p;
-            break;
-        case OTA_F_U32:
-            v = *(const uint32_t *)p;
-            break;
-        case OTA_F_I32:
-            v = (uint32_t)*(const int32_t *)p;
-            if (*(const int32_t *)p < 0) {
-                major = OTA_CBOR_NINT;
-                v = (uint32_t)~v;
-            }
-            break;
-        default: /* OTA_F_U64 */
-            v = *(const uint64_t *)p;
-            break;
+        }
+        /* numbers: OTA_F_U8, OTA_F_U32, OTA_F_U64, OTA_F_I32 */
+        v = t == OTA_F_U8    ? *(const uint8_t *)p
+            : t == OTA_F_U64 ? *(const uint64_t *)p
+                             : *(const uint32_t *)p;
+        if (t == OTA_F_I32 && *(const int32_t *)p < 0) {
+            major = OTA_CBOR_NINT;
+            v = (uint32_t)~v;
         }
         ota_cbor_put_head(&w, major, v);
     }
     if (w.overflow)
         return OTA_ERR_NOSPACE;
-    if (wide) {
-        buf[0] = 0xb8u;
+    if (wide)
         buf[1] = (uint8_t)pairs;
-    } else {
+    else
         buf[0] = (uint8_t)(0xa0u | pairs);
-    }
     *len = w.len;
     return OTA_OK;
 }

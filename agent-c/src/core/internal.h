@@ -11,8 +11,9 @@
  * lives in a struct and what it is. One loop instead of a hand-written
  * function per message, which matters on the device (FOOTPRINT.md). */
 enum {
-    OTA_F_U8,     /* uint <= 255: uint8_t */
-    OTA_F_U32,    /* uint <= 2^32-1: uint32_t */
+    OTA_F_U8,     /* uint <= 255: uint8_t; decoding refuses values above
+                     len_off when that is not 0 */
+    OTA_F_U32,    /* uint <= 2^32-1: uint32_t; as OTA_F_U8 */
     OTA_F_U64,    /* uint: uint64_t */
     OTA_F_I32,    /* int: int32_t, encode only */
     OTA_F_TSTR,   /* text, decode only: const char * at off, size_t at len_off,
@@ -54,6 +55,26 @@ typedef struct ota_field {
     {k, OTA_HALF_IF(t, offsetof(type, m)), OTA_OFF(offsetof(type, m)), 0}
 #define OTA_ROW2(k, t, type, m, l) \
     {k, OTA_HALF_IF(t, offsetof(type, m)), OTA_OFF(offsetof(type, m)), OTA_BYTE(l)}
+
+/* Helpers GCC would copy into each caller, at a cost in size (NOINLINE),
+ * and ones it would keep out of line though a copy in each caller costs
+ * less than the calls (INLINE; FOOTPRINT.md). */
+#ifdef __GNUC__
+#define NOINLINE __attribute__((noinline))
+#define INLINE inline __attribute__((always_inline))
+#else
+#define NOINLINE
+#define INLINE
+#endif
+
+/* p, which points at a pointer member of a struct (aligned as one): GCC
+ * then copies the member with a load and a store instead of a call to
+ * memcpy. */
+#ifdef __GNUC__
+#define OTA_PTR_MEMBER(p) __builtin_assume_aligned((p), sizeof(void *))
+#else
+#define OTA_PTR_MEMBER(p) (p)
+#endif
 
 typedef int (*ota_field_fn)(ota_cbor_reader_t *r, uint8_t key, void *out);
 

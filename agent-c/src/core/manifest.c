@@ -35,26 +35,36 @@ int ota_cose_parse(const uint8_t *buf, size_t len, ota_cose_sign1_t *s)
     return OTA_OK;
 }
 
-/* Hashes a byte string item (head and contents), as the Sig_structure
- * holds it. */
-static int hash_bstr(const ota_port_t *port, ota_sha256_t *h, const uint8_t *p, size_t n)
+/* The SHA-256 of the n pieces p[i] of len[i] bytes, through the port.
+ * OTA_OK or OTA_ERR_CRYPTO; a started hash always ends (finish or abort). */
+static INLINE int sha256_of(const ota_port_t *port, const uint8_t *const p[], const size_t len[],
+                     unsigned n, uint8_t digest[32])
 {
-    uint8_t hd[9];
-    int rc = port->sha256_update(port->ctx, h, hd, ota_cbor_encode_head(hd, OTA_CBOR_BSTR, n));
-    if (rc == OTA_OK && n != 0u)
-        rc = port->sha256_update(port->ctx, h, p, n);
-    return rc;
+    ota_sha256_t h;
+    unsigned i;
+    if (port->sha256_start(port->ctx, &h) != OTA_OK)
+        return OTA_ERR_CRYPTO;
+    for (i = 0; i < n; i++) {
+        if (len[i] != 0u && port->sha256_update(port->ctx, &h, p[i], len[i]) != OTA_OK) {
+            port->sha256_abort(port->ctx, &h);
+            return OTA_ERR_CRYPTO;
+        }
+    }
+    return port->sha256_finish(port->ctx, &h, digest) == OTA_OK ? OTA_OK : OTA_ERR_CRYPTO;
 }
 
 int ota_cose_verify(const ota_cose_sign1_t *s, const ota_port_t *port, const ota_key_t *keys,
                     size_t nkeys)
 {
     /* Sig_structure = ["Signature1", protected, external_aad h'', payload]:
-     * array(4) and the context string are fixed */
+     * array(4) and the context string are fixed, each of the others is a
+     * byte string: its head, then its bytes */
     static const uint8_t sig1[] = {0x84, 0x6a, 'S', 'i', 'g', 'n', 'a', 't', 'u', 'r', 'e', '1'};
+    static const uint8_t empty_bstr = 0x40;
     const ota_key_t *key = NULL;
-    ota_sha256_t h;
-    uint8_t digest[32];
+    uint8_t digest[32], prot_head[9], payload_head[9];
+    const uint8_t *p[6];
+    size_t len[6];
     int rc;
 
     if (s == NULL || port == NULL || (keys == NULL && nkeys != 0u))
@@ -66,21 +76,19 @@ int ota_cose_verify(const ota_cose_sign1_t *s, const ota_port_t *port, const ota
     if (key == NULL)
         return OTA_ERR_UNKNOWN_KEY;
 
-    rc = port->sha256_start(port->ctx, &h);
-    if (rc != OTA_OK)
-        return OTA_ERR_CRYPTO;
-    rc = port->sha256_update(port->ctx, &h, sig1, sizeof(sig1));
-    if (rc == OTA_OK)
-        rc = hash_bstr(port, &h, s->protected_hdr, s->protected_len);
-    if (rc == OTA_OK)
-        rc = hash_bstr(port, &h, NULL, 0);
-    if (rc == OTA_OK)
-        rc = hash_bstr(port, &h, s->payload, s->payload_len);
-    if (rc != OTA_OK) {
-        port->sha256_abort(port->ctx, &h); /* started, not finished */
-        return OTA_ERR_CRYPTO;
-    }
-    rc = port->sha256_finish(port->ctx, &h, digest);
+    p[0] = sig1;
+    len[0] = sizeof(sig1);
+    p[1] = prot_head;
+    len[1] = ota_cbor_encode_head(prot_head, OTA_CBOR_BSTR, s->protected_len);
+    p[2] = s->protected_hdr;
+    len[2] = s->protected_len;
+    p[3] = &empty_bstr;
+    len[3] = 1;
+    p[4] = payload_head;
+    len[4] = ota_cbor_encode_head(payload_head, OTA_CBOR_BSTR, s->payload_len);
+    p[5] = s->payload;
+    len[5] = s->payload_len;
+    rc = sha256_of(port, p, len, 6, digest);
     if (rc == OTA_OK)
         rc = port->ecdsa_p256_verify(port->ctx, key->pub, digest, s->sig);
     return rc == OTA_OK || rc == OTA_ERR_SIGNATURE ? rc : OTA_ERR_CRYPTO;
@@ -88,20 +96,15 @@ int ota_cose_verify(const ota_cose_sign1_t *s, const ota_port_t *port, const ota
 
 int ota_key_id(const ota_port_t *port, const uint8_t pub[65], uint8_t kid[8])
 {
-    ota_sha256_t h;
+    static const size_t len = 65;
     uint8_t d[32];
+    int rc;
     if (port == NULL || pub == NULL || kid == NULL)
         return OTA_ERR_ARG;
-    if (port->sha256_start(port->ctx, &h) != OTA_OK)
-        return OTA_ERR_CRYPTO;
-    if (port->sha256_update(port->ctx, &h, pub, 65) != OTA_OK) {
-        port->sha256_abort(port->ctx, &h);
-        return OTA_ERR_CRYPTO;
-    }
-    if (port->sha256_finish(port->ctx, &h, d) != OTA_OK)
-        return OTA_ERR_CRYPTO;
-    memcpy(kid, d, 8);
-    return OTA_OK;
+    rc = sha256_of(port, &pub, &len, 1, d);
+    if (rc == OTA_OK)
+        memcpy(kid, d, 8);
+    return rc;
 }
 
 /* ---- manifest payload -------------------------------------------------- */
@@ -111,24 +114,23 @@ int ota_key_id(const ota_port_t *port, const uint8_t pub[65], uint8_t kid[8])
  * [name tstr, version tstr, digest bstr], checked and counted. */
 static int manifest_custom(ota_cbor_reader_t *r, uint8_t key, void *out)
 {
+    /* the strings of a component; a target is one like its name */
     static const uint8_t component[] = {OTA_CBOR_TSTR, OTA_CBOR_TSTR, OTA_CBOR_BSTR};
     ota_manifest_t *m = (ota_manifest_t *)out;
     const uint8_t *start = r->p, *p;
     uint64_t n, k;
-    uint32_t i, j;
+    uint32_t i, j, strs = key == 5 ? 1u : 3u;
     size_t len;
     int rc = ota_cbor_read_array(r, &n);
     if (rc == OTA_OK && key == 5 && (n == 0u || n > OTA_CFG_MAX_TARGETS))
         rc = OTA_ERR_MSG;
     for (i = 0; rc == OTA_OK && i < (uint32_t)n; i++) {
-        if (key == 5) {
-            rc = ota_cbor_read_str(r, OTA_CBOR_TSTR, &p, &len);
-            continue;
+        if (strs == 3u) {
+            rc = ota_cbor_read_array(r, &k);
+            if (rc == OTA_OK && k != 3u)
+                rc = OTA_ERR_MSG;
         }
-        rc = ota_cbor_read_array(r, &k);
-        if (rc == OTA_OK && k != 3u)
-            rc = OTA_ERR_MSG;
-        for (j = 0; rc == OTA_OK && j < 3u; j++)
+        for (j = 0; rc == OTA_OK && j < strs; j++)
             rc = ota_cbor_read_str(r, component[j], &p, &len);
     }
     if (key == 5) {

@@ -98,7 +98,7 @@ int ota_msg_encode_block_request(const ota_block_request_t *m, uint8_t *buf, siz
 static const ota_field_t offer_rows[] = {
     S(1, OTA_F_TSTR, ota_offer_t, rollout, rollout_len),
     S(2, OTA_F_BSTR, ota_offer_t, manifest, manifest_len),
-    OTA_ROW(3, OTA_F_U8, ota_offer_t, install_mode),
+    OTA_ROW2(3, OTA_F_U8, ota_offer_t, install_mode, 1),
     OTA_ROW(4, OTA_F_U32, ota_offer_t, block_size),
     OTA_ROW(5, OTA_F_U64, ota_offer_t, deadline),
     OTA_ROW(6, OTA_F_U32, ota_offer_t, max_window),
@@ -111,7 +111,7 @@ int ota_msg_decode_offer(const uint8_t *buf, size_t len, ota_offer_t *o)
     rc = ota_decode_map(buf, len, offer_rows, NROWS(offer_rows), 6, o, sizeof(*o), NULL, &have);
     /* rollout required; a non-empty rollout needs a manifest */
     if (rc == OTA_OK &&
-        (!(have & 2u) || (o->rollout_len != 0u && !(have & 4u)) || o->install_mode > 1u))
+        (!(have & 2u) || (o->rollout_len != 0u && !(have & 4u))))
         rc = OTA_ERR_MSG;
     return rc;
 }
@@ -135,11 +135,9 @@ int ota_msg_decode_block(const uint8_t *buf, size_t len, ota_block_t *b)
         return rc;
     b->is_error = (have & 1u << 5) != 0u;
     /* 1 and 2 always; a block has image size and data (3, 4) and none of
-     * the error keys (5..7); a block error has a non-zero error and no
-     * data keys */
-    if ((have & 0x6u) != 0x6u ||
-        (b->is_error ? (have & 0x18u) != 0u || b->error == 0u
-                     : (have & 0x18u) != 0x18u || (have & 0xc0u) != 0u))
+     * the error keys (5..7); a block error has a non-zero error (5), maybe
+     * 6 and 7, and no data keys */
+    if (b->is_error ? (have & 0x1eu) != 0x06u || b->error == 0u : (have & 0xfeu) != 0x1eu)
         return OTA_ERR_MSG;
     return OTA_OK;
 }

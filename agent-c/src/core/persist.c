@@ -1,33 +1,24 @@
 /* persist.c - the agent's persisted state record, encoded as a CBOR map so
  * that later agent versions can add keys and still read old records. */
-#include <string.h>
-
-#include "internal.h"
 #include "persist.h"
-
-enum {
-    PK_STATE = 1, PK_ROLLOUT, PK_VERSION, PK_DIGEST, PK_SIZE, PK_OFFSET, PK_BLOCK,
-    PK_MODE, PK_SEQ, PK_SV, PK_TSV, PK_SLOT, PK_ERROR, PK_FLAGS, PK_BOOTS, PK_WDT,
-    PK_TRIAL, PK_BOOTLOG, PK_WDTLOG, PK_KIND, PK_REFETCH, PK_GUARD0, PK_GUARD1, PK_GUARD2,
-    PK_KVER1, PK_KVER2, PK_WINDOW, PK_MAX = PK_WINDOW
-};
 
 #define F(k, t, m) OTA_ROW(k, t, ota_persist_t, m)
 #define A(k, t, m, l) OTA_ROW2(k, t, ota_persist_t, m, l)
 
-static const ota_field_t persist_rows[] = {
-    F(PK_STATE, OTA_F_U32, state),
+/* one row per key, 1..PK_MAX (persist.h declares the count) */
+const ota_field_t ota_persist_rows[] = {
+    A(PK_STATE, OTA_F_U32, state, OTA_STATE_FAILED),
     A(PK_ROLLOUT, OTA_F_TEXT, rollout, OTA_CFG_ROLLOUT_MAX + 1u),
     A(PK_VERSION, OTA_F_TEXT, version, OTA_CFG_VERSION_MAX + 1u),
     F(PK_DIGEST, OTA_F_DIGEST, digest),
     F(PK_SIZE, OTA_F_U32, size),
     F(PK_OFFSET, OTA_F_U32, offset),
     F(PK_BLOCK, OTA_F_U32, block_size),
-    F(PK_MODE, OTA_F_U8, install_mode),
+    A(PK_MODE, OTA_F_U8, install_mode, 1),
     F(PK_SEQ, OTA_F_U64, seq),
     F(PK_SV, OTA_F_U32, secure_version),
     F(PK_TSV, OTA_F_U32, target_secure_version),
-    F(PK_SLOT, OTA_F_U8, target_slot),
+    A(PK_SLOT, OTA_F_U8, target_slot, 1),
     F(PK_ERROR, OTA_F_U8, error),
     F(PK_FLAGS, OTA_F_U32, flags),
     F(PK_BOOTS, OTA_F_U32, boots_since_commit),
@@ -35,7 +26,7 @@ static const ota_field_t persist_rows[] = {
     F(PK_TRIAL, OTA_F_U32, trial_ms),
     A(PK_BOOTLOG, OTA_F_LOG, boot_log, offsetof(ota_persist_t, nboots)),
     A(PK_WDTLOG, OTA_F_LOG, wdt_log, offsetof(ota_persist_t, nwdt)),
-    F(PK_KIND, OTA_F_U32, kind),
+    A(PK_KIND, OTA_F_U32, kind, OTA_KINDS - 1),
     F(PK_REFETCH, OTA_F_U8, refetches),
     F(PK_GUARD0, OTA_F_U64, guard[0]),
     F(PK_GUARD1, OTA_F_U64, guard[1]),
@@ -44,24 +35,3 @@ static const ota_field_t persist_rows[] = {
     A(PK_KVER2, OTA_F_TEXT, kind_version[1], OTA_CFG_VERSION_MAX + 1u),
     F(PK_WINDOW, OTA_F_U8, window),
 };
-
-int ota_persist_encode(const ota_persist_t *ps, uint8_t *buf, size_t cap, size_t *len)
-{
-    return ota_encode_map(ps, persist_rows, sizeof(persist_rows) / sizeof(persist_rows[0]), 0,
-                          buf, cap, len);
-}
-
-int ota_persist_decode(ota_persist_t *ps, const uint8_t *buf, size_t len)
-{
-    uint32_t have;
-    int rc;
-    rc = ota_decode_map(buf, len, persist_rows, sizeof(persist_rows) / sizeof(persist_rows[0]),
-                        PK_MAX, ps, sizeof(*ps), NULL, &have);
-    /* a download needs a block size (send_request divides by it) */
-    if (rc == OTA_OK && (ps->state > OTA_STATE_FAILED || ps->install_mode > 1u ||
-                         ps->target_slot > 1u || ps->offset > ps->size ||
-                         ps->block_size > OTA_CFG_BLOCK_SIZE || ps->kind >= OTA_KINDS ||
-                         (ps->block_size == 0u && ps->state == OTA_STATE_DOWNLOADING)))
-        rc = OTA_ERR_MSG;
-    return rc;
-}

@@ -36,8 +36,10 @@ static const char texts[] = "ok\0"
 const char *ota_strerror(int status)
 {
     const char *t = texts;
-    int i = status <= 0 && status >= OTA_ERR_TIMEOUT ? -status : 1 - OTA_ERR_TIMEOUT;
-    for (; i > 0; i--)
+    unsigned i = 0u - (unsigned)status; /* a positive status comes out above the last */
+    if (i > 0u - (unsigned)OTA_ERR_TIMEOUT)
+        i = 1u - (unsigned)OTA_ERR_TIMEOUT;
+    for (; i > 0u; i--)
         t += strlen(t) + 1u;
     return t;
 }
