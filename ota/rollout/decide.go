@@ -571,12 +571,16 @@ func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty m
 		}
 		switch {
 		case ph == resultsPhase && m.state.inFlight():
+			bits := dirty[m.id]
+			if bits == 0 && m.state < Rebooting && nowNS < m.offered+int64(sp.Deadline.D()) {
+				continue // only the deadline decides, and it is ahead
+			}
 			v, _ := e.reg.Get(m.id)
 			if c := e.timers(r, m, &v, now); c != nil {
 				changes = append(changes, c)
 				continue
 			}
-			if bits := dirty[m.id]; bits != 0 {
+			if bits != 0 {
 				if c := e.observed(r, m, &v, bits, now); c != nil {
 					changes = append(changes, c)
 				}

@@ -105,34 +105,69 @@ func (im *blkImage) size() uint64 { return uint64(len(im.data)) }
 // and offers it to devices 0..n-1, all through the admin API.
 func releaseAndOffer(b *broker.Broker, n int) (*blkImage, error) {
 	ctx := context.Background()
-	key, err := manifest.GenerateKey()
-	if err != nil {
-		return nil, err
-	}
-	pub, err := manifest.MarshalPublicKey(&key.PublicKey)
-	if err != nil {
-		return nil, err
-	}
-	img := make([]byte, 1<<20)
-	_, _ = rand.Read(img)
-	img[0] = 0xe9
-	size, digest, err := manifest.HashImage(bytes.NewReader(img))
-	if err != nil {
-		return nil, err
-	}
-	m := manifest.Manifest{Sequence: uint64(time.Now().Unix()), Version: "2.0.0", BuildID: "bench", Hardware: []string{"esp32-v2"},
-		ImageSize: size, ImageDigest: digest, Kind: manifest.KindFirmware}
-	signed, err := manifest.Sign(&m, key)
-	if err != nil {
-		return nil, err
-	}
 	c, err := rpc.Dial(ctx, rpc.Config{URL: "mqtt://" + b.Addr(), Username: "bench", Password: benchOperatorPassword, Timeout: time.Minute})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
+	img, rel, err := uploadRelease(c, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = deviceID(i)
+	}
+	var res struct {
+		Results []struct {
+			Device string
+			OK     bool
+			Error  string
+		}
+	}
+	for len(ids) > 0 {
+		batch := ids[:min(len(ids), 1000)] // the most one offer/create takes
+		ids = ids[len(batch):]
+		if err := c.Call(ctx, "offer/create", map[string]any{"release": rel.ID, "devices": batch}, &res); err != nil {
+			return nil, fmt.Errorf("offer/create: %w", err)
+		}
+		for _, o := range res.Results {
+			if !o.OK {
+				return nil, fmt.Errorf("offer to %s: %s", o.Device, o.Error)
+			}
+		}
+	}
+	return img, nil
+}
+
+// uploadRelease signs an image of size bytes (version 2.0.0 for esp32-v2,
+// under a new key), trusts the key and uploads the release, through the
+// admin API of client c.
+func uploadRelease(c *rpc.Client, size int) (*blkImage, *release.Release, error) {
+	ctx := context.Background()
+	key, err := manifest.GenerateKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	pub, err := manifest.MarshalPublicKey(&key.PublicKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	img := make([]byte, size)
+	_, _ = rand.Read(img)
+	img[0] = 0xe9
+	n, digest, err := manifest.HashImage(bytes.NewReader(img))
+	if err != nil {
+		return nil, nil, err
+	}
+	m := manifest.Manifest{Sequence: uint64(time.Now().Unix()), Version: "2.0.0", BuildID: "bench", Hardware: []string{"esp32-v2"},
+		ImageSize: n, ImageDigest: digest, Kind: manifest.KindFirmware}
+	signed, err := manifest.Sign(&m, key)
+	if err != nil {
+		return nil, nil, err
+	}
 	if err := c.Call(ctx, "key/add", map[string]any{"name": "bench", "pem": string(pub)}, nil); err != nil {
-		return nil, fmt.Errorf("key/add: %w", err)
+		return nil, nil, fmt.Errorf("key/add: %w", err)
 	}
 	type reply struct {
 		Upload  *release.Upload
@@ -154,39 +189,16 @@ func releaseAndOffer(b *broker.Broker, n int) (*blkImage, error) {
 	r, err := part(admin.UploadPart{Manifest: signed})
 	for err == nil && !r.Done {
 		off := r.Upload.Offset
-		end := min(off+64*1024, size)
+		end := min(off+64*1024, n)
 		r, err = part(admin.UploadPart{Upload: r.Upload.ID, Offset: off, HasOffset: true, Data: img[off:end]})
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if r.Release == nil {
-		return nil, errors.New("upload done without a release")
+		return nil, nil, errors.New("upload done without a release")
 	}
-	ids := make([]string, n)
-	for i := range ids {
-		ids[i] = deviceID(i)
-	}
-	var res struct {
-		Results []struct {
-			Device string
-			OK     bool
-			Error  string
-		}
-	}
-	for len(ids) > 0 {
-		batch := ids[:min(len(ids), 1000)] // the most one offer/create takes
-		ids = ids[len(batch):]
-		if err := c.Call(ctx, "offer/create", map[string]any{"release": r.Release.ID, "devices": batch}, &res); err != nil {
-			return nil, fmt.Errorf("offer/create: %w", err)
-		}
-		for _, o := range res.Results {
-			if !o.OK {
-				return nil, fmt.Errorf("offer to %s: %s", o.Device, o.Error)
-			}
-		}
-	}
-	return &blkImage{data: img, digest: digest}, nil
+	return &blkImage{data: img, digest: digest}, r.Release, nil
 }
 
 // blkDevice is one device's connection and download position.

@@ -20,11 +20,19 @@ import (
 // against plain mochi relaying the same bytes, and raw loopback TCP. All
 // three run in this process, one after the other, with the same load: hbConns
 // connections each writing hbPer pre-encoded QoS 0 PUBLISH packets.
-func benchHeartbeat() error {
+func benchHeartbeat() error { return heartbeatBench(0) }
+
+// heartbeatBench is benchHeartbeat; with inRollout > 0, otamq's registry
+// holds that many devices besides the publishing ones, and a rollout of
+// all of them (publishers included) runs, every device offered.
+func heartbeatBench(inRollout int) error {
 	n, per := *hbConns, *hbPer
 	payload := wire.Heartbeat{UptimeSeconds: 3600, HealthFlags: wire.HealthAllOK, WatchdogResets: 0, FreeHeap: 120000, RSSI: -61}.Encode()
 	fmt.Printf("== heartbeat ingest: %d connections x %d QoS 0 heartbeats (%d-byte CBOR payload), %d rounds\n",
 		n, per, len(payload), *rounds)
+	if inRollout > 0 {
+		fmt.Printf("   with a rollout running in otamq: %d devices registered, all of them in the rollout and offered (in flight), the publishers among them\n", n+inRollout)
+	}
 
 	ids := make([]string, n)
 	bufs := make([][]byte, n)
@@ -57,7 +65,7 @@ func benchHeartbeat() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := seedDevices(dir, n); err != nil {
+	if err := seedDevices(dir, n+inRollout); err != nil {
 		return err
 	}
 	b, err := otamqBroker(dir, false)
@@ -66,6 +74,11 @@ func benchHeartbeat() error {
 	}
 	defer b.Shutdown(contextBackground())
 	osrv := b.Server()
+	if inRollout > 0 {
+		if err := runRollout(b.Addr(), n+inRollout); err != nil {
+			return err
+		}
+	}
 
 	var raws, mochis, otamqs, ratios []float64
 	for range *rounds {

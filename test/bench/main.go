@@ -4,7 +4,10 @@
 // records results and how to read them.
 //
 //	go run ./test/bench                 # everything (make bench)
-//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, downloads, idle, audit, import
+//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, downloads, idle, audit, import,
+//	                                    # rollout-plan, rollout-events, rollout-memory, rollout-offers,
+//	                                    # rollout-heartbeat, rollout-idle
+//	go run ./test/bench -only rollout   # every rollout-* part
 //
 // The idle-connection benchmark and the memory part of the block benchmark
 // run each server as a child process (this binary with -serve) so that its
@@ -23,9 +26,10 @@ import (
 )
 
 var (
-	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks, downloads, idle, audit or import")
-	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq for the idle benchmark, mochi-blocks or otamq-blocks for the block benchmark)")
+	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks, downloads, idle, audit, import, rollout-plan, rollout-events, rollout-memory, rollout-offers, rollout-heartbeat or rollout-idle; rollout: every rollout-* one")
+	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq for the idle benchmark, mochi-blocks or otamq-blocks for the block benchmark, mochi-inline for the rollout offers)")
 	serveData = flag.String("data", "", "internal: data directory of -serve otamq")
+	heapRate  = flag.Int("heap-rate", 0, "internal: runtime.MemProfileRate of a -serve server (0: Go's default)")
 	conns     = flag.Int("conns", 10000, "idle benchmark: connected, subscribed devices")
 	hbConns   = flag.Int("hb-conns", 50, "heartbeat benchmark: publishing connections")
 	hbPer     = flag.Int("hb-per-conn", 20000, "heartbeat benchmark: heartbeats per connection")
@@ -65,7 +69,8 @@ func main() {
 		runtime.NumCPU(), runtime.Version())
 	fmt.Printf("command: go run ./test/bench %s\n\n", strings.Join(os.Args[1:], " "))
 	run := func(name string, f func() error) {
-		if *only != "" && *only != name {
+		// -only rollout runs every rollout-* part.
+		if *only != "" && *only != name && !(*only == "rollout" && strings.HasPrefix(name, "rollout-")) {
 			return
 		}
 		if err := f(); err != nil {
@@ -82,4 +87,10 @@ func main() {
 	run("idle", benchIdle)
 	run("audit", benchAudit)
 	run("import", benchImport)
+	run("rollout-plan", benchRolloutPlan)
+	run("rollout-events", benchRolloutEvents)
+	run("rollout-memory", benchRolloutMemory)
+	run("rollout-offers", benchRolloutOffers)
+	run("rollout-heartbeat", benchRolloutHeartbeat)
+	run("rollout-idle", benchRolloutIdle)
 }

@@ -37,7 +37,13 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // the comparison shows what otamq's hooks and registry cost; without, with
 // mochi's defaults.
 func plainMochi(hardened bool) (*mqtt.Server, string, error) {
-	opts := &mqtt.Options{Logger: quiet}
+	return plainMochiWith(hardened, false)
+}
+
+// plainMochiWith is plainMochi, with mochi's inline client (Server.Publish,
+// which otamq publishes offers with) when inline is set.
+func plainMochiWith(hardened, inline bool) (*mqtt.Server, string, error) {
+	opts := &mqtt.Options{Logger: quiet, InlineClient: inline}
 	if hardened {
 		opts.Capabilities = broker.Capabilities(broker.Options{})
 	}
@@ -134,27 +140,35 @@ func procStatusNoGC(field string) int64 {
 }
 
 // runServer is the child side of the idle and block benchmarks: it starts
-// one server ("mochi", "mochi-defaults" or "otamq" for the idle part;
+// one server ("mochi", "mochi-defaults" or "otamq" for the idle part,
+// "mochi-inline" (with POST /publish) for the rollout offers;
 // "mochi-blocks" or "otamq-blocks", the latter on a data directory holding
 // devices, a release and offers, for the block part), prints "ready <mqtt
 // addr> <control addr> <http addr> <rss before>", and serves /mem on the
 // control address until stdin closes: "rss rss_file heap_inuse stack_inuse
 // peak_rss goroutines", read after a GC that returns free memory to the OS.
 func runServer(kind, dataDir string) error {
+	if *heapRate > 0 {
+		runtime.MemProfileRate = *heapRate
+	}
 	base := rssBytes()
 	if kind == "otamq-blocks" && *blkProfDir != "" {
 		runtime.SetMutexProfileFraction(10)
 		runtime.SetBlockProfileRate(10000)
 	}
 	var mqttAddr, httpAddr string
+	mux := http.NewServeMux()
 	switch kind {
-	case "mochi", "mochi-defaults", "mochi-blocks":
-		srv, addr, err := plainMochi(kind != "mochi-defaults")
+	case "mochi", "mochi-defaults", "mochi-blocks", "mochi-inline":
+		srv, addr, err := plainMochiWith(kind != "mochi-defaults", kind == "mochi-inline")
 		if err != nil {
 			return err
 		}
 		defer srv.Close()
 		mqttAddr = addr
+		if kind == "mochi-inline" {
+			mux.HandleFunc("/publish", publishHandler(srv))
+		}
 	case "otamq", "otamq-blocks":
 		start := otamqBroker
 		if kind == "otamq-blocks" {
@@ -173,7 +187,6 @@ func runServer(kind, dataDir string) error {
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
 	mux.HandleFunc("/mem", func(w http.ResponseWriter, r *http.Request) {
 		read := procStatus
 		if r.URL.Query().Get("nogc") != "" {
@@ -195,6 +208,26 @@ func runServer(kind, dataDir string) error {
 	fmt.Printf("ready %s %s %s %d\n", mqttAddr, ctl.Addr(), httpAddr, base)
 	_, _ = io.Copy(io.Discard, bufio.NewReader(os.Stdin))
 	return nil
+}
+
+// publishHandler serves POST /publish?n=N of the "mochi-inline" server: the
+// request body is published with the inline client, QoS 1, to the
+// manifest topic of each of devices 0..N-1, one after the other.
+func publishHandler(srv *mqtt.Server) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		payload, rerr := io.ReadAll(r.Body)
+		if err != nil || rerr != nil {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		for i := range n {
+			if err := srv.Publish("dm/"+deviceID(i)+"/ota/manifest", payload, false, 1); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+		}
+	}
 }
 
 func get(url string) (string, error) {

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/otamq/otamq/cmd/otactl/rpc"
+	"github.com/otamq/otamq/ota/rollout"
+)
+
+var (
+	roConns  = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
+	roRounds = flag.Int("ro-rounds", 3, "rollout offers benchmark: rounds (the median is reported)")
+)
+
+// benchRolloutOffers: offers a rollout pushes to connected devices, per
+// second, against plain mochi publishing the same payloads to the same
+// subscribers. The devices are raw MQTT 3.1.1 clients (one goroutine and a
+// small buffer each; devsim's devices would begin to download at once,
+// and its load mode subscribes to nothing), each subscribed at QoS 1 to its
+// manifest topic, acknowledging what it gets. Each server runs as a child
+// process (10,000 connections take 20,000 descriptors on one machine), and
+// the devices connect to one server at a time: in each round to otamq, then
+// to plain mochi.
+//
+// otamq: the real broker; the rollout (every device, one wave of 100 %,
+// no rate limit) is created through the admin API, then rollout/start:
+// the engine's next pass decides every offer, commits them (1000 devices a
+// transaction, each offer with its timeline entry and the device's
+// rollout record, fsync on) and pushes them. The time runs from the start
+// request to the last offer received. Then the rollout is aborted (every
+// device gets the empty offer), for the next round's rollout.
+//
+// plain mochi (otamq's capabilities, no hooks): its inline client
+// (Server.Publish, as otamq's sender) publishes the payload the devices got
+// from otamq in the same round to each device's manifest topic, at QoS 1,
+// one after the other. Time from the request to publish to the last
+// message received.
+func benchRolloutOffers() error {
+	n := *roConns
+	fmt.Printf("== offers pushed by a rollout to %d connected devices (raw MQTT 3.1.1 clients subscribed to their manifest topic, QoS 1) against plain mochi publishing the same payloads, %d rounds; servers in child processes\n", n, *roRounds)
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "otamq-bench-offers-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := seedDevices(dir, n); err != nil {
+		return err
+	}
+	oc, err := startChild("otamq", dir)
+	if err != nil {
+		return err
+	}
+	defer oc.stop()
+	mc, err := startChild("mochi-inline", dir)
+	if err != nil {
+		return err
+	}
+	defer mc.stop()
+	c, err := rpc.Dial(ctx, rpc.Config{URL: "mqtt://" + oc.mqttAddr, Username: "bench", Password: benchOperatorPassword, Timeout: 2 * time.Minute})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, rel, err := uploadRelease(c, 64*1024)
+	if err != nil {
+		return err
+	}
+
+	var orates, mrates, ratios []float64
+	for round := range *roRounds {
+		id := fmt.Sprintf("bench-offers-%d", round)
+		spec := fmt.Sprintf("id: %s\nrelease: %s\nwaves:\n  - {percent: [100]}\ninstall: immediately\n", id, rel.ID)
+		var created struct {
+			Rollout rollout.View `json:"rollout"`
+		}
+		if err := c.Call(ctx, "rollout/create", map[string]any{"yaml": spec}, &created); err != nil {
+			return fmt.Errorf("rollout/create: %w", err)
+		}
+		if created.Rollout.Devices != n {
+			return fmt.Errorf("rollout of %d devices, want %d", created.Rollout.Devices, n)
+		}
+		subs, err := subscribeOffers(oc.mqttAddr, n, true)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := c.Call(ctx, "rollout/start", map[string]any{"id": id}, nil); err != nil {
+			subs.close()
+			return fmt.Errorf("rollout/start: %w", err)
+		}
+		first, last, err := subs.wait(n)
+		if err != nil {
+			subs.close()
+			return fmt.Errorf("otamq: %w", err)
+		}
+		o := float64(n) / last.Sub(start).Seconds()
+		payload := subs.payload()
+		// The next round's devices must be free: abort, and wait for the
+		// empty offers.
+		subs.reset()
+		t := time.Now()
+		if err := c.Call(ctx, "rollout/abort", map[string]any{"id": id}, nil); err != nil {
+			subs.close()
+			return fmt.Errorf("rollout/abort: %w", err)
+		}
+		_, cancelled, err := subs.wait(n)
+		subs.close()
+		if err != nil {
+			return fmt.Errorf("otamq cancels: %w", err)
+		}
+		abort := float64(n) / cancelled.Sub(t).Seconds()
+
+		subs, err = subscribeOffers(mc.mqttAddr, n, false)
+		if err != nil {
+			return err
+		}
+		mstart := time.Now()
+		resp, err := http.Post(fmt.Sprintf("http://%s/publish?n=%d", mc.ctlAddr, n), "application/octet-stream", bytes.NewReader(payload))
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				err = fmt.Errorf("publish: %s", resp.Status)
+			}
+		}
+		if err != nil {
+			subs.close()
+			return err
+		}
+		_, mlast, err := subs.wait(n)
+		subs.close()
+		if err != nil {
+			return fmt.Errorf("mochi: %w", err)
+		}
+		m := float64(n) / mlast.Sub(mstart).Seconds()
+		orates, mrates, ratios = append(orates, o), append(mrates, m), append(ratios, o/m)
+		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s), plain mochi %6.0f msg/s, ratio %.2f\n",
+			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, m, o/m)
+	}
+	fmt.Printf("otamq, offers of a rollout (decided, committed, pushed)   %8.0f offers/s (target >= 20000/s)\n", median(orates))
+	fmt.Printf("plain mochi, the same payloads published (inline client)  %8.0f msg/s\n", median(mrates))
+	fmt.Printf("ratio otamq / plain mochi: %.2f, median of the rounds (target >= 0.70)\n", median(ratios))
+	return nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// offerSubs are connected devices that read their manifest topic.
+type offerSubs struct {
+	conns []net.Conn
+	wg    sync.WaitGroup
+	got   atomic.Int64
+	last  atomic.Int64 // Unix nanoseconds of the newest message
+	first atomic.Int64
+	mu    sync.Mutex
+	pl    []byte // a payload received since the reset
+}
+
+// subscribeOffers connects devices 0..n-1 subscribed to their manifest
+// topics (with their tokens when auth) and reads what they get, sending a
+// PUBACK for each QoS 1 message.
+func subscribeOffers(addr string, n int, auth bool) (*offerSubs, error) {
+	cs, err := connectMany(addr, n, auth, "ota/manifest")
+	if err != nil {
+		return nil, err
+	}
+	s := &offerSubs{conns: cs}
+	for _, c := range cs {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.read(c)
+		}()
+	}
+	return s, nil
+}
+
+func (s *offerSubs) read(c net.Conn) {
+	rc := &rawConn{c: c, r: bufio.NewReaderSize(c, 2048)}
+	for {
+		h, body, err := rc.next()
+		if err != nil {
+			return
+		}
+		if h>>4 != packets.Publish || len(body) < 2 {
+			continue
+		}
+		tl := int(body[0])<<8 | int(body[1])
+		p := 2 + tl
+		if (h>>1)&3 > 0 {
+			if p+2 > len(body) {
+				return
+			}
+			if _, err := c.Write([]byte{packets.Puback << 4, 2, body[p], body[p+1]}); err != nil {
+				return
+			}
+			p += 2
+		}
+		now := time.Now().UnixNano()
+		s.first.CompareAndSwap(0, now)
+		for {
+			l := s.last.Load()
+			if now <= l || s.last.CompareAndSwap(l, now) {
+				break
+			}
+		}
+		if s.got.Add(1) == 1 {
+			s.mu.Lock()
+			s.pl = append([]byte(nil), body[p:]...)
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *offerSubs) reset() {
+	s.got.Store(0)
+	s.first.Store(0)
+	s.last.Store(0)
+}
+
+// wait waits for n messages since the reset and returns when the first
+// and the last arrived.
+func (s *offerSubs) wait(n int) (time.Time, time.Time, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for s.got.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			return time.Time{}, time.Time{}, fmt.Errorf("%d of %d messages received within 2 minutes", s.got.Load(), n)
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	if got := s.got.Load(); got != int64(n) {
+		return time.Time{}, time.Time{}, fmt.Errorf("%d messages received, want %d", got, n)
+	}
+	return time.Unix(0, s.first.Load()), time.Unix(0, s.last.Load()), nil
+}
+
+func (s *offerSubs) payload() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pl
+}
+
+func (s *offerSubs) close() {
+	for _, c := range s.conns {
+		_ = c.Close()
+	}
+	s.wg.Wait()
+}
