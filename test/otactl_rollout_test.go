@@ -23,24 +23,24 @@ import (
 // The operators' command line for rollouts: the real otactl binary against
 // a real broker, its devices simulated (cmd/devsim/sim) or only registered.
 
-// rolloutWorld is a broker with a trusted key, release 1.1.0 for esp32-v2
+// cliWorld is a broker with a trusted key, release 1.1.0 for esp32-v2
 // and a directory for spec files.
-type rolloutWorld struct {
+type cliWorld struct {
 	*simWorld
 	release string // its reference, VERSION@DIGEST-PREFIX
 	dir     string
 }
 
-func newRolloutWorld(t *testing.T, mods ...func(*broker.Options)) *rolloutWorld {
+func newCLIWorld(t *testing.T, mods ...func(*broker.Options)) *cliWorld {
 	t.Helper()
 	mods = append([]func(*broker.Options){func(o *broker.Options) { o.RolloutTick = 200 * time.Millisecond }}, mods...)
 	w := newSimWorld(t, mods...)
 	rel := w.release(makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 20*1024))
-	return &rolloutWorld{simWorld: w, release: rel.ID, dir: t.TempDir()}
+	return &cliWorld{simWorld: w, release: rel.ID, dir: t.TempDir()}
 }
 
 // spec writes a spec file and returns its path.
-func (w *rolloutWorld) spec(t *testing.T, name, yaml string) string {
+func (w *cliWorld) spec(t *testing.T, name, yaml string) string {
 	t.Helper()
 	p := filepath.Join(w.dir, name)
 	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
@@ -52,7 +52,7 @@ func (w *rolloutWorld) spec(t *testing.T, name, yaml string) string {
 // fleet registers and starts simulated devices: groups[id] is a device's
 // group ("" none), profiles[id] its profile (healthy unless named). It
 // waits until all have reported their factory image.
-func (w *rolloutWorld) fleet(t *testing.T, ids []string, groups map[string]string, profiles map[string]sim.Profile) {
+func (w *cliWorld) fleet(t *testing.T, ids []string, groups map[string]string, profiles map[string]sim.Profile) {
 	t.Helper()
 	specs := w.registerSims(t, ids, func(r *sim.Registration) {
 		if g := groups[r.ID]; g != "" {
@@ -68,7 +68,7 @@ func (w *rolloutWorld) fleet(t *testing.T, ids []string, groups map[string]strin
 }
 
 // otactlAs runs otactl as operator user.
-func (w *rolloutWorld) otactlAs(t *testing.T, user, password, stdin string, args ...string) (stdout, stderr string, code int) {
+func (w *cliWorld) otactlAs(t *testing.T, user, password, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -87,7 +87,7 @@ func (w *rolloutWorld) otactlAs(t *testing.T, user, password, stdin string, args
 }
 
 // must runs otactl as the test operator and fails unless it exits 0.
-func (w *rolloutWorld) must(t *testing.T, args ...string) string {
+func (w *cliWorld) must(t *testing.T, args ...string) string {
 	t.Helper()
 	out, errOut, code := w.otactlAs(t, opID, opPassword, "", args...)
 	if code != 0 {
@@ -98,7 +98,7 @@ func (w *rolloutWorld) must(t *testing.T, args ...string) string {
 
 // refused runs otactl and fails unless it exits with code and stderr
 // holds every one of want.
-func (w *rolloutWorld) refused(t *testing.T, code int, want []string, args ...string) string {
+func (w *cliWorld) refused(t *testing.T, code int, want []string, args ...string) string {
 	t.Helper()
 	out, errOut, got := w.otactlAs(t, opID, opPassword, "", args...)
 	if got != code {
@@ -120,7 +120,7 @@ type otactlProc struct {
 	code     int
 }
 
-func (w *rolloutWorld) startOtactl(t *testing.T, url, user, password string, args ...string) *otactlProc {
+func (w *cliWorld) startOtactl(t *testing.T, url, user, password string, args ...string) *otactlProc {
 	t.Helper()
 	cmd := exec.Command(binary(t, "otactl"), args...)
 	cmd.Env = append(os.Environ(), "OTAMQ_URL="+url, "OTAMQ_USER="+user, "OTAMQ_PASSWORD="+password)
@@ -240,7 +240,7 @@ func checkViewShape(t *testing.T, b []byte) {
 // list, each with its errors.
 func TestOtactlRolloutLifecycle(t *testing.T) {
 	t.Parallel()
-	w := newRolloutWorld(t)
+	w := newCLIWorld(t)
 	w.addOperator("ann", "operator", "ann's password for the tests")
 	devs := ids("lc-", 10)
 	groups := map[string]string{"lc-001": "canary", "lc-002": "canary", "lc-003": "pilot", "lc-004": "pilot", "lc-005": "pilot"}
@@ -402,7 +402,7 @@ func TestOtactlRolloutLifecycle(t *testing.T) {
 // had not begun to install.
 func TestOtactlRolloutPauseAbort(t *testing.T) {
 	t.Parallel()
-	w := newRolloutWorld(t)
+	w := newCLIWorld(t)
 	devs := ids("pa-", 6)
 	w.fleet(t, devs, map[string]string{"pa-001": "canary", "pa-002": "canary"}, nil)
 	spec := w.spec(t, "pa1.yaml", "id: pa1\nrelease: "+w.release+"\nwaves:\n  - {name: canary, groups: [canary]}\n  - {percent: [100]}\n"+
@@ -470,7 +470,7 @@ func TestOtactlRolloutPauseAbort(t *testing.T) {
 // with their reason and examples.
 func TestOtactlRolloutDevicesPages(t *testing.T) {
 	t.Parallel()
-	w := newRolloutWorld(t)
+	w := newCLIWorld(t)
 	regs := make([]sim.Registration, 128)
 	for i := range regs {
 		regs[i] = sim.Registration{ID: fmt.Sprintf("pg-%03d", i+1), Hardware: "esp32-v2"}
@@ -514,7 +514,7 @@ func TestOtactlRolloutDevicesPages(t *testing.T) {
 // per change, each alarm once, and the final state; it ends by itself.
 func TestOtactlRolloutWatchPlain(t *testing.T) {
 	t.Parallel()
-	w := newRolloutWorld(t)
+	w := newCLIWorld(t)
 	devs := ids("wp-", 6)
 	w.fleet(t, devs, map[string]string{"wp-001": "canary", "wp-002": "canary", "wp-003": "canary"}, map[string]sim.Profile{"wp-002": sim.Rollback})
 	spec := w.spec(t, "wp1.yaml", "id: wp1\nrelease: "+w.release+"\nwaves:\n  - {name: canary, groups: [canary]}\n  - {percent: [100]}\n"+
@@ -556,7 +556,7 @@ func TestOtactlRolloutWatchPlain(t *testing.T) {
 // nothing but the View, once per connection.
 func TestOtactlRolloutWatchReconnect(t *testing.T) {
 	t.Parallel()
-	w := newRolloutWorld(t)
+	w := newCLIWorld(t)
 	w.addOperator("eye", "observer", "the observer's password for the tests")
 	devs := ids("rc-", 4)
 	w.fleet(t, devs, nil, nil)
@@ -628,7 +628,7 @@ func TestOtactlRolloutWatchReconnect(t *testing.T) {
 func TestOtactlRolloutWatchTerminal(t *testing.T) {
 	t.Parallel()
 	tmux := needCommand(t, "tmux")
-	w := newRolloutWorld(t)
+	w := newCLIWorld(t)
 	devs := ids("tt-", 4)
 	w.fleet(t, devs, map[string]string{"tt-001": "canary", "tt-002": "canary"}, nil)
 	w.must(t, "rollout", "create", w.spec(t, "tt1.yaml", "id: tt1\nrelease: "+w.release+
