@@ -767,9 +767,18 @@ probation: 1s
 	if succeeded != 200 {
 		t.Errorf("%d device events say succeeded", succeeded)
 	}
-	// TODO(otactl rollout): compare `otactl --json rollout status ga-1`
-	// here with checkStatus(t, "otactl", status, done), once otactl has
-	// the rollout commands.
+	// What an operator's otactl shows agrees as well.
+	out, errOut, code := runBinary(t, binary(t, "otactl"),
+		[]string{"OTAMQ_URL=" + w.url(), "OTAMQ_USER=" + opID, "OTAMQ_PASSWORD=" + opPassword},
+		"--json", "rollout", "status", id)
+	if code != 0 {
+		t.Fatalf("otactl --json rollout status: exit %d\n%s%s", code, out, errOut)
+	}
+	var status roView
+	if err := json.Unmarshal([]byte(out), &status); err != nil {
+		t.Fatalf("otactl --json rollout status: %v\n%s", err, out)
+	}
+	checkStatus(t, "otactl", status, done)
 }
 
 // TestRolloutBadCanary: the canary fails health on the new release (the
