@@ -204,17 +204,3 @@ func runRollout(addr string, want int) error {
 	}
 	return fmt.Errorf("rollout: %d of %d devices offered within a minute", v.Rate.InFlight, want)
 }
-
-// rolloutOn runs a broker on the (seeded) data directory dir just long
-// enough to start a rollout of its n devices (runRollout).
-func rolloutOn(dir string, n int) error {
-	b, err := otamqBroker(dir, false)
-	if err != nil {
-		return err
-	}
-	err = runRollout(b.Addr(), n)
-	if serr := b.Shutdown(context.Background()); err == nil {
-		err = serr
-	}
-	return err
-}
