@@ -224,6 +224,10 @@ func (d *Device) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
 	}
 }
 
+// errConsumed is packets.CodeSuccessIgnore as an error, boxed once: a
+// packets.Code returned as an error is an allocation at every message.
+var errConsumed error = packets.CodeSuccessIgnore
+
 // OnPublish implements mqtt.Hook: births and heartbeats become status.
 // Malformed payloads are refused: a v5 client gets PUBACK "payload format
 // invalid" with the reason, others are acknowledged and dropped; either
@@ -245,18 +249,18 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	switch kind {
 	case access.KindGet:
 		d.serveBlocks(cl, id, pk.Payload)
-		return pk, packets.CodeSuccessIgnore
+		return pk, errConsumed
 	case access.KindBirth, access.KindHB, access.KindEvent:
 	default:
 		return pk, nil // a topic towards devices: routed as usual
 	}
 	switch err := d.apply(id, kind, pk.Payload); {
 	case err == nil:
-		return pk, packets.CodeSuccessIgnore
+		return pk, errConsumed
 	case errors.Is(err, delivery.ErrUnknownRun):
 		// Acknowledged (the device must not resend it) and dropped.
 		d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
-		return pk, packets.CodeSuccessIgnore
+		return pk, errConsumed
 	case errors.As(err, new(*notRecorded)):
 		return pk, d.retryLater(cl, pk, id, err)
 	default:
