@@ -27,17 +27,19 @@ func benchRolloutHeartbeat() error { return heartbeatBench(*roFleet) }
 // a rollout running, otamq against plain mochi, measured as the idle
 // benchmark measures it (each server a child process, RSS after a GC that
 // returns free memory to the OS, 10,000 devices connected and subscribed
-// to their cmd topic). otamq runs once with the devices connecting (so that
-// the store holds their status, as after any restart), then is measured
-// three times: restarted and connected with no rollout; after a rollout of every device was created and started
-// through the admin API and has offered the release to all of them (the
-// offers go nowhere: the devices listen on cmd); and after a restart of
-// the broker on that store, the devices connected again. Heap profiles
-// (every 4 KiB allocated sampled) taken at each point show where the
-// rollout's memory goes.
+// to their cmd topic). For each of two rollouts of every device (one with
+// rate.in_flight 500, as a fleet would run it; one that offers the release
+// to every device at once, the worst case) otamq runs once with the
+// devices connecting (so that the store holds their status, as after any
+// restart), then is measured three times: restarted and connected with no
+// rollout; after the rollout was created and started through the admin API
+// and has offered what its rate allows (the offers go nowhere: the devices
+// listen on cmd); and after a restart of the broker on that store, the
+// devices connected again. Heap profiles (every 4 KiB allocated sampled)
+// taken at each point show where the rollout's memory goes.
 func benchRolloutIdle() error {
 	n := *conns
-	fmt.Printf("== idle connections with a rollout running: %d devices connected (MQTT 3.1.1) and subscribed to their cmd topic; every device in the rollout and offered\n", n)
+	fmt.Printf("== idle connections with a rollout running: %d devices connected (MQTT 3.1.1) and subscribed to their cmd topic; every device in the rollout\n", n)
 	mdir, err := os.MkdirTemp("", "otamq-bench-")
 	if err != nil {
 		return err
@@ -59,7 +61,27 @@ func benchRolloutIdle() error {
 		return err
 	}
 	mPer := float64(mm.rss-mc.base) / float64(n)
+	fmt.Printf("plain mochi, otamq's capabilities: RSS %8.0f KiB before, %8.0f KiB with %d connections: %6.2f KiB per connection\n",
+		float64(mc.base)/1024, float64(mm.rss)/1024, n, mPer/1024)
+	for _, inFlight := range []int{*roIdleInFlight, 0} {
+		if err := rolloutIdle(n, mPer, inFlight); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
+var roIdleInFlight = flag.Int("ro-idle-in-flight", 500, "rollout idle benchmark: the rollout's rate.in_flight in its first configuration (the second offers every device)")
+
+// rolloutIdle measures otamq against mPer, plain mochi's RSS per
+// connection, with a rollout of every device whose rate.in_flight is
+// inFlight (0: none, every device offered at once).
+func rolloutIdle(n int, mPer float64, inFlight int) error {
+	what := "every device offered"
+	if inFlight > 0 {
+		what = fmt.Sprintf("rate.in_flight %d: %d devices offered, the others members waiting", inFlight, min(n, inFlight))
+	}
+	fmt.Printf("\n-- a rollout of all %d devices, %s\n", n, what)
 	dir, err := os.MkdirTemp("", "otamq-bench-")
 	if err != nil {
 		return err
@@ -116,7 +138,7 @@ func benchRolloutIdle() error {
 	if _, _, err := connected("warm.pprof", nil, ""); err != nil {
 		return fmt.Errorf("otamq: %w", err)
 	}
-	first, with, err := connected("none.pprof", func(c *child) error { return runRollout(c.mqttAddr, n) }, "rollout.pprof")
+	first, with, err := connected("none.pprof", func(c *child) error { return runRolloutCapped(c.mqttAddr, n, inFlight) }, "rollout.pprof")
 	if err != nil {
 		return fmt.Errorf("otamq: %w", err)
 	}
@@ -126,8 +148,6 @@ func benchRolloutIdle() error {
 	}
 	kb := func(v int64) float64 { return float64(v) / 1024 }
 	per := func(v int64) float64 { return float64(v) / float64(n) / 1024 }
-	fmt.Printf("plain mochi, otamq's capabilities: RSS %8.0f KiB before, %8.0f KiB with %d connections: %6.2f KiB per connection\n",
-		kb(mc.base), kb(mm.rss), n, mPer/1024)
 	line := func(what string, r reading, m blkMem) {
 		oPer := float64(m.rss-r.base) / float64(n)
 		fmt.Printf("otamq, %s: RSS %8.0f KiB, %6.2f KiB per device in all; otamq adds %.2f KiB per connected device over plain mochi (target <= 2 KiB)\n",
@@ -135,7 +155,7 @@ func benchRolloutIdle() error {
 		fmt.Printf("    heap in use %8.0f KiB, file-backed pages (binary, bbolt mmap) %8.0f KiB, goroutine stacks %8.0f KiB\n", kb(m.heap), kb(m.file), kb(m.stack))
 	}
 	line("connected, no rollout", first, first.loaded)
-	line("with the rollout started, every device offered", first, with)
+	line("with the rollout started ("+what+")", first, with)
 	fmt.Printf("    the rollout added: RSS %+.2f KiB, heap %+.2f KiB, file-backed %+.2f KiB per device\n",
 		per(with.rss-first.loaded.rss), per(with.heap-first.loaded.heap), per(with.file-first.loaded.file))
 	line("restarted with the rollout running, devices connected again", again, again.loaded)
@@ -175,7 +195,11 @@ func saveHeap(httpAddr, path string) error {
 // addr and creates and starts a rollout of all its devices (one wave of
 // 100 %, no rate limit); it returns once the engine has offered the
 // release to every one of them (want devices).
-func runRollout(addr string, want int) error {
+func runRollout(addr string, want int) error { return runRolloutCapped(addr, want, 0) }
+
+// runRolloutCapped is runRollout with rate.in_flight set to inFlight (0:
+// none); it returns once min(want, inFlight) devices are offered.
+func runRolloutCapped(addr string, want, inFlight int) error {
 	ctx := context.Background()
 	c, err := rpc.Dial(ctx, rpc.Config{URL: "mqtt://" + addr, Username: "bench", Password: benchOperatorPassword, Timeout: 2 * time.Minute})
 	if err != nil {
@@ -187,6 +211,10 @@ func runRollout(addr string, want int) error {
 		return err
 	}
 	spec := fmt.Sprintf("id: bench-running\nrelease: %s\nwaves:\n  - {percent: [100]}\ninstall: immediately\n", rel.ID)
+	if inFlight > 0 {
+		spec += fmt.Sprintf("rate: {in_flight: %d}\n", inFlight)
+		want = min(want, inFlight)
+	}
 	if err := c.Call(ctx, "rollout/create", map[string]any{"yaml": spec}, nil); err != nil {
 		return fmt.Errorf("rollout/create: %w", err)
 	}
