@@ -17,6 +17,7 @@ type blkMem struct {
 	rss, heap, stack, peak, goroutines int64
 	goal, live                         int64 // the GC's heap goal and live heap
 	file                               int64 // file-backed part of rss
+	store                              int64 // the store's mmap, part of file
 }
 
 // blocksMemory runs each server as a child process and reads its memory

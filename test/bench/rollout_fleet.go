@@ -64,7 +64,7 @@ func benchRolloutIdle() error {
 	fmt.Printf("plain mochi, otamq's capabilities: RSS %8.0f KiB before, %8.0f KiB with %d connections: %6.2f KiB per connection\n",
 		float64(mc.base)/1024, float64(mm.rss)/1024, n, mPer/1024)
 	for _, inFlight := range []int{*roIdleInFlight, 0} {
-		if err := rolloutIdle(n, mPer, inFlight); err != nil {
+		if err := rolloutIdle(n, mPer, mm.rss-mm.file, inFlight); err != nil {
 			return err
 		}
 	}
@@ -74,9 +74,10 @@ func benchRolloutIdle() error {
 var roIdleInFlight = flag.Int("ro-idle-in-flight", 500, "rollout idle benchmark: the rollout's rate.in_flight in its first configuration (the second offers every device)")
 
 // rolloutIdle measures otamq against mPer, plain mochi's RSS per
-// connection, with a rollout of every device whose rate.in_flight is
+// connection, and mAnon, its anonymous memory (RSS without file-backed
+// pages) with the connections, with a rollout of every device whose rate.in_flight is
 // inFlight (0: none, every device offered at once).
-func rolloutIdle(n int, mPer float64, inFlight int) error {
+func rolloutIdle(n int, mPer float64, mAnon int64, inFlight int) error {
 	what := "every device offered"
 	if inFlight > 0 {
 		what = fmt.Sprintf("rate.in_flight %d: %d devices offered, the others members waiting", inFlight, min(n, inFlight))
@@ -152,15 +153,19 @@ func rolloutIdle(n int, mPer float64, inFlight int) error {
 		oPer := float64(m.rss-r.base) / float64(n)
 		fmt.Printf("otamq, %s: RSS %8.0f KiB, %6.2f KiB per device in all; otamq adds %.2f KiB per connected device over plain mochi (target <= 2 KiB)\n",
 			what, kb(m.rss), oPer/1024, (oPer-mPer)/1024)
-		fmt.Printf("    heap in use %8.0f KiB, file-backed pages (binary, bbolt mmap) %8.0f KiB, goroutine stacks %8.0f KiB\n", kb(m.heap), kb(m.file), kb(m.stack))
+		fmt.Printf("    heap in use %8.0f KiB, file-backed pages %8.0f KiB (the store's mmap %6.0f KiB, the rest the binary), goroutine stacks %8.0f KiB\n",
+			kb(m.heap), kb(m.file), kb(m.store), kb(m.stack))
+		fmt.Printf("    without file-backed pages (clean page cache the kernel reclaims; how much of the store is mapped depends on when bbolt last remapped): otamq adds %.2f KiB per connected device over plain mochi\n",
+			per(m.rss-m.file-mAnon))
 	}
 	line("connected, no rollout", first, first.loaded)
 	line("with the rollout started ("+what+")", first, with)
-	fmt.Printf("    the rollout added: RSS %+.2f KiB, heap %+.2f KiB, file-backed %+.2f KiB per device\n",
-		per(with.rss-first.loaded.rss), per(with.heap-first.loaded.heap), per(with.file-first.loaded.file))
+	fmt.Printf("    the rollout added: RSS %+.2f KiB, heap %+.2f KiB, file-backed %+.2f KiB (the store %+.2f) per device\n",
+		per(with.rss-first.loaded.rss), per(with.heap-first.loaded.heap), per(with.file-first.loaded.file), per(with.store-first.loaded.store))
 	line("restarted with the rollout running, devices connected again", again, again.loaded)
-	fmt.Printf("    against no rollout: RSS %+.2f KiB, heap %+.2f KiB, file-backed %+.2f KiB per device (registered before the connections: %.2f KiB each, %.2f without the rollout)\n",
+	fmt.Printf("    against no rollout: RSS %+.2f KiB, heap %+.2f KiB, file-backed %+.2f KiB (the store %+.2f) per device (registered before the connections: %.2f KiB each, %.2f without the rollout)\n",
 		per(again.loaded.rss-again.base-(first.loaded.rss-first.base)), per(again.loaded.heap-first.loaded.heap), per(again.loaded.file-first.loaded.file),
+		per(again.loaded.store-first.loaded.store),
 		per(again.registered.rss-again.base), per(first.registered.rss-first.base))
 	if fi, err := os.Stat(filepath.Join(dir, "otamq.db")); err == nil {
 		fmt.Printf("    (the store file: %.1f MiB)\n", float64(fi.Size())/(1<<20))

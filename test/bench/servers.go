@@ -139,6 +139,30 @@ func procStatusNoGC(field string) int64 {
 	return -1
 }
 
+// storeRSS is the resident part of this process's mappings of the store
+// file (bbolt's mmap), from /proc/self/smaps: the file-backed pages that
+// are not the binary's.
+func storeRSS() int64 {
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return -1
+	}
+	var total int64
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			in = len(f) >= 6 && strings.HasSuffix(f[5], ".db")
+			continue
+		}
+		if in && len(f) >= 2 && f[0] == "Rss:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			total += kb * 1024
+		}
+	}
+	return total
+}
+
 // runServer is the child side of the idle and block benchmarks: it starts
 // one server ("mochi", "mochi-defaults" or "otamq" for the idle part,
 // "mochi-inline" (with POST /publish) for the rollout offers;
@@ -199,7 +223,7 @@ func runServer(kind, dataDir string) error {
 		gc := []metrics.Sample{{Name: "/gc/heap/goal:bytes"}, {Name: "/gc/heap/live:bytes"}}
 		metrics.Read(gc)
 		fmt.Fprint(w, rss, " ", read("RssFile"), " ", ms.HeapInuse, " ", ms.StackInuse, " ", read("VmHWM"), " ", runtime.NumGoroutine(),
-			" ", gc[0].Value.Uint64(), " ", gc[1].Value.Uint64())
+			" ", gc[0].Value.Uint64(), " ", gc[1].Value.Uint64(), " ", storeRSS())
 	})
 	go func() { _ = http.Serve(ctl, mux) }()
 	if httpAddr == "" {
@@ -297,7 +321,7 @@ func (c *child) mem(gc bool) (m blkMem, err error) {
 		return m, err
 	}
 	var file int64
-	_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines, &m.goal, &m.live)
+	_, err = fmt.Sscan(strings.TrimSpace(s), &m.rss, &file, &m.heap, &m.stack, &m.peak, &m.goroutines, &m.goal, &m.live, &m.store)
 	m.file = file
 	return m, err
 }
