@@ -221,11 +221,25 @@ func New(db store.Store, cat *release.Catalog, reg *fleet.Registry, opts *Option
 	if o.GlobalRate > 0 {
 		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Clock.Now()}
 	}
+	seen := map[string]string{}
+	intern := func(s string) string {
+		if c, ok := seen[s]; ok {
+			return c
+		}
+		seen[s] = s
+		return s
+	}
 	err := db.View(context.Background(), func(tx store.Tx) error {
 		return tx.Scan(bucketOffers, nil, false, func(_, v []byte) error {
 			var of Offer
 			if err := json.Unmarshal(v, &of); err != nil {
 				return fmt.Errorf("offer: %w", err)
+			}
+			// A rollout's offers share their rollout, release and
+			// version; decoded, each would have copies of its own.
+			of.RolloutID, of.Release, of.Version, of.By = intern(of.RolloutID), intern(of.Release), intern(of.Version), intern(of.By)
+			for i := range of.Recent {
+				of.Recent[i] = intern(of.Recent[i])
 			}
 			s.offers[of.Device] = &of
 			return nil

@@ -217,6 +217,10 @@ func (db *DB) writer() {
 			}
 		}
 		db.commit(batch)
+		// The requests are done: their functions (and whatever those
+		// hold, such as a status flush's encoded records) must not stay
+		// reachable until a batch as large comes along.
+		clear(batch)
 	}
 }
 
