@@ -484,7 +484,7 @@ func indent(s string) string {
 // canary may have been offered.
 func (d *demo) followBad(ctx context.Context) error {
 	paused := false
-	v, err := d.follow(ctx, demoBadID, func(v *demoView) (bool, error) {
+	v, err := d.follow(ctx, demoBadID, time.Minute, func(v *demoView) (bool, error) {
 		switch v.State {
 		case "running":
 			return false, nil
@@ -525,7 +525,7 @@ func (d *demo) followBad(ctx context.Context) error {
 
 // followFixed follows the fixed release's rollout until it completed.
 func (d *demo) followFixed(ctx context.Context) error {
-	v, err := d.follow(ctx, demoFixedID, func(v *demoView) (bool, error) {
+	v, err := d.follow(ctx, demoFixedID, 2*time.Minute, func(v *demoView) (bool, error) {
 		switch v.State {
 		case "running":
 			return false, nil
@@ -589,7 +589,7 @@ func nonZero(m map[string]int) string { return counts(m, demoStates) }
 // follow runs otactl --json rollout watch ID, prints each wave that
 // starts or passes, and hands every View to until, until it says done or
 // fails.
-func (d *demo) follow(ctx context.Context, id string, until func(*demoView) (bool, error)) (*demoView, error) {
+func (d *demo) follow(ctx context.Context, id string, timeout time.Duration, until func(*demoView) (bool, error)) (*demoView, error) {
 	d.note(fmt.Sprintf("(following: otactl --json rollout watch %s)", id))
 	w, err := d.watch(ctx, id)
 	if err != nil {
@@ -597,10 +597,18 @@ func (d *demo) follow(ctx context.Context, id string, until func(*demoView) (boo
 	}
 	defer w.close()
 	d.waves = map[string]string{}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	var last *demoView
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-deadline.C:
+			if last == nil {
+				return nil, fmt.Errorf("otactl rollout watch %s showed nothing in %s", id, timeout)
+			}
+			return nil, fmt.Errorf("rollout %s still %s after %s: %s", id, last.State, timeout, nonZero(last.Counts))
 		case <-d.broker.done:
 			return nil, d.died(d.broker)
 		case <-d.sim.done:
@@ -609,6 +617,7 @@ func (d *demo) follow(ctx context.Context, id string, until func(*demoView) (boo
 			if !ok {
 				return nil, fmt.Errorf("otactl rollout watch %s ended: %v %s", id, w.err, strings.TrimSpace(w.stderr.String()))
 			}
+			last = v
 			d.reportWaves(v)
 			done, err := until(v)
 			if err != nil || done {
