@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -251,13 +252,14 @@ func TestMakeDemo(t *testing.T) {
 		switch {
 		case demoExport.MatchString(line):
 			env = demoExport.FindStringSubmatch(line)[1:]
-		case strings.Contains(line, "] rollout started: demo-bad"):
+		case strings.Contains(line, "] rollout created: demo-bad"):
 			if env == nil {
-				t.Fatal("the demo started its rollout before it printed how to watch it")
+				t.Fatal("the demo created its rollout before it printed how to watch it")
 			}
 			bad = startDemoWatch(t, env, "demo-bad")
+		case strings.Contains(line, "] rollout started: demo-bad"):
 			running = processesIn(t, r.dir(t))
-		case strings.Contains(line, "] new rollout started: demo-fixed"):
+		case strings.Contains(line, "] new rollout created: demo-fixed"):
 			fixed = startDemoWatch(t, env, "demo-fixed")
 		}
 	}
@@ -273,6 +275,7 @@ func TestMakeDemo(t *testing.T) {
 		`\] devices online 200/200, firmware 1\.0\.0`,
 		`\] release uploaded: 1\.1\.0@[0-9a-f]{8}`,
 		`\$ otactl rollout create demo-bad\.yaml`,
+		`\] rollout created: demo-bad, a draft`,
 		`\$ otactl rollout start demo-bad\n`,
 		`\] rollout started: demo-bad`,
 		`\] PAUSED at canary: wave canary: health failures \d+% \(\d+ of \d+\) passed the pause threshold 20%`,
@@ -280,6 +283,8 @@ func TestMakeDemo(t *testing.T) {
 		`\$ otactl --json rollout abort demo-bad --reason '1\.1\.0 fails its health check on the canary'`,
 		`\] rollout demo-bad aborted: 190 devices not yet offered cancelled in it`,
 		`\] fixed release uploaded: 1\.1\.1@[0-9a-f]{8}`,
+		`\] new rollout created: demo-fixed`,
+		`\$ otactl rollout start demo-fixed\n`,
 		`\] new rollout started: demo-fixed`,
 		`\] {3}demo-fixed wave 100% passed: \d+/\d+ succeeded`,
 		`\] rollout demo-fixed completed: 200/200 succeeded`,
@@ -327,6 +332,10 @@ func TestMakeDemo(t *testing.T) {
 	vs = fixed.views(t, "demo-fixed")
 	if last := vs[len(vs)-1]; last.State != "completed" || last.Counts["succeeded"] != 200 {
 		t.Errorf("watch demo-fixed ended on %s with %v", last.State, nonzero(last.Counts))
+	}
+	// Off a terminal the demo did not wait for Enter.
+	if strings.Contains(out, "press Enter") || strings.Contains(out, "waiting for Enter") {
+		t.Error("the demo waited for Enter without a terminal")
 	}
 
 	// While it ran, its broker and devsim were processes in its directory
@@ -419,5 +428,68 @@ func TestMakeDemoRefuses(t *testing.T) {
 		if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
 			t.Errorf("devsim %v left %d files in its TMPDIR", args, len(ents))
 		}
+	}
+}
+
+// TestMakeDemoTerminal: on a terminal (tmux) the demo waits for Enter
+// before its first rollout starts, so that its watch can be started; a
+// Ctrl-C typed on the terminal (SIGINT to the whole foreground process
+// group) then stops it with status 130, and nothing is left.
+func TestMakeDemoTerminal(t *testing.T) {
+	t.Parallel()
+	tmux := needCommand(t, "tmux")
+	devsim := binary(t, "devsim")
+	binary(t, "otamq")
+	binary(t, "otactl")
+	tmp, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := fmt.Sprintf("otamq-demo-test-%d", time.Now().UnixNano())
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(tmux, append([]string{"-L", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	t.Cleanup(func() { _ = exec.Command(tmux, "-L", sock, "kill-server").Run() })
+	mqtt := freePort(t)
+	run("new-session", "-d", "-s", "demo", "-x", "250", "-y", "50", "-e", "TMPDIR="+tmp,
+		fmt.Sprintf("%s demo --bin %s --mqtt-addr %s --http-addr %s --devices 20 --wait 10m; echo EXIT=$?; sleep 120",
+			devsim, filepath.Dir(devsim), mqtt, freePort(t)))
+	screen := func(want string) {
+		t.Helper()
+		eventually(t, 2*time.Minute, func() error {
+			if s := run("capture-pane", "-p", "-t", "demo"); !strings.Contains(s, want) {
+				return fmt.Errorf("the screen lacks %q:\n%s", want, s)
+			}
+			return nil
+		})
+	}
+	screen("press Enter here to start the rollout")
+	if s := run("capture-pane", "-p", "-t", "demo"); strings.Contains(s, "rollout started") {
+		t.Fatalf("the rollout started before Enter:\n%s", s)
+	}
+	running := processesIn(t, tmp)
+	if len(running) < 2 {
+		t.Errorf("processes in the demo's directory while it waits: %v; want otamq and devsim", running)
+	}
+	run("send-keys", "-t", "demo", "Enter")
+	screen("] rollout started: demo-bad")
+	run("send-keys", "-t", "demo", "C-c")
+	screen("EXIT=130")
+	if ps := processesIn(t, tmp); len(ps) > 0 {
+		t.Errorf("processes left behind by the demo: %v", ps)
+	}
+	if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+		t.Errorf("the demo left %d files in its TMPDIR", len(ents))
+	}
+	l, err := net.Listen("tcp", mqtt)
+	if err != nil {
+		t.Errorf("the demo's broker port %s is still taken: %v", mqtt, err)
+	} else {
+		l.Close()
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -19,6 +20,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/charmbracelet/x/term"
 )
 
 // devsim demo: what `make demo` runs. The real broker (otamq) on a fresh
@@ -50,6 +53,7 @@ const (
 	demoHTTPAddr = "127.0.0.1:9101"
 	demoDevices  = 200
 	demoTimeout  = 3 * time.Minute
+	demoWait     = 30 * time.Second
 	// The rollouts' IDs, fixed so that the watch commands can be printed
 	// before anything happens.
 	demoBadID   = "demo-bad"
@@ -72,6 +76,9 @@ type demoOptions struct {
 	devices            int
 	keep               bool
 	timeout            time.Duration
+	// wait is how long the demo waits, on a terminal, for Enter before it
+	// starts the first rollout, so that its watch can be started.
+	wait time.Duration
 }
 
 func runDemo(args []string, stdout, stderr io.Writer) int {
@@ -87,7 +94,9 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.httpAddr, "http-addr", demoHTTPAddr, "the broker's metrics and health listener")
 	fs.IntVar(&o.devices, "devices", demoDevices, "simulated devices (at least 20)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the demo's directory (data, keys, releases, logs) at the end")
-	fs.DurationVar(&o.timeout, "timeout", demoTimeout, "give up after this long")
+	fs.DurationVar(&o.timeout, "timeout", demoTimeout, "give up after this long (a wait for Enter not included)")
+	fs.DurationVar(&o.wait, "wait", demoWait, "on a terminal: how long to wait for Enter before the first rollout starts, "+
+		"time to start its watch (0: do not wait)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -103,6 +112,9 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	if o.timeout <= 0 {
 		problems = append(problems, "--timeout: want a positive duration")
+	}
+	if o.wait < 0 {
+		problems = append(problems, "--wait: want 0 or a positive duration")
 	}
 	if o.bin == "" {
 		exe, err := os.Executable()
@@ -132,10 +144,15 @@ func runDemo(args []string, stdout, stderr io.Writer) int {
 	// cleanup.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE)
 	defer stop()
-	d := &demo{o: o, out: stdout, start: time.Now()}
+	d := &demo{o: o, out: stdout, start: time.Now(), interactive: o.wait > 0 && term.IsTerminal(os.Stdin.Fd())}
 	err := d.run(ctx)
 	if err == nil {
-		d.stage("demo done in %.1fs", time.Since(d.start).Seconds())
+		total := time.Since(d.start)
+		if d.waited > 0 {
+			d.stage("demo done in %.1fs (%.1fs of it waiting for Enter)", total.Seconds(), d.waited.Seconds())
+		} else {
+			d.stage("demo done in %.1fs", total.Seconds())
+		}
 		return exitOK
 	}
 	if ctx.Err() != nil {
@@ -158,6 +175,10 @@ type demo struct {
 	broker   *child
 	sim      *child
 	waves    map[string]string // last state printed per wave
+	// interactive: standard input is a terminal, and the demo waits for
+	// Enter (at most --wait) before the first rollout starts.
+	interactive bool
+	waited      time.Duration // how long it waited
 }
 
 // run is the whole demo; whatever it started is stopped before it
@@ -214,8 +235,8 @@ func (d *demo) header() {
 
   Watch the rollouts from another terminal, in this directory:
     export OTAMQ_URL=%s OTAMQ_USER=operator OTAMQ_PASSWORD=%s
-    %s rollout watch %-10s  # release %s, from "rollout started" until it is aborted
-    %s rollout watch %-10s  # release %s, from "new rollout started" until it completes
+    %s rollout watch %-10s  # release %s, once "rollout created" says so, until it is aborted
+    %s rollout watch %-10s  # release %s, from "new rollout created" until it completes
 
   The commands below run in the files' directory with that environment
   (otactl and devsim are %s).
@@ -270,7 +291,14 @@ func (d *demo) steps(ctx context.Context) error {
 	}
 	d.stage("release uploaded: %s; it fails the health check on the %d canary devices (devsim profile bad-health, fault_versions [%s])",
 		bad, fl.count("canary"), demoBad)
-	if err := d.createStart(ctx, demoBadID, demoBad); err != nil {
+	if err := d.create(ctx, demoBadID, demoBad); err != nil {
+		return err
+	}
+	d.stage("rollout created: %s, a draft (nothing offered yet); watch it now: otactl rollout watch %s", demoBadID, demoBadID)
+	if err := d.waitEnter(ctx); err != nil {
+		return err
+	}
+	if _, err := d.otactl(ctx, true, "rollout", "start", demoBadID); err != nil {
 		return err
 	}
 	d.stage("rollout started: %s, release %s, waves %s; watch it: otactl rollout watch %s", demoBadID, demoBad, demoWaves, demoBadID)
@@ -298,7 +326,11 @@ func (d *demo) steps(ctx context.Context) error {
 		return err
 	}
 	d.stage("fixed release uploaded: %s", fixed)
-	if err := d.createStart(ctx, demoFixedID, demoFixed); err != nil {
+	if err := d.create(ctx, demoFixedID, demoFixed); err != nil {
+		return err
+	}
+	d.stage("new rollout created: %s; watch it: otactl rollout watch %s", demoFixedID, demoFixedID)
+	if _, err := d.otactl(ctx, true, "rollout", "start", demoFixedID); err != nil {
 		return err
 	}
 	d.stage("new rollout started: %s, release %s; watch it: otactl rollout watch %s", demoFixedID, demoFixed, demoFixedID)
@@ -459,9 +491,8 @@ thresholds: {min_sample: 5}
 `
 }
 
-// createStart writes the spec of a rollout, creates it (printing the
-// plan) and starts it.
-func (d *demo) createStart(ctx context.Context, id, v string) error {
+// create writes the spec of a rollout and creates it, printing the plan.
+func (d *demo) create(ctx context.Context, id, v string) error {
 	file := id + ".yaml"
 	if err := os.WriteFile(filepath.Join(d.dir, file), []byte(rolloutSpec(id, v)), 0o644); err != nil {
 		return err
@@ -471,8 +502,34 @@ func (d *demo) createStart(ctx context.Context, id, v string) error {
 		return err
 	}
 	d.note(indent(string(out)))
-	_, err = d.otactl(ctx, true, "rollout", "start", id)
-	return err
+	return nil
+}
+
+// waitEnter gives the operator of an interactive demo the time to start
+// the watch of the first rollout: until Enter, at most --wait.
+func (d *demo) waitEnter(ctx context.Context) error {
+	if !d.interactive {
+		return nil
+	}
+	fmt.Fprintf(d.out, "\n  >>> Start the watch in another terminal now; press Enter here to start the rollout (it starts by itself in %s)\n\n", d.o.wait)
+	// The reader may stay blocked on the terminal after the wait ends; it
+	// ends with the process (nothing else reads standard input).
+	enter := make(chan struct{})
+	go func() {
+		_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+		close(enter)
+	}()
+	t := time.NewTimer(d.o.wait)
+	defer t.Stop()
+	begin := time.Now()
+	defer func() { d.waited = time.Since(begin) }()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-enter:
+	case <-t.C:
+	}
+	return nil
 }
 
 func indent(s string) string {
