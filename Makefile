@@ -1,5 +1,6 @@
 # otamq: `make run` starts a broker on embedded defaults, `make test` runs
-# every test (installing what it needs first).
+# every test (installing what it needs first), `make demo` shows a staged
+# rollout to simulated devices.
 
 GO        ?= go
 FUZZTIME  ?= 20s
