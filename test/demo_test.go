@@ -392,6 +392,19 @@ func TestMakeDemoInterrupted(t *testing.T) {
 	checkDemoGone(t, r, r.dir(t))
 }
 
+// TestMakeDemoTimeout: past --timeout the demo fails with status 1 and
+// says so, and leaves nothing behind.
+func TestMakeDemoTimeout(t *testing.T) {
+	t.Parallel()
+	r := startDemo(t, "--devices", "20", "--timeout", "3s")
+	for range r.next {
+	}
+	if code := r.wait(t, 2*time.Minute); code != 1 || !strings.Contains(r.stderr.String(), "not done within --timeout 3s") {
+		t.Errorf("exit status %d, standard error %q; want 1 and the timeout", code, r.stderr.String())
+	}
+	checkDemoGone(t, r, r.dir(t))
+}
+
 // TestMakeDemoRefuses: a taken port and a command line it cannot run are
 // refused before anything starts, with the reason; nothing is created.
 func TestMakeDemoRefuses(t *testing.T) {

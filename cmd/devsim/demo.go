@@ -179,6 +179,10 @@ type demo struct {
 	// Enter (at most --wait) before the first rollout starts.
 	interactive bool
 	waited      time.Duration // how long it waited
+	// timeout ends the demo at timeoutAt (--timeout after the start, plus
+	// the wait for Enter).
+	timeout   *time.Timer
+	timeoutAt time.Time
 }
 
 // run is the whole demo; whatever it started is stopped before it
@@ -211,16 +215,22 @@ func (d *demo) run(ctx context.Context) (err error) {
 	d.env = append(d.env, "OTAMQ_URL="+d.url, "OTAMQ_USER=operator", "OTAMQ_PASSWORD="+d.password)
 	d.header()
 
-	ctx, cancel := context.WithTimeout(ctx, d.o.timeout)
-	defer cancel()
+	// --timeout, held while the demo waits for Enter (waitEnter).
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	d.timeoutAt = time.Now().Add(d.o.timeout)
+	d.timeout = time.AfterFunc(d.o.timeout, func() { cancel(errDemoTimeout) })
+	defer d.timeout.Stop()
 	if err := d.steps(ctx); err != nil {
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-			return fmt.Errorf("not done within --timeout %s: %w", d.o.timeout, err)
+		if context.Cause(ctx) == errDemoTimeout {
+			return fmt.Errorf("not done within --timeout %s", d.o.timeout)
 		}
 		return err
 	}
 	return nil
 }
+
+var errDemoTimeout = errors.New("demo timed out")
 
 func (d *demo) header() {
 	otactl := filepath.Join(d.o.bin, "otactl")
@@ -522,6 +532,13 @@ func (d *demo) waitEnter(ctx context.Context) error {
 	t := time.NewTimer(d.o.wait)
 	defer t.Stop()
 	begin := time.Now()
+	if d.timeout.Stop() {
+		left := time.Until(d.timeoutAt)
+		defer func() {
+			d.timeoutAt = time.Now().Add(left)
+			d.timeout.Reset(left)
+		}()
+	}
 	defer func() { d.waited = time.Since(begin) }()
 	select {
 	case <-ctx.Done():
