@@ -405,6 +405,45 @@ func TestMakeDemoTimeout(t *testing.T) {
 	checkDemoGone(t, r, r.dir(t))
 }
 
+// TestMakeDemoBrokerDies: when the broker ends in the middle (SIGKILL),
+// the demo fails with status 1 naming it and showing the end of its log,
+// and stops the rest.
+func TestMakeDemoBrokerDies(t *testing.T) {
+	t.Parallel()
+	r := startDemo(t, "--devices", "20")
+	killed := false
+	for line := range r.next {
+		if killed || !strings.Contains(line, "] rollout started: demo-bad") {
+			continue
+		}
+		for _, p := range processesIn(t, r.dir(t)) {
+			f := strings.Fields(p)
+			if len(f) > 1 && strings.HasSuffix(f[1], "/otamq") {
+				var pid int
+				if _, err := fmt.Sscan(f[0], &pid); err != nil {
+					t.Fatal(err)
+				}
+				if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				killed = true
+			}
+		}
+		if !killed {
+			t.Fatal("no otamq process in the demo's directory")
+		}
+	}
+	code := r.wait(t, 2*time.Minute)
+	if !killed {
+		t.Fatal("the demo ended before its rollout started")
+	}
+	if e := r.stderr.String(); code != 1 || !strings.Contains(e, "otamq ended unexpectedly (signal: killed); the end of otamq.log:") ||
+		!strings.Contains(e, "otamq started") {
+		t.Errorf("exit status %d, standard error %q; want 1, the broker's end and its log", code, e)
+	}
+	checkDemoGone(t, r, r.dir(t))
+}
+
 // TestMakeDemoRefuses: a taken port and a command line it cannot run are
 // refused before anything starts, with the reason; nothing is created.
 func TestMakeDemoRefuses(t *testing.T) {

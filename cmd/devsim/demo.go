@@ -196,11 +196,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	if d.dir, err = os.MkdirTemp("", "otamq-demo-"); err != nil {
 		return err
 	}
-	defer func() {
-		if cerr := d.cleanup(); err == nil {
-			err = cerr
-		}
-	}()
+	defer func() { err = errors.Join(err, d.cleanup()) }()
 	pw := make([]byte, 18)
 	if _, err := rand.Read(pw); err != nil {
 		return err
@@ -249,7 +245,7 @@ func (d *demo) header() {
     %s rollout watch %-10s  # release %s, from "new rollout created" until it completes
 
   The commands below run in the files' directory with that environment
-  (otactl and devsim are %s).
+  (otactl and devsim from %s).
 
 `, n, demoBad, demoFixed, d.dir, d.url, d.password, otactl, demoBadID, demoBad, otactl, demoFixedID, demoFixed,
 		d.o.bin)
@@ -724,6 +720,16 @@ func (d *demo) died(c *child) error {
 	return fmt.Errorf("%s ended unexpectedly (%v); the end of %s:\n%s", c.name, c.err, c.logName, tail(filepath.Join(d.dir, c.logName), 20))
 }
 
+// deadChild is the error of the broker or devsim if one of them ended.
+func (d *demo) deadChild() error {
+	for _, c := range []*child{d.broker, d.sim} {
+		if c != nil && c.exited() {
+			return d.died(c)
+		}
+	}
+	return nil
+}
+
 // poll calls f every period until it reports done, fails, the timeout
 // passes or a child dies.
 func (d *demo) poll(ctx context.Context, timeout, period time.Duration, f func() (bool, error)) error {
@@ -733,13 +739,11 @@ func (d *demo) poll(ctx context.Context, timeout, period time.Duration, f func()
 	defer tick.Stop()
 	for {
 		done, err := f()
+		if derr := d.deadChild(); derr != nil {
+			return derr
+		}
 		if err != nil || done {
 			return err
-		}
-		for _, c := range []*child{d.broker, d.sim} {
-			if c != nil && c.exited() {
-				return d.died(c)
-			}
 		}
 		select {
 		case <-ctx.Done():

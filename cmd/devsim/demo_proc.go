@@ -118,9 +118,9 @@ func (d *demo) otactl(ctx context.Context, show bool, args ...string) ([]byte, e
 	if show {
 		d.cmdline("otactl", args)
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(d.o.bin, "otactl"), args...)
+	cmd := exec.CommandContext(cctx, filepath.Join(d.o.bin, "otactl"), args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Dir, cmd.Env, cmd.Stdout, cmd.Stderr = d.dir, d.env, &stdout, &stderr
 	cmd.SysProcAttr = demoProcAttr()
@@ -129,7 +129,14 @@ func (d *demo) otactl(ctx context.Context, show bool, args ...string) ([]byte, e
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("otactl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		if cctx.Err() != nil {
+			return nil, fmt.Errorf("otactl %s: no answer within a minute", strings.Join(args, " "))
+		}
+		err = fmt.Errorf("otactl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		if derr := d.deadChild(); derr != nil {
+			return nil, fmt.Errorf("%w\n(and so: %w)", derr, err)
+		}
+		return nil, err
 	}
 	return stdout.Bytes(), nil
 }
