@@ -1,5 +1,6 @@
 # otamq: `make run` starts a broker on embedded defaults, `make test` runs
-# every test (installing what it needs first).
+# every test (installing what it needs first), `make demo` shows a staged
+# rollout to simulated devices.
 
 GO        ?= go
 FUZZTIME  ?= 20s
@@ -10,18 +11,27 @@ LDFLAGS   := -X github.com/otamq/otamq/internal/version.version=$(VERSION)
 
 GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest ./ota/rollout ./cmd/devsim/sim
 
-.PHONY: all build run test test-go test-c deps lint fmt vet staticcheck fuzz bench clean
+.PHONY: all build run demo test test-go test-c deps lint fmt vet staticcheck fuzz bench clean
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otamq ./cmd/otamq
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/otactl ./cmd/otactl
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/devsim ./cmd/devsim
 
 ## run: the broker on loopback, data under ./data, first operator printed
 ## (RUNFLAGS adds flags, e.g. make run RUNFLAGS="--data-dir other-data").
 run: build
 	./bin/otamq $(RUNFLAGS)
+
+## demo: the broker, 200 simulated devices and a rollout whose canary fails
+## its health check and pauses it, then the fixed release to every device
+## (about a minute; MQTT on 127.0.0.1:1884, metrics on 127.0.0.1:9101;
+## DEMOFLAGS adds flags, e.g. make demo DEMOFLAGS=--keep; see
+## ./bin/devsim demo --help).
+demo: build
+	./bin/devsim demo $(DEMOFLAGS)
 
 ## deps: Debian packages the tests use (.ci/packages), when missing.
 deps:

@@ -93,6 +93,8 @@ Examples:
   devsim --tokens fleet.tokens --key release.pub --heartbeat 10s --json
   devsim --tokens fleet.tokens --load --heartbeat 30s --connect-rate 500
 
+devsim demo (see devsim demo --help) runs the demonstration of make demo.
+
 Flags:
 `
 
@@ -184,6 +186,9 @@ func profileNames() []string {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "demo" {
+		return runDemo(args[1:], stdout, stderr)
+	}
 	o, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
