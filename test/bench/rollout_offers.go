@@ -22,6 +22,7 @@ import (
 var (
 	roConns  = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
 	roRounds = flag.Int("ro-rounds", 3, "rollout offers benchmark: rounds (the median is reported)")
+	roProf   = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
 )
 
 // benchRolloutOffers: offers a rollout pushes to connected devices, per
@@ -96,6 +97,18 @@ func benchRolloutOffers() error {
 		if err != nil {
 			return err
 		}
+		profDone := make(chan error, 1)
+		if *roProf != "" {
+			go func() {
+				body, err := get("http://" + oc.httpAddr + "/debug/pprof/profile?seconds=1")
+				if err == nil {
+					err = os.WriteFile(fmt.Sprintf("%s.%d", *roProf, round+1), []byte(body), 0o600)
+				}
+				profDone <- err
+			}()
+		} else {
+			profDone <- nil
+		}
 		start := time.Now()
 		if err := c.Call(ctx, "rollout/start", map[string]any{"id": id}, nil); err != nil {
 			subs.close()
@@ -107,6 +120,10 @@ func benchRolloutOffers() error {
 			return fmt.Errorf("otamq: %w", err)
 		}
 		o := float64(n) / last.Sub(start).Seconds()
+		if err := <-profDone; err != nil {
+			subs.close()
+			return fmt.Errorf("cpu profile: %w", err)
+		}
 		payload := subs.payload()
 		// The next round's devices must be free: abort, and wait for the
 		// empty offers.
