@@ -508,26 +508,34 @@ func (b *Broker) disconnectAll() {
 			b.srv.Listeners.Delete(id)
 		}
 	}
+	// End every session, and again any that connected meanwhile (a socket
+	// accepted before the listener closed may send CONNECT at any time
+	// until CloseConns below), then wait for them to be gone (their
+	// disconnects recorded). mochi's own ClientsWg is not waited on here:
+	// each connection adds to it from its own goroutine, so a Wait that
+	// blocks while connections end is a WaitGroup misuse the race detector
+	// reports; Close waits on it later, when there is nothing left to wait
+	// for.
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
-	for _, cl := range b.srv.Clients.GetAll() {
-		if cl.Net.Inline || cl.Closed() {
-			continue
+	ended := map[*mqtt.Client]bool{}
+	endNew := func() {
+		for _, cl := range b.srv.Clients.GetAll() {
+			if cl.Net.Inline || cl.Closed() || ended[cl] {
+				continue
+			}
+			ended[cl] = true
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer func() { <-sem; wg.Done() }()
+				// A client that does not read must not hold up shutdown.
+				hooks.EndConnection(b.srv, cl, packets.ErrServerShuttingDown)
+			}()
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			// A client that does not read must not hold up shutdown.
-			hooks.EndConnection(b.srv, cl, packets.ErrServerShuttingDown)
-		}()
 	}
+	endNew()
 	wg.Wait()
-	// Wait for the sessions to end (their disconnects recorded). mochi's
-	// own ClientsWg is not waited on here: each connection adds to it from
-	// its own goroutine, so a Wait that blocks while connections end is a
-	// WaitGroup misuse the race detector reports; Close waits on it later,
-	// when there is nothing left to wait for.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if b.device.Sessions() == 0 && !b.anyOpenClient() {
 			break
@@ -536,7 +544,9 @@ func (b *Broker) disconnectAll() {
 			b.log.Warn("clients still connected after the shutdown disconnect")
 			break
 		}
+		endNew()
 	}
+	wg.Wait()
 	// Sockets that never sent CONNECT are in no client list; close them
 	// (and any stuck one) and wait until mochi's goroutines are done, so
 	// that Close waits for nothing.

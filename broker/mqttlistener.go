@@ -52,6 +52,14 @@ func (l *mqttListener) Serve(establish listeners.EstablishFn) {
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
+			l.mu.Lock()
+			closed := l.done
+			l.mu.Unlock()
+			if !closed && l.log != nil {
+				// connectDeadline retries what passes by itself; this
+				// one does not, and the listener is gone.
+				l.log.Error("MQTT listener stopped accepting connections", "listener", l.id, "err", err)
+			}
 			return
 		}
 		l.mu.Lock()
@@ -97,9 +105,23 @@ func (l *mqttListener) Close(closeClients listeners.CloseFn) {
 // waits until mochi has let go of each.
 func (l *mqttListener) CloseConns() {
 	l.mu.Lock()
+	l.done = true
+	conns := make([]net.Conn, 0, len(l.conns))
 	for c := range l.conns {
-		_ = c.Close()
+		conns = append(conns, c)
 	}
 	l.mu.Unlock()
+	// Outside the lock, and all at once: closing a TLS connection may
+	// write its close_notify (bounded by a 5 s deadline), and the
+	// connections' goroutines take the lock as they end.
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.Close()
+		}()
+	}
+	wg.Wait()
 	l.wg.Wait()
 }

@@ -3,6 +3,7 @@ package hooks
 import (
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
@@ -26,8 +27,15 @@ type ACL struct {
 	// anon holds the anonymous connections. Every ACL check looks here,
 	// on every core: a sync.Map's lookups take no lock (an RWMutex's read
 	// lock is a counter both cores write, 8 % of the heartbeat path).
-	anon sync.Map // *mqtt.Client → struct{}
+	anon  sync.Map // *mqtt.Client → struct{}
+	marks atomic.Uint32
 }
+
+// anonSweepEvery is how many anonymous connections are marked between two
+// sweeps of the set for closed ones: mochi skips OnDisconnect for a client
+// whose CONNACK could not be written, so a client that resets its
+// connection right after CONNECT would otherwise stay in the set for good.
+const anonSweepEvery = 256
 
 // ACLOptions configure NewACL.
 type ACLOptions struct {
@@ -65,6 +73,21 @@ func (a *ACL) Policy() *access.Policy { return a.policy }
 // markAnonymous records cl as an anonymous connection until it ends.
 func (a *ACL) markAnonymous(cl *mqtt.Client) {
 	a.anon.Store(cl, struct{}{})
+	if a.marks.Add(1)%anonSweepEvery == 0 {
+		a.anon.Range(func(k, _ any) bool {
+			if c := k.(*mqtt.Client); c.Closed() {
+				a.anon.Delete(c)
+			}
+			return true
+		})
+	}
+}
+
+// anonymousCount is how many connections the set holds.
+func (a *ACL) anonymousCount() int {
+	n := 0
+	a.anon.Range(func(_, _ any) bool { n++; return true })
+	return n
 }
 
 func (a *ACL) anonymous(cl *mqtt.Client) bool {

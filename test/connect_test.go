@@ -1,12 +1,15 @@
 package test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"testing"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otamq/otamq/broker"
 )
@@ -79,4 +82,98 @@ func TestShutdownClosesSilentSockets(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A client that connects while the shutdown is ending the others (its
+// socket accepted before the listener closed, its CONNECT read after the
+// broker listed the sessions to end) is ended too, with DISCONNECT
+// "server shutting down", instead of being left open until the shutdown
+// gives up waiting and drops it without a word. A stuck device (its socket
+// full) keeps the shutdown waiting for its disconnect grace meanwhile.
+func TestShutdownEndsLateConnections(t *testing.T) {
+	b, _, _, _ := stuckFleet(t, 1)
+	tok := b.register("late", "device", "")
+	c, err := net.Dial("tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// The broker accepts connections in order: once a later one has its
+	// CONNACK, c has been accepted (and not left in the kernel's backlog,
+	// which closing the listener resets).
+	ptok := b.register("probe", "device", "")
+	probe, err := rawConnect(b.Addr(), "probe", ptok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		done <- b.Shutdown(ctx)
+	}()
+	// The shutdown has begun once the listener refuses connections.
+	eventually(t, 10*time.Second, func() error {
+		if c2, err := net.DialTimeout("tcp", b.Addr(), time.Second); err == nil {
+			c2.Close()
+			return errors.New("the listener still accepts")
+		}
+		return nil
+	})
+	rawWrite(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "late",
+			UsernameFlag: true, Username: []byte("late"), PasswordFlag: true, Password: []byte(tok)}},
+		(*packets.Packet).ConnectEncode)
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(c)
+	connected := false
+	for {
+		typ, body, err := readPacket(r)
+		if err != nil {
+			t.Fatalf("connection closed without DISCONNECT (CONNACK received: %v): %v", connected, err)
+		}
+		if typ == packets.Connack && len(body) >= 2 && body[1] == 0 {
+			connected = true
+		}
+		if typ == packets.Disconnect {
+			if len(body) == 0 || body[0] != packets.ErrServerShuttingDown.Code {
+				t.Fatalf("DISCONNECT % x, want reason %#x", body, packets.ErrServerShuttingDown.Code)
+			}
+			break
+		}
+	}
+	if !connected {
+		t.Fatal("no CONNACK: the broker closed the connection before it read the CONNECT")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+}
+
+// readPacket reads one MQTT packet: its type and its body.
+func readPacket(r *bufio.Reader) (byte, []byte, error) {
+	h, err := r.ReadByte()
+	if err != nil {
+		return 0, nil, err
+	}
+	n, mul := 0, 1
+	for i := 0; ; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			return 0, nil, err
+		}
+		n += int(b&0x7f) * mul
+		if b&0x80 == 0 {
+			break
+		}
+		if mul *= 128; i == 3 {
+			return 0, nil, errors.New("malformed remaining length")
+		}
+	}
+	body := make([]byte, n)
+	_, err = io.ReadFull(r, body)
+	return h >> 4, body, err
 }

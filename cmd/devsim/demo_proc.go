@@ -36,10 +36,11 @@ func (c *child) exited() bool {
 }
 
 // stop sends sig and waits up to grace for the process to end, then
-// kills it.
+// kills it. A process that ends with a failure (a broker whose shutdown
+// failed exits 1) is an error: the demo does not pass over it.
 func (c *child) stop(sig os.Signal, grace time.Duration) error {
 	if c.exited() {
-		return nil
+		return c.failed()
 	}
 	if err := c.cmd.Process.Signal(sig); err != nil {
 		_ = c.cmd.Process.Kill()
@@ -48,12 +49,20 @@ func (c *child) stop(sig os.Signal, grace time.Duration) error {
 	defer t.Stop()
 	select {
 	case <-c.done:
-		return nil
+		return c.failed()
 	case <-t.C:
 	}
 	_ = c.cmd.Process.Kill()
 	<-c.done
 	return fmt.Errorf("%s did not stop within %s of %v: killed", c.name, grace, sig)
+}
+
+// failed returns the ended process's failure, with the end of its log.
+func (c *child) failed() error {
+	if c.err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s ended with %v; see %s", c.name, c.err, c.logName)
 }
 
 // spawn starts one of the binaries in --bin.
