@@ -13,28 +13,38 @@ import (
 // it is written to OTAMQ_E2E_RESULTS (if set) with the test's outcome, so
 // that the page shows a failed run as failed.
 type record struct {
-	t *testing.T
-	r report.Result
+	t    *testing.T
+	r    report.Result
+	done bool
 }
 
 func newRecord(t *testing.T, n int, setup, injected string) *record {
 	rec := &record{t: t, r: report.Result{Scenario: n, Title: report.Scenarios[n], Test: t.Name(), Mode: mode(),
 		Seed: suite.seed, Started: time.Now().UTC(), Setup: setup, Injected: injected}}
 	t.Logf("scenario %d (%s), %s version, seed %d", n, report.Scenarios[n], mode(), suite.seed)
-	t.Cleanup(func() {
-		rec.r.Passed = !t.Failed()
-		rec.r.Seconds = time.Since(rec.r.Started).Seconds()
-		for _, f := range rec.r.Figures {
-			t.Logf("measured: %s: %s", f.Name, f.Value)
-		}
-		if suite.results == "" {
-			return
-		}
-		if err := report.Write(suite.results, rec.r); err != nil {
-			t.Error(err)
-		}
-	})
+	t.Cleanup(rec.finish)
 	return rec
+}
+
+// finish ends the scenario: passed unless the test failed by now. A
+// scenario that shares its test with a later one finishes before the
+// later one starts; the others finish when the test ends.
+func (r *record) finish() {
+	if r.done {
+		return
+	}
+	r.done = true
+	r.r.Passed = !r.t.Failed()
+	r.r.Seconds = time.Since(r.r.Started).Seconds()
+	for _, f := range r.r.Figures {
+		r.t.Logf("measured: %s: %s", f.Name, f.Value)
+	}
+	if suite.results == "" {
+		return
+	}
+	if err := report.Write(suite.results, r.r); err != nil {
+		r.t.Error(err)
+	}
 }
 
 // checked notes a check that held (call it after the check).
