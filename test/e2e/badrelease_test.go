@@ -25,7 +25,7 @@ import (
 // release as a new rollout; the fleet converges on it.
 func TestCrashOnBootAndRecovery(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
+	w := newWorld(t, "")
 	groups := fleetGroups()
 	agents := w.fleet(2, groups)
 	n := len(agents)

@@ -37,7 +37,7 @@ probation: 2s
 // the agents' own flash agree.
 func TestHappyPath(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t)
+	w := newWorld(t, "")
 	groups := fleetGroups()
 	rec := newRecord(t, 1, "", "")
 	agents := w.fleet(1, groups)

@@ -41,19 +41,27 @@ type world struct {
 	key    string      // the release's private key file (otactl keygen)
 	pub    string      // its public key file, trusted by the broker and the agents
 	agents []*agent
+	config string // the broker's configuration file, "" for none
 
 	mu       sync.Mutex
 	rollouts []string // created, for the status on failure
 }
 
-// newWorld starts the broker and makes and trusts a release key with
-// otactl. On failure the world prints the broker's log, each agent's log
-// and the status of every rollout it created.
-func newWorld(t *testing.T) *world {
+// newWorld starts the broker, with config (YAML, config/otamq.example.yaml)
+// as its configuration file unless "", and makes and trusts a release key
+// with otactl. On failure the world prints the broker's log, each agent's
+// log and the status of every rollout it created.
+func newWorld(t *testing.T, config string) *world {
 	t.Helper()
 	built(t, "otactl")
 	built(t, "otamq-agent")
 	w := &world{t: t, dir: t.TempDir(), addr: freePort(t), logs: &syncBuffer{}}
+	if config != "" {
+		w.config = filepath.Join(w.dir, "otamq.yaml")
+		if err := os.WriteFile(w.config, []byte(config), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	w.start()
 	t.Cleanup(func() { w.broker.kill() })
 	t.Cleanup(w.report)
@@ -95,8 +103,12 @@ type brokerProc struct {
 // for its "otamq started" line.
 func (w *world) start() {
 	w.t.Helper()
-	cmd := exec.Command(built(w.t, "otamq"), "--data-dir", filepath.Join(w.dir, "data"), "--mqtt-addr", w.addr,
-		"--http-addr", "127.0.0.1:0", "--log-format", "json", "--first-operator", opID)
+	args := []string{"--data-dir", filepath.Join(w.dir, "data"), "--mqtt-addr", w.addr,
+		"--http-addr", "127.0.0.1:0", "--log-format", "json", "--first-operator", opID}
+	if w.config != "" {
+		args = append(args, "--config", w.config)
+	}
+	cmd := exec.Command(built(w.t, "otamq"), args...)
 	cmd.Env = append(os.Environ(), "OTAMQ_FIRST_OPERATOR_PASSWORD="+opPassword)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
