@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -18,14 +20,15 @@ import (
 // times); every wave passed, in order, none skipped.
 func TestBrokerKill9(t *testing.T) {
 	t.Parallel()
-	// 16 KiB/s per device: a 64 KiB image takes about 4 s, so a kill
-	// finds downloads under way
-	w := newWorld(t, "ota:\n  device_rate: 16384\n")
+	// until the first kill, 16 KiB/s per device with a burst of one window
+	// of 4 blocks of 4 KiB: a 128 KiB image takes about 7 s, so the kill
+	// finds downloads under way; the broker restarts without the limit
+	w := newWorld(t, "ota:\n  device_rate: 16384\n  max_block_size: 4096\n  max_window: 4\n")
 	groups := fleetGroups()
 	rec := newRecord(t, 5, "", "")
 	agents := w.fleet(5, groups)
 	n := len(agents)
-	const size = 64 * 1024
+	const size = 128 * 1024
 	rel := w.release(5, "1.1.0", healthy, 1000, size)
 	spec := "release: " + rel.ID + `
 waves:
@@ -34,10 +37,10 @@ waves:
   - {name: pilot, groups: [pilot]}
   - {percent: [50, 100]}
 rate: {in_flight: 2}
-bake: 4s
+bake: 3s
 probation: 1s
 `
-	rec.r.Setup = fmt.Sprintf("the otamq binary on a data directory, %d otamq-agent --supervise processes (groups %s), otactl; downloads throttled by the broker to 16 KiB/s per device (64 KiB image), at most 2 devices in flight, bake 4 s",
+	rec.r.Setup = fmt.Sprintf("the otamq binary on a data directory, %d otamq-agent --supervise processes (groups %s), otactl; until the first kill the broker throttles downloads to 16 KiB/s per device (128 KiB image, 4 KiB blocks, window 4), then runs on its defaults; at most 2 devices in flight, bake 3 s",
 		n, groupList(groups))
 	start := time.Now()
 	w.rollout("k9", spec)
@@ -50,6 +53,7 @@ probation: 1s
 		}
 		return nil
 	})
+	w.setConfig("")
 	up1, online1 := w.restart()
 	at1 := fmt.Sprintf("wave %s running: %v", before1.Waves[1].Name, nonzero(before1.Waves[1].Counts))
 	after1 := w.status("k9")
@@ -149,6 +153,17 @@ probation: 1s
 	rec.figure("kill -9 to every agent connected again", "%.1f s, %.1f s", online1.Seconds(), online2.Seconds())
 	rec.figure("rollout, start to completed (two kills included)", "%.1f s", took.Seconds())
 	rec.figure("most offers an agent saw", "%d", maxOffers)
+}
+
+// setConfig replaces the broker's configuration file for its next start.
+func (w *world) setConfig(config string) {
+	w.t.Helper()
+	if w.config == "" {
+		w.config = filepath.Join(w.dir, "otamq.yaml")
+	}
+	if err := os.WriteFile(w.config, []byte(config), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
 }
 
 // restart kills the broker with SIGKILL and starts it again on the same
