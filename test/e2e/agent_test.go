@@ -37,7 +37,7 @@ var agentTiming = []string{
 
 // startAgent starts device id's agent with a new data directory (the
 // factory image 1.0.0 in slot 0), trusting the world's release key.
-func (w *world) startAgent(id, group, token string, flags ...string) *agent {
+func (w *world) startAgent(id, group, token string, o agentOpts) *agent {
 	w.t.Helper()
 	dir := filepath.Join(w.dir, "agents", id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -47,12 +47,16 @@ func (w *world) startAgent(id, group, token string, flags ...string) *agent {
 	if err := os.WriteFile(tokFile, []byte(token+"\n"), 0o600); err != nil {
 		w.t.Fatal(err)
 	}
-	args := []string{"--broker", "mqtt://" + w.addr, "--id", id, "--token-file", tokFile, "--data-dir", dir,
+	url := o.url
+	if url == "" {
+		url = "mqtt://" + w.addr
+	}
+	args := []string{"--broker", url, "--id", id, "--token-file", tokFile, "--data-dir", dir,
 		"--key", w.pub, "--initial-version", "1.0.0", "--supervise"}
 	if suite.verbose {
 		args = append(args, "--verbose")
 	}
-	args = append(append(args, agentTiming...), flags...)
+	args = append(append(args, agentTiming...), o.flags...)
 	a := &agent{w: w, id: id, group: group, dir: dir, out: &syncBuffer{}, done: make(chan struct{}),
 		cmd: exec.Command(built(w.t, "otamq-agent"), args...)}
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
@@ -87,6 +91,24 @@ func (a *agent) stop() {
 		}
 		_ = a.cmd.Process.Kill()
 		<-a.done
+	}
+}
+
+// powerLoss kills the device process (not the supervisor) with SIGKILL:
+// no shutdown, no reset reason written; the supervisor starts it again.
+func (a *agent) powerLoss() {
+	a.w.t.Helper()
+	var child int
+	eventually(a.w.t, 10*time.Second, func() error {
+		c := childProcesses(a.cmd.Process.Pid)
+		if len(c) != 1 {
+			return fmt.Errorf("%s: the supervisor has %d device processes", a.id, len(c))
+		}
+		child = c[0]
+		return nil
+	})
+	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
+		a.w.t.Fatal(err)
 	}
 }
 

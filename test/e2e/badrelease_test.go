@@ -27,7 +27,7 @@ func TestCrashOnBootAndRecovery(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, "")
 	groups := fleetGroups()
-	agents := w.fleet(2, groups)
+	agents := w.fleet(2, groups, nil)
 	n := len(agents)
 	const size = 40 * 1024
 	// signed in this order: the good release, then the bad one

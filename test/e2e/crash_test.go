@@ -26,7 +26,7 @@ func TestBrokerKill9(t *testing.T) {
 	w := newWorld(t, "ota:\n  device_rate: 16384\n  max_block_size: 4096\n  max_window: 4\n")
 	groups := fleetGroups()
 	rec := newRecord(t, 5, "", "")
-	agents := w.fleet(5, groups)
+	agents := w.fleet(5, groups, nil)
 	n := len(agents)
 	const size = 128 * 1024
 	rel := w.release(5, "1.1.0", healthy, 1000, size)

@@ -40,7 +40,7 @@ func TestHappyPath(t *testing.T) {
 	w := newWorld(t, "")
 	groups := fleetGroups()
 	rec := newRecord(t, 1, "", "")
-	agents := w.fleet(1, groups)
+	agents := w.fleet(1, groups, nil)
 	const size = 48 * 1024
 	rel := w.release(1, "1.1.0", healthy, 1000, size)
 	start := time.Now()

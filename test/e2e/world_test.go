@@ -214,10 +214,18 @@ type group struct {
 	n    int
 }
 
+// agentOpts are how the agents of a group run: the broker URL they are
+// given ("" for the broker's own address) and flags added to the agent's.
+type agentOpts struct {
+	url   string
+	flags []string
+}
+
 // fleet registers the devices of groups with otactl device import (IDs
 // dev-01..., shuffled into the groups by the seed), starts an agent for
-// each on its factory image 1.0.0 and waits until all are online.
-func (w *world) fleet(seed uint64, groups []group, flags ...string) []*agent {
+// each on its factory image 1.0.0 (with opts(group) unless opts is nil)
+// and waits until all are online.
+func (w *world) fleet(seed uint64, groups []group, opts func(group string) agentOpts) []*agent {
 	w.t.Helper()
 	var names []string
 	for _, g := range groups {
@@ -248,7 +256,11 @@ func (w *world) fleet(seed uint64, groups []group, flags ...string) []*agent {
 	}
 	var out []*agent
 	for i, id := range ids {
-		out = append(out, w.startAgent(id, names[i], tok[id], flags...))
+		var o agentOpts
+		if opts != nil {
+			o = opts(names[i])
+		}
+		out = append(out, w.startAgent(id, names[i], tok[id], o))
 	}
 	w.waitFleet(out, "1.0.0")
 	return out
@@ -359,7 +371,8 @@ type behaviour byte
 
 const (
 	healthy     behaviour = 0
-	crashAtBoot behaviour = 1
+	crashAtBoot behaviour = 1 // panics at boot
+	healthFail  behaviour = 2 // runs, its health check fails
 )
 
 // rollout creates rollout id from spec with otactl rollout create and
