@@ -41,18 +41,16 @@ func healthGroups() []group {
 func TestHealthFailures(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, "")
-	px, err := faultproxy.Start(w.addr, int64(suite.seed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = px.Close() })
 	groups := healthGroups()
 	rec := newRecord(t, 3, "", "")
-	agents := w.fleet(3, groups, func(g string) agentOpts {
+	var proxies []*faultproxy.Proxy
+	agents := w.fleet(3, groups, func(id, g string) agentOpts {
 		if g == "health" {
 			return agentOpts{flags: []string{"--trial-timeout-ms", "2000"}}
 		}
-		return agentOpts{url: "mqtt://" + px.Addr(), flags: []string{"--probation-ms", "60000", "--no-broker-ms", "2000"}}
+		px, url := w.proxy(id, uint64(len(proxies)))
+		proxies = append(proxies, px)
+		return agentOpts{url: url, flags: []string{"--probation-ms", "60000", "--no-broker-ms", "2000"}}
 	})
 	var hf, pb []*agent
 	for _, a := range agents {
@@ -62,7 +60,7 @@ func TestHealthFailures(t *testing.T) {
 			pb = append(pb, a)
 		}
 	}
-	rec.r.Setup = fmt.Sprintf("the otamq binary, %d otamq-agent --supervise processes: %d get an image whose health check fails (trial timeout 2 s), %d reach the broker through test/faultproxy (probation 60 s, no-broker trigger 2 s); otactl; promtool on config/prometheus/alerts.yml",
+	rec.r.Setup = fmt.Sprintf("the otamq binary, %d otamq-agent --supervise processes: %d get an image whose health check fails (trial timeout 2 s), %d each reach the broker through a test/faultproxy of its own (probation 60 s, no-broker trigger 2 s); otactl; promtool on config/prometheus/alerts.yml",
 		len(agents), len(hf), len(pb))
 	rec.r.Injected = "release 1.1.0, an image whose health check fails from its first boot; and, after the agents confirmed the healthy 1.2.0, the proxy dropping every connection to the broker until the agents rolled back (longer than the 2 s no-broker trigger)"
 
@@ -86,7 +84,9 @@ func TestHealthFailures(t *testing.T) {
 		return nil
 	})
 	cut := time.Now()
-	px.SetDown(true)
+	for _, px := range proxies {
+		px.SetDown(true)
+	}
 	eventually(t, time.Minute, func() error {
 		for _, a := range pb {
 			f, err := a.flash()
@@ -100,7 +100,9 @@ func TestHealthFailures(t *testing.T) {
 		return nil
 	})
 	offline := time.Since(cut)
-	px.SetDown(false)
+	for _, px := range proxies {
+		px.SetDown(false)
+	}
 
 	vh := w.waitRollout("s3-health", 2*time.Minute, func(v rollout.View) error {
 		if v.State != "paused" || v.Waves[0].Judged != len(hf) {

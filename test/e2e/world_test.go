@@ -23,6 +23,7 @@ import (
 
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/rollout"
+	"github.com/otamq/otamq/test/faultproxy"
 )
 
 const (
@@ -42,6 +43,9 @@ type world struct {
 	pub    string      // its public key file, trusted by the broker and the agents
 	agents []*agent
 	config string // the broker's configuration file, "" for none
+	// proxies are the fault proxies between agents and the broker, by
+	// the device behind each; reported on failure
+	proxies map[string]*faultproxy.Proxy
 
 	mu       sync.Mutex
 	rollouts []string // created, for the status on failure
@@ -88,8 +92,27 @@ func (w *world) report() {
 	for _, a := range w.agents {
 		a.stop()
 		w.t.Logf("agent %s (group %s) log:\n%s", a.id, a.group, a.out.String())
+		if px := w.proxies[a.id]; px != nil {
+			w.t.Logf("fault proxy of %s: %+v", a.id, px.Stats())
+		}
 	}
 	w.t.Logf("broker log:\n%s", w.logs.String())
+}
+
+// proxy starts a fault proxy to the broker for device id (seeded by the
+// run's seed and n) and returns its MQTT URL.
+func (w *world) proxy(id string, n uint64) (*faultproxy.Proxy, string) {
+	w.t.Helper()
+	px, err := faultproxy.Start(w.addr, int64(suite.seed+n))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { _ = px.Close() })
+	if w.proxies == nil {
+		w.proxies = map[string]*faultproxy.Proxy{}
+	}
+	w.proxies[id] = px
+	return px, "mqtt://" + px.Addr()
 }
 
 // brokerProc is one run of the otamq binary.
@@ -223,9 +246,9 @@ type agentOpts struct {
 
 // fleet registers the devices of groups with otactl device import (IDs
 // dev-01..., shuffled into the groups by the seed), starts an agent for
-// each on its factory image 1.0.0 (with opts(group) unless opts is nil)
-// and waits until all are online.
-func (w *world) fleet(seed uint64, groups []group, opts func(group string) agentOpts) []*agent {
+// each on its factory image 1.0.0 (with opts(id, group) unless opts is
+// nil) and waits until all are online.
+func (w *world) fleet(seed uint64, groups []group, opts func(id, group string) agentOpts) []*agent {
 	w.t.Helper()
 	var names []string
 	for _, g := range groups {
@@ -258,7 +281,7 @@ func (w *world) fleet(seed uint64, groups []group, opts func(group string) agent
 	for i, id := range ids {
 		var o agentOpts
 		if opts != nil {
-			o = opts(names[i])
+			o = opts(id, names[i])
 		}
 		out = append(out, w.startAgent(id, names[i], tok[id], o))
 	}
