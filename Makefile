@@ -48,8 +48,8 @@ test-c:
 	$(MAKE) -C agent-c test
 
 ## e2e: the end-to-end suite's long version (test/e2e: the otamq binary,
-## otamq-agent --supervise processes and otactl, full agent counts; up to
-## 20 minutes on 2 cores), then docs/RELIABILITY.md rendered from what its
+## otamq-agent --supervise processes and otactl, full agent counts; a few
+## minutes on 2 cores), then docs/RELIABILITY.md rendered from what its
 ## scenarios measured (a failed scenario is marked failed, one that did
 ## not run "not run"). E2E_SEED=N repeats a run's seed (each run prints
 ## its own); `make test` runs the short version.

@@ -25,7 +25,7 @@ func TestBrokerKill9(t *testing.T) {
 	// finds downloads under way; the broker restarts without the limit
 	w := newWorld(t, "ota:\n  device_rate: 16384\n  max_block_size: 4096\n  max_window: 4\n")
 	groups := fleetGroups()
-	rec := newRecord(t, 5, "", "")
+	rec := newRecord(t, 5, "", "SIGKILL of the broker process twice: in the middle of a wave with agents downloading, and while a later wave baked; each time started again on the same data directory and address")
 	agents := w.fleet(5, groups, nil)
 	n := len(agents)
 	const size = 128 * 1024
@@ -55,7 +55,7 @@ probation: 1s
 	})
 	w.setConfig("")
 	up1, online1 := w.restart()
-	at1 := fmt.Sprintf("wave %s running: %v", before1.Waves[1].Name, nonzero(before1.Waves[1].Counts))
+	at1 := fmt.Sprintf("wave %s running: %s", before1.Waves[1].Name, counts(before1.Waves[1].Counts))
 	after1 := w.status("k9")
 	checkKept(t, before1, after1)
 	rec.checked("kill -9 in the middle of wave %s (%s): after the restart every device that had succeeded still had, every wave that had passed still had with the same times", before1.Waves[1].Name, at1)
@@ -96,7 +96,7 @@ probation: 1s
 		t.Fatalf("counts %v, want %d succeeded", nonzero(v.Counts), n)
 	}
 	checkWavesInOrder(t, v)
-	rec.checked("the rollout completed: %d of %d succeeded; waves %s passed in order, each after the one before, none skipped", n, n, waveNames(v))
+	rec.checked("the rollout completed: %d of %d succeeded; waves %s: passed in order, each after the one before, none skipped", n, n, waveNames(v))
 
 	passed := map[string]time.Time{}
 	var names []string

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,8 @@ func TestHappyPath(t *testing.T) {
 	groups := fleetGroups()
 	rec := newRecord(t, 1, "", "")
 	agents := w.fleet(1, groups, nil)
+	rec.r.Setup = fmt.Sprintf("the otamq binary, %d otamq-agent --supervise processes (groups %s), otactl keygen, key add, device import, sign, release upload, rollout create/start/status",
+		len(agents), groupList(groups))
 	const size = 48 * 1024
 	rel := w.release(1, "1.1.0", healthy, 1000, size)
 	start := time.Now()
@@ -52,8 +55,6 @@ func TestHappyPath(t *testing.T) {
 		return nil
 	})
 	took := time.Since(start)
-	rec.r.Setup = fmt.Sprintf("the otamq binary, %d otamq-agent --supervise processes (groups %s), otactl keygen, key add, device import, sign, release upload, rollout create/start/status",
-		len(agents), groupList(groups))
 
 	// the rollout: every device succeeded, every wave passed in order
 	n := len(agents)
@@ -61,7 +62,7 @@ func TestHappyPath(t *testing.T) {
 		t.Fatalf("rollout counts %v of %d devices, want %d succeeded", nonzero(v.Counts), v.Devices, n)
 	}
 	checkWavesInOrder(t, v)
-	rec.checked("the rollout completed: %d of %d devices succeeded; waves %s each started after the one before passed, none skipped", n, n, waveNames(v))
+	rec.checked("the rollout completed: %d of %d devices succeeded; waves %s: each started after the one before passed, none skipped", n, n, waveNames(v))
 
 	// each agent's wave is its group's (the rest by percentage)
 	devs := w.rolloutDevices("happy")
@@ -189,7 +190,7 @@ func waveNames(v rollout.View) string {
 	for _, wv := range v.Waves {
 		s = append(s, wv.Name)
 	}
-	return fmt.Sprint(s)
+	return strings.Join(s, ", ")
 }
 
 func groupList(gs []group) string {
@@ -197,7 +198,20 @@ func groupList(gs []group) string {
 	for _, g := range gs {
 		s = append(s, fmt.Sprintf("%s %d", g.name, g.n))
 	}
-	return fmt.Sprint(s)
+	return strings.Join(s, ", ")
+}
+
+// counts formats the non-zero device counts of a rollout or wave, in the
+// order of the device states.
+func counts(c map[string]int) string {
+	var s []string
+	for _, st := range []string{"eligible", "offered", "downloading", "verified", "installing", "rebooting", "trial",
+		"succeeded", "failed", "rolled_back", "timed_out", "skipped", "cancelled"} {
+		if c[st] != 0 {
+			s = append(s, fmt.Sprintf("%d %s", c[st], st))
+		}
+	}
+	return strings.Join(s, ", ")
 }
 
 // inOrder reports the first of want (entry types, "offer" being the

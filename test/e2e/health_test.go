@@ -237,7 +237,7 @@ func TestHealthFailures(t *testing.T) {
 
 	vh, vp = w.status("s3-health"), w.status("s3-probation")
 	rec.figure("agents", "%d with a failing health check, %d cut off in probation", len(hf), len(pb))
-	rec.figure("results in the rollouts", "s3-health %v; s3-probation %v", nonzero(vh.Counts), nonzero(vp.Counts))
+	rec.figure("results in the rollouts", "s3-health: %s; s3-probation: %s", counts(vh.Counts), counts(vp.Counts))
 	rec.figure("cut to every probation agent rolled back on its own flash", "%.1f s (no-broker trigger 2 s)", offline.Seconds())
 	rec.figure("wave alert expressions true", "%d (4 rules × 2 rollouts)", len(fired))
 }
