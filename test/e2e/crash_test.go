@@ -37,10 +37,10 @@ waves:
   - {name: pilot, groups: [pilot]}
   - {percent: [50, 100]}
 rate: {in_flight: 2}
-bake: 3s
+bake: 4s
 probation: 1s
 `
-	rec.r.Setup = fmt.Sprintf("the otamq binary on a data directory, %d otamq-agent --supervise processes (groups %s), otactl; until the first kill the broker throttles downloads to 16 KiB/s per device (128 KiB image, 4 KiB blocks, window 4), then runs on its defaults; at most 2 devices in flight, bake 3 s",
+	rec.r.Setup = fmt.Sprintf("the otamq binary on a data directory, %d otamq-agent --supervise processes (groups %s), otactl; until the first kill the broker throttles downloads to 16 KiB/s per device (128 KiB image, 4 KiB blocks, window 4), then runs on its defaults; at most 2 devices in flight, bake 4 s",
 		n, groupList(groups))
 	start := time.Now()
 	w.rollout("k9", spec)
