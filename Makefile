@@ -11,7 +11,7 @@ LDFLAGS   := -X github.com/otamq/otamq/internal/version.version=$(VERSION)
 
 GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest ./ota/rollout ./cmd/devsim/sim
 
-.PHONY: all build run demo test test-go test-c deps lint fmt vet staticcheck fuzz bench clean
+.PHONY: all build run demo test test-go test-c e2e deps lint fmt vet staticcheck fuzz bench clean
 
 all: build
 
@@ -46,6 +46,19 @@ test-go:
 
 test-c:
 	$(MAKE) -C agent-c test
+
+## e2e: the end-to-end suite's long version (test/e2e: the otamq binary,
+## otamq-agent --supervise processes and otactl, full agent counts; a few
+## minutes on 2 cores), then docs/RELIABILITY.md rendered from what its
+## scenarios measured (a failed scenario is marked failed, one that did
+## not run "not run"). E2E_SEED=N repeats a run's seed (each run prints
+## its own); `make test` runs the short version.
+E2E_RESULTS ?= $(CURDIR)/bin/e2e-results
+e2e: deps
+	rm -rf $(E2E_RESULTS)
+	OTAMQ_E2E_LONG=1 OTAMQ_E2E_RESULTS=$(E2E_RESULTS) $(if $(E2E_SEED),OTAMQ_E2E_SEED=$(E2E_SEED)) \
+	  $(GO) test -race -count=1 -timeout 30m -v ./test/e2e/ ; rc=$$?; \
+	  $(GO) run ./test/e2e/report/render -results $(E2E_RESULTS) -out docs/RELIABILITY.md || exit 1; exit $$rc
 
 lint: fmt vet staticcheck
 

@@ -100,6 +100,14 @@ func (e *Engine) onUpdate(r *run, m *member, u event.Update) (*change, bool) {
 		n.flags |= fHealth
 		to(Failed, "health check failed"+why())
 	case wire.EvRollbackCompleted:
+		if st == RolledBack && m.flags&fBroker != 0 && m.flags&fHealth == 0 && ev.Error == wire.ErrCodeHealthCheck {
+			// The broker saw the rollback in the birth, which comes
+			// before the device's own report after a reconnect: the
+			// report still says that failing health made it roll back.
+			n.flags |= fHealth
+			c.reason = "rolled back" + why()
+			return c, true
+		}
 		if st == RolledBack || st == Skipped || st == Cancelled || st < Installing && !st.Done() {
 			return nil, false
 		}

@@ -584,6 +584,9 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 		if m.flags&fHealth != 0 && (!old.state.Done() || old.flags&fHealth == 0) {
 			e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
 		}
+	} else if m.state == old.state && m.state.Done() && m.flags&fHealth != 0 && old.flags&fHealth == 0 {
+		// the device's report made its result a health failure too
+		e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
 	}
 	if m.state != old.state {
 		e.o.Feed.Publish(event.Rollout{Base: event.Base{ID: m.id, At: e.o.Clock.Now()}, Rollout: id, Kind: "device",

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // Each device counts once in the Recorder's results, rollbacks and health
@@ -32,5 +34,49 @@ func TestRecorderCountsEachDeviceOnce(t *testing.T) {
 	}
 	if e.rec.rollbacks != 2 || e.rec.health != 1 {
 		t.Errorf("%d rollbacks, %d health failures; want 2 and 1", e.rec.rollbacks, e.rec.health)
+	}
+}
+
+// A device that rolls back in probation while offline (no broker) comes
+// back with a birth on the old firmware, and only then sends its queued
+// reports: health failed, rollback completed with error health_check. The
+// broker judges the rollback from the birth first; the report still makes
+// it a health failure, counted once (found by test/e2e's scenario 3, where
+// the order of the two decided whether the rollout paused by its rollback
+// or its health threshold).
+func TestRollbackSeenInBirthThenReportedAsHealth(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 1})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nprobation: 30m\n")
+	e.start("r1")
+	e.pass()
+	id := "rest-000"
+	e.walk(id, healthy, true)
+	e.pass()
+	if d := e.device("r1", id); d.State != "trial" {
+		t.Fatalf("before the rollback: %+v", d)
+	}
+	e.disconnect(id)
+	e.connect(id)
+	e.birth(id, "1.0.0", wire.BootRollback, wire.StateRolledBack, 0, 0)
+	e.pass()
+	if d := e.device("r1", id); d.State != "rolled_back" || !d.Broker || d.Health {
+		t.Fatalf("after the birth: %+v", d)
+	}
+	e.event(id, wire.EvHealthFailed, wire.ErrCodeHealthCheck)
+	e.event(id, wire.EvRollbackTriggered, wire.ErrCodeHealthCheck)
+	e.event(id, wire.EvRollbackCompleted, wire.ErrCodeHealthCheck)
+	e.event(id, wire.EvRollbackCompleted, wire.ErrCodeHealthCheck) // delivered twice
+	e.pass()
+	d := e.device("r1", id)
+	if d.State != "rolled_back" || !d.Health || !strings.Contains(d.Reason, "health_check") {
+		t.Errorf("after the report: %+v", d)
+	}
+	if w := e.get("r1").Waves[0]; w.HealthFailures != 1 || w.Rollbacks != 1 {
+		t.Errorf("wave %+v", w)
+	}
+	if e.rec.rollbacks != 1 || e.rec.health != 1 || e.rec.results["rolled_back/esp32-v2"] != 1 {
+		t.Errorf("%d rollbacks, %d health failures, results %v; want 1, 1, one rolled_back", e.rec.rollbacks, e.rec.health, e.rec.results)
 	}
 }
