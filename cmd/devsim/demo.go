@@ -685,7 +685,19 @@ func (d *demo) follow(ctx context.Context, id string, timeout time.Duration, unt
 			return nil, d.died(d.sim)
 		case v, ok := <-w.views:
 			if !ok {
-				return nil, fmt.Errorf("otactl rollout watch %s ended: %v %s", id, w.err, strings.TrimSpace(w.stderr.String()))
+				err := fmt.Errorf("otactl rollout watch %s ended: %v %s", id, w.err, strings.TrimSpace(w.stderr.String()))
+				// A watch ends when the broker dies, sometimes before
+				// the broker's own end is seen: name the cause.
+				t := time.NewTimer(2 * time.Second)
+				defer t.Stop()
+				select {
+				case <-d.broker.done:
+					return nil, fmt.Errorf("%w\n(and so: %w)", d.died(d.broker), err)
+				case <-d.sim.done:
+					return nil, fmt.Errorf("%w\n(and so: %w)", d.died(d.sim), err)
+				case <-t.C:
+					return nil, err
+				}
 			}
 			last = v
 			d.reportWaves(v)
