@@ -97,14 +97,21 @@ func (r *rolloutIDRequest) check() error {
 	return nil
 }
 
+// rolloutIDReq decodes and checks the request of a verb that names one
+// rollout, and records it for the audit.
+func rolloutIDReq(c *call) (rolloutIDRequest, error) {
+	var req rolloutIDRequest
+	if err := decode(c.req.Body, &req); err != nil {
+		return req, err
+	}
+	c.args, c.target = req, req.ID
+	return req, req.check()
+}
+
 func rolloutSimple(op func(e *rollout.Engine, actor, id string, commit rollout.Committer) (*rollout.View, error)) func(context.Context, *Service, *call) (any, error) {
 	return func(_ context.Context, s *Service, c *call) (any, error) {
-		var req rolloutIDRequest
-		if err := decode(c.req.Body, &req); err != nil {
-			return nil, err
-		}
-		c.args, c.target = req, req.ID
-		if err := req.check(); err != nil {
+		req, err := rolloutIDReq(c)
+		if err != nil {
 			return nil, err
 		}
 		if req.Reason != "" {
@@ -115,36 +122,24 @@ func rolloutSimple(op func(e *rollout.Engine, actor, id string, commit rollout.C
 }
 
 func rolloutPause(_ context.Context, s *Service, c *call) (any, error) {
-	var req rolloutIDRequest
-	if err := decode(c.req.Body, &req); err != nil {
-		return nil, err
-	}
-	c.args, c.target = req, req.ID
-	if err := req.check(); err != nil {
+	req, err := rolloutIDReq(c)
+	if err != nil {
 		return nil, err
 	}
 	return s.rollouts.Pause(c.req.Caller.ID, req.ID, req.Reason, rollout.Committer(c.commit))
 }
 
 func rolloutAbort(_ context.Context, s *Service, c *call) (any, error) {
-	var req rolloutIDRequest
-	if err := decode(c.req.Body, &req); err != nil {
-		return nil, err
-	}
-	c.args, c.target = req, req.ID
-	if err := req.check(); err != nil {
+	req, err := rolloutIDReq(c)
+	if err != nil {
 		return nil, err
 	}
 	return s.rollouts.Abort(c.req.Caller.ID, req.ID, req.Reason, rollout.Committer(c.commit))
 }
 
 func rolloutGet(_ context.Context, s *Service, c *call) (any, error) {
-	var req rolloutIDRequest
-	if err := decode(c.req.Body, &req); err != nil {
-		return nil, err
-	}
-	c.args, c.target = req, req.ID
-	if err := req.check(); err != nil {
+	req, err := rolloutIDReq(c)
+	if err != nil {
 		return nil, err
 	}
 	return s.rollouts.Get(req.ID)
