@@ -13,6 +13,7 @@ import (
 
 	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/test/faultproxy"
+	"github.com/otamq/otamq/test/testkit"
 )
 
 // The C agent through a bad network (test/faultproxy) and a broker that
@@ -313,7 +314,7 @@ func TestAgentLogins(t *testing.T) {
 		a   *agentProc
 		tok string
 	}{{a1, tok}, {a2, tok2}} {
-		for _, pid := range append(childProcesses(c.a.cmd.Process.Pid), c.a.cmd.Process.Pid) {
+		for _, pid := range append(testkit.ChildProcesses(c.a.cmd.Process.Pid), c.a.cmd.Process.Pid) {
 			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 			if err == nil && strings.Contains(string(b), c.tok) {
 				t.Errorf("process %d shows the token in its command line", pid)

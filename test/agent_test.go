@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,6 +22,7 @@ import (
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/wire"
+	"github.com/otamq/otamq/test/testkit"
 )
 
 // The C agent (agent-c) as a real process against the broker: its POSIX
@@ -159,14 +159,14 @@ func runAgent(t testing.TB, url, id, token, keyFile string, env []string, flags 
 // first), or with SIGKILL, the device process included, if it hangs.
 func (a *agentProc) stop() {
 	pid := a.cmd.Process.Pid
-	children := childProcesses(pid)
+	children := testkit.ChildProcesses(pid)
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
 	go func() { done <- a.cmd.Wait() }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		for _, c := range append(children, childProcesses(pid)...) {
+		for _, c := range append(children, testkit.ChildProcesses(pid)...) {
 			_ = syscall.Kill(c, syscall.SIGKILL)
 		}
 		_ = a.cmd.Process.Kill()
@@ -183,7 +183,7 @@ func (a *agentProc) powerLoss() {
 	a.t.Helper()
 	var child int
 	eventually(a.t, 10*time.Second, func() error {
-		c := childProcesses(a.cmd.Process.Pid)
+		c := testkit.ChildProcesses(a.cmd.Process.Pid)
 		if len(c) != 1 {
 			return fmt.Errorf("supervisor has %d device processes", len(c))
 		}
@@ -193,31 +193,6 @@ func (a *agentProc) powerLoss() {
 	if err := syscall.Kill(child, syscall.SIGKILL); err != nil {
 		a.t.Fatal(err)
 	}
-}
-
-// childProcesses returns the PIDs whose parent is pid (from /proc).
-func childProcesses(pid int) []int {
-	var out []int
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parentheses
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(string(b[i+1:]))
-		if len(fields) < 2 || fields[1] != strconv.Itoa(pid) {
-			continue
-		}
-		if c, err := strconv.Atoi(filepath.Base(filepath.Dir(f))); err == nil {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // getLog records the block requests the broker reads from each device: the

@@ -7,12 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/otamq/otamq/test/testkit"
 )
 
 // agent is an otamq-agent --supervise process: the supervisor restarts the
@@ -81,12 +81,12 @@ func (a *agent) stop() {
 		return
 	default:
 	}
-	children := childProcesses(a.cmd.Process.Pid)
+	children := testkit.ChildProcesses(a.cmd.Process.Pid)
 	_ = a.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-a.done:
 	case <-time.After(10 * time.Second):
-		for _, c := range append(children, childProcesses(a.cmd.Process.Pid)...) {
+		for _, c := range append(children, testkit.ChildProcesses(a.cmd.Process.Pid)...) {
 			_ = syscall.Kill(c, syscall.SIGKILL)
 		}
 		_ = a.cmd.Process.Kill()
@@ -100,7 +100,7 @@ func (a *agent) powerLoss() {
 	a.w.t.Helper()
 	var child int
 	eventually(a.w.t, 10*time.Second, func() error {
-		c := childProcesses(a.cmd.Process.Pid)
+		c := testkit.ChildProcesses(a.cmd.Process.Pid)
 		if len(c) != 1 {
 			return fmt.Errorf("%s: the supervisor has %d device processes", a.id, len(c))
 		}
@@ -116,31 +116,6 @@ func (a *agent) powerLoss() {
 // agent's "booted slot N version V" line).
 func (a *agent) boots(slot int, version string) int {
 	return strings.Count(a.out.String(), fmt.Sprintf("booted slot %d version %s ", slot, version))
-}
-
-// childProcesses returns the PIDs whose parent is pid (from /proc).
-func childProcesses(pid int) []int {
-	var out []int
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, f := range stats {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parentheses
-		i := bytes.LastIndexByte(b, ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(string(b[i+1:]))
-		if len(fields) < 2 || fields[1] != strconv.Itoa(pid) {
-			continue
-		}
-		if c, err := strconv.Atoi(filepath.Base(filepath.Dir(f))); err == nil {
-			out = append(out, c)
-		}
-	}
-	return out
 }
 
 // ESP-IDF's otadata states (esp_ota_img_states_t), as the simulator
