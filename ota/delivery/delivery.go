@@ -60,7 +60,8 @@ var (
 // Sender delivers messages to devices. The hooks implement it. Its methods
 // must not block and must not call back into the Service.
 type Sender interface {
-	// SendOffer publishes an offer on device id's manifest topic.
+	// SendOffer publishes an offer on device id's manifest topic. It
+	// must not change payload: one is shared by several devices.
 	SendOffer(id string, payload []byte)
 	// SendCommand publishes a command on device id's command topic. It
 	// returns ErrNoReceiver when neither the device nor its gateway is
@@ -221,27 +222,24 @@ func New(db store.Store, cat *release.Catalog, reg *fleet.Registry, opts *Option
 	if o.GlobalRate > 0 {
 		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Clock.Now()}
 	}
+	// A rollout's offers share their rollout, release and version;
+	// decoded, each would have copies of its own.
 	seen := map[string]string{}
-	intern := func(s string) string {
-		if c, ok := seen[s]; ok {
+	intern := func(b []byte) string {
+		if c, ok := seen[string(b)]; ok {
 			return c
 		}
-		seen[s] = s
-		return s
+		c := string(b)
+		seen[c] = c
+		return c
 	}
 	err := db.View(context.Background(), func(tx store.Tx) error {
-		return tx.Scan(bucketOffers, nil, false, func(_, v []byte) error {
-			var of Offer
-			if err := json.Unmarshal(v, &of); err != nil {
-				return fmt.Errorf("offer: %w", err)
+		return tx.Scan(bucketOffers, nil, false, func(k, v []byte) error {
+			of, err := decodeOffer(v, intern)
+			if err != nil {
+				return fmt.Errorf("offer of %q: %w", k, err)
 			}
-			// A rollout's offers share their rollout, release and
-			// version; decoded, each would have copies of its own.
-			of.RolloutID, of.Release, of.Version, of.By = intern(of.RolloutID), intern(of.Release), intern(of.Version), intern(of.By)
-			for i := range of.Recent {
-				of.Recent[i] = intern(of.Recent[i])
-			}
-			s.offers[of.Device] = &of
+			s.offers[of.Device] = of
 			return nil
 		})
 	})
@@ -292,17 +290,37 @@ func (s *Service) ManifestSubscribed(id string) {
 
 // OfferMessage returns the encoded offer device id should have: its current
 // offer, or the empty offer (nothing to do).
-func (s *Service) OfferMessage(id string) []byte {
+func (s *Service) OfferMessage(id string) []byte { return s.offerMessage(id, nil) }
+
+// offerMemo keeps the last offer message encoded: the devices of one
+// rollout pass share their message, so a push encodes it once.
+type offerMemo struct {
+	release, rollout string
+	mode             wire.InstallMode
+	block            uint32
+	deadline         uint64
+	msg              []byte
+}
+
+func (s *Service) offerMessage(id string, memo *offerMemo) []byte {
 	of, ok := s.Current(id)
 	if !ok {
 		return wire.Offer{}.Encode()
+	}
+	if memo != nil && memo.msg != nil && memo.release == of.Release && memo.rollout == of.RolloutID &&
+		memo.mode == of.InstallMode && memo.block == of.BlockSize && memo.deadline == of.Deadline {
+		return memo.msg
 	}
 	r, ok := s.cat.Release(of.Release)
 	if !ok {
 		return wire.Offer{}.Encode()
 	}
-	return wire.Offer{RolloutID: of.RolloutID, Manifest: r.Manifest, InstallMode: of.InstallMode,
+	msg := wire.Offer{RolloutID: of.RolloutID, Manifest: r.Manifest, InstallMode: of.InstallMode,
 		BlockSize: of.BlockSize, Deadline: of.Deadline, MaxWindow: uint32(s.o.MaxWindow)}.Encode()
+	if memo != nil {
+		*memo = offerMemo{release: of.Release, rollout: of.RolloutID, mode: of.InstallMode, block: of.BlockSize, deadline: of.Deadline, msg: msg}
+	}
+	return msg
 }
 
 // OfferSpec is what to offer.
@@ -354,9 +372,12 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	}
 	now := s.o.Clock.Now().UTC()
 	results := make([]OfferResult, 0, len(ids))
+	want, _ := semver.StrictNewVersion(r.Version)
+	detail := "release " + r.ID
 	for _, id := range ids {
 		res := OfferResult{Device: id}
-		if err := s.eligible(id, r); err != nil {
+		v, ok := s.fleet.Get(id)
+		if err := eligible(id, v, ok, r); err != nil {
 			res.Error = err.Error()
 			results = append(results, res)
 			continue
@@ -368,11 +389,11 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 			return nil, err
 		}
 		if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "offer", RolloutID: spec.RolloutID,
-			Version: r.Version, Detail: "release " + r.ID}); err != nil {
+			Version: r.Version, Detail: detail}); err != nil {
 			return nil, err
 		}
 		res.OK = true
-		if res.Warning = s.refusal(id, r); res.Warning != "" {
+		if res.Warning = refusal(&v, r, want); res.Warning != "" {
 			s.o.Logger.Warn("offer the device will refuse", "device", id, "release", r.ID,
 				"rollout", spec.RolloutID, "reason", res.Warning)
 		}
@@ -381,15 +402,15 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	return results, nil
 }
 
-// refusal says why device id will refuse the manifest of r, as far as its
-// last birth tells (the policy of the C agent, docs/PROTOCOL.md): a
-// sequence number below its replay guard, a secure version below its own,
-// a version not newer than the one it runs (unless it allows downgrades).
-// "" when nothing is known against it. Configurations and feature flags
-// have their own versions and guards, which a birth does not carry.
-func (s *Service) refusal(id string, r release.Release) string {
-	v, ok := s.fleet.Get(id)
-	if !ok || r.Kind != manifest.KindFirmware || v.Status.BirthAt.IsZero() {
+// refusal says why device v will refuse the manifest of r (of version
+// want, nil if it is not strict semver), as far as its last birth tells
+// (the policy of the C agent, docs/PROTOCOL.md): a sequence number below its
+// replay guard, a secure version below its own, a version not newer than
+// the one it runs (unless it allows downgrades). "" when nothing is known
+// against it. Configurations and feature flags have their own versions and
+// guards, which a birth does not carry.
+func refusal(v *fleet.View, r release.Release, want *semver.Version) string {
+	if r.Kind != manifest.KindFirmware || v.Status.BirthAt.IsZero() {
 		return ""
 	}
 	st := v.Status
@@ -399,17 +420,18 @@ func (s *Service) refusal(id string, r release.Release) string {
 	case r.SecureVersion < st.SecureVersion:
 		return fmt.Sprintf("secure version %d is below the device's %d: it refuses the manifest", r.SecureVersion, st.SecureVersion)
 	}
-	have, err1 := semver.StrictNewVersion(st.Firmware)
-	want, err2 := semver.StrictNewVersion(r.Version)
-	if err1 == nil && err2 == nil && !want.GreaterThan(have) {
+	if want == nil {
+		return ""
+	}
+	have, err := semver.StrictNewVersion(st.Firmware)
+	if err == nil && !want.GreaterThan(have) {
 		return fmt.Sprintf("version %s is not newer than the %s it runs: it refuses the manifest unless it allows downgrades", r.Version, st.Firmware)
 	}
 	return ""
 }
 
-// eligible checks that device id may be offered r.
-func (s *Service) eligible(id string, r release.Release) error {
-	v, ok := s.fleet.Get(id)
+// eligible checks that device id (v, registered when ok) may be offered r.
+func eligible(id string, v fleet.View, ok bool, r release.Release) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("%s is not registered", id)
@@ -436,8 +458,7 @@ func (s *Service) eligible(id string, r release.Release) error {
 func (s *Service) recent(tx store.Tx, id, rolloutID string) []string {
 	out := []string{rolloutID}
 	if v := tx.Get(bucketOffers, []byte(id)); v != nil {
-		var old Offer
-		if json.Unmarshal(v, &old) == nil {
+		if old, err := decodeOffer(v, nil); err == nil {
 			for _, r := range append([]string{old.RolloutID}, old.Recent...) {
 				if r != "" && !slices.Contains(out, r) && len(out) < recentRollouts {
 					out = append(out, r)
@@ -449,11 +470,7 @@ func (s *Service) recent(tx store.Tx, id, rolloutID string) []string {
 }
 
 func (s *Service) putOffer(tx store.Tx, of *Offer) error {
-	v, err := json.Marshal(of)
-	if err != nil {
-		return err
-	}
-	if err := tx.Put(bucketOffers, []byte(of.Device), v); err != nil {
+	if err := tx.Put(bucketOffers, []byte(of.Device), encodeOffer(of)); err != nil {
 		return err
 	}
 	tx.OnCommit(func() {
@@ -475,16 +492,16 @@ func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult
 			out = append(out, OfferResult{Device: id, Error: "no offer"})
 			continue
 		}
-		var of Offer
-		if err := json.Unmarshal(v, &of); err != nil {
-			return nil, err
+		of, err := decodeOffer(v, nil)
+		if err != nil {
+			return nil, fmt.Errorf("offer of %s: %w", id, err)
 		}
 		if of.Cancelled {
 			out = append(out, OfferResult{Device: id, Error: "no offer"})
 			continue
 		}
 		of.Cancelled, of.By, of.Created = true, actor, now
-		if err := s.putOffer(tx, &of); err != nil {
+		if err := s.putOffer(tx, of); err != nil {
 			return nil, err
 		}
 		if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "cancel", RolloutID: of.RolloutID, Version: of.Version}); err != nil {
@@ -496,9 +513,12 @@ func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult
 }
 
 // Push sends each device in ids its current offer (or the empty one).
+// The Sender must not change the message: devices of one rollout share
+// theirs.
 func (s *Service) Push(ids []string) {
+	var memo offerMemo
 	for _, id := range ids {
-		s.o.Sender.SendOffer(id, s.OfferMessage(id))
+		s.o.Sender.SendOffer(id, s.offerMessage(id, &memo))
 	}
 }
 
@@ -775,22 +795,38 @@ func (s *Service) appendTimeline(tx store.Tx, id string, e Entry) error {
 	if err := tx.Put(bucketTimeline, timelineKey(id, e.Time, seq), v); err != nil {
 		return err
 	}
+	// Trim: count the device's entries, then delete the oldest beyond the
+	// length (in a full timeline, the one this append pushed out). Only
+	// those keys are copied.
 	prefix := append([]byte(id), 0)
-	var keys [][]byte
+	inPrefix := func(k []byte) bool { return len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix) }
+	n := 0
 	if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
-		if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) {
+		if !inPrefix(k) {
 			return store.ErrStop
 		}
-		keys = append(keys, append([]byte(nil), k...))
+		n++
 		return nil
 	}); err != nil {
 		return err
 	}
-	for len(keys) > s.o.TimelineLength {
-		if err := tx.Delete(bucketTimeline, keys[0]); err != nil {
+	if n <= s.o.TimelineLength {
+		return nil
+	}
+	old := make([][]byte, 0, n-s.o.TimelineLength)
+	if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
+		if !inPrefix(k) || len(old) == cap(old) {
+			return store.ErrStop
+		}
+		old = append(old, append([]byte(nil), k...))
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, k := range old {
+		if err := tx.Delete(bucketTimeline, k); err != nil {
 			return err
 		}
-		keys = keys[1:]
 	}
 	return nil
 }

@@ -741,7 +741,13 @@ func (e *Engine) observed(r *run, m *member, v *fleet.View, bits uint8, now time
 // be pushed after the commit.
 func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([]string, error) {
 	var push []string
+	// The offers of one rollout share their actor (kept with each offer).
+	var actorOf *run
+	var actor string
 	for _, c := range changes {
+		if c.r != actorOf {
+			actorOf, actor = c.r, "rollout "+c.r.rec.ID
+		}
 		cur, _, err := e.read(tx, c.r, c.m.id)
 		if err != nil {
 			return nil, err
@@ -756,7 +762,7 @@ func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([
 			if c.r.spec.Install == InstallInWindow {
 				spec.InstallMode = wire.InstallOnCommand
 			}
-			res, err := e.dlv.Offer(tx, []string{c.m.id}, spec, "rollout "+c.r.rec.ID)
+			res, err := e.dlv.Offer(tx, []string{c.m.id}, spec, actor)
 			if err != nil {
 				return nil, err
 			}
@@ -767,7 +773,7 @@ func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([
 			}
 		}
 		if c.cancel {
-			if _, err := e.dlv.Cancel(tx, []string{c.m.id}, "rollout "+c.r.rec.ID); err != nil {
+			if _, err := e.dlv.Cancel(tx, []string{c.m.id}, actor); err != nil {
 				return nil, err
 			}
 			push = append(push, c.m.id)
