@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"crypto/sha256"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -53,7 +54,9 @@ func startHostile(t testing.TB) *hostile {
 		images: map[[32]byte][]byte{}, offers: map[string][]byte{}, subscribed: map[string]bool{},
 		births: map[string][]wire.Birth{}, events: map[string][]wire.Event{},
 		gets: map[string][]wire.BlockRequest{}, hbs: map[string]int{}}
-	opts := &mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities()}
+	logs := &syncBuffer{}
+	opts := &mqtt.Options{InlineClient: true, Capabilities: mqtt.NewDefaultServerCapabilities(),
+		Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	h.srv = mqtt.New(opts)
 	if err := h.srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
@@ -78,6 +81,14 @@ func startHostile(t testing.TB) *hostile {
 		close(h.done)
 		h.wg.Wait()
 		_ = h.srv.Close()
+		if t.Failed() {
+			h.mu.Lock()
+			for id, es := range h.events {
+				t.Logf("hostile server: %s sent %d births, %d heartbeats, %d block requests, events %+v", id, len(h.births[id]), h.hbs[id], len(h.gets[id]), es)
+			}
+			h.mu.Unlock()
+			t.Logf("hostile server log:\n%s", logs.String())
+		}
 	})
 	return h
 }
