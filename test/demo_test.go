@@ -187,7 +187,7 @@ type demoWatch struct {
 func startDemoWatch(t *testing.T, env []string, id string) *demoWatch {
 	t.Helper()
 	w := &demoWatch{out: &syncBuffer{}, errb: &syncBuffer{}, done: make(chan struct{})}
-	w.cmd = exec.Command(binary(t, "otactl"), "--json", "rollout", "watch", id)
+	w.cmd = exec.Command(binary(t, "otactl"), "--json", "rollout", "watch", "--wait", id)
 	w.cmd.Env = append(os.Environ(), env...)
 	w.cmd.Stdout, w.cmd.Stderr = w.out, w.errb
 	if err := w.cmd.Start(); err != nil {
@@ -252,15 +252,17 @@ func TestMakeDemo(t *testing.T) {
 		switch {
 		case demoExport.MatchString(line):
 			env = demoExport.FindStringSubmatch(line)[1:]
+		case strings.Contains(line, "] broker up:"):
+			// As the demo tells an operator: both watches at once,
+			// before either rollout exists (--wait).
+			bad = startDemoWatch(t, env, "demo-bad")
+			fixed = startDemoWatch(t, env, "demo-fixed")
 		case strings.Contains(line, "] rollout created: demo-bad"):
 			if env == nil {
 				t.Fatal("the demo created its rollout before it printed how to watch it")
 			}
-			bad = startDemoWatch(t, env, "demo-bad")
 		case strings.Contains(line, "] rollout started: demo-bad"):
 			running = processesIn(t, r.dir(t))
-		case strings.Contains(line, "] new rollout created: demo-fixed"):
-			fixed = startDemoWatch(t, env, "demo-fixed")
 		}
 	}
 	if code := r.wait(t, 10*time.Minute); code != 0 {

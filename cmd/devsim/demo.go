@@ -241,8 +241,8 @@ func (d *demo) header() {
 
   Watch the rollouts from another terminal, in this directory:
     export OTAMQ_URL=%s OTAMQ_USER=operator OTAMQ_PASSWORD=%s
-    %s rollout watch %-10s  # release %s, once "rollout created" says so, until it is aborted
-    %s rollout watch %-10s  # release %s, from "new rollout created" until it completes
+    %s rollout watch --wait %-10s  # release %s, until it is aborted
+    %s rollout watch --wait %-10s  # release %s, until it completes
 
   The commands below run in the files' directory with that environment
   (otactl and devsim from %s).

@@ -134,8 +134,9 @@ var helps = []helpText{
 		about: "It gets the rollout once, then follows the summaries the broker pushes when it changes (at most one a\n" +
 			"second, never a request per device: fine over a slow link), and connects again by itself after a lost\n" +
 			"connection. On a terminal a live view; otherwise a line per change; --json one View per line. It ends\n" +
-			"when the rollout is completed, aborted or ended (exit status 0), or with q or Ctrl-C (also 0).",
-		examples: []string{"otactl rollout watch r-2026-12-eu", "otactl rollout watch r-2026-12-eu --json"}},
+			"when the rollout is completed, aborted or ended (exit status 0), or with q or Ctrl-C (also 0). With --wait\n" +
+			"a rollout that does not exist yet is waited for (its creation pushes its first summary).",
+		examples: []string{"otactl rollout watch r-2026-12-eu", "otactl rollout watch r-2026-12-eu --json", "otactl rollout watch --wait demo-fixed"}},
 
 	{name: "keygen", section: secOffline, summary: "create a release signing key pair: NAME.key (mode 0600) and NAME.pub; prints the public key as key show does",
 		examples: []string{"otactl keygen --name release", "otactl keygen --out keys --name release-2027"}},

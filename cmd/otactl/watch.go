@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -102,7 +103,7 @@ const (
 // connection would not mend (the broker refused the request or the
 // operator, or the first connection failed). emit runs on follow's
 // goroutine.
-func follow(ctx context.Context, g *globals, id string, emit func(watchMsg)) error {
+func follow(ctx context.Context, g *globals, id string, wait bool, emit func(watchMsg)) error {
 	topic := g.prefix + "/fleet/rollouts/" + id
 	var cur *rollout.View
 	up := false // a View has been got at least once
@@ -111,7 +112,7 @@ func follow(ctx context.Context, g *globals, id string, emit func(watchMsg)) err
 		c, err := g.dial(ctx)
 		if err == nil {
 			var got bool
-			got, err = followOnce(ctx, c, id, topic, &cur, emit)
+			got, err = followOnce(ctx, c, id, topic, wait, &cur, emit)
 			_ = c.Close()
 			if got {
 				up, backoff = true, watchBackoffMin
@@ -143,19 +144,37 @@ func follow(ctx context.Context, g *globals, id string, emit func(watchMsg)) err
 // followOnce follows on one connection: subscribe first (so that no
 // change between the View and the subscription is missed), get the View,
 // then each summary. It reports whether it got the View, and returns nil
-// once the rollout is finished.
-func followOnce(ctx context.Context, c *rpc.Client, id, topic string, cur **rollout.View, emit func(watchMsg)) (bool, error) {
+// once the rollout is finished. With wait, a rollout not created yet is
+// waited for: the broker pushes its first summary when it is created.
+func followOnce(ctx context.Context, c *rpc.Client, id, topic string, wait bool, cur **rollout.View, emit func(watchMsg)) (bool, error) {
 	box := newLatest()
 	if err := c.Subscribe(ctx, topic, box.put); err != nil {
 		return false, err
 	}
 	var v rollout.View
-	if err := c.Call(ctx, "rollout/get", map[string]any{"id": id}, &v); err != nil {
+	for {
+		err := c.Call(ctx, "rollout/get", map[string]any{"id": id}, &v)
+		var re *rpc.RemoteError
+		if err == nil {
+			break
+		}
 		select {
 		case <-c.Done():
 			return false, fmt.Errorf("%w (%v)", rpc.ErrConnectionLost, err)
 		default:
+		}
+		if !wait || !errors.As(err, &re) || re.Code != "not_found" {
 			return false, err
+		}
+		msg := fmt.Sprintf("rollout %s does not exist yet; waiting for it to be created", id)
+		emit(watchMsg{link: &msg})
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-c.Done():
+			return false, rpc.ErrConnectionLost
+		case <-box.ready:
+			box.take() // the View is got again: it has the summary's sum
 		}
 	}
 	v.Spec = ""
@@ -196,6 +215,9 @@ func followOnce(ctx context.Context, c *rpc.Client, id, topic string, cur **roll
 }
 
 var rolloutWatchCmd = command{
+	flags: func(fs *flag.FlagSet) {
+		fs.Bool("wait", false, "wait for a rollout that is not created yet, instead of failing with not_found")
+	},
 	run: func(ctx context.Context, e *env, args []string) error {
 		id, err := oneID(args, "rollout")
 		if err != nil {
@@ -234,7 +256,7 @@ func watchJSON(ctx context.Context, e *env, id string) (*rollout.View, error) {
 	enc := json.NewEncoder(e.out)
 	var last *rollout.View
 	var werr error
-	err := follow(ctx, e.g, id, func(m watchMsg) {
+	err := follow(ctx, e.g, id, flagBool(e.fs, "wait"), func(m watchMsg) {
 		switch {
 		case m.view != nil:
 			last = m.view
@@ -278,7 +300,7 @@ func plainLine(v *rollout.View) string {
 func watchPlain(ctx context.Context, e *env, id string) (*rollout.View, error) {
 	var last *rollout.View
 	prev, alarms, next := "", 0, ""
-	err := follow(ctx, e.g, id, func(m watchMsg) {
+	err := follow(ctx, e.g, id, flagBool(e.fs, "wait"), func(m watchMsg) {
 		now := time.Now()
 		stamp := now.Format("15:04:05")
 		if m.link != nil {
@@ -331,7 +353,7 @@ func watchTerminal(ctx context.Context, e *env, id string) (*rollout.View, error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := follow(fctx, e.g, id, func(msg watchMsg) { p.Send(msg) })
+		err := follow(fctx, e.g, id, flagBool(e.fs, "wait"), func(msg watchMsg) { p.Send(msg) })
 		p.Send(doneMsg{err: err})
 	}()
 	res, runErr := p.Run()
