@@ -80,7 +80,7 @@ func benchRolloutOffers() error {
 		return err
 	}
 
-	var orates, mrates, ratios []float64
+	var orates, mrates, ratios, ocpus, mcpus []float64
 	for round := range *roRounds {
 		id := fmt.Sprintf("bench-offers-%d", round)
 		spec := fmt.Sprintf("id: %s\nrelease: %s\nwaves:\n  - {percent: [100]}\ninstall: immediately\n", id, rel.ID)
@@ -109,6 +109,11 @@ func benchRolloutOffers() error {
 		} else {
 			profDone <- nil
 		}
+		ocpu0, err := oc.cpu()
+		if err != nil {
+			subs.close()
+			return err
+		}
 		start := time.Now()
 		if err := c.Call(ctx, "rollout/start", map[string]any{"id": id}, nil); err != nil {
 			subs.close()
@@ -120,6 +125,11 @@ func benchRolloutOffers() error {
 			return fmt.Errorf("otamq: %w", err)
 		}
 		o := float64(n) / last.Sub(start).Seconds()
+		ocpu1, err := oc.cpu()
+		if err != nil {
+			subs.close()
+			return err
+		}
 		if err := <-profDone; err != nil {
 			subs.close()
 			return fmt.Errorf("cpu profile: %w", err)
@@ -144,6 +154,11 @@ func benchRolloutOffers() error {
 		if err != nil {
 			return err
 		}
+		mcpu0, err := mc.cpu()
+		if err != nil {
+			subs.close()
+			return err
+		}
 		mstart := time.Now()
 		resp, err := http.Post(fmt.Sprintf("http://%s/publish?n=%d", mc.ctlAddr, n), "application/octet-stream", bytes.NewReader(payload))
 		if err == nil {
@@ -162,17 +177,29 @@ func benchRolloutOffers() error {
 			return fmt.Errorf("mochi: %w", err)
 		}
 		m := float64(n) / mlast.Sub(mstart).Seconds()
+		mcpu1, err := mc.cpu()
+		if err != nil {
+			return err
+		}
+		// CPU per message of each server, from its own process: it does
+		// not depend on what else the machine runs, as the rates do.
+		ou, mu := us(ocpu1-ocpu0)/float64(n), us(mcpu1-mcpu0)/float64(n)
 		orates, mrates, ratios = append(orates, o), append(mrates, m), append(ratios, o/m)
-		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s), plain mochi %6.0f msg/s, ratio %.2f\n",
-			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, m, o/m)
+		ocpus, mcpus = append(ocpus, ou), append(mcpus, mu)
+		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s; %5.1f µs CPU each), plain mochi %6.0f msg/s (%5.1f µs CPU each), ratio %.2f\n",
+			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, m, mu, o/m)
 	}
 	fmt.Printf("otamq, offers of a rollout (decided, committed, pushed)   %8.0f offers/s (target >= 20000/s)\n", median(orates))
 	fmt.Printf("plain mochi, the same payloads published (inline client)  %8.0f msg/s\n", median(mrates))
 	fmt.Printf("ratio otamq / plain mochi: %.2f, median of the rounds (target >= 0.70)\n", median(ratios))
+	fmt.Printf("server CPU per message (user + system, 10 ms ticks): otamq %.1f µs per offer, plain mochi %.1f µs per message, medians; mochi / otamq %.2f\n",
+		median(ocpus), median(mcpus), median(mcpus)/median(ocpus))
 	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // offerSubs are connected devices that read their manifest topic.
 type offerSubs struct {
