@@ -126,3 +126,7 @@ func (a *ACL) OnACLCheck(cl *mqtt.Client, filter string, write bool) bool {
 // Allowed is the policy's Allowed: whether client id may publish to
 // (write) or read filter.
 func (a *ACL) Allowed(id, filter string, write bool) bool { return a.policy.Allowed(id, filter, write) }
+
+// Readers is the policy's Readers: the clients that may receive device
+// id's messages (the device, its gateway or "").
+func (a *ACL) Readers(id string) (device, gateway string) { return a.policy.Readers(id) }

@@ -54,21 +54,42 @@ func packetSize(topic string, payload int) int {
 // of payload bytes: it returns how many there are and an error if one of
 // them could not take it. A disconnected subscriber counts when mochi keeps
 // its session (it gets the message when it reconnects).
+//
+// A device's topic can reach only the device and its gateway, through a
+// subscription to the topic itself (access.Policy.Readers), so only those
+// two clients are looked at: one map lookup each, where the topic index
+// would be walked again by the Publish that follows. Any other topic is
+// looked up in the index.
 func (s *Sender) receivers(topic string, payload int) (int, error) {
-	subs := s.srv.Topics.Subscribers(topic)
 	size := uint32(packetSize(topic, payload))
 	n := 0
 	var tooLarge error
-	for id := range subs.Subscriptions {
+	direct := false // the clients are the topic's Readers, not its subscribers
+	check := func(id string) {
 		cl, ok := s.srv.Clients.Get(id)
-		if !ok || cl.Closed() && expiring(cl) || !s.acl.Allowed(id, topic, false) {
-			continue
+		if !ok || cl.Closed() && expiring(cl) {
+			return
+		}
+		if _, sub := cl.State.Subscriptions.Get(topic); direct && !sub || !s.acl.Allowed(id, topic, false) {
+			return
 		}
 		n++
 		if max := cl.Properties.Props.MaximumPacketSize; max > 0 && size > max {
 			s.log.Warn("message larger than the client accepts; not sent", "client", id, "topic", topic, "bytes", size, "client_max", max)
 			tooLarge = fmt.Errorf("%w: %d bytes, %s accepts %d", delivery.ErrTooLarge, size, id, max)
 		}
+	}
+	if dev, _, ok := s.topics.ParseDevice(topic); ok {
+		direct = true
+		d, gw := s.acl.Readers(dev)
+		check(d)
+		if gw != "" {
+			check(gw)
+		}
+		return n, tooLarge
+	}
+	for id := range s.srv.Topics.Subscribers(topic).Subscriptions {
+		check(id)
 	}
 	return n, tooLarge
 }

@@ -350,6 +350,57 @@ func TestOnlyAuthorizedSubscribersCount(t *testing.T) {
 	}
 }
 
+// TestGatewayTooSmallForChildMessages: a child's messages reach its
+// gateway, so a gateway whose Maximum Packet Size is below one keeps it
+// from being sent at all (mochi would wedge the session on a QoS 1 message
+// it cannot send): the offer is not sent and counted; a command, which
+// fits, is delivered. Once the gateway can take the offer, it gets it when
+// it subscribes again.
+func TestGatewayTooSmallForChildMessages(t *testing.T) {
+	b := startBroker(t)
+	key, pub := newKey(t)
+	b.trustKey(pub)
+	rel := b.release(makeFirmware(t, key, "2.0.0", []string{"esp32-v2"}, 4096))
+	gtok := b.register("gw-small", "gateway", "")
+	b.register("kid2", "device", "gw-small", map[string]any{"hardware": "esp32-v2"})
+	gw, err := dialClient(t, b.Addr(), "gw-small", clientOpts{username: "gw-small", password: gtok, maxPacket: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ota/manifest", "cmd"} {
+		if rc := gw.subscribe("dm/kid2/" + k); rc >= 0x80 {
+			t.Fatalf("gateway subscribing for its child: 0x%02x", rc)
+		}
+	}
+	b.offer(rel.ID, "kid2")
+	b.waitMetricAtLeast(`otamq_rejected_total{reason="too_large_for_client"}`, 1)
+	var res struct {
+		Results []struct {
+			OK    bool
+			Error string
+		}
+	}
+	if err := b.admin().Call(context.Background(), "command/send", map[string]any{"verb": "check", "devices": []string{"kid2"}}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Results) != 1 || !res.Results[0].OK {
+		t.Fatalf("a command that fits, to a child through a small gateway: %+v", res.Results)
+	}
+	gw.waitFor("dm/kid2/cmd", 10*time.Second)
+	if got := gw.received(); len(got) != 1 {
+		t.Fatalf("the small gateway received %v, want the command only", got)
+	}
+	_ = gw.cli.Disconnect(&paho.Disconnect{})
+	big, err := dialClient(t, b.Addr(), "gw-small", clientOpts{username: "gw-small", password: gtok})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := big.subscribe("dm/kid2/ota/manifest"); rc >= 0x80 {
+		t.Fatalf("gateway subscribing again: 0x%02x", rc)
+	}
+	big.waitFor("dm/kid2/ota/manifest", 10*time.Second)
+}
+
 // TestOperatorSessionIDsAreBounded: an operator's per-process session
 // (client ID "ID~SUFFIX", as otactl connects) gets the operator session
 // expiry too.

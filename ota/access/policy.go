@@ -145,6 +145,23 @@ func (p *Policy) deviceAllowed(d *fleet.Device, filter string, write bool) bool 
 	return ok && child.Parent == d.ID && child.Role == fleet.RoleDevice && !child.Revoked
 }
 
+// Readers returns the client IDs that may hold a subscription through
+// which a message on device id's topic (one of its own topics under the
+// prefix) reaches a subscriber: the device, and its gateway when it has
+// one ("" otherwise). The filter of such a subscription is the topic itself:
+// devices and gateways may not use wildcards or shared subscriptions under
+// the prefix, operators and anonymous clients no device topic at all. So a
+// sender that must know who would receive a device's message looks at
+// these two clients' subscriptions, not at every subscriber of the topic.
+// deviceAllowed and operatorAllowed must keep this true (TestReaders).
+func (p *Policy) Readers(id string) (device, gateway string) {
+	d, ok := p.Fleet.Lookup(id)
+	if !ok || d.Revoked {
+		return id, ""
+	}
+	return id, d.Parent
+}
+
 // operatorAllowed: operators publish admin requests and read their own
 // replies (those of their connection's client ID) and the fleet events;
 // observers the same, limited to reads.
