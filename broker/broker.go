@@ -179,6 +179,11 @@ func New(opts Options) (_ *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The loads above read most of the store through its memory map;
+	// what they need is in memory now.
+	if err := b.db.ReleasePages(); err != nil {
+		o.Logger.Warn("store pages read at start stay mapped", "err", err)
+	}
 	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock,
 		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
 		Catalog:      b.catalog, Delivery: b.delivery, Rollouts: b.rollouts,

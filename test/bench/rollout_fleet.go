@@ -63,6 +63,8 @@ func benchRolloutIdle() error {
 	mPer := float64(mm.rss-mc.base) / float64(n)
 	fmt.Printf("plain mochi, otamq's capabilities: RSS %8.0f KiB before, %8.0f KiB with %d connections: %6.2f KiB per connection\n",
 		float64(mc.base)/1024, float64(mm.rss)/1024, n, mPer/1024)
+	fmt.Printf("    heap in use %8.0f KiB, file-backed pages %8.0f KiB, goroutine stacks %8.0f KiB, %d goroutines\n",
+		float64(mm.heap)/1024, float64(mm.file)/1024, float64(mm.stack)/1024, mm.goroutines)
 	for _, inFlight := range []int{*roIdleInFlight, 0} {
 		if err := rolloutIdle(n, mPer, mm.rss-mm.file, inFlight); err != nil {
 			return err
@@ -153,8 +155,8 @@ func rolloutIdle(n int, mPer float64, mAnon int64, inFlight int) error {
 		oPer := float64(m.rss-r.base) / float64(n)
 		fmt.Printf("otamq, %s: RSS %8.0f KiB, %6.2f KiB per device in all; otamq adds %.2f KiB per connected device over plain mochi (target <= 2 KiB)\n",
 			what, kb(m.rss), oPer/1024, (oPer-mPer)/1024)
-		fmt.Printf("    heap in use %8.0f KiB, file-backed pages %8.0f KiB (the store's mmap %6.0f KiB, the rest the binary), goroutine stacks %8.0f KiB\n",
-			kb(m.heap), kb(m.file), kb(m.store), kb(m.stack))
+		fmt.Printf("    heap in use %8.0f KiB, file-backed pages %8.0f KiB (the store's mmap %6.0f KiB, the rest the binary), goroutine stacks %8.0f KiB, %d goroutines\n",
+			kb(m.heap), kb(m.file), kb(m.store), kb(m.stack), m.goroutines)
 		fmt.Printf("    without file-backed pages (clean page cache the kernel reclaims; how much of the store is mapped depends on when bbolt last remapped): otamq adds %.2f KiB per connected device over plain mochi\n",
 			per(m.rss-m.file-mAnon))
 	}

@@ -1,0 +1,146 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// mappedRSS is the resident part of this process's mappings of path, from
+// /proc/self/smaps.
+func mappedRSS(t *testing.T, path string) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":") {
+			in = len(f) >= 6 && f[5] == path
+			continue
+		}
+		if in && len(f) >= 2 && f[0] == "Rss:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			total += kb << 10
+		}
+	}
+	return total
+}
+
+func value(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 1000) }
+
+// fill writes n records of 1000 bytes to bucket "b".
+func fill(t *testing.T, db *DB, from, n int) {
+	t.Helper()
+	if err := db.Update(context.Background(), func(tx Tx) error {
+		for i := from; i < from+n; i++ {
+			if err := tx.Put("b", fmt.Appendf(nil, "k%08d", i), value(i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readAll reads every record of "b" and checks it.
+func readAll(t *testing.T, db *DB, n int) {
+	t.Helper()
+	got := 0
+	if err := db.View(context.Background(), func(tx Tx) error {
+		return tx.Scan("b", nil, false, func(k, v []byte) error {
+			i, err := strconv.Atoi(string(k[1:]))
+			if err != nil || !bytes.Equal(v, value(i)) {
+				return fmt.Errorf("record %q: %d bytes, not its value", k, len(v))
+			}
+			got++
+			return nil
+		})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got != n {
+		t.Fatalf("read %d records, want %d", got, n)
+	}
+}
+
+// The pages read through the map leave the process's resident memory and
+// the data stays as it was.
+func TestReleasePages(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	db, err := Open(path, &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 8000 // about 8 MiB
+	fill(t, db, 0, n)
+	_ = db.Close()
+	if db, err = Open(path, &Options{NoSync: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	readAll(t, db, n)
+	before := mappedRSS(t, path)
+	if before < 4<<20 {
+		t.Fatalf("only %d KiB of the store mapped after reading all of it", before>>10)
+	}
+	if err := db.ReleasePages(); err != nil {
+		t.Fatal(err)
+	}
+	after := mappedRSS(t, path)
+	if after > before/4 {
+		t.Fatalf("mapped store pages resident: %d KiB before the release, %d KiB after", before>>10, after>>10)
+	}
+	readAll(t, db, n)
+	if again := mappedRSS(t, path); again < 4<<20 {
+		t.Fatalf("reading again brought back only %d KiB", again>>10)
+	}
+	_ = db.Close()
+	if err := db.ReleasePages(); err != ErrClosed {
+		t.Fatalf("release on a closed store: %v", err)
+	}
+}
+
+// Releases while writers grow the file (bbolt remaps it) and readers read:
+// every record is intact.
+func TestReleasePagesWhileRemapping(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "x.db"), &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	const rounds, per = 40, 500
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := db.ReleasePages(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for r := range rounds {
+		fill(t, db, r*per, per)
+		readAll(t, db, (r+1)*per)
+	}
+	close(stop)
+	wg.Wait()
+}
