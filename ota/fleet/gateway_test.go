@@ -8,6 +8,7 @@ import (
 
 	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // TestChildPresence: a child is online through the session of its gateway
@@ -135,5 +136,52 @@ func TestChildPresence(t *testing.T) {
 	}
 	if v, _ := r2.Get("c2"); v.Status.Online || v.Status.Unreachable || v.Status.Gateway != "gw" {
 		t.Fatalf("c2 after a restart: %+v", v.Status)
+	}
+}
+
+// BenchmarkRelayedHeartbeat is what a gateway's relay of a child's
+// heartbeat costs the registry (Relayed, then Heartbeat) against a
+// device's own heartbeat.
+func BenchmarkRelayedHeartbeat(b *testing.B) {
+	for _, relayed := range []bool{false, true} {
+		name := "own"
+		if relayed {
+			name = "relayed"
+		}
+		b.Run(name, func(b *testing.B) {
+			path := b.TempDir() + "/otamq.db"
+			db, err := store.Open(path, &store.Options{NoSync: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer db.Close()
+			r, err := Open(db, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := db.Update(context.Background(), func(tx store.Tx) error {
+				if _, err := r.Register(tx, Registration{ID: "gw", Role: RoleGateway}, TokenSecret("x"), "t"); err != nil {
+					return err
+				}
+				_, err := r.Register(tx, Registration{ID: "c", Attributes: Attributes{Parent: "gw"}}, TokenSecret("x"), "t")
+				return err
+			}); err != nil {
+				b.Fatal(err)
+			}
+			r.Connected("gw", Conn{})
+			if !relayed {
+				r.Connected("c", Conn{})
+			}
+			hb := wire.Heartbeat{UptimeSeconds: 1, HealthFlags: wire.HealthAllOK}
+			b.ReportAllocs()
+			for b.Loop() {
+				if relayed {
+					r.Relayed("c", "gw")
+				}
+				if err := r.Heartbeat("c", hb); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

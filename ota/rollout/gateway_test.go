@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +127,35 @@ thresholds: {min_sample: 1, health: {warn: 50%, pause: 90%}}
 	}
 	if n := e.get("r-gw").Waves[0].HealthFailures; n != 1 {
 		t.Fatalf("health failures %d, want a-2's only", n)
+	}
+}
+
+// TestGatewayViewsBounded: rollout/get lists at most MaxGatewayViews
+// gateways, those with the most children first, and counts the rest.
+func TestGatewayViewsBounded(t *testing.T) {
+	e := newEnv(t)
+	kids := map[string][]string{}
+	for i := range MaxGatewayViews + 2 {
+		gw := fmt.Sprintf("gw-%03d", i)
+		kids[gw] = []string{gw + "-a"}
+	}
+	kids["gw-000"] = append(kids["gw-000"], "gw-000-b")
+	e.gateways(kids)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.create(`
+id: r-many
+release: 1.1.0
+selector: {hardware: [esp32-v2]}
+waves: [{percent: [100]}]
+`)
+	v := e.get("r-many")
+	if v.Devices != MaxGatewayViews+3 || len(v.Gateways) != MaxGatewayViews || v.MoreGateways != 2 {
+		t.Fatalf("%d devices, %d gateways listed, %d more", v.Devices, len(v.Gateways), v.MoreGateways)
+	}
+	if g := v.Gateways[0]; g.Gateway != "gw-000" || g.Devices != 2 || !g.Online || g.Counts["eligible"] != 2 {
+		t.Fatalf("first gateway %+v", g)
+	}
+	if g := v.Gateways[1]; g.Gateway != "gw-001" || g.Devices != 1 {
+		t.Fatalf("second gateway %+v", g)
 	}
 }
