@@ -122,7 +122,7 @@ func Open(db store.Store, opts *Options) (*Registry, error) {
 	r := &Registry{
 		db: db, clock: o.Clock, system: clock.IsSystem(o.Clock), log: o.Logger, feed: o.Feed, flush: o.FlushInterval,
 		throttle: newThrottle(o.PasswordChecks), childTimeout: int64(o.ChildTimeout),
-		intern:   &interner{},
+		intern: &interner{},
 	}
 	err := db.View(context.Background(), func(tx store.Tx) error {
 		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
