@@ -120,6 +120,7 @@ func (r *Registry) Relayed(child, gw string) {
 		return
 	}
 	now := r.now()
+	via := r.intern.get(gw)
 	// The gateway's lock is held while the child's is taken, so that the
 	// gateway's disconnect, which clears its reached children under the
 	// same lock, cannot pass between the check of its session and the
@@ -140,7 +141,7 @@ func (r *Registry) Relayed(child, gw string) {
 		return
 	}
 	back := st.unreachable && st.via == gw
-	st.online, st.unreachable, st.via, st.viaGen = true, false, r.intern.get(gw), gen
+	st.online, st.unreachable, st.via, st.viaGen = true, false, via, gen
 	st.lastSeen = now.UnixNano()
 	if !back {
 		st.connects++
