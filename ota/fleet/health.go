@@ -102,10 +102,10 @@ func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
 	st.reason = reasonCode(reason)
 	r.markDirty(e)
 	e.mu.Unlock()
-	r.gatewayGone(id, gen, reached, now)
 	if role := e.rec.Load().Role; role.IsDevice() {
 		r.feed.Publish(event.Disconnected{Base: event.Base{ID: id, At: now}, Role: string(role), Gen: gen, Reason: reason})
 	}
+	r.gatewayGone(id, gen, reached, now) // its children's events after its own
 	return true
 }
 
