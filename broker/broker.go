@@ -153,7 +153,8 @@ func New(opts Options) (_ *Broker, err error) {
 	b.feed = &event.Feed{}
 	b.feed.Subscribe(b.events)
 
-	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Feed: b.feed, FlushInterval: o.FlushInterval})
+	b.fleet, err = fleet.Open(b.db, &fleet.Options{Clock: opts.Clock, Logger: o.Logger, Feed: b.feed, FlushInterval: o.FlushInterval,
+		ChildTimeout: o.ChildTimeout})
 	if err != nil {
 		return nil, err
 	}

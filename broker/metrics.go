@@ -37,6 +37,8 @@ type recorder struct {
 
 	blockRequests   *prometheus.CounterVec
 	blockBytes      prometheus.Counter
+	gatewayBytes    prometheus.Counter
+	gatewayCovered  prometheus.Counter
 	downloadSeconds prometheus.Histogram
 	deviceEvents    *prometheus.CounterVec
 	eventsRefused   *prometheus.CounterVec
@@ -51,9 +53,10 @@ type recorder struct {
 }
 
 var (
-	_ hooks.Recorder    = (*recorder)(nil)
-	_ delivery.Recorder = (*recorder)(nil)
-	_ rollout.Recorder  = (*recorder)(nil)
+	_ hooks.Recorder           = (*recorder)(nil)
+	_ delivery.Recorder        = (*recorder)(nil)
+	_ delivery.GatewayRecorder = (*recorder)(nil)
+	_ rollout.Recorder         = (*recorder)(nil)
 )
 
 func newRecorder(reg prometheus.Registerer) *recorder {
@@ -77,6 +80,10 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			Help: "Block requests by result (served, not_assigned, unknown_image, out_of_range, bad_request, rate_limited, internal)."}, []string{"result"}),
 		blockBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_block_bytes_total",
 			Help: "Image bytes sent in blocks."}),
+		gatewayBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_gateway_block_bytes_total",
+			Help: "Image bytes sent in blocks to gateways on their own topics, for images offered to their children (a part of otamq_block_bytes_total)."}),
+		gatewayCovered: prometheus.NewCounter(prometheus.CounterOpts{Name: "otamq_gateway_child_block_bytes_total",
+			Help: "The bytes of otamq_gateway_block_bytes_total, each counted once per child of the gateway the image was offered to: what the children would have fetched without their gateway's cache."}),
 		downloadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "otamq_download_seconds",
 			Help:    "Download duration, from the first block served to the device's update.download.completed event.",
 			Buckets: []float64{1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200}}),
@@ -104,7 +111,7 @@ func newRecorder(reg prometheus.Registerer) *recorder {
 			[]string{"kind", "level"}),
 	}
 	for _, c := range []prometheus.Collector{r.connects, r.disconnects, r.rejected, r.births, r.wills, r.admin, r.eventsDropped,
-		r.blockRequests, r.blockBytes, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous,
+		r.blockRequests, r.blockBytes, r.gatewayBytes, r.gatewayCovered, r.downloadSeconds, r.deviceEvents, r.eventsRefused, r.uploadsRejected, r.loginsThrottled, r.anonymous,
 		r.updates, r.rollbacks, r.healthFailures, r.alarms} {
 		f(c)
 	}
@@ -164,6 +171,10 @@ func (r *recorder) HealthFailure(hardware, region, version string) {
 // The delivery.Recorder side.
 func (r *recorder) BlockRequest(result string) { r.blockRequests.WithLabelValues(result).Inc() }
 func (r *recorder) BlockBytes(n int)           { r.blockBytes.Add(float64(n)) }
+func (r *recorder) GatewayBlockBytes(n, children int) {
+	r.gatewayBytes.Add(float64(n))
+	r.gatewayCovered.Add(float64(n) * float64(children))
+}
 func (r *recorder) DownloadSeconds(s float64)  { r.downloadSeconds.Observe(s) }
 func (r *recorder) Event(code string)          { r.deviceEvents.WithLabelValues(code).Inc() }
 func (r *recorder) EventDropped(reason string) { r.eventsRefused.WithLabelValues(reason).Inc() }
@@ -179,6 +190,7 @@ type stateCollector struct {
 	rolloutDevices, rolloutState, rolloutHealth *prometheus.Desc
 
 	connected, registered, byVersion, heartbeats, releases *prometheus.Desc
+	gateways, children, childrenPerGateway                 *prometheus.Desc
 	mqttGauges                                             []gaugeDesc
 	mqttCounters                                           []gaugeDesc
 }
@@ -204,6 +216,10 @@ func newStateCollector(reg *fleet.Registry, srv *mqtt.Server, cat *release.Catal
 		heartbeats:     d("otamq_heartbeats_total", "Heartbeats accepted since the broker started."),
 		registered:     d("otamq_devices_registered", "Devices and gateways registered and not revoked, by declared hardware (\"unknown\" if none).", "hardware"),
 		byVersion:      d("otamq_devices_by_version", "Devices and gateways by reported firmware version and declared hardware (\"unknown\": never reported or declared).", "version", "hardware"),
+		gateways:       d("otamq_gateways_connected", "Gateways connected now."),
+		children:       d("otamq_gateway_children", "Children of gateways (registered, not revoked) by presence: reachable (online through their gateway), unreachable (their gateway went offline while they were online through it), offline.", "state"),
+		childrenPerGateway: d("otamq_gateway_children_per_gateway",
+			"Registered, unrevoked gateways by how many unrevoked children are registered under each (a histogram computed at scrape time)."),
 		mqttGauges: []gaugeDesc{
 			{d("otamq_mqtt_clients_connected", "MQTT clients connected (all roles)."), func(s *mqtt.Server) float64 { return load(&s.Info.ClientsConnected) }},
 			{d("otamq_mqtt_inflight", "QoS 1/2 messages in flight to clients."), func(s *mqtt.Server) float64 { return load(&s.Info.Inflight) }},
@@ -234,6 +250,9 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.rolloutDevices
 	ch <- c.rolloutState
 	ch <- c.rolloutHealth
+	ch <- c.gateways
+	ch <- c.children
+	ch <- c.childrenPerGateway
 	for _, g := range c.mqttGauges {
 		ch <- g.desc
 	}
@@ -257,6 +276,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for hw, n := range counts.Registered {
 		ch <- prometheus.MustNewConstMetric(c.registered, prometheus.GaugeValue, float64(n), orUnknown(hw))
 	}
+	ch <- prometheus.MustNewConstMetric(c.gateways, prometheus.GaugeValue, float64(counts.GatewaysOnline))
+	for _, st := range []string{fleet.ChildReachable, fleet.ChildUnreachable, fleet.ChildOffline} {
+		ch <- prometheus.MustNewConstMetric(c.children, prometheus.GaugeValue, float64(counts.Children[st]), st)
+	}
+	ch <- childrenHistogram(c.childrenPerGateway, counts.ChildrenPerGateway)
 	versions := counts.ByVersion
 	if len(versions) > maxVersionSeries {
 		versions = capVersions(versions, maxVersionSeries)
@@ -290,6 +314,28 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, g := range c.mqttCounters {
 		ch <- prometheus.MustNewConstMetric(g.desc, prometheus.CounterValue, g.val(c.info))
 	}
+}
+
+// childrenBuckets are the upper bounds of otamq_gateway_children_per_gateway.
+var childrenBuckets = []float64{0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000}
+
+// childrenHistogram renders how many children each gateway has as a
+// histogram: gateways are counted, never named.
+func childrenHistogram(d *prometheus.Desc, perGateway []int) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(childrenBuckets))
+	for _, b := range childrenBuckets {
+		buckets[b] = 0 // every bucket is exported, empty ones too
+	}
+	sum := 0.0
+	for _, n := range perGateway {
+		sum += float64(n)
+		for _, b := range childrenBuckets {
+			if float64(n) <= b {
+				buckets[b]++
+			}
+		}
+	}
+	return prometheus.MustNewConstHistogram(d, uint64(len(perGateway)), sum, buckets)
 }
 
 // orUnknown names an empty label value: Prometheus drops empty labels, and

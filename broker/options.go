@@ -118,6 +118,10 @@ type Options struct {
 	// FlushInterval is how often device status (heartbeats, last seen) is
 	// written. Default fleet.DefaultFlushInterval.
 	FlushInterval time.Duration
+	// ChildTimeout is how long a gateway's child may go unheard, its
+	// gateway online, before it no longer counts as online. Default
+	// fleet.DefaultChildTimeout.
+	ChildTimeout time.Duration
 	// RolloutTick is the period of the rollout engine's evaluation pass
 	// (it also runs when devices report). Default rollout.DefaultTick.
 	RolloutTick time.Duration
@@ -235,6 +239,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.FlushInterval <= 0 {
 		o.FlushInterval = fleet.DefaultFlushInterval
+	}
+	if o.ChildTimeout <= 0 {
+		o.ChildTimeout = fleet.DefaultChildTimeout
 	}
 	if o.AdminWorkers <= 0 {
 		o.AdminWorkers = DefaultAdminWorkers

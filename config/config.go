@@ -71,6 +71,7 @@ type HTTP struct {
 // Fleet configures the registry.
 type Fleet struct {
 	FlushInterval time.Duration `yaml:"flush_interval"`
+	ChildTimeout  time.Duration `yaml:"child_timeout"`
 }
 
 // Admin configures the admin API.
@@ -165,6 +166,7 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		MaxFilterLevels: f.MQTT.MaxFilterLevels, MaxFilterLength: f.MQTT.MaxFilterLength,
 		OperatorSessionExpiry: f.MQTT.OperatorSessionExpiry,
 		FlushInterval:         f.Fleet.FlushInterval,
+		ChildTimeout:          f.Fleet.ChildTimeout,
 		AdminWorkers:          f.Admin.Workers, AdminQueue: f.Admin.Queue,
 		FirstOperator: f.Admin.FirstOperator, FirstOperatorPassword: f.Admin.FirstOperatorPassword,
 		AdminRate: f.Admin.RateLimit, AdminBurst: f.Admin.RateBurst,

@@ -246,6 +246,15 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	if !ok {
 		return pk, nil
 	}
+	if id != cl.ID {
+		switch kind {
+		case access.KindBirth, access.KindHB, access.KindEvent, access.KindGet:
+			// A gateway relaying for its child (the ACL let only the
+			// child's gateway publish here): the child is reachable
+			// through this session of it.
+			d.fleet.Relayed(id, cl.ID)
+		}
+	}
 	switch kind {
 	case access.KindGet:
 		d.serveBlocks(cl, id, pk.Payload)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/event"
+	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/wire"
 )
 
@@ -25,6 +26,10 @@ type FleetEvent struct {
 	Firmware string    `json:"firmware,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Actor    string    `json:"actor,omitempty"`
+	// Gateway is set on device.online, device.offline and
+	// device.unreachable of a gateway's child: the gateway it is (or was)
+	// reached through.
+	Gateway string `json:"gateway,omitempty"`
 	// Rollout and Progress are set on update events: the rollout the
 	// device reports on and, for download progress, the percentage.
 	Rollout  string `json:"rollout,omitempty"`
@@ -49,10 +54,13 @@ const (
 	EventRevoked    = "device.revoked"
 	EventOnline     = "device.online"
 	EventOffline    = "device.offline"
-	EventBirth      = "device.birth"
-	EventWill       = "device.will"
-	EventHealth     = "device.health"
-	EventOTAState   = "device.ota_state"
+	// EventUnreachable: a gateway's child is cut off because its gateway's
+	// session ended (reason gateway_offline); not known to be down.
+	EventUnreachable = "device.unreachable"
+	EventBirth       = "device.birth"
+	EventWill        = "device.will"
+	EventHealth      = "device.health"
+	EventOTAState    = "device.ota_state"
 )
 
 // fleetEvent renders a domain event for the fleet events topic.
@@ -66,9 +74,12 @@ func fleetEvent(ev event.Event) FleetEvent {
 	case event.Revoked:
 		fe.Type, fe.Role, fe.Actor, fe.Reason = EventRevoked, x.Role, x.Actor, x.Reason
 	case event.Connected:
-		fe.Type, fe.Role = EventOnline, x.Role
+		fe.Type, fe.Role, fe.Gateway = EventOnline, x.Role, x.Via
 	case event.Disconnected:
-		fe.Type, fe.Reason = EventOffline, x.Reason
+		fe.Type, fe.Reason, fe.Gateway = EventOffline, x.Reason, x.Via
+		if x.Reason == fleet.ReasonGatewayOffline {
+			fe.Type = EventUnreachable
+		}
 	case event.WillFired:
 		fe.Type = EventWill
 	case event.Birth:

@@ -186,7 +186,7 @@ func progressText(o *offerProgress) string {
 
 func printDevices(w io.Writer, devs []deviceRow, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tROLE\tHARDWARE\tREGION\tFIRMWARE\tSTATE\tLAST SEEN\tHEALTH\tOTA\tUPDATE")
+	fmt.Fprintln(tw, "ID\tROLE\tGATEWAY\tHARDWARE\tREGION\tFIRMWARE\tSTATE\tLAST SEEN\tHEALTH\tOTA\tUPDATE")
 	for _, v := range devs {
 		state := "offline"
 		switch {
@@ -194,8 +194,10 @@ func printDevices(w io.Writer, devs []deviceRow, now time.Time) {
 			state = "revoked"
 		case v.Status.Online:
 			state = "online"
+		case v.Status.Unreachable:
+			state = "unreachable"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Role, dash(v.Hardware), dash(v.Region),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.ID, v.Role, dash(v.Parent), dash(v.Hardware), dash(v.Region),
 			dash(v.Status.Firmware), state, ago(v.Status.LastSeen, now), health(&v.Status), dash(v.Status.OTAState), progressText(v.Offer))
 	}
 	_ = tw.Flush()
@@ -277,14 +279,24 @@ func printView(w io.Writer, v *deviceRow, now time.Time) {
 		row("tags", strings.Join(kv, ", "))
 	}
 	row("parent", v.Parent)
+	if v.Parent != "" {
+		row("gateway", v.Parent+" (its traffic comes through it)")
+	}
 	if v.Revoked {
 		row("revoked", fmt.Sprintf("%s (%s)", v.RevokedAt.Format(time.RFC3339), v.RevokeReason))
 	}
 	row("registered", v.Created.Format(time.RFC3339))
 	state := "offline"
-	if st.Online {
+	switch {
+	case st.Online && st.Gateway != "":
+		state = "online since " + st.ConnectedAt.Format(time.RFC3339) + " via gateway " + st.Gateway
+	case st.Online:
 		state = "online since " + st.ConnectedAt.Format(time.RFC3339) + " from " + st.Remote
-	} else if st.DisconnectReason != "" {
+	case st.Unreachable:
+		state = "unreachable via gateway " + st.Gateway + " (gateway offline since " + st.DisconnectedAt.Format(time.RFC3339) + ")"
+	case st.DisconnectReason == fleet.ReasonChildSilent:
+		state = "offline (not heard from through gateway " + st.Gateway + ")"
+	case st.DisconnectReason != "":
 		state = "offline (" + st.DisconnectReason + ")"
 	}
 	row("state", state)

@@ -424,9 +424,13 @@ var rolloutDevicesCmd = command{
 	},
 }
 
+// printRolloutDevices prints the devices of a rollout, children of
+// gateways grouped under their gateway (after the devices that have none).
 func printRolloutDevices(w io.Writer, ds []rollout.DeviceView, now time.Time) {
+	ds = slices.Clone(ds)
+	slices.SortStableFunc(ds, func(a, b rollout.DeviceView) int { return strings.Compare(a.Gateway, b.Gateway) })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tWAVE\tSTATE\tSINCE\tTARGET\tHARDWARE\tREGION\tRETRIES\tREASON")
+	fmt.Fprintln(tw, "GATEWAY\tDEVICE\tWAVE\tSTATE\tSINCE\tTARGET\tHARDWARE\tREGION\tRETRIES\tREASON")
 	for _, d := range ds {
 		reason := d.Reason
 		switch {
@@ -439,7 +443,11 @@ func printRolloutDevices(w io.Writer, ds []rollout.DeviceView, now time.Time) {
 		if !d.Since.IsZero() {
 			since = ago(d.Since, now)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.Device, d.Wave, d.State, since, dash(d.Target),
+		state := d.State
+		if d.Unreachable {
+			state += " (unreachable)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", dash(d.Gateway), d.Device, d.Wave, state, since, dash(d.Target),
 			dash(d.Hardware), dash(d.Region), d.Tries, dash(reason))
 	}
 	_ = tw.Flush()
@@ -619,6 +627,9 @@ func printStatus(w io.Writer, v *rollout.View, now time.Time) {
 	if c := countsText(out); c != "none" {
 		line += "; " + c
 	}
+	if v.Unreachable > 0 {
+		line += fmt.Sprintf("; %d unreachable (their gateway is offline: waiting)", v.Unreachable)
+	}
 	fmt.Fprintln(w, line)
 	if r := v.Rate; r.PerMinute > 0 || r.InFlightLimit > 0 {
 		var parts []string
@@ -642,6 +653,22 @@ func printStatus(w io.Writer, v *rollout.View, now time.Time) {
 			wv.Counts["succeeded"], wv.Devices, wv.RollbackRate, wv.HealthRate, countsText(wv.Counts))
 	}
 	_ = tw.Flush()
+	if len(v.Gateways) > 0 {
+		fmt.Fprint(w, "\nchildren of gateways (each counted as a device):\n")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  GATEWAY\tONLINE\tDEVICES\tUNREACHABLE\tDEVICES BY STATE")
+		for _, g := range v.Gateways {
+			online := "no"
+			if g.Online {
+				online = "yes"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%d\t%d\t%s\n", g.Gateway, online, g.Devices, g.Unreachable, countsText(g.Counts))
+		}
+		_ = tw.Flush()
+		if v.MoreGateways > 0 {
+			fmt.Fprintf(w, "  and %d more gateways\n", v.MoreGateways)
+		}
+	}
 	if len(v.Alarms) > 0 {
 		fmt.Fprint(w, "\nalarms:\n")
 		for i := range v.Alarms {

@@ -78,6 +78,16 @@ type Recorder interface {
 	EventDropped(reason string)
 }
 
+// GatewayRecorder is what a Recorder may also implement to count the
+// blocks gateways fetch on their own topics for their children (the
+// "fetch once per gateway" path, docs/PROTOCOL.md, "Gateways").
+type GatewayRecorder interface {
+	// GatewayBlockBytes counts n image bytes sent to a gateway for the
+	// children the image is offered to (children >= 1): without the
+	// gateway's cache each of them would have fetched these bytes.
+	GatewayBlockBytes(n, children int)
+}
+
 type nopRecorder struct{}
 
 func (nopRecorder) BlockRequest(string)     {}
@@ -604,6 +614,10 @@ type Window struct {
 	next      uint64 // offset of the next block
 	size      int    // block size
 	left      int    // blocks still to send
+	// children: the window goes to a gateway on its own topics, for this
+	// many of its children the image is offered to (0: to the device the
+	// image is offered to).
+	children int
 }
 
 // Left returns how many blocks of w are still to send.
@@ -651,13 +665,18 @@ func (s *Service) begin(id string, req wire.BlockRequest, maxData int, emit func
 	var d manifest.Digest
 	copy(d[:], req.Digest)
 	of, offered := s.Current(id)
+	children := 0
 	if !offered || of.Digest != d {
-		if _, known := s.cat.ByDigest(d); !known {
-			emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
-			return nil, ResultUnknown
+		// A gateway may fetch, on its own topics, an image offered to one
+		// of its children: it caches it and serves them all.
+		if children = s.childrenOffered(id, d); children == 0 {
+			if _, known := s.cat.ByDigest(d); !known {
+				emit(blockError(req, wire.BlockUnknownImage, 0, "unknown image"))
+				return nil, ResultUnknown
+			}
+			emit(blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id+" or a child of it"))
+			return nil, ResultNotAssigned
 		}
-		emit(blockError(req, wire.BlockNotAssigned, 0, "image not offered to "+id))
-		return nil, ResultNotAssigned
 	}
 	r, ok := s.cat.ByDigest(d)
 	if !ok {
@@ -708,7 +727,28 @@ func (s *Service) begin(id string, req wire.BlockRequest, maxData int, emit func
 		return nil, ResultRateLimited
 	}
 
-	return &Window{requestID: req.RequestID, digest: d, imageSize: r.Size, next: req.Offset, size: size, left: count}, ResultServed
+	return &Window{requestID: req.RequestID, digest: d, imageSize: r.Size, next: req.Offset, size: size, left: count,
+		children: children}, ResultServed
+}
+
+// childrenOffered counts the registered, unrevoked children of gateway gw
+// whose current offer is the image of digest d (0 when gw is no gateway).
+// It walks gw's children: a gateway's block request costs a map lookup per
+// child, once per window.
+func (s *Service) childrenOffered(gw string, d manifest.Digest) int {
+	if g, ok := s.fleet.Lookup(gw); !ok || g.Role != fleet.RoleGateway || g.Revoked {
+		return 0
+	}
+	kids := s.fleet.Children(gw)
+	n := 0
+	s.mu.RLock()
+	for _, k := range kids {
+		if of := s.offers[k]; of != nil && !of.Cancelled && of.Digest == d {
+			n++
+		}
+	}
+	s.mu.RUnlock()
+	return n
 }
 
 // MaxReadBytes bounds the block data Next reads in one read transaction.
@@ -753,10 +793,14 @@ func (s *Service) Next(ctx context.Context, w *Window, n int, emit func(msg []by
 		return false
 	}
 	start := int32(0)
+	gr, _ := s.o.Recorder.(GatewayRecorder)
 	for i := range count {
 		msg := msgs[start:ends[i]]
 		emit(msg)
 		s.o.Recorder.BlockBytes(int(sizes[i]))
+		if w.children > 0 && gr != nil {
+			gr.GatewayBlockBytes(int(sizes[i]), w.children)
+		}
 		start = ends[i]
 	}
 	w.next, w.left = next, w.left-count

@@ -78,20 +78,30 @@ type Revoked struct {
 
 // Connected: a session of a device or gateway began. Gen tells it from
 // the other sessions of the same ID (a takeover).
+//
+// For a gateway's child, which has no connection of its own, Via names the
+// gateway: the child became reachable through session Gen of it.
 type Connected struct {
 	Base
 	Role     string
 	Gen      uint64
 	Remote   string
 	Protocol uint8
+	Via      string
 }
 
 // Disconnected: the current session of a device or gateway ended.
+//
+// For a gateway's child Via names the gateway: Reason "gateway_offline"
+// means the gateway's session Gen ended and the child is unreachable (not
+// known to be down); "gateway_changed" or "kicked" that the gateway may no
+// longer act for it.
 type Disconnected struct {
 	Base
 	Role   string
 	Gen    uint64
 	Reason string
+	Via    string
 }
 
 // WillFired: the broker published the Last Will of the current session.

@@ -129,7 +129,19 @@ func (r *Registry) put(tx store.Tx, rec *record, ev event.Event) error {
 	}
 	tx.OnCommit(func() {
 		r.internRecord(rec)
-		r.byID.upsert(rec.ID, func(e *entry) { e.rec.Store(rec) })
+		var old *record
+		var e *entry
+		r.byID.upsert(rec.ID, func(x *entry) { old, e = x.rec.Load(), x; x.rec.Store(rec) })
+		from, to := indexedParent(old), indexedParent(rec)
+		r.kids.move(rec.ID, from, to)
+		if old != nil && old.Parent != "" && (rec.Parent != old.Parent || rec.Revoked) {
+			// The old gateway may no longer act for it.
+			reason := ReasonGatewayChanged
+			if rec.Revoked {
+				reason = ReasonKicked
+			}
+			r.cutChild(e, old.Parent, reason)
+		}
 	})
 	if ev == nil {
 		return nil

@@ -23,6 +23,12 @@
 // takeover (the old connection's disconnect arriving after the new one's
 // connect) never marks a device offline.
 //
+// A gateway's child has no connection: it is online through the session of
+// its gateway that relays its messages (Relayed), unreachable when that
+// session ends, offline when it is moved, revoked or not heard from for
+// Options.ChildTimeout (gateway.go). Children returns a gateway's children,
+// kept in an index that follows every registration change.
+//
 // Lookups, authentication and health updates are safe for concurrent use and
 // cheap enough for a client's read goroutine: a map read under a read lock and
 // a per-entry mutex. The fleet knows nothing of MQTT.

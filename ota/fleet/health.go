@@ -55,15 +55,22 @@ func (r *Registry) Connected(id string, c Conn) uint64 {
 	gen := r.gen.Add(1)
 	now := r.now()
 	e.mu.Lock()
-	e.conn = gen
+	old, reached := e.conn, e.reached
+	e.conn, e.reached = gen, nil
 	st := &e.status
 	st.online = true
+	st.via, st.viaGen, st.unreachable = "", 0, false // its own connection, not a gateway's
 	st.connectedAt, st.lastSeen = now.UnixNano(), now.UnixNano()
 	st.connects++
 	st.remote, st.protocol = c.Remote, c.Protocol
 	st.reason = 0
 	r.markDirty(e)
 	e.mu.Unlock()
+	if old != 0 && len(reached) > 0 {
+		// A gateway's new session took over the old one, whose children
+		// are cut off until it relays for them again.
+		r.gatewayGone(id, old, reached, now)
+	}
 	if role := e.rec.Load().Role; role.IsDevice() {
 		// Operators' comings and goings (every otactl command) are not
 		// fleet events.
@@ -87,6 +94,8 @@ func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
 		return false
 	}
 	e.conn = 0
+	reached := e.reached
+	e.reached = nil
 	st := &e.status
 	st.online = false
 	st.disconnectedAt, st.lastSeen = now.UnixNano(), now.UnixNano()
@@ -96,6 +105,7 @@ func (r *Registry) Disconnected(id string, gen uint64, reason string) bool {
 	if role := e.rec.Load().Role; role.IsDevice() {
 		r.feed.Publish(event.Disconnected{Base: event.Base{ID: id, At: now}, Role: string(role), Gen: gen, Reason: reason})
 	}
+	r.gatewayGone(id, gen, reached, now) // its children's events after its own
 	return true
 }
 

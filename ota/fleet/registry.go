@@ -47,6 +47,10 @@ type Options struct {
 	// at once (each takes about 19 MiB for a few tens of milliseconds).
 	// Default 2.
 	PasswordChecks int
+	// ChildTimeout is how long a gateway's child may go unheard, its
+	// gateway online, before it no longer counts as online. Default
+	// DefaultChildTimeout.
+	ChildTimeout time.Duration
 }
 
 // Registry holds every registered client. Its methods are safe for
@@ -59,6 +63,8 @@ type Registry struct {
 	log    *slog.Logger
 	feed   *event.Feed
 	flush  time.Duration
+	// childTimeout is Options.ChildTimeout in nanoseconds.
+	childTimeout int64
 	// throttle admits operator password checks; checkTime is their moving
 	// average duration in nanoseconds.
 	throttle  *throttle
@@ -68,6 +74,8 @@ type Registry struct {
 	// every device looks its sender up (twice: ACL and status), and one
 	// RWMutex's reader count is a cache line all cores fight over.
 	byID index
+	// kids lists each gateway's registered children.
+	kids kidIndex
 
 	dirtyMu sync.Mutex // guards dirty
 	dirty   []*entry
@@ -81,10 +89,13 @@ type Registry struct {
 type entry struct {
 	rec atomic.Pointer[record] // replaced whole when a transaction commits
 
-	mu     sync.Mutex // guards status, conn and dirty
+	mu     sync.Mutex // guards status, conn, dirty and reached
 	status status
 	conn   uint64 // generation of the current connection, 0 if none
 	dirty  bool   // status changed since the last flush
+	// reached, on a gateway's entry, holds the children it has relayed for
+	// in its current session (nil for every other client).
+	reached map[*entry]struct{}
 }
 
 // Open loads the registry from db.
@@ -105,10 +116,13 @@ func Open(db store.Store, opts *Options) (*Registry, error) {
 	if o.PasswordChecks <= 0 {
 		o.PasswordChecks = 2
 	}
+	if o.ChildTimeout <= 0 {
+		o.ChildTimeout = DefaultChildTimeout
+	}
 	r := &Registry{
 		db: db, clock: o.Clock, system: clock.IsSystem(o.Clock), log: o.Logger, feed: o.Feed, flush: o.FlushInterval,
-		throttle: newThrottle(o.PasswordChecks),
-		intern:   &interner{},
+		throttle: newThrottle(o.PasswordChecks), childTimeout: int64(o.ChildTimeout),
+		intern: &interner{},
 	}
 	err := db.View(context.Background(), func(tx store.Tx) error {
 		if err := tx.Scan(bucketClients, nil, false, func(k, v []byte) error {
@@ -120,6 +134,7 @@ func Open(db store.Store, opts *Options) (*Registry, error) {
 			e := &entry{}
 			e.rec.Store(&rec)
 			r.byID.store(rec.ID, e)
+			r.kids.move(rec.ID, "", indexedParent(&rec))
 			return nil
 		}); err != nil {
 			return err
@@ -134,9 +149,9 @@ func Open(db store.Store, opts *Options) (*Registry, error) {
 				return fmt.Errorf("status %q: %w", k, err)
 			}
 			e.status = importStatus(st, r.intern)
-			if e.status.online {
+			if e.status.online || e.status.unreachable {
 				// Nobody is connected to a broker that just started.
-				e.status.online = false
+				e.status.online, e.status.unreachable, e.status.viaGen = false, false, 0
 				e.status.reason = reasonCode(ReasonRestart)
 				r.markDirty(e)
 			}
@@ -169,13 +184,19 @@ func (r *Registry) Get(id string) (View, bool) {
 	if e == nil {
 		return View{}, false
 	}
-	return e.view(), true
+	return r.view(e), true
 }
 
-func (e *entry) view() View {
+// view returns e's registration and status. A child not heard from for
+// the child timeout is shown offline (ReasonChildSilent), its gateway
+// still named.
+func (r *Registry) view(e *entry) View {
 	e.mu.Lock()
 	st := e.status.export()
 	e.mu.Unlock()
+	if st.Online && st.Gateway != "" && r.now().Sub(st.LastSeen) > time.Duration(r.childTimeout) {
+		st.Online, st.DisconnectReason = false, ReasonChildSilent
+	}
 	return View{Device: e.rec.Load().Device, Status: st}
 }
 
@@ -185,7 +206,7 @@ func (r *Registry) Each(f func(v *View)) {
 	entries := make([]*entry, 0, r.byID.len())
 	r.byID.each(func(_ string, e *entry) { entries = append(entries, e) })
 	for _, e := range entries {
-		v := e.view()
+		v := r.view(e)
 		f(&v)
 	}
 }
@@ -264,7 +285,7 @@ func (r *Registry) List(f Filter) ([]View, string) {
 		if e == nil {
 			continue
 		}
-		v := e.view()
+		v := r.view(e)
 		if !f.match(&v) {
 			continue
 		}
@@ -410,34 +431,73 @@ type Counts struct {
 	// ByVersion counts devices and gateways by reported firmware and
 	// hardware ("" if never reported).
 	ByVersion map[[2]string]int
-	// Online counts connected devices and gateways.
+	// Online counts devices and gateways connected themselves (children
+	// reached through their gateway are in Children).
 	Online int
 	// Heartbeats counts the heartbeats accepted since the registry was
 	// opened (a counter kept per entry, so that no cache line is shared by
 	// every heartbeat).
 	Heartbeats uint64
+	// GatewaysOnline counts connected gateways (unrevoked).
+	GatewaysOnline int
+	// Children counts the unrevoked children of gateways by presence:
+	// "reachable" (online through their gateway), "unreachable" (their
+	// gateway's session ended), "offline" (not heard from through an
+	// online gateway, or never).
+	Children map[string]int
+	// ChildrenPerGateway holds, for each unrevoked gateway, how many
+	// unrevoked children are registered under it (in no order).
+	ChildrenPerGateway []int
 }
+
+// Child presences, the keys of Counts.Children.
+const (
+	ChildReachable   = "reachable"
+	ChildUnreachable = "unreachable"
+	ChildOffline     = "offline"
+)
 
 // Counts computes the fleet aggregates. It walks every entry: call it at
 // scrape time, not per message.
 func (r *Registry) Counts() Counts {
-	c := Counts{Registered: map[string]int{}, ByVersion: map[[2]string]int{}}
+	c := Counts{Registered: map[string]int{}, ByVersion: map[[2]string]int{},
+		Children: map[string]int{ChildReachable: 0, ChildUnreachable: 0, ChildOffline: 0}}
 	entries := make([]*entry, 0, r.byID.len())
 	r.byID.each(func(_ string, e *entry) { entries = append(entries, e) })
+	perGW := r.kids.perGateway()
+	now := r.now().UnixNano()
 	for _, e := range entries {
 		rec := e.rec.Load()
 		e.mu.Lock()
 		fw, online, hb := e.status.firmware, e.status.online, e.status.heartbeatsRun
+		unreachable, via, seen := e.status.unreachable, e.status.via, e.status.lastSeen
 		e.mu.Unlock()
 		c.Heartbeats += hb
 		if !rec.Role.IsDevice() || rec.Revoked {
 			continue
 		}
+		if online && via != "" && now-seen > r.childTimeout {
+			online = false // a silent child (see view)
+		}
+		switch {
+		case rec.Role == RoleGateway:
+			c.ChildrenPerGateway = append(c.ChildrenPerGateway, perGW[rec.ID])
+			if online {
+				c.GatewaysOnline++
+			}
+		case rec.Parent == "":
+		case online && via != "":
+			c.Children[ChildReachable]++
+		case unreachable:
+			c.Children[ChildUnreachable]++
+		default:
+			c.Children[ChildOffline]++
+		}
 		c.Registered[rec.Hardware]++
 		hw := rec.Hardware
 		c.ByVersion[[2]string{fw, hw}]++
-		if online {
-			c.Online++
+		if online && via == "" {
+			c.Online++ // a connection of its own, not a gateway's relay
 		}
 	}
 	return c

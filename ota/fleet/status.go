@@ -22,6 +22,12 @@ type Status struct {
 	Protocol   uint8     `json:"protocol,omitempty"`
 	WillAt     time.Time `json:"will_at,omitzero"`
 	Wills      uint64    `json:"wills,omitempty"`
+	// Gateway is, for a child, the gateway it is (or was last) reached
+	// through; Unreachable says that gateway's session ended while the
+	// child was online through it (DisconnectReason "gateway_offline"):
+	// the child is cut off, not known to be down.
+	Gateway     string `json:"gateway,omitempty"`
+	Unreachable bool   `json:"unreachable,omitempty"`
 
 	// From the last birth.
 	BirthAt          time.Time `json:"birth_at,omitzero"`
@@ -72,11 +78,16 @@ type status struct {
 
 	firmware, reportedHardware, bootloader, agentVersion string
 	remote                                               string
+	// via is the gateway a child is (or was last) reached through;
+	// viaGen that gateway's session, 0 when it is not reachable now.
+	via    string
+	viaGen uint64
 
 	bootsSinceCommit, watchdogResets, freeHeap, secureVersion uint32
 	rssi, utcOffset                                           int16
 
 	online, hasOffset, born bool
+	unreachable             bool // cut off by its gateway's disconnect
 	protocol, slot, health  uint8
 	reason                  uint8 // index in reasons, 0 none
 	bootReason              wire.BootReason
@@ -107,6 +118,7 @@ func (s *status) export() Status {
 		Connects: s.connects, Remote: s.remote, Protocol: s.protocol, WillAt: fromNanos(s.willAt), Wills: s.wills,
 		HeartbeatAt: fromNanos(s.heartbeatAt), Heartbeats: s.heartbeats, Uptime: s.uptime, HealthFlags: s.health,
 		WatchdogResets: s.watchdogResets, FreeHeap: s.freeHeap, RSSI: s.rssi,
+		Gateway: s.via, Unreachable: s.unreachable,
 	}
 	if s.connects > 1 {
 		st.Reconnects = s.connects - 1
@@ -136,6 +148,7 @@ func importStatus(st Status, in *interner) status {
 		connects: st.Connects, remote: st.Remote, protocol: st.Protocol, willAt: nanos(st.WillAt), wills: st.Wills,
 		heartbeatAt: nanos(st.HeartbeatAt), heartbeats: st.Heartbeats, uptime: st.Uptime, health: st.HealthFlags,
 		watchdogResets: st.WatchdogResets, freeHeap: st.FreeHeap, rssi: st.RSSI,
+		via: in.get(st.Gateway), unreachable: st.Unreachable,
 	}
 	if !st.BirthAt.IsZero() {
 		s.born, s.birthAt = true, nanos(st.BirthAt)
@@ -157,7 +170,7 @@ func importStatus(st Status, in *interner) status {
 }
 
 // reasons are the disconnect reasons as stored in status.reason.
-var reasons = append([]string{""}, append(DisconnectReasons, ReasonRestart)...)
+var reasons = append([]string{""}, append(DisconnectReasons, ReasonRestart, ReasonGatewayOffline, ReasonGatewayChanged)...)
 
 // reasonCode returns the index of reason in reasons; unknown reasons (from
 // a newer version) read as "connection_lost".

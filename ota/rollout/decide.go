@@ -658,19 +658,24 @@ func (e *Engine) timers(r *run, m *member, v *fleet.View, now time.Time) *change
 	c := &change{r: r, m: *m, expect: m.state}
 	n := &c.m
 	if m.offered != 0 && nowNS >= m.offered+int64(sp.Deadline.D()) {
-		if m.state >= Rebooting {
+		gw := e.cutOff(v)
+		if m.state >= Rebooting && gw == "" {
 			n.flags |= fHealth | fBroker
 		}
 		n.state, n.at = TimedOut, nowNS
 		c.reason = fmt.Sprintf("no result within the deadline of %s after its offer (it was %s)", sp.Deadline.D(), m.state)
+		if gw != "" {
+			c.reason += "; unreachable: its gateway " + gw + " is offline"
+		}
 		return c
 	}
-	if (m.state == Rebooting || m.state == Trial) && !v.Status.Online && !v.Status.DisconnectedAt.IsZero() &&
-		now.Sub(v.Status.DisconnectedAt) >= sp.Silence.D() && v.Status.DisconnectedAt.UnixNano() >= m.at-int64(time.Minute) {
-		n.flags |= fHealth | fBroker
-		n.state, n.at = Failed, nowNS
-		c.reason = fmt.Sprintf("silent for %s after its reboot (offline since %s)", sp.Silence.D(), v.Status.DisconnectedAt.Format(time.RFC3339))
-		return c
+	if m.state == Rebooting || m.state == Trial {
+		if since, after := e.silentSince(v); !since.IsZero() && now.Sub(since) >= sp.Silence.D() && since.UnixNano() >= m.at-int64(time.Minute) {
+			n.flags |= fHealth | fBroker
+			n.state, n.at = Failed, nowNS
+			c.reason = fmt.Sprintf("silent for %s after its reboot%s (not heard from since %s)", sp.Silence.D(), after, since.Format(time.RFC3339))
+			return c
+		}
 	}
 	if m.state == Trial && m.okAt != 0 && nowNS >= m.okAt+int64(sp.Probation.D()) && v.Status.Online && v.Status.Healthy() {
 		if _, stone := r.target(m); stone >= 0 {
@@ -685,6 +690,50 @@ func (e *Engine) timers(r *run, m *member, v *fleet.View, now time.Time) *change
 		return c
 	}
 	return nil
+}
+
+// cutOff returns the gateway of a child that is unreachable because that
+// gateway is offline ("" for any other device): such a child is not judged
+// by silence, and its deadline is no health failure.
+func (e *Engine) cutOff(v *fleet.View) string {
+	st := &v.Status
+	if !st.Unreachable || st.Gateway == "" {
+		return ""
+	}
+	if g, ok := e.reg.Get(st.Gateway); ok && g.Status.Online {
+		return "" // it is back: the child has had its chance to be heard
+	}
+	return st.Gateway
+}
+
+// silentSince returns since when the broker has not heard from the device
+// of v, for the silence rule (zero: it is not silent), and words that say
+// from what the silence counts.
+//
+// A device with a connection of its own is silent from its disconnect. A
+// gateway's child is silent from the last message its gateway relayed;
+// one cut off by its gateway's disconnect is not silent while the gateway
+// is offline (it waits, up to its deadline), and once the gateway is back
+// it is silent from the gateway's reconnect unless it is heard again.
+func (e *Engine) silentSince(v *fleet.View) (time.Time, string) {
+	st := &v.Status
+	switch {
+	case st.Online:
+		return time.Time{}, ""
+	case st.Gateway == "":
+		return st.DisconnectedAt, ""
+	case st.Unreachable:
+		g, ok := e.reg.Get(st.Gateway)
+		if !ok || !g.Status.Online {
+			return time.Time{}, ""
+		}
+		since := g.Status.ConnectedAt
+		if st.LastSeen.After(since) {
+			since = st.LastSeen
+		}
+		return since, " and its gateway " + st.Gateway + "'s return"
+	}
+	return st.LastSeen, ""
 }
 
 // observed judges what the broker saw of an in-flight member since the

@@ -553,6 +553,13 @@ func (e *Engine) deviceView(r *run, m *member, reason string) DeviceView {
 	if m.offered != 0 {
 		v.OfferID = r.offerID(m)
 	}
+	if d, ok := e.reg.Get(m.id); ok && d.Parent != "" {
+		v.Gateway = d.Parent
+		v.Unreachable = m.state.inFlight() && e.cutOff(&d) != ""
+		if v.Unreachable && v.Reason == "" {
+			v.Reason = "unreachable: its gateway " + d.Parent + " is offline"
+		}
+	}
 	return v
 }
 

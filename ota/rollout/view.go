@@ -36,6 +36,13 @@ type View struct {
 	Next *Next `json:"next,omitempty"`
 	// Spec is the YAML the rollout was created from (rollout/get only).
 	Spec string `json:"spec,omitempty"`
+	// Gateways groups the devices that are children of gateways under
+	// their gateway, most children first (rollout/get only; at most
+	// MaxGatewayViews, the rest counted in MoreGateways). Unreachable
+	// counts the devices in flight cut off by their gateway's disconnect.
+	Gateways     []GatewayView `json:"gateways,omitempty"`
+	MoreGateways int           `json:"more_gateways,omitempty"`
+	Unreachable  int           `json:"unreachable,omitempty"`
 }
 
 // WaveView is one wave of a View.
@@ -94,6 +101,7 @@ func (e *Engine) view(r *run, now time.Time, withSpec bool) *View {
 		Updated: rec.Updated, Alarms: append([]Alarm{}, rec.Alarms...)}
 	if withSpec {
 		v.Spec = rec.Spec
+		v.Gateways, v.MoreGateways, v.Unreachable = e.gatewayViews(r)
 	}
 	var all counter
 	for i, w := range rec.Waves {
@@ -163,6 +171,74 @@ type DeviceView struct {
 	Broker   bool   `json:"broker_observed,omitempty"`
 	Hardware string `json:"hardware,omitempty"`
 	Region   string `json:"region,omitempty"`
+	// Gateway is the gateway a child is registered under (the rollout
+	// counts the child as a device of its own); Unreachable says the
+	// child is cut off because that gateway is offline: it waits, and is
+	// not judged failing for it.
+	Gateway     string `json:"gateway,omitempty"`
+	Unreachable bool   `json:"unreachable,omitempty"`
+}
+
+// GatewayView counts the devices of a rollout behind one gateway
+// (rollout/get).
+type GatewayView struct {
+	Gateway string `json:"gateway"`
+	// Online says whether the gateway is connected now.
+	Online bool `json:"online"`
+	// Devices counts its children taking part; Counts them by state (only
+	// the states some are in); Unreachable those in flight that are cut
+	// off by the gateway's disconnect.
+	Devices     int            `json:"devices"`
+	Counts      map[string]int `json:"counts"`
+	Unreachable int            `json:"unreachable"`
+}
+
+// MaxGatewayViews bounds View.Gateways: the gateways with the most children
+// in the rollout are listed, the rest counted in View.MoreGateways.
+const MaxGatewayViews = 100
+
+// gatewayViews groups the members of r that are children of gateways under
+// their gateway. Callers hold e.mu.
+func (e *Engine) gatewayViews(r *run) ([]GatewayView, int, int) {
+	by := map[string]*GatewayView{}
+	unreachable := 0
+	for _, m := range r.members {
+		d, ok := e.reg.Lookup(m.id)
+		if !ok || d.Parent == "" || m.state == Skipped || m.state == Cancelled {
+			continue
+		}
+		g := by[d.Parent]
+		if g == nil {
+			g = &GatewayView{Gateway: d.Parent, Counts: map[string]int{}}
+			if gv, ok := e.reg.Get(d.Parent); ok {
+				g.Online = gv.Status.Online
+			}
+			by[d.Parent] = g
+		}
+		g.Devices++
+		g.Counts[m.state.String()]++
+		if m.state.inFlight() {
+			if v, ok := e.reg.Get(m.id); ok && e.cutOff(&v) != "" {
+				g.Unreachable++
+				unreachable++
+			}
+		}
+	}
+	out := make([]GatewayView, 0, len(by))
+	for _, g := range by {
+		out = append(out, *g)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Devices != out[j].Devices {
+			return out[i].Devices > out[j].Devices
+		}
+		return out[i].Gateway < out[j].Gateway
+	})
+	more := 0
+	if len(out) > MaxGatewayViews {
+		more, out = len(out)-MaxGatewayViews, out[:MaxGatewayViews]
+	}
+	return out, more, unreachable
 }
 
 func nanoTime(n int64) time.Time {
