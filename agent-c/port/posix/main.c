@@ -371,9 +371,17 @@ int main(int argc, char **argv)
     if (sup) {
         /* the child runs the same command line without --supervise */
         char **cargv = calloc((size_t)argc + 1u, sizeof(char *));
+        char rp[600];
         int n = 0;
         if (cargv == NULL)
             return OTA_EXIT_ERROR;
+        /* The supervisor is the chip: its start is a power-on. A reset
+         * reason left by a device process whose power was cut (all of the
+         * tree killed) after it wrote the reason, or before the next start
+         * consumed it, is gone with the power, as the chip's reset reason
+         * register is. */
+        snprintf(rp, sizeof(rp), "%s/reset-reason", dir);
+        (void)unlink(rp);
         for (i = 0; i < argc; i++)
             if (strcmp(argv[i], "--supervise") != 0)
                 cargv[n++] = argv[i];
