@@ -114,7 +114,9 @@ func TestPowerLoss(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i] = c.runRound(round, id)
+				if errs[i] = c.runRound(round, id); errs[i] != nil {
+					c.a.thaw(children(c.a.cmd.Process.Pid)) // let the report stop it
+				}
 			}()
 		}
 		wg.Wait()
@@ -269,7 +271,6 @@ func TestPowerLoss(t *testing.T) {
 	}
 	rec.figure("cuts by the phase they landed in", "%s", strings.Join(by, ", "))
 	rec.figure("cuts that landed in the phase aimed at", "%d of %d (the others landed in a later one: it went by between two steps)", hits, total)
-	rec.figure("cuts in the trial that sent the device back to the old image", "%d of %d", trial, trial)
 	rec.figure("reverts to the old image", "%d by the bootloader after a cut in the trial, %d by the agent (reboot trigger), %d not reported (a cut in the trial with the state record still at installing: the agent installed again)", byCut, byAgent, unreported)
 	rec.figure("devices counted rolled back by the rollouts", "%d", rolledBack)
 	rec.figure("rounds (rollouts)", "%s", strings.Join(rounds, "; "))
@@ -380,7 +381,6 @@ func (e odEntry) slot() int { return int((e.seq - 1) % 2) }
 type flashState struct {
 	od      [2]odEntry
 	state   string // the agent's persisted OTA state
-	size    uint64 // the update's image size (state record key 5)
 	offset  uint64 // its persisted download offset (key 6)
 	part    int64  // bytes in slot1.part, the slot being written (-1: none)
 	flags   uint64 // the record's flags (key 14)
@@ -484,7 +484,6 @@ func readFlash(dir string) (flashState, error) {
 	if v, ok := m[1].(uint64); ok && v < uint64(len(otaStates)) {
 		s.state = otaStates[v]
 	}
-	s.size, _ = m[5].(uint64)
 	s.offset, _ = m[6].(uint64)
 	s.flags, _ = m[14].(uint64)
 	s.rollout, _ = m[2].(string)
