@@ -114,7 +114,7 @@ func TestPowerLoss(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if errs[i] = c.runRound(round, id); errs[i] != nil {
+				if errs[i] = c.runRound(id); errs[i] != nil {
 					c.a.thaw(children(c.a.cmd.Process.Pid)) // let the report stop it
 				}
 			}()
@@ -496,13 +496,11 @@ func readFlash(dir string) (flashState, error) {
 // cut is one power cut: the phase it was aimed at and the one it landed
 // in, and what the bootloader would start then.
 type cut struct {
-	round   int
 	aimed   phase
 	landed  phase
 	slot    int
 	version string
 	record  string // the agent's persisted state at the cut
-	booted  bool   // the agent booted that slot and version after it
 }
 
 func (k cut) String() string { return fmt.Sprintf("%s (aimed %s)", k.landed, k.aimed) }
@@ -520,7 +518,7 @@ type cutter struct {
 	held      bool     // powered on, not yet let run
 	mark      int      // the agent's log up to the last cut
 	roundMark int      // and up to the round's start
-	boot      *cut     // the last cut, until the boot after it was seen
+	boot      *cut     // the last cut, until the boot after it was seen (then nil)
 	roundCuts []cut
 	cuts      []cut
 }
@@ -560,7 +558,7 @@ func (c *cutter) planCuts(budget int) []phase {
 // runRound aims, cuts and checks the next phases of the plan in rollout
 // id; it ends when the plan does, when the update is committed, or when it
 // was rolled back and the agent will not take the same offer again.
-func (c *cutter) runRound(round int, id string) error {
+func (c *cutter) runRound(id string) error {
 	defer func() {
 		if c.held {
 			c.a.thaw(nil)
@@ -577,7 +575,7 @@ func (c *cutter) runRound(round int, id string) error {
 			break // the update ended before the phase came: no cut
 		}
 		c.plan = c.plan[1:]
-		k := cut{round: round, aimed: target, landed: landed, record: at.state}
+		k := cut{aimed: target, landed: landed, record: at.state}
 		if err := c.a.cutPower(kids); err != nil {
 			return err
 		}
@@ -604,7 +602,7 @@ func (c *cutter) runRound(round int, id string) error {
 		}
 		c.roundCuts = append(c.roundCuts, k)
 		c.cuts = append(c.cuts, k)
-		c.mark, c.boot = len(c.a.out.String()), &c.cuts[len(c.cuts)-1]
+		c.mark, c.boot = len(c.a.out.String()), &k
 		if err := c.a.powerOn(c.path, c.args); err != nil {
 			return err
 		}
@@ -644,7 +642,7 @@ func (c *cutter) booted() (bool, error) {
 	if m[1] != strconv.Itoa(k.slot) || m[2] != k.version {
 		return false, fmt.Errorf("%s: after the cut in %s it booted slot %s (%s), the bootloader's rules say slot %d (%s)", c.a.id, k.landed, m[1], m[2], k.slot, k.version)
 	}
-	k.booted, c.boot = true, nil
+	c.boot = nil
 	return true, nil
 }
 
