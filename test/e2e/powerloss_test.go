@@ -273,6 +273,7 @@ func TestPowerLoss(t *testing.T) {
 	rec.figure("cuts that landed in the phase aimed at", "%d of %d (the others landed in a later one: it went by between two steps)", hits, total)
 	rec.figure("reverts to the old image", "%d by the bootloader after a cut in the trial, %d by the agent (reboot trigger), %d not reported (a cut in the trial with the state record still at installing: the agent installed again)", byCut, byAgent, unreported)
 	rec.figure("devices counted rolled back by the rollouts", "%d", rolledBack)
+	rec.figure("devices cut in the probation, no revert, counted failed by the broker (Last Will during the trial)", "%d", failedAfterCut)
 	rec.figure("rounds (rollouts)", "%s", strings.Join(rounds, "; "))
 	rec.figure("first rollout to every agent committed", "%.1f s", took.Seconds())
 }
