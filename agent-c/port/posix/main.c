@@ -171,6 +171,8 @@ static void usage(FILE *f)
           "  --bootloader VER       bootloader version (default 2.1.0)\n"
           "  --initial-version VER  version of the factory image (default 1.0.0)\n"
           "  --secure-version N     secure version of the factory image (default 0)\n"
+          "  --utc-offset MINUTES   the device's UTC offset reported in its birth\n"
+          "                         (-840 to 840, default 0)\n"
           "  --cafile FILE          CA bundle for mqtts://\n"
           "  --cert FILE, --cert-key FILE\n"
           "                         client certificate and its private key (PEM) for\n"
@@ -197,8 +199,8 @@ static void usage(FILE *f)
 enum {
     O_BROKER = 256, O_ID, O_TOKEN, O_TOKEN_FILE, O_CERT, O_KEYFILE, O_DIR, O_HW, O_KEY, O_BL,
     O_INIT, O_CAFILE, O_V3, O_SUPERVISE, O_DOWNGRADE, O_VERBOSE, O_NOINVAL, O_HELP,
-    O_VERSION,
-    /* the numeric ones */
+    O_VERSION, O_UTC,
+    /* the unsigned numeric ones */
     O_SV, O_WDT, O_HB, O_RTO, O_BMIN, O_BMAX, O_RETRIES, O_TRIAL, O_PROB, O_MAXRB, O_RBWIN,
     O_MAXWDT, O_WDTWIN, O_HFAIL, O_NOBROKER, O_BS, O_WIN
 };
@@ -219,6 +221,7 @@ static const struct option opts[] = {
     {"reboot-window-ms", 1, 0, O_RBWIN}, {"max-wdt-resets", 1, 0, O_MAXWDT},
     {"wdt-window-ms", 1, 0, O_WDTWIN}, {"health-fail-ms", 1, 0, O_HFAIL},
     {"no-broker-ms", 1, 0, O_NOBROKER}, {"block-size", 1, 0, O_BS}, {"window", 1, 0, O_WIN},
+    {"utc-offset", 1, 0, O_UTC},
     {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
 
 static int num(const char *s, uint32_t *out)
@@ -314,6 +317,19 @@ int main(int argc, char **argv)
         case O_BL: bl = optarg; break;
         case O_INIT: initv = optarg; break;
         case O_SV: isv = v; break;
+        case O_UTC: {
+            char *end;
+            long m;
+            errno = 0;
+            m = strtol(optarg, &end, 10);
+            if (errno != 0 || *end != '\0' || end == optarg || m < -840 || m > 840) {
+                fprintf(stderr, "otamq-agent: --utc-offset %s: want minutes from -840 to 840\n",
+                        optarg);
+                return OTA_EXIT_ERROR;
+            }
+            cfg.utc_offset_min = (int32_t)m;
+            break;
+        }
         case O_CAFILE: cafile = optarg; break;
         case O_V3: v3 = true; break;
         case O_SUPERVISE: sup = true; break;
@@ -371,9 +387,17 @@ int main(int argc, char **argv)
     if (sup) {
         /* the child runs the same command line without --supervise */
         char **cargv = calloc((size_t)argc + 1u, sizeof(char *));
+        char rp[600];
         int n = 0;
         if (cargv == NULL)
             return OTA_EXIT_ERROR;
+        /* The supervisor is the chip: its start is a power-on. A reset
+         * reason left by a device process whose power was cut (all of the
+         * tree killed) after it wrote the reason, or before the next start
+         * consumed it, is gone with the power, as the chip's reset reason
+         * register is. */
+        snprintf(rp, sizeof(rp), "%s/reset-reason", dir);
+        (void)unlink(rp);
         for (i = 0; i < argc; i++)
             if (strcmp(argv[i], "--supervise") != 0)
                 cargv[n++] = argv[i];
