@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"strings"
 	"sync"
 	"time"
 )
@@ -66,8 +67,11 @@ type ThrottledError struct {
 }
 
 func (e *ThrottledError) Error() string {
-	if e.Scope == ThrottleBusy {
+	switch {
+	case e.Scope == ThrottleBusy:
 		return "login throttled: password checks busy"
+	case e.Retry == 0:
+		return "login throttled: too many checks of this " + strings.ReplaceAll(e.Scope, "_", " ") + " at once"
 	}
 	return "login throttled by " + e.Scope + " after failed attempts"
 }
@@ -97,10 +101,15 @@ type throttle struct {
 	// attempts without recent failures.
 	slots chan struct{}
 	clean chan struct{}
+
+	// inflightWait is LoginInflightWait (tests that are not about it
+	// lengthen it).
+	inflightWait time.Duration
 }
 
 func newThrottle(checks int) *throttle {
-	t := &throttle{ids: map[string]*failures{}, addrs: map[string]*failures{}, clean: make(chan struct{}, 1), changed: make(chan struct{})}
+	t := &throttle{ids: map[string]*failures{}, addrs: map[string]*failures{}, clean: make(chan struct{}, 1), changed: make(chan struct{}),
+		inflightWait: LoginInflightWait}
 	if checks > 1 {
 		t.slots = make(chan struct{}, checks-1)
 	}
@@ -147,7 +156,7 @@ func (t *throttle) begin(id, addr string, clock func() time.Time) (*attempt, err
 		// end (a burst of guesses then meets the backoff its first
 		// failures start; parallel good logins go one after another).
 		if wait == nil {
-			wait = time.NewTimer(LoginInflightWait)
+			wait = time.NewTimer(t.inflightWait)
 		}
 		scope := ThrottleID // what the attempt waits for, read under the lock
 		if fid.inflight < LoginInflightID {
