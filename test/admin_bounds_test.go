@@ -74,7 +74,10 @@ func auditAll(t testing.TB, c *rpc.Client, q map[string]any) []auditRec {
 // the log keeps its configured number of records, and the database stays
 // small.
 func TestAdminObserverFloodBounded(t *testing.T) {
-	b := startBroker(t, func(o *broker.Options) { o.AuditMaxRecords = 300 })
+	// A low rate, so that the flood is limited however slowly a loaded
+	// machine serves it (1200 requests within 4 minutes pass 5/s and a
+	// burst of 20).
+	b := startBroker(t, func(o *broker.Options) { o.AuditMaxRecords, o.AdminRate, o.AdminBurst = 300, 5, 20 })
 	b.addOperator("olga", "observer", "observer password 1")
 	dbPath := filepath.Join(b.opts.DataDir, "otamq.db")
 	size := func() int64 {
