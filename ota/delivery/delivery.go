@@ -522,6 +522,27 @@ func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult
 	return out, nil
 }
 
+// Withdraw cancels device id's offer if it is still the one made under
+// rolloutID, and reports whether it did. Push the empty offer after the
+// transaction commits.
+func (s *Service) Withdraw(tx store.Tx, id, rolloutID, actor string) (bool, error) {
+	v := tx.Get(bucketOffers, []byte(id))
+	if v == nil {
+		return false, nil
+	}
+	of, err := decodeOffer(v, nil)
+	if err != nil {
+		return false, fmt.Errorf("offer of %s: %w", id, err)
+	}
+	if of.Cancelled || of.RolloutID != rolloutID {
+		return false, nil
+	}
+	if _, err := s.Cancel(tx, []string{id}, actor); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // Push sends each device in ids its current offer (or the empty one).
 // The Sender must not change the message: devices of one rollout share
 // theirs.

@@ -535,6 +535,20 @@ func (e *Engine) write(tx store.Tx, c *change) error {
 	if err := tx.Put(bucketMembers, memberKey(c.r.rec.ID, c.m.id), c.m.encode(c.reason)); err != nil {
 		return err
 	}
+	// A device whose update ended without success no longer has the
+	// release offered: otherwise it would get it again at its next
+	// subscription and might take it, behind the rollout's back (its
+	// retries are the rollout's to give).
+	if st := c.m.state; (st == Failed || st == RolledBack || st == TimedOut) && !c.expect.Done() && !c.cancel {
+		id := c.m.id
+		withdrawn, err := e.dlv.Withdraw(tx, id, c.r.offerID(&c.m), "rollout "+c.r.rec.ID)
+		if err != nil {
+			return err
+		}
+		if withdrawn {
+			tx.OnCommit(func() { e.dlv.Push([]string{id}) })
+		}
+	}
 	m, r, reason := c.m, c.r, c.reason
 	tx.OnCommit(func() { e.apply(r, &m, reason) })
 	return nil

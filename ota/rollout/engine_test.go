@@ -185,17 +185,21 @@ func TestBadCanaryPausesAndResumes(t *testing.T) {
 	if v.State != StatePaused || v.PausedBy != PauseThreshold || !strings.Contains(v.Reason, "wave canary: ") || !strings.Contains(v.Reason, " 40% (2 of 5) passed the pause threshold") {
 		t.Fatalf("state %s (%s): %s", v.State, v.PausedBy, v.Reason)
 	}
-	for _, id := range e.snd.offered() {
+	for _, id := range e.snd.everOffered() {
 		if !strings.HasPrefix(id, "canary") {
 			t.Fatalf("%s was offered outside the canary", id)
 		}
+	}
+	// The failed canaries had the release withdrawn (empty offer).
+	if n := len(e.snd.offered()); n != 3 {
+		t.Fatalf("%d canaries still offered the release after the 2 failures", n)
 	}
 	if len(v.Alarms) == 0 || v.Alarms[len(v.Alarms)-1].Level != "pause" {
 		t.Fatalf("alarms %+v", v.Alarms)
 	}
 	// Paused: time passes, nothing new is offered.
 	e.advance(time.Hour, 10*time.Minute)
-	if n := len(e.snd.offered()); n != 5 {
+	if n := len(e.snd.everOffered()); n != 5 {
 		t.Fatalf("%d offered while paused", n)
 	}
 	// The operator resumes (the failing devices were dealt with): the

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -73,6 +74,36 @@ func (s *sender) lastOffer(id string) (wire.Offer, bool) {
 	return o[len(o)-1], true
 }
 
+// working returns the last offer id was sent that named a rollout: the one
+// it works on (an empty offer that withdrew it since does not change what
+// its late reports are about).
+func (s *sender) working(id string) (wire.Offer, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o := s.offers[id]
+	for i := len(o) - 1; i >= 0; i-- {
+		if o[i].RolloutID != "" {
+			return o[i], true
+		}
+	}
+	return wire.Offer{}, false
+}
+
+// everOffered lists the devices that were ever sent an offer of a release.
+func (s *sender) everOffered() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id, os := range s.offers {
+		if slices.ContainsFunc(os, func(o wire.Offer) bool { return o.RolloutID != "" }) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// offered lists the devices whose last offer names a rollout.
 func (s *sender) offered() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -316,7 +347,7 @@ func (e *env) heartbeat(id string, flags uint8, st wire.OTAState) {
 // event sends device id's update event for its current offer.
 func (e *env) event(id string, code wire.EventCode, errc wire.ErrorCode) {
 	e.t.Helper()
-	o, ok := e.snd.lastOffer(id)
+	o, ok := e.snd.working(id)
 	if !ok {
 		e.t.Fatalf("%s has no offer", id)
 	}

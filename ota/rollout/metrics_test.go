@@ -80,3 +80,29 @@ func TestRollbackSeenInBirthThenReportedAsHealth(t *testing.T) {
 		t.Errorf("%d rollbacks, %d health failures, results %v; want 1, 1, one rolled_back", e.rec.rollbacks, e.rec.health, e.rec.results)
 	}
 }
+
+// A device whose update ends without success has the release withdrawn
+// (the empty offer, and no current offer to send when it subscribes
+// again), so it cannot take the release again behind the rollout's back;
+// the devices that succeeded keep theirs.
+func TestFailedDevicesHaveTheReleaseWithdrawn(t *testing.T) {
+	e := newEnv(t)
+	e.release("1.1.0", 0, "esp32-v2")
+	e.fleetOf(map[string]int{"rest": 4})
+	e.create("id: r1\nrelease: 1.1.0\nwaves: [{percent: [100]}]\nprobation: 1m\nthresholds: {min_sample: 100}\n")
+	e.start("r1")
+	e.runToEnd("r1", 30*time.Minute, map[string]behaviour{"rest-000": failsHealth, "rest-001": rollsBack})
+	for id, want := range map[string]string{"rest-000": "rolled_back", "rest-001": "rolled_back", "rest-002": "succeeded", "rest-003": "succeeded"} {
+		d := e.device("r1", id)
+		_, current := e.dlv.Current(id)
+		last, _ := e.snd.lastOffer(id)
+		switch {
+		case d.State != want:
+			t.Errorf("%s: %s, want %s", id, d.State, want)
+		case want == "succeeded" && (!current || last.RolloutID != "r1"):
+			t.Errorf("%s succeeded but its offer is gone (current %v, last sent %q)", id, current, last.RolloutID)
+		case want != "succeeded" && (current || last.RolloutID != ""):
+			t.Errorf("%s %s but still offered (current %v, last sent %q)", id, want, current, last.RolloutID)
+		}
+	}
+}
