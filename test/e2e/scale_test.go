@@ -187,7 +187,7 @@ probation: 1s
 	devs := w.rolloutDevices("soak")
 	tls := w.timelines(f.ids(), "soak")
 	phase("timelines read")
-	var agentTimes, simTimes, agentDone, simDone []time.Duration
+	agentTimes, simTimes, agentDone, simDone := &spans{}, &spans{}, &spans{}, &spans{}
 	bad := 0
 	for _, id := range f.ids() {
 		tl := tls[id]
@@ -205,13 +205,12 @@ probation: 1s
 			}
 			continue
 		}
-		dt := first(tl, "update.health.ok").Sub(first(tl, "offer"))
-		ds := d.Since.Sub(d.Offered)
+		toCommit, toSuccess := simTimes, simDone
 		if f.isAgent[id] {
-			agentTimes, agentDone = append(agentTimes, dt), append(agentDone, ds)
-		} else {
-			simTimes, simDone = append(simTimes, dt), append(simDone, ds)
+			toCommit, toSuccess = agentTimes, agentDone
 		}
+		toCommit.add(first(tl, "offer"), first(tl, "update.health.ok"), r1.at)
+		toSuccess.add(d.Offered, d.Since, r1.at)
 	}
 	if bad > 10 {
 		t.Errorf("and %d more devices", bad-10)
@@ -248,10 +247,10 @@ probation: 1s
 		"%.2f s, %.2f s, %.1f s (mid-wave); %.2f s, %.2f s, %.1f s (after the rollout)",
 		r1.exited.Seconds(), r1.started.Seconds(), r1.online.Seconds(), r2.exited.Seconds(), r2.started.Seconds(), r2.online.Seconds())
 	rec.figure("rollout, start to completed (restart included)", "%.1f s", took.Seconds())
-	rec.figure("offer to update.health.ok, devsim devices", "%s", percentiles(simTimes))
-	rec.figure("offer to update.health.ok, agents", "%s", percentiles(agentTimes))
-	rec.figure("offer to succeeded (the rollout's verdict, after its 1 s probation), devsim devices", "%s", percentiles(simDone))
-	rec.figure("offer to succeeded, agents", "%s", percentiles(agentDone))
+	rec.figure("offer to update.health.ok, devsim devices", "%s", simTimes)
+	rec.figure("offer to update.health.ok, agents", "%s", agentTimes)
+	rec.figure("offer to succeeded (the rollout's verdict, after its 1 s probation), devsim devices", "%s", simDone)
+	rec.figure("offer to succeeded, agents", "%s", agentDone)
 	rec.figure("broker goroutines: baseline, after, fresh", "%d, %d, %d", base.goroutines, after.goroutines, fresh.goroutines)
 	rec.figure("broker live heap after a forced GC (HeapAlloc): baseline, after, fresh", "%s, %s, %s",
 		kib(base.heapAlloc), kib(after.heapAlloc), kib(fresh.heapAlloc))
@@ -445,6 +444,7 @@ func (p *devsimProc) stop() (devsimSummary, error) {
 
 // restartTimes are the durations of a graceful restart, from the SIGTERM.
 type restartTimes struct {
+	at                      time.Time // the SIGTERM
 	exited, started, online time.Duration
 }
 
@@ -453,8 +453,8 @@ type restartTimes struct {
 // ids is connected to the new process.
 func (w *world) gracefulRestart(ids []string) restartTimes {
 	w.t.Helper()
-	var r restartTimes
 	t0 := time.Now()
+	r := restartTimes{at: t0}
 	p := w.broker
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -658,6 +658,27 @@ func (w *world) timelines(ids []string, r string) map[string][]entry {
 	wg.Wait()
 	if len(errs) > 0 {
 		w.t.Fatalf("%d timelines unread: %s", len(errs), strings.Join(errs[:min(len(errs), 5)], "; "))
+	}
+	return out
+}
+
+// spans are the durations of one kind of step for a set of devices, all of
+// them and those whose step spanned the restart (begun before it, ended
+// after it).
+type spans struct{ all, across []time.Duration }
+
+func (s *spans) add(from, to, restart time.Time) {
+	d := to.Sub(from)
+	s.all = append(s.all, d)
+	if from.Before(restart) && to.After(restart) {
+		s.across = append(s.across, d)
+	}
+}
+
+func (s *spans) String() string {
+	out := percentiles(s.all)
+	if len(s.across) > 0 {
+		out += "; of them across the restart: " + percentiles(s.across)
 	}
 	return out
 }
