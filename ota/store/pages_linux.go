@@ -24,6 +24,11 @@ func (db *DB) ReleasePages() error {
 	if db.closed {
 		return ErrClosed
 	}
+	return db.release()
+}
+
+// release is ReleasePages on an open store.
+func (db *DB) release() error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
 		info := db.bolt.Info()
 		size := tx.Size() // the file's size now; the mapping is at least as large

@@ -144,3 +144,36 @@ func TestReleasePagesWhileRemapping(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// After a bulk write the writer releases the mapped pages by itself.
+func TestBulkWritesReleasePages(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	db, err := Open(path, &Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	fill(t, db, 0, 8000)
+	readAll(t, db, 8000)
+	before := mappedRSS(t, path)
+	if before < 4<<20 {
+		t.Fatalf("only %d KiB of the store mapped after reading all of it", before>>10)
+	}
+	// Rewrite most records, in place (the file need not grow, so bbolt
+	// does not remap it): about 2,000 page writes, more than releaseEvery.
+	size := func() int64 {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Size()
+	}
+	grown := size()
+	for i := range 8 {
+		fill(t, db, 1000*i, 1000)
+	}
+	if after := mappedRSS(t, path); after > before/2 {
+		t.Fatalf("mapped store pages resident: %d KiB before the bulk write, %d KiB after (file %d -> %d KiB)", before>>10, after>>10, grown>>10, size()>>10)
+	}
+	readAll(t, db, 8000)
+}

@@ -58,6 +58,8 @@ type DB struct {
 
 	reqs chan *request
 	done chan struct{} // closed when the writer goroutine has exited
+
+	releasedAt int64 // pages written when the mapped pages were last released; the writer's
 }
 
 type request struct {
@@ -227,6 +229,28 @@ func (db *DB) writer() {
 // commit runs batch in one transaction. If one function fails, the
 // transaction is rolled back, the rest are committed again without it, and
 // the failing one is then run alone so its error reflects only its own work.
+// releaseEvery is how many page writes since the last release of the
+// mapped pages make the writer release them again (1 MiB of 4 KiB pages).
+// A write transaction reads, through the map, the pages it then writes
+// anew elsewhere in the file: after a bulk write (a status flush after the
+// whole fleet reconnected, a rollout's offers) the process would keep
+// resident old pages that are free now, until bbolt next remaps.
+const releaseEvery = 256
+
+// afterWrites releases the mapped pages once releaseEvery pages have been
+// written since the last time. Only the writer goroutine calls it.
+func (db *DB) afterWrites() {
+	st := db.bolt.Stats()
+	w := st.TxStats.GetWrite()
+	if w-db.releasedAt < releaseEvery {
+		return
+	}
+	db.releasedAt = w
+	if err := db.release(); err != nil {
+		db.log.Warn("store pages not released", "err", err)
+	}
+}
+
 func (db *DB) commit(batch []*request) {
 	for len(batch) > 0 {
 		failed := -1
@@ -245,6 +269,7 @@ func (db *DB) commit(batch []*request) {
 			for _, r := range batch {
 				r.err <- nil
 			}
+			db.afterWrites()
 			return
 		case failed < 0 || len(batch) == 1:
 			// The commit itself failed (disk full, I/O error), or the only
