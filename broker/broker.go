@@ -32,12 +32,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/httpapi"
 	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/login"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/ota/store"
@@ -53,6 +55,7 @@ type Broker struct {
 	delivery *delivery.Service
 	rollouts *rollout.Engine
 	admin    *admin.Service
+	api      *httpapi.API // nil when off
 	srv      *mqtt.Server
 	events   *hooks.Events
 	feed     *event.Feed
@@ -74,6 +77,9 @@ type Broker struct {
 	stopOnce sync.Once
 	stopErr  error
 }
+
+// maxHeaderBytes bounds an HTTP request's header.
+const maxHeaderBytes = 64 << 10
 
 // Credentials of a bootstrapped operator.
 type Credentials struct {
@@ -112,7 +118,7 @@ func New(opts Options) (_ *Broker, err error) {
 	}()
 
 	var tlsCfg *tls.Config
-	if o.TLSAddr != "" {
+	if o.TLSAddr != "" || o.HTTPTLS {
 		if tlsCfg, err = tlsConfig(o); err != nil {
 			return nil, err
 		}
@@ -179,7 +185,14 @@ func New(opts Options) (_ *Broker, err error) {
 	if err != nil {
 		return nil, err
 	}
-	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock,
+	var sessions *login.Store
+	apiOn := b.httpLn != nil && !o.APIOff
+	if apiOn {
+		if sessions, err = login.Open(b.db, &login.Options{Clock: o.Clock, TTL: o.SessionTTL, MaxPerOperator: o.MaxSessionsPerOperator}); err != nil {
+			return nil, err
+		}
+	}
+	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock, Sessions: sessions,
 		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
 		Catalog:      b.catalog, Delivery: b.delivery, Rollouts: b.rollouts,
 		Rate: o.AdminRate, Burst: o.AdminBurst, Audit: audit.Retention{MaxRecords: o.AuditMaxRecords, MaxAge: o.AuditMaxAge}})
@@ -187,6 +200,12 @@ func New(opts Options) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog, b.rollouts))
+	if apiOn {
+		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
+			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, Heartbeat: o.StreamHeartbeat})
+		undo = append(undo, b.api.Close)
+		b.feed.Subscribe(b.api)
+	}
 
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests.
@@ -356,7 +375,13 @@ func (b *Broker) listen(tlsCfg *tls.Config) error {
 		b.mqttLns = append(b.mqttLns, l)
 	}
 	if b.httpLn != nil {
-		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		if o.HTTPTLS {
+			cfg := tlsCfg.Clone()
+			cfg.ClientAuth, cfg.ClientCAs = tls.NoClientCert, nil
+			b.httpLn = tls.NewListener(b.httpLn, cfg)
+		}
+		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second,
+			MaxHeaderBytes: maxHeaderBytes, IdleTimeout: 2 * time.Minute}
 	}
 	return nil
 }
@@ -410,6 +435,9 @@ func (b *Broker) httpHandler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if b.api != nil {
+		mux.Handle("/api/", b.api.Handler())
+	}
 	if b.opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -466,7 +494,13 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 
 func (b *Broker) shutdown() error {
 	var errs []error
-	// Listeners and clients first, ourselves: mochi's Close lists each
+	// The HTTP API first: its requests under way finish, its event
+	// streams end, and it takes no more (while the store and the engine
+	// still run).
+	if b.api != nil {
+		b.api.Close()
+	}
+	// Listeners and clients, ourselves: mochi's Close lists each
 	// listener's clients with Clients.GetByListener, which read-locks the
 	// client map twice and deadlocks when a client connects or disconnects
 	// in between (mochi-mqtt/server#488, unfixed in v2.7.9). disconnectAll
