@@ -202,7 +202,7 @@ func New(opts Options) (_ *Broker, err error) {
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog, b.rollouts))
 	if apiOn {
 		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
-			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, Heartbeat: o.StreamHeartbeat})
+			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat})
 		undo = append(undo, b.api.Close)
 		b.feed.Subscribe(b.api)
 	}
@@ -381,7 +381,8 @@ func (b *Broker) listen(tlsCfg *tls.Config) error {
 			b.httpLn = tls.NewListener(b.httpLn, cfg)
 		}
 		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second,
-			MaxHeaderBytes: maxHeaderBytes, IdleTimeout: 2 * time.Minute}
+			MaxHeaderBytes: maxHeaderBytes, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(o.Logger.With("component", "http").Handler(), slog.LevelDebug)}
 	}
 	return nil
 }

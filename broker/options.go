@@ -91,6 +91,10 @@ type Options struct {
 	// MaxEventStreams bounds the open event streams of the HTTP API.
 	// Default httpapi.DefaultMaxStreams (64).
 	MaxEventStreams int
+	// StreamQueue is how many events may wait for one event stream of the
+	// HTTP API; a stream further behind is dropped. Default
+	// httpapi.DefaultStreamQueue (256).
+	StreamQueue int
 	// StreamHeartbeat is the period of an event stream's keep-alive
 	// comments. Default httpapi.DefaultHeartbeat (15s).
 	StreamHeartbeat time.Duration

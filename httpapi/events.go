@@ -180,6 +180,20 @@ func (a *API) events(w http.ResponseWriter, r *http.Request, c *caller) {
 		}
 		return rc.Flush() == nil
 	}
+	// A write blocked on a client that stopped reading ends at once when
+	// the stream is dropped or the broker stops (a connection's deadline
+	// may be set from any goroutine), not at its deadline.
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-s.dropped:
+		case <-a.stop:
+		case <-done:
+			return
+		}
+		_ = rc.SetWriteDeadline(time.Now())
+	}()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")

@@ -44,6 +44,10 @@ type uploadState struct {
 
 // releaseUpload is release/upload as one CBOR request (admin.DecodeUpload).
 func (a *API) releaseUpload(w http.ResponseWriter, r *http.Request, c *caller) {
+	if aerr := a.svc.Authorize(c.Caller, "release/upload"); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
 	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/cbor" {
 		writeError(w, &admin.Error{Code: codeMediaType, Message: "release/upload takes a CBOR body (Content-Type: application/cbor); a whole image goes to POST /api/v1/releases as multipart/form-data"})
 		return
@@ -74,6 +78,9 @@ func bad(code, format string, args ...any) admin.Response {
 }
 
 func (a *API) upload(w http.ResponseWriter, r *http.Request, c *caller) admin.Response {
+	if aerr := a.svc.Authorize(c.Caller, "release/upload"); aerr != nil {
+		return admin.Response{Error: aerr}
+	}
 	ct, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || ct != "multipart/form-data" || params["boundary"] == "" {
 		return bad(codeMediaType, "an upload is multipart/form-data with the parts manifest and image (curl -F manifest=@FILE -F image=@FILE)")

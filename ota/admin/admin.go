@@ -386,14 +386,8 @@ func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 	if !ok {
 		return nil, fail(CodeUnknownVerb, "unknown request %s; known: %v", quote(req.Action()), s.Actions())
 	}
-	switch req.Caller.Role {
-	case fleet.RoleOperator:
-	case fleet.RoleObserver:
-		if !h.readOnly {
-			return nil, fail(CodeForbidden, "%s is an observer: %s needs an operator", quote(req.Caller.ID), req.Action())
-		}
-	default:
-		return nil, fail(CodeForbidden, "%s is a %s, not an operator", quote(req.Caller.ID), quote(string(req.Caller.Role)))
+	if err := authorize(req.Caller, req.Action(), h); err != nil {
+		return nil, err
 	}
 	limit := MaxBodySize
 	if h.binary {
@@ -420,6 +414,30 @@ func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 		}
 	}
 	return h.run(ctx, s, c)
+}
+
+// authorize checks that caller's role may run action (handler h).
+func authorize(caller Caller, action string, h handler) *Error {
+	switch caller.Role {
+	case fleet.RoleOperator:
+	case fleet.RoleObserver:
+		if !h.readOnly {
+			return fail(CodeForbidden, "%s is an observer: %s needs an operator", quote(caller.ID), action)
+		}
+	default:
+		return fail(CodeForbidden, "%s is a %s, not an operator", quote(caller.ID), quote(string(caller.Role)))
+	}
+	return nil
+}
+
+// Authorize reports whether caller may send action, as Handle would judge
+// it, without running it (an adapter checks before it reads a large body).
+func (s *Service) Authorize(caller Caller, action string) *Error {
+	h, ok := s.handlers[action]
+	if !ok {
+		return fail(CodeUnknownVerb, "unknown request %s", quote(action))
+	}
+	return authorize(caller, action, h)
 }
 
 // decode parses body strictly into v: unknown fields, trailing data and
