@@ -31,6 +31,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/otamq/otamq/console"
 	"github.com/otamq/otamq/hooks"
 	"github.com/otamq/otamq/httpapi"
 	"github.com/otamq/otamq/ota/access"
@@ -438,6 +439,7 @@ func (b *Broker) httpHandler() http.Handler {
 	})
 	if b.api != nil {
 		mux.Handle("/api/", b.api.Handler())
+		mux.Handle("/", console.Handler())
 	}
 	if b.opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
