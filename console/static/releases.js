@@ -4,7 +4,7 @@ import * as api from "./api.js";
 import { h, card, table, time, dl, field, notify, errorText, bytes, confirmAction } from "./ui.js";
 import { refresh, session } from "./app.js";
 
-function uploadForm() {
+function uploadForm(onUploaded) {
   const bar = h("progress", { id: "upload-progress", max: 100, value: 0, "aria-label": "Upload progress" });
   const pct = h("span", { id: "upload-percent", "aria-live": "polite" }, "");
   const result = h("div", { id: "upload-result" });
@@ -37,6 +37,7 @@ function uploadForm() {
       pct.textContent = "100%";
       notify(`Uploaded release ${rel.id}.`);
       result.replaceChildren(h("p", { class: "ok" }, "Release ", h("a", { href: "#/releases/" + encodeURIComponent(rel.id), id: "uploaded-release" }, rel.id), " is in the catalog."));
+      onUploaded();
     } catch (e) {
       notify("Upload refused: " + errorText(e), false);
       result.replaceChildren(h("p", { class: "err" }, errorText(e)));
@@ -66,10 +67,22 @@ function keyForm() {
   h("button", { type: "submit" }, "Add key")));
 }
 
+function releasesTable(rel) {
+  return [table([
+    { head: "Release", cell: (r) => h("a", { href: "#/releases/" + encodeURIComponent(r.id) }, r.id) },
+    { head: "Version", cell: (r) => r.version },
+    { head: "Kind", cell: (r) => r.kind },
+    { head: "Hardware", cell: (r) => (r.hardware || []).join(", ") },
+    { head: "Size", cell: (r) => bytes(r.size) },
+    { head: "Key", cell: (r) => r.kid },
+    { head: "Uploaded", cell: (r) => [time(r.created), " by ", r.uploaded_by] },
+  ], rel.releases || [], { id: "releases-table", empty: "No release yet." }),
+  rel.next ? h("a", { href: "#/releases?" + new URLSearchParams({ after: rel.next }) }, "Next page") : null];
+}
+
 export async function releasesPage({ params }) {
-  const [rel, keys, ups] = await Promise.all([
-    api.get("/releases", { version: params.get("version"), hardware: params.get("hardware"), after: params.get("after"), limit: 100 }),
-    api.get("/keys", { limit: 100 }), api.get("/uploads", { limit: 100 })]);
+  const query = { version: params.get("version"), hardware: params.get("hardware"), after: params.get("after"), limit: 100 };
+  const [rel, keys, ups] = await Promise.all([api.get("/releases", query), api.get("/keys", { limit: 100 }), api.get("/uploads", { limit: 100 })]);
   const operator = session.role === "operator";
   const filter = h("form", { class: "inline", id: "release-filter", onsubmit: (ev) => {
     ev.preventDefault();
@@ -78,19 +91,19 @@ export async function releasesPage({ params }) {
     location.hash = "#/releases" + (p.toString() ? "?" + p : "");
   } }, field("Version", { name: "version", value: params.get("version") || "" }), field("Hardware", { name: "hardware", value: params.get("hardware") || "" }),
   h("button", { type: "submit" }, "Filter"));
+  const list = h("div", {}, releasesTable(rel));
+  // After an upload the list is read again.
+  const reread = async () => {
+    try {
+      list.replaceChildren(...releasesTable(await api.get("/releases", query)).filter(Boolean));
+    } catch (e) {
+      notify("Releases: " + errorText(e), false);
+    }
+  };
   return h("div", { class: "page" },
     h("h1", {}, "Releases and keys"),
-    operator ? uploadForm() : null,
-    card("Releases", filter, table([
-      { head: "Release", cell: (r) => h("a", { href: "#/releases/" + encodeURIComponent(r.id) }, r.id) },
-      { head: "Version", cell: (r) => r.version },
-      { head: "Kind", cell: (r) => r.kind },
-      { head: "Hardware", cell: (r) => (r.hardware || []).join(", ") },
-      { head: "Size", cell: (r) => bytes(r.size) },
-      { head: "Key", cell: (r) => r.kid },
-      { head: "Uploaded", cell: (r) => [time(r.created), " by ", r.uploaded_by] },
-    ], rel.releases || [], { id: "releases-table", empty: "No release yet." }),
-    rel.next ? h("a", { href: "#/releases?" + new URLSearchParams({ after: rel.next }) }, "Next page") : null),
+    operator ? uploadForm(reread) : null,
+    card("Releases", filter, list),
     (ups.uploads || []).length ? card("Uploads under way", table([
       { head: "Upload", cell: (u) => u.id },
       { head: "Version", cell: (u) => u.version || "—" },
@@ -110,10 +123,9 @@ export async function releasesPage({ params }) {
       { head: "Added", cell: (k) => [time(k.added), " by ", k.added_by || "—"] },
       { head: "State", cell: (k) => (k.revoked ? `revoked ${k.revoked_at ? new Date(k.revoked_at).toLocaleString() : ""}` : "trusted") },
       { head: "", cell: (k) => operator && !k.revoked ? h("button", { type: "button", class: "danger", onclick: async () => {
-        const c = await confirmAction("Revoke key", `Revoke key ${k.kid} (${k.name})? Releases signed with it can no longer be offered.`, true);
-        if (!c.ok) return;
+        if (!(await confirmAction("Revoke key", `Revoke key ${k.kid} (${k.name})? Releases signed with it can no longer be offered.`)).ok) return;
         try {
-          await api.post(`/keys/${encodeURIComponent(k.kid)}/revoke`, c.reason ? { reason: c.reason } : {});
+          await api.post(`/keys/${encodeURIComponent(k.kid)}/revoke`);
           notify(`Revoked key ${k.kid}.`);
           refresh();
         } catch (e) { notify("Revoke refused: " + errorText(e), false); }

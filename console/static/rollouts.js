@@ -249,6 +249,7 @@ export async function rolloutPage({ args, params, isCurrent }) {
       const r = await api.post(`/rollouts/${enc}/${verb}`, c.reason ? { reason: c.reason } : undefined);
       v = r.rollout || r;
       draw();
+      reload();
       notify(`${label}: rollout ${id} is ${v.state || "changed"}.`);
     } catch (e) {
       notify(`${label} refused: ${errorText(e)}`, false);
@@ -302,6 +303,7 @@ export async function rolloutPage({ args, params, isCurrent }) {
   let lastFetch = Date.now();
   let pending = null;
   const reload = async () => {
+    if (pending) clearTimeout(pending);
     pending = null;
     lastFetch = Date.now();
     try {

@@ -32,7 +32,7 @@ export function table(columns, rows, opts = {}) {
     opts.caption ? h("caption", {}, opts.caption) : null,
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.head)))),
     h("tbody", {}, rows.length === 0
-      ? h("tr", {}, h("td", { colspan: columns.length, class: "empty" }, opts.empty || "Nothing to show."))
+      ? h("tr", { class: "empty-row" }, h("td", { colspan: columns.length, class: "empty" }, opts.empty || "Nothing to show."))
       : rows.map((r) => h("tr", opts.rowAttrs ? opts.rowAttrs(r) : {}, columns.map((c) => h("td", { "data-label": c.head }, c.cell(r)))))));
   return h("div", { class: "scroll" }, t);
 }
