@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/fleet"
@@ -326,6 +327,9 @@ func requestBody(w http.ResponseWriter, r *http.Request, rt *route) ([]byte, *ad
 				return nil, &admin.Error{Code: admin.CodeBadRequest, Message: "request body: " + msg}
 			}
 		case rt.yaml && (ct == "application/yaml" || ct == "application/x-yaml" || ct == "text/yaml"):
+			if !utf8.Valid(raw) {
+				return nil, &admin.Error{Code: admin.CodeBadRequest, Message: "request body: the YAML is not UTF-8"}
+			}
 			b, _ := json.Marshal(string(raw))
 			fields["yaml"] = b
 		default:
@@ -337,7 +341,11 @@ func requestBody(w http.ResponseWriter, r *http.Request, rt *route) ([]byte, *ad
 		}
 	}
 	for _, name := range wildcards(rt.path) {
-		v, _ := json.Marshal(r.PathValue(name))
+		pv := r.PathValue(name)
+		if !utf8.ValidString(pv) {
+			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("%s in the path: not UTF-8", name)}
+		}
+		v, _ := json.Marshal(pv)
 		if old, ok := fields[name]; ok && !bytes.Equal(bytes.TrimSpace(old), v) {
 			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("%s: given in the path and, differently, in the body", name)}
 		}
@@ -361,6 +369,9 @@ func requestBody(w http.ResponseWriter, r *http.Request, rt *route) ([]byte, *ad
 		}
 		if _, ok := fields[name]; ok {
 			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("%s: given twice", name)}
+		}
+		if !utf8.ValidString(vs[0]) {
+			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("query parameter %s: not UTF-8", name)}
 		}
 		var v any = vs[0]
 		switch rt.query[i].typ {

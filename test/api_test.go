@@ -265,7 +265,9 @@ func TestAPIEveryVerb(t *testing.T) {
 	if len(audit.Records) == 0 || audit.Records[0].Seq >= next {
 		t.Fatalf("second audit page %+v (before %d)", audit, next)
 	}
-	var logins struct{ Records []struct{ Action, Remote, Result string } }
+	var logins struct {
+		Records []struct{ Action, Remote, Result string }
+	}
 	op.ok("GET", "/api/v1/audit?action=session/login", nil, &logins)
 	if len(logins.Records) < 2 || logins.Records[0].Result != "ok" || !strings.HasPrefix(logins.Records[0].Remote, "127.0.0.1:") {
 		t.Fatalf("logins not on the record with their address: %+v", logins)
