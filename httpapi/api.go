@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -259,18 +258,21 @@ func (a *API) run(w http.ResponseWriter, r *http.Request, req admin.Request) adm
 	return resp
 }
 
-// deadlines bounds reading r's body and writing the response (an event
-// stream sets its own per write; an upload has longer).
+// deadlines bounds reading r's body and writing the response; an upload
+// has longer. An event stream has neither: it sets a deadline for each
+// write, and a read deadline would end it (net/http cancels a request's
+// context when the connection's background read fails).
 func (a *API) deadlines(w http.ResponseWriter, rt *route) {
+	if rt.path == "/api/v1/events" {
+		return
+	}
 	rc := http.NewResponseController(w)
 	d := a.o.RequestTimeout
 	if rt.path == "/api/v1/releases" && rt.method == http.MethodPost {
 		d = a.o.UploadTimeout
 	}
 	_ = rc.SetReadDeadline(time.Now().Add(d))
-	if rt.path != "/api/v1/events" {
-		_ = rc.SetWriteDeadline(time.Now().Add(d))
-	}
+	_ = rc.SetWriteDeadline(time.Now().Add(d))
 }
 
 func safeMethod(m string) bool { return m == http.MethodGet || m == http.MethodHead }
@@ -460,13 +462,3 @@ func writeResponse(w http.ResponseWriter, resp admin.Response) {
 }
 
 func writeError(w http.ResponseWriter, e *admin.Error) { writeResponse(w, admin.Response{Error: e}) }
-
-// ctxDone reports whether ctx has ended.
-func ctxDone(ctx context.Context) bool {
-	select {
-	case <-ctx.Done():
-		return true
-	default:
-		return false
-	}
-}
