@@ -203,7 +203,8 @@ func New(opts Options) (_ *Broker, err error) {
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog, b.rollouts))
 	if apiOn {
 		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
-			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat})
+			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat,
+			RequestTimeout: o.HTTPRequestTimeout})
 		undo = append(undo, b.api.Close)
 		b.feed.Subscribe(b.api)
 	}

@@ -91,6 +91,10 @@ type Options struct {
 	// MaxEventStreams bounds the open event streams of the HTTP API.
 	// Default httpapi.DefaultMaxStreams (64).
 	MaxEventStreams int
+	// HTTPRequestTimeout bounds reading an HTTP API request's body and
+	// writing its reply, and each write of an event stream (a stream
+	// itself lasts). Default httpapi.DefaultRequestTimeout (30s).
+	HTTPRequestTimeout time.Duration
 	// StreamQueue is how many events may wait for one event stream of the
 	// HTTP API; a stream further behind is dropped. Default
 	// httpapi.DefaultStreamQueue (256).
@@ -292,6 +296,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxEventStreams == 0 {
 		o.MaxEventStreams = httpapi.DefaultMaxStreams
 	}
+	if o.HTTPRequestTimeout == 0 {
+		o.HTTPRequestTimeout = httpapi.DefaultRequestTimeout
+	}
 	if o.StreamHeartbeat == 0 {
 		o.StreamHeartbeat = httpapi.DefaultHeartbeat
 	}
@@ -345,7 +352,8 @@ func (o Options) Validate() error {
 		key string
 		bad bool
 	}{{"http.session_ttl", o.SessionTTL < 0}, {"http.max_sessions", o.MaxSessionsPerOperator < 0},
-		{"http.max_streams", o.MaxEventStreams < 0}, {"http.stream_heartbeat", o.StreamHeartbeat < 0}} {
+		{"http.max_streams", o.MaxEventStreams < 0}, {"http.stream_heartbeat", o.StreamHeartbeat < 0},
+		{"http.request_timeout", o.HTTPRequestTimeout < 0}} {
 		if v.bad {
 			bad(v.key, "must not be negative (0 means the default)")
 		}

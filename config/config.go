@@ -74,6 +74,7 @@ type HTTP struct {
 	MaxSessions     int           `yaml:"max_sessions"`
 	MaxStreams      int           `yaml:"max_streams"`
 	StreamHeartbeat time.Duration `yaml:"stream_heartbeat"`
+	RequestTimeout  time.Duration `yaml:"request_timeout"`
 }
 
 // Fleet configures the registry.
@@ -166,7 +167,7 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		AnonymousTCP: f.MQTT.TCPAnonymous, AnonymousTLS: f.MQTT.TLSAnonymous,
 		HTTPAddr: f.HTTP.Addr, Pprof: f.HTTP.Pprof, APIOff: f.HTTP.API != nil && !*f.HTTP.API, HTTPTLS: f.HTTP.TLS,
 		SessionTTL: f.HTTP.SessionTTL, MaxSessionsPerOperator: f.HTTP.MaxSessions,
-		MaxEventStreams: f.HTTP.MaxStreams, StreamHeartbeat: f.HTTP.StreamHeartbeat,
+		MaxEventStreams: f.HTTP.MaxStreams, StreamHeartbeat: f.HTTP.StreamHeartbeat, HTTPRequestTimeout: f.HTTP.RequestTimeout,
 		ConnectTimeout: f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
 		WritesPending: f.MQTT.WritesPending, ReceiveMaximum: f.MQTT.ReceiveMaximum, MaxInflight: f.MQTT.MaxInflight,
 		TopicAliasMaximum: f.MQTT.TopicAliasMaximum, SessionExpiry: f.MQTT.SessionExpiry,

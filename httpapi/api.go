@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/fleet"
@@ -258,18 +258,21 @@ func (a *API) run(w http.ResponseWriter, r *http.Request, req admin.Request) adm
 	return resp
 }
 
-// deadlines bounds reading r's body and writing the response (an event
-// stream sets its own per write; an upload has longer).
+// deadlines bounds reading r's body and writing the response; an upload
+// has longer. An event stream has neither: it sets a deadline for each
+// write, and a read deadline would end it (net/http cancels a request's
+// context when the connection's background read fails).
 func (a *API) deadlines(w http.ResponseWriter, rt *route) {
+	if rt.path == "/api/v1/events" {
+		return
+	}
 	rc := http.NewResponseController(w)
 	d := a.o.RequestTimeout
 	if rt.path == "/api/v1/releases" && rt.method == http.MethodPost {
 		d = a.o.UploadTimeout
 	}
 	_ = rc.SetReadDeadline(time.Now().Add(d))
-	if rt.path != "/api/v1/events" {
-		_ = rc.SetWriteDeadline(time.Now().Add(d))
-	}
+	_ = rc.SetWriteDeadline(time.Now().Add(d))
 }
 
 func safeMethod(m string) bool { return m == http.MethodGet || m == http.MethodHead }
@@ -326,6 +329,9 @@ func requestBody(w http.ResponseWriter, r *http.Request, rt *route) ([]byte, *ad
 				return nil, &admin.Error{Code: admin.CodeBadRequest, Message: "request body: " + msg}
 			}
 		case rt.yaml && (ct == "application/yaml" || ct == "application/x-yaml" || ct == "text/yaml"):
+			if !utf8.Valid(raw) {
+				return nil, &admin.Error{Code: admin.CodeBadRequest, Message: "request body: the YAML is not UTF-8"}
+			}
 			b, _ := json.Marshal(string(raw))
 			fields["yaml"] = b
 		default:
@@ -337,7 +343,11 @@ func requestBody(w http.ResponseWriter, r *http.Request, rt *route) ([]byte, *ad
 		}
 	}
 	for _, name := range wildcards(rt.path) {
-		v, _ := json.Marshal(r.PathValue(name))
+		pv := r.PathValue(name)
+		if !utf8.ValidString(pv) {
+			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("%s in the path: not UTF-8", name)}
+		}
+		v, _ := json.Marshal(pv)
 		if old, ok := fields[name]; ok && !bytes.Equal(bytes.TrimSpace(old), v) {
 			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("%s: given in the path and, differently, in the body", name)}
 		}
@@ -361,6 +371,9 @@ func requestBody(w http.ResponseWriter, r *http.Request, rt *route) ([]byte, *ad
 		}
 		if _, ok := fields[name]; ok {
 			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("%s: given twice", name)}
+		}
+		if !utf8.ValidString(vs[0]) {
+			return nil, &admin.Error{Code: admin.CodeBadRequest, Message: fmt.Sprintf("query parameter %s: not UTF-8", name)}
 		}
 		var v any = vs[0]
 		switch rt.query[i].typ {
@@ -449,13 +462,3 @@ func writeResponse(w http.ResponseWriter, resp admin.Response) {
 }
 
 func writeError(w http.ResponseWriter, e *admin.Error) { writeResponse(w, admin.Response{Error: e}) }
-
-// ctxDone reports whether ctx has ended.
-func ctxDone(ctx context.Context) bool {
-	select {
-	case <-ctx.Done():
-		return true
-	default:
-		return false
-	}
-}

@@ -265,7 +265,9 @@ func TestAPIEveryVerb(t *testing.T) {
 	if len(audit.Records) == 0 || audit.Records[0].Seq >= next {
 		t.Fatalf("second audit page %+v (before %d)", audit, next)
 	}
-	var logins struct{ Records []struct{ Action, Remote, Result string } }
+	var logins struct {
+		Records []struct{ Action, Remote, Result string }
+	}
 	op.ok("GET", "/api/v1/audit?action=session/login", nil, &logins)
 	if len(logins.Records) < 2 || logins.Records[0].Result != "ok" || !strings.HasPrefix(logins.Records[0].Remote, "127.0.0.1:") {
 		t.Fatalf("logins not on the record with their address: %+v", logins)
@@ -665,13 +667,22 @@ func (s *sse) await(t *testing.T, within time.Duration, what string, match func(
 // heartbeats keep them open; a session's end ends its stream.
 func TestAPIEventStream(t *testing.T) {
 	t.Parallel()
-	b := startBroker(t, func(o *broker.Options) { o.StreamHeartbeat = 50 * time.Millisecond })
+	b := startBroker(t, func(o *broker.Options) {
+		o.StreamHeartbeat = 50 * time.Millisecond
+		o.HTTPRequestTimeout = 200 * time.Millisecond
+	})
 	b.addOperator("api-watch", "observer", "observer password 3")
 	op := b.apiLogin(opID, opPassword)
 	obs := b.apiLogin("api-watch", "observer password 3")
 	so := openStream(t, op)
 	sb := openStream(t, obs)
 	so.await(t, 30*time.Second, "heartbeat", func(ev, data string) bool { return ev == "comment" && data == ": heartbeat" })
+	// A stream outlives the request timeout (which bounds each write, not
+	// the stream): heartbeats still come well after it.
+	opened := time.Now()
+	so.await(t, 30*time.Second, "heartbeat after the request timeout", func(ev, data string) bool {
+		return ev == "comment" && data == ": heartbeat" && time.Since(opened) > time.Second
+	})
 
 	op.ok("POST", "/api/v1/devices", map[string]any{"id": "api-ev1", "role": "device"}, nil)
 	registered := func(ev, data string) bool {
