@@ -413,6 +413,9 @@ thresholds:
 	b.do("create", 30*time.Second,
 		chromedp.Click(chromedp.CSS("#ro-create")),
 		chromedp.WaitVisible(chromedp.CSS(`#rollout-state[data-state="draft"]`)))
+	if s := b.statusText(); !strings.Contains(s, "Created rollout con-1 (draft)") {
+		t.Errorf("create shows %q", s)
+	}
 
 	// Start, with confirmation; watch the 100% wave's bar move live (the
 	// page is not reloaded: each value comes from the event stream).
@@ -463,16 +466,8 @@ thresholds:
 	})
 	b.shot("rollout")
 
-	// The device page of a device that took part: its timeline has the
-	// rollout's offer and its update events.
-	b.open("#/devices/con-canary-002", "#timeline")
-	tl := eval[string](b, `document.getElementById("timeline").innerText`)
-	if !strings.Contains(tl, "con-1") || !strings.Contains(tl, "1.1.0") {
-		t.Errorf("con-canary-002's timeline does not show the rollout:\n%s", tl)
-	}
-	b.shot("device")
-
-	// The same page on a phone, in dark mode.
+	// The rollout page on a phone, in dark mode.
+	b.open("#/rollouts/con-1", `#rollout-state[data-state="paused"]`)
 	b.do("phone, dark", 30*time.Second,
 		chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile),
 		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
@@ -486,13 +481,23 @@ thresholds:
 	if wide := eval[bool](b, `document.documentElement.scrollWidth > window.innerWidth + 1`); wide {
 		t.Errorf("the rollout page is wider than a phone: %d px", eval[int](b, `document.documentElement.scrollWidth`))
 	}
+	b.do("scroll to the alarms", 10*time.Second, chromedp.ScrollIntoView(chromedp.CSS("#rollout-alarms")))
 	b.shotViewport("rollout-phone-dark")
 	b.do("laptop, light", 30*time.Second,
-		chromedp.EmulateReset(),
+		chromedp.EmulateViewport(1280, 900),
 		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 			_, err := cdp.Call(ctx, tg, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{})
 			return err
 		}))
+
+	// The device page of a device that took part: its timeline has the
+	// rollout's offer and its update events.
+	b.open("#/devices/con-canary-002", "#timeline")
+	tl := eval[string](b, `document.getElementById("timeline").innerText`)
+	if !strings.Contains(tl, "con-1") || !strings.Contains(tl, "1.1.0") {
+		t.Errorf("con-canary-002's timeline does not show the rollout:\n%s", tl)
+	}
+	b.shot("device")
 
 	// The audit log, filtered: the pause, by this operator, over HTTP.
 	b.open("#/audit?action=rollout/pause", "#audit-table")

@@ -157,6 +157,7 @@ document.getElementById("logout").addEventListener("click", async () => {
 });
 
 window.addEventListener("hashchange", () => {
+  document.getElementById("status").replaceChildren();
   render();
   document.getElementById("main").focus({ preventScroll: true });
 });

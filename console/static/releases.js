@@ -45,7 +45,7 @@ function uploadForm(onUploaded) {
       btn.disabled = false;
     }
   } },
-  field("Signed manifest (otactl release sign writes it)", { type: "file", name: "manifest", id: "upload-manifest", required: true }),
+  field("Signed manifest (otactl sign writes IMAGE.manifest)", { type: "file", name: "manifest", id: "upload-manifest", required: true }),
   field("Image", { type: "file", name: "image", id: "upload-image", required: true }),
   h("div", { class: "row" }, h("button", { type: "submit" }, "Upload"), bar, pct),
   result);

@@ -108,7 +108,8 @@ function newRollout(releases, preset) {
   const createBtn = h("button", { type: "button", id: "ro-create", onclick: async () => {
     const r = await send("/rollouts", "Create");
     if (!r) return;
-    notify(`Created rollout ${r.rollout.id} (${r.rollout.state}). Start it from its page.`);
+    // Navigating clears the status line: the result goes up after.
+    window.addEventListener("hashchange", () => notify(`Created rollout ${r.rollout.id} (${r.rollout.state}). Start it from its page.`), { once: true });
     location.hash = "#/rollouts/" + encodeURIComponent(r.rollout.id);
   } }, "Create rollout");
   return card("New rollout", form, yamlField, h("div", { class: "row" }, planBtn), out);
