@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+	"github.com/chromedp/chromedp/kb"
 
 	"github.com/otamq/otamq/cmd/devsim/sim"
 )
@@ -246,6 +247,8 @@ func TestConsole(t *testing.T) {
 				}
 			}},
 		fleetSpec{prefix: "con-field-", n: 8, reg: func(r *sim.Registration) { r.Region = "us" }},
+		// A device of its own for a rollout that needs approval.
+		fleetSpec{prefix: "con-spare-", n: 1, groups: []string{"spare"}, reg: func(r *sim.Registration) { r.Region = "ap" }},
 	)
 	w.simFleet(t, specs)
 	w.waitBirths(t, all)
@@ -266,8 +269,8 @@ func TestConsole(t *testing.T) {
 	// Fleet: every device, online, by version.
 	b.waitJS("fleet counts", 20*time.Second, `document.getElementById("stat-devices").textContent + "/" + document.getElementById("stat-online").textContent`,
 		func(s string) error {
-			if s != "11/11" {
-				return fmt.Errorf("devices/online %s, want 11/11", s)
+			if s != "12/12" {
+				return fmt.Errorf("devices/online %s, want 12/12", s)
 			}
 			return nil
 		})
@@ -466,6 +469,21 @@ thresholds:
 	})
 	b.shot("rollout")
 
+	// A cancelled confirmation does nothing; resume and pause again.
+	b.do("cancel a resume", 30*time.Second,
+		chromedp.Click(chromedp.CSS("#ro-resume")),
+		chromedp.WaitVisible(chromedp.CSS("#confirm-ok")),
+		chromedp.KeyEvent(kb.Escape),
+		chromedp.WaitNotVisible(chromedp.CSS("#confirm")))
+	api.ok("GET", "/api/v1/rollouts/con-1", nil, &v)
+	if v.State != "paused" || eval[string](b, `document.getElementById("rollout-state").dataset.state`) != "paused" {
+		t.Errorf("after a cancelled resume con-1 is %s", v.State)
+	}
+	b.confirm("#ro-resume", "")
+	b.do("resumed", 30*time.Second, chromedp.WaitVisible(chromedp.CSS(`#rollout-state[data-state="running"]`)))
+	b.confirm("#ro-pause", "console test")
+	b.do("paused again", 30*time.Second, chromedp.WaitVisible(chromedp.CSS(`#rollout-state[data-state="paused"]`)))
+
 	// The rollout page on a phone, in dark mode.
 	b.open("#/rollouts/con-1", `#rollout-state[data-state="paused"]`)
 	b.do("phone, dark", 30*time.Second,
@@ -502,7 +520,7 @@ thresholds:
 	// The audit log, filtered: the pause, by this operator, over HTTP.
 	b.open("#/audit?action=rollout/pause", "#audit-table")
 	got := eval[string](b, `[...document.querySelectorAll("#audit-table tbody tr")].map(r => r.cells[2].textContent + " " + r.cells[3].textContent + " " + r.cells[4].textContent).join("; ")`)
-	if got != "ops (operator) rollout/pause con-1" {
+	if got != "ops (operator) rollout/pause con-1; ops (operator) rollout/pause con-1" {
 		t.Errorf("audit rows %q", got)
 	}
 	b.shot("audit")
@@ -515,12 +533,47 @@ thresholds:
 		t.Errorf("logout shows %q", s)
 	}
 
+	// A rollout that needs approval: its creator is refused (the API's
+	// message is shown, the state stays), another operator approves.
+	w.create(t, "id: con-2\nrelease: "+relID+"\nselector: {groups: [spare]}\nwaves:\n  - {percent: [100]}\napproval: true\n")
+	w.addOperator("con-ops2", "operator", "second operator password")
+	b.do("log in again", 30*time.Second,
+		// SetValue: the browser may fill in the ID it saw last.
+		chromedp.SetValue(chromedp.CSS("#login-id"), opID),
+		chromedp.SetValue(chromedp.CSS("#login-password"), opPassword),
+		chromedp.Click(chromedp.CSS("#login-form button")),
+		chromedp.WaitVisible(chromedp.CSS("#nav")))
+	b.open("#/rollouts/con-2", `#rollout-state[data-state="awaiting_approval"]`)
+	b.expect("/api/v1/rollouts/con-2/approve")
+	b.confirm("#ro-approve", "")
+	b.do("approval refused", 30*time.Second, chromedp.WaitVisible(chromedp.CSS(`#status [data-kind="error"]`)))
+	if s := b.statusText(); !strings.Contains(s, "Approve refused") || !strings.Contains(s, "another operator must approve") {
+		t.Errorf("the creator's approval shows %q", s)
+	}
+	if st := eval[string](b, `document.getElementById("rollout-state").dataset.state`); st != "awaiting_approval" {
+		t.Errorf("after a refused approval the page shows %s", st)
+	}
+	b.do("log out", 30*time.Second, chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#login-form")))
+	b.do("log in as another operator", 30*time.Second,
+		// SetValue: the browser may fill in the ID it saw last.
+		chromedp.SetValue(chromedp.CSS("#login-id"), "con-ops2"),
+		chromedp.SetValue(chromedp.CSS("#login-password"), "second operator password"),
+		chromedp.Click(chromedp.CSS("#login-form button")),
+		chromedp.WaitVisible(chromedp.CSS(`#rollout-state[data-state="awaiting_approval"]`)))
+	b.confirm("#ro-approve", "")
+	b.do("approved", 30*time.Second, chromedp.WaitVisible(chromedp.CSS(`#rollout-state[data-state="draft"]`)))
+	api.ok("GET", "/api/v1/rollouts/con-2", nil, &v)
+	if v.State != "draft" || v.Approved == nil || v.Approved.By != "con-ops2" {
+		t.Errorf("the broker has con-2 %s, approved %+v", v.State, v.Approved)
+	}
+	b.do("log out", 30*time.Second, chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#login-form")))
+
 	// An observer reads, and is offered no action.
 	w.addOperator("con-viewer", "observer", "observer password for tests")
 	b.do("log in as an observer", 30*time.Second,
-		chromedp.Clear(chromedp.CSS("#login-id")),
-		chromedp.SendKeys(chromedp.CSS("#login-id"), "con-viewer"),
-		chromedp.SendKeys(chromedp.CSS("#login-password"), "observer password for tests"),
+		// SetValue: the browser may fill in the ID it saw last.
+		chromedp.SetValue(chromedp.CSS("#login-id"), "con-viewer"),
+		chromedp.SetValue(chromedp.CSS("#login-password"), "observer password for tests"),
 		chromedp.Click(chromedp.CSS("#login-form button")),
 		chromedp.WaitVisible(chromedp.CSS("#nav")))
 	if got := eval[string](b, `document.getElementById("me").textContent`); got != "con-viewer (observer)" {
