@@ -560,6 +560,14 @@ func TestAPILoginThrottledAndAudited(t *testing.T) {
 	if unknown.Error == nil || first.Error == nil || unknown.Error.Message != first.Error.Message {
 		t.Fatalf("refusals differ: %+v / %+v", unknown.Error, first.Error)
 	}
+	// A device cannot log in, and its attempts (tokens are not
+	// throttled) are not on the record.
+	tok := b.register("api-dev-login", "device", "")
+	dev := anon.do("POST", "/api/v1/login", map[string]any{"id": "api-dev-login", "password": tok})
+	checkRefused(t, "device login", dev, http.StatusUnauthorized, admin.CodeUnauthorized)
+	if dev.Error.Message != first.Error.Message {
+		t.Fatalf("a device's refusal differs: %+v", dev.Error)
+	}
 	op := b.apiLogin(opID, opPassword)
 	var logins struct {
 		Records []struct {
@@ -577,6 +585,8 @@ func TestAPILoginThrottledAndAudited(t *testing.T) {
 			ok++
 		case r.Result == admin.CodeUnauthorized && r.Actor == "api-guess":
 			refused++
+		case r.Actor == "api-dev-login" || r.Actor == "nobody-here":
+			t.Errorf("a login without a password check is on the record: %+v", r)
 		}
 	}
 	if ok != 1 || refused < 3 {
@@ -669,7 +679,7 @@ func TestAPIEventStream(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t, func(o *broker.Options) {
 		o.StreamHeartbeat = 50 * time.Millisecond
-		o.HTTPRequestTimeout = 200 * time.Millisecond
+		o.HTTPRequestTimeout = time.Second
 	})
 	b.addOperator("api-watch", "observer", "observer password 3")
 	op := b.apiLogin(opID, opPassword)
@@ -678,10 +688,11 @@ func TestAPIEventStream(t *testing.T) {
 	sb := openStream(t, obs)
 	so.await(t, 30*time.Second, "heartbeat", func(ev, data string) bool { return ev == "comment" && data == ": heartbeat" })
 	// A stream outlives the request timeout (which bounds each write, not
-	// the stream): heartbeats still come well after it.
+	// the stream; a login must fit in it, hence not shorter): heartbeats
+	// still come well after it.
 	opened := time.Now()
 	so.await(t, 30*time.Second, "heartbeat after the request timeout", func(ev, data string) bool {
-		return ev == "comment" && data == ": heartbeat" && time.Since(opened) > time.Second
+		return ev == "comment" && data == ": heartbeat" && time.Since(opened) > 3*time.Second
 	})
 
 	op.ok("POST", "/api/v1/devices", map[string]any{"id": "api-ev1", "role": "device"}, nil)
