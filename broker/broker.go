@@ -206,6 +206,16 @@ func New(opts Options) (_ *Broker, err error) {
 			RequestTimeout: o.HTTPRequestTimeout})
 		undo = append(undo, b.api.Close)
 		b.feed.Subscribe(b.api)
+		api := b.api
+		b.metrics.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "otamq_http_event_streams", Help: "HTTP API event streams open now."},
+				func() float64 { return float64(api.Streams()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otamq_http_event_streams_dropped_total",
+				Help: "HTTP API event streams ended because their client fell behind."},
+				func() float64 { return float64(api.StreamsDropped()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otamq_http_events_dropped_total",
+				Help: "Events no HTTP API stream got because the stream hub's queue was full."},
+				func() float64 { return float64(api.EventsDropped()) }))
 	}
 
 	// Hook order is fixed: authentication, per-client limits,
