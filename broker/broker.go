@@ -203,7 +203,7 @@ func New(opts Options) (_ *Broker, err error) {
 	if apiOn {
 		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat,
-			RequestTimeout: o.HTTPRequestTimeout})
+			RequestTimeout: o.HTTPRequestTimeout, MaxInflight: o.HTTPMaxInflight})
 		undo = append(undo, b.api.Close)
 		b.feed.Subscribe(b.api)
 		api := b.api

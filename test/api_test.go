@@ -919,3 +919,51 @@ func TestAPIOverTLS(t *testing.T) {
 		t.Fatal("plain HTTP served on the TLS listener")
 	}
 }
+
+// At most HTTPMaxInflight requests run at once: two uploads whose bodies
+// are still coming hold both places, a third request is refused 503, and
+// once they end requests go through again.
+func TestAPIInflightBound(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t, func(o *broker.Options) { o.HTTPMaxInflight = 2 })
+	op := b.apiLogin(opID, opPassword)
+	var writers []*io.PipeWriter
+	done := make(chan int, 2)
+	for range 2 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		req, _ := http.NewRequest("POST", b.apiBase()+"/api/v1/releases", pr)
+		req.Header.Set("Authorization", "Bearer "+op.token)
+		req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- 0
+				return
+			}
+			_ = resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+		if _, err := pw.Write([]byte("--x\r\n")); err != nil { // the server is reading it
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, func() error { // once both handlers run
+		if r := op.do("GET", "/api/v1/devices", nil); r.status != http.StatusServiceUnavailable || r.Error.Code != admin.CodeUnavailable {
+			return fmt.Errorf("third request: %d", r.status)
+		}
+		return nil
+	})
+	for _, pw := range writers {
+		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	}
+	for range 2 {
+		<-done
+	}
+	eventually(t, 30*time.Second, func() error { // once both handlers returned
+		if r := op.do("GET", "/api/v1/devices", nil); !r.OK {
+			return fmt.Errorf("after the uploads: %d %+v", r.status, r.Error)
+		}
+		return nil
+	})
+}
