@@ -204,9 +204,19 @@ func New(opts Options) (_ *Broker, err error) {
 	if apiOn {
 		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat,
-			RequestTimeout: o.HTTPRequestTimeout})
+			RequestTimeout: o.HTTPRequestTimeout, MaxInflight: o.HTTPMaxInflight})
 		undo = append(undo, b.api.Close)
 		b.feed.Subscribe(b.api)
+		api := b.api
+		b.metrics.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "otamq_http_event_streams", Help: "HTTP API event streams open now."},
+				func() float64 { return float64(api.Streams()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otamq_http_event_streams_dropped_total",
+				Help: "HTTP API event streams ended because their client fell behind."},
+				func() float64 { return float64(api.StreamsDropped()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otamq_http_events_dropped_total",
+				Help: "Events no HTTP API stream got because the stream hub's queue was full."},
+				func() float64 { return float64(api.EventsDropped()) }))
 	}
 
 	// Hook order is fixed: authentication, per-client limits,

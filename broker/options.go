@@ -95,6 +95,10 @@ type Options struct {
 	// writing its reply, and each write of an event stream (a stream
 	// itself lasts). Default httpapi.DefaultRequestTimeout (30s).
 	HTTPRequestTimeout time.Duration
+	// HTTPMaxInflight bounds the authenticated HTTP API requests under
+	// way at once (event streams apart); more are refused 503. Default
+	// httpapi.DefaultMaxInflight (64).
+	HTTPMaxInflight int
 	// StreamQueue is how many events may wait for one event stream of the
 	// HTTP API; a stream further behind is dropped. Default
 	// httpapi.DefaultStreamQueue (256).
@@ -296,6 +300,9 @@ func (o Options) withDefaults() Options {
 	if o.MaxEventStreams == 0 {
 		o.MaxEventStreams = httpapi.DefaultMaxStreams
 	}
+	if o.HTTPMaxInflight == 0 {
+		o.HTTPMaxInflight = httpapi.DefaultMaxInflight
+	}
 	if o.HTTPRequestTimeout == 0 {
 		o.HTTPRequestTimeout = httpapi.DefaultRequestTimeout
 	}
@@ -353,7 +360,7 @@ func (o Options) Validate() error {
 		bad bool
 	}{{"http.session_ttl", o.SessionTTL < 0}, {"http.max_sessions", o.MaxSessionsPerOperator < 0},
 		{"http.max_streams", o.MaxEventStreams < 0}, {"http.stream_heartbeat", o.StreamHeartbeat < 0},
-		{"http.request_timeout", o.HTTPRequestTimeout < 0}} {
+		{"http.request_timeout", o.HTTPRequestTimeout < 0}, {"http.max_inflight", o.HTTPMaxInflight < 0}} {
 		if v.bad {
 			bad(v.key, "must not be negative (0 means the default)")
 		}

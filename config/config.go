@@ -75,6 +75,7 @@ type HTTP struct {
 	MaxStreams      int           `yaml:"max_streams"`
 	StreamHeartbeat time.Duration `yaml:"stream_heartbeat"`
 	RequestTimeout  time.Duration `yaml:"request_timeout"`
+	MaxInflight     int           `yaml:"max_inflight"`
 }
 
 // Fleet configures the registry.
@@ -168,7 +169,8 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		HTTPAddr: f.HTTP.Addr, Pprof: f.HTTP.Pprof, APIOff: f.HTTP.API != nil && !*f.HTTP.API, HTTPTLS: f.HTTP.TLS,
 		SessionTTL: f.HTTP.SessionTTL, MaxSessionsPerOperator: f.HTTP.MaxSessions,
 		MaxEventStreams: f.HTTP.MaxStreams, StreamHeartbeat: f.HTTP.StreamHeartbeat, HTTPRequestTimeout: f.HTTP.RequestTimeout,
-		ConnectTimeout: f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
+		HTTPMaxInflight: f.HTTP.MaxInflight,
+		ConnectTimeout:  f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
 		WritesPending: f.MQTT.WritesPending, ReceiveMaximum: f.MQTT.ReceiveMaximum, MaxInflight: f.MQTT.MaxInflight,
 		TopicAliasMaximum: f.MQTT.TopicAliasMaximum, SessionExpiry: f.MQTT.SessionExpiry,
 		ReadBufferSize: f.MQTT.ReadBufferSize, WriteBufferSize: f.MQTT.WriteBufferSize,

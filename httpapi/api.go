@@ -25,6 +25,7 @@ import (
 // Defaults of Options.
 const (
 	DefaultMaxStreams     = 64
+	DefaultMaxInflight    = 64
 	DefaultStreamQueue    = 256
 	DefaultHeartbeat      = 15 * time.Second
 	DefaultRequestTimeout = 30 * time.Second
@@ -65,6 +66,10 @@ type Options struct {
 	// MaxStreams bounds the open event streams; more are refused 503.
 	// Default DefaultMaxStreams.
 	MaxStreams int
+	// MaxInflight bounds the requests under way at once (event streams
+	// apart, MaxStreams bounds those); more are refused 503 at once.
+	// Default DefaultMaxInflight.
+	MaxInflight int
 	// StreamQueue is how many events may wait for one stream; a stream
 	// further behind is ended. Default DefaultStreamQueue.
 	StreamQueue int
@@ -99,6 +104,8 @@ type API struct {
 	closed   bool
 	inflight sync.WaitGroup
 	stop     chan struct{} // closed by Close: event streams end
+	// slots bounds the requests under way, event streams apart.
+	slots chan struct{}
 }
 
 // New returns the API and starts its event hub; Close stops it. The API
@@ -112,6 +119,9 @@ func New(o Options) *API {
 	}
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxStreams
+	}
+	if o.MaxInflight <= 0 {
+		o.MaxInflight = DefaultMaxInflight
 	}
 	if o.StreamQueue <= 0 {
 		o.StreamQueue = DefaultStreamQueue
@@ -128,7 +138,8 @@ func New(o Options) *API {
 	if o.RefusalDelay <= 0 {
 		o.RefusalDelay = DefaultRefusalDelay
 	}
-	a := &API{o: o, svc: o.Service, log: o.Logger, rec: o.Recorder, acts: o.Service.Actions(), stop: make(chan struct{})}
+	a := &API{o: o, svc: o.Service, log: o.Logger, rec: o.Recorder, acts: o.Service.Actions(), stop: make(chan struct{}),
+		slots: make(chan struct{}, o.MaxInflight)}
 	a.hub = newHub(o.MaxStreams, o.StreamQueue, o.Logger)
 	a.mux = a.buildMux()
 	return a
@@ -228,6 +239,18 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rs []*route) {
 		if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(c.session.CSRF)) != 1 {
 			writeError(w, &admin.Error{Code: admin.CodeForbidden,
 				Message: "a request with the session cookie that changes state needs the session's CSRF token in the " + CSRFHeader + " header"})
+			return
+		}
+	}
+	// Slots are taken by authenticated requests only (a flood of
+	// anonymous ones or of logins takes none: logins are bounded by the
+	// password-check throttle), event streams apart.
+	if rt.path != "/api/v1/events" {
+		select {
+		case a.slots <- struct{}{}:
+			defer func() { <-a.slots }()
+		default:
+			writeError(w, &admin.Error{Code: admin.CodeUnavailable, Message: fmt.Sprintf("the broker has %d HTTP API requests under way; try again", cap(a.slots))})
 			return
 		}
 	}

@@ -25,7 +25,7 @@
 // It is best effort: each stream has a bounded queue, a stream that falls
 // behind is ended, and the broker never waits for one.
 //
-// Bounds: request bodies (413), the number of event streams, each
-// request's read and write time; the admin layer bounds requests per caller
-// and sessions per operator.
+// Bounds: request bodies (413), the requests under way and the event
+// streams (503), each request's read and write time; the admin layer
+// bounds requests per caller and sessions per operator.
 package httpapi

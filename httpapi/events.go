@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -31,18 +32,25 @@ import (
 // hubQueue bounds the events waiting for the hub's goroutine.
 const hubQueue = 4096
 
+// MaxStreamsPerOperator bounds the event streams of one operator or
+// observer (all its sessions), so that one cannot take every place.
+const MaxStreamsPerOperator = 8
+
 type hub struct {
 	log   *slog.Logger
 	max   int
 	queue int
 	in    chan event.Event
 	open  atomic.Int32 // streams open, read by OnEvent without the lock
-	// dropped counts events the hub could not queue.
+	// dropped counts events the hub could not queue; slow counts the
+	// streams dropped for falling behind.
 	dropped atomic.Uint64
+	slow    atomic.Uint64
 
-	// mu guards streams and closed.
+	// mu guards streams, per (open streams by operator) and closed.
 	mu      sync.Mutex
 	streams map[*stream]struct{}
+	per     map[string]int
 	closed  bool
 
 	stop chan struct{}
@@ -51,13 +59,14 @@ type hub struct {
 
 // stream is one client's queue of rendered events.
 type stream struct {
-	ch      chan []byte
-	dropped chan struct{} // closed when the hub drops the stream
+	operator string
+	ch       chan []byte
+	dropped  chan struct{} // closed when the hub drops the stream
 }
 
 func newHub(max, queue int, log *slog.Logger) *hub {
 	h := &hub{log: log, max: max, queue: queue, in: make(chan event.Event, hubQueue), streams: map[*stream]struct{}{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		per: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go h.run()
 	return h
 }
@@ -93,6 +102,7 @@ func (h *hub) run() {
 				case s.ch <- msg:
 				default:
 					h.remove(s)
+					h.slow.Add(1)
 					close(s.dropped)
 				}
 			}
@@ -125,15 +135,17 @@ func render(ev event.Event) []byte {
 	return append(out, "\n\n"...)
 }
 
-// add opens a stream, or reports false when MaxStreams are open.
-func (h *hub) add() (*stream, bool) {
+// add opens a stream of operator, or reports false when MaxStreams are
+// open, or MaxStreamsPerOperator of operator's.
+func (h *hub) add(operator string) (*stream, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed || len(h.streams) >= h.max {
+	if h.closed || len(h.streams) >= h.max || h.per[operator] >= MaxStreamsPerOperator {
 		return nil, false
 	}
-	s := &stream{ch: make(chan []byte, h.queue), dropped: make(chan struct{})}
+	s := &stream{operator: operator, ch: make(chan []byte, h.queue), dropped: make(chan struct{})}
 	h.streams[s] = struct{}{}
+	h.per[operator]++
 	h.open.Add(1)
 	return s, true
 }
@@ -142,9 +154,22 @@ func (h *hub) add() (*stream, bool) {
 func (h *hub) remove(s *stream) {
 	if _, ok := h.streams[s]; ok {
 		delete(h.streams, s)
+		if h.per[s.operator]--; h.per[s.operator] <= 0 {
+			delete(h.per, s.operator)
+		}
 		h.open.Add(-1)
 	}
 }
+
+// Streams returns the event streams open now.
+func (a *API) Streams() int { return int(a.hub.open.Load()) }
+
+// StreamsDropped returns how many streams were ended for falling behind.
+func (a *API) StreamsDropped() uint64 { return a.hub.slow.Load() }
+
+// EventsDropped returns how many events no stream got because the hub's
+// queue was full.
+func (a *API) EventsDropped() uint64 { return a.hub.dropped.Load() }
 
 func (h *hub) release(s *stream) {
 	h.mu.Lock()
@@ -166,9 +191,10 @@ func (h *hub) close() {
 
 // events serves GET /api/v1/events.
 func (a *API) events(w http.ResponseWriter, r *http.Request, c *caller) {
-	s, ok := a.hub.add()
+	s, ok := a.hub.add(c.ID)
 	if !ok {
-		writeError(w, &admin.Error{Code: admin.CodeUnavailable, Message: "too many event streams open; try again later"})
+		writeError(w, &admin.Error{Code: admin.CodeUnavailable, Message: fmt.Sprintf(
+			"too many event streams open (at most %d, %d of one operator); try again later", a.hub.max, MaxStreamsPerOperator)})
 		return
 	}
 	defer a.hub.release(s)

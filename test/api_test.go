@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/broker"
+	"github.com/otamq/otamq/cmd/otactl/rpc"
 	"github.com/otamq/otamq/httpapi"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/clock"
@@ -141,8 +144,31 @@ func TestAPIEveryVerb(t *testing.T) {
 	if again := op.uploadRelease(fw); !again.OK {
 		t.Fatalf("second upload: %+v", again.Error)
 	}
+	// An upload cut short stays, and the same request again resumes it
+	// where the broker's copy ends.
+	fw3 := makeFirmware(t, key, "1.0.9", []string{"esp32-v2"}, release.MaxPartSize+5000)
+	cut := fw3
+	cut.image = fw3.image[:release.MaxPartSize+10]
+	checkRefused(t, "a cut upload", op.uploadRelease(cut), http.StatusUnprocessableEntity, admin.CodeSizeMismatch)
+	var pending struct{ Uploads []release.Upload }
+	op.ok("GET", "/api/v1/uploads", nil, &pending)
+	if len(pending.Uploads) != 1 || pending.Uploads[0].Offset != uint64(release.MaxPartSize+10) {
+		t.Fatalf("cut upload: %+v", pending)
+	}
+	resumed := op.uploadRelease(fw3)
+	var rdone struct {
+		Done    bool
+		Release release.Release
+	}
+	if !resumed.OK {
+		t.Fatalf("resumed upload: %+v", resumed.Error)
+	}
+	resumed.into(t, &rdone)
+	if !rdone.Done || rdone.Release.Version != "1.0.9" {
+		t.Fatalf("resumed upload: %+v", rdone)
+	}
 	var rels struct{ Releases []release.Release }
-	op.ok("GET", "/api/v1/releases?hardware=esp32-v2", nil, &rels)
+	op.ok("GET", "/api/v1/releases?version=1.1.0", nil, &rels)
 	if len(rels.Releases) != 1 || rels.Releases[0].ID != done.Release.ID {
 		t.Fatalf("releases %+v", rels)
 	}
@@ -560,6 +586,14 @@ func TestAPILoginThrottledAndAudited(t *testing.T) {
 	if unknown.Error == nil || first.Error == nil || unknown.Error.Message != first.Error.Message {
 		t.Fatalf("refusals differ: %+v / %+v", unknown.Error, first.Error)
 	}
+	// A device cannot log in, and its attempts (tokens are not
+	// throttled) are not on the record.
+	tok := b.register("api-dev-login", "device", "")
+	dev := anon.do("POST", "/api/v1/login", map[string]any{"id": "api-dev-login", "password": tok})
+	checkRefused(t, "device login", dev, http.StatusUnauthorized, admin.CodeUnauthorized)
+	if dev.Error.Message != first.Error.Message {
+		t.Fatalf("a device's refusal differs: %+v", dev.Error)
+	}
 	op := b.apiLogin(opID, opPassword)
 	var logins struct {
 		Records []struct {
@@ -577,6 +611,8 @@ func TestAPILoginThrottledAndAudited(t *testing.T) {
 			ok++
 		case r.Result == admin.CodeUnauthorized && r.Actor == "api-guess":
 			refused++
+		case r.Actor == "api-dev-login" || r.Actor == "nobody-here":
+			t.Errorf("a login without a password check is on the record: %+v", r)
 		}
 	}
 	if ok != 1 || refused < 3 {
@@ -587,8 +623,13 @@ func TestAPILoginThrottledAndAudited(t *testing.T) {
 // The admin rate limit holds per caller, as on MQTT: 429 with Retry-After.
 func TestAPIRateLimited(t *testing.T) {
 	t.Parallel()
-	b := startBroker(t, func(o *broker.Options) { o.AdminRate, o.AdminBurst = 0.5, 3 })
+	b := startBroker(t, func(o *broker.Options) { o.AdminRate, o.AdminBurst = 0.01, 3 })
 	op := b.apiLogin(opID, opPassword)
+	mq, err := rpc.Dial(context.Background(), rpc.Config{URL: b.url(), Username: opID, Password: opPassword, NoRetry: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = mq.Close() }()
 	var r apiReply
 	for i := 0; i < 10; i++ {
 		if r = op.do("GET", "/api/v1/devices", nil); !r.OK {
@@ -598,6 +639,29 @@ func TestAPIRateLimited(t *testing.T) {
 	checkRefused(t, "over the rate", r, http.StatusTooManyRequests, admin.CodeRateLimited)
 	if s, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || s < 1 || r.Error.RetryAfterMS <= 0 {
 		t.Fatalf("Retry-After %q, retry_after_ms %d", r.header.Get("Retry-After"), r.Error.RetryAfterMS)
+	}
+	// One bucket per operator, whatever the transport: its MQTT requests
+	// are refused too now.
+	err = mq.Call(context.Background(), "device/list", map[string]any{}, nil)
+	var re *rpc.RemoteError
+	if !errors.As(err, &re) || re.Code != admin.CodeRateLimited {
+		t.Fatalf("MQTT request of the same operator: %v", err)
+	}
+}
+
+// A request header over the bound is refused (431) before any handler.
+func TestAPIHeaderBound(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	req, _ := http.NewRequest("GET", b.apiBase()+"/api/v1/devices", nil)
+	req.Header.Set("X-Padding", strings.Repeat("p", 100*1024))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("a 100 KiB header: %d", resp.StatusCode)
 	}
 }
 
@@ -669,7 +733,7 @@ func TestAPIEventStream(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t, func(o *broker.Options) {
 		o.StreamHeartbeat = 50 * time.Millisecond
-		o.HTTPRequestTimeout = 200 * time.Millisecond
+		o.HTTPRequestTimeout = time.Second
 	})
 	b.addOperator("api-watch", "observer", "observer password 3")
 	op := b.apiLogin(opID, opPassword)
@@ -678,10 +742,11 @@ func TestAPIEventStream(t *testing.T) {
 	sb := openStream(t, obs)
 	so.await(t, 30*time.Second, "heartbeat", func(ev, data string) bool { return ev == "comment" && data == ": heartbeat" })
 	// A stream outlives the request timeout (which bounds each write, not
-	// the stream): heartbeats still come well after it.
+	// the stream; a login must fit in it, hence not shorter): heartbeats
+	// still come well after it.
 	opened := time.Now()
 	so.await(t, 30*time.Second, "heartbeat after the request timeout", func(ev, data string) bool {
-		return ev == "comment" && data == ": heartbeat" && time.Since(opened) > time.Second
+		return ev == "comment" && data == ": heartbeat" && time.Since(opened) > 3*time.Second
 	})
 
 	op.ok("POST", "/api/v1/devices", map[string]any{"id": "api-ev1", "role": "device"}, nil)
@@ -760,6 +825,53 @@ func TestAPIEventStreamSlowClientDropped(t *testing.T) {
 		}
 	}
 	op.ok("GET", "/api/v1/devices?limit=1", nil, nil)
+	resp, err := http.Get(b.apiBase() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(body), "otamq_http_event_streams_dropped_total 1\n") {
+		t.Fatalf("the dropped stream is not counted:\n%s", grepLines(string(body), "otamq_http_"))
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// One operator may hold at most httpapi.MaxStreamsPerOperator streams;
+// another still gets one.
+func TestAPIEventStreamsPerOperator(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t)
+	b.addOperator("api-many", "observer", "observer password 4")
+	op := b.apiLogin(opID, opPassword)
+	for range httpapi.MaxStreamsPerOperator {
+		openStream(t, op)
+	}
+	op.refused("GET", "/api/v1/events", nil, http.StatusServiceUnavailable, admin.CodeUnavailable)
+	other := b.apiLogin("api-many", "observer password 4")
+	openStream(t, other)
+	eventually(t, 30*time.Second, func() error {
+		resp, err := http.Get(b.apiBase() + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer func() { _ = resp.Body.Close() }()
+		body, _ := io.ReadAll(resp.Body)
+		if want := fmt.Sprintf("otamq_http_event_streams %d\n", httpapi.MaxStreamsPerOperator+1); !strings.Contains(string(body), want) {
+			return fmt.Errorf("metrics lack %q", want)
+		}
+		return nil
+	})
 }
 
 // The API can be turned off: /metrics and /healthz stay.
@@ -806,4 +918,52 @@ func TestAPIOverTLS(t *testing.T) {
 	if resp, err := http.Get("http://" + b.HTTPAddr() + "/healthz"); err == nil && resp.StatusCode == 200 {
 		t.Fatal("plain HTTP served on the TLS listener")
 	}
+}
+
+// At most HTTPMaxInflight requests run at once: two uploads whose bodies
+// are still coming hold both places, a third request is refused 503, and
+// once they end requests go through again.
+func TestAPIInflightBound(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t, func(o *broker.Options) { o.HTTPMaxInflight = 2 })
+	op := b.apiLogin(opID, opPassword)
+	var writers []*io.PipeWriter
+	done := make(chan int, 2)
+	for range 2 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		req, _ := http.NewRequest("POST", b.apiBase()+"/api/v1/releases", pr)
+		req.Header.Set("Authorization", "Bearer "+op.token)
+		req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				done <- 0
+				return
+			}
+			_ = resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+		if _, err := pw.Write([]byte("--x\r\n")); err != nil { // the server is reading it
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 30*time.Second, func() error { // once both handlers run
+		if r := op.do("GET", "/api/v1/devices", nil); r.status != http.StatusServiceUnavailable || r.Error.Code != admin.CodeUnavailable {
+			return fmt.Errorf("third request: %d", r.status)
+		}
+		return nil
+	})
+	for _, pw := range writers {
+		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	}
+	for range 2 {
+		<-done
+	}
+	eventually(t, 30*time.Second, func() error { // once both handlers returned
+		if r := op.do("GET", "/api/v1/devices", nil); !r.OK {
+			return fmt.Errorf("after the uploads: %d %+v", r.status, r.Error)
+		}
+		return nil
+	})
 }

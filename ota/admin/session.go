@@ -52,6 +52,11 @@ func (s *Service) Login(ctx context.Context, req LoginRequest) (LoginResult, *Er
 	if fleet.ValidID(req.ID) != nil || req.Password == "" || len(req.Password) > maxPasswordLen {
 		return LoginResult{}, fail(CodeUnauthorized, loginRefused)
 	}
+	if lk, ok := s.fleet.Lookup(req.ID); !ok || lk.Role.IsDevice() {
+		// No password check (device tokens are not throttled, so no
+		// audit record either: they could be sent without end).
+		return LoginResult{}, fail(CodeUnauthorized, loginRefused)
+	}
 	d, err := s.fleet.Authenticate(fleet.Credentials{ClientID: req.ID, Username: req.ID, Password: []byte(req.Password), Remote: req.Remote})
 	var te *fleet.ThrottledError
 	switch {
@@ -59,9 +64,8 @@ func (s *Service) Login(ctx context.Context, req LoginRequest) (LoginResult, *Er
 		e := fail(CodeRateLimited, "%s; retry later", te.Error())
 		e.RetryAfterMS = max(1000, te.Retry.Milliseconds()+1)
 		return LoginResult{}, e
-	case errors.Is(err, fleet.ErrNotFound):
-		return LoginResult{}, fail(CodeUnauthorized, loginRefused)
-	case err == nil && d.Role.IsDevice():
+	case errors.Is(err, fleet.ErrNotFound), err == nil && d.Role.IsDevice():
+		// Removed, or re-registered as something else, meanwhile.
 		return LoginResult{}, fail(CodeUnauthorized, loginRefused)
 	}
 	c := &call{req: &Request{Caller: Caller{ID: req.ID, Remote: req.Remote}, Resource: "session", Verb: "login"},
