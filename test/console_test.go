@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -20,6 +22,7 @@ import (
 	"github.com/chromedp/chromedp/kb"
 
 	"github.com/otamq/otamq/cmd/devsim/sim"
+	"github.com/otamq/otamq/httpapi"
 )
 
 // The operators' web console (package console) in a real headless
@@ -594,3 +597,75 @@ thresholds:
 func (b *browser) evalMark() { _ = eval[bool](b, `window.__otamqMark = true`) }
 
 func (b *browser) markKept() bool { return eval[bool](b, `window.__otamqMark === true`) }
+
+// TestConsoleStreamLimit: when the broker refuses the console's event
+// stream (the operator has httpapi.MaxStreamsPerOperator open elsewhere),
+// the page says it is not live and tries again; once a stream is free it
+// is live again, without a reload.
+func TestConsoleStreamLimit(t *testing.T) {
+	t.Parallel()
+	w := startBroker(t)
+	api := w.apiLogin(opID, opPassword)
+	var open []io.Closer
+	closeOne := func() {
+		_ = open[len(open)-1].Close()
+		open = open[:len(open)-1]
+	}
+	t.Cleanup(func() {
+		for len(open) > 0 {
+			closeOne()
+		}
+	})
+	for range httpapi.MaxStreamsPerOperator {
+		req, err := http.NewRequest("GET", w.apiBase()+"/api/v1/events", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+api.token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("stream %d: %s", len(open), resp.Status)
+		}
+		// The stream is registered once its first comment is written.
+		if _, err := resp.Body.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b := newBrowser(t, w.apiBase())
+	b.expect("/api/v1/session")
+	b.expect("/api/v1/events")
+	b.do("log in", 30*time.Second,
+		chromedp.Navigate(b.base+"/"),
+		chromedp.WaitVisible(chromedp.CSS("#login-form")),
+		chromedp.SendKeys(chromedp.CSS("#login-id"), opID),
+		chromedp.SendKeys(chromedp.CSS("#login-password"), opPassword),
+		chromedp.Click(chromedp.CSS("#login-form button")),
+		chromedp.WaitVisible(chromedp.CSS("#stat-devices")))
+	b.waitJS("the refused stream", 30*time.Second, `document.getElementById("live").dataset.state || ""`, func(s string) error {
+		if s != "closed" {
+			return fmt.Errorf("stream state %q, want closed", s)
+		}
+		return nil
+	})
+	closeOne()
+	b.waitJS("the stream opened again", 60*time.Second, `document.getElementById("live").dataset.state || ""`, func(s string) error {
+		if s != "live" {
+			return fmt.Errorf("stream state %q, want live", s)
+		}
+		return nil
+	})
+	// And it carries events.
+	w.register("con-limit-1", "device", "")
+	b.waitJS("an event after the retry", 20*time.Second, `String(document.querySelectorAll('#feed li[data-id="con-limit-1"]').length)`, func(s string) error {
+		if s == "0" {
+			return fmt.Errorf("no event in the feed")
+		}
+		return nil
+	})
+	b.checkConsole()
+}

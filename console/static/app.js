@@ -27,10 +27,18 @@ export const feed = [];
 const feedMax = 50;
 
 let stream = null;
+let retry = null;
 function openStream() {
   if (stream) stream.close();
+  clearTimeout(retry);
   const dot = document.getElementById("live");
-  stream = api.events({
+  // A stream the broker refused (too many open) or ended (it is
+  // stopping) is opened again later; the browser retries the others.
+  const later = () => {
+    clearTimeout(retry);
+    retry = setTimeout(() => { if (session.operator) openStream(); }, 5000);
+  };
+  const es = api.events({
     fleet: (d) => {
       feed.unshift({ received: Date.now(), kind: "fleet", data: d });
       feed.length = Math.min(feed.length, feedMax);
@@ -39,13 +47,17 @@ function openStream() {
     rollout: (d) => live.dispatchEvent(new CustomEvent("rollout", { detail: d })),
     end: (d) => {
       dot.textContent = "ended: " + (d.reason || "");
-      stream.close();
+      dot.dataset.state = "ended";
+      es.close();
       if (d.reason === "session ended") showLogin("Your session ended; log in again.");
+      else later();
     },
   }, (state) => {
     dot.textContent = state;
     dot.dataset.state = state;
+    if (state === "closed") later();
   });
+  stream = es;
 }
 
 const routes = [
@@ -107,6 +119,7 @@ export function refresh() { return render(); }
 
 function showLogin(msg) {
   session.operator = "";
+  clearTimeout(retry);
   if (stream) { stream.close(); stream = null; }
   document.getElementById("nav").hidden = true;
   document.getElementById("who").hidden = true;
