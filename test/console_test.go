@@ -569,6 +569,15 @@ thresholds:
 	if v.State != "draft" || v.Approved == nil || v.Approved.By != "con-ops2" {
 		t.Errorf("the broker has con-2 %s, approved %+v", v.State, v.Approved)
 	}
+	b.confirm("#ro-abort", "not needed")
+	b.do("aborted", 30*time.Second, chromedp.WaitVisible(chromedp.CSS(`#rollout-state[data-state="aborted"]`)))
+	if n := eval[int](b, `document.querySelectorAll("#rollout-actions button").length`); n != 0 {
+		t.Errorf("an aborted rollout offers %d actions", n)
+	}
+	api.ok("GET", "/api/v1/rollouts/con-2", nil, &v)
+	if v.State != "aborted" {
+		t.Errorf("the broker has con-2 %s after the abort", v.State)
+	}
 	b.do("log out", 30*time.Second, chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#login-form")))
 
 	// An observer reads, and is offered no action.
