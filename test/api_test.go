@@ -788,14 +788,21 @@ func TestAPIEventStreamSlowClientDropped(t *testing.T) {
 	}
 	defer func() { _ = conn.Close() }()
 	fmt.Fprintf(conn, "GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", op.token)
-	good := openStream(t, op)
-	// Both places are taken: a third stream is refused.
-	eventually(t, 30*time.Second, func() error {
-		if r := op.do("GET", "/api/v1/events", nil); r.status != http.StatusServiceUnavailable {
-			return fmt.Errorf("third stream: %d", r.status)
+	streams := func(n int) func() error {
+		return func() error {
+			if got := metricLine(t, b, "otamq_http_event_streams "); got != fmt.Sprintf("otamq_http_event_streams %d", n) {
+				return fmt.Errorf("%q, want %d streams", got, n)
+			}
+			return nil
 		}
-		return nil
-	})
+	}
+	eventually(t, 30*time.Second, streams(1)) // the slow one holds its place
+	good := openStream(t, op)
+	eventually(t, 30*time.Second, streams(2))
+	// Both places are taken: a third stream is refused.
+	if code := streamStatus(t, b, op.token); code != http.StatusServiceUnavailable {
+		t.Fatalf("third stream: %d", code)
+	}
 	// Events flow until the slow stream is dropped, and the good stream
 	// sees each batch meanwhile.
 	for i := 0; ; i++ {
@@ -809,14 +816,7 @@ func TestAPIEventStreamSlowClientDropped(t *testing.T) {
 			return ev == "fleet" && strings.Contains(data, `"id":"`+last+`"`)
 		})
 		// The slow stream's place is free once it was dropped.
-		req, _ := http.NewRequest("GET", b.apiBase()+"/api/v1/events", nil)
-		req.Header.Set("Authorization", "Bearer "+op.token)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = resp.Body.Close()
-		if resp.StatusCode == 200 {
+		if streamStatus(t, b, op.token) == 200 {
 			t.Logf("dropped after %d batches of 200 events", i+1)
 			break
 		}
@@ -834,6 +834,37 @@ func TestAPIEventStreamSlowClientDropped(t *testing.T) {
 	if !strings.Contains(string(body), "otamq_http_event_streams_dropped_total 1\n") {
 		t.Fatalf("the dropped stream is not counted:\n%s", grepLines(string(body), "otamq_http_"))
 	}
+}
+
+// streamStatus opens an event stream and closes it at once, returning
+// its status.
+func streamStatus(t *testing.T, b *tb, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest("GET", b.apiBase()+"/api/v1/events", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+// metricLine returns the first line of /metrics that starts with prefix.
+func metricLine(t *testing.T, b *tb, prefix string) string {
+	t.Helper()
+	resp, err := http.Get(b.apiBase() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(resp.Body)
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, prefix) {
+			return l
+		}
+	}
+	return ""
 }
 
 // grepLines returns the lines of s that contain sub.
