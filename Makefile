@@ -9,7 +9,7 @@ STATICCHECK_VERSION ?= v0.8.2
 VERSION   ?= $(shell git describe --always --dirty --tags 2>/dev/null)
 LDFLAGS   := -X github.com/otamq/otamq/internal/version.version=$(VERSION)
 
-GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./ota/manifest ./ota/rollout ./cmd/devsim/sim
+GO_FUZZ_PKGS := ./ota/wire ./ota/admin ./httpapi ./ota/manifest ./ota/rollout ./cmd/devsim/sim
 
 .PHONY: all build run demo test test-go test-c e2e deps lint fmt vet staticcheck fuzz bench clean
 

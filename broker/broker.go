@@ -31,13 +31,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/otamq/otamq/console"
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/httpapi"
 	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/event"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/login"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/ota/store"
@@ -53,6 +56,7 @@ type Broker struct {
 	delivery *delivery.Service
 	rollouts *rollout.Engine
 	admin    *admin.Service
+	api      *httpapi.API // nil when off
 	srv      *mqtt.Server
 	events   *hooks.Events
 	feed     *event.Feed
@@ -74,6 +78,9 @@ type Broker struct {
 	stopOnce sync.Once
 	stopErr  error
 }
+
+// maxHeaderBytes bounds an HTTP request's header.
+const maxHeaderBytes = 64 << 10
 
 // Credentials of a bootstrapped operator.
 type Credentials struct {
@@ -112,7 +119,7 @@ func New(opts Options) (_ *Broker, err error) {
 	}()
 
 	var tlsCfg *tls.Config
-	if o.TLSAddr != "" {
+	if o.TLSAddr != "" || o.HTTPTLS {
 		if tlsCfg, err = tlsConfig(o); err != nil {
 			return nil, err
 		}
@@ -185,7 +192,14 @@ func New(opts Options) (_ *Broker, err error) {
 	if err := b.db.ReleasePages(); err != nil {
 		o.Logger.Warn("store pages read at start stay mapped", "err", err)
 	}
-	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock,
+	var sessions *login.Store
+	apiOn := b.httpLn != nil && !o.APIOff
+	if apiOn {
+		if sessions, err = login.Open(b.db, &login.Options{Clock: o.Clock, TTL: o.SessionTTL, MaxPerOperator: o.MaxSessionsPerOperator}); err != nil {
+			return nil, err
+		}
+	}
+	b.admin, err = admin.New(b.db, b.fleet, &admin.Options{Logger: o.Logger, Clock: o.Clock, Sessions: sessions,
 		Disconnector: hooks.NewKicker(b.srv, b.fleet, b.events.Disconnect),
 		Catalog:      b.catalog, Delivery: b.delivery, Rollouts: b.rollouts,
 		Rate: o.AdminRate, Burst: o.AdminBurst, Audit: audit.Retention{MaxRecords: o.AuditMaxRecords, MaxAge: o.AuditMaxAge}})
@@ -193,6 +207,23 @@ func New(opts Options) (_ *Broker, err error) {
 		return nil, err
 	}
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog, b.rollouts))
+	if apiOn {
+		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
+			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat,
+			RequestTimeout: o.HTTPRequestTimeout, MaxInflight: o.HTTPMaxInflight})
+		undo = append(undo, b.api.Close)
+		b.feed.Subscribe(b.api)
+		api := b.api
+		b.metrics.MustRegister(
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "otamq_http_event_streams", Help: "HTTP API event streams open now."},
+				func() float64 { return float64(api.Streams()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otamq_http_event_streams_dropped_total",
+				Help: "HTTP API event streams ended because their client fell behind."},
+				func() float64 { return float64(api.StreamsDropped()) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "otamq_http_events_dropped_total",
+				Help: "Events no HTTP API stream got because the stream hub's queue was full."},
+				func() float64 { return float64(api.EventsDropped()) }))
+	}
 
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests.
@@ -362,7 +393,14 @@ func (b *Broker) listen(tlsCfg *tls.Config) error {
 		b.mqttLns = append(b.mqttLns, l)
 	}
 	if b.httpLn != nil {
-		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+		if o.HTTPTLS {
+			cfg := tlsCfg.Clone()
+			cfg.ClientAuth, cfg.ClientCAs = tls.NoClientCert, nil
+			b.httpLn = tls.NewListener(b.httpLn, cfg)
+		}
+		b.httpSrv = &http.Server{Handler: b.httpHandler(), ReadHeaderTimeout: 10 * time.Second,
+			MaxHeaderBytes: maxHeaderBytes, IdleTimeout: 2 * time.Minute,
+			ErrorLog: slog.NewLogLogger(o.Logger.With("component", "http").Handler(), slog.LevelDebug)}
 	}
 	return nil
 }
@@ -416,6 +454,10 @@ func (b *Broker) httpHandler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if b.api != nil {
+		mux.Handle("/api/", b.api.Handler())
+		mux.Handle("/", console.Handler())
+	}
 	if b.opts.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -472,7 +514,13 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 
 func (b *Broker) shutdown() error {
 	var errs []error
-	// Listeners and clients first, ourselves: mochi's Close lists each
+	// The HTTP API first: its requests under way finish, its event
+	// streams end, and it takes no more (while the store and the engine
+	// still run).
+	if b.api != nil {
+		b.api.Close()
+	}
+	// Listeners and clients, ourselves: mochi's Close lists each
 	// listener's clients with Clients.GetByListener, which read-locks the
 	// client map twice and deadlocks when a client connects or disconnects
 	// in between (mochi-mqtt/server#488, unfixed in v2.7.9). disconnectAll

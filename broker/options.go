@@ -10,12 +10,14 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/hooks"
+	"github.com/otamq/otamq/httpapi"
 	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/admin"
 	"github.com/otamq/otamq/ota/audit"
 	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/login"
 	"github.com/otamq/otamq/ota/release"
 )
 
@@ -72,6 +74,38 @@ type Options struct {
 	HTTPAddr string
 	// Pprof adds /debug/pprof/ to the HTTP listener.
 	Pprof bool
+	// APIOff turns the HTTP API (/api/v1/, package httpapi) off; the
+	// listener then serves only /metrics and /healthz. Default: on,
+	// wherever the HTTP listener is.
+	APIOff bool
+	// HTTPTLS serves the HTTP listener (API, /metrics, /healthz) over TLS
+	// with the certificate and key of MQTT over TLS (TLSCert, TLSKey).
+	HTTPTLS bool
+	// SessionTTL is how long an HTTP API login lasts. Default
+	// login.DefaultTTL (12h).
+	SessionTTL time.Duration
+	// MaxSessionsPerOperator bounds one operator's HTTP API sessions; a
+	// login beyond it ends its oldest. Default login.DefaultMaxPerOperator
+	// (16).
+	MaxSessionsPerOperator int
+	// MaxEventStreams bounds the open event streams of the HTTP API.
+	// Default httpapi.DefaultMaxStreams (64).
+	MaxEventStreams int
+	// HTTPRequestTimeout bounds reading an HTTP API request's body and
+	// writing its reply, and each write of an event stream (a stream
+	// itself lasts). Default httpapi.DefaultRequestTimeout (30s).
+	HTTPRequestTimeout time.Duration
+	// HTTPMaxInflight bounds the authenticated HTTP API requests under
+	// way at once (event streams apart); more are refused 503. Default
+	// httpapi.DefaultMaxInflight (64).
+	HTTPMaxInflight int
+	// StreamQueue is how many events may wait for one event stream of the
+	// HTTP API; a stream further behind is dropped. Default
+	// httpapi.DefaultStreamQueue (256).
+	StreamQueue int
+	// StreamHeartbeat is the period of an event stream's keep-alive
+	// comments. Default httpapi.DefaultHeartbeat (15s).
+	StreamHeartbeat time.Duration
 
 	// ConnectTimeout closes a connection that has not completed its TLS
 	// handshake and sent CONNECT within it. Default DefaultConnectTimeout.
@@ -264,6 +298,24 @@ func (o Options) withDefaults() Options {
 	if o.MaxImageSize == 0 {
 		o.MaxImageSize = release.DefaultMaxImageSize
 	}
+	if o.SessionTTL == 0 {
+		o.SessionTTL = login.DefaultTTL
+	}
+	if o.MaxSessionsPerOperator == 0 {
+		o.MaxSessionsPerOperator = login.DefaultMaxPerOperator
+	}
+	if o.MaxEventStreams == 0 {
+		o.MaxEventStreams = httpapi.DefaultMaxStreams
+	}
+	if o.HTTPMaxInflight == 0 {
+		o.HTTPMaxInflight = httpapi.DefaultMaxInflight
+	}
+	if o.HTTPRequestTimeout == 0 {
+		o.HTTPRequestTimeout = httpapi.DefaultRequestTimeout
+	}
+	if o.StreamHeartbeat == 0 {
+		o.StreamHeartbeat = httpapi.DefaultHeartbeat
+	}
 	if o.MaxBlockSize == 0 {
 		o.MaxBlockSize = min(delivery.DefaultMaxBlockSize, int(o.MaxPacketSize))
 	}
@@ -302,6 +354,22 @@ func (o Options) Validate() error {
 		}
 		if err := checkAddr(a.addr); err != nil {
 			bad(a.key, "%s %q: %v", a.what, a.addr, err)
+		}
+	}
+	if o.HTTPTLS && (o.TLSCert == "" || o.TLSKey == "") {
+		bad("http.tls", "HTTP over TLS needs the certificate and key of mqtt.tls_cert and mqtt.tls_key")
+	}
+	if o.HTTPTLS && o.HTTPAddr == "off" {
+		bad("http.tls", "HTTP over TLS is on but the HTTP listener is off")
+	}
+	for _, v := range []struct {
+		key string
+		bad bool
+	}{{"http.session_ttl", o.SessionTTL < 0}, {"http.max_sessions", o.MaxSessionsPerOperator < 0},
+		{"http.max_streams", o.MaxEventStreams < 0}, {"http.stream_heartbeat", o.StreamHeartbeat < 0},
+		{"http.request_timeout", o.HTTPRequestTimeout < 0}, {"http.max_inflight", o.HTTPMaxInflight < 0}} {
+		if v.bad {
+			bad(v.key, "must not be negative (0 means the default)")
 		}
 	}
 	if o.TLSAddr != "" {

@@ -62,10 +62,20 @@ type MQTT struct {
 	OperatorSessionExpiry   time.Duration `yaml:"operator_session_expiry"`
 }
 
-// HTTP configures the metrics listener.
+// HTTP configures the HTTP listener: /metrics, /healthz and the HTTP API.
 type HTTP struct {
 	Addr  string `yaml:"addr"`
 	Pprof bool   `yaml:"pprof"`
+	// API serves the HTTP API (/api/v1/); default true.
+	API *bool `yaml:"api"`
+	// TLS serves the listener over TLS with mqtt.tls_cert and mqtt.tls_key.
+	TLS             bool          `yaml:"tls"`
+	SessionTTL      time.Duration `yaml:"session_ttl"`
+	MaxSessions     int           `yaml:"max_sessions"`
+	MaxStreams      int           `yaml:"max_streams"`
+	StreamHeartbeat time.Duration `yaml:"stream_heartbeat"`
+	RequestTimeout  time.Duration `yaml:"request_timeout"`
+	MaxInflight     int           `yaml:"max_inflight"`
 }
 
 // Fleet configures the registry.
@@ -157,8 +167,11 @@ func (f File) Options(logOut io.Writer) (broker.Options, error) {
 		DataDir: f.DataDir, Prefix: f.Prefix,
 		TCPAddr: f.MQTT.TCPAddr, TLSAddr: f.MQTT.TLSAddr, TLSCert: f.MQTT.TLSCert, TLSKey: f.MQTT.TLSKey, TLSClientCA: f.MQTT.TLSClientCA,
 		AnonymousTCP: f.MQTT.TCPAnonymous, AnonymousTLS: f.MQTT.TLSAnonymous,
-		HTTPAddr: f.HTTP.Addr, Pprof: f.HTTP.Pprof,
-		ConnectTimeout: f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
+		HTTPAddr: f.HTTP.Addr, Pprof: f.HTTP.Pprof, APIOff: f.HTTP.API != nil && !*f.HTTP.API, HTTPTLS: f.HTTP.TLS,
+		SessionTTL: f.HTTP.SessionTTL, MaxSessionsPerOperator: f.HTTP.MaxSessions,
+		MaxEventStreams: f.HTTP.MaxStreams, StreamHeartbeat: f.HTTP.StreamHeartbeat, HTTPRequestTimeout: f.HTTP.RequestTimeout,
+		HTTPMaxInflight: f.HTTP.MaxInflight,
+		ConnectTimeout:  f.MQTT.ConnectTimeout, MaxPacketSize: f.MQTT.MaxPacketSize, MaxClients: f.MQTT.MaxClients,
 		WritesPending: f.MQTT.WritesPending, ReceiveMaximum: f.MQTT.ReceiveMaximum, MaxInflight: f.MQTT.MaxInflight,
 		TopicAliasMaximum: f.MQTT.TopicAliasMaximum, SessionExpiry: f.MQTT.SessionExpiry,
 		ReadBufferSize: f.MQTT.ReadBufferSize, WriteBufferSize: f.MQTT.WriteBufferSize,

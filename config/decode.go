@@ -47,6 +47,14 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		d.duration(n, v, path)
 	case v.Kind() == reflect.Struct:
 		d.mapping(n, v, path)
+	case v.Kind() == reflect.Pointer:
+		// An optional setting whose zero value is not its default.
+		p := reflect.New(v.Type().Elem())
+		before := len(d.errs)
+		d.decode(n, p.Elem(), path)
+		if len(d.errs) == before {
+			v.Set(p)
+		}
 	case v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct:
 		if n.Kind != yaml.SequenceNode {
 			d.fail(n, path, "want a list")

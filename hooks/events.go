@@ -240,3 +240,7 @@ func (e *Events) Disconnect(id string) {
 		e.log.Info("client disconnected by operator action", "client", id)
 	}()
 }
+
+// FleetEventOf renders a domain event as the fleet events topic carries it
+// (the HTTP API's event stream sends the same JSON).
+func FleetEventOf(ev event.Event) FleetEvent { return fleetEvent(ev) }

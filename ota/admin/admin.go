@@ -38,6 +38,7 @@ import (
 	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/delivery"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/login"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/ota/store"
@@ -48,15 +49,18 @@ const MaxBodySize = 64 * 1024
 
 // Error codes of a reply.
 const (
-	CodeBadRequest  = "bad_request"
-	CodeNotFound    = "not_found"
-	CodeExists      = "exists"
-	CodeForbidden   = "forbidden"
-	CodeUnknownVerb = "unknown_verb"
-	CodeTooLarge    = "too_large"
-	CodeRateLimited = "rate_limited"
-	CodeUnavailable = "unavailable"
-	CodeInternal    = "internal"
+	CodeBadRequest = "bad_request"
+	CodeNotFound   = "not_found"
+	CodeExists     = "exists"
+	CodeForbidden  = "forbidden"
+	// CodeUnauthorized: no valid credentials or session (the HTTP API's
+	// login and sessions; MQTT refuses such a client at CONNECT).
+	CodeUnauthorized = "unauthorized"
+	CodeUnknownVerb  = "unknown_verb"
+	CodeTooLarge     = "too_large"
+	CodeRateLimited  = "rate_limited"
+	CodeUnavailable  = "unavailable"
+	CodeInternal     = "internal"
 )
 
 // Caller is who sent a request.
@@ -174,6 +178,10 @@ type Options struct {
 	// Audit bounds the audit log. Default: audit.DefaultMaxRecords records,
 	// none older than audit.DefaultMaxAge.
 	Audit audit.Retention
+	// Sessions enables Login and the HTTP API's sessions: revoking an
+	// operator, or changing its password, ends them in the same
+	// transaction. Default: no login.
+	Sessions *login.Store
 }
 
 // Service handles admin requests. Its methods are safe for concurrent use.
@@ -188,6 +196,7 @@ type Service struct {
 	rollouts *rollout.Engine
 	audit    *audit.Log
 	limit    *limiter
+	sessions *login.Store
 	handlers map[string]handler
 	// ops serialises the changes that could leave no operator (revoking
 	// one), so that two concurrent ones cannot both pass the check.
@@ -255,7 +264,7 @@ func New(db store.Store, reg *fleet.Registry, opts *Options) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{db: db, fleet: reg, log: o.Logger, now: o.Clock.Now, kick: o.Disconnector, cat: o.Catalog, dlv: o.Delivery,
-		rollouts: o.Rollouts, audit: log, limit: newLimiter(o.Rate, o.Burst), ops: make(chan struct{}, 1)}
+		rollouts: o.Rollouts, audit: log, limit: newLimiter(o.Rate, o.Burst), sessions: o.Sessions, ops: make(chan struct{}, 1)}
 	s.handlers = map[string]handler{
 		"device/register": {run: deviceRegister},
 		"device/get":      {readOnly: true, run: deviceGet},
@@ -377,14 +386,8 @@ func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 	if !ok {
 		return nil, fail(CodeUnknownVerb, "unknown request %s; known: %v", quote(req.Action()), s.Actions())
 	}
-	switch req.Caller.Role {
-	case fleet.RoleOperator:
-	case fleet.RoleObserver:
-		if !h.readOnly {
-			return nil, fail(CodeForbidden, "%s is an observer: %s needs an operator", quote(req.Caller.ID), req.Action())
-		}
-	default:
-		return nil, fail(CodeForbidden, "%s is a %s, not an operator", quote(req.Caller.ID), quote(string(req.Caller.Role)))
+	if err := authorize(req.Caller, req.Action(), h); err != nil {
+		return nil, err
 	}
 	limit := MaxBodySize
 	if h.binary {
@@ -411,6 +414,30 @@ func (s *Service) handle(ctx context.Context, c *call) (any, error) {
 		}
 	}
 	return h.run(ctx, s, c)
+}
+
+// authorize checks that caller's role may run action (handler h).
+func authorize(caller Caller, action string, h handler) *Error {
+	switch caller.Role {
+	case fleet.RoleOperator:
+	case fleet.RoleObserver:
+		if !h.readOnly {
+			return fail(CodeForbidden, "%s is an observer: %s needs an operator", quote(caller.ID), action)
+		}
+	default:
+		return fail(CodeForbidden, "%s is a %s, not an operator", quote(caller.ID), quote(string(caller.Role)))
+	}
+	return nil
+}
+
+// Authorize reports whether caller may send action, as Handle would judge
+// it, without running it (an adapter checks before it reads a large body).
+func (s *Service) Authorize(caller Caller, action string) *Error {
+	h, ok := s.handlers[action]
+	if !ok {
+		return fail(CodeUnknownVerb, "unknown request %s", quote(action))
+	}
+	return authorize(caller, action, h)
 }
 
 // decode parses body strictly into v: unknown fields, trailing data and

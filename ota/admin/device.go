@@ -200,6 +200,9 @@ func (s *Service) revoke(c *call, req revokeRequest) (any, error) {
 	err := c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Revoke(tx, req.ID, req.Reason, c.req.Caller.ID)
 		dev = d
+		if err == nil && !d.Role.IsDevice() {
+			err = s.endSessions(tx, req.ID, Caller{})
+		}
 		return err
 	})
 	if err != nil {

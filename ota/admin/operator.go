@@ -133,6 +133,11 @@ func operatorUpdate(_ context.Context, s *Service, c *call) (any, error) {
 	err := c.commit(func(tx store.Tx) error {
 		d, err := s.fleet.Update(tx, req.ID, fleet.Change{Reinstate: req.Reinstate}, secret, c.req.Caller.ID)
 		dev = d
+		if err == nil && !secret.IsZero() {
+			// The HTTP sessions opened with the old password end with
+			// the change (all but the one that asked, for its own).
+			err = s.endSessions(tx, req.ID, c.req.Caller)
+		}
 		return err
 	})
 	if err != nil {

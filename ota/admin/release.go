@@ -180,8 +180,10 @@ type uploadRequest struct {
 	Data     []byte  `cbor:"4,keyasint,omitempty"`
 }
 
-// maxUploadBody bounds a release/upload request.
-const maxUploadBody = release.MaxPartSize + wire.MaxManifestSize + 1024
+// MaxUploadBody bounds a release/upload request.
+const MaxUploadBody = release.MaxPartSize + wire.MaxManifestSize + 1024
+
+const maxUploadBody = MaxUploadBody
 
 var uploadDecMode = func() cbor.DecMode {
 	// Operator input: a typo'd key is an error, not ignored.

@@ -4,7 +4,7 @@
 // records results and how to read them.
 //
 //	go run ./test/bench                 # everything (make bench)
-//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, downloads, idle, audit, import,
+//	go run ./test/bench -only heartbeat # one of heartbeat, admin, blocks, downloads, idle, audit, import, api,
 //	                                    # rollout-plan, rollout-events, rollout-memory, rollout-offers,
 //	                                    # rollout-heartbeat, rollout-idle
 //	go run ./test/bench -only rollout   # every rollout-* part
@@ -26,7 +26,7 @@ import (
 )
 
 var (
-	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks, downloads, idle, audit, import, rollout-plan, rollout-events, rollout-memory, rollout-offers, rollout-heartbeat or rollout-idle; rollout: every rollout-* one")
+	only      = flag.String("only", "", "run one benchmark: heartbeat, admin, blocks, downloads, idle, audit, import, api, rollout-plan, rollout-events, rollout-memory, rollout-offers, rollout-heartbeat or rollout-idle; rollout: every rollout-* one")
 	serve     = flag.String("serve", "", "internal: run a server (mochi or otamq for the idle benchmark, mochi-blocks or otamq-blocks for the block benchmark, mochi-inline for the rollout offers)")
 	serveData = flag.String("data", "", "internal: data directory of -serve otamq")
 	heapRate  = flag.Int("heap-rate", 0, "internal: runtime.MemProfileRate of a -serve server (0: Go's default)")
@@ -93,4 +93,5 @@ func main() {
 	run("rollout-offers", benchRolloutOffers)
 	run("rollout-heartbeat", benchRolloutHeartbeat)
 	run("rollout-idle", benchRolloutIdle)
+	run("api", benchAPIEvents)
 }

@@ -1,0 +1,5 @@
+package httpapi
+
+import "errors"
+
+var errTrailing = errors.New("data after the JSON object")
