@@ -23,6 +23,7 @@ import (
 
 	"github.com/otamq/otamq/cmd/devsim/sim"
 	"github.com/otamq/otamq/httpapi"
+	"github.com/otamq/otamq/ota/manifest"
 )
 
 // The operators' web console (package console) in a real headless
@@ -333,6 +334,14 @@ func TestConsole(t *testing.T) {
 	// Releases: upload from the browser, signed with the repo's manifest
 	// package as the other tests do.
 	fw := makeFirmware(t, w.key, "1.1.0", []string{"esp32-v2"}, 256*1024)
+	// With an SBOM summary, which the release's page lists.
+	fw.m.Components = []manifest.Component{{Name: "esp-idf", Version: "5.5.1", Digest: manifest.Digest{0xab, 31: 0xcd}},
+		{Name: "mbedtls", Version: "3.6.2", Digest: manifest.Digest{0x12, 31: 0x34}}}
+	signed, err := manifest.Sign(&fw.m, w.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.signed = signed
 	dir := t.TempDir()
 	mPath, iPath := filepath.Join(dir, "firmware.manifest"), filepath.Join(dir, "firmware.bin")
 	if err := os.WriteFile(mPath, fw.signed, 0o600); err != nil {
@@ -367,7 +376,11 @@ func TestConsole(t *testing.T) {
 		t.Errorf("releases + 100*keys listed: %d, want 101", n)
 	}
 	b.shot("releases")
-	b.open("#/releases/"+url.PathEscape(relID), "#release-id")
+	b.open("#/releases/"+url.PathEscape(relID), "#sbom-table")
+	if got := eval[string](b, `[...document.querySelectorAll("#sbom-table tbody tr")].map(r => [...r.cells].map(c => c.textContent).join(" ")).join("; ")`); got !=
+		"esp-idf 5.5.1 "+fw.m.Components[0].Digest.String()+"; mbedtls 3.6.2 "+fw.m.Components[1].Digest.String() {
+		t.Errorf("the release's SBOM components: %q", got)
+	}
 	b.shot("release")
 
 	// Rollouts: the form writes the YAML; a bad spec shows the API's

@@ -298,8 +298,9 @@ var releaseGet = command{
 			return err
 		}
 		var res struct {
-			Release    release.Release `json:"release"`
-			KeyTrusted bool            `json:"key_trusted"`
+			Release    release.Release      `json:"release"`
+			KeyTrusted bool                 `json:"key_trusted"`
+			Components []manifest.Component `json:"components"`
 		}
 		if err := e.call(ctx, "release/get", map[string]any{"id": id}, &res); err != nil {
 			return err
@@ -315,6 +316,16 @@ var releaseGet = command{
 			{"signed by", r.KeyID.String() + map[bool]string{true: " (trusted)", false: " (REVOKED or unknown: cannot be offered)"}[res.KeyTrusted]},
 			{"uploaded", r.Created.Format(time.RFC3339) + " by " + dash(r.UploadedBy)}} {
 			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+		if len(res.Components) == 0 {
+			fmt.Fprintf(tw, "components:\t-\n")
+		}
+		for i, c := range res.Components {
+			label := ""
+			if i == 0 {
+				label = "components:"
+			}
+			fmt.Fprintf(tw, "%s\t%s %s sha256 %s\n", label, c.Name, c.Version, c.Digest)
 		}
 		return tw.Flush()
 	},

@@ -137,7 +137,7 @@ export async function releasesPage({ params }) {
 export async function releasePage({ args }) {
   const r = await api.get("/releases/" + encodeURIComponent(args[0]));
   const rel = r.release;
-  const comps = rel.components || rel.manifest_fields?.components;
+  const comps = r.components || [];
   return h("div", { class: "page" },
     h("p", {}, h("a", { href: "#/releases" }, "← Releases")),
     h("h1", {}, "Release ", h("span", { id: "release-id" }, rel.id)),
@@ -153,7 +153,6 @@ export async function releasePage({ args }) {
       ])),
       card("SBOM components", comps && comps.length ? table([
         { head: "Name", cell: (c) => c.name }, { head: "Version", cell: (c) => c.version }, { head: "Digest", cell: (c) => h("code", { class: "wrap" }, c.digest) },
-      ], comps) : h("p", { class: "hint", id: "sbom-note" }, comps ? "The manifest lists no components." :
-        "The API returns the signed manifest as bytes only; the SBOM components it may hold are not in the release's JSON."))),
+      ], comps, { id: "sbom-table" }) : h("p", { class: "hint", id: "sbom-note" }, "The manifest lists no components."))),
     h("p", {}, h("a", { href: "#/rollouts?release=" + encodeURIComponent(rel.id), class: "button" }, "Roll this release out")));
 }

@@ -428,7 +428,12 @@ func releaseGet(_ context.Context, s *Service, c *call) (any, error) {
 	}
 	c.target = r.ID
 	known, revoked := s.cat.KeyStatus(r.KeyID)
-	return map[string]any{"release": r, "key_trusted": known && !revoked}, nil
+	// The SBOM summary, from the manifest verified at upload.
+	comps := []manifest.Component{}
+	if sm, err := manifest.Parse(r.Manifest); err == nil && sm.Manifest.Components != nil {
+		comps = sm.Manifest.Components
+	}
+	return map[string]any{"release": r, "key_trusted": known && !revoked, "components": comps}, nil
 }
 
 type releaseListRequest struct {
