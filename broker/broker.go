@@ -208,6 +208,10 @@ func New(opts Options) (_ *Broker, err error) {
 	}
 	b.metrics.MustRegister(newStateCollector(b.fleet, b.srv, b.catalog, b.rollouts))
 	if apiOn {
+		if host, _, _ := net.SplitHostPort(b.httpLn.Addr().String()); !o.HTTPTLS && !net.ParseIP(host).IsLoopback() {
+			o.Logger.Warn("the HTTP API is served without TLS on an address other hosts can reach: passwords and session tokens cross the network in the clear (set http.tls, a loopback http.addr, or http.api: false)",
+				"addr", b.httpLn.Addr().String())
+		}
 		b.api = httpapi.New(httpapi.Options{Service: b.admin, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
 			MaxImageSize: o.MaxImageSize, MaxStreams: o.MaxEventStreams, StreamQueue: o.StreamQueue, Heartbeat: o.StreamHeartbeat,
 			RequestTimeout: o.HTTPRequestTimeout, MaxInflight: o.HTTPMaxInflight})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"mime"
 	"net/http"
 	"time"
@@ -107,6 +108,8 @@ func (a *API) openapi(w http.ResponseWriter, _ *http.Request, _ *caller) {
 	w.Header().Set("Content-Type", "application/yaml")
 	_, _ = w.Write(openapiYAML)
 }
+
+var errTrailing = errors.New("data after the JSON object")
 
 // decodeStrict decodes one JSON object into v: unknown fields, wrong
 // types and trailing data are errors.
