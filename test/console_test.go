@@ -278,6 +278,10 @@ func TestConsole(t *testing.T) {
 			}
 			return nil
 		})
+	// The adoption curve: the fleet's one version, all 12 on it.
+	if got := eval[string](b, `[...document.querySelectorAll("#fleet-adoption path.curve")].map(p => p.dataset.version).join(",") + " " + document.querySelector("#fleet-adoption figcaption").textContent`); !strings.HasPrefix(got, "1.0.0 1.0.0: 12 devices, the first since ") {
+		t.Errorf("the fleet's adoption curve: %q", got)
+	}
 	if got := eval[string](b, `document.getElementById("me").textContent`); got != opID+" (operator)" {
 		t.Errorf("logged in as %q", got)
 	}

@@ -52,6 +52,49 @@ export function describe(ev) {
   return parts.join(" ");
 }
 
+function svg(tag, attrs, ...kids) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const k of kids) e.appendChild(typeof k === "string" ? document.createTextNode(k) : k);
+  return e;
+}
+
+// adoption draws, for the versions most devices run, how many of the
+// devices on each came to it over time (the first birth each reported on
+// it: status.firmware_since), against the whole fleet.
+function adoption(devices) {
+  const versions = tally(devices, (d) => d.status.firmware).filter(([v]) => v !== "(none)").slice(0, 4);
+  const series = versions.map(([v]) => ({
+    v,
+    times: devices.filter((d) => d.status.firmware === v).map((d) => Date.parse(d.status.firmware_since)).filter((t) => !isNaN(t)).sort((a, b) => a - b),
+  })).filter((s) => s.times.length);
+  if (!series.length) return h("p", { class: "hint", id: "fleet-adoption" }, "No device has reported its firmware yet.");
+  const start = Math.min(...series.map((s) => s.times[0]));
+  const end = Math.max(Date.now(), ...series.map((s) => s.times[s.times.length - 1]));
+  const total = devices.length;
+  const W = 600, H = 160, P = 30;
+  const x = (t) => P + ((W - 2 * P) * (t - start)) / Math.max(1, end - start);
+  const y = (n) => H - P - ((H - 2 * P) * n) / Math.max(1, total);
+  const paths = series.map((s, i) => {
+    let d = `M${x(start).toFixed(1)},${y(0).toFixed(1)}`;
+    s.times.forEach((t, j) => { d += ` L${x(t).toFixed(1)},${y(j).toFixed(1)} L${x(t).toFixed(1)},${y(j + 1).toFixed(1)}`; });
+    d += ` L${x(end).toFixed(1)},${y(s.times.length).toFixed(1)}`;
+    return svg("path", { d, class: `curve series-${i}`, "data-version": s.v });
+  });
+  const span = end - start;
+  const spanText = span >= 2 * 86400e3 ? `${Math.round(span / 86400e3)} days` : span >= 2 * 3600e3 ? `${Math.round(span / 3600e3)} h` : `${Math.round(span / 60e3)} min`;
+  const label = series.map((s) => `${s.v}: ${s.times.length}`).join(", ");
+  return h("figure", { id: "fleet-adoption" },
+    svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `devices by the time they came to their version, over ${spanText}: ${label}`, class: "chart" },
+      svg("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, class: "axis" }), svg("line", { x1: P, y1: P, x2: P, y2: H - P, class: "axis" }),
+      svg("line", { x1: P, y1: y(total), x2: W - P, y2: y(total), class: "goal" }),
+      ...paths,
+      svg("text", { x: P, y: H - 8 }, new Date(start).toLocaleString()), svg("text", { x: W - P, y: H - 8, "text-anchor": "end" }, "now"),
+      svg("text", { x: P + 4, y: y(total) - 4 }, `${total} devices`)),
+    h("figcaption", {}, h("ul", { class: "legend" }, series.map((s, i) =>
+      h("li", { class: `series-${i}` }, `${s.v}: ${s.times.length} devices, the first since ${new Date(s.times[0]).toLocaleString()}`)))));
+}
+
 function feedItem(e) {
   return h("li", { "data-received": String(e.received), "data-type": e.data.type, "data-id": e.data.id || "" },
     time(e.data.time), " ", describe(e.data));
@@ -91,8 +134,7 @@ export async function fleetPage() {
       bars("By region", tally(devices, (d) => d.region), total, devLink("region")),
       bars("By OTA state", tally(devices, (d) => d.status.ota_state), total),
       bars("Online", tally(devices, (d) => (d.status.online ? "online" : "offline")), total)),
-    card("Adoption",
-      h("p", {}, "The API keeps no history of the fleet's versions, so the fleet-wide adoption curve over time cannot be drawn here; ",
-        "each rollout's page draws its own: devices succeeded over time, from the times rollout/devices reports.")),
+    card("Adoption", adoption(devices),
+      h("p", { class: "hint" }, "Devices on each version by the time they first reported it (a device that left a version no longer counts on it); each rollout's page draws its own curve.")),
     card("Live events", h("p", { class: "hint" }, "Fleet events as the broker streams them (newest first)."), list));
 }

@@ -239,3 +239,42 @@ func TestAttributeValidationReportsAll(t *testing.T) {
 		}
 	}
 }
+
+// FirmwareSince is the time of the first birth on the version a device
+// runs: another birth on it keeps it, one on another version moves it; it
+// survives a reload.
+func TestFirmwareSince(t *testing.T) {
+	db, r, _, clk := setup(t)
+	register(t, db, r, Registration{ID: "dev-1", Attributes: Attributes{Hardware: "esp32-v2"}}, TokenSecret(NewToken()))
+	birth := func(v string) time.Time {
+		t.Helper()
+		clk.Advance(time.Minute)
+		if err := r.Birth("dev-1", wire.Birth{FirmwareVersion: v, Hardware: "esp32-v2"}); err != nil {
+			t.Fatal(err)
+		}
+		return clk.Now()
+	}
+	since := func(rr *Registry) time.Time {
+		v, _ := rr.Get("dev-1")
+		return v.Status.FirmwareSince
+	}
+	first := birth("1.0.0")
+	birth("1.0.0")
+	if got := since(r); !got.Equal(first) {
+		t.Fatalf("after a second birth on 1.0.0: since %v, want %v", got, first)
+	}
+	moved := birth("1.1.0")
+	if got := since(r); !got.Equal(moved) {
+		t.Fatalf("after the birth on 1.1.0: since %v, want %v", got, moved)
+	}
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := since(r2); !got.Equal(moved) {
+		t.Fatalf("reloaded: since %v, want %v", got, moved)
+	}
+}

@@ -142,6 +142,9 @@ func (r *Registry) Birth(id string, b wire.Birth) error {
 	bl, av := r.intern.get(b.Bootloader), r.intern.get(b.AgentVersion)
 	e.mu.Lock()
 	st := &e.status
+	if !st.born || st.firmware != fw {
+		st.firmwareSince = now.UnixNano()
+	}
 	st.born = true
 	st.birthAt, st.lastSeen = now.UnixNano(), now.UnixNano()
 	st.firmware, st.reportedHardware, st.bootloader, st.agentVersion = fw, hw, bl, av

@@ -30,8 +30,12 @@ type Status struct {
 	Unreachable bool   `json:"unreachable,omitempty"`
 
 	// From the last birth.
-	BirthAt          time.Time `json:"birth_at,omitzero"`
-	Firmware         string    `json:"firmware,omitempty"`
+	BirthAt  time.Time `json:"birth_at,omitzero"`
+	Firmware string    `json:"firmware,omitempty"`
+	// FirmwareSince is when a birth first reported Firmware (after
+	// another version, or none): the fleet's adoption of a version is
+	// drawn from it.
+	FirmwareSince    time.Time `json:"firmware_since,omitzero"`
 	ReportedHardware string    `json:"reported_hardware,omitempty"`
 	Bootloader       string    `json:"bootloader,omitempty"`
 	Slot             uint8     `json:"slot"`
@@ -71,6 +75,7 @@ type View struct {
 // half the size of Status, which matters with a registry of a whole fleet.
 type status struct {
 	lastSeen, connectedAt, disconnectedAt, willAt, birthAt, heartbeatAt int64
+	firmwareSince                                                       int64
 
 	connects, wills, heartbeats, uptime, downloadOffset uint64
 	heartbeatsRun                                       uint64 // since this process started
@@ -124,7 +129,7 @@ func (s *status) export() Status {
 		st.Reconnects = s.connects - 1
 	}
 	if s.born {
-		st.BirthAt = fromNanos(s.birthAt)
+		st.BirthAt, st.FirmwareSince = fromNanos(s.birthAt), fromNanos(s.firmwareSince)
 		st.Firmware, st.ReportedHardware, st.Bootloader, st.AgentVersion = s.firmware, s.reportedHardware, s.bootloader, s.agentVersion
 		st.Slot, st.BootReason, st.BootsSinceCommit = s.slot, s.bootReason.String(), s.bootsSinceCommit
 		st.Link, st.UTCOffsetMinutes, st.SecureVersion = s.link.String(), s.utcOffset, s.secureVersion
@@ -151,7 +156,10 @@ func importStatus(st Status, in *interner) status {
 		via: in.get(st.Gateway), unreachable: st.Unreachable,
 	}
 	if !st.BirthAt.IsZero() {
-		s.born, s.birthAt = true, nanos(st.BirthAt)
+		s.born, s.birthAt, s.firmwareSince = true, nanos(st.BirthAt), nanos(st.FirmwareSince)
+		if s.firmwareSince == 0 {
+			s.firmwareSince = s.birthAt // stored before firmware_since: the last birth's time is what is known
+		}
 		s.firmware, s.reportedHardware = in.get(st.Firmware), in.get(st.ReportedHardware)
 		s.bootloader, s.agentVersion = in.get(st.Bootloader), in.get(st.AgentVersion)
 		s.slot, s.bootsSinceCommit, s.utcOffset, s.secureVersion = st.Slot, st.BootsSinceCommit, st.UTCOffsetMinutes, st.SecureVersion
