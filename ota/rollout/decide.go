@@ -856,7 +856,7 @@ func (e *Engine) commands(r *run, cmds []cmd, now time.Time) {
 		res := e.dlv.Command([]string{c.id}, wire.Command{Verb: wire.VerbInstall, RolloutID: c.rollout, NotAfter: uint64(c.notAfter.Unix())})
 		if len(res) == 1 && res[0].OK {
 			e.mu.Lock()
-			if m := r.byID[c.id]; m != nil {
+			if m := r.member(c.id); m != nil {
 				m.cmdAt = now.UnixNano()
 			}
 			e.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -132,8 +133,7 @@ type run struct {
 	spec    *Spec
 	rel     release.Release
 	path    []release.Release
-	members []*member // by ID
-	byID    map[string]*member
+	members []*member // sorted by ID once loaded or created (member finds one)
 	// counts[wave][state] counts members; counts[wave][numStates] the
 	// health failures among them. slices the same per hardware and region.
 	counts []counter
@@ -304,7 +304,7 @@ func (e *Engine) open(rec *record) (*run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rollout %s: stored spec: %w", rec.ID, err)
 	}
-	r := &run{rec: rec, spec: spec, byID: map[string]*member{}, counts: make([]counter, len(rec.Waves)),
+	r := &run{rec: rec, spec: spec, counts: make([]counter, len(rec.Waves)),
 		slices: map[sliceKey]*counter{}}
 	if rel, ok := e.cat.Release(rec.Release); ok {
 		r.rel = rel
@@ -318,10 +318,19 @@ func (e *Engine) open(rec *record) (*run, error) {
 	return r, nil
 }
 
+// member returns r's member id, or nil. r.members is sorted: no map per
+// device (it cost 40 bytes a member; membership is fixed at create).
+func (r *run) member(id string) *member {
+	i, ok := slices.BinarySearchFunc(r.members, id, func(m *member, id string) int { return strings.Compare(m.id, id) })
+	if !ok {
+		return nil
+	}
+	return r.members[i]
+}
+
 // add puts a loaded member into r.
 func (r *run) add(m *member) {
 	r.members = append(r.members, m)
-	r.byID[m.id] = m
 	r.count(m, 1)
 	if m.state == Succeeded {
 		r.succeeded++
@@ -497,7 +506,7 @@ func (e *Engine) OnEventTx(tx store.Tx, ev event.Event) error {
 	r := e.runs[splitOfferID(u.Event.RolloutID)]
 	var cur *member
 	if r != nil {
-		cur = r.byID[u.ID]
+		cur = r.member(u.ID)
 	}
 	e.mu.RUnlock()
 	if cur == nil {
@@ -557,7 +566,7 @@ func (e *Engine) write(tx store.Tx, c *change) error {
 // apply makes memory follow a committed member.
 func (e *Engine) apply(r *run, m *member, reason string) {
 	e.mu.Lock()
-	cur := r.byID[m.id]
+	cur := r.member(m.id)
 	if cur == nil {
 		e.mu.Unlock()
 		return

@@ -107,7 +107,7 @@ func (e *Engine) Create(actor string, text []byte, commit Committer) (*View, *Pl
 		*names = append(*names, s)
 		return i
 	}
-	r := &run{spec: spec, rel: p.release, path: p.path, byID: map[string]*member{}, counts: make([]counter, len(p.waves)),
+	r := &run{spec: spec, rel: p.release, path: p.path, counts: make([]counter, len(p.waves)),
 		slices: map[sliceKey]*counter{}}
 	type stored struct {
 		m      *member
