@@ -153,6 +153,11 @@ func (e *Engine) takeDirty() map[string]uint8 {
 // within the rate, install commands inside windows. Run calls it; tests
 // may call it directly.
 func (e *Engine) Pass(ctx context.Context) error {
+	// The offers of each batch go out on a goroutine of the pass's own,
+	// so that the commit of the next batch (its fsync) runs meanwhile;
+	// the pass returns once they are all sent.
+	p := startPusher(e.dlv)
+	defer p.wait()
 	now := e.o.Clock.Now()
 	dirty := e.takeDirty()
 	e.mu.RLock()
@@ -166,7 +171,7 @@ func (e *Engine) Pass(ctx context.Context) error {
 	sort.Slice(runs, func(i, j int) bool { return runs[i].rec.ID < runs[j].rec.ID })
 	var first error
 	for _, r := range runs {
-		if err := e.step(ctx, r, now, dirty); err != nil && first == nil {
+		if err := e.step(ctx, r, now, dirty, p); err != nil && first == nil {
 			first = fmt.Errorf("rollout %s: %w", r.rec.ID, err)
 		}
 	}
@@ -189,7 +194,7 @@ func (r *run) hasInFlight() bool {
 // step evaluates one rollout: first the devices' results (deadlines,
 // probations, what the broker saw), then the rollout (schedule, waves,
 // thresholds) on those results, then new offers and install commands.
-func (e *Engine) step(ctx context.Context, r *run, now time.Time, dirty map[string]uint8) error {
+func (e *Engine) step(ctx context.Context, r *run, now time.Time, dirty map[string]uint8, p *pusher) error {
 	for _, ph := range []phase{resultsPhase, rolloutPhase, offersPhase} {
 		if ph == rolloutPhase {
 			if err := e.stepRollout(ctx, r, now); err != nil {
@@ -198,7 +203,7 @@ func (e *Engine) step(ctx context.Context, r *run, now time.Time, dirty map[stri
 			continue
 		}
 		for d := dirty; ; d = nil {
-			more, err := e.stepMembers(ctx, r, now, d, ph)
+			more, err := e.stepMembers(ctx, r, now, d, ph, p)
 			if err != nil {
 				return err
 			}
@@ -552,11 +557,39 @@ type cmd struct {
 	notAfter time.Time
 }
 
+// pusher sends batches of offers (delivery.Push) in order, on a goroutine
+// that wait ends; at most two batches wait for it, so commits cannot run
+// far ahead of what has been sent.
+type pusher struct {
+	dlv  *delivery.Service
+	ch   chan []string
+	done chan struct{}
+}
+
+func startPusher(dlv *delivery.Service) *pusher {
+	p := &pusher{dlv: dlv, ch: make(chan []string, 2), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for ids := range p.ch {
+			p.dlv.Push(ids)
+		}
+	}()
+	return p
+}
+
+func (p *pusher) push(ids []string) { p.ch <- ids }
+
+// wait sends what is queued and ends the goroutine.
+func (p *pusher) wait() {
+	close(p.ch)
+	<-p.done
+}
+
 // stepMembers decides for the rollout's devices: results of deadlines,
 // probations and what the broker saw, offers within the rate, install
 // commands inside windows. It reports whether there is more to do now (it
 // writes at most offersPerTx devices a transaction).
-func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty map[string]uint8, ph phase) (bool, error) {
+func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty map[string]uint8, ph phase, p *pusher) (bool, error) {
 	var changes []*change
 	var cmds []cmd
 	e.mu.Lock()
@@ -619,7 +652,7 @@ func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty m
 		if err != nil {
 			return false, err
 		}
-		e.dlv.Push(pushed)
+		p.push(pushed)
 	}
 	if len(cmds) > 0 {
 		e.commands(r, cmds, now)
