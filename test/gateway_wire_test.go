@@ -241,7 +241,7 @@ func metricValue(b *tb, series string) int {
 	return atoi(v)
 }
 
-// TestGatewayRollout: a gateway with five children through a real
+// TestGatewayWireRollout: a gateway with five children through a real
 // rollout. The children are the rollout's devices (membership, waves,
 // counts); the gateway fetches the image once on its own topics, and the
 // broker's block bytes are one image, attributed to the gateway; the
@@ -249,7 +249,7 @@ func metricValue(b *tb, series string) int {
 // are unreachable with the gateway named, not failed, though their silence
 // lasts longer than the rollout's `silence`; the gateway comes back, the
 // children with its next relay of them, and the rollout completes.
-func TestGatewayRollout(t *testing.T) {
+func TestGatewayWireRollout(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t, func(o *broker.Options) { o.DeviceRate = -1; o.RolloutTick = 100 * time.Millisecond; o.AdminRate = -1 })
 	key, pub := newKey(t)
@@ -498,12 +498,12 @@ func (b *tb) waitRolloutGW(t *testing.T, within time.Duration, id string, cond f
 	return v
 }
 
-// TestGatewayChildMovedOrRevoked: once a child is moved to another gateway
+// TestGatewayWireChildMovedOrRevoked: once a child is moved to another gateway
 // or revoked, its old gateway can no longer act for it: its existing
 // subscriptions on the child's topics stop receiving, its publishes on
 // them are refused, and it can no longer fetch the child's image on its
 // own topics. The new gateway can.
-func TestGatewayChildMovedOrRevoked(t *testing.T) {
+func TestGatewayWireChildMovedOrRevoked(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t, func(o *broker.Options) { o.DeviceRate = -1 })
 	key, pub := newKey(t)
