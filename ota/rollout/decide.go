@@ -202,14 +202,16 @@ func (e *Engine) step(ctx context.Context, r *run, now time.Time, dirty map[stri
 			}
 			continue
 		}
+		limit := firstBatch
 		for d := dirty; ; d = nil {
-			more, err := e.stepMembers(ctx, r, now, d, ph, p)
+			more, err := e.stepMembers(ctx, r, now, d, ph, p, limit)
 			if err != nil {
 				return err
 			}
 			if !more {
 				break
 			}
+			limit = min(2*limit, maxBatch)
 		}
 	}
 	return nil
@@ -588,8 +590,8 @@ func (p *pusher) wait() {
 // stepMembers decides for the rollout's devices: results of deadlines,
 // probations and what the broker saw, offers within the rate, install
 // commands inside windows. It reports whether there is more to do now (it
-// writes at most offersPerTx devices a transaction).
-func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty map[string]uint8, ph phase, p *pusher) (bool, error) {
+// writes at most limit devices a transaction).
+func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty map[string]uint8, ph phase, p *pusher, limit int) (bool, error) {
 	var changes []*change
 	var cmds []cmd
 	e.mu.Lock()
@@ -606,7 +608,7 @@ func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty m
 	more := false
 	nowNS := now.UnixNano()
 	for _, m := range r.members {
-		if len(changes) >= offersPerTx {
+		if len(changes) >= limit {
 			more = true
 			break
 		}

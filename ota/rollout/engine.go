@@ -61,8 +61,11 @@ const (
 	DefaultTick         = time.Second
 	DefaultCommandRetry = time.Minute
 	DefaultKeepFinished = 20
-	// offersPerTx bounds the devices one transaction offers.
-	offersPerTx = 1000
+	// A pass writes its decisions in transactions of firstBatch devices,
+	// then twice as many each time up to maxBatch: the first offers go out
+	// at once, and a large wave takes few fsyncs.
+	firstBatch = 250
+	maxBatch   = 4000
 )
 
 // Options configure New. The zero value means all defaults.
