@@ -116,6 +116,10 @@ typedef struct image {
     uint32_t rid, req_n, req_got;
     uint64_t req_ms, retry_at_ms;
     uint32_t refetches;
+    /* "": fetched on the gateway's own ota/get; else on this child's (a
+     * broker that does not serve a gateway its children's images on its
+     * own topics answers "not assigned" there) */
+    char via[OTA_CFG_DEVICE_ID_MAX + 1];
 } image_t;
 
 typedef struct queued {
@@ -754,7 +758,7 @@ static void fetch_request(image_t *im)
     r.req_id = GW_RID_BASE + (g.next_rid++ & 0x3fffffffu);
     if (ota_msg_encode_block_request(&r, b, sizeof(b), &n) != OTA_OK)
         return;
-    if (ota_mq_publish(g.mq, topic_of(g.gw, "ota/get"), b, n, 0) < 0)
+    if (ota_mq_publish(g.mq, topic_of(im->via[0] ? im->via : g.gw, "ota/get"), b, n, 0) < 0)
         return;
     im->fetching = true;
     im->rid = r.req_id;
@@ -807,6 +811,20 @@ static bool fetch_block(const uint8_t *p, size_t n)
             continue;
         if (b.is_error) {
             im->fetching = false;
+            if (b.error == 1 && im->via[0] == '\0') {
+                /* try the topics of a child the image is offered to */
+                for (k = 0; k < g.max_children; k++) {
+                    child_t *c = &g.children[k];
+                    if (c->state == C_UP && c->has_offer && memcmp(c->digest, im->digest, 32) == 0 &&
+                        ota_mq_subscribe_id(g.mq, topic_of(c->id, "ota/blk"), 0) > 0) {
+                        snprintf(im->via, sizeof(im->via), "%s", c->id);
+                        LOG("cache: %s not served on the gateway's own topics: fetching on %s's",
+                            im->hex, c->id);
+                        fetch_request(im);
+                        return true;
+                    }
+                }
+            }
             if (b.error == 5 || b.error == 6) {
                 im->retry_at_ms = ota_posix_mono_ms() + (b.retry_ms ? b.retry_ms : 1000u);
             } else {
@@ -830,6 +848,7 @@ static bool fetch_block(const uint8_t *p, size_t n)
                 return true;
             }
             im->have += (uint32_t)b.data_len;
+            im->req_ms = ota_posix_mono_ms(); /* the timeout counts from the last progress */
             for (k = 0; k < g.max_children; k++)
                 if (g.children[k].want)
                     serve_child(&g.children[k]);
@@ -1085,7 +1104,9 @@ static bool gw_message(const char *topic, const uint8_t *p, size_t n)
     c = child_by_id(id);
     if (c == NULL || c->state != C_UP)
         return true;
-    if (strcmp(rest, "ota/manifest") == 0) {
+    if (strcmp(rest, "ota/blk") == 0) {
+        fetch_block(p, n); /* the cache fetching on the child's topics */
+    } else if (strcmp(rest, "ota/manifest") == 0) {
         uint8_t d[32];
         uint32_t size;
         int rc = gw_offer_image(p, n, d, &size);
@@ -1140,8 +1161,10 @@ static void gw_disconnect(void)
                     c->seen[k].state = 0;
         g.inflight[i].mid = 0;
     }
-    for (i = 0; i < GW_IMAGES; i++)
+    for (i = 0; i < GW_IMAGES; i++) {
         g.images[i].fetching = false;
+        g.images[i].via[0] = '\0'; /* the session's subscriptions are gone */
+    }
 }
 
 /* ---- the loop ---------------------------------------------------------- */
