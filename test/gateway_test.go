@@ -2,7 +2,11 @@ package test
 
 import (
 	"context"
+	be "encoding/binary"
 	"fmt"
+	"hash/crc32"
+	"math/rand"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/otamq/otamq/ota/wire"
 )
 
 // Gateways with real processes: otamq-gateway (agent-c: the agent's
@@ -197,4 +203,202 @@ func TestGatewayRollout(t *testing.T) {
 		t.Errorf("the gateway's log does not show the cached image complete")
 	}
 	w.noRefusals()
+}
+
+// linkRelay sits on a local link between a child and its gateway (UNIX
+// sockets) and damages what it carries, reproducibly (seeded): with
+// probability 1/downEvery per byte to the child and 1/upEvery per byte to
+// the gateway it flips a bit, drops the byte or sends it twice. It also
+// corrupts the data of up to forge blocks, each the first block answering
+// a block request of the child that starts at 8192 or later (a block the
+// child takes), and recomputes their frames' CRC: a corruption the framing
+// cannot see, which only the image digest catches. At most 3: the times
+// the agent fetches an image again after a digest mismatch.
+type linkRelay struct {
+	ln                 net.Listener
+	target             string
+	downEvery, upEvery int
+	forge              int
+	mu                 sync.Mutex // guards rng, the counts and conns
+	rng                *rand.Rand
+	flips, drops, dups int
+	forged             int
+	lastReq            uint32 // the child's last block request: its ID
+	lastOff            uint64 // and offset
+	conns              []net.Conn
+	wg                 sync.WaitGroup
+}
+
+func startLinkRelay(t *testing.T, sock, target string, downEvery, upEvery, forge int) *linkRelay {
+	t.Helper()
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &linkRelay{ln: ln, target: target, downEvery: downEvery, upEvery: upEvery, forge: forge,
+		rng: rand.New(rand.NewSource(11))}
+	r.wg.Add(1)
+	go r.accept()
+	t.Cleanup(r.close)
+	return r
+}
+
+func (r *linkRelay) close() {
+	_ = r.ln.Close()
+	r.mu.Lock()
+	for _, c := range r.conns {
+		_ = c.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+func (r *linkRelay) accept() {
+	defer r.wg.Done()
+	for {
+		c, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		g, err := net.Dial("unix", r.target)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
+		r.mu.Lock()
+		r.conns = append(r.conns, c, g)
+		r.mu.Unlock()
+		r.wg.Add(2)
+		go r.copy(g, c, r.upEvery, false)
+		go r.copy(c, g, r.downEvery, true)
+	}
+}
+
+// copy forwards src to dst, damaged; down is the direction to the child.
+func (r *linkRelay) copy(dst, src net.Conn, every int, down bool) {
+	defer r.wg.Done()
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 8192)
+	var pending []byte // down: bytes not yet framed
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		var out []byte
+		if !down {
+			// note the child's block requests (the stream from the child
+			// is clean here; a frame split over reads is just not seen)
+			for p := buf[:n]; len(p) >= 12; {
+				total := 12 + (int(p[5])<<8 | int(p[6]))
+				if p[0] != 0xa5 || len(p) < total {
+					break
+				}
+				if q, err := wire.DecodeBlockRequest(p[8 : total-4]); err == nil && p[2] == 0x05 {
+					r.mu.Lock()
+					r.lastReq, r.lastOff = q.RequestID, q.Offset
+					r.mu.Unlock()
+				}
+				p = p[total:]
+			}
+			out = r.mangle(nil, buf[:n], every)
+		} else {
+			// the gateway's stream is clean: frame it, forge one block
+			// (and leave that one otherwise intact), damage the rest
+			pending = append(pending, buf[:n]...)
+			for len(pending) >= 8 {
+				total := 12 + (int(pending[5])<<8 | int(pending[6]))
+				if len(pending) < total {
+					break
+				}
+				f := append([]byte(nil), pending[:total]...)
+				pending = pending[total:]
+				forged := false
+				if b, _, err := wire.DecodeBlock(f[8:total-4], 1<<20); err == nil && b != nil && b.Offset >= 8192 {
+					r.mu.Lock()
+					if r.forged < r.forge && b.RequestID == r.lastReq && b.Offset == r.lastOff {
+						f[total-5] ^= 0x5a // the block's last data byte
+						be.BigEndian.PutUint32(f[total-4:], crc32.ChecksumIEEE(f[2:total-4]))
+						r.forged++
+						forged = true
+					}
+					r.mu.Unlock()
+				}
+				if forged {
+					out = append(out, f...)
+				} else {
+					out = r.mangle(out, f, every)
+				}
+			}
+		}
+		if _, err := dst.Write(out); err != nil {
+			return
+		}
+	}
+}
+
+// mangle appends in to out with the relay's random damage.
+func (r *linkRelay) mangle(out, in []byte, every int) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range in {
+		if every > 0 && r.rng.Intn(every) == 0 {
+			switch r.rng.Intn(3) {
+			case 0:
+				out = append(out, b^byte(1<<r.rng.Intn(8)))
+				r.flips++
+			case 1:
+				r.drops++
+			default:
+				out = append(out, b, b)
+				r.dups++
+			}
+			continue
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func (r *linkRelay) damage() (flips, drops, dups, forged int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.flips, r.drops, r.dups, r.forged
+}
+
+// A child on a damaged link: bytes flipped, dropped and duplicated in both
+// directions, and one block corrupted with a correct CRC. The child's
+// decoder resynchronises (its log says so), the forged block is caught by
+// the image digest (the agent fetches the image again, "refetching"), and
+// the child commits the update.
+func TestGatewayDamagedLink(t *testing.T) {
+	gatewayBinary(t)
+	t.Parallel()
+	w := newAgentWorld(t)
+	dir := shortDir(t)
+	sock, bad := filepath.Join(dir, "gw.sock"), filepath.Join(dir, "bad.sock")
+	w.gateway(t, "gw-d", w.url(), sock)
+	eventually(t, 20*time.Second, func() error { _, err := os.Stat(sock); return err })
+	relay := startLinkRelay(t, bad, sock, 10000, 400, 1)
+	kid := w.child(t, "kid-d", "gw-d", bad)
+	w.waitReported(t, 60*time.Second, []string{"kid-d"}, "1.0.0", "")
+
+	w.startRollout(t, "r-bad", w.release(simFirmware(t, w.key, "1.1.0", simHealthy, 40*1024)).ID, []string{"kid-d"})
+	w.waitReported(t, 180*time.Second, []string{"kid-d"}, "1.1.0", "committed")
+	flips, drops, dups, forged := relay.damage()
+	if forged == 0 || flips == 0 || drops == 0 || dups == 0 {
+		t.Fatalf("the relay damaged nothing: %d flips, %d drops, %d duplicates, %d forged", flips, drops, dups, forged)
+	}
+	if !strings.Contains(kid.out.String(), "resynchronised:") {
+		t.Errorf("the child's log shows no resynchronisation")
+	}
+	refetched := false
+	for _, e := range w.timeline("kid-d") {
+		refetched = refetched || (e.Type == "update.download.started" && e.Detail == "refetching")
+	}
+	if !refetched {
+		t.Errorf("the forged block was not caught by the digest (no refetch in the timeline): %+v", w.timeline("kid-d"))
+	}
+	t.Logf("link damage: %d flips, %d drops, %d duplicates, %d blocks forged", flips, drops, dups, forged)
 }

@@ -49,6 +49,8 @@ struct ota_lc {
     char topic[160];
     size_t topic_base; /* length of "dm/{id}/" */
     bool lost;         /* the link ended after a WELCOME: on_disconnect due */
+    uint32_t damage_logged; /* decoder refusals last logged */
+    uint64_t damage_at_ms;
 };
 
 #define LOG(lc, ...) \
@@ -163,6 +165,7 @@ static void lc_connect(struct ota_lc *lc)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     lc->fd = fd;
     ota_link_decoder_init(&lc->dec, lc->rx, lc->cfg.max_frame);
+    lc->damage_logged = 0;
     h.device_id = lc->cfg.device_id;
     h.device_id_len = strlen(lc->cfg.device_id);
     h.max_frame = lc->cfg.max_frame;
@@ -296,6 +299,16 @@ void ota_lc_loop(struct ota_lc *lc, int timeout_ms)
     }
     resend_pending(lc, false);
     report_lost(lc);
+    if (lc->fd >= 0) {
+        uint32_t d = lc->dec.bad_crc + lc->dec.bad_header + lc->dec.garbage;
+        if (d != lc->damage_logged && now - lc->damage_at_ms >= 1000u) {
+            lc->damage_logged = d;
+            lc->damage_at_ms = now;
+            LOG(lc, "resynchronised: %u bad CRC, %u bad header, %u garbage bytes, %u frames",
+                (unsigned)lc->dec.bad_crc, (unsigned)lc->dec.bad_header,
+                (unsigned)lc->dec.garbage, (unsigned)lc->dec.frames);
+        }
+    }
 }
 
 int ota_lc_publish(struct ota_lc *lc, const char *topic, const uint8_t *p, size_t n, int qos)
