@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/ota/wire"
+	"github.com/otamq/otamq/test/faultproxy"
 )
 
 // Gateways with real processes: otamq-gateway (agent-c: the agent's
@@ -401,4 +402,103 @@ func TestGatewayDamagedLink(t *testing.T) {
 		t.Errorf("the forged block was not caught by the digest (no refetch in the timeline): %+v", w.timeline("kid-d"))
 	}
 	t.Logf("link damage: %d flips, %d drops, %d duplicates, %d blocks forged", flips, drops, dups, forged)
+}
+
+// partSize is the size of the gateway's partial cache file of digest, or
+// -1 (none); complete reports whether the verified image is there.
+func cacheFile(gw *agentProc, digest [32]byte) (part int64, complete bool) {
+	base := filepath.Join(gw.dir, "cache", fmt.Sprintf("%x", digest[:]))
+	if _, err := os.Stat(base + ".img"); err == nil {
+		return 0, true
+	}
+	if st, err := os.Stat(base + ".part"); err == nil {
+		return st.Size(), false
+	}
+	return -1, false
+}
+
+// The gateway's process killed in the middle of its fetch (a power loss:
+// its supervisor starts it again) continues the fetch where its cache file
+// ends; then the broker becomes unreachable while the children download:
+// they take everything the cache holds (their slot files grow up to it)
+// and wait; once the broker is back the gateway fetches the rest, every
+// child commits, and the events they sent while the broker was away reach
+// it. The broker served the image about once (what was in flight at the
+// kill may come twice), not once per child.
+func TestGatewayFaults(t *testing.T) {
+	gatewayBinary(t)
+	t.Parallel()
+	w := newAgentWorld(t)
+	p, err := faultproxy.Start(w.Addr(), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	sock := filepath.Join(shortDir(t), "gw.sock")
+	gw := w.gateway(t, "gw-f", "mqtt://"+p.Addr(), sock)
+	kids := childIDs("kid-f", 3)
+	procs := map[string]*agentProc{}
+	for _, id := range kids {
+		procs[id] = w.child(t, id, "gw-f", sock)
+	}
+	w.waitReported(t, 30*time.Second, append([]string{"gw-f"}, kids...), "1.0.0", "")
+	before := w.blockBytes(t)
+
+	const size = 192 * 1024
+	fw := simFirmware(t, w.key, "1.1.0", simHealthy, size)
+	p.SetThrottle(32 * 1024) // the gateway's fetch takes seconds
+	w.startRollout(t, "r-f", w.release(fw).ID, kids)
+	var cut int64
+	eventually(t, 60*time.Second, func() error {
+		if cut, _ = cacheFile(gw, fw.m.ImageDigest); cut < 32*1024 {
+			return fmt.Errorf("the gateway has cached %d bytes", cut)
+		}
+		return nil
+	})
+	gw.powerLoss()
+	var cached int64
+	eventually(t, 60*time.Second, func() error {
+		n, done := cacheFile(gw, fw.m.ImageDigest)
+		if done || (n >= 0 && n < cut) {
+			t.Fatalf("after the restart the cache file has %d bytes (complete %v), %d before the kill", n, done, cut)
+		}
+		if n < cut+16*1024 {
+			return fmt.Errorf("cached %d bytes, %d before the kill", n, cut)
+		}
+		cached = n
+		return nil
+	})
+
+	// The broker becomes unreachable in the middle of the fetch: the
+	// children download what the cache holds.
+	p.SetDown(true)
+	if n, _ := cacheFile(gw, fw.m.ImageDigest); n > cached {
+		cached = n
+	}
+	eventually(t, 60*time.Second, func() error {
+		for id, a := range procs {
+			st, err := os.Stat(filepath.Join(a.dir, "slot1.part"))
+			if err != nil || st.Size() < cached-4*4096 {
+				return fmt.Errorf("%s has not downloaded the %d bytes the gateway holds (%v)", id, cached, err)
+			}
+		}
+		return nil
+	})
+	p.SetDown(false)
+	p.SetThrottle(0)
+	w.waitReported(t, 90*time.Second, kids, "1.1.0", "committed")
+	for _, id := range kids {
+		id := id
+		eventually(t, 30*time.Second, func() error {
+			return hasEvents(w.timeline(id), "r-f", "update.download.started", "update.download.progress",
+				"update.download.completed", "update.reboot.completed", "update.health.ok")
+		})
+	}
+	if got := w.blockBytes(t) - before; got >= 2*size {
+		t.Errorf("the broker served %d block bytes for a %d-byte image and 3 children behind a gateway", got, size)
+	}
+	if !strings.Contains(gw.out.String(), "broker connection lost") {
+		t.Errorf("the gateway's log does not show the lost broker connection")
+	}
+	w.noRefusals()
 }
