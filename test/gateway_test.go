@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/ota/wire"
 	"github.com/otamq/otamq/test/faultproxy"
 )
@@ -499,6 +500,112 @@ func TestGatewayFaults(t *testing.T) {
 	}
 	if !strings.Contains(gw.out.String(), "broker connection lost") {
 		t.Errorf("the gateway's log does not show the lost broker connection")
+	}
+	w.noRefusals()
+}
+
+// childProc starts otamq-agent for an already registered child on the
+// local link at sock, with its simulated flash in dir.
+func (w *agentWorld) childProc(t *testing.T, id, sock, dir string) *agentProc {
+	t.Helper()
+	args := []string{"--link", "unix:" + sock, "--id", id, "--data-dir", dir,
+		"--key", w.keyFile, "--initial-version", "1.0.0", "--supervise", "--verbose"}
+	a := startAgentC(t, agentBinary(t), append(args, agentTiming...))
+	a.dir = dir
+	return a
+}
+
+func waitLog(t *testing.T, a *agentProc, within time.Duration, what string) {
+	t.Helper()
+	eventually(t, within, func() error {
+		if !strings.Contains(a.out.String(), what) {
+			return fmt.Errorf("no %q in the log yet", what)
+		}
+		return nil
+	})
+}
+
+// A revoked child, and a child moved to another gateway: the old gateway
+// can no longer act for them. The broker refuses it (the gateway's next
+// check of the child's topics, every --recheck-ms, is refused: SUBACK
+// 0x87), the gateway ends the child's link with WELCOME 1 "refused", and
+// the child says so. The moved child, connected to its new gateway's
+// link, is relayed there.
+func TestGatewayChildRevokedAndMoved(t *testing.T) {
+	gatewayBinary(t)
+	t.Parallel()
+	w := newAgentWorld(t)
+	dir := shortDir(t)
+	sockA, sockB := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
+	gwA := w.gateway(t, "gw-a", w.url(), sockA, "--recheck-ms", "300")
+	gwB := w.gateway(t, "gw-b", w.url(), sockB, "--recheck-ms", "300")
+	revoked := w.child(t, "kid-rev", "gw-a", sockA)
+	moved := w.child(t, "kid-mov", "gw-a", sockA)
+	w.waitReported(t, 30*time.Second, []string{"gw-a", "gw-b", "kid-rev", "kid-mov"}, "1.0.0", "")
+
+	ctx := context.Background()
+	if err := w.admin().Call(ctx, "device/revoke", map[string]any{"id": "kid-rev"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, gwA, 30*time.Second, "child kid-rev: the broker refused this gateway for it")
+	waitLog(t, revoked, 30*time.Second, "the gateway refused the link (status 1")
+
+	if err := w.admin().Call(ctx, "device/update", map[string]any{"id": "kid-mov", "parent": "gw-b"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, gwA, 30*time.Second, "child kid-mov: the broker refused this gateway for it")
+	waitLog(t, moved, 30*time.Second, "the gateway refused the link (status 1")
+	// the child is carried to gw-b: the broker lets gw-b act for it, and
+	// gw-b relays its birth
+	moved.stop()
+	w.childProc(t, "kid-mov", sockB, moved.dir)
+	waitLog(t, gwB, 30*time.Second, "child kid-mov: relaying")
+	waitLog(t, gwB, 30*time.Second, "child kid-mov: birth relayed")
+	if strings.Contains(gwB.out.String(), "the broker answered PUBACK") {
+		t.Errorf("the broker refused gw-b's messages for kid-mov")
+	}
+}
+
+// A gateway update while the gateway has children downloading: the
+// children get 1.2.0 (320 KiB) and the gateway, at the same time, its own
+// 1.1.0 (64 KiB), both through the gateway's connection and its one
+// per-device rate, so the gateway finishes first. Its own agent downloads
+// on its own topics beside the cache's fetch, installs and reboots (its
+// supervisor starts the new image, and the relay with it); the children's
+// links drop in the middle of their downloads, they reconnect after the
+// reboot, resume and commit; the gateway commits its own update.
+func TestGatewayUpdatesItself(t *testing.T) {
+	gatewayBinary(t)
+	t.Parallel()
+	w := newAgentWorld(t, func(o *broker.Options) { o.DeviceRate = 48 * 1024 })
+	sock := filepath.Join(shortDir(t), "gw.sock")
+	gw := w.gateway(t, "gw-u", w.url(), sock)
+	kids := childIDs("kid-u", 3)
+	procs := map[string]*agentProc{}
+	for _, id := range kids {
+		procs[id] = w.child(t, id, "gw-u", sock)
+	}
+	w.waitReported(t, 30*time.Second, append([]string{"gw-u"}, kids...), "1.0.0", "")
+	w.startRollout(t, "r-kids", w.release(simFirmware(t, w.key, "1.2.0", simHealthy, 320*1024)).ID, kids)
+	w.startRollout(t, "r-gw", w.release(simFirmware(t, w.key, "1.1.0", simHealthy, 64*1024)).ID, []string{"gw-u"})
+	w.waitReported(t, 60*time.Second, []string{"gw-u"}, "1.1.0", "committed")
+	w.waitReported(t, 120*time.Second, kids, "1.2.0", "committed")
+	if !strings.Contains(gw.out.String(), "booted slot 1 version 1.1.0") {
+		t.Errorf("the gateway did not boot its update")
+	}
+	for id, a := range procs {
+		// the gateway's reboot cut the child's link while it downloaded
+		out := a.out.String()
+		started := strings.Index(out, "state idle -> downloading")
+		cut := strings.Index(out, "link: the gateway closed the link")
+		booted := strings.Index(out, "booted slot 1 version 1.2.0")
+		if started < 0 || cut < started || booted < cut {
+			t.Errorf("%s: download started at %d, link cut at %d, update booted at %d in its log: the gateway's reboot did not fall in its download", id, started, cut, booted)
+		}
+		if err := hasEvents(w.timeline(id), "r-kids", "update.download.started", "update.download.completed",
+			"update.reboot.completed", "update.health.ok"); err != nil {
+			t.Error(err)
+		}
 	}
 	w.noRefusals()
 }

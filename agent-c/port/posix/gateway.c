@@ -54,7 +54,7 @@
 #define GW_IMAGES 16             /* images in the cache at once */
 #define GW_INFLIGHT 512          /* relayed QoS 1 publishes awaiting PUBACK */
 #define GW_RESEND_MS 1000u
-#define GW_HELLO_MS 5000u
+#define GW_HELLO_MS 8000u /* HELLO, then the broker's SUBACK, within */
 #define GW_FETCH_TIMEOUT_MS 3000u
 #define GW_RETRY_AFTER_MS 1000u
 #define GW_RID_BASE 0x40000000u  /* fetch request IDs; the agent's are small */
@@ -545,6 +545,8 @@ static void gw_puback(int mid, int reason)
         }
         if (f->link_id != 0u)
             child_ack(c, f->link_id, (uint8_t)reason);
+        if (reason >= 0x80)
+            LOG("child %s: the broker answered PUBACK 0x%02x", c->id, (unsigned)reason);
         if (reason == 0x87)
             child_refused(c, "PUBACK 0x87");
         return;
@@ -1028,8 +1030,11 @@ static void on_up(child_t *c, const ota_link_frame_t *f)
         c->seen[k].id = f->id;
         c->seen[k].state = 1;
     }
-    if (publish_now(c->id, f->code, f->id, f->payload, f->len))
+    if (publish_now(c->id, f->code, f->id, f->payload, f->len)) {
+        if (f->code == OTA_LINK_BIRTH)
+            LOG("child %s: birth relayed", c->id);
         return;
+    }
     if (f->code != OTA_LINK_HB)
         enqueue(c->id, f->code, f->id, f->payload, f->len);
 }

@@ -19,7 +19,7 @@
 #define LC_PENDING_MAX 640  /* the largest of them (births, events) */
 #define LC_RECENT 8         /* down frame ids remembered against repeats */
 #define LC_RESEND_MS 1000u
-#define LC_WELCOME_MS 3000u
+#define LC_WELCOME_MS 10000u /* the gateway asks the broker first */
 #define LC_REFUSED_MS 30000u
 
 enum { LC_DOWN, LC_HELLO, LC_UP };
