@@ -85,7 +85,7 @@ func shortDir(t testing.TB) string {
 
 // gateway registers gateway id and starts otamq-gateway for it (supervised,
 // factory image 1.0.0) listening on sock, with url as its broker.
-func (w *agentWorld) gateway(t *testing.T, id, url, sock string, flags ...string) *agentProc {
+func (w *agentWorld) gateway(t testing.TB, id, url, sock string, flags ...string) *agentProc {
 	t.Helper()
 	tok := w.register(id, "gateway", "", map[string]any{"hardware": "esp32-v2"})
 	dir := t.TempDir()
@@ -100,7 +100,7 @@ func (w *agentWorld) gateway(t *testing.T, id, url, sock string, flags ...string
 
 // child registers id as a child of gw and starts otamq-agent for it on
 // the local link at sock.
-func (w *agentWorld) child(t *testing.T, id, gw, sock string, flags ...string) *agentProc {
+func (w *agentWorld) child(t testing.TB, id, gw, sock string, flags ...string) *agentProc {
 	t.Helper()
 	w.register(id, "device", gw, map[string]any{"hardware": "esp32-v2"})
 	dir := t.TempDir()
@@ -114,7 +114,7 @@ func (w *agentWorld) child(t *testing.T, id, gw, sock string, flags ...string) *
 
 // waitReported waits until every device reported firmware fw in state st
 // (st "" for any).
-func (w *agentWorld) waitReported(t *testing.T, within time.Duration, ids []string, fw, st string) {
+func (w *agentWorld) waitReported(t testing.TB, within time.Duration, ids []string, fw, st string) {
 	t.Helper()
 	eventually(t, within, func() error {
 		for _, id := range ids {
@@ -129,7 +129,7 @@ func (w *agentWorld) waitReported(t *testing.T, within time.Duration, ids []stri
 
 // startRollout creates and starts a rollout of release rel to devices in
 // one wave.
-func (w *agentWorld) startRollout(t *testing.T, id, rel string, devices []string) {
+func (w *agentWorld) startRollout(t testing.TB, id, rel string, devices []string) {
 	t.Helper()
 	spec := fmt.Sprintf("id: %s\nrelease: %s\nselector: {devices: [%s]}\nwaves:\n  - {percent: [100]}\nprobation: 2s\n",
 		id, rel, strings.Join(devices, ", "))
@@ -142,7 +142,7 @@ func (w *agentWorld) startRollout(t *testing.T, id, rel string, devices []string
 	}
 }
 
-func (w *agentWorld) blockBytes(t *testing.T) int {
+func (w *agentWorld) blockBytes(t testing.TB) int {
 	t.Helper()
 	v, err := w.metric("otamq_block_bytes_total")
 	if err != nil {
@@ -231,7 +231,7 @@ type linkRelay struct {
 	wg                 sync.WaitGroup
 }
 
-func startLinkRelay(t *testing.T, sock, target string, downEvery, upEvery, forge int) *linkRelay {
+func startLinkRelay(t testing.TB, sock, target string, downEvery, upEvery, forge int) *linkRelay {
 	t.Helper()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -515,7 +515,7 @@ func (w *agentWorld) childProc(t *testing.T, id, sock, dir string) *agentProc {
 	return a
 }
 
-func waitLog(t *testing.T, a *agentProc, within time.Duration, what string) {
+func waitLog(t testing.TB, a *agentProc, within time.Duration, what string) {
 	t.Helper()
 	eventually(t, within, func() error {
 		if !strings.Contains(a.out.String(), what) {
