@@ -609,3 +609,41 @@ func TestGatewayUpdatesItself(t *testing.T) {
 	}
 	w.noRefusals()
 }
+
+// The gateway's limits, driven past. --max-children 1: a second child
+// gets WELCOME 2 "busy". --cache-max-bytes 100 KiB: a 64 KiB image is
+// cached and installed; the next, also 64 KiB, evicts it (no child's offer
+// names it any more) and is installed too; a 128 KiB image, larger than
+// the whole cache, is refused to the child (block error 2, "gateway cache
+// too small"), whose download fails.
+func TestGatewayLimits(t *testing.T) {
+	gatewayBinary(t)
+	t.Parallel()
+	w := newAgentWorld(t)
+	sock := filepath.Join(shortDir(t), "gw.sock")
+	gw := w.gateway(t, "gw-l", w.url(), sock, "--max-children", "1", "--cache-max-bytes", strconv.Itoa(100*1024))
+	w.child(t, "kid-l1", "gw-l", sock)
+	w.waitReported(t, 30*time.Second, []string{"kid-l1"}, "1.0.0", "")
+	extra := w.child(t, "kid-l2", "gw-l", sock)
+	waitLog(t, extra, 30*time.Second, "the gateway refused the link (status 2")
+
+	w.updateTo("kid-l1", simFirmware(t, w.key, "1.1.0", simHealthy, 64*1024))
+	w.waitReported(t, 60*time.Second, []string{"kid-l1"}, "1.1.0", "committed")
+	w.updateTo("kid-l1", simFirmware(t, w.key, "1.2.0", simHealthy, 64*1024))
+	w.waitReported(t, 60*time.Second, []string{"kid-l1"}, "1.2.0", "committed")
+	waitLog(t, gw, 10*time.Second, "evicted: the cache is full")
+
+	big := w.updateTo("kid-l1", simFirmware(t, w.key, "1.3.0", simHealthy, 128*1024))
+	eventually(t, 60*time.Second, func() error {
+		for _, e := range w.timeline("kid-l1") {
+			if e.RolloutID == big && e.Type == "update.download.failed" && e.Detail == "unknown image" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no failed download of the image larger than the cache yet")
+	})
+	waitLog(t, gw, 10*time.Second, "does not fit the cache")
+	if st := w.status("kid-l1"); st.Firmware != "1.2.0" {
+		t.Fatalf("kid-l1 runs %q", st.Firmware)
+	}
+}

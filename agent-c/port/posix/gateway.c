@@ -907,7 +907,9 @@ static void serve_child(child_t *c)
     im = image_get(c->digest, c->size);
     if (im == NULL) {
         c->want = false;
-        block_error(c, c->want_rid, c->want_off, 6, 0, "gateway cache too small");
+        LOG("child %s: an image of %u bytes does not fit the cache (--cache-max-bytes %llu): "
+            "refused", c->id, (unsigned)c->size, (unsigned long long)g.cache_max);
+        block_error(c, c->want_rid, c->want_off, 2, 0, "gateway cache too small");
         return;
     }
     if (im->size == 0u)
