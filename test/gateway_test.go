@@ -525,8 +525,10 @@ func waitLog(t testing.TB, a *agentProc, within time.Duration, what string) {
 	})
 }
 
-// A revoked child, and a child moved to another gateway: the old gateway
-// can no longer act for them. The broker refuses it (the gateway's next
+// A child registered with another gateway is refused at its HELLO (the
+// broker refuses the gateway's subscription to its topics). A revoked
+// child, and a child moved to another gateway: the old gateway can no
+// longer act for them. The broker refuses it (the gateway's next
 // check of the child's topics, every --recheck-ms, is refused: SUBACK
 // 0x87), the gateway ends the child's link with WELCOME 1 "refused", and
 // the child says so. The moved child, connected to its new gateway's
@@ -541,7 +543,11 @@ func TestGatewayChildRevokedAndMoved(t *testing.T) {
 	gwB := w.gateway(t, "gw-b", w.url(), sockB, "--recheck-ms", "300")
 	revoked := w.child(t, "kid-rev", "gw-a", sockA)
 	moved := w.child(t, "kid-mov", "gw-a", sockA)
+	// a child of gw-b that says HELLO to gw-a is refused from the start
+	stranger := w.child(t, "kid-gwb", "gw-b", sockA)
 	w.waitReported(t, 30*time.Second, []string{"gw-a", "gw-b", "kid-rev", "kid-mov"}, "1.0.0", "")
+	waitLog(t, stranger, 30*time.Second, "the gateway refused the link (status 1")
+	waitLog(t, gwA, 30*time.Second, "child kid-gwb: the broker refused this gateway for it (SUBACK refused)")
 
 	ctx := context.Background()
 	if err := w.admin().Call(ctx, "device/revoke", map[string]any{"id": "kid-rev"}, nil); err != nil {

@@ -1109,7 +1109,9 @@ static bool gw_message(const char *topic, const uint8_t *p, size_t n)
         return false; /* the gateway's own agent's */
     }
     c = child_by_id(id);
-    if (c == NULL || c->state != C_UP)
+    /* an offer may come before the SUBACK that welcomes the child: it is
+     * kept in its slot and sent again until the child, welcomed, ACKs it */
+    if (c == NULL || (c->state != C_UP && c->state != C_ASKING))
         return true;
     if (strcmp(rest, "ota/blk") == 0) {
         fetch_block(p, n); /* the cache fetching on the child's topics */
