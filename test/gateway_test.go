@@ -65,12 +65,6 @@ func startAgentC(t testing.TB, bin string, args []string) *agentProc {
 	return a
 }
 
-// gwWorld is an agent world with one gateway's socket.
-type gwWorld struct {
-	*agentWorld
-	sock string
-}
-
 // shortDir is a temporary directory with a short path: a UNIX socket's
 // path has at most 107 bytes.
 func shortDir(t testing.TB) string {
