@@ -418,8 +418,9 @@ func cacheFile(gw *agentProc, digest [32]byte) (part int64, complete bool) {
 // they take everything the cache holds (their slot files grow up to it)
 // and wait; once the broker is back the gateway fetches the rest, every
 // child commits, and the events they sent while the broker was away reach
-// it. The broker served the image about once (what was in flight at the
-// kill may come twice), not once per child.
+// it, although the gateway's queue (--queue 2) overflowed meanwhile. The
+// broker served the image about once (what was in flight at the kill may
+// come twice), not once per child.
 func TestGatewayFaults(t *testing.T) {
 	gatewayBinary(t)
 	t.Parallel()
@@ -430,7 +431,7 @@ func TestGatewayFaults(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = p.Close() })
 	sock := filepath.Join(shortDir(t), "gw.sock")
-	gw := w.gateway(t, "gw-f", "mqtt://"+p.Addr(), sock)
+	gw := w.gateway(t, "gw-f", "mqtt://"+p.Addr(), sock, "--queue", "2")
 	kids := childIDs("kid-f", 3)
 	procs := map[string]*agentProc{}
 	for _, id := range kids {
@@ -494,6 +495,11 @@ func TestGatewayFaults(t *testing.T) {
 	}
 	if !strings.Contains(gw.out.String(), "broker connection lost") {
 		t.Errorf("the gateway's log does not show the lost broker connection")
+	}
+	// its queue of 2 overflowed while the broker was away; the children
+	// sent what it dropped again (the events above all arrived)
+	if !strings.Contains(gw.out.String(), "queue full (--queue 2)") {
+		t.Errorf("the gateway's queue of 2 did not overflow with 3 children offline")
 	}
 	w.noRefusals()
 }

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "gw_msg.h"
 #include "otamq/ota_link.h"
 
 #define CAP 600
@@ -404,6 +405,65 @@ static void test_codes(void **state)
     assert_null(ota_link_suffix_of(OTA_LINK_ACK));
 }
 
+/* The gateway's messages (port/posix/gw_msg.c): the block request it
+ * reads from children (DESIGN's example), and the blocks and block errors
+ * it answers with, read back by the core's decoder. */
+static void test_gw_msg(void **state)
+{
+    static const uint8_t req[] = {
+        0xa5, 0x01, 0x58, 0x20, 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a,
+        0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19,
+        0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f, 0x02, 0x19, 0x20, 0x00, 0x03, 0x19, 0x10, 0x00, 0x04,
+        0x08, 0x05, 0x18, 0x2a};
+    uint8_t b[128], bad[sizeof(req)];
+    ota_block_request_t r;
+    ota_block_t blk;
+    size_t n;
+    (void)state;
+    assert_int_equal(gw_decode_block_request(req, sizeof(req), &r), OTA_OK);
+    assert_int_equal(r.offset, 8192);
+    assert_int_equal(r.size, 4096);
+    assert_int_equal(r.count, 8);
+    assert_int_equal(r.req_id, 42);
+    assert_int_equal(r.digest[31], 0x1f);
+    /* trailing byte, truncation, count 0, a 31-byte digest, a missing key */
+    memcpy(b, req, sizeof(req));
+    b[sizeof(req)] = 0;
+    assert_int_not_equal(gw_decode_block_request(b, sizeof(req) + 1, &r), OTA_OK);
+    assert_int_not_equal(gw_decode_block_request(req, sizeof(req) - 1, &r), OTA_OK);
+    memcpy(bad, req, sizeof(req));
+    bad[45] = 0x00; /* count 8 -> 0 */
+    assert_int_equal(gw_decode_block_request(bad, sizeof(req), &r), OTA_ERR_MSG);
+    memcpy(bad, req, sizeof(req));
+    bad[3] = 0x1f; /* the digest's length */
+    assert_int_not_equal(gw_decode_block_request(bad, sizeof(req), &r), OTA_OK);
+    memcpy(bad, req, sizeof(req));
+    bad[0] = 0xa4; /* four pairs: key 5 is left out, its bytes trail */
+    assert_int_not_equal(gw_decode_block_request(bad, sizeof(req), &r), OTA_OK);
+
+    assert_int_equal(gw_encode_block(42, 8192, 1u << 20, (const uint8_t *)"\xde\xad\xbe\xef", 4, b,
+                                     sizeof(b), &n),
+                     OTA_OK);
+    assert_int_equal(ota_msg_decode_block(b, n, &blk), OTA_OK);
+    assert_false(blk.is_error);
+    assert_int_equal(blk.req_id, 42);
+    assert_int_equal(blk.offset, 8192);
+    assert_int_equal(blk.image_size, 1u << 20);
+    assert_int_equal(blk.data_len, 4);
+    assert_int_equal(gw_encode_block(42, 0, 8, b, 8, b + 64, 10, &n), OTA_ERR_NOSPACE);
+    assert_int_equal(gw_encode_block_error(42, 8192, 5, 250, "rate limited", b, sizeof(b), &n),
+                     OTA_OK);
+    assert_int_equal(ota_msg_decode_block(b, n, &blk), OTA_OK);
+    assert_true(blk.is_error);
+    assert_int_equal(blk.error, 5);
+    assert_int_equal(blk.retry_ms, 250);
+    assert_int_equal(blk.message_len, 12);
+    assert_int_equal(gw_encode_block_error(1, 0, 2, 0, NULL, b, sizeof(b), &n), OTA_OK);
+    assert_int_equal(ota_msg_decode_block(b, n, &blk), OTA_OK);
+    assert_int_equal(blk.error, 2);
+    assert_null(blk.message);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +473,7 @@ int main(void)
         cmocka_unit_test(test_garbage_between), cmocka_unit_test(test_frame_inside_bad_candidate),
         cmocka_unit_test(test_larger_than_cap), cmocka_unit_test(test_random),
         cmocka_unit_test(test_hello_welcome), cmocka_unit_test(test_codes),
+        cmocka_unit_test(test_gw_msg),
     };
     return cmocka_run_group_tests_name("link", tests, NULL, NULL);
 }

@@ -496,6 +496,13 @@ static void enqueue(const char *child, uint8_t code, uint16_t link_id, const uin
     queued_t *q;
     if (g.qlen == g.queue_max) { /* full: the oldest goes; its child resends it */
         queued_t *old = &g.queue[g.qhead];
+        child_t *c = child_by_id(old->child);
+        unsigned k;
+        LOG("queue full (--queue %u): dropped the oldest message, of child %s; it sends it again",
+            g.queue_max, old->child);
+        for (k = 0; c != NULL && k < GW_RECENT; k++)
+            if (c->seen[k].id == old->link_id)
+                c->seen[k].state = 0; /* its next resend is taken again */
         free(old->payload);
         g.qhead = (g.qhead + 1u) % g.queue_max;
         g.qlen--;
