@@ -239,7 +239,7 @@ type agentWorld struct {
 	gets    *getLog
 }
 
-func newAgentWorld(t *testing.T, mods ...func(*broker.Options)) *agentWorld {
+func newAgentWorld(t testing.TB, mods ...func(*broker.Options)) *agentWorld {
 	t.Helper()
 	b := startBroker(t, mods...)
 	key, pub := newKey(t)

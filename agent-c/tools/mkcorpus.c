@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "otamq/ota_link.h"
 #include "sim.h"
 #include "testkit.h"
 
@@ -110,5 +111,47 @@ int main(int argc, char **argv)
     put("fuzz_cbor", "block-error", buf, n);
     n = tk_block_error(buf, sizeof(buf), 1, 0, 2, 0, NULL);
     put("fuzz_block", "error-unknown", buf, n);
+
+    /* local-link streams: frames of each kind, back to back, then the same
+     * with garbage between and a flipped byte */
+    {
+        static uint8_t s[16384];
+        size_t sn = 0, fl;
+        ota_link_hello_t h = {"child-1", 7, 4288, OTA_LINK_VERSION};
+        ota_link_welcome_t w = {OTA_LINK_OK, 1024, NULL, 0};
+        s[sn++] = 5; /* the fuzzers' piece size */
+        ota_link_encode_hello(&h, buf, sizeof(buf), &n);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_HELLO, 0, buf, n, &fl);
+        sn += fl;
+        n = tk_block(buf, sizeof(buf), 1, 0, sizeof(img), img, 1024);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_BLK, 0, buf, n, &fl);
+        sn += fl;
+        n = tk_offer(buf, sizeof(buf), "r-f", cose, clen, 0, 1024, 0);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_MANIFEST, 3, buf, n, &fl);
+        sn += fl;
+        n = tk_command(buf, sizeof(buf), 1, "r-f", 0);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_CMD, 4, buf, n, &fl);
+        sn += fl;
+        ota_link_encode_welcome(&w, buf, sizeof(buf), &n);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_WELCOME, 0, buf, n, &fl);
+        sn += fl;
+        ota_link_encode_u8(0, buf, sizeof(buf), &n);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_ACK, 4, buf, n, &fl);
+        sn += fl;
+        ota_link_encode_u8(OTA_LINK_MANIFEST, buf, sizeof(buf), &n);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_SUB, 0, buf, n, &fl);
+        sn += fl;
+        n = hex("a5015820000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f0219200003191000040805182a", buf);
+        ota_link_encode(s + sn, sizeof(s) - sn, OTA_LINK_GET, 0, buf, n, &fl);
+        sn += fl;
+        put("fuzz_link_child", "stream", s, sn);
+        put("fuzz_link_gw", "stream", s, sn);
+        memmove(s + 40, s + 30, sn - 30);
+        memset(s + 30, 0xa5, 10);
+        sn += 10;
+        s[sn / 2] ^= 0x10;
+        put("fuzz_link_child", "damaged", s, sn);
+        put("fuzz_link_gw", "damaged", s, sn);
+    }
     return 0;
 }

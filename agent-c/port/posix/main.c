@@ -11,7 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "app_ext.h"
 #include "crypto_mbedtls.h"
+#include "link_posix.h"
 #include "mqtt_mosquitto.h"
 #include "otamq/ota_agent.h"
 #include "port_posix.h"
@@ -31,6 +33,7 @@ typedef struct app {
     ota_port_t port;
     ota_agent_t agent;
     struct ota_mq *mq;
+    struct ota_lc *lc; /* --link: a child on a local link instead of MQTT */
     uint32_t watchdog_ms;
     bool image_health_failing; /* the image's own behaviour */
 } app_t;
@@ -63,6 +66,8 @@ static void cb_connect(void *user)
 {
     app_t *a = (app_t *)user;
     LOG_DEBUG(a, "connected");
+    if (a->mq != NULL && ota_app_ext != NULL && ota_app_ext->on_connect != NULL)
+        ota_app_ext->on_connect();
     ota_agent_on_connect(&a->agent);
 }
 
@@ -70,15 +75,21 @@ static void cb_disconnect(void *user)
 {
     app_t *a = (app_t *)user;
     LOG_DEBUG(a, "disconnected");
+    if (a->mq != NULL && ota_app_ext != NULL && ota_app_ext->on_disconnect != NULL)
+        ota_app_ext->on_disconnect();
     ota_agent_on_disconnect(&a->agent);
 }
 
 static void cb_message(void *user, const char *topic, const uint8_t *p, size_t n)
 {
     app_t *a = (app_t *)user;
-    int rc = ota_agent_on_message(&a->agent, topic, p, n);
+    int rc;
     const char *t = strrchr(topic, '/');
     bool offer = t != NULL && strcmp(t, "/manifest") == 0;
+    if (a->mq != NULL && ota_app_ext != NULL && ota_app_ext->on_message != NULL &&
+        ota_app_ext->on_message(topic, p, n))
+        return;
+    rc = ota_agent_on_message(&a->agent, topic, p, n);
     if (offer && policy_status(rc))
         LOG_INFO("offer refused: %s", ota_strerror(rc));
     else if (offer && rc == OTA_ERR_STATE)
@@ -91,12 +102,33 @@ static void cb_message(void *user, const char *topic, const uint8_t *p, size_t n
 static void cb_puback(void *user, int mid, int reason)
 {
     app_t *a = (app_t *)user;
-    int rc = ota_agent_on_puback(&a->agent, mid, (uint8_t)reason);
+    int rc;
+    if (a->mq != NULL && ota_app_ext != NULL && ota_app_ext->on_puback != NULL)
+        ota_app_ext->on_puback(mid, reason);
+    rc = ota_agent_on_puback(&a->agent, mid, (uint8_t)reason);
     if (rc == OTA_ERR_MSG)
         LOG_INFO("warning: the broker refused an event (PUBACK 0x%02x): dropped", reason);
     else if (rc == OTA_ERR_IO)
         LOG_INFO("the broker could not record an event now (PUBACK 0x%02x): kept, sent again later",
                  reason);
+}
+
+static void cb_suback(void *user, int mid, int reason)
+{
+    (void)user;
+    if (ota_app_ext != NULL && ota_app_ext->on_suback != NULL)
+        ota_app_ext->on_suback(mid, reason);
+}
+
+/* The port's MQTT members over the local link (--link). */
+static int link_publish(void *ctx, const char *topic, const uint8_t *p, size_t n, int qos)
+{
+    return ota_lc_publish(((app_t *)((ota_posix_t *)ctx)->user)->lc, topic, p, n, qos);
+}
+
+static int link_subscribe(void *ctx, const char *topic, int qos)
+{
+    return ota_lc_subscribe(((app_t *)((ota_posix_t *)ctx)->user)->lc, topic, qos);
 }
 
 /* ---- the simulated application's configuration ------------------------ */
@@ -159,13 +191,18 @@ static char *read_secret(const char *path)
 
 static void usage(FILE *f)
 {
-    fputs("usage: otamq-agent --broker URL --id DEVICE --key PUB.pem [options]\n"
-          "  --broker URL           mqtt://host:port or mqtts://host:port\n"
+    if (ota_app_ext != NULL)
+        fprintf(f, "usage: %s --broker URL --id DEVICE --key PUB.pem [options]\n", ota_app_ext->name);
+    else
+        fputs("usage: otamq-agent (--broker URL | --link unix:PATH) --id DEVICE --key PUB.pem [options]\n", f);
+    fputs("  --broker URL           mqtt://host:port or mqtts://host:port\n"
           "  --id ID                device ID (MQTT client ID and username)\n"
           "  --token TOKEN          device token (MQTT password; visible in ps: prefer\n"
           "                         --token-file or the environment variable OTAMQ_TOKEN)\n"
           "  --token-file FILE      read the device token from FILE\n"
           "  --data-dir DIR         simulated flash (default ./otamq-data)\n"
+          "  --link unix:PATH       a child node: reach the broker through a gateway\n"
+          "                         (otamq-gateway) on a local link instead of MQTT\n"
           "  --hardware HW          hardware string (default esp32-v2)\n"
           "  --key FILE             trusted manifest key, PEM (repeatable)\n"
           "  --bootloader VER       bootloader version (default 2.1.0)\n"
@@ -194,12 +231,14 @@ static void usage(FILE *f)
           "  --no-broker-ms --block-size BYTES --window N\n"
           "exit codes: 0 stopped, 1 error, 20 reboot, 21 panic, 22 watchdog\n",
           f);
+    if (ota_app_ext != NULL && ota_app_ext->usage != NULL)
+        fputs(ota_app_ext->usage, f);
 }
 
 enum {
     O_BROKER = 256, O_ID, O_TOKEN, O_TOKEN_FILE, O_CERT, O_KEYFILE, O_DIR, O_HW, O_KEY, O_BL,
     O_INIT, O_CAFILE, O_V3, O_SUPERVISE, O_DOWNGRADE, O_VERBOSE, O_NOINVAL, O_HELP,
-    O_VERSION, O_UTC,
+    O_VERSION, O_UTC, O_LINK,
     /* the unsigned numeric ones */
     O_SV, O_WDT, O_HB, O_RTO, O_BMIN, O_BMAX, O_RETRIES, O_TRIAL, O_PROB, O_MAXRB, O_RBWIN,
     O_MAXWDT, O_WDTWIN, O_HFAIL, O_NOBROKER, O_BS, O_WIN
@@ -222,7 +261,8 @@ static const struct option opts[] = {
     {"wdt-window-ms", 1, 0, O_WDTWIN}, {"health-fail-ms", 1, 0, O_HFAIL},
     {"no-broker-ms", 1, 0, O_NOBROKER}, {"block-size", 1, 0, O_BS}, {"window", 1, 0, O_WIN},
     {"utc-offset", 1, 0, O_UTC},
-    {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+    {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {"link", 1, 0, O_LINK}};
+#define NOPTS (sizeof(opts) / sizeof(opts[0]))
 
 static int num(const char *s, uint32_t *out)
 {
@@ -281,6 +321,9 @@ int main(int argc, char **argv)
     const char *broker = NULL, *id = NULL, *token = NULL, *dir = "./otamq-data";
     const char *hw = "esp32-v2", *bl = "2.1.0", *initv = "1.0.0", *cafile = NULL;
     const char *token_file = NULL, *certfile = NULL, *keyfile = NULL, *missing = NULL;
+    const char *link = NULL;
+    static struct option all_opts[NOPTS + 32];
+    size_t nall = NOPTS;
     const char *keyfiles[MAX_KEYS];
     uint32_t nkeys = 0, isv = 0;
     bool v3 = false, sup = false;
@@ -290,9 +333,18 @@ int main(int argc, char **argv)
 
     memset(&cfg, 0, sizeof(cfg));
     app.watchdog_ms = 5000;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    memcpy(all_opts, opts, sizeof(opts));
+    if (ota_app_ext != NULL)
+        for (i = 0; ota_app_ext->opts[i].name != NULL && nall < NOPTS + 31u; i++)
+            all_opts[nall++] = ota_app_ext->opts[i];
+    while ((c = getopt_long(argc, argv, "", all_opts, NULL)) != -1) {
         uint32_t v = 0;
         ota_settings_t *s = &cfg.settings;
+        if (c >= OTA_EXT_OPT && ota_app_ext != NULL) {
+            if (ota_app_ext->option(c, optarg) != 0)
+                return OTA_EXIT_ERROR;
+            continue;
+        }
         if (c >= O_SV && num(optarg, &v) != 0) {
             fprintf(stderr, "otamq-agent: bad number %s\n", optarg);
             return OTA_EXIT_ERROR;
@@ -306,6 +358,7 @@ int main(int argc, char **argv)
         case O_KEYFILE: keyfile = optarg; break;
         case O_NOINVAL: app.px.no_invalidate = true; break;
         case O_DIR: dir = optarg; break;
+        case O_LINK: link = optarg; break;
         case O_HW: hw = optarg; break;
         case O_KEY:
             if (nkeys == MAX_KEYS) {
@@ -361,7 +414,14 @@ int main(int argc, char **argv)
         usage(stderr);
         return OTA_EXIT_ERROR;
     }
-    missing = broker == NULL ? "--broker URL" : id == NULL ? "--id DEVICE" : nkeys == 0u ? "--key PUB.pem" : NULL;
+    if (link != NULL && (broker != NULL || ota_app_ext != NULL)) {
+        fprintf(stderr, "otamq-agent: --link replaces --broker (and a gateway has no link)\n");
+        return OTA_EXIT_ERROR;
+    }
+    missing = broker == NULL && link == NULL ? "--broker URL"
+              : id == NULL                   ? "--id DEVICE"
+              : nkeys == 0u                  ? "--key PUB.pem"
+                                             : NULL;
     if (missing == NULL && (certfile == NULL) != (keyfile == NULL))
         missing = certfile == NULL ? "--cert FILE (with --cert-key)" : "--cert-key FILE (with --cert)";
     if (missing != NULL) {
@@ -443,7 +503,11 @@ int main(int argc, char **argv)
     cfg.bootloader_version = bl;
     cfg.fw_version = app.px.hdr.version;
     cfg.secure_version = app.px.hdr.secure_version;
-    cfg.connectivity = 2; /* ethernet */
+    cfg.connectivity = link != NULL ? 3 : 2; /* via-gateway, ethernet */
+    if (link != NULL) {
+        app.port.mqtt_publish = link_publish;
+        app.port.mqtt_subscribe = link_subscribe;
+    }
     cfg.keys = (const uint8_t(*)[65])keys;
     cfg.nkeys = nkeys;
     if (ota_agent_init(&app.agent, &cfg) != OTA_OK) {
@@ -451,6 +515,24 @@ int main(int argc, char **argv)
         return OTA_EXIT_ERROR;
     }
 
+    if (link != NULL) {
+        ota_lc_config_t lcc;
+        memset(&lcc, 0, sizeof(lcc));
+        lcc.addr = link;
+        lcc.topic_prefix = OTA_CFG_TOPIC_PREFIX;
+        lcc.device_id = id;
+        lcc.max_frame = OTA_CFG_BLOCK_SIZE + OTA_CFG_BLOCK_OVERHEAD;
+        lcc.verbose = app.px.verbose;
+        lcc.user = &app;
+        lcc.on_connect = cb_connect;
+        lcc.on_disconnect = cb_disconnect;
+        lcc.on_message = cb_message;
+        lcc.on_puback = cb_puback;
+        app.lc = ota_lc_new(&lcc);
+        if (app.lc == NULL)
+            return OTA_EXIT_ERROR;
+        goto boot;
+    }
     memset(&mc, 0, sizeof(mc));
     mc.url = broker;
     mc.client_id = id;
@@ -467,11 +549,15 @@ int main(int argc, char **argv)
     mc.on_disconnect = cb_disconnect;
     mc.on_message = cb_message;
     mc.on_puback = cb_puback;
+    mc.on_suback = cb_suback;
     app.mq = ota_mq_new(&mc);
     if (app.mq == NULL)
         return OTA_EXIT_ERROR;
     app.px.mq = app.mq;
+    if (ota_app_ext != NULL && ota_app_ext->start != NULL && ota_app_ext->start(app.mq, id) != 0)
+        return OTA_EXIT_ERROR;
 
+boot:
     {
         int rc = ota_agent_on_boot(&app.agent);
         if (rc != OTA_OK) {
@@ -482,7 +568,12 @@ int main(int argc, char **argv)
     boot_ms = ota_posix_mono_ms();
     while (!stop_requested) {
         ota_state_t before = ota_agent_state(&app.agent);
-        ota_mq_loop(app.mq, 50);
+        if (app.lc != NULL)
+            ota_lc_loop(app.lc, 50);
+        else if (ota_app_ext != NULL && ota_app_ext->loop != NULL)
+            ota_app_ext->loop(app.mq, 50);
+        else
+            ota_mq_loop(app.mq, 50);
         ota_agent_tick(&app.agent);
         if (ota_agent_state(&app.agent) != before)
             LOG_DEBUG(&app, "state %s -> %s", state_name(before),
@@ -497,6 +588,9 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (ota_app_ext != NULL && ota_app_ext->stop != NULL)
+        ota_app_ext->stop();
     ota_mq_destroy(app.mq);
+    ota_lc_destroy(app.lc);
     return OTA_EXIT_OK;
 }

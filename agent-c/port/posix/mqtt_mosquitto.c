@@ -15,7 +15,7 @@
 #define MQ_QUEUE 64
 
 typedef struct mq_item {
-    int kind; /* 1 connect, 2 disconnect, 3 message, 4 PUBACK */
+    int kind; /* 1 connect, 2 disconnect, 3 message, 4 PUBACK, 5 SUBACK */
     char *topic;
     uint8_t *payload;
     size_t len;
@@ -121,6 +121,18 @@ static void cb_publish(struct mosquitto *m, void *obj, int mid, int reason,
     }
 }
 
+static void cb_subscribe(struct mosquitto *m, void *obj, int mid, int count, const int *granted,
+                         const mosquitto_property *props)
+{
+    mq_item_t *it = enqueue((struct ota_mq *)obj, 5, NULL, NULL, 0);
+    (void)m;
+    (void)props;
+    if (it != NULL) {
+        it->mid = mid;
+        it->reason = count > 0 ? granted[0] : 0x80;
+    }
+}
+
 static int parse_url(struct ota_mq *mq, const char *url, bool *tls)
 {
     const char *hp = url, *colon;
@@ -186,6 +198,7 @@ struct ota_mq *ota_mq_new(const ota_mq_config_t *cfg)
     mosquitto_disconnect_v5_callback_set(mq->m, cb_disconnect);
     mosquitto_message_v5_callback_set(mq->m, cb_message);
     mosquitto_publish_v5_callback_set(mq->m, cb_publish);
+    mosquitto_subscribe_v5_callback_set(mq->m, cb_subscribe);
     return mq;
 }
 
@@ -240,6 +253,8 @@ void ota_mq_loop(struct ota_mq *mq, int timeout_ms)
             mq->cfg.on_message(mq->cfg.user, it.topic, it.payload, it.len);
         else if (it.kind == 4 && mq->cfg.on_puback)
             mq->cfg.on_puback(mq->cfg.user, it.mid, it.reason);
+        else if (it.kind == 5 && mq->cfg.on_suback)
+            mq->cfg.on_suback(mq->cfg.user, it.mid, it.reason);
         free(it.topic);
         free(it.payload);
         mq->q[i].topic = NULL;
@@ -265,6 +280,25 @@ int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos)
     return mosquitto_subscribe_v5(mq->m, NULL, topic, qos, 0, NULL) == MOSQ_ERR_SUCCESS
                ? OTA_OK
                : OTA_ERR_IO;
+}
+
+int ota_mq_subscribe_id(struct ota_mq *mq, const char *topic, int qos)
+{
+    int mid = 0;
+    if (!mq->connected ||
+        mosquitto_subscribe_v5(mq->m, &mid, topic, qos, 0, NULL) != MOSQ_ERR_SUCCESS)
+        return OTA_ERR_IO;
+    return mid;
+}
+
+int ota_mq_socket(struct ota_mq *mq)
+{
+    return mq->connected || mq->connecting ? mosquitto_socket(mq->m) : -1;
+}
+
+bool ota_mq_connected(const struct ota_mq *mq)
+{
+    return mq->connected;
 }
 
 void ota_mq_destroy(struct ota_mq *mq)

@@ -29,6 +29,9 @@ typedef struct ota_mq_config {
     /* PUBACK of the QoS 1 publish mid: its MQTT v5 reason code (0 on
      * MQTT 3.1.1), as libmosquitto's on_publish_v5 callback gives it. */
     void (*on_puback)(void *user, int mid, int reason);
+    /* SUBACK of the subscribe mid (ota_mq_subscribe_id): the reason code
+     * of its one filter (a granted QoS, or >= 0x80 refused). Optional. */
+    void (*on_suback)(void *user, int mid, int reason);
 } ota_mq_config_t;
 
 struct ota_mq;
@@ -44,6 +47,13 @@ void ota_mq_loop(struct ota_mq *mq, int timeout_ms);
 int ota_mq_publish(struct ota_mq *mq, const char *topic, const uint8_t *p, size_t n, int qos);
 /* OTA_OK or OTA_ERR_IO. */
 int ota_mq_subscribe(struct ota_mq *mq, const char *topic, int qos);
+/* As ota_mq_subscribe, returning the message ID on_suback will name
+ * (> 0), or OTA_ERR_IO. */
+int ota_mq_subscribe_id(struct ota_mq *mq, const char *topic, int qos);
+/* The connection's socket to poll for reading, -1 when there is none. */
+int ota_mq_socket(struct ota_mq *mq);
+/* Connected (CONNACK success, not yet lost). */
+bool ota_mq_connected(const struct ota_mq *mq);
 void ota_mq_destroy(struct ota_mq *mq);
 
 #endif
