@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // mappedRSS is the resident part of this process's mappings of path, from
@@ -148,7 +149,8 @@ func TestReleasePagesWhileRemapping(t *testing.T) {
 // After a bulk write the writer releases the mapped pages by itself.
 func TestBulkWritesReleasePages(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.db")
-	db, err := Open(path, &Options{NoSync: true})
+	// No least time between releases: the test writes faster than that.
+	db, err := Open(path, &Options{NoSync: true, releaseInterval: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,4 +178,23 @@ func TestBulkWritesReleasePages(t *testing.T) {
 		t.Fatalf("mapped store pages resident: %d KiB before the bulk write, %d KiB after (file %d -> %d KiB)", before>>10, after>>10, grown>>10, size()>>10)
 	}
 	readAll(t, db, 8000)
+}
+
+// Within releaseInterval of a release, bulk writes release nothing more.
+func TestBulkWritesReleaseAtMostOncePerInterval(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	db, err := Open(path, &Options{NoSync: true, releaseInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	fill(t, db, 0, 8000) // more than releaseEvery page writes: the first release
+	readAll(t, db, 8000)
+	before := mappedRSS(t, path)
+	for i := range 8 {
+		fill(t, db, 1000*i, 1000)
+	}
+	if after := mappedRSS(t, path); after < before*3/4 {
+		t.Fatalf("released again within the interval: %d KiB mapped before the writes, %d KiB after", before>>10, after>>10)
+	}
 }

@@ -43,6 +43,10 @@ type Options struct {
 	NoSync bool
 	// Logger receives batch failures. Default slog.Default().
 	Logger *slog.Logger
+
+	// releaseInterval is the least time between two releases of the
+	// mapped pages after writes; 0 releaseInterval, negative none (tests).
+	releaseInterval time.Duration
 }
 
 // DB is the bbolt store, the default Store. Its methods may be called
@@ -59,7 +63,11 @@ type DB struct {
 	reqs chan *request
 	done chan struct{} // closed when the writer goroutine has exited
 
-	releasedAt int64 // pages written when the mapped pages were last released; the writer's
+	// The writer's: page writes and time at the last release of the
+	// mapped pages, and how long until the next may be.
+	releasedAt      int64
+	releasedTime    time.Time
+	releaseInterval time.Duration
 }
 
 type request struct {
@@ -108,6 +116,14 @@ func Open(path string, opts *Options) (*DB, error) {
 		max:  o.MaxBatch,
 		reqs: make(chan *request, o.MaxBatch),
 		done: make(chan struct{}),
+
+		releaseInterval: o.releaseInterval,
+	}
+	switch {
+	case db.releaseInterval == 0:
+		db.releaseInterval = releaseInterval
+	case db.releaseInterval < 0:
+		db.releaseInterval = 0
 	}
 	go db.writer()
 	return db, nil
@@ -235,17 +251,24 @@ func (db *DB) writer() {
 // anew elsewhere in the file: after a bulk write (a status flush after the
 // whole fleet reconnected, a rollout's offers) the process would keep
 // resident old pages that are free now, until bbolt next remaps.
-const releaseEvery = 256
+// At most one release a releaseInterval: under a steady stream of large
+// writes each release makes the next transactions fault the pages they
+// read back in.
+const (
+	releaseEvery    = 256
+	releaseInterval = time.Second
+)
 
 // afterWrites releases the mapped pages once releaseEvery pages have been
-// written since the last time. Only the writer goroutine calls it.
+// written since the last time, and the last release is releaseInterval
+// ago. Only the writer goroutine calls it.
 func (db *DB) afterWrites() {
 	st := db.bolt.Stats()
 	w := st.TxStats.GetWrite()
-	if w-db.releasedAt < releaseEvery {
+	if w-db.releasedAt < releaseEvery || time.Since(db.releasedTime) < db.releaseInterval {
 		return
 	}
-	db.releasedAt = w
+	db.releasedAt, db.releasedTime = w, time.Now()
 	if err := db.release(); err != nil {
 		db.log.Warn("store pages not released", "err", err)
 	}
