@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -357,15 +358,28 @@ func checkSubscription(t *testing.T, b *tb, base []string, version string, c sub
 		}
 		return nil
 	})
+	needCommand(t, "mosquitto_sub")
+	needCommand(t, "stdbuf")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Line-buffered, so that its SUBACK line is seen while it runs.
+	cmd := exec.CommandContext(ctx, "stdbuf", append([]string{"-oL", "-eL", "mosquitto_sub"}, args...)...)
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := mosq(t, "mosquitto_sub", args...)
-		done <- result{out, err}
+		err := cmd.Wait()
+		done <- result{out.String(), err}
 	}()
 	// Wait until the broker holds the subscription (the barrier's, for a
-	// refused filter; both were in the same SUBSCRIBE packet), or until the
-	// tool is done (a fleet event can satisfy an allowed subscription to
-	// the fleet events on its own).
+	// refused filter; both were in the same SUBSCRIBE packet) and, on v5,
+	// until the tool has the SUBACK (the broker adds the subscriptions
+	// before it writes the SUBACK: a probe published in between would come
+	// first), or until the tool is done (a fleet event can satisfy an
+	// allowed subscription to the fleet events on its own).
 	var r *result
 	eventually(t, 10*time.Second, func() error {
 		select {
@@ -377,6 +391,9 @@ func checkSubscription(t *testing.T, b *tb, base []string, version string, c sub
 		cl, ok := b.Server().Clients.Get(c.who)
 		if !ok || cl.Closed() || len(cl.State.Subscriptions.GetAll()) == 0 {
 			return fmt.Errorf("%s not subscribed yet", c.who)
+		}
+		if version == "mqttv5" && !strings.Contains(out.String(), "received SUBACK") {
+			return fmt.Errorf("%s has no SUBACK yet", c.who)
 		}
 		return nil
 	})
