@@ -675,31 +675,6 @@ func firstLine(s string) string {
 	return s
 }
 
-// signWith builds a simulated image as world.release does and signs it
-// with key (a private key file of otactl keygen) with otactl sign; it
-// returns the image's file (the manifest is beside it, FILE.manifest).
-func (w *world) signWith(key string, seed uint64, v string, b behaviour, seq uint64, size int) string {
-	w.t.Helper()
-	img := make([]byte, size)
-	r := rng(seed ^ seq)
-	for i := 64; i < size; i++ {
-		img[i] = byte(r.Uint32())
-	}
-	copy(img, []byte{0xe9, 'S', 'I', 'M', 1, byte(b)})
-	copy(img[16:48], v)
-	file := filepath.Join(w.dir, "firmware-"+v+".bin")
-	build := filepath.Join(w.dir, "build-"+v+".yaml")
-	if err := os.WriteFile(file, img, 0o600); err != nil {
-		w.t.Fatal(err)
-	}
-	desc := fmt.Sprintf("version: %s\nbuild_id: e2e-%d\nhardware: [esp32-v2]\nsequence: %d\n", v, suite.seed, seq)
-	if err := os.WriteFile(build, []byte(desc), 0o600); err != nil {
-		w.t.Fatal(err)
-	}
-	w.must("sign", "--key", key, "--build", build, file)
-	return file
-}
-
 // privateKey reads a private key file of otactl keygen.
 func (w *world) privateKey(file string) *ecdsa.PrivateKey {
 	w.t.Helper()

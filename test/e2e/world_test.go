@@ -24,6 +24,7 @@ import (
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/rollout"
 	"github.com/otamq/otamq/test/faultproxy"
+	"github.com/otamq/otamq/test/testkit"
 )
 
 const (
@@ -358,11 +359,12 @@ type release struct {
 	Seq     uint64 `json:"sequence"`
 }
 
-// release builds a simulated firmware image of size bytes (agent-c/README.md,
+// signWith builds a simulated firmware image of size bytes (agent-c/README.md,
 // "Simulated firmware image header": behaviour b, version v, random data
-// from the scenario's seed), signs it with otactl sign (sequence seq) and
-// uploads it with otactl release upload.
-func (w *world) release(seed uint64, v string, b behaviour, seq uint64, size int) release {
+// from seed) and signs it with key (a private key file of otactl keygen)
+// with otactl sign (sequence seq); it returns the image's file (the manifest
+// is beside it, FILE.manifest).
+func (w *world) signWith(key string, seed uint64, v string, b behaviour, seq uint64, size int) string {
 	w.t.Helper()
 	img := make([]byte, size)
 	r := rng(seed ^ seq)
@@ -380,7 +382,15 @@ func (w *world) release(seed uint64, v string, b behaviour, seq uint64, size int
 	if err := os.WriteFile(build, []byte(desc), 0o600); err != nil {
 		w.t.Fatal(err)
 	}
-	w.must("sign", "--key", w.key, "--build", build, file)
+	w.must("sign", "--key", key, "--build", build, file)
+	return file
+}
+
+// release builds and signs an image with the world's key (signWith) and
+// uploads it with otactl release upload.
+func (w *world) release(seed uint64, v string, b behaviour, seq uint64, size int) release {
+	w.t.Helper()
+	file := w.signWith(w.key, seed, v, b, seq, size)
 	var rel release
 	w.mustJSON(&rel, "release", "upload", file, file+".manifest")
 	if rel.Version != v || rel.Size != size || rel.Seq != seq {
@@ -507,19 +517,5 @@ func (m metrics) sum(name string, labels ...string) float64 {
 	return s
 }
 
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is testkit.SyncBuffer.
+type syncBuffer = testkit.SyncBuffer
