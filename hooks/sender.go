@@ -64,13 +64,14 @@ func (s *Sender) receivers(topic string, payload int) (int, error) {
 	size := uint32(packetSize(topic, payload))
 	n := 0
 	var tooLarge error
-	direct := false // the clients are the topic's Readers, not its subscribers
-	check := func(id string) {
+	// check counts client id if it receives; reader: id is one of the
+	// topic's Readers, who receives only if it holds the topic itself.
+	check := func(id string, reader bool) {
 		cl, ok := s.srv.Clients.Get(id)
 		if !ok || cl.Closed() && expiring(cl) {
 			return
 		}
-		if _, sub := cl.State.Subscriptions.Get(topic); direct && !sub || !s.acl.Allowed(id, topic, false) {
+		if _, sub := cl.State.Subscriptions.Get(topic); reader && !sub || !s.acl.Allowed(id, topic, false) {
 			return
 		}
 		n++
@@ -80,16 +81,15 @@ func (s *Sender) receivers(topic string, payload int) (int, error) {
 		}
 	}
 	if dev, _, ok := s.topics.ParseDevice(topic); ok {
-		direct = true
 		d, gw := s.acl.Readers(dev)
-		check(d)
+		check(d, true)
 		if gw != "" {
-			check(gw)
+			check(gw, true)
 		}
 		return n, tooLarge
 	}
 	for id := range s.srv.Topics.Subscribers(topic).Subscriptions {
-		check(id)
+		check(id, false)
 	}
 	return n, tooLarge
 }

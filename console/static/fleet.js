@@ -1,7 +1,7 @@
 // Fleet: the devices by version, hardware, region and state, online
 // devices, the alarms of active rollouts and the live event feed.
 import * as api from "./api.js";
-import { h, card, table, badge, time } from "./ui.js";
+import { h, card, table, badge, time, svg, stepPath } from "./ui.js";
 import { on, feed } from "./app.js";
 import { healthy } from "./devices.js";
 
@@ -52,13 +52,6 @@ export function describe(ev) {
   return parts.join(" ");
 }
 
-function svg(tag, attrs, ...kids) {
-  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
-  for (const k of kids) e.appendChild(typeof k === "string" ? document.createTextNode(k) : k);
-  return e;
-}
-
 // adoption draws, for the versions most devices run, how many of the
 // devices on each came to it over time (the first birth each reported on
 // it: status.firmware_since), against the whole fleet.
@@ -75,12 +68,7 @@ function adoption(devices) {
   const W = 600, H = 160, P = 30;
   const x = (t) => P + ((W - 2 * P) * (t - start)) / Math.max(1, end - start);
   const y = (n) => H - P - ((H - 2 * P) * n) / Math.max(1, total);
-  const paths = series.map((s, i) => {
-    let d = `M${x(start).toFixed(1)},${y(0).toFixed(1)}`;
-    s.times.forEach((t, j) => { d += ` L${x(t).toFixed(1)},${y(j).toFixed(1)} L${x(t).toFixed(1)},${y(j + 1).toFixed(1)}`; });
-    d += ` L${x(end).toFixed(1)},${y(s.times.length).toFixed(1)}`;
-    return svg("path", { d, class: `curve series-${i}`, "data-version": s.v });
-  });
+  const paths = series.map((s, i) => svg("path", { d: stepPath(s.times, start, end, x, y), class: `curve series-${i}`, "data-version": s.v }));
   const span = end - start;
   const spanText = span >= 2 * 86400e3 ? `${Math.round(span / 86400e3)} days` : span >= 2 * 3600e3 ? `${Math.round(span / 3600e3)} h` : `${Math.round(span / 60e3)} min`;
   const label = series.map((s) => `${s.v}: ${s.times.length}`).join(", ");

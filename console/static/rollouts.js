@@ -4,7 +4,7 @@
 // alarms, the verbs with confirmation, the adoption curve and the
 // per-device table.
 import * as api from "./api.js";
-import { h, card, table, badge, time, dl, field, notify, errorText, confirmAction } from "./ui.js";
+import { h, card, table, badge, time, dl, field, notify, errorText, confirmAction, svg, stepPath } from "./ui.js";
 import { on, refresh, session } from "./app.js";
 
 export const states = ["eligible", "offered", "downloading", "verified", "installing", "rebooting", "trial",
@@ -181,13 +181,6 @@ function alarmsView(alarms) {
   ], alarms, { rowAttrs: (a) => ({ class: "alarm-" + a.level }) }));
 }
 
-// svg builds an SVG element.
-function svg(tag, attrs, ...kids) {
-  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-  for (const k of kids) e.appendChild(typeof k === "string" ? document.createTextNode(k) : k);
-  return e;
-}
 
 // adoption draws the devices succeeded over time (each device's "since"
 // in the succeeded state), against the rollout's devices.
@@ -199,9 +192,7 @@ function adoption(v, devs) {
   const W = 600, H = 160, P = 30;
   const x = (t) => P + ((W - 2 * P) * (t - start)) / Math.max(1, end - start);
   const y = (n) => H - P - ((H - 2 * P) * n) / Math.max(1, v.devices);
-  let d = `M${x(start).toFixed(1)},${y(0).toFixed(1)}`;
-  times.forEach((t, i) => { d += ` L${x(t).toFixed(1)},${y(i).toFixed(1)} L${x(t).toFixed(1)},${y(i + 1).toFixed(1)}`; });
-  d += ` L${x(end).toFixed(1)},${y(times.length).toFixed(1)}`;
+  const d = stepPath(times, start, end, x, y);
   const secs = Math.round((end - start) / 1000);
   return h("figure", { id: "adoption" }, svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": `${times.length} of ${v.devices} devices succeeded over ${secs} s`, class: "chart" },
     svg("line", { x1: P, y1: H - P, x2: W - P, y2: H - P, class: "axis" }), svg("line", { x1: P, y1: P, x2: P, y2: H - P, class: "axis" }),

@@ -110,3 +110,19 @@ export function field(label, attrs = {}) {
       : h("input", { id, type: "text", ...attrs, tag: null, options: null });
   return h("div", { class: "field" }, h("label", { for: id }, label), input);
 }
+
+// svg builds an SVG element.
+export function svg(tag, attrs, ...kids) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const k of kids) e.appendChild(typeof k === "string" ? document.createTextNode(k) : k);
+  return e;
+}
+
+// stepPath is the SVG path of a count that goes up by one at each of the
+// sorted times, from start to end, on the scales x (time) and y (count).
+export function stepPath(times, start, end, x, y) {
+  let d = `M${x(start).toFixed(1)},${y(0).toFixed(1)}`;
+  times.forEach((t, i) => { d += ` L${x(t).toFixed(1)},${y(i).toFixed(1)} L${x(t).toFixed(1)},${y(i + 1).toFixed(1)}`; });
+  return d + ` L${x(end).toFixed(1)},${y(times.length).toFixed(1)}`;
+}

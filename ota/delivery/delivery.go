@@ -497,35 +497,22 @@ func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult
 	now := s.o.Clock.Now().UTC()
 	var out []OfferResult
 	for _, id := range ids {
-		v := tx.Get(bucketOffers, []byte(id))
-		if v == nil {
-			out = append(out, OfferResult{Device: id, Error: "no offer"})
-			continue
-		}
-		of, err := decodeOffer(v, nil)
+		ok, err := s.cancel(tx, id, "", actor, now)
 		if err != nil {
-			return nil, fmt.Errorf("offer of %s: %w", id, err)
+			return nil, err
 		}
-		if of.Cancelled {
+		if !ok {
 			out = append(out, OfferResult{Device: id, Error: "no offer"})
 			continue
-		}
-		of.Cancelled, of.By, of.Created = true, actor, now
-		if err := s.putOffer(tx, of); err != nil {
-			return nil, err
-		}
-		if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "cancel", RolloutID: of.RolloutID, Version: of.Version}); err != nil {
-			return nil, err
 		}
 		out = append(out, OfferResult{Device: id, OK: true})
 	}
 	return out, nil
 }
 
-// Withdraw cancels device id's offer if it is still the one made under
-// rolloutID, and reports whether it did. Push the empty offer after the
-// transaction commits.
-func (s *Service) Withdraw(tx store.Tx, id, rolloutID, actor string) (bool, error) {
+// cancel withdraws device id's offer, if it has one (made under rolloutID
+// unless that is ""), and reports whether it did.
+func (s *Service) cancel(tx store.Tx, id, rolloutID, actor string, now time.Time) (bool, error) {
 	v := tx.Get(bucketOffers, []byte(id))
 	if v == nil {
 		return false, nil
@@ -534,13 +521,27 @@ func (s *Service) Withdraw(tx store.Tx, id, rolloutID, actor string) (bool, erro
 	if err != nil {
 		return false, fmt.Errorf("offer of %s: %w", id, err)
 	}
-	if of.Cancelled || of.RolloutID != rolloutID {
+	if of.Cancelled || rolloutID != "" && of.RolloutID != rolloutID {
 		return false, nil
 	}
-	if _, err := s.Cancel(tx, []string{id}, actor); err != nil {
+	of.Cancelled, of.By, of.Created = true, actor, now
+	if err := s.putOffer(tx, of); err != nil {
+		return false, err
+	}
+	if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "cancel", RolloutID: of.RolloutID, Version: of.Version}); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+// Withdraw cancels device id's offer if it is still the one made under
+// rolloutID, and reports whether it did. Push the empty offer after the
+// transaction commits.
+func (s *Service) Withdraw(tx store.Tx, id, rolloutID, actor string) (bool, error) {
+	if rolloutID == "" {
+		return false, nil
+	}
+	return s.cancel(tx, id, rolloutID, actor, s.o.Clock.Now().UTC())
 }
 
 // Push sends each device in ids its current offer (or the empty one).

@@ -112,7 +112,7 @@ func benchRolloutPlan() error {
 	if got := e.snd.offers.Load() - offers0; got != int64(inflight) {
 		return fmt.Errorf("%d offers pushed, %d devices in flight", got, inflight)
 	}
-	fmt.Printf("wide rollout (50 %% of %d eligible in its first wave): create + start %.1f ms; first pass offers %d devices (transactions of 250, 500, ... up to 4000 devices) in %.0f ms: %.0f offers/s\n",
+	fmt.Printf("wide rollout (50 %% of %d eligible in its first wave): create + start %.1f ms; first pass offers %d devices in %.0f ms: %.0f offers/s\n",
 		w.Devices, ms(wideCreate), inflight, ms(offerPass), float64(inflight)/offerPass.Seconds())
 	// Some of them move on: a tenth downloading, and of those some
 	// verified and some back from the reboot in trial.
