@@ -23,6 +23,7 @@ var (
 	roConns  = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
 	roRounds = flag.Int("ro-rounds", 3, "rollout offers benchmark: rounds (the median is reported)")
 	roProf   = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
+	roTrace  = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
 )
 
 // benchRolloutOffers: offers a rollout pushes to connected devices, per
@@ -98,14 +99,18 @@ func benchRolloutOffers() error {
 			return err
 		}
 		profDone := make(chan error, 1)
-		if *roProf != "" {
+		if prof, what := *roProf, "profile"; prof != "" || *roTrace != "" {
+			if prof == "" {
+				prof, what = *roTrace, "trace"
+			}
 			go func() {
-				body, err := get("http://" + oc.httpAddr + "/debug/pprof/profile?seconds=1")
+				body, err := get("http://" + oc.httpAddr + "/debug/pprof/" + what + "?seconds=1")
 				if err == nil {
-					err = os.WriteFile(fmt.Sprintf("%s.%d", *roProf, round+1), []byte(body), 0o600)
+					err = os.WriteFile(fmt.Sprintf("%s.%d", prof, round+1), []byte(body), 0o600)
 				}
 				profDone <- err
 			}()
+			time.Sleep(50 * time.Millisecond) // the profile has begun
 		} else {
 			profDone <- nil
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -274,7 +275,12 @@ func TestPowerLoss(t *testing.T) {
 	rec.figure("reverts to the old image", "%d by the bootloader after a cut in the trial, %d by the agent (reboot trigger), %d not reported (a cut in the trial with the state record still at installing: the agent installed again)", byCut, byAgent, unreported)
 	rec.figure("devices counted rolled back by the rollouts", "%d", rolledBack)
 	rec.figure("devices cut in the probation, no revert, counted failed by the broker (Last Will during the trial)", "%d", failedAfterCut)
+	withdrawn := 0
+	for _, c := range cutters {
+		withdrawn += c.withdrawn
+	}
 	rec.figure("rounds (rollouts)", "%s", strings.Join(rounds, "; "))
+	rec.figure("power-cut reverts after which the broker withdrew the offer before the agent took it again (the agent waits for the next rollout)", "%d", withdrawn)
 	rec.figure("first rollout to every agent committed", "%.1f s", took.Seconds())
 }
 
@@ -522,6 +528,7 @@ type cutter struct {
 	boot      *cut     // the last cut, until the boot after it was seen (then nil)
 	roundCuts []cut
 	cuts      []cut
+	withdrawn int // rounds that ended with the offer withdrawn before the agent took it again
 }
 
 // planCuts draws the phases to aim at, budget of them, in the order
@@ -663,11 +670,32 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 	share := int64(float64(c.size) * (0.05 + 0.85*c.rng.Float64()))
 	extra := c.rng.IntN(20)
 	seen := false
+	var asked time.Time
 	over := func(p phase, s flashState) bool {
-		// rolled back after a power cut, the agent takes the same offer
-		// again (its flags are clear); otherwise not before a new rollout
-		return p == phCommitted || p == phNone && seen ||
-			p == phRolledBack && s.flags&pfIgnoreOffer != 0 && strings.HasPrefix(s.rollout, id)
+		if p == phCommitted || p == phNone && seen {
+			return true
+		}
+		if p != phRolledBack || !strings.HasPrefix(s.rollout, id) {
+			return false
+		}
+		if s.flags&pfIgnoreOffer != 0 {
+			return true // the agent will not take this offer again
+		}
+		// Rolled back after a power cut, the agent would take the same
+		// offer again (its flags are clear), but the broker withdraws the
+		// offer of a member it counts rolled back: the agent gets it
+		// again only if the retained offer reached it before the
+		// withdrawal. Once the rollout has the member done, with the
+		// agent still rolled back, the round is over for it.
+		if time.Since(asked) < 100*time.Millisecond {
+			return false
+		}
+		asked = time.Now()
+		if !c.memberDone(id) {
+			return false
+		}
+		c.withdrawn++
+		return true
 	}
 	hit := func(p phase, s flashState) bool {
 		switch {
@@ -753,6 +781,25 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 		time.Sleep(time.Duration(20+c.rng.IntN(280)) * time.Microsecond)
 	}
 	return 0, flashState{}, nil, fmt.Errorf("not there within 3 minutes")
+}
+
+// memberDone reports whether the agent's member of rollout id is in a
+// final state (false when otactl fails: the caller asks again).
+func (c *cutter) memberDone(id string) bool {
+	out, _, code := c.a.w.otactl("--json", "rollout", "devices", id)
+	if code != 0 {
+		return false
+	}
+	var ds []rollout.DeviceView
+	if json.Unmarshal([]byte(out), &ds) != nil {
+		return false
+	}
+	for _, d := range ds {
+		if d.Device == c.a.id {
+			return slices.Contains([]string{"succeeded", "failed", "rolled_back", "timed_out", "skipped", "cancelled"}, d.State)
+		}
+	}
+	return false
 }
 
 // freeze stops the agent's process tree with SIGSTOP and waits until each
