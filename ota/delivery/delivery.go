@@ -1,11 +1,11 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,8 +29,9 @@ import (
 
 // Store buckets owned by delivery.
 const (
-	bucketOffers   = "offers"
-	bucketTimeline = "timeline"
+	bucketOffers      = "offers"
+	bucketTimeline    = "timeline"
+	bucketTimelineLen = "timeline_len" // entries per device's timeline
 )
 
 // Defaults of Options.
@@ -851,50 +852,72 @@ func timelineKey(id string, t time.Time, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// appendTimeline adds e to id's timeline and trims it.
+// appendTimeline adds e to id's timeline and trims it to its newest
+// TimelineLength entries.
+//
+// The device's entry count is kept in bucketTimelineLen, so that an append
+// reads one small record instead of counting the entries: with full
+// timelines, as in any broker that has run a while, counting walked 100
+// keys for every offer and every event. A device without a count (a store
+// from before it) is counted once.
 func (s *Service) appendTimeline(tx store.Tx, id string, e Entry) error {
 	seq := s.timeSeq.Add(1)
-	v, err := json.Marshal(e)
+	prefix := append([]byte(id), 0)
+	n, err := timelineLen(tx, id, prefix)
 	if err != nil {
 		return err
 	}
-	if err := tx.Put(bucketTimeline, timelineKey(id, e.Time, seq), v); err != nil {
+	if err := tx.Put(bucketTimeline, timelineKey(id, e.Time, seq), encodeEntry(&e)); err != nil {
 		return err
 	}
-	// Trim: count the device's entries, then delete the oldest beyond the
-	// length (in a full timeline, the one this append pushed out). Only
-	// those keys are copied.
-	prefix := append([]byte(id), 0)
-	inPrefix := func(k []byte) bool { return len(k) >= len(prefix) && string(k[:len(prefix)]) == string(prefix) }
-	n := 0
-	if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
-		if !inPrefix(k) {
+	n++
+	if keep := uint64(s.o.TimelineLength); n > keep+timelineSlack(keep) {
+		over := n - keep
+		// the oldest entries, those this append pushed out; only their
+		// keys are copied
+		old := make([][]byte, 0, over)
+		if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
+			if !bytes.HasPrefix(k, prefix) || uint64(len(old)) == over {
+				return store.ErrStop
+			}
+			old = append(old, bytes.Clone(k))
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range old {
+			if err := tx.Delete(bucketTimeline, k); err != nil {
+				return err
+			}
+		}
+		n -= uint64(len(old))
+	}
+	return tx.Put(bucketTimelineLen, []byte(id), binary.AppendUvarint(nil, n))
+}
+
+// timelineSlack is how many entries beyond its length a timeline may hold
+// before it is trimmed back to its length: deleting a quarter at once
+// costs less than one deletion per append. Readers see the newest
+// TimelineLength entries only.
+func timelineSlack(keep uint64) uint64 { return max(1, keep/4) }
+
+// timelineLen returns how many entries id's timeline holds: its count, or
+// (none stored, or one that does not parse) the entries counted.
+func timelineLen(tx store.Tx, id string, prefix []byte) (uint64, error) {
+	if v := tx.Get(bucketTimelineLen, []byte(id)); v != nil {
+		if n, k := binary.Uvarint(v); k == len(v) {
+			return n, nil
+		}
+	}
+	var n uint64
+	err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
+		if !bytes.HasPrefix(k, prefix) {
 			return store.ErrStop
 		}
 		n++
 		return nil
-	}); err != nil {
-		return err
-	}
-	if n <= s.o.TimelineLength {
-		return nil
-	}
-	old := make([][]byte, 0, n-s.o.TimelineLength)
-	if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
-		if !inPrefix(k) || len(old) == cap(old) {
-			return store.ErrStop
-		}
-		old = append(old, append([]byte(nil), k...))
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, k := range old {
-		if err := tx.Delete(bucketTimeline, k); err != nil {
-			return err
-		}
-	}
-	return nil
+	})
+	return n, err
 }
 
 // Timeline returns up to limit of id's newest timeline entries, newest
@@ -911,8 +934,8 @@ func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
 			if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) || len(out) == limit {
 				return store.ErrStop
 			}
-			var e Entry
-			if err := json.Unmarshal(v, &e); err != nil {
+			e, err := decodeEntry(v)
+			if err != nil {
 				return err
 			}
 			out = append(out, e)

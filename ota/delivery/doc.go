@@ -20,9 +20,11 @@
 // cover is answered "rate limited" with the time after which it would be.
 //
 // Events from devices are appended to the device's timeline (durable before
-// the device's PUBACK) and the timeline is trimmed to its newest
-// TimelineLength entries. An event naming a rollout the device was never
-// offered is refused.
+// the device's PUBACK), as are the broker's offers and cancels. Readers get
+// the newest TimelineLength entries; the store keeps up to a quarter more
+// and trims back to TimelineLength at once, with a per-device count so
+// that an append never counts the entries. An event naming a rollout the
+// device was never offered is refused.
 //
 // The package speaks to devices through the Sender interface, implemented by
 // the MQTT hooks; it never sees a topic or a connection.

@@ -62,16 +62,22 @@ func encodeOffer(of *Offer) []byte {
 	return b
 }
 
-// offerReader reads the fields of a binary offer record in order; the
-// first problem sticks.
+// offerReader reads the fields of a binary record (an offer, a timeline
+// entry) in order; the first problem sticks, wrapping base (errOffer when
+// nil).
 type offerReader struct {
-	b   []byte
-	err error
+	b    []byte
+	base error
+	err  error
 }
 
 func (r *offerReader) fail(what string) {
 	if r.err == nil {
-		r.err = fmt.Errorf("%w: %s", errOffer, what)
+		base := r.base
+		if base == nil {
+			base = errOffer
+		}
+		r.err = fmt.Errorf("%w: %s", base, what)
 	}
 }
 
@@ -116,7 +122,16 @@ func (r *offerReader) bytes(what string, n int) []byte {
 
 // str reads a length-prefixed string through intern (nil: a plain copy).
 func (r *offerReader) str(what string, intern func([]byte) string) string {
-	v := r.bytes(what, int(r.uvarint(what, maxOfferString)))
+	return r.strIn(what, maxOfferString, intern)
+}
+
+// strMax reads a length-prefixed string of at most max bytes.
+func (r *offerReader) strMax(what string, max uint64) string {
+	return r.strIn(what, max, nil)
+}
+
+func (r *offerReader) strIn(what string, max uint64, intern func([]byte) string) string {
+	v := r.bytes(what, int(r.uvarint(what, max)))
 	if r.err != nil {
 		return ""
 	}
@@ -174,4 +189,70 @@ func decodeOffer(v []byte, intern func([]byte) string) (*Offer, error) {
 	}
 	of.Created = time.Unix(0, created).UTC()
 	return of, nil
+}
+
+// A timeline entry is a binary record too (entryVersion): one is written
+// for every offer, every cancel and every event a device sends. Entries
+// written before it are JSON and still read.
+//
+//	version (1) · progress (1) · time (Unix ns, varint) · device time
+//	(uvarint) · source, type, rollout ID, version, error, detail (each a
+//	uvarint length and its bytes)
+const entryVersion = 1
+
+// maxEntryString bounds each string of a stored entry when it is read back
+// (a device's detail is at most wire.MaxDetailLen; the broker's strings
+// are IDs and names).
+const maxEntryString = 1024
+
+var errEntry = errors.New("bad timeline entry")
+
+// encodeEntry returns e's stored record.
+func encodeEntry(e *Entry) []byte {
+	strs := [...]string{e.Source, e.Type, e.RolloutID, e.Version, e.Error, e.Detail}
+	n := 2 + 2*binary.MaxVarintLen64
+	for _, s := range strs {
+		n += binary.MaxVarintLen16 + len(s)
+	}
+	b := make([]byte, 0, n)
+	b = append(b, entryVersion, e.Progress)
+	b = binary.AppendVarint(b, e.Time.UnixNano())
+	b = binary.AppendUvarint(b, e.DeviceTime)
+	for _, s := range strs {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// decodeEntry parses a stored timeline entry, binary or (written before
+// the binary record) JSON.
+func decodeEntry(v []byte) (Entry, error) {
+	var e Entry
+	if len(v) > 0 && v[0] == '{' {
+		if err := json.Unmarshal(v, &e); err != nil {
+			return Entry{}, fmt.Errorf("%w: %v", errEntry, err)
+		}
+		return e, nil
+	}
+	if len(v) < 2 || v[0] != entryVersion {
+		return Entry{}, fmt.Errorf("%w: unknown format (%d bytes)", errEntry, len(v))
+	}
+	e.Progress = v[1]
+	r := &offerReader{b: v[2:], base: errEntry}
+	t := r.varint("time")
+	e.DeviceTime = r.uvarint("device time", 1<<64-1)
+	for _, f := range [...]struct {
+		what string
+		s    *string
+	}{{"source", &e.Source}, {"type", &e.Type}, {"rollout id", &e.RolloutID}, {"version", &e.Version}, {"error", &e.Error}, {"detail", &e.Detail}} {
+		*f.s = r.strMax(f.what, maxEntryString)
+	}
+	if r.err == nil && len(r.b) != 0 {
+		r.fail(fmt.Sprintf("%d bytes after the record", len(r.b)))
+	}
+	if r.err != nil {
+		return Entry{}, r.err
+	}
+	e.Time = time.Unix(0, t).UTC()
+	return e, nil
 }

@@ -2,8 +2,11 @@ package delivery
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -114,7 +117,44 @@ func TestTimelineTrimKeepsNewest(t *testing.T) {
 		if want := min(i+2, 3); len(tl) != want || tl[0].Progress != uint8(i) {
 			t.Fatalf("after %d events: %d entries (want %d), newest %+v", i+1, len(tl), want, tl[0])
 		}
+		// stored: at most the length and its slack (1 here), and the
+		// count says how many
+		stored, counted := storedTimeline(t, e.db, "d1")
+		want := i + 2 // the offer and the events
+		if want > 4 {
+			want = 3 + (want-5)%2 // the fifth is trimmed back to 3, and so on
+		}
+		if stored != want {
+			t.Fatalf("after %d events: %d entries stored, want %d", i+1, stored, want)
+		}
+		if counted != stored {
+			t.Fatalf("after %d events: %d entries stored, the count says %d", i+1, stored, counted)
+		}
 	}
+}
+
+// storedTimeline returns how many entries id's timeline holds in the
+// store, and what its count record says.
+func storedTimeline(t *testing.T, db store.Store, id string) (stored, counted int) {
+	t.Helper()
+	prefix := []byte(id + "\x00")
+	if err := db.View(context.Background(), func(tx store.Tx) error {
+		if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
+			if !strings.HasPrefix(string(k), string(prefix)) {
+				return store.ErrStop
+			}
+			stored++
+			return nil
+		}); err != nil {
+			return err
+		}
+		n, _ := binary.Uvarint(tx.Get(bucketTimelineLen, []byte(id)))
+		counted = int(n)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return stored, counted
 }
 
 func FuzzDecodeOffer(f *testing.F) {
@@ -133,4 +173,162 @@ func FuzzDecodeOffer(f *testing.F) {
 			}
 		}
 	})
+}
+
+func sampleEntry() Entry {
+	return Entry{Time: time.Date(2026, 11, 26, 12, 0, 0, 123, time.UTC), Source: "device", Type: "update.download.progress",
+		RolloutID: "r2", Version: "1.1.0", Progress: 40, Error: "flash_write", Detail: "sector 12", DeviceTime: 1795000000}
+}
+
+func TestEntryRecordRoundTrip(t *testing.T) {
+	for _, e := range []Entry{sampleEntry(), {Time: time.Unix(0, 0).UTC()}} {
+		got, err := decodeEntry(encodeEntry(&e))
+		if err != nil || got != e {
+			t.Fatalf("%+v decodes as %+v (%v)", e, got, err)
+		}
+	}
+	// an entry written before the binary record
+	e := sampleEntry()
+	j, _ := json.Marshal(e)
+	if got, err := decodeEntry(j); err != nil || got != e {
+		t.Fatalf("JSON %s decodes as %+v (%v)", j, got, err)
+	}
+	b := encodeEntry(&e)
+	for _, bad := range [][]byte{nil, {}, {2, 0}, b[:len(b)-1], append(b, 0), {'{'}} {
+		if _, err := decodeEntry(bad); !errors.Is(err, errEntry) {
+			t.Errorf("decodeEntry(%x): %v, want errEntry", bad, err)
+		}
+	}
+}
+
+// A store from before the entry count: its JSON entries are read, counted
+// once, and trimmed like the others.
+func TestTimelineFromOlderStore(t *testing.T) {
+	e := setup(t, 1000, Options{TimelineLength: 4})
+	e.offer("d1") // one entry, with its count
+	var old []Entry
+	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
+		if err := tx.Delete(bucketTimelineLen, []byte("d1")); err != nil {
+			return err
+		}
+		for i := range 2 {
+			en := Entry{Time: e.clk.Now().Add(time.Duration(i+1) * time.Millisecond), Source: "device", Type: "update.check.started", RolloutID: "r1"}
+			old = append(old, en)
+			v, _ := json.Marshal(en)
+			if err := tx.Put(bucketTimeline, timelineKey("d1", en.Time, uint64(1000+i)), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		e.clk.Advance(time.Second)
+		if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tl, err := e.svc.Timeline("d1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1 offer + 2 old + 3 new = 6, trimmed to the newest 4: the old ones
+	// (the offer and the first old one are gone)
+	if len(tl) != 4 || tl[0].Progress != 2 || tl[3] != old[1] {
+		t.Fatalf("timeline %+v", tl)
+	}
+	if err := e.db.View(context.Background(), func(tx store.Tx) error {
+		if n, err := timelineLen(tx, "d1", []byte("d1\x00")); err != nil || n != 4 {
+			t.Errorf("stored count %d (%v), want 4", n, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A failed event transaction leaves the count as it was: the timeline
+// keeps its length afterwards.
+func TestTimelineCountFailedTransaction(t *testing.T) {
+	fail := false
+	e := setup(t, 1000, Options{TimelineLength: 3, EventFault: func() error {
+		if fail {
+			return errors.New("injected")
+		}
+		return nil
+	}})
+	e.offer("d1")
+	for i := range 8 {
+		e.clk.Advance(time.Second)
+		fail = i%2 == 1
+		err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)})
+		if fail != (err != nil) {
+			t.Fatalf("event %d: %v", i, err)
+		}
+	}
+	tl, err := e.svc.Timeline("d1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tl) != 3 || tl[0].Progress != 6 || tl[1].Progress != 4 || tl[2].Progress != 2 {
+		t.Fatalf("timeline %+v", tl)
+	}
+}
+
+func FuzzDecodeEntry(f *testing.F) {
+	e := sampleEntry()
+	f.Add(encodeEntry(&e))
+	f.Add(encodeEntry(&Entry{}))
+	j, _ := json.Marshal(e)
+	f.Add(j)
+	f.Fuzz(func(t *testing.T, v []byte) {
+		en, err := decodeEntry(v)
+		if err != nil {
+			return
+		}
+		if v[0] == entryVersion {
+			if again, err := decodeEntry(encodeEntry(&en)); err != nil || again != en {
+				t.Fatalf("re-encoded %+v decodes as %+v (%v)", en, again, err)
+			}
+		}
+	})
+}
+
+// BenchmarkTimelineAppend: one entry appended to each of 100 devices,
+// each timeline full (as in any broker that has run a while), in one
+// transaction, the way a rollout's pass writes its offers.
+func BenchmarkTimelineAppend(b *testing.B) {
+	db, err := store.Open(filepath.Join(b.TempDir(), "x.db"), &store.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	s := &Service{db: db, o: Options{TimelineLength: DefaultTimelineLength}}
+	ids := make([]string, 100)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%05d", i)
+	}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	appendAll := func() {
+		if err := db.Update(context.Background(), func(tx store.Tx) error {
+			for _, id := range ids {
+				at = at.Add(time.Millisecond)
+				if err := s.appendTimeline(tx, id, Entry{Time: at, Source: "broker", Type: "offer", RolloutID: "r1", Version: "1.2.3"}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range DefaultTimelineLength + timelineSlack(DefaultTimelineLength) {
+		appendAll()
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		appendAll()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/append")
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 
 	"github.com/otamq/otamq/ota/store"
@@ -40,8 +39,8 @@ func (s *Service) TimelinePage(id, before string, limit int) (entries []Entry, c
 				more = true
 				return store.ErrStop
 			}
-			var e Entry
-			if err := json.Unmarshal(v, &e); err != nil {
+			e, err := decodeEntry(v)
+			if err != nil {
 				return err
 			}
 			entries = append(entries, e)
