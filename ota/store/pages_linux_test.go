@@ -198,3 +198,39 @@ func TestBulkWritesReleaseAtMostOncePerInterval(t *testing.T) {
 		t.Fatalf("released again within the interval: %d KiB mapped before the writes, %d KiB after", before>>10, after>>10)
 	}
 }
+
+// A release the interval held back is made when the interval ends, with
+// no write after the burst.
+func TestHeldReleaseMadeWhenIntervalEnds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.db")
+	const interval = 3 * time.Second
+	db, err := Open(path, &Options{NoSync: true, releaseInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	fill(t, db, 0, 8000) // the first release, at once
+	start := time.Now()
+	for i := range 8 {
+		fill(t, db, 1000*i, 1000) // more than releaseEvery page writes, held back
+	}
+	readAll(t, db, 8000)
+	before := mappedRSS(t, path)
+	if n := db.releases.Load(); n != 1 {
+		t.Fatalf("%d releases after the burst, want 1 (the burst and the read took %v, the interval is %v)", n, time.Since(start), interval)
+	}
+	if before < 4<<20 {
+		t.Fatalf("only %d KiB of the store mapped after reading all of it", before>>10)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for db.releases.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no release 30 s after the burst (interval %v)", interval)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := mappedRSS(t, path); after > before/4 {
+		t.Fatalf("mapped store pages resident: %d KiB after the burst, %d KiB after the held release", before>>10, after>>10)
+	}
+	readAll(t, db, 8000)
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -68,6 +69,7 @@ type DB struct {
 	releasedAt      int64
 	releasedTime    time.Time
 	releaseInterval time.Duration
+	releases        atomic.Int64 // releases the writer made, for tests
 }
 
 type request struct {
@@ -217,10 +219,31 @@ func (db *DB) Close() error {
 
 // writer is the group-commit goroutine: it takes one request, gathers every
 // other request already waiting (up to MaxBatch), and commits them together.
+//
+// A release of the mapped pages that releaseInterval held back (see
+// afterWrites) is made once the interval is over, even if no write comes
+// then: otherwise the pages of a burst's last writes would stay resident
+// until the next burst.
 func (db *DB) writer() {
 	defer close(db.done)
 	batch := make([]*request, 0, db.max)
-	for r := range db.reqs {
+	held := time.NewTimer(time.Hour)
+	held.Stop()
+	armed := false
+	defer held.Stop()
+	for {
+		var r *request
+		select {
+		case req, ok := <-db.reqs:
+			if !ok {
+				return
+			}
+			r = req
+		case <-held.C:
+			armed = false
+			db.afterWrites()
+			continue
+		}
 		batch = append(batch[:0], r)
 	gather:
 		for len(batch) < db.max {
@@ -239,6 +262,10 @@ func (db *DB) writer() {
 		// hold, such as a status flush's encoded records) must not stay
 		// reachable until a batch as large comes along.
 		clear(batch)
+		if d := db.releaseHeld(); d > 0 && !armed {
+			held.Reset(d)
+			armed = true
+		}
 	}
 }
 
@@ -269,9 +296,20 @@ func (db *DB) afterWrites() {
 		return
 	}
 	db.releasedAt, db.releasedTime = w, time.Now()
+	db.releases.Add(1)
 	if err := db.release(); err != nil {
 		db.log.Warn("store pages not released", "err", err)
 	}
+}
+
+// releaseHeld returns how long until a release that releaseInterval holds
+// back may be made (0: none is held back). Only the writer calls it.
+func (db *DB) releaseHeld() time.Duration {
+	st := db.bolt.Stats()
+	if st.TxStats.GetWrite()-db.releasedAt < releaseEvery {
+		return 0
+	}
+	return max(0, db.releaseInterval-time.Since(db.releasedTime))
 }
 
 func (db *DB) commit(batch []*request) {
