@@ -158,8 +158,9 @@ type Service struct {
 	fleet *fleet.Registry
 	o     Options
 
-	mu     sync.RWMutex // guards offers
-	offers map[string]*Offer
+	mu      sync.RWMutex // guards offers and commons
+	offers  map[string]held
+	commons map[commonKey]*offerCommon
 
 	// Block serving runs on every downloading device's read goroutine, so
 	// its state is per device: devMu guards only the map, each devState
@@ -229,12 +230,13 @@ func New(db store.Store, cat *release.Catalog, reg *fleet.Registry, opts *Option
 	if o.TimelineLength <= 0 {
 		o.TimelineLength = DefaultTimelineLength
 	}
-	s := &Service{db: db, cat: cat, fleet: reg, o: o, offers: map[string]*Offer{}, devs: map[string]*devState{}}
+	s := &Service{db: db, cat: cat, fleet: reg, o: o, offers: map[string]held{}, commons: map[commonKey]*offerCommon{}, devs: map[string]*devState{}}
 	if o.GlobalRate > 0 {
 		s.global = bucket{rate: o.GlobalRate, burst: o.GlobalRate, tokens: o.GlobalRate, last: o.Clock.Now()}
 	}
 	// A rollout's offers share their rollout, release and version;
-	// decoded, each would have copies of its own.
+	// decoded, each would have copies of its own until hold finds their
+	// common part.
 	seen := map[string]string{}
 	intern := func(b []byte) string {
 		if c, ok := seen[string(b)]; ok {
@@ -250,7 +252,7 @@ func New(db store.Store, cat *release.Catalog, reg *fleet.Registry, opts *Option
 			if err != nil {
 				return fmt.Errorf("offer of %q: %w", k, err)
 			}
-			s.offers[of.Device] = of
+			s.hold(of)
 			return nil
 		})
 	})
@@ -269,20 +271,20 @@ func (nopSender) SendCommand(string, []byte) error { return ErrNoReceiver }
 func (s *Service) Current(id string) (Offer, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	of := s.offers[id]
-	if of == nil || of.Cancelled {
+	h, ok := s.offers[id]
+	if !ok || h.cancelled {
 		return Offer{}, false
 	}
-	return *of, true
+	return h.offer(id), true
 }
 
 // Offers returns the current offers, by device.
 func (s *Service) Offers() []Offer {
 	s.mu.RLock()
 	out := make([]Offer, 0, len(s.offers))
-	for _, of := range s.offers {
-		if !of.Cancelled {
-			out = append(out, *of)
+	for id, h := range s.offers {
+		if !h.cancelled {
+			out = append(out, h.offer(id))
 		}
 	}
 	s.mu.RUnlock()
@@ -486,7 +488,7 @@ func (s *Service) putOffer(tx store.Tx, of *Offer) error {
 	}
 	tx.OnCommit(func() {
 		s.mu.Lock()
-		s.offers[of.Device] = of
+		s.hold(of)
 		s.mu.Unlock()
 	})
 	return nil
@@ -766,7 +768,7 @@ func (s *Service) childrenOffered(gw string, d manifest.Digest) int {
 	n := 0
 	s.mu.RLock()
 	for _, k := range kids {
-		if of := s.offers[k]; of != nil && !of.Cancelled && of.Digest == d {
+		if h, ok := s.offers[k]; ok && !h.cancelled && h.c.key.digest == d {
 			n++
 		}
 	}
@@ -993,6 +995,6 @@ func (s *Service) Event(ctx context.Context, id string, ev wire.Event) error {
 func (s *Service) knownRollout(id, rollout string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	of := s.offers[id]
-	return of != nil && (of.RolloutID == rollout || slices.Contains(of.Recent, rollout))
+	h, ok := s.offers[id]
+	return ok && (h.c.key.rollout == rollout || slices.Contains(h.c.recent, rollout))
 }
