@@ -19,6 +19,7 @@ import (
 
 	"github.com/otamq/otamq/broker"
 	"github.com/otamq/otamq/config"
+	"github.com/otamq/otamq/internal/stackstart"
 	"github.com/otamq/otamq/internal/version"
 )
 
@@ -39,11 +40,16 @@ Environment:
   OTAMQ_FIRST_OPERATOR_PASSWORD  password of the first operator (instead of
                                  a generated one), used only on an empty
                                  database
+  GODEBUG                        otamq starts itself again with
+                                 adaptivestackstart=0 added unless GODEBUG
+                                 sets adaptivestackstart (smaller goroutine
+                                 stacks after a fleet reconnects at once)
 
 Flags:
 `
 
 func main() {
+	stackstart.Ensure()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

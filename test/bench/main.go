@@ -23,6 +23,8 @@ import (
 	"runtime/pprof"
 	"strings"
 	"time"
+
+	"github.com/otamq/otamq/internal/stackstart"
 )
 
 var (
@@ -50,6 +52,9 @@ func main() {
 	flag.Parse()
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
 	if *serve != "" {
+		if strings.HasPrefix(*serve, "otamq") {
+			stackstart.Ensure() // as cmd/otamq runs
+		}
 		if err := runServer(*serve, *serveData); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
 			os.Exit(1)

@@ -16,12 +16,13 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otamq/otamq/cmd/otactl/rpc"
+	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/rollout"
 )
 
 var (
 	roConns  = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
-	roRounds = flag.Int("ro-rounds", 3, "rollout offers benchmark: rounds (the median is reported)")
+	roRounds = flag.Int("ro-rounds", 7, "rollout offers benchmark: rounds (the median is reported)")
 	roProf   = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
 	roTrace  = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
 )
@@ -38,10 +39,12 @@ var (
 //
 // otamq: the real broker; the rollout (every device, one wave of 100 %,
 // no rate limit) is created through the admin API, then rollout/start:
-// the engine's next pass decides every offer, commits them (1000 devices a
-// transaction, each offer with its timeline entry and the device's
-// rollout record, fsync on) and pushes them. The time runs from the start
-// request to the last offer received. Then the rollout is aborted (every
+// the engine's next pass decides every offer, commits them (transactions of
+// 250 devices, then twice as many up to 4,000; each offer with its
+// timeline entry and the device's rollout record, fsync on) and pushes
+// them. The time runs from the start request to the last offer received.
+// Each server has settled after the devices connected (for otamq: their
+// status flushed, their connects published) before its measurement. Then the rollout is aborted (every
 // device gets the empty offer), for the next round's rollout.
 //
 // plain mochi (otamq's capabilities, no hooks): its inline client
@@ -96,6 +99,12 @@ func benchRolloutOffers() error {
 		}
 		subs, err := subscribeOffers(oc.mqttAddr, n, true)
 		if err != nil {
+			return err
+		}
+		// the status flush and the connect events of the devices that
+		// just connected are theirs, not the offers'
+		if err := oc.settle(fleet.DefaultFlushInterval + 500*time.Millisecond); err != nil {
+			subs.close()
 			return err
 		}
 		profDone := make(chan error, 1)
@@ -157,6 +166,10 @@ func benchRolloutOffers() error {
 
 		subs, err = subscribeOffers(mc.mqttAddr, n, false)
 		if err != nil {
+			return err
+		}
+		if err := mc.settle(0); err != nil {
+			subs.close()
 			return err
 		}
 		mcpu0, err := mc.cpu()

@@ -354,3 +354,28 @@ func (c *child) cpu() (time.Duration, error) {
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
+
+// settle waits at least least, then until the child has been idle (at most
+// one 10 ms tick of CPU in 200 ms) or 15 s have passed: what connecting
+// devices set off (otamq writes their status every fleet.DefaultFlushInterval
+// and publishes their connects) is done before a measurement starts.
+func (c *child) settle(least time.Duration) error {
+	time.Sleep(least)
+	deadline := time.Now().Add(15 * time.Second)
+	prev, err := c.cpu()
+	if err != nil {
+		return err
+	}
+	for time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		cur, err := c.cpu()
+		if err != nil {
+			return err
+		}
+		if cur-prev <= 10*time.Millisecond {
+			return nil
+		}
+		prev = cur
+	}
+	return nil
+}
