@@ -854,7 +854,8 @@ func timelineKey(id string, t time.Time, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// appendTimeline adds e to id's timeline and trims it to its newest
+// appendTimeline adds e to id's timeline; a timeline that holds more than
+// TimelineLength and its slack is trimmed back to its newest
 // TimelineLength entries.
 //
 // The device's entry count is kept in bucketTimelineLen, so that an append
@@ -875,8 +876,8 @@ func (s *Service) appendTimeline(tx store.Tx, id string, e Entry) error {
 	n++
 	if keep := uint64(s.o.TimelineLength); n > keep+timelineSlack(keep) {
 		over := n - keep
-		// the oldest entries, those this append pushed out; only their
-		// keys are copied
+		// the oldest entries beyond the length; only their keys are
+		// copied
 		old := make([][]byte, 0, over)
 		if err := tx.Scan(bucketTimeline, prefix, false, func(k, _ []byte) error {
 			if !bytes.HasPrefix(k, prefix) || uint64(len(old)) == over {
