@@ -101,7 +101,8 @@ func TestOfferRecordDamaged(t *testing.T) {
 	}
 }
 
-// A full timeline keeps its length: each append deletes the oldest entry.
+// A full timeline keeps its length: readers see the newest entries, and
+// the store trims back to the length once it holds the slack more.
 func TestTimelineTrimKeepsNewest(t *testing.T) {
 	e := setup(t, 1000, Options{TimelineLength: 3})
 	e.offer("d1")
@@ -248,30 +249,37 @@ func TestTimelineFromOlderStore(t *testing.T) {
 	}
 }
 
-// A failed event transaction leaves the count as it was: the timeline
-// keeps its length afterwards.
+// A transaction that appended and then failed leaves the entries and the
+// count as they were: the timeline keeps its length afterwards.
 func TestTimelineCountFailedTransaction(t *testing.T) {
-	fail := false
-	e := setup(t, 1000, Options{TimelineLength: 3, EventFault: func() error {
-		if fail {
-			return errors.New("injected")
-		}
-		return nil
-	}})
+	e := setup(t, 1000, Options{TimelineLength: 3})
 	e.offer("d1")
-	for i := range 8 {
+	failed := errors.New("injected after the append")
+	for i := range 12 {
 		e.clk.Advance(time.Second)
-		fail = i%2 == 1
-		err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)})
-		if fail != (err != nil) {
-			t.Fatalf("event %d: %v", i, err)
+		fail := i%2 == 1
+		err := e.db.Update(context.Background(), func(tx store.Tx) error {
+			if err := e.svc.appendTimeline(tx, "d1", Entry{Time: e.clk.Now(), Source: "device", Type: "update.download.progress", RolloutID: "r1", Progress: uint8(i)}); err != nil {
+				return err
+			}
+			if fail {
+				return failed
+			}
+			return nil
+		})
+		if fail != errors.Is(err, failed) {
+			t.Fatalf("append %d: %v", i, err)
+		}
+		stored, counted := storedTimeline(t, e.db, "d1")
+		if stored != counted || stored > 4 {
+			t.Fatalf("after append %d: %d entries stored, the count says %d (at most 4: the length and its slack)", i, stored, counted)
 		}
 	}
 	tl, err := e.svc.Timeline("d1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(tl) != 3 || tl[0].Progress != 6 || tl[1].Progress != 4 || tl[2].Progress != 2 {
+	if len(tl) != 3 || tl[0].Progress != 10 || tl[1].Progress != 8 || tl[2].Progress != 6 {
 		t.Fatalf("timeline %+v", tl)
 	}
 }
@@ -331,4 +339,43 @@ func BenchmarkTimelineAppend(b *testing.B) {
 		appendAll()
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(ids)), "ns/append")
+}
+
+// Pages reach the newest TimelineLength entries only, also while the store
+// holds more (up to the slack, before its next trim).
+func TestTimelinePagesStopAtLength(t *testing.T) {
+	e := setup(t, 1000, Options{TimelineLength: 8})
+	e.offer("d1")
+	for i := range 9 { // with the offer: 10 entries stored, the slack is 2
+		e.clk.Advance(time.Second)
+		if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if stored, _ := storedTimeline(t, e.db, "d1"); stored != 10 {
+		t.Fatalf("%d entries stored, want 10 (not trimmed yet)", stored)
+	}
+	all, _, more, err := e.svc.TimelinePage("d1", "", 0)
+	if err != nil || len(all) != 8 || more || all[0].Progress != 8 || all[7].Progress != 1 {
+		t.Fatalf("one page: %d entries, more %v (%v): %+v", len(all), more, err, all)
+	}
+	var got []Entry
+	before := ""
+	for page := 0; ; page++ {
+		es, cs, more, err := e.svc.TimelinePage("d1", before, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, es...)
+		if !more {
+			break
+		}
+		if page > 5 || len(cs) == 0 {
+			t.Fatalf("page %d: more with %d entries", page, len(es))
+		}
+		before = cs[len(cs)-1]
+	}
+	if !reflect.DeepEqual(got, all) {
+		t.Fatalf("pages of 3 gave %d entries, want the %d of one page: %+v", len(got), len(all), got)
+	}
 }

@@ -203,7 +203,7 @@ func TestBulkWritesReleaseAtMostOncePerInterval(t *testing.T) {
 // no write after the burst.
 func TestHeldReleaseMadeWhenIntervalEnds(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "x.db")
-	const interval = 3 * time.Second
+	const interval = 10 * time.Second // far longer than the burst and the read
 	db, err := Open(path, &Options{NoSync: true, releaseInterval: interval})
 	if err != nil {
 		t.Fatal(err)
@@ -233,4 +233,51 @@ func TestHeldReleaseMadeWhenIntervalEnds(t *testing.T) {
 		t.Fatalf("mapped store pages resident: %d KiB after the burst, %d KiB after the held release", before>>10, after>>10)
 	}
 	readAll(t, db, 8000)
+}
+
+// However the writes and the releases interleave (a commit may make the
+// release the timer was set for, and more pages be written after it),
+// once the writes stop the pages written since the last release are
+// released within the interval.
+func TestNoReleaseLeftPendingAfterWrites(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "x.db"), &Options{NoSync: true, releaseInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	// pages written since the last release (read without a transaction:
+	// a commit would set the writer going)
+	pending := func() int64 {
+		st := db.bolt.Stats()
+		return st.TxStats.GetWrite() - db.releasedAt.Load()
+	}
+	for round := range 30 {
+		// write until a release happened, then once more each: the
+		// writes end just after a release, with more pages written
+		// since (the case where a commit made the release the timer was
+		// set for)
+		r0 := db.releases.Load()
+		var wg sync.WaitGroup
+		for w := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					done := db.releases.Load() > r0
+					fill(t, db, (w*4+i%4)*1000, 1000)
+					if done || i > 1000 {
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		deadline := time.Now().Add(30 * time.Second)
+		for pending() >= releaseEvery {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d pages written since the last release, 30 s after the writes stopped", round, pending())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }

@@ -66,7 +66,7 @@ type DB struct {
 
 	// The writer's: page writes and time at the last release of the
 	// mapped pages, and how long until the next may be.
-	releasedAt      int64
+	releasedAt      atomic.Int64 // written by the writer only; atomic for tests
 	releasedTime    time.Time
 	releaseInterval time.Duration
 	releases        atomic.Int64 // releases the writer made, for tests
@@ -229,8 +229,15 @@ func (db *DB) writer() {
 	batch := make([]*request, 0, db.max)
 	held := time.NewTimer(time.Hour)
 	held.Stop()
-	armed := false
 	defer held.Stop()
+	// arm sets the timer for a release held back, if one is (Reset of a
+	// running timer moves it: the time is counted from the last release,
+	// so it stays the same).
+	arm := func() {
+		if d, ok := db.releaseHeld(); ok {
+			held.Reset(d)
+		}
+	}
 	for {
 		var r *request
 		select {
@@ -240,8 +247,8 @@ func (db *DB) writer() {
 			}
 			r = req
 		case <-held.C:
-			armed = false
 			db.afterWrites()
+			arm() // a commit made the release meanwhile and more pages were written since
 			continue
 		}
 		batch = append(batch[:0], r)
@@ -262,10 +269,7 @@ func (db *DB) writer() {
 		// hold, such as a status flush's encoded records) must not stay
 		// reachable until a batch as large comes along.
 		clear(batch)
-		if d := db.releaseHeld(); d > 0 && !armed {
-			held.Reset(d)
-			armed = true
-		}
+		arm()
 	}
 }
 
@@ -292,24 +296,27 @@ const (
 func (db *DB) afterWrites() {
 	st := db.bolt.Stats()
 	w := st.TxStats.GetWrite()
-	if w-db.releasedAt < releaseEvery || time.Since(db.releasedTime) < db.releaseInterval {
+	if w-db.releasedAt.Load() < releaseEvery || time.Since(db.releasedTime) < db.releaseInterval {
 		return
 	}
-	db.releasedAt, db.releasedTime = w, time.Now()
+	db.releasedAt.Store(w)
+	db.releasedTime = time.Now()
 	db.releases.Add(1)
 	if err := db.release(); err != nil {
 		db.log.Warn("store pages not released", "err", err)
 	}
 }
 
-// releaseHeld returns how long until a release that releaseInterval holds
-// back may be made (0: none is held back). Only the writer calls it.
-func (db *DB) releaseHeld() time.Duration {
+// releaseHeld reports whether enough pages were written since the last
+// release of the mapped pages for another, and how long until it may be
+// made (at least a millisecond: one due now, after a commit that failed,
+// is made by the timer too). Only the writer calls it.
+func (db *DB) releaseHeld() (time.Duration, bool) {
 	st := db.bolt.Stats()
-	if st.TxStats.GetWrite()-db.releasedAt < releaseEvery {
-		return 0
+	if st.TxStats.GetWrite()-db.releasedAt.Load() < releaseEvery {
+		return 0, false
 	}
-	return max(0, db.releaseInterval-time.Since(db.releasedTime))
+	return max(time.Millisecond, db.releaseInterval-time.Since(db.releasedTime)), true
 }
 
 func (db *DB) commit(batch []*request) {

@@ -53,6 +53,9 @@ var (
 // one after the other. Time from the request to publish to the last
 // message received.
 func benchRolloutOffers() error {
+	if *roProf != "" && *roTrace != "" {
+		return fmt.Errorf("give -ro-offers-cpuprofile or -ro-offers-trace, not both: the server takes one at a time")
+	}
 	n := *roConns
 	fmt.Printf("== offers pushed by a rollout to %d connected devices (raw MQTT 3.1.1 clients subscribed to their manifest topic, QoS 1) against plain mochi publishing the same payloads, %d rounds; servers in child processes\n", n, *roRounds)
 	ctx := context.Background()

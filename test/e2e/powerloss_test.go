@@ -670,24 +670,24 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 	share := int64(float64(c.size) * (0.05 + 0.85*c.rng.Float64()))
 	extra := c.rng.IntN(20)
 	seen := false
-	var asked time.Time
 	over := func(p phase, s flashState) bool {
-		if p == phCommitted || p == phNone && seen {
-			return true
-		}
-		if p != phRolledBack || !strings.HasPrefix(s.rollout, id) {
-			return false
-		}
-		if s.flags&pfIgnoreOffer != 0 {
-			return true // the agent will not take this offer again
-		}
-		// Rolled back after a power cut, the agent would take the same
-		// offer again (its flags are clear), but the broker withdraws the
-		// offer of a member it counts rolled back: the agent gets it
-		// again only if the retained offer reached it before the
-		// withdrawal. Once the rollout has the member done, with the
-		// agent still rolled back, the round is over for it.
-		if time.Since(asked) < 100*time.Millisecond {
+		// rolled back after a power cut, the agent takes the same offer
+		// again (its flags are clear; see withdrawn); otherwise not
+		// before a new rollout
+		return p == phCommitted || p == phNone && seen ||
+			p == phRolledBack && s.flags&pfIgnoreOffer != 0 && strings.HasPrefix(s.rollout, id)
+	}
+	// withdrawn: rolled back after a power cut, the agent would take the
+	// same offer again, but the broker withdraws the offer of a member it
+	// counts rolled back; the agent gets it again only if the retained
+	// offer reached it before the withdrawal. Once the rollout has the
+	// member done, with the agent still rolled back, the round is over
+	// for it. Asked at most every 100 ms, never with the agent stopped
+	// (otactl takes a while).
+	var asked time.Time
+	withdrawn := func(p phase, s flashState) bool {
+		if p != phRolledBack || s.flags&pfIgnoreOffer != 0 || !strings.HasPrefix(s.rollout, id) ||
+			time.Since(asked) < 100*time.Millisecond {
 			return false
 		}
 		asked = time.Now()
@@ -744,7 +744,7 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 				continue
 			}
 			seen = seen || p > phNone && p < phCommitted
-			if over(p, s) {
+			if over(p, s) || withdrawn(p, s) {
 				return p, s, nil, nil
 			}
 			if !near(p, s) {
@@ -778,6 +778,9 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 			return p, s, nil, nil
 		}
 		c.a.thaw(kids)
+		if booted && withdrawn(p, s) {
+			return p, s, nil, nil
+		}
 		time.Sleep(time.Duration(20+c.rng.IntN(280)) * time.Microsecond)
 	}
 	return 0, flashState{}, nil, fmt.Errorf("not there within 3 minutes")
