@@ -280,7 +280,7 @@ func TestPowerLoss(t *testing.T) {
 		withdrawn += c.withdrawn
 	}
 	rec.figure("rounds (rollouts)", "%s", strings.Join(rounds, "; "))
-	rec.figure("power-cut reverts after which the broker withdrew the offer before the agent took it again (the agent waits for the next rollout)", "%d", withdrawn)
+	rec.figure("agent rounds ended by the broker's withdrawal of the offer (the member done, the agent rolled back or idle; it takes the release in the next round)", "%d", withdrawn)
 	rec.figure("first rollout to every agent committed", "%.1f s", took.Seconds())
 }
 
@@ -679,15 +679,17 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 	}
 	// withdrawn: rolled back after a power cut, the agent would take the
 	// same offer again, but the broker withdraws the offer of a member it
-	// counts rolled back; the agent gets it again only if the retained
-	// offer reached it before the withdrawal. Once the rollout has the
-	// member done, with the agent still rolled back, the round is over
-	// for it. Asked at most every 100 ms, never with the agent stopped
-	// (otactl takes a while).
+	// counts rolled back. The agent gets it again only if the retained
+	// offer reached it before the withdrawal, and then the empty offer
+	// that follows may end that download (the agent idle again, maybe
+	// between two looks at its flash). Once the rollout has the member
+	// done, with the agent rolled back or idle, the round is over for it.
+	// Asked at most every 100 ms, never with the agent stopped (otactl
+	// takes a while).
 	var asked time.Time
 	withdrawn := func(p phase, s flashState) bool {
-		if p != phRolledBack || s.flags&pfIgnoreOffer != 0 || !strings.HasPrefix(s.rollout, id) ||
-			time.Since(asked) < 100*time.Millisecond {
+		idle := p == phNone || p == phRolledBack && s.flags&pfIgnoreOffer == 0 && strings.HasPrefix(s.rollout, id)
+		if !idle || time.Since(asked) < 100*time.Millisecond {
 			return false
 		}
 		asked = time.Now()
@@ -783,7 +785,9 @@ func (c *cutter) aim(target phase, id string) (phase, flashState, []int, error) 
 		}
 		time.Sleep(time.Duration(20+c.rng.IntN(280)) * time.Microsecond)
 	}
-	return 0, flashState{}, nil, fmt.Errorf("not there within 3 minutes")
+	last, err := readFlash(c.a.dir)
+	return 0, flashState{}, nil, fmt.Errorf("not there within 3 minutes (its flash: phase %s, state record %s, flags %#x, rollout %q, offset %d, slot1.part %d bytes; read: %v)",
+		last.phase(), last.state, last.flags, last.rollout, last.offset, last.part, err)
 }
 
 // memberDone reports whether the agent's member of rollout id is in a
