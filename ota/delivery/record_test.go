@@ -101,16 +101,25 @@ func TestOfferRecordDamaged(t *testing.T) {
 	}
 }
 
+// progress sends device id's download progress events first, first+1, ...
+// first+n-1 in rollout r1, a second apart.
+func (e *env) progress(id string, first, n int) {
+	e.t.Helper()
+	for i := first; i < first+n; i++ {
+		e.clk.Advance(time.Second)
+		if err := e.svc.Event(context.Background(), id, wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)}); err != nil {
+			e.t.Fatal(err)
+		}
+	}
+}
+
 // A full timeline keeps its length: readers see the newest entries, and
 // the store trims back to the length once it holds the slack more.
 func TestTimelineTrimKeepsNewest(t *testing.T) {
 	e := setup(t, 1000, Options{TimelineLength: 3})
 	e.offer("d1")
 	for i := range 6 {
-		e.clk.Advance(time.Second)
-		if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)}); err != nil {
-			t.Fatal(err)
-		}
+		e.progress("d1", i, 1)
 		tl, err := e.svc.Timeline("d1", 0)
 		if err != nil {
 			t.Fatal(err)
@@ -224,12 +233,7 @@ func TestTimelineFromOlderStore(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 3 {
-		e.clk.Advance(time.Second)
-		if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.progress("d1", 0, 3)
 	tl, err := e.svc.Timeline("d1", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -346,12 +350,7 @@ func BenchmarkTimelineAppend(b *testing.B) {
 func TestTimelinePagesStopAtLength(t *testing.T) {
 	e := setup(t, 1000, Options{TimelineLength: 8})
 	e.offer("d1")
-	for i := range 9 { // with the offer: 10 entries stored, the slack is 2
-		e.clk.Advance(time.Second)
-		if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadProgress, RolloutID: "r1", Progress: uint8(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	e.progress("d1", 0, 9) // with the offer: 10 entries stored, the slack is 2
 	if stored, _ := storedTimeline(t, e.db, "d1"); stored != 10 {
 		t.Fatalf("%d entries stored, want 10 (not trimmed yet)", stored)
 	}
