@@ -125,11 +125,8 @@ func (r *offerReader) str(what string, intern func([]byte) string) string {
 	return r.strIn(what, maxOfferString, intern)
 }
 
-// strMax reads a length-prefixed string of at most max bytes.
-func (r *offerReader) strMax(what string, max uint64) string {
-	return r.strIn(what, max, nil)
-}
-
+// strIn reads a length-prefixed string of at most max bytes through intern
+// (nil: a plain copy).
 func (r *offerReader) strIn(what string, max uint64, intern func([]byte) string) string {
 	v := r.bytes(what, int(r.uvarint(what, max)))
 	if r.err != nil {
@@ -245,7 +242,7 @@ func decodeEntry(v []byte) (Entry, error) {
 		what string
 		s    *string
 	}{{"source", &e.Source}, {"type", &e.Type}, {"rollout id", &e.RolloutID}, {"version", &e.Version}, {"error", &e.Error}, {"detail", &e.Detail}} {
-		*f.s = r.strMax(f.what, maxEntryString)
+		*f.s = r.strIn(f.what, maxEntryString, nil)
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail(fmt.Sprintf("%d bytes after the record", len(r.b)))

@@ -230,11 +230,11 @@ func (db *DB) writer() {
 	held := time.NewTimer(time.Hour)
 	held.Stop()
 	defer held.Stop()
-	// arm sets the timer for a release held back, if one is (Reset of a
-	// running timer moves it: the time is counted from the last release,
-	// so it stays the same).
-	arm := func() {
-		if d, ok := db.releaseHeld(); ok {
+	// release makes a release of the mapped pages that is due, or sets
+	// the timer for one held back (Reset of a running timer moves it: the
+	// time is counted from the last release, so it stays the same).
+	release := func() {
+		if d, ok := db.afterWrites(); ok {
 			held.Reset(d)
 		}
 	}
@@ -247,8 +247,7 @@ func (db *DB) writer() {
 			}
 			r = req
 		case <-held.C:
-			db.afterWrites()
-			arm() // a commit made the release meanwhile and more pages were written since
+			release() // or again later: a batch made the release meanwhile, and more pages came since
 			continue
 		}
 		batch = append(batch[:0], r)
@@ -269,7 +268,7 @@ func (db *DB) writer() {
 		// hold, such as a status flush's encoded records) must not stay
 		// reachable until a batch as large comes along.
 		clear(batch)
-		arm()
+		release()
 	}
 }
 
@@ -292,12 +291,17 @@ const (
 
 // afterWrites releases the mapped pages once releaseEvery pages have been
 // written since the last time, and the last release is releaseInterval
-// ago. Only the writer goroutine calls it.
-func (db *DB) afterWrites() {
+// ago. Otherwise it reports whether such a release is held back by the
+// interval, and for how long (at least a millisecond). Only the writer
+// goroutine calls it, after each batch and when its timer fires.
+func (db *DB) afterWrites() (time.Duration, bool) {
 	st := db.bolt.Stats()
 	w := st.TxStats.GetWrite()
-	if w-db.releasedAt.Load() < releaseEvery || time.Since(db.releasedTime) < db.releaseInterval {
-		return
+	if w-db.releasedAt.Load() < releaseEvery {
+		return 0, false
+	}
+	if wait := db.releaseInterval - time.Since(db.releasedTime); wait > 0 {
+		return max(time.Millisecond, wait), true
 	}
 	db.releasedAt.Store(w)
 	db.releasedTime = time.Now()
@@ -305,18 +309,7 @@ func (db *DB) afterWrites() {
 	if err := db.release(); err != nil {
 		db.log.Warn("store pages not released", "err", err)
 	}
-}
-
-// releaseHeld reports whether enough pages were written since the last
-// release of the mapped pages for another, and how long until it may be
-// made (at least a millisecond: one due now, after a commit that failed,
-// is made by the timer too). Only the writer calls it.
-func (db *DB) releaseHeld() (time.Duration, bool) {
-	st := db.bolt.Stats()
-	if st.TxStats.GetWrite()-db.releasedAt.Load() < releaseEvery {
-		return 0, false
-	}
-	return max(time.Millisecond, db.releaseInterval-time.Since(db.releasedTime)), true
+	return 0, false
 }
 
 func (db *DB) commit(batch []*request) {
@@ -337,7 +330,6 @@ func (db *DB) commit(batch []*request) {
 			for _, r := range batch {
 				r.err <- nil
 			}
-			db.afterWrites()
 			return
 		case failed < 0 || len(batch) == 1:
 			// The commit itself failed (disk full, I/O error), or the only

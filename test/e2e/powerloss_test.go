@@ -803,7 +803,8 @@ func (c *cutter) memberDone(id string) bool {
 	}
 	for _, d := range ds {
 		if d.Device == c.a.id {
-			return slices.Contains([]string{"succeeded", "failed", "rolled_back", "timed_out", "skipped", "cancelled"}, d.State)
+			st, ok := rollout.ParseState(d.State)
+			return ok && st.Done()
 		}
 	}
 	return false

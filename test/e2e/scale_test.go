@@ -315,20 +315,7 @@ func (w *world) scaleFleet(seed uint64, groups []scaleGroup) *scaleFleet {
 		f.sims = append(f.sims, id)
 		fmt.Fprintf(&csv, "%s,esp32-v2,%s\n", id, g)
 	}
-	file, tokens := filepath.Join(w.dir, "fleet.csv"), filepath.Join(w.dir, "fleet.tokens")
-	if err := os.WriteFile(file, []byte(csv.String()), 0o600); err != nil {
-		w.t.Fatal(err)
-	}
-	w.must("device", "import", file, "--tokens", tokens)
-	b, err := os.ReadFile(tokens)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	tok := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n")[1:] {
-		id, t, _ := strings.Cut(line, ",")
-		tok[id] = t
-	}
+	tok := w.importDevices(csv.String())
 	simTokens := "id,token\n"
 	for _, id := range f.sims {
 		simTokens += id + "," + tok[id] + "\n"

@@ -264,6 +264,24 @@ func (w *world) fleet(seed uint64, groups []group, opts func(id, group string) a
 		ids[i] = fmt.Sprintf("dev-%02d", i+1)
 		csv += ids[i] + ",esp32-v2," + g + "\n"
 	}
+	tok := w.importDevices(csv)
+	var out []*agent
+	for i, id := range ids {
+		var o agentOpts
+		if opts != nil {
+			o = opts(id, names[i])
+		}
+		out = append(out, w.startAgent(id, names[i], tok[id], o))
+	}
+	w.waitFleet(out, "1.0.0")
+	return out
+}
+
+// importDevices registers the devices of csv (id,hardware,groups rows
+// after the header) with otactl device import and returns their tokens by
+// ID.
+func (w *world) importDevices(csv string) map[string]string {
+	w.t.Helper()
 	file, tokens := filepath.Join(w.dir, "fleet.csv"), filepath.Join(w.dir, "fleet.tokens")
 	if err := os.WriteFile(file, []byte(csv), 0o600); err != nil {
 		w.t.Fatal(err)
@@ -278,16 +296,7 @@ func (w *world) fleet(seed uint64, groups []group, opts func(id, group string) a
 		id, t, _ := strings.Cut(line, ",")
 		tok[id] = t
 	}
-	var out []*agent
-	for i, id := range ids {
-		var o agentOpts
-		if opts != nil {
-			o = opts(id, names[i])
-		}
-		out = append(out, w.startAgent(id, names[i], tok[id], o))
-	}
-	w.waitFleet(out, "1.0.0")
-	return out
+	return tok
 }
 
 // device is a row of otactl --json device list.
