@@ -148,6 +148,10 @@ type Offer struct {
 	Recent []string `json:"recent,omitempty"`
 	// Cancelled marks a record kept only for Recent.
 	Cancelled bool `json:"cancelled,omitempty"`
+	// pending are the timeline entries the stored record carries, not yet
+	// written into the timeline (deferred.go): npending items as stored.
+	pending  []byte
+	npending int
 }
 
 // Service is the delivery of releases to devices. Its methods are safe for
@@ -386,7 +390,6 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	now := s.o.Clock.Now().UTC()
 	results := make([]OfferResult, 0, len(ids))
 	want, _ := semver.StrictNewVersion(r.Version)
-	detail := "release " + r.ID
 	for _, id := range ids {
 		res := OfferResult{Device: id}
 		v, ok := s.fleet.Get(id)
@@ -395,14 +398,14 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 			results = append(results, res)
 			continue
 		}
-		of := &Offer{Device: id, RolloutID: spec.RolloutID, Release: r.ID, Version: r.Version, Digest: r.Digest,
-			InstallMode: spec.InstallMode, BlockSize: spec.BlockSize, Deadline: spec.Deadline, Created: now, By: actor}
-		of.Recent = s.recent(tx, id, spec.RolloutID)
-		if err := s.putOffer(tx, of); err != nil {
+		old, err := storedOffer(tx, id)
+		if err != nil {
 			return nil, err
 		}
-		if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "offer", RolloutID: spec.RolloutID,
-			Version: r.Version, Detail: detail}); err != nil {
+		of := &Offer{Device: id, RolloutID: spec.RolloutID, Release: r.ID, Version: r.Version, Digest: r.Digest,
+			InstallMode: spec.InstallMode, BlockSize: spec.BlockSize, Deadline: spec.Deadline, Created: now, By: actor}
+		of.Recent = recent(old, spec.RolloutID)
+		if err := s.writeOffer(tx, old, of); err != nil {
 			return nil, err
 		}
 		res.OK = true
@@ -466,16 +469,14 @@ func eligible(id string, v fleet.View, ok bool, r release.Release) error {
 	return nil
 }
 
-// recent returns the rollout IDs device id was offered, newest first,
-// starting with rolloutID.
-func (s *Service) recent(tx store.Tx, id, rolloutID string) []string {
+// recent returns the rollout IDs a device whose offer record is old (nil:
+// none) was offered, newest first, starting with rolloutID.
+func recent(old *Offer, rolloutID string) []string {
 	out := []string{rolloutID}
-	if v := tx.Get(bucketOffers, []byte(id)); v != nil {
-		if old, err := decodeOffer(v, nil); err == nil {
-			for _, r := range append([]string{old.RolloutID}, old.Recent...) {
-				if r != "" && !slices.Contains(out, r) && len(out) < recentRollouts {
-					out = append(out, r)
-				}
+	if old != nil {
+		for _, r := range append([]string{old.RolloutID}, old.Recent...) {
+			if r != "" && !slices.Contains(out, r) && len(out) < recentRollouts {
+				out = append(out, r)
 			}
 		}
 	}
@@ -516,22 +517,16 @@ func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult
 // cancel withdraws device id's offer, if it has one (made under rolloutID
 // unless that is ""), and reports whether it did.
 func (s *Service) cancel(tx store.Tx, id, rolloutID, actor string, now time.Time) (bool, error) {
-	v := tx.Get(bucketOffers, []byte(id))
-	if v == nil {
-		return false, nil
-	}
-	of, err := decodeOffer(v, nil)
-	if err != nil {
-		return false, fmt.Errorf("offer of %s: %w", id, err)
-	}
-	if of.Cancelled || rolloutID != "" && of.RolloutID != rolloutID {
-		return false, nil
-	}
-	of.Cancelled, of.By, of.Created = true, actor, now
-	if err := s.putOffer(tx, of); err != nil {
+	old, err := storedOffer(tx, id)
+	if err != nil || old == nil {
 		return false, err
 	}
-	if err := s.appendTimeline(tx, id, Entry{Time: now, Source: "broker", Type: "cancel", RolloutID: of.RolloutID, Version: of.Version}); err != nil {
+	if old.Cancelled || rolloutID != "" && old.RolloutID != rolloutID {
+		return false, nil
+	}
+	of := *old
+	of.Cancelled, of.By, of.Created = true, actor, now
+	if err := s.writeOffer(tx, old, &of); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -854,26 +849,37 @@ func timelineKey(id string, t time.Time, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-// appendTimeline adds e to id's timeline; a timeline that holds more than
-// TimelineLength and its slack is trimmed back to its newest
+// appendTimeline adds e to id's timeline, after the entries its offer
+// record carries (deferred.go).
+func (s *Service) appendTimeline(tx store.Tx, id string, e Entry) error {
+	es, err := s.pendingEntries(tx, id)
+	if err != nil {
+		return err
+	}
+	return s.putEntries(tx, id, append(es, keyedEntry{key: timelineKey(id, e.Time, s.timeSeq.Add(1)), e: e}))
+}
+
+// putEntries writes es into id's timeline; a timeline that holds more
+// than TimelineLength and its slack is trimmed back to its newest
 // TimelineLength entries.
 //
 // The device's entry count is kept in bucketTimelineLen, so that an append
 // reads one small record instead of counting the entries: with full
 // timelines, as in any broker that has run a while, counting walked 100
-// keys for every offer and every event. A device without a count (a store
-// from before it) is counted once.
-func (s *Service) appendTimeline(tx store.Tx, id string, e Entry) error {
-	seq := s.timeSeq.Add(1)
+// keys for every event. A device without a count (a store from before it)
+// is counted once.
+func (s *Service) putEntries(tx store.Tx, id string, es []keyedEntry) error {
 	prefix := append([]byte(id), 0)
 	n, err := timelineLen(tx, id, prefix)
 	if err != nil {
 		return err
 	}
-	if err := tx.Put(bucketTimeline, timelineKey(id, e.Time, seq), encodeEntry(&e)); err != nil {
-		return err
+	for i := range es {
+		if err := tx.Put(bucketTimeline, es[i].key, encodeEntry(&es[i].e)); err != nil {
+			return err
+		}
 	}
-	n++
+	n += uint64(len(es))
 	if keep := uint64(s.o.TimelineLength); n > keep+timelineSlack(keep) {
 		over := n - keep
 		// the oldest entries beyond the length; only their keys are
@@ -929,21 +935,15 @@ func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
 	if limit <= 0 || limit > s.o.TimelineLength {
 		limit = s.o.TimelineLength
 	}
-	prefix := append([]byte(id), 0)
-	from := append(append([]byte(id), 0), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
 	out := []Entry{}
 	err := s.db.View(context.Background(), func(tx store.Tx) error {
-		return tx.Scan(bucketTimeline, from, true, func(k, v []byte) error {
-			if len(k) < len(prefix) || string(k[:len(prefix)]) != string(prefix) || len(out) == limit {
-				return store.ErrStop
-			}
-			e, err := decodeEntry(v)
-			if err != nil {
-				return err
-			}
+		recs, err := newestEntries(tx, id, limit)
+		for i := 0; err == nil && i < len(recs); i++ {
+			var e Entry
+			e, err = recs[i].decode()
 			out = append(out, e)
-			return nil
-		})
+		}
+		return err
 	})
 	return out, err
 }

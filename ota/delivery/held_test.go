@@ -38,6 +38,7 @@ func TestHeldOffers(t *testing.T) {
 				if err != nil {
 					return err
 				}
+				stored.pending, stored.npending = nil, 0 // the timeline's, not the offer's
 				svc.mu.RLock()
 				h, ok := svc.offers[string(k)]
 				svc.mu.RUnlock()

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -15,11 +16,28 @@ import (
 // and read back for its Recent list, so its encoding is on the path of
 // every offer. Records written before it are JSON and still read.
 //
-//	version (1) · flags (1: bit0 cancelled) · install mode (1) ·
-//	block size (uvarint) · deadline (uvarint) · created (Unix ns, varint) ·
-//	digest (32) · device, rollout ID, release, version, by (each a uvarint
-//	length and its bytes) · recent (uvarint count, then each string)
+//	version (1) · flags (1: bit0 cancelled, bit1 pending entries) ·
+//	install mode (1) · block size (uvarint) · deadline (uvarint) · created
+//	(Unix ns, varint) · digest (32) · device, rollout ID, release, version,
+//	by (each a uvarint length and its bytes) · recent (uvarint count, then
+//	each string) · with bit1: the pending timeline entries, 1 to
+//	maxPendingEntries items to the end (deferred.go)
+//
+// Bit1 is newer than the format: a broker from before it refuses such a
+// record.
 const offerVersion = 1
+
+// Flags of an offer record.
+const (
+	offerCancelled = 1 << 0
+	offerPending   = 1 << 1
+)
+
+// hasPending reports whether stored offer record v carries pending
+// timeline entries, without parsing it.
+func hasPending(v []byte) bool {
+	return len(v) >= 2 && v[0] == offerVersion && v[1]&offerPending != 0
+}
 
 // Bounds of a stored offer's fields, checked when it is read back (the
 // writers stay far below them).
@@ -38,14 +56,17 @@ func appendString(b []byte, s string) []byte {
 // encodeOffer returns of's stored record.
 func encodeOffer(of *Offer) []byte {
 	n := 2 + 1 + 3*binary.MaxVarintLen64 + len(of.Digest) + 6*binary.MaxVarintLen16 +
-		len(of.Device) + len(of.RolloutID) + len(of.Release) + len(of.Version) + len(of.By)
+		len(of.Device) + len(of.RolloutID) + len(of.Release) + len(of.Version) + len(of.By) + len(of.pending)
 	for _, r := range of.Recent {
 		n += binary.MaxVarintLen16 + len(r)
 	}
 	b := make([]byte, 0, n)
 	var flags byte
 	if of.Cancelled {
-		flags |= 1
+		flags |= offerCancelled
+	}
+	if len(of.pending) > 0 {
+		flags |= offerPending
 	}
 	b = append(b, offerVersion, flags, byte(of.InstallMode))
 	b = binary.AppendUvarint(b, uint64(of.BlockSize))
@@ -59,7 +80,7 @@ func encodeOffer(of *Offer) []byte {
 	for _, r := range of.Recent {
 		b = appendString(b, r)
 	}
-	return b
+	return append(b, of.pending...)
 }
 
 // offerReader reads the fields of a binary record (an offer, a timeline
@@ -158,8 +179,8 @@ func decodeOffer(v []byte, intern func([]byte) string) (*Offer, error) {
 	if len(v) < 3 || v[0] != offerVersion {
 		return nil, fmt.Errorf("%w: unknown format (%d bytes)", errOffer, len(v))
 	}
-	of := &Offer{Cancelled: v[1]&1 != 0, InstallMode: wire.InstallMode(v[2])}
-	if v[1]&^1 != 0 || of.InstallMode > wire.InstallOnCommand {
+	of := &Offer{Cancelled: v[1]&offerCancelled != 0, InstallMode: wire.InstallMode(v[2])}
+	if v[1]&^(offerCancelled|offerPending) != 0 || of.InstallMode > wire.InstallOnCommand {
 		return nil, fmt.Errorf("%w: flags %#x, install mode %d", errOffer, v[1], v[2])
 	}
 	r := &offerReader{b: v[3:]}
@@ -177,6 +198,17 @@ func decodeOffer(v []byte, intern func([]byte) string) (*Offer, error) {
 		for i := range of.Recent {
 			of.Recent[i] = r.str("recent", intern)
 		}
+	}
+	if r.err == nil && v[1]&offerPending != 0 {
+		n, err := scanItems(r.b, nil)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			r.fail("no pending entries")
+		}
+		of.pending, of.npending = bytes.Clone(r.b), n
+		r.b = nil
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail(fmt.Sprintf("%d bytes after the record", len(r.b)))

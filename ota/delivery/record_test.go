@@ -86,6 +86,7 @@ func TestOfferRecordDamaged(t *testing.T) {
 		{"truncated", b[:len(b)-1]},
 		{"trailing", append(append([]byte(nil), b...), 0)},
 		{"bad flags", append([]byte{b[0], 0x80}, b[2:]...)},
+		{"pending flag, no entries", append([]byte{b[0], b[1] | offerPending}, b[2:]...)},
 		{"bad json", []byte(`{"device":`)},
 	} {
 		if _, err := decodeOffer(c.v, nil); !errors.Is(err, errOffer) {
@@ -170,6 +171,10 @@ func storedTimeline(t *testing.T, db store.Store, id string) (stored, counted in
 func FuzzDecodeOffer(f *testing.F) {
 	f.Add(encodeOffer(sampleOffer()))
 	f.Add(encodeOffer(&Offer{}))
+	withPending := sampleOffer()
+	it := itemOf(withPending, 7)
+	withPending.pending = appendItem(appendItem(nil, &it, nil), &it, &it)
+	f.Add(encodeOffer(withPending))
 	j, _ := json.Marshal(sampleOffer())
 	f.Add(j)
 	f.Fuzz(func(t *testing.T, v []byte) {

@@ -19,39 +19,36 @@ func (s *Service) TimelinePage(id, before string, limit int) (entries []Entry, c
 	if limit <= 0 || limit > s.o.TimelineLength {
 		limit = s.o.TimelineLength
 	}
-	prefix := append([]byte(id), 0)
-	newest := append(bytes.Clone(prefix), bytes.Repeat([]byte{0xff}, 16)...)
 	var cursor []byte
 	if before != "" {
 		c, derr := hex.DecodeString(before)
 		if derr != nil || len(c) != 16 {
 			return nil, nil, false, fmt.Errorf("%w: timeline cursor (use the next of a page)", ErrInvalid)
 		}
-		cursor = append(bytes.Clone(prefix), c...)
+		cursor = c
 	}
 	entries = []Entry{}
 	err = s.db.View(context.Background(), func(tx store.Tx) error {
-		pos := 0 // entries seen from the newest
-		return tx.Scan(bucketTimeline, newest, true, func(k, v []byte) error {
-			if !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+16 || pos == s.o.TimelineLength {
-				return store.ErrStop
-			}
-			pos++
-			if cursor != nil && bytes.Compare(k, cursor) >= 0 {
-				return nil // newer than the cursor, or the cursor's own entry: on the pages before
+		recs, err := newestEntries(tx, id, s.o.TimelineLength)
+		if err != nil {
+			return err
+		}
+		for i := range recs {
+			if cursor != nil && bytes.Compare(recs[i].key, cursor) >= 0 {
+				continue // newer than the cursor, or the cursor's own entry: on the pages before
 			}
 			if len(entries) == limit {
 				more = true
-				return store.ErrStop
+				break
 			}
-			e, err := decodeEntry(v)
+			e, err := recs[i].decode()
 			if err != nil {
 				return err
 			}
 			entries = append(entries, e)
-			cursors = append(cursors, hex.EncodeToString(k[len(prefix):]))
-			return nil
-		})
+			cursors = append(cursors, hex.EncodeToString(recs[i].key))
+		}
+		return nil
 	})
 	return entries, cursors, more, err
 }
