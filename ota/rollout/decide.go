@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"runtime"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/otamq/otamq/ota/delivery"
@@ -153,10 +155,10 @@ func (e *Engine) takeDirty() map[string]uint8 {
 // within the rate, install commands inside windows. Run calls it; tests
 // may call it directly.
 func (e *Engine) Pass(ctx context.Context) error {
-	// The offers of each batch go out on a goroutine of the pass's own,
-	// so that the commit of the next batch (its fsync) runs meanwhile;
-	// the pass returns once they are all sent.
-	p := startPusher(e.dlv)
+	// The offers of each batch go out on goroutines of the pass's own, so
+	// that the commit of the next batch (its fsync) runs meanwhile; the
+	// pass returns once they are all sent.
+	p := startPusher(e.dlv, pushers())
 	defer p.wait()
 	now := e.o.Clock.Now()
 	dirty := e.takeDirty()
@@ -559,32 +561,71 @@ type cmd struct {
 	notAfter time.Time
 }
 
-// pusher sends batches of offers (delivery.Push) in order, on a goroutine
-// that wait ends; at most two batches wait for it, so commits cannot run
-// far ahead of what has been sent.
+// pusher sends batches of offers (delivery.Push) on goroutines that wait
+// ends: each device always goes to the same one, which sends in batch
+// order, so a device's offers arrive in the order they were committed
+// (delivery.Push sends what is current when it sends). At most two batches
+// wait for each goroutine, so commits cannot run far ahead of what has
+// been sent. Several goroutines, because sending (mochi's publish, one
+// message at a time) is the slow part of a pass: a single one cannot keep
+// up with the commits it waits for.
 type pusher struct {
 	dlv  *delivery.Service
-	ch   chan []string
-	done chan struct{}
+	chs  []chan []string
+	done sync.WaitGroup
 }
 
-func startPusher(dlv *delivery.Service) *pusher {
-	p := &pusher{dlv: dlv, ch: make(chan []string, 2), done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		for ids := range p.ch {
-			p.dlv.Push(ids)
-		}
-	}()
+// pushers is how many goroutines a pass sends its offers on.
+func pushers() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
+
+func startPusher(dlv *delivery.Service, n int) *pusher {
+	p := &pusher{dlv: dlv, chs: make([]chan []string, n)}
+	for i := range p.chs {
+		ch := make(chan []string, 2)
+		p.chs[i] = ch
+		p.done.Go(func() {
+			for ids := range ch {
+				p.dlv.Push(ids)
+			}
+		})
+	}
 	return p
 }
 
-func (p *pusher) push(ids []string) { p.ch <- ids }
+// push queues ids, each to its own goroutine.
+func (p *pusher) push(ids []string) {
+	if len(p.chs) == 1 {
+		p.chs[0] <- ids
+		return
+	}
+	parts := make([][]string, len(p.chs))
+	for _, id := range ids {
+		i := shard(id, len(p.chs))
+		parts[i] = append(parts[i], id)
+	}
+	for i, part := range parts {
+		if len(part) > 0 {
+			p.chs[i] <- part
+		}
+	}
+}
 
-// wait sends what is queued and ends the goroutine.
+// shard maps device id to one of n goroutines (FNV-1a).
+func shard(id string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+// wait sends what is queued and ends the goroutines.
 func (p *pusher) wait() {
-	close(p.ch)
-	<-p.done
+	for _, ch := range p.chs {
+		close(ch)
+	}
+	p.done.Wait()
 }
 
 // stepMembers decides for the rollout's devices: results of deadlines,
