@@ -25,6 +25,7 @@ var (
 	roRounds = flag.Int("ro-rounds", 7, "rollout offers benchmark: rounds (the median is reported)")
 	roProf   = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
 	roTrace  = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
+	roAllocs = flag.String("ro-offers-allocprofile", "", "rollout offers benchmark: write the otamq server's heap profiles before (FILE.N.base) and after each round's offers (FILE.N; go tool pprof -sample_index=alloc_space -base FILE.N.base FILE.N)")
 )
 
 // benchRolloutOffers: offers a rollout pushes to connected devices, per
@@ -53,8 +54,14 @@ var (
 // one after the other. Time from the request to publish to the last
 // message received.
 func benchRolloutOffers() error {
-	if *roProf != "" && *roTrace != "" {
-		return fmt.Errorf("give -ro-offers-cpuprofile or -ro-offers-trace, not both: the server takes one at a time")
+	profiles := 0
+	for _, f := range []string{*roProf, *roTrace, *roAllocs} {
+		if f != "" {
+			profiles++
+		}
+	}
+	if profiles > 1 {
+		return fmt.Errorf("give one of -ro-offers-cpuprofile, -ro-offers-trace and -ro-offers-allocprofile: the server takes one at a time")
 	}
 	n := *roConns
 	fmt.Printf("== offers pushed by a rollout to %d connected devices (raw MQTT 3.1.1 clients subscribed to their manifest topic, QoS 1) against plain mochi publishing the same payloads, %d rounds; servers in child processes\n", n, *roRounds)
@@ -87,7 +94,7 @@ func benchRolloutOffers() error {
 		return err
 	}
 
-	var orates, mrates, ratios, ocpus, mcpus []float64
+	var orates, mrates, ratios, ocpus, mcpus, oallocs, mallocs []float64
 	for round := range *roRounds {
 		id := fmt.Sprintf("bench-offers-%d", round)
 		spec := fmt.Sprintf("id: %s\nrelease: %s\nwaves:\n  - {percent: [100]}\ninstall: immediately\n", id, rel.ID)
@@ -111,7 +118,21 @@ func benchRolloutOffers() error {
 			return err
 		}
 		profDone := make(chan error, 1)
-		if prof, what := *roProf, "profile"; prof != "" || *roTrace != "" {
+		heapAt := func(suffix string) error { return nil } // the allocations' profile
+		switch {
+		case *roAllocs != "":
+			// A heap profile counts allocations as of the last GC: one
+			// forced before the round and one after it bracket the round.
+			heapAt = func(suffix string) error {
+				body, err := get("http://" + oc.httpAddr + "/debug/pprof/heap?gc=1")
+				if err == nil {
+					err = os.WriteFile(fmt.Sprintf("%s.%d%s", *roAllocs, round+1, suffix), []byte(body), 0o600)
+				}
+				return err
+			}
+			profDone <- heapAt(".base")
+		case *roProf != "" || *roTrace != "":
+			prof, what := *roProf, "profile"
 			if prof == "" {
 				prof, what = *roTrace, "trace"
 			}
@@ -123,8 +144,13 @@ func benchRolloutOffers() error {
 				profDone <- err
 			}()
 			time.Sleep(50 * time.Millisecond) // the profile has begun
-		} else {
+		default:
 			profDone <- nil
+		}
+		og0, err := oc.gc(true)
+		if err != nil {
+			subs.close()
+			return err
 		}
 		ocpu0, err := oc.cpu()
 		if err != nil {
@@ -147,9 +173,18 @@ func benchRolloutOffers() error {
 			subs.close()
 			return err
 		}
+		og1, err := oc.gc(false)
+		if err != nil {
+			subs.close()
+			return err
+		}
 		if err := <-profDone; err != nil {
 			subs.close()
-			return fmt.Errorf("cpu profile: %w", err)
+			return fmt.Errorf("server profile: %w", err)
+		}
+		if err := heapAt(""); err != nil {
+			subs.close()
+			return fmt.Errorf("server profile: %w", err)
 		}
 		payload := subs.payload()
 		// The next round's devices must be free: abort, and wait for the
@@ -172,6 +207,11 @@ func benchRolloutOffers() error {
 			return err
 		}
 		if err := mc.settle(0); err != nil {
+			subs.close()
+			return err
+		}
+		mg0, err := mc.gc(true)
+		if err != nil {
 			subs.close()
 			return err
 		}
@@ -202,19 +242,29 @@ func benchRolloutOffers() error {
 		if err != nil {
 			return err
 		}
+		mg1, err := mc.gc(false)
+		if err != nil {
+			return err
+		}
 		// CPU per message of each server, from its own process: it does
 		// not depend on what else the machine runs, as the rates do.
 		ou, mu := us(ocpu1-ocpu0)/float64(n), us(mcpu1-mcpu0)/float64(n)
+		// what each allocated per message (a long-running server
+		// collects in proportion), and the collections in the window
+		oa, ma := float64(og1.allocs-og0.allocs)/float64(n)/1024, float64(mg1.allocs-mg0.allocs)/float64(n)/1024
 		orates, mrates, ratios = append(orates, o), append(mrates, m), append(ratios, o/m)
 		ocpus, mcpus = append(ocpus, ou), append(mcpus, mu)
-		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s; %5.1f µs CPU each), plain mochi %6.0f msg/s (%5.1f µs CPU each), ratio %.2f\n",
-			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, m, mu, o/m)
+		oallocs, mallocs = append(oallocs, oa), append(mallocs, ma)
+		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s; %5.1f µs CPU, %4.1f KiB allocated each, %d GC), plain mochi %6.0f msg/s (%5.1f µs CPU, %4.1f KiB each, %d GC), ratio %.2f\n",
+			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, oa, og1.cycles-og0.cycles, m, mu, ma, mg1.cycles-mg0.cycles, o/m)
 	}
 	fmt.Printf("otamq, offers of a rollout (decided, committed, pushed)   %8.0f offers/s (target >= 20000/s)\n", median(orates))
 	fmt.Printf("plain mochi, the same payloads published (inline client)  %8.0f msg/s\n", median(mrates))
 	fmt.Printf("ratio otamq / plain mochi: %.2f, median of the rounds (target >= 0.70)\n", median(ratios))
 	fmt.Printf("server CPU per message (user + system, 10 ms ticks): otamq %.1f µs per offer, plain mochi %.1f µs per message, medians; mochi / otamq %.2f\n",
 		median(ocpus), median(mcpus), median(mcpus)/median(ocpus))
+	fmt.Printf("heap allocated per message: otamq %.1f KiB per offer, plain mochi %.1f KiB per message, medians (each server collects right before its measurement)\n",
+		median(oallocs), median(mallocs))
 	return nil
 }
 

@@ -225,6 +225,12 @@ func runServer(kind, dataDir string) error {
 		fmt.Fprint(w, rss, " ", read("RssFile"), " ", ms.HeapInuse, " ", ms.StackInuse, " ", read("VmHWM"), " ", runtime.NumGoroutine(),
 			" ", gc[0].Value.Uint64(), " ", gc[1].Value.Uint64(), " ", storeRSS())
 	})
+	mux.HandleFunc("/gc", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("collect") != "" {
+			runtime.GC()
+		}
+		fmt.Fprint(w, gcCounters())
+	})
 	go func() { _ = http.Serve(ctl, mux) }()
 	if httpAddr == "" {
 		httpAddr = "-"
@@ -301,6 +307,33 @@ func startChild(kind, dataDir string, extra ...string) (*child, error) {
 		return nil, fmt.Errorf("%s server said %q: %v", kind, line, err)
 	}
 	return c, nil
+}
+
+// gcStat is what a process allocated and collected so far.
+type gcStat struct {
+	allocs uint64 // bytes allocated on the heap
+	cycles uint64 // collections completed
+}
+
+func gcCounters() string {
+	m := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}, {Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(m)
+	return fmt.Sprint(m[0].Value.Uint64(), " ", m[1].Value.Uint64())
+}
+
+// gc reads the child's allocation counters; with collect, after a
+// collection (Go's own benchmarks collect before each measurement, so that
+// one begun by the work before does not land in it).
+func (c *child) gc(collect bool) (g gcStat, err error) {
+	path := "/gc"
+	if collect {
+		path += "?collect=1"
+	}
+	s, err := get("http://" + c.ctlAddr + path)
+	if err == nil {
+		_, err = fmt.Sscanf(s, "%d %d", &g.allocs, &g.cycles)
+	}
+	return g, err
 }
 
 // stop ends the child (closing its stdin) and waits for it.
