@@ -158,7 +158,7 @@ func (e *Engine) Pass(ctx context.Context) error {
 	// The offers of each batch go out on goroutines of the pass's own, so
 	// that the commit of the next batch (its fsync) runs meanwhile; the
 	// pass returns once they are all sent.
-	p := startPusher(e.dlv, pushers())
+	p := startPusher(e.dlv.Push, pushers())
 	defer p.wait()
 	now := e.o.Clock.Now()
 	dirty := e.takeDirty()
@@ -570,7 +570,7 @@ type cmd struct {
 // message at a time) is the slow part of a pass: a single one cannot keep
 // up with the commits it waits for.
 type pusher struct {
-	dlv  *delivery.Service
+	send func(ids []string) // delivery.Service.Push
 	chs  []chan []string
 	done sync.WaitGroup
 }
@@ -578,14 +578,14 @@ type pusher struct {
 // pushers is how many goroutines a pass sends its offers on.
 func pushers() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
 
-func startPusher(dlv *delivery.Service, n int) *pusher {
-	p := &pusher{dlv: dlv, chs: make([]chan []string, n)}
+func startPusher(send func(ids []string), n int) *pusher {
+	p := &pusher{send: send, chs: make([]chan []string, n)}
 	for i := range p.chs {
 		ch := make(chan []string, 2)
 		p.chs[i] = ch
 		p.done.Go(func() {
 			for ids := range ch {
-				p.dlv.Push(ids)
+				p.send(ids)
 			}
 		})
 	}
