@@ -104,8 +104,9 @@ func NewAdmin(o AdminOptions) *Admin {
 // ID implements mqtt.Hook.
 func (a *Admin) ID() string { return "otamq-admin" }
 
-// Provides implements mqtt.Hook.
-func (a *Admin) Provides(b byte) bool { return b == mqtt.OnPublish }
+// Provides implements mqtt.Hook: nothing, since requests reach OnPublish
+// through the Publishes hook; the hook is added for its Stop.
+func (a *Admin) Provides(byte) bool { return false }
 
 // Stop implements mqtt.Hook: it lets the workers finish every queued
 // request, then returns.
@@ -122,26 +123,32 @@ func (a *Admin) Stop() error {
 
 // OnPublish implements mqtt.Hook.
 func (a *Admin) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return pk, a.publishRequest(cl, &pk)
+}
+
+// publishRequest is OnPublish without copying the packet (Publishes
+// routes here): nil lets mochi route the message as usual.
+func (a *Admin) publishRequest(cl *mqtt.Client, pk *packets.Packet) error {
 	if cl.Net.Inline {
-		return pk, nil
+		return nil
 	}
 	res, verb, ok := a.topics.ParseAdmin(pk.TopicName)
 	if !ok {
-		return pk, nil
+		return nil
 	}
 	d, ok := a.fleet.LookupClient(cl.ID) // an operator session ID~SUFFIX acts as ID
 	if !ok {
-		return pk, packets.CodeSuccessIgnore
+		return packets.CodeSuccessIgnore
 	}
 	reply := pk.Properties.ResponseTopic
 	if reply == "" || !bytes.HasPrefix([]byte(reply), []byte(a.topics.ReplyPrefix(cl.ID))) || access.HasWildcard(reply) {
 		a.rec.Rejected(RejectAdminNoReply)
 		a.log.Info("admin request without a usable response topic", "client", cl.ID, "topic", clip(pk.TopicName), "response_topic", clip(reply))
 		if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0 {
-			return pk, packets.Code{Code: packets.ErrImplementationSpecificError.Code,
+			return packets.Code{Code: packets.ErrImplementationSpecificError.Code,
 				Reason: "admin requests need MQTT v5 with a Response Topic under " + a.topics.ReplyPrefix(cl.ID)}
 		}
-		return pk, packets.CodeSuccessIgnore
+		return packets.CodeSuccessIgnore
 	}
 	j := job{
 		req: admin.Request{
@@ -173,7 +180,7 @@ func (a *Admin) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, e
 		a.publish(j, admin.Response{Error: &admin.Error{Code: admin.CodeUnavailable, Message: "the broker is busy or stopping; try again"}})
 	}
 	// Acknowledge, and deliver the request to nobody else.
-	return pk, packets.CodeSuccessIgnore
+	return packets.CodeSuccessIgnore
 }
 
 func (a *Admin) work() {

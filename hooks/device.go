@@ -85,10 +85,11 @@ func NewDevice(o DeviceOptions) *Device {
 // ID implements mqtt.Hook.
 func (d *Device) ID() string { return "otamq-device" }
 
-// Provides implements mqtt.Hook.
+// Provides implements mqtt.Hook. Publishes reach OnPublish through the
+// Publishes hook.
 func (d *Device) Provides(b byte) bool {
 	switch b {
-	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnPublish, mqtt.OnSubscribed:
+	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -239,12 +240,18 @@ var errConsumed error = packets.CodeSuccessIgnore
 // topic tree under its locks) is most of what a heartbeat would otherwise
 // cost beyond decoding.
 func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	return pk, d.publish(cl, &pk)
+}
+
+// publish is OnPublish without copying the packet (Publishes routes
+// here): nil lets mochi route the message as usual.
+func (d *Device) publish(cl *mqtt.Client, pk *packets.Packet) error {
 	if cl.Net.Inline {
-		return pk, nil
+		return nil
 	}
 	id, kind, ok := d.topics.ParseDevice(pk.TopicName)
 	if !ok {
-		return pk, nil
+		return nil
 	}
 	if id != cl.ID {
 		switch kind {
@@ -258,22 +265,22 @@ func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 	switch kind {
 	case access.KindGet:
 		d.serveBlocks(cl, id, pk.Payload)
-		return pk, errConsumed
+		return errConsumed
 	case access.KindBirth, access.KindHB, access.KindEvent:
 	default:
-		return pk, nil // a topic towards devices: routed as usual
+		return nil // a topic towards devices: routed as usual
 	}
 	switch err := d.apply(id, kind, pk.Payload); {
 	case err == nil:
-		return pk, errConsumed
+		return errConsumed
 	case errors.Is(err, delivery.ErrUnknownRun):
 		// Acknowledged (the device must not resend it) and dropped.
 		d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
-		return pk, errConsumed
+		return errConsumed
 	case errors.As(err, new(*notRecorded)):
-		return pk, d.retryLater(cl, pk, id, err)
+		return d.retryLater(cl, *pk, id, err)
 	default:
-		return pk, d.refuse(cl, pk, err)
+		return d.refuse(cl, *pk, err)
 	}
 }
 
