@@ -21,11 +21,12 @@ import (
 )
 
 var (
-	roConns  = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
-	roRounds = flag.Int("ro-rounds", 7, "rollout offers benchmark: rounds (the median is reported)")
-	roProf   = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
-	roTrace  = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
-	roAllocs = flag.String("ro-offers-allocprofile", "", "rollout offers benchmark: write the otamq server's heap profiles before (FILE.N.base) and after each round's offers (FILE.N; go tool pprof -sample_index=alloc_space -base FILE.N.base FILE.N)")
+	roConns    = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
+	roRounds   = flag.Int("ro-rounds", 7, "rollout offers benchmark: rounds (the median is reported)")
+	roProf     = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
+	roTrace    = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
+	roMochiPar = flag.Int("ro-mochi-publishers", 1, "rollout offers benchmark: goroutines plain mochi publishes on (each device's message on one of them)")
+	roAllocs   = flag.String("ro-offers-allocprofile", "", "rollout offers benchmark: write the otamq server's heap profiles before (FILE.N.base) and after each round's offers (FILE.N; go tool pprof -sample_index=alloc_space -base FILE.N.base FILE.N)")
 )
 
 // benchRolloutOffers: offers a rollout pushes to connected devices, per
@@ -221,7 +222,7 @@ func benchRolloutOffers() error {
 			return err
 		}
 		mstart := time.Now()
-		resp, err := http.Post(fmt.Sprintf("http://%s/publish?n=%d", mc.ctlAddr, n), "application/octet-stream", bytes.NewReader(payload))
+		resp, err := http.Post(fmt.Sprintf("http://%s/publish?n=%d&par=%d", mc.ctlAddr, n, *roMochiPar), "application/octet-stream", bytes.NewReader(payload))
 		if err == nil {
 			_ = resp.Body.Close()
 			if resp.StatusCode != http.StatusOK {

@@ -16,6 +16,7 @@ import (
 	"runtime/metrics"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -240,9 +241,10 @@ func runServer(kind, dataDir string) error {
 	return nil
 }
 
-// publishHandler serves POST /publish?n=N of the "mochi-inline" server: the
-// request body is published with the inline client, QoS 1, to the
-// manifest topic of each of devices 0..N-1, one after the other.
+// publishHandler serves POST /publish?n=N[&par=P] of the "mochi-inline"
+// server: the request body is published with the inline client, QoS 1,
+// to the manifest topic of each of devices 0..N-1, one after the other, or
+// split among P goroutines (device i on goroutine i mod P).
 func publishHandler(srv *mqtt.Server) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.Atoi(r.URL.Query().Get("n"))
@@ -251,11 +253,29 @@ func publishHandler(srv *mqtt.Server) http.HandlerFunc {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
-		for i := range n {
-			if err := srv.Publish("dm/"+deviceID(i)+"/ota/manifest", payload, false, 1); err != nil {
-				http.Error(w, err.Error(), http.StatusInternalServerError)
+		par := 1
+		if v := r.URL.Query().Get("par"); v != "" {
+			if par, err = strconv.Atoi(v); err != nil || par < 1 {
+				http.Error(w, "bad request", http.StatusBadRequest)
 				return
 			}
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, par)
+		for g := range par {
+			wg.Go(func() {
+				for i := g; i < n; i += par {
+					if err := srv.Publish("dm/"+deviceID(i)+"/ota/manifest", payload, false, 1); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 		}
 	}
 }
