@@ -16,6 +16,10 @@
 //     device status; malformed payloads are refused and counted.
 //   - Admin: operator requests on the admin topics are queued to a worker
 //     pool, run by ota/admin, and answered on the request's response topic.
+//   - Publishes: the one hook providing OnPublish; it hands each inbound
+//     publish to Device (births, heartbeats, events, block requests), then
+//     to Admin (requests), by pointer, since mochi copies the packet into
+//     and out of every hook that provides OnPublish.
 //
 // Events publishes fleet events on the fleet events topic and disconnects
 // revoked clients; it runs its own goroutine.

@@ -204,7 +204,10 @@ func (s *Service) writeOffer(tx store.Tx, old, of *Offer) error {
 }
 
 // pendingEntries returns the entries device id's offer record carries, as
-// they are to be written, and writes the record back without them.
+// they are to be written, and writes the record back without them. A
+// record that does not parse carries none that can be read: it is left as
+// it is (the next offer replaces it), so that it does not stop the device's
+// events from being recorded.
 func (s *Service) pendingEntries(tx store.Tx, id string) ([]keyedEntry, error) {
 	v := tx.Get(bucketOffers, []byte(id))
 	if !hasPending(v) {
@@ -212,11 +215,12 @@ func (s *Service) pendingEntries(tx store.Tx, id string) ([]keyedEntry, error) {
 	}
 	of, err := decodeOffer(v, nil)
 	if err != nil {
-		return nil, fmt.Errorf("offer of %s: %w", id, err)
+		s.o.Logger.Warn("offer record does not parse; the timeline entries it carries are lost", "device", id, "err", err)
+		return nil, nil
 	}
 	es, err := itemEntries(id, of.pending)
 	if err != nil {
-		return nil, err
+		return nil, err // decodeOffer checked the items
 	}
 	of.pending, of.npending = nil, 0
 	// the offer itself is unchanged: the copy in memory stays
@@ -268,18 +272,18 @@ func (r *timelineRec) decode() (Entry, error) {
 
 // newestEntries returns up to max of device id's newest timeline entries,
 // newest first: those written and those its offer record carries, merged
-// by key.
-func newestEntries(tx store.Tx, id string, max int) ([]timelineRec, error) {
+// by key. An offer record that does not parse adds none.
+func (s *Service) newestEntries(tx store.Tx, id string, max int) ([]timelineRec, error) {
 	prefix := append([]byte(id), 0)
 	var pend []timelineRec
 	if v := tx.Get(bucketOffers, []byte(id)); hasPending(v) {
 		of, err := decodeOffer(v, nil)
-		if err != nil {
-			return nil, fmt.Errorf("offer of %s: %w", id, err)
+		var items []pendingItem
+		if err == nil {
+			items, err = decodeItems(of.pending)
 		}
-		items, err := decodeItems(of.pending)
 		if err != nil {
-			return nil, fmt.Errorf("offer of %s: %w", id, err)
+			s.o.Logger.Warn("offer record does not parse; the timeline is read without the entries it carries", "device", id, "err", err)
 		}
 		for i := range items {
 			pend = append(pend, timelineRec{key: items[i].key(id)[len(prefix):], item: &items[i]})

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"testing"
@@ -160,35 +161,76 @@ func TestPendingEntriesBounded(t *testing.T) {
 	}
 }
 
-// An offer record whose pending items do not parse is refused as a whole:
-// nothing is read from it, and an offer over it fails without writing.
+// An offer record whose pending items do not parse stops nothing: the
+// timeline reads without them, the device's events are recorded, and the
+// next offer replaces the record.
 func TestPendingEntriesDamaged(t *testing.T) {
 	e := setup(t, 1000, Options{})
 	e.offer("d1")
 	ctx := context.Background()
-	var good []byte
+	var bad []byte
 	if err := e.db.Update(ctx, func(tx store.Tx) error {
-		good = append([]byte(nil), tx.Get(bucketOffers, []byte("d1"))...)
-		bad := append(append([]byte(nil), good...), 0) // an item of sequence 0, cut short
+		bad = append(append([]byte(nil), tx.Get(bucketOffers, []byte("d1"))...), 0) // an item of sequence 0, cut short
 		return tx.Put(bucketOffers, []byte("d1"), bad)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, _, err := e.svc.TimelinePage("d1", "", 0); err == nil {
-		t.Fatal("timeline of a damaged offer record: no error")
+	if es, _, _, err := e.svc.TimelinePage("d1", "", 0); err != nil || len(es) != 0 {
+		t.Fatalf("timeline of a damaged offer record: %+v, %v (want none, no error)", es, err)
 	}
-	err := e.db.Update(ctx, func(tx store.Tx) error {
+	e.progress("d1", 5, 1)
+	if es, _ := page(t, e.svc, "d1"); len(es) != 1 || es[0].Progress != 5 {
+		t.Fatalf("timeline after an event: %+v", es)
+	}
+	var left []byte
+	if err := e.db.View(ctx, func(tx store.Tx) error {
+		left = append([]byte(nil), tx.Get(bucketOffers, []byte("d1"))...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(left, bad) {
+		t.Fatal("the event changed the damaged record")
+	}
+	e.clk.Advance(time.Second)
+	if err := e.db.Update(ctx, func(tx store.Tx) error {
 		_, err := e.svc.Offer(tx, []string{"d1"}, OfferSpec{Release: e.rel.ID, RolloutID: "r2"}, "t")
 		return err
-	})
-	if err == nil {
-		t.Fatal("offer over a damaged record: no error")
+	}); err != nil {
+		t.Fatalf("offer over a damaged record: %v", err)
 	}
-	if err := e.svc.Event(ctx, "d1", wire.Event{Code: wire.EvDownloadStarted, RolloutID: "r1"}); err == nil {
-		t.Fatal("event of a device with a damaged offer record: no error")
+	if n := pendingOf(t, e.db, "d1"); n != 1 {
+		t.Fatalf("the new offer record carries %d entries, want its own", n)
 	}
-	if stored, _ := storedTimeline(t, e.db, "d1"); stored != 0 {
-		t.Fatalf("%d entries written after the refusals", stored)
+	if es, _ := page(t, e.svc, "d1"); len(es) != 2 || es[0].RolloutID != "r2" || es[1].Progress != 5 {
+		t.Fatalf("timeline after the new offer: %+v", es)
+	}
+}
+
+// An event whose transaction fails leaves the entries the offer record
+// carries where they were: carried, not written, the count unchanged.
+func TestPendingEntriesKeptByFailedEvent(t *testing.T) {
+	fail := false
+	e := setup(t, 1000, Options{EventFault: func() error {
+		if fail {
+			return errors.New("injected")
+		}
+		return nil
+	}})
+	e.offer("d1")
+	fail = true
+	e.clk.Advance(time.Second)
+	if err := e.svc.Event(context.Background(), "d1", wire.Event{Code: wire.EvDownloadStarted, RolloutID: "r1"}); err == nil {
+		t.Fatal("event with the fault: no error")
+	}
+	if n := pendingOf(t, e.db, "d1"); n != 1 {
+		t.Fatalf("after the failed event the offer carries %d entries, want 1", n)
+	}
+	if stored, counted := storedTimeline(t, e.db, "d1"); stored != 0 || counted != 0 {
+		t.Fatalf("after the failed event: %d entries written, count %d", stored, counted)
+	}
+	if es, _ := page(t, e.svc, "d1"); len(es) != 1 || es[0].Type != "offer" {
+		t.Fatalf("timeline after the failed event: %+v", es)
 	}
 }
 
@@ -199,7 +241,7 @@ func TestPendingEntriesDamaged(t *testing.T) {
 // new rollout, and cancels in a transaction of its own.
 func BenchmarkOfferPass(b *testing.B) {
 	const n = 4000
-	e := setup(&testing.T{}, 1000, Options{})
+	e := setup(b, 1000, Options{})
 	ctx := context.Background()
 	ids := make([]string, n)
 	for i := range ids {

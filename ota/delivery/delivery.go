@@ -400,7 +400,10 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 		}
 		old, err := storedOffer(tx, id)
 		if err != nil {
-			return nil, err
+			// as before the record carried timeline entries: the new
+			// offer replaces what cannot be read
+			s.o.Logger.Warn("offer record does not parse; replaced by the new offer", "device", id, "err", err)
+			old = nil
 		}
 		of := &Offer{Device: id, RolloutID: spec.RolloutID, Release: r.ID, Version: r.Version, Digest: r.Digest,
 			InstallMode: spec.InstallMode, BlockSize: spec.BlockSize, Deadline: spec.Deadline, Created: now, By: actor}
@@ -937,11 +940,12 @@ func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
 	}
 	out := []Entry{}
 	err := s.db.View(context.Background(), func(tx store.Tx) error {
-		recs, err := newestEntries(tx, id, limit)
+		recs, err := s.newestEntries(tx, id, limit)
 		for i := 0; err == nil && i < len(recs); i++ {
 			var e Entry
-			e, err = recs[i].decode()
-			out = append(out, e)
+			if e, err = recs[i].decode(); err == nil {
+				out = append(out, e)
+			}
 		}
 		return err
 	})

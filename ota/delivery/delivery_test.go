@@ -32,7 +32,7 @@ func (s *sent) SendOffer(id string, p []byte) {
 func (s *sent) SendCommand(string, []byte) error { return nil }
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	db    store.Store
 	reg   *fleet.Registry
 	cat   *release.Catalog
@@ -45,7 +45,7 @@ type env struct {
 
 // setup makes a store with one trusted key, one release of size bytes for
 // esp32-v2, and devices d1 and d2 of that hardware.
-func setup(t *testing.T, size int, o Options) *env {
+func setup(t testing.TB, size int, o Options) *env {
 	t.Helper()
 	db, err := store.Open(filepath.Join(t.TempDir(), "x.db"), &store.Options{NoSync: true})
 	if err != nil {

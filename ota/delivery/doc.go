@@ -20,7 +20,9 @@
 // cover is answered "rate limited" with the time after which it would be.
 //
 // Events from devices are appended to the device's timeline (durable before
-// the device's PUBACK), as are the broker's offers and cancels. Readers get
+// the device's PUBACK). The entries of the broker's offers and cancels are
+// carried by the device's offer record and written into the timeline with
+// its next event, or when a ninth would pile up (deferred.go). Readers get
 // the newest TimelineLength entries; the store keeps up to a quarter more
 // and trims back to TimelineLength at once, with a per-device count so
 // that an append never counts the entries. An event naming a rollout the

@@ -220,7 +220,7 @@ func TestEntryRecordRoundTrip(t *testing.T) {
 // once, and trimmed like the others.
 func TestTimelineFromOlderStore(t *testing.T) {
 	e := setup(t, 1000, Options{TimelineLength: 4})
-	e.offer("d1") // one entry, with its count
+	e.offer("d1") // carried by the offer record: no entry written yet
 	var old []Entry
 	if err := e.db.Update(context.Background(), func(tx store.Tx) error {
 		if err := tx.Delete(bucketTimelineLen, []byte("d1")); err != nil {

@@ -14,7 +14,8 @@ import (
 // newest first, each with the cursor that continues after it, and whether
 // older entries remain. A cursor is opaque: one that a page returned.
 // Pages only reach the newest TimelineLength entries: the store may hold
-// a few more until its next trim (see appendTimeline).
+// a few more until its next trim (see putEntries). Entries the device's
+// offer record carries are merged in (deferred.go).
 func (s *Service) TimelinePage(id, before string, limit int) (entries []Entry, cursors []string, more bool, err error) {
 	if limit <= 0 || limit > s.o.TimelineLength {
 		limit = s.o.TimelineLength
@@ -29,7 +30,7 @@ func (s *Service) TimelinePage(id, before string, limit int) (entries []Entry, c
 	}
 	entries = []Entry{}
 	err = s.db.View(context.Background(), func(tx store.Tx) error {
-		recs, err := newestEntries(tx, id, s.o.TimelineLength)
+		recs, err := s.newestEntries(tx, id, s.o.TimelineLength)
 		if err != nil {
 			return err
 		}

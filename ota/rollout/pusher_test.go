@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -18,6 +19,16 @@ func TestPusherKeepsEachDevicesOrder(t *testing.T) {
 		batchOf := map[*byte]int{}
 		got := map[string][]int{} // device: the batches it was sent in, in order
 		p := startPusher(func(ids []string) {
+			mu.Lock()
+			slow := batchOf[unsafe.StringData(ids[0])]%2 == 0
+			mu.Unlock()
+			if slow {
+				// the goroutines drift apart, so that a device sent from two
+				// of them would arrive out of order
+				for range 100 {
+					runtime.Gosched()
+				}
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			for _, id := range ids {
