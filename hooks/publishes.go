@@ -29,8 +29,19 @@ func (p *Publishes) Provides(b byte) bool { return b == mqtt.OnPublish }
 
 // OnPublish implements mqtt.Hook, as the device hook and then the admin
 // hook would one after the other: the first error ends it.
+//
+// A message the device hook consumed comes back marked Ignore with no
+// error, which mochi treats as it treats CodeSuccessIgnore (acknowledged,
+// neither retained nor routed), without the four errors.Is comparisons
+// of a Code that an error costs it at every heartbeat. No hook after this
+// one provides OnPublish, so none is skipped that the error would have
+// ended before.
 func (p *Publishes) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if err := p.device.publish(cl, &pk); err != nil {
+	switch err := p.device.publish(cl, &pk); {
+	case err == errConsumed:
+		pk.Ignore = true
+		return pk, nil
+	case err != nil:
 		return pk, err
 	}
 	return pk, p.admin.publishRequest(cl, &pk)
