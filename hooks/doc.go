@@ -19,7 +19,8 @@
 //   - Publishes: the one hook providing OnPublish; it hands each inbound
 //     publish to Device (births, heartbeats, events, block requests), then
 //     to Admin (requests), by pointer, since mochi copies the packet into
-//     and out of every hook that provides OnPublish.
+//     and out of every hook that provides OnPublish. A message Device
+//     consumed goes back marked Ignore, not as an error.
 //
 // Events publishes fleet events on the fleet events topic and disconnects
 // revoked clients; it runs its own goroutine.
