@@ -104,8 +104,8 @@ func NewAdmin(o AdminOptions) *Admin {
 // ID implements mqtt.Hook.
 func (a *Admin) ID() string { return "otamq-admin" }
 
-// Provides implements mqtt.Hook: nothing, since requests reach OnPublish
-// through the Publishes hook; the hook is added for its Stop.
+// Provides implements mqtt.Hook: nothing, since requests reach the hook
+// through the Publishes hook (publishRequest); it is added for its Stop.
 func (a *Admin) Provides(byte) bool { return false }
 
 // Stop implements mqtt.Hook: it lets the workers finish every queued
@@ -121,13 +121,9 @@ func (a *Admin) Stop() error {
 	return nil
 }
 
-// OnPublish implements mqtt.Hook.
-func (a *Admin) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	return pk, a.publishRequest(cl, &pk)
-}
-
-// publishRequest is OnPublish without copying the packet (Publishes
-// routes here): nil lets mochi route the message as usual.
+// publishRequest takes an inbound publish (Publishes hands it over): an
+// admin request is queued and consumed (CodeSuccessIgnore); nil lets mochi
+// route the message as usual.
 func (a *Admin) publishRequest(cl *mqtt.Client, pk *packets.Packet) error {
 	if cl.Net.Inline {
 		return nil

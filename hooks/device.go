@@ -85,8 +85,8 @@ func NewDevice(o DeviceOptions) *Device {
 // ID implements mqtt.Hook.
 func (d *Device) ID() string { return "otamq-device" }
 
-// Provides implements mqtt.Hook. Publishes reach OnPublish through the
-// Publishes hook.
+// Provides implements mqtt.Hook. Publishes reach the hook through the
+// Publishes hook (publish).
 func (d *Device) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablish, mqtt.OnDisconnect, mqtt.OnWill, mqtt.OnWillSent, mqtt.OnSubscribed:
@@ -225,33 +225,25 @@ func (d *Device) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
 	}
 }
 
-// errConsumed is packets.CodeSuccessIgnore as an error, boxed once: a
-// packets.Code returned as an error is an allocation at every message.
-var errConsumed error = packets.CodeSuccessIgnore
-
-// OnPublish implements mqtt.Hook: births and heartbeats become status.
-// Malformed payloads are refused: a v5 client gets PUBACK "payload format
-// invalid" with the reason, others are acknowledged and dropped; either
-// way the message goes nowhere and is counted.
+// publish takes an inbound publish (Publishes hands it over): births and
+// heartbeats become status. Malformed payloads are refused (the error
+// for mochi): a v5 client gets PUBACK "payload format invalid" with the
+// reason, others are acknowledged and dropped; either way the message goes
+// nowhere and is counted. consumed false and no error: mochi routes the
+// message as usual.
 //
 // Messages a device sends to the broker (birth, heartbeat, event, block
 // request) are consumed here and not routed: the ACL lets nobody subscribe
 // to them, and skipping mochi's subscriber lookup (a walk of the shared
 // topic tree under its locks) is most of what a heartbeat would otherwise
 // cost beyond decoding.
-func (d *Device) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	return pk, d.publish(cl, &pk)
-}
-
-// publish is OnPublish without copying the packet (Publishes routes
-// here): nil lets mochi route the message as usual.
-func (d *Device) publish(cl *mqtt.Client, pk *packets.Packet) error {
+func (d *Device) publish(cl *mqtt.Client, pk *packets.Packet) (consumed bool, err error) {
 	if cl.Net.Inline {
-		return nil
+		return false, nil
 	}
 	id, kind, ok := d.topics.ParseDevice(pk.TopicName)
 	if !ok {
-		return nil
+		return false, nil
 	}
 	if id != cl.ID {
 		switch kind {
@@ -265,22 +257,22 @@ func (d *Device) publish(cl *mqtt.Client, pk *packets.Packet) error {
 	switch kind {
 	case access.KindGet:
 		d.serveBlocks(cl, id, pk.Payload)
-		return errConsumed
+		return true, nil
 	case access.KindBirth, access.KindHB, access.KindEvent:
 	default:
-		return nil // a topic towards devices: routed as usual
+		return false, nil // a topic towards devices: routed as usual
 	}
 	switch err := d.apply(id, kind, pk.Payload); {
 	case err == nil:
-		return errConsumed
+		return true, nil
 	case errors.Is(err, delivery.ErrUnknownRun):
 		// Acknowledged (the device must not resend it) and dropped.
 		d.log.Warn("event dropped", "client", cl.ID, "device", id, "err", err)
-		return errConsumed
+		return true, nil
 	case errors.As(err, new(*notRecorded)):
-		return d.retryLater(cl, *pk, id, err)
+		return false, d.retryLater(cl, *pk, id, err)
 	default:
-		return d.refuse(cl, *pk, err)
+		return false, d.refuse(cl, *pk, err)
 	}
 }
 

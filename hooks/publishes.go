@@ -37,12 +37,12 @@ func (p *Publishes) Provides(b byte) bool { return b == mqtt.OnPublish }
 // one provides OnPublish, so none is skipped that the error would have
 // ended before.
 func (p *Publishes) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	switch err := p.device.publish(cl, &pk); {
-	case err == errConsumed:
-		pk.Ignore = true
-		return pk, nil
+	switch consumed, err := p.device.publish(cl, &pk); {
 	case err != nil:
 		return pk, err
+	case consumed:
+		pk.Ignore = true
+		return pk, nil
 	}
 	return pk, p.admin.publishRequest(cl, &pk)
 }

@@ -400,8 +400,8 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 		}
 		old, err := storedOffer(tx, id)
 		if err != nil {
-			// as before the record carried timeline entries: the new
-			// offer replaces what cannot be read
+			// what cannot be read is replaced, as before offer records
+			// carried timeline entries
 			s.o.Logger.Warn("offer record does not parse; replaced by the new offer", "device", id, "err", err)
 			old = nil
 		}
@@ -935,21 +935,8 @@ func timelineLen(tx store.Tx, id string, prefix []byte) (uint64, error) {
 // Timeline returns up to limit of id's newest timeline entries, newest
 // first.
 func (s *Service) Timeline(id string, limit int) ([]Entry, error) {
-	if limit <= 0 || limit > s.o.TimelineLength {
-		limit = s.o.TimelineLength
-	}
-	out := []Entry{}
-	err := s.db.View(context.Background(), func(tx store.Tx) error {
-		recs, err := s.newestEntries(tx, id, limit)
-		for i := 0; err == nil && i < len(recs); i++ {
-			var e Entry
-			if e, err = recs[i].decode(); err == nil {
-				out = append(out, e)
-			}
-		}
-		return err
-	})
-	return out, err
+	es, _, _, err := s.TimelinePage(id, "", limit)
+	return es, err
 }
 
 // Event records an event device id sent. It is durable when Event

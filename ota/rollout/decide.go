@@ -3,6 +3,7 @@ package rollout
 import (
 	"context"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"runtime"
 	"sort"
@@ -572,14 +573,15 @@ type cmd struct {
 type pusher struct {
 	send func(ids []string) // delivery.Service.Push
 	chs  []chan []string
+	seed maphash.Seed // a device's goroutine: maphash.String(seed, id) mod len(chs)
 	done sync.WaitGroup
 }
 
 // pushers is how many goroutines a pass sends its offers on.
-func pushers() int { return min(max(runtime.GOMAXPROCS(0), 1), 4) }
+func pushers() int { return min(runtime.GOMAXPROCS(0), 4) }
 
 func startPusher(send func(ids []string), n int) *pusher {
-	p := &pusher{send: send, chs: make([]chan []string, n)}
+	p := &pusher{send: send, chs: make([]chan []string, n), seed: maphash.MakeSeed()}
 	for i := range p.chs {
 		ch := make(chan []string, 2)
 		p.chs[i] = ch
@@ -600,7 +602,7 @@ func (p *pusher) push(ids []string) {
 	}
 	parts := make([][]string, len(p.chs))
 	for _, id := range ids {
-		i := shard(id, len(p.chs))
+		i := maphash.String(p.seed, id) % uint64(len(p.chs))
 		parts[i] = append(parts[i], id)
 	}
 	for i, part := range parts {
@@ -608,16 +610,6 @@ func (p *pusher) push(ids []string) {
 			p.chs[i] <- part
 		}
 	}
-}
-
-// shard maps device id to one of n goroutines (FNV-1a).
-func shard(id string, n int) int {
-	h := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		h ^= uint32(id[i])
-		h *= 16777619
-	}
-	return int(h % uint32(n))
 }
 
 // wait sends what is queued and ends the goroutines.

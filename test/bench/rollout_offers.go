@@ -148,12 +148,7 @@ func benchRolloutOffers() error {
 		default:
 			profDone <- nil
 		}
-		og0, err := oc.gc(true)
-		if err != nil {
-			subs.close()
-			return err
-		}
-		ocpu0, err := oc.cpu()
+		ou0, err := oc.usage(true)
 		if err != nil {
 			subs.close()
 			return err
@@ -169,12 +164,7 @@ func benchRolloutOffers() error {
 			return fmt.Errorf("otamq: %w", err)
 		}
 		o := float64(n) / last.Sub(start).Seconds()
-		ocpu1, err := oc.cpu()
-		if err != nil {
-			subs.close()
-			return err
-		}
-		og1, err := oc.gc(false)
+		ou1, err := oc.usage(false)
 		if err != nil {
 			subs.close()
 			return err
@@ -211,12 +201,7 @@ func benchRolloutOffers() error {
 			subs.close()
 			return err
 		}
-		mg0, err := mc.gc(true)
-		if err != nil {
-			subs.close()
-			return err
-		}
-		mcpu0, err := mc.cpu()
+		mu0, err := mc.usage(true)
 		if err != nil {
 			subs.close()
 			return err
@@ -239,25 +224,21 @@ func benchRolloutOffers() error {
 			return fmt.Errorf("mochi: %w", err)
 		}
 		m := float64(n) / mlast.Sub(mstart).Seconds()
-		mcpu1, err := mc.cpu()
-		if err != nil {
-			return err
-		}
-		mg1, err := mc.gc(false)
+		mu1, err := mc.usage(false)
 		if err != nil {
 			return err
 		}
 		// CPU per message of each server, from its own process: it does
 		// not depend on what else the machine runs, as the rates do.
-		ou, mu := us(ocpu1-ocpu0)/float64(n), us(mcpu1-mcpu0)/float64(n)
+		ou, mu := us(ou1.cpu-ou0.cpu)/float64(n), us(mu1.cpu-mu0.cpu)/float64(n)
 		// what each allocated per message (a long-running server
 		// collects in proportion), and the collections in the window
-		oa, ma := float64(og1.allocs-og0.allocs)/float64(n)/1024, float64(mg1.allocs-mg0.allocs)/float64(n)/1024
+		oa, ma := float64(ou1.allocs-ou0.allocs)/float64(n)/1024, float64(mu1.allocs-mu0.allocs)/float64(n)/1024
 		orates, mrates, ratios = append(orates, o), append(mrates, m), append(ratios, o/m)
 		ocpus, mcpus = append(ocpus, ou), append(mcpus, mu)
 		oallocs, mallocs = append(oallocs, oa), append(mallocs, ma)
 		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s; %5.1f µs CPU, %4.1f KiB allocated each, %d GC), plain mochi %6.0f msg/s (%5.1f µs CPU, %4.1f KiB each, %d GC), ratio %.2f\n",
-			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, oa, og1.cycles-og0.cycles, m, mu, ma, mg1.cycles-mg0.cycles, o/m)
+			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, oa, ou1.cycles-ou0.cycles, m, mu, ma, mu1.cycles-mu0.cycles, o/m)
 	}
 	fmt.Printf("otamq, offers of a rollout (decided, committed, pushed)   %8.0f offers/s (target >= 20000/s)\n", median(orates))
 	fmt.Printf("plain mochi, the same payloads published (inline client)  %8.0f msg/s\n", median(mrates))

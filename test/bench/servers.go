@@ -329,8 +329,10 @@ func startChild(kind, dataDir string, extra ...string) (*child, error) {
 	return c, nil
 }
 
-// gcStat is what a process allocated and collected so far.
-type gcStat struct {
+// usage is what a process used so far: CPU time, heap allocated,
+// collections.
+type usage struct {
+	cpu    time.Duration
 	allocs uint64 // bytes allocated on the heap
 	cycles uint64 // collections completed
 }
@@ -341,19 +343,22 @@ func gcCounters() string {
 	return fmt.Sprint(m[0].Value.Uint64(), " ", m[1].Value.Uint64())
 }
 
-// gc reads the child's allocation counters; with collect, after a
+// usage reads what the child used so far; with collect, after a
 // collection (Go's own benchmarks collect before each measurement, so that
 // one begun by the work before does not land in it).
-func (c *child) gc(collect bool) (g gcStat, err error) {
+func (c *child) usage(collect bool) (u usage, err error) {
 	path := "/gc"
 	if collect {
 		path += "?collect=1"
 	}
 	s, err := get("http://" + c.ctlAddr + path)
 	if err == nil {
-		_, err = fmt.Sscanf(s, "%d %d", &g.allocs, &g.cycles)
+		_, err = fmt.Sscanf(s, "%d %d", &u.allocs, &u.cycles)
 	}
-	return g, err
+	if err == nil {
+		u.cpu, err = c.cpu()
+	}
+	return u, err
 }
 
 // stop ends the child (closing its stdin) and waits for it.
