@@ -183,7 +183,7 @@ func storedOffer(tx store.Tx, id string) (*Offer, error) {
 // (the record it replaces, nil if none) carries stay pending with it, or,
 // when that would be more than maxPendingEntries, are written into the
 // timeline first. Push the offer after the transaction commits.
-func (s *Service) writeOffer(tx store.Tx, old, of *Offer) error {
+func (s *Service) writeOffer(tx store.Tx, h *holds, old, of *Offer) error {
 	var items []byte
 	n := 0
 	if old != nil && old.npending > 0 {
@@ -200,7 +200,7 @@ func (s *Service) writeOffer(tx store.Tx, old, of *Offer) error {
 		prev = &last
 	}
 	of.pending, of.npending = appendItem(items, &it, prev), n+1
-	return s.putOffer(tx, of)
+	return h.put(tx, of)
 }
 
 // pendingEntries returns the entries device id's offer record carries, as

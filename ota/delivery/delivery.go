@@ -390,6 +390,7 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	now := s.o.Clock.Now().UTC()
 	results := make([]OfferResult, 0, len(ids))
 	want, _ := semver.StrictNewVersion(r.Version)
+	h := &holds{s: s}
 	for _, id := range ids {
 		res := OfferResult{Device: id}
 		v, ok := s.fleet.Get(id)
@@ -408,7 +409,7 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 		of := &Offer{Device: id, RolloutID: spec.RolloutID, Release: r.ID, Version: r.Version, Digest: r.Digest,
 			InstallMode: spec.InstallMode, BlockSize: spec.BlockSize, Deadline: spec.Deadline, Created: now, By: actor}
 		of.Recent = recent(old, spec.RolloutID)
-		if err := s.writeOffer(tx, old, of); err != nil {
+		if err := s.writeOffer(tx, h, old, of); err != nil {
 			return nil, err
 		}
 		res.OK = true
@@ -486,16 +487,33 @@ func recent(old *Offer, rolloutID string) []string {
 	return out
 }
 
-func (s *Service) putOffer(tx store.Tx, of *Offer) error {
+// holds gathers the offers one call writes, to be held in memory when its
+// transaction commits: one callback and one lock for all of them.
+type holds struct {
+	s      *Service
+	offers []*Offer
+}
+
+// put stores of in tx, to be held when tx commits.
+func (h *holds) put(tx store.Tx, of *Offer) error {
 	if err := tx.Put(bucketOffers, []byte(of.Device), encodeOffer(of)); err != nil {
 		return err
 	}
-	tx.OnCommit(func() {
-		s.mu.Lock()
-		s.hold(of)
-		s.mu.Unlock()
-	})
+	if len(h.offers) == 0 {
+		// at the first offer's place among the callbacks: the call
+		// registers none of its own between its offers
+		tx.OnCommit(h.commit)
+	}
+	h.offers = append(h.offers, of)
 	return nil
+}
+
+func (h *holds) commit() {
+	h.s.mu.Lock()
+	for _, of := range h.offers {
+		h.s.hold(of)
+	}
+	h.s.mu.Unlock()
 }
 
 // Cancel withdraws the offers of ids (a device without one is fine). Push
@@ -503,8 +521,9 @@ func (s *Service) putOffer(tx store.Tx, of *Offer) error {
 func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult, error) {
 	now := s.o.Clock.Now().UTC()
 	var out []OfferResult
+	h := &holds{s: s}
 	for _, id := range ids {
-		ok, err := s.cancel(tx, id, "", actor, now)
+		ok, err := s.cancel(tx, h, id, "", actor, now)
 		if err != nil {
 			return nil, err
 		}
@@ -519,7 +538,7 @@ func (s *Service) Cancel(tx store.Tx, ids []string, actor string) ([]OfferResult
 
 // cancel withdraws device id's offer, if it has one (made under rolloutID
 // unless that is ""), and reports whether it did.
-func (s *Service) cancel(tx store.Tx, id, rolloutID, actor string, now time.Time) (bool, error) {
+func (s *Service) cancel(tx store.Tx, h *holds, id, rolloutID, actor string, now time.Time) (bool, error) {
 	old, err := storedOffer(tx, id)
 	if err != nil || old == nil {
 		return false, err
@@ -529,7 +548,7 @@ func (s *Service) cancel(tx store.Tx, id, rolloutID, actor string, now time.Time
 	}
 	of := *old
 	of.Cancelled, of.By, of.Created = true, actor, now
-	if err := s.writeOffer(tx, old, &of); err != nil {
+	if err := s.writeOffer(tx, h, old, &of); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -542,7 +561,7 @@ func (s *Service) Withdraw(tx store.Tx, id, rolloutID, actor string) (bool, erro
 	if rolloutID == "" {
 		return false, nil
 	}
-	return s.cancel(tx, id, rolloutID, actor, s.o.Clock.Now().UTC())
+	return s.cancel(tx, &holds{s: s}, id, rolloutID, actor, s.o.Clock.Now().UTC())
 }
 
 // Push sends each device in ids its current offer (or the empty one).

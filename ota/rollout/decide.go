@@ -855,51 +855,86 @@ func (e *Engine) observed(r *run, m *member, v *fleet.View, bits uint8, now time
 
 // commitChanges writes changes in tx: each only if the member is still in
 // the state it was decided from. It returns the devices whose offer must
-// be pushed after the commit.
+// be pushed after the commit. Offers alike (one rollout, one target, one
+// spec) are made in one call, and the members are applied to memory in one
+// callback: one lock each, not one per device.
 func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([]string, error) {
-	var push []string
-	// The offers of one rollout share their actor (kept with each offer).
-	var actorOf *run
-	var actor string
+	live := make([]*change, 0, len(changes))
 	for _, c := range changes {
-		if c.r != actorOf {
-			actorOf, actor = c.r, "rollout "+c.r.rec.ID
-		}
 		cur, _, err := e.read(tx, c.r, c.m.id)
 		if err != nil {
 			return nil, err
 		}
-		if cur == nil || cur.state != c.expect {
-			continue
-		}
-		if c.offer {
-			target, _ := c.r.target(&c.m)
-			spec := delivery.OfferSpec{Release: target.ID, RolloutID: c.r.offerID(&c.m), BlockSize: c.r.spec.BlockSize,
-				Deadline: uint64(now.Add(c.r.spec.Deadline.D()).Unix())}
-			if c.r.spec.Install == InstallInWindow {
-				spec.InstallMode = wire.InstallOnCommand
-			}
-			res, err := e.dlv.Offer(tx, []string{c.m.id}, spec, actor)
-			if err != nil {
-				return nil, err
-			}
-			if !res[0].OK {
-				c.m.state, c.reason = Skipped, res[0].Error
-			} else {
-				push = append(push, c.m.id)
-			}
-		}
-		if c.cancel {
-			if _, err := e.dlv.Cancel(tx, []string{c.m.id}, actor); err != nil {
-				return nil, err
-			}
-			push = append(push, c.m.id)
-		}
-		if err := e.write(tx, c); err != nil {
-			return nil, err
+		if cur != nil && cur.state == c.expect {
+			live = append(live, c)
 		}
 	}
+	var push []string
+	var ids []string
+	for i := 0; i < len(live); {
+		c := live[i]
+		if !c.offer {
+			i++
+			continue
+		}
+		spec := e.offerSpec(c, now)
+		ids = append(ids[:0], c.m.id)
+		j := i + 1
+		for ; j < len(live) && live[j].offer && live[j].r == c.r && e.offerSpec(live[j], now) == spec; j++ {
+			ids = append(ids, live[j].m.id)
+		}
+		res, err := e.dlv.Offer(tx, ids, spec, "rollout "+c.r.rec.ID)
+		if err != nil {
+			return nil, err
+		}
+		for k, r := range res {
+			if o := live[i+k]; !r.OK {
+				o.m.state, o.reason = Skipped, r.Error
+			} else {
+				push = append(push, o.m.id)
+			}
+		}
+		i = j
+	}
+	for i := 0; i < len(live); {
+		c := live[i]
+		if !c.cancel {
+			i++
+			continue
+		}
+		ids = append(ids[:0], c.m.id)
+		j := i + 1
+		for ; j < len(live) && live[j].cancel && live[j].r == c.r; j++ {
+			ids = append(ids, live[j].m.id)
+		}
+		if _, err := e.dlv.Cancel(tx, ids, "rollout "+c.r.rec.ID); err != nil {
+			return nil, err
+		}
+		push = append(push, ids...)
+		i = j
+	}
+	applied := make([]appliedChange, 0, len(live))
+	for _, c := range live {
+		if err := e.put(tx, c); err != nil {
+			return nil, err
+		}
+		applied = append(applied, appliedChange{r: c.r, m: c.m, reason: c.reason})
+	}
+	if len(applied) > 0 {
+		tx.OnCommit(func() { e.apply(applied...) })
+	}
 	return push, nil
+}
+
+// offerSpec is the offer change c makes.
+func (e *Engine) offerSpec(c *change, now time.Time) delivery.OfferSpec {
+	target, _ := c.r.target(&c.m)
+	spec := delivery.OfferSpec{Release: target.ID, RolloutID: c.r.offerID(&c.m), BlockSize: c.r.spec.BlockSize,
+		Deadline: uint64(now.Add(c.r.spec.Deadline.D()).Unix())}
+	if c.r.spec.Install == InstallInWindow {
+		spec.InstallMode = wire.InstallOnCommand
+	}
+	return spec
 }
 
 // cancellations are the changes that cancel every member of r that has

@@ -544,6 +544,16 @@ func (e *Engine) read(tx store.Tx, r *run, id string) (*member, string, error) {
 
 // write stores c in tx and applies it to memory when tx commits.
 func (e *Engine) write(tx store.Tx, c *change) error {
+	if err := e.put(tx, c); err != nil {
+		return err
+	}
+	m, r, reason := c.m, c.r, c.reason
+	tx.OnCommit(func() { e.apply(appliedChange{r: r, m: m, reason: reason}) })
+	return nil
+}
+
+// put stores c in tx; the caller applies it to memory when tx commits.
+func (e *Engine) put(tx store.Tx, c *change) error {
 	if err := tx.Put(bucketMembers, memberKey(c.r.rec.ID, c.m.id), c.m.encode(c.reason)); err != nil {
 		return err
 	}
@@ -561,18 +571,46 @@ func (e *Engine) write(tx store.Tx, c *change) error {
 			tx.OnCommit(func() { e.dlv.Push([]string{id}) })
 		}
 	}
-	m, r, reason := c.m, c.r, c.reason
-	tx.OnCommit(func() { e.apply(r, &m, reason) })
 	return nil
 }
 
-// apply makes memory follow a committed member.
-func (e *Engine) apply(r *run, m *member, reason string) {
+// appliedChange is a committed member to apply to memory.
+type appliedChange struct {
+	r      *run
+	m      member
+	reason string
+}
+
+// afterApply is what follows a member's application, outside the lock:
+// its metrics and its fleet event.
+type afterApply struct {
+	old, m           member
+	rollout, wave    string
+	hw, region, vers string
+	reason           string
+}
+
+// apply makes memory follow committed members, under one lock.
+func (e *Engine) apply(cs ...appliedChange) {
+	after := make([]afterApply, 0, len(cs))
 	e.mu.Lock()
+	for i := range cs {
+		if a, ok := e.applyLocked(cs[i].r, &cs[i].m, cs[i].reason); ok {
+			after = append(after, a)
+		}
+	}
+	e.mu.Unlock()
+	for i := range after {
+		e.applied(&after[i])
+	}
+}
+
+// applyLocked makes memory follow committed member m of r. Callers hold
+// e.mu.
+func (e *Engine) applyLocked(r *run, m *member, reason string) (afterApply, bool) {
 	cur := r.member(m.id)
 	if cur == nil {
-		e.mu.Unlock()
-		return
+		return afterApply{}, false
 	}
 	old := *cur
 	r.count(cur, -1)
@@ -595,28 +633,33 @@ func (e *Engine) apply(r *run, m *member, reason string) {
 		e.release(r, m.id)
 	}
 	r.changed = true
-	id, hw, region := r.rec.ID, r.sliceName(false, m.hw), r.sliceName(true, m.region)
-	e.mu.Unlock()
+	return afterApply{old: old, m: *m, rollout: r.rec.ID, wave: r.rec.Waves[m.wave].Name, hw: r.sliceName(false, m.hw),
+		region: r.sliceName(true, m.region), vers: r.rel.Version, reason: reason}, true
+}
+
+// applied counts a member's result and publishes its new state.
+func (e *Engine) applied(a *afterApply) {
+	old, m, hw, region := &a.old, &a.m, a.hw, a.region
 	if m.state != old.state && m.state.Done() && m.state != Skipped {
 		// A result may follow another (failed health, then rolled back):
 		// each device counts once as a result and once as a health
 		// failure, by its first; a rollback counts when it happens.
 		if !old.state.Done() {
-			e.o.Recorder.Result(m.state.String(), hw, region, r.rel.Version)
+			e.o.Recorder.Result(m.state.String(), hw, region, a.vers)
 		}
 		if m.state == RolledBack {
-			e.o.Recorder.Rollback(hw, region, r.rel.Version)
+			e.o.Recorder.Rollback(hw, region, a.vers)
 		}
 		if m.flags&fHealth != 0 && (!old.state.Done() || old.flags&fHealth == 0) {
-			e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
+			e.o.Recorder.HealthFailure(hw, region, a.vers)
 		}
 	} else if m.state == old.state && m.state.Done() && m.flags&fHealth != 0 && old.flags&fHealth == 0 {
 		// the device's report made its result a health failure too
-		e.o.Recorder.HealthFailure(hw, region, r.rel.Version)
+		e.o.Recorder.HealthFailure(hw, region, a.vers)
 	}
 	if m.state != old.state {
-		e.o.Feed.Publish(event.Rollout{Base: event.Base{ID: m.id, At: e.o.Clock.Now()}, Rollout: id, Kind: "device",
-			Wave: r.rec.Waves[m.wave].Name, State: m.state.String(), Reason: reason})
+		e.o.Feed.Publish(event.Rollout{Base: event.Base{ID: m.id, At: e.o.Clock.Now()}, Rollout: a.rollout, Kind: "device",
+			Wave: a.wave, State: m.state.String(), Reason: a.reason})
 	}
 }
 

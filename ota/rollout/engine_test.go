@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/store"
 	"github.com/otamq/otamq/ota/wire"
 )
 
@@ -930,5 +931,34 @@ func TestKeepFinished(t *testing.T) {
 	}
 	if _, err := e.eng.Resume("alice", "r1", e.commit); !errors.Is(err, ErrState) {
 		t.Fatal(err)
+	}
+}
+
+// TestRefusedOfferInBatch: the offers of a pass are made in calls of
+// alike offers; a device the delivery refuses in the middle of one (here
+// revoked after the rollout started) is skipped with the refusal, and only
+// it: its neighbours in the call are offered.
+func TestRefusedOfferInBatch(t *testing.T) {
+	e := newEnv(t)
+	rel := e.release("1.1.0", 0, "esp32-v2")
+	e.devices(dev{id: "a", hw: "esp32-v2", firmware: "1.0.0"}, dev{id: "b", hw: "esp32-v2", firmware: "1.0.0"},
+		dev{id: "c", hw: "esp32-v2", firmware: "1.0.0"})
+	e.create(fmt.Sprintf("id: r1\nrelease: %s\nwaves:\n  - {percent: [100]}\n", rel.ID))
+	e.start("r1")
+	e.update(func(tx store.Tx) error { _, err := e.reg.Revoke(tx, "b", "lost", "t"); return err })
+	e.pass()
+	for _, id := range []string{"a", "c"} {
+		if d := e.device("r1", id); d.State != "offered" {
+			t.Errorf("%s %s (%s), want offered", id, d.State, d.Reason)
+		}
+		if o, ok := e.snd.lastOffer(id); !ok || o.RolloutID != "r1" {
+			t.Errorf("%s got %+v (%v), want the offer of r1", id, o, ok)
+		}
+	}
+	if d := e.device("r1", "b"); d.State != "skipped" || !strings.Contains(d.Reason, "revoked") {
+		t.Errorf("b %s (%q), want skipped as revoked", d.State, d.Reason)
+	}
+	if o, ok := e.snd.lastOffer("b"); ok && o.RolloutID != "" {
+		t.Errorf("b was sent %+v", o)
 	}
 }

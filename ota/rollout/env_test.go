@@ -124,7 +124,7 @@ func (s *sender) commandsTo(id string) []wire.Command {
 }
 
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	db   *store.DB
 	clk  *clock.Fake
@@ -206,7 +206,7 @@ func (r *results) HealthFailure(string, string, string) {
 
 var t0 = time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC) // a Wednesday
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), clk: clock.NewFake(t0), rels: map[string]release.Release{}, gens: map[string]uint64{}}
 	key, err := manifest.GenerateKey()
