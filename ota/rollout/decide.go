@@ -866,7 +866,11 @@ func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([
 			return nil, err
 		}
 		if cur != nil && cur.state == c.expect {
-			live = append(live, c)
+			// a copy: a refused offer below changes it, and the store
+			// may run this function again (the rest of a batch whose
+			// commit failed)
+			cc := *c
+			live = append(live, &cc)
 		}
 	}
 	var push []string
