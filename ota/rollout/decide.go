@@ -873,49 +873,42 @@ func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([
 			live = append(live, &cc)
 		}
 	}
-	var push []string
-	var ids []string
-	for i := 0; i < len(live); {
-		c := live[i]
+	var push, ids []string
+	offers := func(c *change) (offerKey, bool) {
 		if !c.offer {
-			i++
-			continue
+			return offerKey{}, false
 		}
-		spec := e.offerSpec(c, now)
-		ids = append(ids[:0], c.m.id)
-		j := i + 1
-		for ; j < len(live) && live[j].offer && live[j].r == c.r && e.offerSpec(live[j], now) == spec; j++ {
-			ids = append(ids, live[j].m.id)
-		}
-		res, err := e.dlv.Offer(tx, ids, spec, "rollout "+c.r.rec.ID)
+		return offerKey{c.r, e.offerSpec(c, now)}, true
+	}
+	err := eachRun(live, offers, func(k offerKey, cs []*change) error {
+		ids = idsOf(cs, ids[:0])
+		res, err := e.dlv.Offer(tx, ids, k.spec, "rollout "+k.r.rec.ID)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for k, r := range res {
-			if o := live[i+k]; !r.OK {
-				o.m.state, o.reason = Skipped, r.Error
+		for i, r := range res {
+			if c := cs[i]; !r.OK {
+				c.m.state, c.reason = Skipped, r.Error
 			} else {
-				push = append(push, o.m.id)
+				push = append(push, c.m.id)
 			}
 		}
-		i = j
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	for i := 0; i < len(live); {
-		c := live[i]
-		if !c.cancel {
-			i++
-			continue
-		}
-		ids = append(ids[:0], c.m.id)
-		j := i + 1
-		for ; j < len(live) && live[j].cancel && live[j].r == c.r; j++ {
-			ids = append(ids, live[j].m.id)
-		}
-		if _, err := e.dlv.Cancel(tx, ids, "rollout "+c.r.rec.ID); err != nil {
-			return nil, err
+	cancels := func(c *change) (*run, bool) { return c.r, c.cancel }
+	err = eachRun(live, cancels, func(r *run, cs []*change) error {
+		ids = idsOf(cs, ids[:0])
+		if _, err := e.dlv.Cancel(tx, ids, "rollout "+r.rec.ID); err != nil {
+			return err
 		}
 		push = append(push, ids...)
-		i = j
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	applied := make([]appliedChange, 0, len(live))
 	for _, c := range live {
@@ -928,6 +921,41 @@ func (e *Engine) commitChanges(tx store.Tx, changes []*change, now time.Time) ([
 		tx.OnCommit(func() { e.apply(applied...) })
 	}
 	return push, nil
+}
+
+// offerKey: offers alike, made in one call.
+type offerKey struct {
+	r    *run
+	spec delivery.OfferSpec
+}
+
+// eachRun calls fn with each run of consecutive changes in cs that have a
+// key (ok) and the same one.
+func eachRun[K comparable](cs []*change, key func(*change) (K, bool), fn func(K, []*change) error) error {
+	for i := 0; i < len(cs); {
+		k, ok := key(cs[i])
+		j := i + 1
+		if ok {
+			for ; j < len(cs); j++ {
+				if kj, okj := key(cs[j]); !okj || kj != k {
+					break
+				}
+			}
+			if err := fn(k, cs[i:j]); err != nil {
+				return err
+			}
+		}
+		i = j
+	}
+	return nil
+}
+
+// idsOf appends the devices of cs to ids.
+func idsOf(cs []*change, ids []string) []string {
+	for _, c := range cs {
+		ids = append(ids, c.m.id)
+	}
+	return ids
 }
 
 // offerSpec is the offer change c makes.
