@@ -232,7 +232,8 @@ func New(opts Options) (_ *Broker, err error) {
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests; the
 	// device status and admin requests see publishes through one hook of
-	// their own (Publishes).
+	// their own (Publishes); last, the fleet events' count of
+	// subscriptions.
 	blocks := hooks.NewBlocks(sender, b.delivery, acl, topics, o.Logger)
 	undo = append(undo, func() { _ = blocks.Stop() })
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
@@ -253,7 +254,7 @@ func New(opts Options) (_ *Broker, err error) {
 		}
 	}
 	publishes := hooks.NewPublishes(b.device, adm)
-	for _, h := range []mqtt.Hook{auth, session, acl, b.device, blocks, adm, publishes} {
+	for _, h := range []mqtt.Hook{auth, session, acl, b.device, blocks, adm, publishes, b.events.Watch()} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -128,6 +129,12 @@ type Events struct {
 	orderMu sync.Mutex
 	last    time.Time
 
+	// subGen counts subscriptions made (Watch); listeners is what the
+	// fleet events topic had at one of them: (generation+1)<<1, and bit 0
+	// set when some client subscribes to it. 0: not looked at yet.
+	subGen    atomic.Uint64
+	listeners atomic.Uint64
+
 	ch       chan FleetEvent
 	stop     chan struct{}
 	done     chan struct{}
@@ -166,6 +173,12 @@ func (e *Events) OnEvent(dev event.Event) {
 	if sum, ok := dev.(event.RolloutSummary); ok {
 		ev = FleetEvent{Time: sum.Time(), topic: e.topics.RolloutSummary(sum.Rollout), raw: sum.JSON}
 	} else {
+		if l := e.listeners.Load(); l&1 == 0 && l>>1 == e.subGen.Load()+1 {
+			// nobody subscribes to the topic, and nobody has subscribed
+			// to anything since that was seen: mochi would route the
+			// message to no one
+			return
+		}
 		ev = fleetEvent(dev)
 	}
 	e.orderMu.Lock()
@@ -207,6 +220,9 @@ func (e *Events) publish(ev FleetEvent) {
 		}
 		return
 	}
+	if !e.heard() {
+		return
+	}
 	b, err := json.Marshal(ev)
 	if err != nil {
 		e.log.Error("fleet event encode", "err", err)
@@ -216,6 +232,50 @@ func (e *Events) publish(ev FleetEvent) {
 		e.log.Debug("fleet event not published", "err", err)
 	}
 }
+
+// heard reports whether a client subscribes to the fleet events topic. It
+// walks mochi's topic index only after a subscription was made since it
+// last did: a burst of events (a rollout's thousands of offers) costs a
+// load each, not an encoding and a publish to nobody.
+//
+// A subscription is in the index before Watch's OnSubscribed counts it,
+// and both before the client has its SUBACK: when the count is the one
+// seen before the walk, the walk saw every subscription a client can know
+// it has. Unsubscriptions are not counted: the topic then looks heard
+// until the next subscription, and mochi routes to no one meanwhile.
+func (e *Events) heard() bool {
+	g := e.subGen.Load()
+	if l := e.listeners.Load(); l>>1 == g+1 {
+		return l&1 == 1
+	}
+	subs := e.srv.Topics.Subscribers(e.topic)
+	heard := len(subs.Subscriptions) > 0 || len(subs.Shared) > 0 || len(subs.InlineSubscriptions) > 0
+	l := (g + 1) << 1
+	if heard {
+		l |= 1
+	}
+	e.listeners.Store(l)
+	return heard
+}
+
+// Watch returns the hook that tells e of subscriptions (heard); add it to
+// the server.
+func (e *Events) Watch() mqtt.Hook { return &eventsWatch{e: e} }
+
+// eventsWatch counts subscriptions for Events.
+type eventsWatch struct {
+	mqtt.HookBase
+	e *Events
+}
+
+// ID implements mqtt.Hook.
+func (w *eventsWatch) ID() string { return "otamq-events-watch" }
+
+// Provides implements mqtt.Hook.
+func (w *eventsWatch) Provides(b byte) bool { return b == mqtt.OnSubscribed }
+
+// OnSubscribed implements mqtt.Hook.
+func (w *eventsWatch) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { w.e.subGen.Add(1) }
 
 // Close publishes what is queued, waits for disconnects under way, and
 // stops.
