@@ -111,8 +111,39 @@ func (s *Sender) publish(topic string, payload []byte, qos byte) error {
 }
 
 // SendOffer implements delivery.Sender.
+//
+// A rollout sends thousands of offers at once, so the check is made in
+// full (receivers) only when it can refuse: when the device or its
+// gateway, the only clients that can receive a device's topic, has a
+// Maximum Packet Size the offer exceeds. Otherwise no receiver can be too
+// small, and mochi finds the subscribers and checks the ACL itself.
 func (s *Sender) SendOffer(id string, payload []byte) {
-	_ = s.publish(s.topics.Device(id, access.KindManifest), payload, 1)
+	topic := s.topics.Device(id, access.KindManifest)
+	if s.mayExceed(id, packetSize(topic, len(payload))) {
+		_ = s.publish(topic, payload, 1)
+		return
+	}
+	if err := s.srv.Publish(topic, payload, false, 1); err != nil {
+		s.log.Warn("publish failed", "topic", topic, "err", err)
+	}
+}
+
+// mayExceed reports whether a message of size bytes on a topic of device
+// id is larger than the device or its gateway accepts, whether or not
+// they subscribe.
+func (s *Sender) mayExceed(id string, size int) bool {
+	d, gw := s.acl.Readers(id)
+	for _, c := range [...]string{d, gw} {
+		if c == "" {
+			continue
+		}
+		if cl, ok := s.srv.Clients.Get(c); ok {
+			if max := cl.Properties.Props.MaximumPacketSize; max > 0 && uint32(size) > max {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // PublishBlock publishes a block message (or block error) of device id on

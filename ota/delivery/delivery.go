@@ -393,8 +393,8 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	h := &holds{s: s}
 	for _, id := range ids {
 		res := OfferResult{Device: id}
-		v, ok := s.fleet.Get(id)
-		if err := eligible(id, v, ok, r); err != nil {
+		d, run, ok := s.fleet.Running(id)
+		if err := eligible(id, d, &run, ok, r); err != nil {
 			res.Error = err.Error()
 			results = append(results, res)
 			continue
@@ -413,7 +413,7 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 			return nil, err
 		}
 		res.OK = true
-		if res.Warning = refusal(&v, r, want); res.Warning != "" {
+		if res.Warning = refusal(&run, r, want); res.Warning != "" {
 			s.o.Logger.Warn("offer the device will refuse", "device", id, "release", r.ID,
 				"rollout", spec.RolloutID, "reason", res.Warning)
 		}
@@ -422,18 +422,17 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	return results, nil
 }
 
-// refusal says why device v will refuse the manifest of r (of version
-// want, nil if it is not strict semver), as far as its last birth tells
-// (the policy of the C agent, docs/PROTOCOL.md): a sequence number below its
-// replay guard, a secure version below its own, a version not newer than
-// the one it runs (unless it allows downgrades). "" when nothing is known
-// against it. Configurations and feature flags have their own versions and
-// guards, which a birth does not carry.
-func refusal(v *fleet.View, r release.Release, want *semver.Version) string {
-	if r.Kind != manifest.KindFirmware || v.Status.BirthAt.IsZero() {
+// refusal says why a device running st will refuse the manifest of r (of
+// version want, nil if it is not strict semver), as far as its last birth
+// tells (the policy of the C agent, docs/PROTOCOL.md): a sequence number
+// below its replay guard, a secure version below its own, a version not
+// newer than the one it runs (unless it allows downgrades). "" when
+// nothing is known against it. Configurations and feature flags have their
+// own versions and guards, which a birth does not carry.
+func refusal(st *fleet.Running, r release.Release, want *semver.Version) string {
+	if r.Kind != manifest.KindFirmware || !st.Born {
 		return ""
 	}
-	st := v.Status
 	switch {
 	case r.Sequence < st.ReplayGuard:
 		return fmt.Sprintf("manifest sequence %d is below the device's replay guard %d (the sequence of the manifest it runs): it refuses the manifest", r.Sequence, st.ReplayGuard)
@@ -450,19 +449,20 @@ func refusal(v *fleet.View, r release.Release, want *semver.Version) string {
 	return ""
 }
 
-// eligible checks that device id (v, registered when ok) may be offered r.
-func eligible(id string, v fleet.View, ok bool, r release.Release) error {
+// eligible checks that device id (registration d and what it runs,
+// registered when ok) may be offered r.
+func eligible(id string, d *fleet.Device, run *fleet.Running, ok bool, r release.Release) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("%s is not registered", id)
-	case !v.Role.IsDevice():
-		return fmt.Errorf("%s is an %s, not a device", id, v.Role)
-	case v.Revoked:
+	case !d.Role.IsDevice():
+		return fmt.Errorf("%s is an %s, not a device", id, d.Role)
+	case d.Revoked:
 		return fmt.Errorf("%s is revoked", id)
 	}
-	hw := v.Hardware
+	hw := d.Hardware
 	if hw == "" {
-		hw = v.Status.ReportedHardware
+		hw = run.Hardware
 	}
 	if hw == "" {
 		return fmt.Errorf("%s has no known hardware (register it with --hardware, or let it send a birth)", id)

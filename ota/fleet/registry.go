@@ -178,6 +178,35 @@ func (r *Registry) Lookup(id string) (*Device, bool) {
 	return &e.rec.Load().Device, true
 }
 
+// Running is what a device's last birth said of the firmware it runs:
+// what an offer is judged by. Born is false before its first birth (the
+// rest is then empty).
+type Running struct {
+	Born          bool
+	Firmware      string
+	Hardware      string // as the device reports it
+	ReplayGuard   uint64
+	SecureVersion uint32
+}
+
+// Running returns the registration of id (shared: never modify it) and
+// what it runs: Get's Device and the birth's part of its Status, without
+// the copy of the whole status.
+func (r *Registry) Running(id string) (*Device, Running, bool) {
+	e := r.lookup(id)
+	if e == nil {
+		return nil, Running{}, false
+	}
+	e.mu.Lock()
+	s := &e.status
+	run := Running{Born: s.born}
+	if s.born {
+		run.Firmware, run.Hardware, run.ReplayGuard, run.SecureVersion = s.firmware, s.reportedHardware, s.replayGuard, s.secureVersion
+	}
+	e.mu.Unlock()
+	return &e.rec.Load().Device, run, true
+}
+
 // Get returns the registration and status of id.
 func (r *Registry) Get(id string) (View, bool) {
 	e := r.lookup(id)
