@@ -153,12 +153,14 @@ func benchRolloutOffers() error {
 			subs.close()
 			return err
 		}
+		om0 := machineTicks()
 		start := time.Now()
 		if err := c.Call(ctx, "rollout/start", map[string]any{"id": id}, nil); err != nil {
 			subs.close()
 			return fmt.Errorf("rollout/start: %w", err)
 		}
 		first, last, err := subs.wait(n)
+		om1 := machineTicks()
 		if err != nil {
 			subs.close()
 			return fmt.Errorf("otamq: %w", err)
@@ -206,6 +208,7 @@ func benchRolloutOffers() error {
 			subs.close()
 			return err
 		}
+		mm0 := machineTicks()
 		mstart := time.Now()
 		resp, err := http.Post(fmt.Sprintf("http://%s/publish?n=%d&par=%d", mc.ctlAddr, n, *roMochiPar), "application/octet-stream", bytes.NewReader(payload))
 		if err == nil {
@@ -219,6 +222,7 @@ func benchRolloutOffers() error {
 			return err
 		}
 		_, mlast, err := subs.wait(n)
+		mm1 := machineTicks()
 		if err != nil {
 			subs.close()
 			return fmt.Errorf("mochi: %w", err)
@@ -240,8 +244,8 @@ func benchRolloutOffers() error {
 		orates, mrates, ratios = append(orates, o), append(mrates, m), append(ratios, o/m)
 		ocpus, mcpus = append(ocpus, ou), append(mcpus, mu)
 		oallocs, mallocs = append(oallocs, oa), append(mallocs, ma)
-		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s; %5.1f µs CPU, %4.1f KiB allocated each, %d GC), plain mochi %6.0f msg/s (%5.1f µs CPU, %4.1f KiB each, %d GC), ratio %.2f\n",
-			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, oa, ou1.cycles-ou0.cycles, m, mu, ma, mu1.cycles-mu0.cycles, o/m)
+		fmt.Printf("  round %d: otamq %6.0f offers/s (first after %4.0f ms, last after %4.0f ms; the abort's empty offers %6.0f/s; %5.1f µs CPU, %4.1f KiB allocated each, %d GC; machine %s), plain mochi %6.0f msg/s (%5.1f µs CPU, %4.1f KiB each, %d GC; machine %s), ratio %.2f\n",
+			round+1, o, ms(first.Sub(start)), ms(last.Sub(start)), abort, ou, oa, ou1.cycles-ou0.cycles, om1.since(om0), m, mu, ma, mu1.cycles-mu0.cycles, mm1.since(mm0), o/m)
 	}
 	fmt.Printf("otamq, offers of a rollout (decided, committed, pushed)   %8.0f offers/s (target >= 20000/s)\n", median(orates))
 	fmt.Printf("plain mochi, the same payloads published (inline client)  %8.0f msg/s\n", median(mrates))

@@ -437,3 +437,44 @@ func (c *child) settle(least time.Duration) error {
 	}
 	return nil
 }
+
+// cpuTicks are the machine's CPU times from /proc/stat (all CPUs, clock
+// ticks): busy, idle (with I/O wait) and stolen by the hypervisor.
+type cpuTicks struct{ busy, idle, steal int64 }
+
+// machineTicks reads them; zero where /proc/stat cannot be read.
+func machineTicks() cpuTicks {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTicks{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return cpuTicks{}
+	}
+	var t cpuTicks
+	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
+		n, _ := strconv.ParseInt(v, 10, 64)
+		switch i {
+		case 3, 4:
+			t.idle += n
+		case 7:
+			t.steal += n
+		default:
+			t.busy += n
+		}
+	}
+	return t
+}
+
+// since is how the machine's CPUs were used from t0 to t: busy, idle and
+// stolen, in percent of their time.
+func (t cpuTicks) since(t0 cpuTicks) string {
+	busy, idle, steal := t.busy-t0.busy, t.idle-t0.idle, t.steal-t0.steal
+	total := busy + idle + steal
+	if total <= 0 {
+		return "busy ?"
+	}
+	return fmt.Sprintf("busy %d%%, idle %d%%, stolen %d%%", 100*busy/total, 100*idle/total, 100*steal/total)
+}
