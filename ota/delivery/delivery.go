@@ -390,6 +390,7 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 	now := s.o.Clock.Now().UTC()
 	results := make([]OfferResult, 0, len(ids))
 	want, _ := semver.StrictNewVersion(r.Version)
+	var have runningVersion
 	h := &holds{s: s}
 	for _, id := range ids {
 		res := OfferResult{Device: id}
@@ -413,7 +414,7 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 			return nil, err
 		}
 		res.OK = true
-		if res.Warning = refusal(&run, r, want); res.Warning != "" {
+		if res.Warning = refusal(&run, r, want, &have); res.Warning != "" {
 			s.o.Logger.Warn("offer the device will refuse", "device", id, "release", r.ID,
 				"rollout", spec.RolloutID, "reason", res.Warning)
 		}
@@ -429,7 +430,7 @@ func (s *Service) Offer(tx store.Tx, ids []string, spec OfferSpec, actor string)
 // newer than the one it runs (unless it allows downgrades). "" when
 // nothing is known against it. Configurations and feature flags have their
 // own versions and guards, which a birth does not carry.
-func refusal(st *fleet.Running, r release.Release, want *semver.Version) string {
+func refusal(st *fleet.Running, r release.Release, want *semver.Version, have *runningVersion) string {
 	if r.Kind != manifest.KindFirmware || !st.Born {
 		return ""
 	}
@@ -442,11 +443,26 @@ func refusal(st *fleet.Running, r release.Release, want *semver.Version) string 
 	if want == nil {
 		return ""
 	}
-	have, err := semver.StrictNewVersion(st.Firmware)
-	if err == nil && !want.GreaterThan(have) {
+	if v := have.parse(st.Firmware); v != nil && !want.GreaterThan(v) {
 		return fmt.Sprintf("version %s is not newer than the %s it runs: it refuses the manifest unless it allows downgrades", r.Version, st.Firmware)
 	}
 	return ""
+}
+
+// runningVersion is the last firmware version refusal parsed: the
+// devices of one offer call mostly run the same.
+type runningVersion struct {
+	s string
+	v *semver.Version // nil: s is not strict semver
+}
+
+// parse returns s as a strict semantic version, or nil.
+func (rv *runningVersion) parse(s string) *semver.Version {
+	if rv.v == nil || rv.s != s {
+		rv.s = s
+		rv.v, _ = semver.StrictNewVersion(s)
+	}
+	return rv.v
 }
 
 // eligible checks that device id (registration d and what it runs,
@@ -476,13 +492,19 @@ func eligible(id string, d *fleet.Device, run *fleet.Running, ok bool, r release
 // recent returns the rollout IDs a device whose offer record is old (nil:
 // none) was offered, newest first, starting with rolloutID.
 func recent(old *Offer, rolloutID string) []string {
-	out := []string{rolloutID}
-	if old != nil {
-		for _, r := range append([]string{old.RolloutID}, old.Recent...) {
-			if r != "" && !slices.Contains(out, r) && len(out) < recentRollouts {
-				out = append(out, r)
-			}
+	if old == nil {
+		return []string{rolloutID}
+	}
+	out := make([]string, 1, min(recentRollouts, 2+len(old.Recent)))
+	out[0] = rolloutID
+	add := func(r string) {
+		if r != "" && !slices.Contains(out, r) && len(out) < recentRollouts {
+			out = append(out, r)
 		}
+	}
+	add(old.RolloutID)
+	for _, r := range old.Recent {
+		add(r)
 	}
 	return out
 }
@@ -510,8 +532,9 @@ func (h *holds) put(tx store.Tx, of *Offer) error {
 
 func (h *holds) commit() {
 	h.s.mu.Lock()
+	var c *offerCommon
 	for _, of := range h.offers {
-		h.s.hold(of)
+		c = h.s.holdLike(of, c)
 	}
 	h.s.mu.Unlock()
 }

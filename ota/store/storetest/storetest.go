@@ -110,6 +110,42 @@ func putGetDelete(t *testing.T, s store.Store) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Reads between many writes and deletions of one transaction (a
+	// rollout's batch reads and writes thousands of keys of one bucket)
+	// see each write, and only exact keys.
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		for i := range 3000 {
+			k := []byte(fmt.Sprintf("m%05d", i))
+			if v := tx.Get("b", k); v != nil {
+				return fmt.Errorf("%s before its write: %q", k, v)
+			}
+			if err := tx.Put("b", k, []byte(fmt.Sprintf("v%d", i))); err != nil {
+				return err
+			}
+			if i%2 == 1 {
+				if err := tx.Delete("b", []byte(fmt.Sprintf("m%05d", i-1))); err != nil {
+					return err
+				}
+			}
+		}
+		for i := range 3000 {
+			k := []byte(fmt.Sprintf("m%05d", i))
+			switch v := tx.Get("b", k); {
+			case i%2 == 0 && v != nil:
+				return fmt.Errorf("deleted %s reads %q", k, v)
+			case i%2 == 1 && string(v) != fmt.Sprintf("v%d", i):
+				return fmt.Errorf("%s reads %q, want v%d", k, v, i)
+			}
+		}
+		for _, k := range []string{"m", "m00000x", "m99999", "zzz"} {
+			if v := tx.Get("b", []byte(k)); v != nil {
+				return fmt.Errorf("missing key %s reads %q", k, v)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func scan(t *testing.T, s store.Store) {
