@@ -91,12 +91,27 @@ func TestHeldOffers(t *testing.T) {
 	if n := commons(e.svc); n != 1 { // cancelled is the device's own
 		t.Fatalf("d1 cancelled: %d common parts, want 1", n)
 	}
+	// one call offering a device twice, and its neighbour: each held with
+	// the common of the offer before it, as the store has them
+	e.clk.Advance(time.Minute)
+	offer("r3", 0, "d1", "d1", "d2")
+	same(e.svc)
+	if n := commons(e.svc); n != 1 {
+		t.Fatalf("d1 twice and d2 on r3, with the same history: %d common parts, want 1", n)
+	}
+	// one call whose devices have histories of their own
+	offer("r4", 0, "d1")
+	offer("r5", 0, "d1", "d2", "d1")
+	same(e.svc)
+	if n := commons(e.svc); n != 2 {
+		t.Fatalf("d1 and d2 on r5 with different histories: %d common parts, want 2", n)
+	}
 	again, err := New(e.db, e.cat, e.reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	same(again)
-	if n := commons(again); n != 1 {
-		t.Fatalf("after a restart: %d common parts, want 1", n)
+	if n := commons(again); n != 2 {
+		t.Fatalf("after a restart: %d common parts, want 2", n)
 	}
 }
