@@ -232,12 +232,11 @@ func New(opts Options) (_ *Broker, err error) {
 	// Hook order is fixed: authentication, per-client limits,
 	// authorization, device status, block serving, admin requests; the
 	// device status and admin requests see publishes through one hook of
-	// their own (Publishes); last, the fleet events' count of
-	// subscriptions.
+	// their own (Publishes).
 	blocks := hooks.NewBlocks(sender, b.delivery, acl, topics, o.Logger)
 	undo = append(undo, func() { _ = blocks.Stop() })
 	b.device = hooks.NewDevice(hooks.DeviceOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Recorder: rec, Logger: o.Logger,
-		Delivery: b.delivery, Sender: sender, Blocks: blocks})
+		Delivery: b.delivery, Sender: sender, Blocks: blocks, Events: b.events})
 	undo = append(undo, func() { _ = b.device.Stop() })
 	adm := hooks.NewAdmin(hooks.AdminOptions{Server: b.srv, Topics: topics, Fleet: b.fleet, Service: b.admin,
 		Recorder: rec, Logger: o.Logger, Workers: o.AdminWorkers, Queue: o.AdminQueue})
@@ -254,7 +253,7 @@ func New(opts Options) (_ *Broker, err error) {
 		}
 	}
 	publishes := hooks.NewPublishes(b.device, adm)
-	for _, h := range []mqtt.Hook{auth, session, acl, b.device, blocks, adm, publishes, b.events.Watch()} {
+	for _, h := range []mqtt.Hook{auth, session, acl, b.device, blocks, adm, publishes} {
 		if err := b.srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}

@@ -30,6 +30,7 @@ type Device struct {
 	dlv    *delivery.Service // nil: no OTA (events and block requests are only checked)
 	sender *Sender
 	blocks *Blocks
+	events *Events
 	rec    Recorder
 	log    *slog.Logger
 
@@ -60,6 +61,8 @@ type DeviceOptions struct {
 	// SweepInterval is how often sessions whose connection died without a
 	// disconnect event are looked for. Default 5s.
 	SweepInterval time.Duration
+	// Events, if set, is told of every subscription (Events.Subscribed).
+	Events *Events
 }
 
 // NewDevice returns the device hook and starts its sweeper; Stop ends it.
@@ -74,9 +77,9 @@ func NewDevice(o DeviceOptions) *Device {
 		o.SweepInterval = 5 * time.Second
 	}
 	d := &Device{
-		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, blocks: o.Blocks, rec: o.Recorder, log: o.Logger,
-		sessions: make(map[*mqtt.Client]uint64),
-		stop:     make(chan struct{}), done: make(chan struct{}),
+		srv: o.Server, topics: o.Topics, fleet: o.Fleet, dlv: o.Delivery, sender: o.Sender, blocks: o.Blocks, events: o.Events, rec: o.Recorder,
+		log: o.Logger, sessions: make(map[*mqtt.Client]uint64),
+		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	go d.sweep(o.SweepInterval)
 	return d
@@ -343,7 +346,12 @@ func (d *Device) serveBlocks(cl *mqtt.Client, id string, payload []byte) {
 
 // OnSubscribed implements mqtt.Hook: a device (or its gateway) that
 // subscribes to a manifest topic gets that device's current offer at once.
+//
+// It also tells the fleet events publisher that a subscription was made.
 func (d *Device) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if d.events != nil {
+		d.events.Subscribed()
+	}
 	if d.dlv == nil || cl.Net.Inline {
 		return
 	}

@@ -129,7 +129,7 @@ type Events struct {
 	orderMu sync.Mutex
 	last    time.Time
 
-	// subGen counts subscriptions made (Watch); listeners is what the
+	// subGen counts subscriptions made (Subscribed); listeners is what the
 	// fleet events topic had at one of them: (generation+1)<<1, and bit 0
 	// set when some client subscribes to it. 0: not looked at yet.
 	subGen    atomic.Uint64
@@ -238,8 +238,9 @@ func (e *Events) publish(ev FleetEvent) {
 // last did: a burst of events (a rollout's thousands of offers) costs a
 // load each, not an encoding and a publish to nobody.
 //
-// A subscription is in the index before Watch's OnSubscribed counts it,
-// and both before the client has its SUBACK: when the count is the one
+// A subscription is in the index before mochi's OnSubscribed hooks run,
+// where the device hook counts it (Subscribed), and both before the client
+// has its SUBACK: when the count is the one
 // seen before the walk, the walk saw every subscription a client can know
 // it has. Unsubscriptions are not counted: the topic then looks heard
 // until the next subscription, and mochi routes to no one meanwhile.
@@ -258,24 +259,10 @@ func (e *Events) heard() bool {
 	return heard
 }
 
-// Watch returns the hook that tells e of subscriptions (heard); add it to
-// the server.
-func (e *Events) Watch() mqtt.Hook { return &eventsWatch{e: e} }
-
-// eventsWatch counts subscriptions for Events.
-type eventsWatch struct {
-	mqtt.HookBase
-	e *Events
-}
-
-// ID implements mqtt.Hook.
-func (w *eventsWatch) ID() string { return "otamq-events-watch" }
-
-// Provides implements mqtt.Hook.
-func (w *eventsWatch) Provides(b byte) bool { return b == mqtt.OnSubscribed }
-
-// OnSubscribed implements mqtt.Hook.
-func (w *eventsWatch) OnSubscribed(*mqtt.Client, packets.Packet, []byte) { w.e.subGen.Add(1) }
+// Subscribed tells e that a client subscribed to something (heard): the
+// device hook calls it from its OnSubscribed, so that mochi has no hook
+// more to go through for every packet.
+func (e *Events) Subscribed() { e.subGen.Add(1) }
 
 // Close publishes what is queued, waits for disconnects under way, and
 // stops.

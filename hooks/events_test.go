@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,19 +15,34 @@ import (
 
 	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/event"
+	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/store"
 )
 
 // Fleet events nobody subscribes to are not published, and a client that
-// subscribes after that gets the next ones: the subscription is seen
-// (Events.Watch) before its SUBACK.
+// subscribes after that gets the next ones: the device hook tells the
+// publisher of the subscription (Events.Subscribed) before its SUBACK.
 func TestFleetEventsAfterNobodyListened(t *testing.T) {
 	srv := mqtt.New(&mqtt.Options{InlineClient: true})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
 	}
-	e := NewEvents(srv, access.Topics{Prefix: "dm"}, nil, nil)
+	topics := access.Topics{Prefix: "dm"}
+	e := NewEvents(srv, topics, nil, nil)
 	t.Cleanup(e.Close)
-	if err := srv.AddHook(e.Watch(), nil); err != nil {
+	db, err := store.Open(filepath.Join(t.TempDir(), "otamq.db"), &store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	reg, err := fleet.Open(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the device hook, which counts subscriptions for e
+	d := NewDevice(DeviceOptions{Server: srv, Topics: topics, Fleet: reg, Events: e})
+	t.Cleanup(func() { _ = d.Stop() })
+	if err := srv.AddHook(d, nil); err != nil {
 		t.Fatal(err)
 	}
 	ln := listeners.NewTCP(listeners.Config{ID: "t", Address: "127.0.0.1:0"})
