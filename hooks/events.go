@@ -131,9 +131,11 @@ type Events struct {
 
 	// subGen counts subscriptions made (Subscribed); listeners is what the
 	// fleet events topic had at one of them: (generation+1)<<1, and bit 0
-	// set when some client subscribes to it. 0: not looked at yet.
+	// set when some client subscribes to it; 0: not looked at yet.
+	// lookedAt is when that was seen (Unix nanoseconds).
 	subGen    atomic.Uint64
 	listeners atomic.Uint64
+	lookedAt  atomic.Int64
 
 	ch       chan FleetEvent
 	stop     chan struct{}
@@ -142,7 +144,8 @@ type Events struct {
 	kicks    sync.WaitGroup // disconnects under way
 }
 
-// NewEvents starts the publisher. Close stops it.
+// NewEvents starts the publisher. Close stops it. Call Subscribed from an
+// OnSubscribed hook of srv.
 func NewEvents(srv *mqtt.Server, t access.Topics, rec Recorder, log *slog.Logger) *Events {
 	if rec == nil {
 		rec = NopRecorder{}
@@ -173,9 +176,8 @@ func (e *Events) OnEvent(dev event.Event) {
 	if sum, ok := dev.(event.RolloutSummary); ok {
 		ev = FleetEvent{Time: sum.Time(), topic: e.topics.RolloutSummary(sum.Rollout), raw: sum.JSON}
 	} else {
-		if l := e.listeners.Load(); l&1 == 0 && l>>1 == e.subGen.Load()+1 {
-			// nobody subscribes to the topic, and nobody has subscribed
-			// to anything since that was seen: mochi would route the
+		if heard, known := e.known(); known && !heard {
+			// nobody subscribes to the topic: mochi would route the
 			// message to no one
 			return
 		}
@@ -234,34 +236,54 @@ func (e *Events) publish(ev FleetEvent) {
 }
 
 // heard reports whether a client subscribes to the fleet events topic. It
-// walks mochi's topic index only after a subscription was made since it
-// last did: a burst of events (a rollout's thousands of offers) costs a
-// load each, not an encoding and a publish to nobody.
+// walks mochi's topic index only when a subscription was made since it
+// last did, or listenersFresh has passed: a burst of events (a rollout's
+// thousands of offers) costs a few loads each, not an encoding and a
+// publish to nobody.
 //
 // A subscription is in the index before mochi's OnSubscribed hooks run,
 // where the device hook counts it (Subscribed), and both before the client
-// has its SUBACK: when the count is the one
-// seen before the walk, the walk saw every subscription a client can know
-// it has. Unsubscriptions are not counted: the topic then looks heard
-// until the next subscription, and mochi routes to no one meanwhile.
+// has its SUBACK: when the count is the one seen before the walk, the walk
+// saw every subscription a client can know it has. A subscription that
+// comes into the index another way (a session mochi restores without
+// OnSubscribed; an Events nobody calls Subscribed for) is seen within
+// listenersFresh. Unsubscriptions are not counted: the topic then looks
+// heard until the next look, and mochi routes to no one meanwhile.
 func (e *Events) heard() bool {
-	g := e.subGen.Load()
-	if l := e.listeners.Load(); l>>1 == g+1 {
-		return l&1 == 1
+	if heard, known := e.known(); known {
+		return heard
 	}
+	g := e.subGen.Load()
 	subs := e.srv.Topics.Subscribers(e.topic)
 	heard := len(subs.Subscriptions) > 0 || len(subs.Shared) > 0 || len(subs.InlineSubscriptions) > 0
 	l := (g + 1) << 1
 	if heard {
 		l |= 1
 	}
+	e.lookedAt.Store(time.Now().UnixNano())
 	e.listeners.Store(l)
 	return heard
 }
 
-// Subscribed tells e that a client subscribed to something (heard): the
-// device hook calls it from its OnSubscribed, so that mochi has no hook
-// more to go through for every packet.
+// listenersFresh is how long what heard saw holds when no subscription
+// was made meanwhile.
+const listenersFresh = time.Second
+
+// known returns what heard last saw, and whether it still holds: no
+// subscription since, and seen within listenersFresh.
+func (e *Events) known() (heard, ok bool) {
+	l := e.listeners.Load()
+	if l>>1 != e.subGen.Load()+1 || time.Now().UnixNano()-e.lookedAt.Load() >= int64(listenersFresh) {
+		return false, false
+	}
+	return l&1 == 1, true
+}
+
+// Subscribed tells e that a client subscribed to something (heard). Call
+// it from a hook's OnSubscribed (the device hook does, so that mochi has
+// no hook more to go through for every packet); without it, a new
+// subscriber of the fleet events topic may miss up to listenersFresh of
+// events.
 func (e *Events) Subscribed() { e.subGen.Add(1) }
 
 // Close publishes what is queued, waits for disconnects under way, and

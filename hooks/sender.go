@@ -19,7 +19,9 @@ import (
 // into the session's inflight store and then fails to send it; the session
 // is wedged from then on (every reconnect is dropped after CONNACK). So
 // before publishing, Sender checks every subscriber of the topic that would
-// receive it and sends nothing if one of them could not take the message.
+// receive it and sends nothing if one of them could not take the message
+// (for an offer, only when the device or its gateway has a Maximum Packet
+// Size the offer exceeds: see SendOffer).
 // Only subscribers the ACL allows now count, as only they receive (mochi
 // checks the ACL per subscriber on delivery): a leftover subscription of a
 // former gateway, say, neither blocks an offer nor counts as its delivery.

@@ -452,14 +452,15 @@ func refusal(st *fleet.Running, r release.Release, want *semver.Version, have *r
 // runningVersion is the last firmware version refusal parsed: the
 // devices of one offer call mostly run the same.
 type runningVersion struct {
-	s string
-	v *semver.Version // nil: s is not strict semver
+	parsed bool
+	s      string
+	v      *semver.Version // nil: s is not strict semver
 }
 
 // parse returns s as a strict semantic version, or nil.
 func (rv *runningVersion) parse(s string) *semver.Version {
-	if rv.v == nil || rv.s != s {
-		rv.s = s
+	if !rv.parsed || rv.s != s {
+		rv.parsed, rv.s = true, s
 		rv.v, _ = semver.StrictNewVersion(s)
 	}
 	return rv.v

@@ -11,6 +11,7 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -112,8 +113,47 @@ func putGetDelete(t *testing.T, s store.Store) {
 	}
 	// Reads between many writes and deletions of one transaction (a
 	// rollout's batch reads and writes thousands of keys of one bucket)
-	// see each write, and only exact keys.
+	// see each write, and only exact keys: in a bucket written in one
+	// transaction (all in memory), and in one committed before, whose keys
+	// are on many pages.
 	if err := s.Update(ctx, func(tx store.Tx) error {
+		for i := range 3000 {
+			k := []byte(fmt.Sprintf("c%05d", i))
+			if err := tx.Put("b", k, bytes.Repeat([]byte{'x'}, 40)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx, func(tx store.Tx) error {
+		for i := range 3000 {
+			k := []byte(fmt.Sprintf("c%05d", i))
+			if v := tx.Get("b", k); len(v) != 40 {
+				return fmt.Errorf("committed %s reads %q", k, v)
+			}
+			if v := tx.Get("b", append(k, 'x')); v != nil {
+				return fmt.Errorf("missing key %sx, between two committed ones, reads %q", k, v)
+			}
+			if err := tx.Put("b", k, []byte(fmt.Sprintf("w%d", i))); err != nil {
+				return err
+			}
+			if i%3 == 2 {
+				if err := tx.Delete("b", []byte(fmt.Sprintf("c%05d", i-1))); err != nil {
+					return err
+				}
+			}
+		}
+		for i := range 3000 {
+			k := []byte(fmt.Sprintf("c%05d", i))
+			switch v := tx.Get("b", k); {
+			case i%3 == 1 && v != nil:
+				return fmt.Errorf("deleted %s reads %q", k, v)
+			case i%3 != 1 && string(v) != fmt.Sprintf("w%d", i):
+				return fmt.Errorf("%s reads %q, want w%d", k, v, i)
+			}
+		}
 		for i := range 3000 {
 			k := []byte(fmt.Sprintf("m%05d", i))
 			if v := tx.Get("b", k); v != nil {
