@@ -405,7 +405,7 @@ func blocksThroughput(b *broker.Broker, img *blkImage, maxDev int) error {
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
+	defer closeMochi(srv)
 	od, err := connectDevices(b.Addr(), maxDev, true)
 	if err != nil {
 		return fmt.Errorf("otamq devices: %w", err)

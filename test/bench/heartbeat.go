@@ -60,7 +60,7 @@ func heartbeatBench(inRollout int) error {
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
+	defer closeMochi(srv)
 	dir, err := os.MkdirTemp("", "otamq-bench-")
 	if err != nil {
 		return err
