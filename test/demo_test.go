@@ -151,7 +151,12 @@ func processesIn(t *testing.T, dir string) []string {
 		if cwd != dir && !strings.HasPrefix(cwd, dir+"/") {
 			continue
 		}
-		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(cmdline) == 0 {
+			// ended between the two reads (a make or go subprocess of
+			// the demo's, say), or a zombie: no command line
+			continue
+		}
 		out = append(out, e.Name()+" "+strings.ReplaceAll(string(cmdline), "\x00", " "))
 	}
 	return out
