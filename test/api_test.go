@@ -959,7 +959,12 @@ func TestAPIInflightBound(t *testing.T) {
 	b := startBroker(t, func(o *broker.Options) { o.HTTPMaxInflight = 2 })
 	op := b.apiLogin(opID, opPassword)
 	var writers []*io.PipeWriter
-	done := make(chan int, 2)
+	done := make(chan string, 2)
+	ended := 0 // of the uploads, seen ended
+	// a client of the uploads' own: the default one's connections are
+	// shared with the package's other tests, which run in parallel
+	uploads := &http.Client{Transport: &http.Transport{}}
+	t.Cleanup(uploads.CloseIdleConnections)
 	for range 2 {
 		pr, pw := io.Pipe()
 		writers = append(writers, pw)
@@ -967,28 +972,34 @@ func TestAPIInflightBound(t *testing.T) {
 		req.Header.Set("Authorization", "Bearer "+op.token)
 		req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
 		go func() {
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := uploads.Do(req)
 			if err != nil {
-				done <- 0
+				done <- err.Error()
 				return
 			}
 			_ = resp.Body.Close()
-			done <- resp.StatusCode
+			done <- resp.Status
 		}()
-		if _, err := pw.Write([]byte("--x\r\n")); err != nil { // the server is reading it
+		if _, err := pw.Write([]byte("--x\r\n")); err != nil { // the client is sending it
 			t.Fatal(err)
 		}
 	}
 	eventually(t, 30*time.Second, func() error { // once both handlers run
 		if r := op.do("GET", "/api/v1/devices", nil); r.status != http.StatusServiceUnavailable || r.Error.Code != admin.CodeUnavailable {
-			return fmt.Errorf("third request: %d", r.status)
+			select {
+			case d := <-done:
+				ended++
+				return fmt.Errorf("third request: %d; an upload ended early: %s", r.status, d)
+			default:
+			}
+			return fmt.Errorf("third request: %d, %d of the uploads ended early", r.status, ended)
 		}
 		return nil
 	})
 	for _, pw := range writers {
 		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
 	}
-	for range 2 {
+	for range 2 - ended {
 		<-done
 	}
 	eventually(t, 30*time.Second, func() error { // once both handlers returned
