@@ -105,6 +105,11 @@ func (s *Sender) publish(topic string, payload []byte, qos byte) error {
 	case n == 0:
 		return delivery.ErrNoReceiver
 	}
+	return s.send(topic, payload, qos)
+}
+
+// send publishes payload on topic through mochi, unchecked.
+func (s *Sender) send(topic string, payload []byte, qos byte) error {
 	if err := s.srv.Publish(topic, payload, false, qos); err != nil {
 		s.log.Warn("publish failed", "topic", topic, "err", err)
 		return err
@@ -125,9 +130,7 @@ func (s *Sender) SendOffer(id string, payload []byte) {
 		_ = s.publish(topic, payload, 1)
 		return
 	}
-	if err := s.srv.Publish(topic, payload, false, 1); err != nil {
-		s.log.Warn("publish failed", "topic", topic, "err", err)
-	}
+	_ = s.send(topic, payload, 1)
 }
 
 // mayExceed reports whether a message of size bytes on a topic of device

@@ -128,54 +128,11 @@ func putGetDelete(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	if err := s.Update(ctx, func(tx store.Tx) error {
-		for i := range 3000 {
-			k := []byte(fmt.Sprintf("c%05d", i))
-			if v := tx.Get("b", k); len(v) != 40 {
-				return fmt.Errorf("committed %s reads %q", k, v)
-			}
-			if v := tx.Get("b", append(k, 'x')); v != nil {
-				return fmt.Errorf("missing key %sx, between two committed ones, reads %q", k, v)
-			}
-			if err := tx.Put("b", k, []byte(fmt.Sprintf("w%d", i))); err != nil {
-				return err
-			}
-			if i%3 == 2 {
-				if err := tx.Delete("b", []byte(fmt.Sprintf("c%05d", i-1))); err != nil {
-					return err
-				}
-			}
+		if err := rewrite(tx, "c", 3, true); err != nil {
+			return err
 		}
-		for i := range 3000 {
-			k := []byte(fmt.Sprintf("c%05d", i))
-			switch v := tx.Get("b", k); {
-			case i%3 == 1 && v != nil:
-				return fmt.Errorf("deleted %s reads %q", k, v)
-			case i%3 != 1 && string(v) != fmt.Sprintf("w%d", i):
-				return fmt.Errorf("%s reads %q, want w%d", k, v, i)
-			}
-		}
-		for i := range 3000 {
-			k := []byte(fmt.Sprintf("m%05d", i))
-			if v := tx.Get("b", k); v != nil {
-				return fmt.Errorf("%s before its write: %q", k, v)
-			}
-			if err := tx.Put("b", k, []byte(fmt.Sprintf("v%d", i))); err != nil {
-				return err
-			}
-			if i%2 == 1 {
-				if err := tx.Delete("b", []byte(fmt.Sprintf("m%05d", i-1))); err != nil {
-					return err
-				}
-			}
-		}
-		for i := range 3000 {
-			k := []byte(fmt.Sprintf("m%05d", i))
-			switch v := tx.Get("b", k); {
-			case i%2 == 0 && v != nil:
-				return fmt.Errorf("deleted %s reads %q", k, v)
-			case i%2 == 1 && string(v) != fmt.Sprintf("v%d", i):
-				return fmt.Errorf("%s reads %q, want v%d", k, v, i)
-			}
+		if err := rewrite(tx, "m", 2, false); err != nil {
+			return err
 		}
 		for _, k := range []string{"m", "m00000x", "m99999", "zzz"} {
 			if v := tx.Get("b", []byte(k)); v != nil {
@@ -186,6 +143,47 @@ func putGetDelete(t *testing.T, s store.Store) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rewrite writes 3000 keys prefix00000... of bucket "b" in tx, deleting
+// the key before every every-th one after its write, and reads them all
+// back. Each key is read before its write: with committed, it holds the
+// 40 bytes written before, and the key just after it (its own with "x"
+// added, between two committed keys) is missing; otherwise it is missing.
+func rewrite(tx store.Tx, prefix string, every int, committed bool) error {
+	key := func(i int) []byte { return []byte(fmt.Sprintf("%s%05d", prefix, i)) }
+	for i := range 3000 {
+		k := key(i)
+		switch v := tx.Get("b", k); {
+		case committed && len(v) != 40:
+			return fmt.Errorf("committed %s reads %q", k, v)
+		case !committed && v != nil:
+			return fmt.Errorf("%s before its write: %q", k, v)
+		}
+		if committed {
+			if v := tx.Get("b", append(k, 'x')); v != nil {
+				return fmt.Errorf("missing key %sx, between two committed ones, reads %q", k, v)
+			}
+		}
+		if err := tx.Put("b", k, []byte(fmt.Sprintf("v%d", i))); err != nil {
+			return err
+		}
+		if i%every == every-1 {
+			if err := tx.Delete("b", key(i-1)); err != nil {
+				return err
+			}
+		}
+	}
+	for i := range 3000 {
+		k := key(i)
+		switch v, deleted := tx.Get("b", k), i%every == every-2; {
+		case deleted && v != nil:
+			return fmt.Errorf("deleted %s reads %q", k, v)
+		case !deleted && string(v) != fmt.Sprintf("v%d", i):
+			return fmt.Errorf("%s reads %q, want v%d", k, v, i)
+		}
+	}
+	return nil
 }
 
 func scan(t *testing.T, s store.Store) {
