@@ -132,11 +132,12 @@ const (
 
 // run is a loaded rollout.
 type run struct {
-	rec     *record
-	spec    *Spec
-	rel     release.Release
-	path    []release.Release
-	members []*member // sorted by ID once loaded or created (member finds one)
+	rec      *record
+	spec     *Spec
+	rel      release.Release
+	path     []release.Release
+	versions versions  // rel's and path's, parsed
+	members  []*member // sorted by ID once loaded or created (member finds one)
 	// counts[wave][state] counts members; counts[wave][numStates] the
 	// health failures among them. slices the same per hardware and region.
 	counts []counter
@@ -318,6 +319,7 @@ func (e *Engine) open(rec *record) (*run, error) {
 		rel, _ := e.cat.Release(id)
 		r.path = append(r.path, rel)
 	}
+	r.versions = parseVersions(r.rel, r.path)
 	return r, nil
 }
 

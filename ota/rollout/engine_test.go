@@ -592,7 +592,13 @@ func TestVersionRulesAndUpgradePath(t *testing.T) {
 		dev{id: "secure", hw: "esp32-v2", firmware: "1.1.9", secure: 2},
 		dev{id: "other-hw", hw: "rp2040", firmware: "1.0.0"},
 		dev{id: "unborn", hw: "esp32-v2"},
+		dev{id: "reported-hw"},
 	)
+	// registered without hardware: what it runs on is what its birth says
+	e.connect("reported-hw")
+	if err := e.reg.Birth("reported-hw", wire.Birth{FirmwareVersion: "1.0.3", Hardware: "esp32-v2", OTAState: wire.StateIdle}); err != nil {
+		t.Fatal(err)
+	}
 	spec := "id: r1\nrelease: 1.2.4\nwaves: [{percent: [100]}]\nupgrade_path: [1.1.0]\nprobation: 1m\n"
 	p, err := e.eng.PlanSpec([]byte(spec))
 	if err != nil {
@@ -615,7 +621,7 @@ func TestVersionRulesAndUpgradePath(t *testing.T) {
 			t.Errorf("%s skipped for %q, want %q", id, reasons[id], want)
 		}
 	}
-	if p.Devices != 3 || p.Steps[e.rels["1.1.0"].ID] != 1 {
+	if p.Devices != 4 || p.Steps[e.rels["1.1.0"].ID] != 2 {
 		t.Fatalf("plan %+v", p)
 	}
 	e.create(spec)
@@ -626,6 +632,9 @@ func TestVersionRulesAndUpgradePath(t *testing.T) {
 	}
 	if o, _ := e.snd.lastOffer("old"); o.RolloutID != "r1~s0" {
 		t.Fatalf("stepping stone offered as %q", o.RolloutID)
+	}
+	if got := e.target("reported-hw"); got != "1.1.0" {
+		t.Fatalf("reported-hw offered %q first (%+v)", got, e.device("r1", "reported-hw"))
 	}
 	if got := e.target("mid"); got != "1.2.4" {
 		t.Fatalf("mid offered %s", got)

@@ -107,7 +107,7 @@ func (e *Engine) Create(actor string, text []byte, commit Committer) (*View, *Pl
 		*names = append(*names, s)
 		return i
 	}
-	r := &run{spec: spec, rel: p.release, path: p.path, counts: make([]counter, len(p.waves)),
+	r := &run{spec: spec, rel: p.release, path: p.path, versions: p.versions, counts: make([]counter, len(p.waves)),
 		slices: map[sliceKey]*counter{}}
 	type stored struct {
 		m      *member
@@ -571,7 +571,7 @@ func (e *Engine) PlanOf(id string) (*PlanView, error) {
 	if r == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, quote(id))
 	}
-	p := &plan{id: id, spec: r.spec, release: r.rel, path: r.path}
+	p := &plan{id: id, spec: r.spec, release: r.rel, path: r.path, versions: r.versions}
 	e.mu.RLock()
 	p.waves = append(p.waves, r.rec.Waves...)
 	ids := make([]member, len(r.members))

@@ -49,6 +49,38 @@ type plan struct {
 	// unassigned devices were selected but fall in no wave.
 	unassigned   int
 	unknownLocal int
+	// versions of release and path, parsed once for all devices
+	versions versions
+}
+
+// versions are the release's and the stepping stones' versions, parsed:
+// versionRules compares each device's with them, and Masterminds'
+// NewVersion runs a regular expression.
+type versions struct {
+	to     *semver.Version
+	stones []*semver.Version // path's, in its order
+}
+
+// parseVersions parses rel's and path's versions once.
+func parseVersions(rel release.Release, path []release.Release) versions {
+	v := versions{stones: make([]*semver.Version, len(path))}
+	v.to, _ = semver.NewVersion(rel.Version)
+	for i, s := range path {
+		v.stones[i], _ = semver.NewVersion(s.Version)
+	}
+	return v
+}
+
+// parsed returns version s, the one of index i of v (-1: the release's),
+// from v when it was parsed there.
+func (v *versions) parsed(i int, s string) *semver.Version {
+	switch {
+	case i < 0 && v.to != nil:
+		return v.to
+	case i >= 0 && i < len(v.stones) && v.stones[i] != nil:
+		return v.stones[i]
+	}
+	return semver.MustParse(s)
 }
 
 // PlanView is a plan as operators see it (rollout/plan, rollout/create).
@@ -206,6 +238,7 @@ func (pl *planner) plan(spec *Spec, id string) (*plan, error) {
 	slices.SortFunc(p.path, func(a, b release.Release) int {
 		return semver.MustParse(a.Version).Compare(semver.MustParse(b.Version))
 	})
+	p.versions = parseVersions(p.release, p.path)
 	for _, w := range spec.Waves {
 		if len(w.Percent) == 0 {
 			p.waves = append(p.waves, wave{Name: w.Name, State: WavePending})
@@ -354,11 +387,15 @@ func waveIndex(spec *Spec, i int) int {
 	return n
 }
 
-func hardwareOf(v *fleet.View) string {
-	if v.Hardware != "" {
-		return v.Hardware
+func hardwareOf(v *fleet.View) string { return registeredOr(&v.Device, v.Status.ReportedHardware) }
+
+// registeredOr is d's registered hardware, or the one it reported when none
+// is registered.
+func registeredOr(d *fleet.Device, reported string) string {
+	if d.Hardware != "" {
+		return d.Hardware
 	}
-	return v.Status.ReportedHardware
+	return reported
 }
 
 func connectivityOf(v *fleet.View) string {
@@ -430,7 +467,7 @@ func (pl *planner) versionRules(p *plan, running string, secure uint32, hw strin
 	}
 	at := from
 	for i, stone := range p.path {
-		sv := semver.MustParse(stone.Version)
+		sv := p.versions.parsed(i, stone.Version)
 		if !sv.GreaterThan(from) {
 			continue
 		}
@@ -446,7 +483,7 @@ func (pl *planner) versionRules(p *plan, running string, secure uint32, hw strin
 		need |= 1 << i
 		at = sv
 	}
-	to := semver.MustParse(p.release.Version)
+	to := p.versions.parsed(-1, p.release.Version)
 	if why := p.spec.Versions.hop(at, to); why != "" {
 		if need == 0 && len(p.path) > 0 && to.GreaterThan(at) {
 			why += "; and no stepping stone of the upgrade path lies between"
