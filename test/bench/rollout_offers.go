@@ -16,17 +16,20 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/otamq/otamq/cmd/otactl/rpc"
+	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/fleet"
 	"github.com/otamq/otamq/ota/rollout"
+	"github.com/otamq/otamq/ota/wire"
 )
 
 var (
-	roConns    = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
-	roRounds   = flag.Int("ro-rounds", 7, "rollout offers benchmark: rounds (the median is reported)")
-	roProf     = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
-	roTrace    = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
-	roMochiPar = flag.Int("ro-mochi-publishers", 1, "rollout offers benchmark: goroutines plain mochi publishes on (each device's message on one of them)")
-	roAllocs   = flag.String("ro-offers-allocprofile", "", "rollout offers benchmark: write the otamq server's heap profiles before (FILE.N.base) and after each round's offers (FILE.N; go tool pprof -sample_index=alloc_space -base FILE.N.base FILE.N)")
+	roConns     = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
+	roRounds    = flag.Int("ro-rounds", 11, "rollout offers benchmark: rounds (the median is reported)")
+	roProf      = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
+	roTrace     = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
+	roMochiProf = flag.String("ro-mochi-cpuprofile", "", "rollout offers benchmark: write plain mochi's CPU profile of each round's messages to FILE.N")
+	roMochiPar  = flag.Int("ro-mochi-publishers", 1, "rollout offers benchmark: goroutines plain mochi publishes on (each device's message on one of them)")
+	roAllocs    = flag.String("ro-offers-allocprofile", "", "rollout offers benchmark: write the otamq server's heap profiles before (FILE.N.base) and after each round's offers (FILE.N; go tool pprof -sample_index=alloc_space -base FILE.N.base FILE.N)")
 )
 
 // benchRolloutOffers: offers a rollout pushes to connected devices, per
@@ -39,15 +42,18 @@ var (
 // the devices connect to one server at a time: in each round to otamq, then
 // to plain mochi.
 //
-// otamq: the real broker; the rollout (every device, one wave of 100 %,
-// no rate limit) is created through the admin API, then rollout/start:
-// the engine's next pass decides every offer, commits them (transactions of
-// 250 devices, then twice as many up to 4,000; each offer with its
-// timeline entry and the device's rollout record, fsync on) and pushes
-// them. The time runs from the start request to the last offer received.
-// Each server has settled after the devices connected (for otamq: their
-// status flushed, their connects published) before its measurement. Then the rollout is aborted (every
-// device gets the empty offer), for the next round's rollout.
+// otamq: the real broker; its devices send a birth after they connect, as
+// an agent does (so their offers pass the version rules on what they run).
+// The rollout (every device, one wave of 100 %, no rate limit) is created
+// through the admin API, then rollout/start: the engine's next pass decides
+// every offer, commits them (transactions of 250 devices, then twice as
+// many up to 4,000; each offer with its timeline entry and the device's
+// rollout record, fsync on) and pushes them. The time runs from the start
+// request to the last offer received. Each server has settled after the
+// devices connected (for otamq: their status flushed, their connects
+// published) before its measurement. After it, untimed, each device
+// answers its offer (it begins to download), and the rollout is aborted
+// (every device gets the empty offer), for the next round's rollout.
 //
 // plain mochi (otamq's capabilities, no hooks): its inline client
 // (Server.Publish, as otamq's sender) publishes the payload the devices got
@@ -98,7 +104,7 @@ func benchRolloutOffers() error {
 	var orates, mrates, ratios, ocpus, mcpus, oallocs, mallocs []float64
 	for round := range *roRounds {
 		id := fmt.Sprintf("bench-offers-%d", round)
-		spec := fmt.Sprintf("id: %s\nrelease: %s\nwaves:\n  - {percent: [100]}\ninstall: immediately\n", id, rel.ID)
+		spec := fmt.Sprintf("id: %s\nrelease: %s\nwaves:\n  - {percent: [100]}\ninstall: immediately\nversions: {major: true}\n", id, rel.ID)
 		var created struct {
 			Rollout rollout.View `json:"rollout"`
 		}
@@ -180,6 +186,15 @@ func benchRolloutOffers() error {
 			return fmt.Errorf("server profile: %w", err)
 		}
 		payload := subs.payload()
+		// Each device answers its offer as the agent does, untimed: it
+		// starts downloading. Its event writes the timeline entries its
+		// offer record carries (deferred.go), as in a fleet, where a
+		// device's next event follows its offer; devices that never
+		// answered made every fourth round's offers write them instead.
+		if err := answerOffers(ctx, c, subs, id, rel.Version, n); err != nil {
+			subs.close()
+			return err
+		}
 		// The next round's devices must be free: abort, and wait for the
 		// empty offers.
 		subs.reset()
@@ -202,6 +217,19 @@ func benchRolloutOffers() error {
 		if err := mc.settle(0); err != nil {
 			subs.close()
 			return err
+		}
+		mprofDone := make(chan error, 1)
+		if *roMochiProf != "" {
+			go func() {
+				body, err := get("http://" + mc.ctlAddr + "/debug/pprof/profile?seconds=1")
+				if err == nil {
+					err = os.WriteFile(fmt.Sprintf("%s.%d", *roMochiProf, round+1), []byte(body), 0o600)
+				}
+				mprofDone <- err
+			}()
+			time.Sleep(50 * time.Millisecond) // the profile has begun
+		} else {
+			mprofDone <- nil
 		}
 		mu0, err := mc.usage(true)
 		if err != nil {
@@ -234,6 +262,9 @@ func benchRolloutOffers() error {
 		subs.close()
 		if err != nil {
 			return err
+		}
+		if err := <-mprofDone; err != nil {
+			return fmt.Errorf("plain mochi profile: %w", err)
 		}
 		// CPU per message of each server, from its own process: it does
 		// not depend on what else the machine runs, as the rates do.
@@ -279,6 +310,18 @@ func subscribeOffers(addr string, n int, auth bool) (*offerSubs, error) {
 	cs, err := connectMany(addr, n, auth, "ota/manifest")
 	if err != nil {
 		return nil, err
+	}
+	if auth {
+		// otamq's devices say what they run, as an agent does after each
+		// connect: their offers pass the version rules.
+		for i, c := range cs {
+			if _, err := c.Write(publishPacket("dm/"+deviceID(i)+"/"+access.KindBirth, benchBirth)); err != nil {
+				for _, c := range cs {
+					_ = c.Close()
+				}
+				return nil, fmt.Errorf("device %s's birth: %w", deviceID(i), err)
+			}
+		}
 	}
 	s := &offerSubs{conns: cs}
 	for _, c := range cs {
@@ -361,4 +404,35 @@ func (s *offerSubs) close() {
 		_ = c.Close()
 	}
 	s.wg.Wait()
+}
+
+// benchBirth is the birth of the offers benchmark's devices: older than the
+// release uploadRelease makes (2.0.0), which the rollout lets them take.
+var benchBirth = wire.Birth{FirmwareVersion: "1.9.0", Hardware: "esp32-v2", Bootloader: "1.0.0", OTAState: wire.StateIdle,
+	AgentVersion: "bench", Connectivity: wire.ConnWiFi}.Encode()
+
+// answerOffers makes each device of subs send the event an agent sends when
+// it begins to download rid's offer of version, and waits until the
+// rollout counts every device of its n downloading.
+func answerOffers(ctx context.Context, c *rpc.Client, subs *offerSubs, rid, version string, n int) error {
+	for i, conn := range subs.conns {
+		ev := wire.Event{Code: wire.EvDownloadStarted, RolloutID: rid, TargetVersion: version}
+		if _, err := conn.Write(publishPacket("dm/"+deviceID(i)+"/"+access.KindEvent, ev.Encode())); err != nil {
+			return fmt.Errorf("device %s's event: %w", deviceID(i), err)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var got rollout.View
+		if err := c.Call(ctx, "rollout/get", map[string]any{"id": rid}, &got); err != nil {
+			return fmt.Errorf("rollout/get: %w", err)
+		}
+		if got.Counts["downloading"] == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d of %d devices downloading after their events: %v", got.Counts["downloading"], n, got.Counts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -207,6 +208,8 @@ func runServer(kind, dataDir string) error {
 		mqttAddr = addr
 		if kind == "mochi-inline" {
 			mux.HandleFunc("/publish", publishHandler(srv))
+			// the offers benchmark compares its profile with otamq's
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		}
 	case "otamq", "otamq-blocks":
 		start := otamqBroker
