@@ -24,6 +24,7 @@ import (
 
 var (
 	roConns     = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
+	roSilent    = flag.Bool("ro-silent", false, "rollout offers benchmark: the devices never answer an offer (their offer records carry the entries of every round's offer and abort, and every fourth round's offers write them into the timelines)")
 	roRounds    = flag.Int("ro-rounds", 11, "rollout offers benchmark: rounds (the median is reported)")
 	roProf      = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
 	roTrace     = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
@@ -191,9 +192,11 @@ func benchRolloutOffers() error {
 		// offer record carries (deferred.go), as in a fleet, where a
 		// device's next event follows its offer; devices that never
 		// answered made every fourth round's offers write them instead.
-		if err := answerOffers(ctx, c, subs, id, rel.Version, n); err != nil {
-			subs.close()
-			return err
+		if !*roSilent {
+			if err := answerOffers(ctx, c, subs, id, rel.Version, n); err != nil {
+				subs.close()
+				return err
+			}
 		}
 		// The next round's devices must be free: abort, and wait for the
 		// empty offers.
