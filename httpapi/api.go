@@ -218,6 +218,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rs []*route) {
 		if aerr.Code == admin.CodeUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="otamq"`)
 		}
+		refuseUnread(w, r)
 		writeError(w, aerr)
 		return
 	}
@@ -250,6 +251,7 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request, rs []*route) {
 		case a.slots <- struct{}{}:
 			defer func() { <-a.slots }()
 		default:
+			refuseUnread(w, r)
 			writeError(w, &admin.Error{Code: admin.CodeUnavailable, Message: fmt.Sprintf("the broker has %d HTTP API requests under way; try again", cap(a.slots))})
 			return
 		}
@@ -485,3 +487,13 @@ func writeResponse(w http.ResponseWriter, resp admin.Response) {
 }
 
 func writeError(w http.ResponseWriter, e *admin.Error) { writeResponse(w, admin.Response{Error: e}) }
+
+// refuseUnread makes the refusal of r, whose body is not read, close the
+// connection. Otherwise net/http reads up to 256 KiB of the body before it
+// sends the reply: an upload refused at once would learn it only when that
+// much of it was sent, or never if it stalls.
+func refuseUnread(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+	}
+}

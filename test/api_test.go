@@ -958,49 +958,75 @@ func TestAPIInflightBound(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t, func(o *broker.Options) { o.HTTPMaxInflight = 2 })
 	op := b.apiLogin(opID, opPassword)
-	var writers []*io.PipeWriter
-	done := make(chan string, 2)
-	ended := 0 // of the uploads, seen ended
 	// a client of the uploads' own: the default one's connections are
 	// shared with the package's other tests, which run in parallel
 	uploads := &http.Client{Transport: &http.Transport{}}
 	t.Cleanup(uploads.CloseIdleConnections)
-	for range 2 {
+	type upload struct {
+		pw   *io.PipeWriter
+		done chan string // its status, or the client's error
+	}
+	var all []*upload
+	t.Cleanup(func() {
+		for _, u := range all {
+			_ = u.pw.CloseWithError(io.ErrUnexpectedEOF)
+		}
+	})
+	// start begins an upload that sends the start of its body and stalls.
+	start := func() *upload {
 		pr, pw := io.Pipe()
-		writers = append(writers, pw)
+		u := &upload{pw: pw, done: make(chan string, 1)}
+		all = append(all, u)
 		req, _ := http.NewRequest("POST", b.apiBase()+"/api/v1/releases", pr)
 		req.Header.Set("Authorization", "Bearer "+op.token)
 		req.Header.Set("Content-Type", "multipart/form-data; boundary=x")
 		go func() {
 			resp, err := uploads.Do(req)
 			if err != nil {
-				done <- err.Error()
+				u.done <- err.Error()
 				return
 			}
 			_ = resp.Body.Close()
-			done <- resp.Status
+			u.done <- resp.Status
 		}()
 		if _, err := pw.Write([]byte("--x\r\n")); err != nil { // the client is sending it
 			t.Fatal(err)
 		}
+		return u
 	}
+	busy := fmt.Sprintf("%d %s", http.StatusServiceUnavailable, http.StatusText(http.StatusServiceUnavailable))
+	running := []*upload{start(), start()}
 	eventually(t, 30*time.Second, func() error { // once both handlers run
-		if r := op.do("GET", "/api/v1/devices", nil); r.status != http.StatusServiceUnavailable || r.Error.Code != admin.CodeUnavailable {
+		for i, u := range running {
 			select {
-			case d := <-done:
-				ended++
-				return fmt.Errorf("third request: %d; an upload ended early: %s", r.status, d)
+			case d := <-u.done:
+				if d != busy {
+					t.Fatalf("an upload ended early: %s", d)
+				}
+				// it came while a request of this loop held a slot:
+				// refused, as it should be, and at once; another
+				running[i] = start()
+				return fmt.Errorf("an upload was refused as the third request under way")
 			default:
 			}
-			return fmt.Errorf("third request: %d, %d of the uploads ended early", r.status, ended)
+		}
+		if r := op.do("GET", "/api/v1/devices", nil); r.status != http.StatusServiceUnavailable || r.Error.Code != admin.CodeUnavailable {
+			return fmt.Errorf("third request: %d", r.status)
 		}
 		return nil
 	})
-	for _, pw := range writers {
-		_ = pw.CloseWithError(io.ErrUnexpectedEOF)
+	// a third upload is refused before its body ends
+	select {
+	case d := <-start().done:
+		if d != busy {
+			t.Fatalf("third upload: %s, want %s", d, busy)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("third upload: no answer within 30s while its body stalls")
 	}
-	for range 2 - ended {
-		<-done
+	for _, u := range running {
+		_ = u.pw.CloseWithError(io.ErrUnexpectedEOF)
+		<-u.done
 	}
 	eventually(t, 30*time.Second, func() error { // once both handlers returned
 		if r := op.do("GET", "/api/v1/devices", nil); !r.OK {
