@@ -668,12 +668,12 @@ func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty m
 				cmds = append(cmds, cmd{id: m.id, rollout: r.offerID(m), notAfter: closes})
 			}
 		case ph == offersPhase && m.state == Eligible && running && budget > 0 && int(m.wave) <= cw && cw < len(rec.Waves):
-			d, run, ok := e.reg.Running(m.id)
+			d, rs, ok := e.reg.Running(m.id)
 			if !ok {
 				continue
 			}
 			budget--
-			changes = append(changes, e.offerChange(r, m, d, &run, now))
+			changes = append(changes, e.offerChange(r, m, d, &rs, now))
 		}
 	}
 	e.mu.RUnlock()
@@ -698,12 +698,12 @@ func (e *Engine) stepMembers(ctx context.Context, r *run, now time.Time, dirty m
 // offerChange decides the offer of an eligible member: its target now
 // (from the version it runs, which its latest birth may have changed), or
 // a skip when the version rules refuse it.
-func (e *Engine) offerChange(r *run, m *member, d *fleet.Device, run *fleet.Running, now time.Time) *change {
+func (e *Engine) offerChange(r *run, m *member, d *fleet.Device, rs *fleet.Running, now time.Time) *change {
 	c := &change{r: r, m: *m, expect: m.state, offer: true}
 	n := &c.m
-	if r.rel.Kind == manifest.KindFirmware && run.Born && run.Firmware != "" {
+	if r.rel.Kind == manifest.KindFirmware && rs.Born && rs.Firmware != "" {
 		p := &plan{spec: r.spec, release: r.rel, path: r.path, versions: r.versions}
-		need, skip := e.pl.versionRules(p, run.Firmware, run.SecureVersion, registeredOr(d, run.Hardware))
+		need, skip := e.pl.versionRules(p, rs.Firmware, rs.SecureVersion, registeredOr(d, rs.Hardware))
 		if skip != "" {
 			c.offer = false
 			n.state, n.at, c.reason = Skipped, now.UnixNano(), skip

@@ -593,11 +593,15 @@ func TestVersionRulesAndUpgradePath(t *testing.T) {
 		dev{id: "other-hw", hw: "rp2040", firmware: "1.0.0"},
 		dev{id: "unborn", hw: "esp32-v2"},
 		dev{id: "reported-hw"},
+		dev{id: "disagrees", hw: "esp32-v2"},
 	)
-	// registered without hardware: what it runs on is what its birth says
-	e.connect("reported-hw")
-	if err := e.reg.Birth("reported-hw", wire.Birth{FirmwareVersion: "1.0.3", Hardware: "esp32-v2", OTAState: wire.StateIdle}); err != nil {
-		t.Fatal(err)
+	// registered without hardware: what it runs on is what its birth says;
+	// registered with hardware: that, whatever its birth says
+	for id, hw := range map[string]string{"reported-hw": "esp32-v2", "disagrees": "rp2040"} {
+		e.connect(id)
+		if err := e.reg.Birth(id, wire.Birth{FirmwareVersion: "1.0.3", Hardware: hw, OTAState: wire.StateIdle}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	spec := "id: r1\nrelease: 1.2.4\nwaves: [{percent: [100]}]\nupgrade_path: [1.1.0]\nprobation: 1m\n"
 	p, err := e.eng.PlanSpec([]byte(spec))
@@ -621,7 +625,7 @@ func TestVersionRulesAndUpgradePath(t *testing.T) {
 			t.Errorf("%s skipped for %q, want %q", id, reasons[id], want)
 		}
 	}
-	if p.Devices != 4 || p.Steps[e.rels["1.1.0"].ID] != 2 {
+	if p.Devices != 5 || p.Steps[e.rels["1.1.0"].ID] != 3 {
 		t.Fatalf("plan %+v", p)
 	}
 	e.create(spec)
@@ -633,8 +637,10 @@ func TestVersionRulesAndUpgradePath(t *testing.T) {
 	if o, _ := e.snd.lastOffer("old"); o.RolloutID != "r1~s0" {
 		t.Fatalf("stepping stone offered as %q", o.RolloutID)
 	}
-	if got := e.target("reported-hw"); got != "1.1.0" {
-		t.Fatalf("reported-hw offered %q first (%+v)", got, e.device("r1", "reported-hw"))
+	for _, id := range []string{"reported-hw", "disagrees"} {
+		if got := e.target(id); got != "1.1.0" {
+			t.Fatalf("%s offered %q first (%+v)", id, got, e.device("r1", id))
+		}
 	}
 	if got := e.target("mid"); got != "1.2.4" {
 		t.Fatalf("mid offered %s", got)

@@ -367,9 +367,13 @@ const (
 	bootLoop  // comes back on the new version and reconnects again and again
 )
 
-// target is the version of the release in id's current offer.
+// target is the version of the release in id's current offer, "" when
+// it has none.
 func (e *env) target(id string) string {
-	o, _ := e.snd.lastOffer(id)
+	o, ok := e.snd.lastOffer(id)
+	if !ok {
+		return ""
+	}
 	m, err := manifest.Parse(o.Manifest)
 	if err != nil {
 		e.t.Fatal(err)

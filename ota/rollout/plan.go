@@ -72,13 +72,17 @@ func parseVersions(rel release.Release, path []release.Release) versions {
 }
 
 // parsed returns version s, the one of index i of v (-1: the release's),
-// from v when it was parsed there.
+// from v when it was parsed there from s.
 func (v *versions) parsed(i int, s string) *semver.Version {
+	var p *semver.Version
 	switch {
-	case i < 0 && v.to != nil:
-		return v.to
-	case i >= 0 && i < len(v.stones) && v.stones[i] != nil:
-		return v.stones[i]
+	case i < 0:
+		p = v.to
+	case i < len(v.stones):
+		p = v.stones[i]
+	}
+	if p != nil && p.Original() == s {
+		return p
 	}
 	return semver.MustParse(s)
 }
