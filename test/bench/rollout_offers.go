@@ -24,7 +24,7 @@ import (
 
 var (
 	roConns     = flag.Int("ro-conns", 10000, "rollout offers benchmark: connected devices subscribed to their manifest topic")
-	roSilent    = flag.Bool("ro-silent", false, "rollout offers benchmark: the devices never answer an offer (their offer records carry the entries of every round's offer and abort, and every fourth round's offers write them into the timelines)")
+	roSilent    = flag.Bool("ro-silent", false, "rollout offers benchmark: the devices never answer an offer (they still send their births): their offer records carry the entries of every round's offer and abort, and the offers of rounds 5, 9, 13 and so on write them into the timelines")
 	roRounds    = flag.Int("ro-rounds", 11, "rollout offers benchmark: rounds (the median is reported)")
 	roProf      = flag.String("ro-offers-cpuprofile", "", "rollout offers benchmark: write the otamq server's CPU profile of each round's offers to FILE.N")
 	roTrace     = flag.String("ro-offers-trace", "", "rollout offers benchmark: write the otamq server's execution trace of each round's offers to FILE.N (go tool trace)")
@@ -125,6 +125,10 @@ func benchRolloutOffers() error {
 			subs.close()
 			return err
 		}
+		if err := checkBorn(ctx, c, deviceID(0), deviceID(n-1)); err != nil {
+			subs.close()
+			return err
+		}
 		profDone := make(chan error, 1)
 		heapAt := func(suffix string) error { return nil } // the allocations' profile
 		switch {
@@ -190,8 +194,8 @@ func benchRolloutOffers() error {
 		// Each device answers its offer as the agent does, untimed: it
 		// starts downloading. Its event writes the timeline entries its
 		// offer record carries (deferred.go), as in a fleet, where a
-		// device's next event follows its offer; devices that never
-		// answered made every fourth round's offers write them instead.
+		// device's next event follows its offer (-ro-silent: the offers
+		// of rounds 5, 9, ... write them, after four rounds of entries).
 		if !*roSilent {
 			if err := answerOffers(ctx, c, subs, id, rel.Version, n); err != nil {
 				subs.close()
@@ -262,12 +266,12 @@ func benchRolloutOffers() error {
 		// before the devices disconnect, as for otamq: 10,000
 		// disconnections are no part of the messages' cost
 		mu1, err := mc.usage(false)
+		if err == nil {
+			err = <-mprofDone // its window, as otamq's, ends before the devices disconnect
+		}
 		subs.close()
 		if err != nil {
 			return err
-		}
-		if err := <-mprofDone; err != nil {
-			return fmt.Errorf("plain mochi profile: %w", err)
 		}
 		// CPU per message of each server, from its own process: it does
 		// not depend on what else the machine runs, as the rates do.
@@ -409,10 +413,27 @@ func (s *offerSubs) close() {
 	s.wg.Wait()
 }
 
+const benchFirmware = "1.9.0"
+
 // benchBirth is the birth of the offers benchmark's devices: older than the
 // release uploadRelease makes (2.0.0), which the rollout lets them take.
-var benchBirth = wire.Birth{FirmwareVersion: "1.9.0", Hardware: "esp32-v2", Bootloader: "1.0.0", OTAState: wire.StateIdle,
+var benchBirth = wire.Birth{FirmwareVersion: benchFirmware, Hardware: "esp32-v2", Bootloader: "1.0.0", OTAState: wire.StateIdle,
 	AgentVersion: "bench", Connectivity: wire.ConnWiFi}.Encode()
+
+// checkBorn fails unless each of ids runs the firmware of benchBirth: the
+// offers would skip the version rules of devices whose births were lost.
+func checkBorn(ctx context.Context, c *rpc.Client, ids ...string) error {
+	for _, id := range ids {
+		var v fleet.View
+		if err := c.Call(ctx, "device/get", map[string]any{"id": id}, &v); err != nil {
+			return fmt.Errorf("device/get %s: %w", id, err)
+		}
+		if v.Status.Firmware != benchFirmware {
+			return fmt.Errorf("device %s runs %q after its birth, want %s", id, v.Status.Firmware, benchFirmware)
+		}
+	}
+	return nil
+}
 
 // answerOffers makes each device of subs send the event an agent sends when
 // it begins to download rid's offer of version, and waits until the
