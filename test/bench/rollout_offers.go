@@ -143,19 +143,10 @@ func benchRolloutOffers() error {
 				return err
 			}
 			profDone <- heapAt(".base")
-		case *roProf != "" || *roTrace != "":
-			prof, what := *roProf, "profile"
-			if prof == "" {
-				prof, what = *roTrace, "trace"
-			}
-			go func() {
-				body, err := get("http://" + oc.httpAddr + "/debug/pprof/" + what + "?seconds=1")
-				if err == nil {
-					err = os.WriteFile(fmt.Sprintf("%s.%d", prof, round+1), []byte(body), 0o600)
-				}
-				profDone <- err
-			}()
-			time.Sleep(50 * time.Millisecond) // the profile has begun
+		case *roProf != "":
+			profDone = profileRound(oc.httpAddr, "profile", *roProf, round)
+		case *roTrace != "":
+			profDone = profileRound(oc.httpAddr, "trace", *roTrace, round)
 		default:
 			profDone <- nil
 		}
@@ -227,14 +218,7 @@ func benchRolloutOffers() error {
 		}
 		mprofDone := make(chan error, 1)
 		if *roMochiProf != "" {
-			go func() {
-				body, err := get("http://" + mc.ctlAddr + "/debug/pprof/profile?seconds=1")
-				if err == nil {
-					err = os.WriteFile(fmt.Sprintf("%s.%d", *roMochiProf, round+1), []byte(body), 0o600)
-				}
-				mprofDone <- err
-			}()
-			time.Sleep(50 * time.Millisecond) // the profile has begun
+			mprofDone = profileRound(mc.ctlAddr, "profile", *roMochiProf, round)
 		} else {
 			mprofDone <- nil
 		}
@@ -308,6 +292,23 @@ type offerSubs struct {
 	first atomic.Int64
 	mu    sync.Mutex
 	pl    []byte // a payload received since the reset
+}
+
+// profileRound takes a one-second pprof profile of kind ("profile",
+// "trace") from the server whose HTTP address is addr into file.N (N the
+// round from 1), and returns the channel of its result. The profile has
+// begun when it returns.
+func profileRound(addr, kind, file string, round int) chan error {
+	done := make(chan error, 1)
+	go func() {
+		body, err := get("http://" + addr + "/debug/pprof/" + kind + "?seconds=1")
+		if err == nil {
+			err = os.WriteFile(fmt.Sprintf("%s.%d", file, round+1), []byte(body), 0o600)
+		}
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	return done
 }
 
 // subscribeOffers connects devices 0..n-1 subscribed to their manifest
