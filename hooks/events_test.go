@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,8 +14,7 @@ import (
 
 	"github.com/otamq/otamq/ota/access"
 	"github.com/otamq/otamq/ota/event"
-	"github.com/otamq/otamq/ota/fleet"
-	"github.com/otamq/otamq/ota/store"
+	"github.com/otamq/otamq/ota/fleet/fleettest"
 )
 
 // Fleet events nobody subscribes to are not published, and a client that
@@ -86,15 +84,7 @@ func startEvents(t *testing.T, told bool) *eventsEnv {
 	e := NewEvents(srv, topics, nil, nil)
 	t.Cleanup(e.Close)
 	if told {
-		db, err := store.Open(filepath.Join(t.TempDir(), "otamq.db"), &store.Options{NoSync: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = db.Close() })
-		reg, err := fleet.Open(db, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, reg := fleettest.Open(t, nil)
 		d := NewDevice(DeviceOptions{Server: srv, Topics: topics, Fleet: reg, Events: e})
 		t.Cleanup(func() { _ = d.Stop() })
 		if err := srv.AddHook(d, nil); err != nil {

@@ -2,12 +2,12 @@ package access
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/fleet/fleettest"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -16,15 +16,7 @@ import (
 // topic, one the policy allows to read is the topic itself, held by the
 // device or its gateway.
 func TestReaders(t *testing.T) {
-	db, err := store.Open(filepath.Join(t.TempDir(), "x.db"), &store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	reg, err := fleet.Open(db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, reg := fleettest.Open(t, nil)
 	regs := []fleet.Registration{
 		{ID: "g1", Role: fleet.RoleGateway},
 		{ID: "g2", Role: fleet.RoleGateway},

@@ -5,12 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/fleet/fleettest"
 	"github.com/otamq/otamq/ota/store"
 )
 
@@ -39,15 +39,7 @@ type env struct {
 // set their own).
 func newEnv(t testing.TB, mods ...func(*Options)) *env {
 	t.Helper()
-	db, err := store.Open(filepath.Join(t.TempDir(), "otamq.db"), &store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	reg, err := fleet.Open(db, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db, reg := fleettest.Open(t, nil)
 	k := &kicks{}
 	o := &Options{Disconnector: k, Rate: -1}
 	for _, m := range mods {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/otamq/otamq/ota/clock"
 	"github.com/otamq/otamq/ota/fleet"
+	"github.com/otamq/otamq/ota/fleet/fleettest"
 	"github.com/otamq/otamq/ota/manifest"
 	"github.com/otamq/otamq/ota/release"
 	"github.com/otamq/otamq/ota/store"
@@ -47,13 +47,8 @@ type env struct {
 // esp32-v2, and devices d1 and d2 of that hardware.
 func setup(t testing.TB, size int, o Options) *env {
 	t.Helper()
-	db, err := store.Open(filepath.Join(t.TempDir(), "x.db"), &store.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
 	clk := clock.NewFake(time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC))
-	reg, _ := fleet.Open(db, &fleet.Options{Clock: clk})
+	db, reg := fleettest.Open(t, &fleet.Options{Clock: clk})
 	cat, _ := release.Open(db, &release.Options{Clock: clk})
 	key, _ := manifest.GenerateKey()
 	pub, _ := manifest.MarshalPublicKey(&key.PublicKey)
